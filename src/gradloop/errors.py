@@ -1,0 +1,22 @@
+"""Typed errors: the library raises these, the CLI turns them into one line.
+
+Every message says what is wrong and how to fix it, so that the same text
+serves a library user reading a traceback and a CLI user reading
+``gradloop: error: <message>``.
+"""
+
+
+class GradloopError(Exception):
+    """Base class of every error gradloop raises on purpose."""
+
+
+class ConfigError(GradloopError, ValueError):
+    """A configuration value, flag or config file is invalid."""
+
+
+class DataError(GradloopError, ValueError):
+    """A data set is missing, unreadable or malformed."""
+
+
+class RunDirError(GradloopError):
+    """A run directory cannot be created, read or resumed."""
