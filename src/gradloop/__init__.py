@@ -1,0 +1,32 @@
+"""gradloop: the custom TensorFlow/Keras training loop, written once and correctly.
+
+    trainer = gradloop.Trainer(model, optimizer=..., loss=..., metrics=["accuracy"])
+    history = trainer.fit(train_ds, validation_data=val_ds, epochs=10)
+
+TensorFlow is imported lazily, so ``gradloop --help`` and argument errors are instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gradloop.errors import ConfigError, DataError, GradloopError, RunDirError
+
+__version__ = "0.1.0"
+__all__ = ["Trainer", "CompileOptions", "ConfigError", "DataError", "GradloopError", "RunDirError", "__version__"]
+
+if TYPE_CHECKING:
+    from gradloop.step import CompileOptions
+    from gradloop.trainer import Trainer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Trainer":
+        from gradloop.trainer import Trainer
+
+        return Trainer
+    if name == "CompileOptions":
+        from gradloop.step import CompileOptions
+
+        return CompileOptions
+    raise AttributeError(f"module 'gradloop' has no attribute {name!r}")

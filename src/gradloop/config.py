@@ -1,0 +1,169 @@
+"""The experiment's configuration: one typed, frozen dataclass, validated once.
+
+Precedence is ``defaults < --config FILE.yaml < command-line flags``. The
+defaults are the reference experiment of the tutorial (MNIST classes 0, 1, 2;
+MLP 512-256-128; Adam 1e-4; batch 32; 10 epochs; 1/6 held out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from gradloop.errors import ConfigError
+
+MODELS = ("mlp", "cnn")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a ``gradloop train`` run computes.
+
+    ``dataset=None`` means full MNIST where it is cached or downloadable, else
+    the bundled ``mnist-sample``. ``classes`` are kept in the user's order:
+    ``classes[i]`` becomes label ``i``.
+    """
+
+    dataset: str | None = None
+    data_dir: str | None = None
+    classes: tuple[int, ...] = (0, 1, 2)
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (512, 256, 128)
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    val_fraction: float = 1 / 6
+    seed: int = 42
+    steps_per_execution: int = 32
+    jit_compile: bool = False
+    run_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, minimum=1)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("steps_per_execution", self.steps_per_execution, minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not (
+            0 <= self.val_fraction < 1
+        ):
+            raise ConfigError(f"val_fraction must be a number in [0, 1), got {self.val_fraction!r}")
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden must be one or more positive layer sizes like 512,256,128, got {self.hidden!r}")
+        if not isinstance(self.jit_compile, bool):
+            raise ConfigError(f"jit_compile must be true or false, got {self.jit_compile!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-friendly dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def parse_int_list(name: str, value: Any) -> tuple[int, ...]:
+    """``"512,256,128"`` or ``[512, 256, 128]`` -> ``(512, 256, 128)``."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, int) and not isinstance(items, bool):
+        items = [items]
+    try:
+        return tuple(_as_int(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be comma-separated integers like 512,256,128, got {value!r}") from None
+
+
+def _as_int(v: Any) -> int:
+    if isinstance(v, bool) or isinstance(v, float):
+        raise ValueError(v)
+    return int(str(v).strip())
+
+
+def parse_classes(value: Any) -> tuple[int, ...]:
+    """``"0,1,2"``, ``"0-4"``, ``[0, 1, 2]`` or ``"all"`` -> a tuple of distinct digits, order kept."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return tuple(range(10))
+    parts = value.split(",") if isinstance(value, str) else value
+    classes: list[int] = []
+    try:
+        for part in parts:
+            text = str(part).strip()
+            if isinstance(part, str) and "-" in text[1:]:
+                lo, hi = (int(t) for t in text.split("-", 1))
+                classes.extend(range(lo, hi + 1))
+            else:
+                classes.append(_as_int(part))
+    except (TypeError, ValueError):
+        raise ConfigError(f"classes must be digits like 0,1,2 or 0-4 or 'all', got {value!r}") from None
+    if len(classes) < 2:
+        raise ConfigError(f"classes must name at least two classes, got {value!r}")
+    if any(c < 0 or c > 9 for c in classes):
+        raise ConfigError(f"classes must be digits 0-9, got {value!r}")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"classes must not repeat a class, got {value!r}")
+    return tuple(classes)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into a dict of known keys (dashes or underscores)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values, like 'epochs: 5'")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(_FIELDS))}")
+        out[name] = value
+    return out
+
+
+def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> TrainConfig:
+    """Merge file values and flags (flags that are None are 'not given') into a checked config."""
+    values: dict[str, Any] = dict(file_values or {})
+    values.update({k: v for k, v in flags.items() if v is not None})
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    if "classes" in values:
+        values["classes"] = parse_classes(values["classes"])
+    if "hidden" in values:
+        values["hidden"] = parse_int_list("hidden", values["hidden"])
+    if isinstance(values.get("lr"), str):
+        values["lr"] = _parse_float("lr", values["lr"])
+    if isinstance(values.get("val_fraction"), str):
+        values["val_fraction"] = _parse_float("val_fraction", values["val_fraction"])
+    for key in ("data_dir", "run_dir", "dataset"):
+        if key in values and values[key] is not None:
+            values[key] = str(values[key])
+    return TrainConfig(**values)
+
+
+def _parse_float(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {text!r}") from None

@@ -1,0 +1,107 @@
+"""``gradloop evaluate``: a saved run's model on a chosen data split.
+
+Reports loss (mean over every sample), accuracy, per-class accuracy and the
+confusion matrix (rows: true class, columns: predicted class), with classes
+in the run's own order so that label ``i`` means ``classes[i]``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from gradloop import data
+from gradloop.config import TrainConfig, build_config
+from gradloop.errors import DataError, RunDirError
+
+SPLITS = ("test", "val", "train")
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} is not a gradloop run directory (no run.json); pass a folder made by gradloop train") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"cannot read {path}: {exc}; the run directory is damaged") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise RunDirError(f"{path} has no config; the run directory is damaged")
+    return info
+
+
+def load_model(run_dir: str | Path) -> keras.Model:
+    path = Path(run_dir) / "model.keras"
+    if not path.exists():
+        raise RunDirError(f"{run_dir} has no model.keras; the run did not finish (train it again or resume it)")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise RunDirError(f"cannot load {path}: {type(exc).__name__}; the file is damaged") from None
+
+
+def split_arrays(config: TrainConfig, split: str, *, notify=print) -> tuple[np.ndarray, np.ndarray, str]:
+    """Images and labels of one split, with the run's classes selected and remapped."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    raw = data.load_dataset(config.dataset, config.data_dir, notify=notify)
+    if split == "test":
+        if raw.x_test is None:
+            raise DataError(f"{raw.source} has no test split; pass --data-dir with the t10k-* files or --split val")
+        x, y = data.select_classes(raw.x_test, raw.y_test, config.classes)
+        return x, y, raw.source
+    if raw.x_train is None:
+        raise DataError(f"{raw.source} has no training split, so no {split} split; use --split test")
+    x, y = data.select_classes(raw.x_train, raw.y_train, config.classes)
+    train, val = data.split_train_val(x, y, val_fraction=config.val_fraction, seed=config.seed)
+    x, y = train if split == "train" else val
+    return x, y, raw.source
+
+
+def evaluate_run(
+    run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None, split: str = "test", notify=print
+) -> dict[str, Any]:
+    info = read_run(run_dir)
+    overrides = {"dataset": dataset, "data_dir": data_dir} if (dataset or data_dir) else {}
+    config = build_config(info["config"], **overrides)
+    model = load_model(run_dir)
+    x, y, source = split_arrays(config, split, notify=notify)
+    x = data.prepare_images(x, flatten=len(model.input_shape) == 2)
+    logits = model.predict(x, batch_size=1024, verbose=0)
+    loss = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits))
+    k = len(config.classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y, logits.argmax(axis=1)), 1)
+    support = confusion.sum(axis=1)
+    return {
+        "run_dir": str(run_dir),
+        "split": split,
+        "source": source,
+        "n_samples": int(len(y)),
+        "classes": list(config.classes),
+        "loss": loss,
+        "accuracy": float(np.trace(confusion) / max(len(y), 1)),
+        "per_class_accuracy": {
+            str(c): float(confusion[i, i] / support[i]) if support[i] else None for i, c in enumerate(config.classes)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    classes = result["classes"]
+    lines = [
+        f"{result['split']} split of {result['source']}: {result['n_samples']:,} samples",
+        f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}",
+        "per-class accuracy: "
+        + "  ".join(f"{c}: {a:.4f}" if a is not None else f"{c}: n/a" for c, a in result["per_class_accuracy"].items()),
+        "confusion matrix (rows true, columns predicted):",
+        "       " + "".join(f"{c:>7}" for c in classes),
+    ]
+    for c, row in zip(classes, result["confusion_matrix"]):
+        lines.append(f"{c:>7}" + "".join(f"{v:>7}" for v in row))
+    return "\n".join(lines)

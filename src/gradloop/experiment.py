@@ -1,0 +1,135 @@
+"""``gradloop train`` as a function: config in, run directory out.
+
+    data   = load, select classes, split, scale     (gradloop.data)
+    model  = build the MLP or CNN, seeded           (gradloop.models)
+    fit    = Trainer(...).fit(...)                  (gradloop.trainer)
+    record = history.json/.csv/.png, model.keras, run.json  (gradloop.logs, gradloop.plots)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TextIO
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gradloop import __version__, data, logs, models, plots
+from gradloop.config import TrainConfig
+from gradloop.errors import DataError, RunDirError
+from gradloop.step import CompileOptions
+from gradloop.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The arrays a run trains and validates on, after class selection and scaling."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    source: str
+    classes: tuple[int, ...]
+
+
+def prepare_data(config: TrainConfig, *, notify: Callable[[str], None]) -> PreparedData:
+    """Load the source, keep the chosen classes (remapped to 0..k-1), scale, split."""
+    raw = data.load_dataset(config.dataset, config.data_dir, notify=notify)
+    if raw.x_train is None:
+        raise DataError(f"{raw.source} has no training split; point --data-dir at a folder with the train-* files")
+    x, y = data.select_classes(raw.x_train, raw.y_train, config.classes)
+    x = data.prepare_images(x, flatten=config.model == "mlp")
+    train, val = data.split_train_val(x, y, val_fraction=config.val_fraction, seed=config.seed)
+    return PreparedData(train=train, val=val, source=raw.source, classes=config.classes)
+
+
+def build_model(config: TrainConfig, input_shape: tuple[int, ...]) -> keras.Model:
+    n_classes = len(config.classes)
+    if config.model == "cnn":
+        return models.build_cnn(input_shape, n_classes)
+    return models.build_mlp(input_shape[0], config.hidden, n_classes)
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    """The run directory, created empty; an existing non-empty one is refused
+    so that an earlier run's results are never overwritten."""
+    path = Path(config.run_dir) if config.run_dir else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirError(f"run directory {path} already exists and is not empty; choose another --run-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def versions() -> dict[str, str]:
+    return {
+        "gradloop": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def train(config: TrainConfig, *, out: TextIO | None = None, notify: Callable[[str], None] | None = None) -> Path:
+    """Run one experiment and return its run directory."""
+    out = out or sys.stdout
+    notify = notify or (lambda line: print(line, file=sys.stderr))
+    run_dir = new_run_dir(config)
+    prepared = prepare_data(config, notify=notify)
+    (x_train, y_train), (x_val, y_val) = prepared.train, prepared.val
+    train_ds = data.make_dataset(x_train, y_train, batch_size=config.batch_size, shuffle=True, seed=config.seed)
+    val_ds = data.make_dataset(x_val, y_val, batch_size=config.batch_size, shuffle=False) if len(x_val) else None
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, x_train.shape[1:])
+    trainer = Trainer(
+        model,
+        optimizer=keras.optimizers.Adam(learning_rate=config.lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
+    )
+    run_info = {
+        "status": "running",
+        "config": config.to_dict(),
+        "data_source": prepared.source,
+        "classes": list(prepared.classes),
+        "n_classes": len(prepared.classes),
+        "n_train": int(len(x_train)),
+        "n_val": int(len(x_val)),
+        "loss": "SparseCategoricalCrossentropy(from_logits=True)",
+        "num_replicas": tf.distribute.get_strategy().num_replicas_in_sync,
+        "versions": versions(),
+        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    logs.write_json(run_dir / "run.json", run_info)
+    print(
+        f"gradloop: training {model.name} on {prepared.source}: classes {list(prepared.classes)}, "
+        f"{len(x_train):,} train / {len(x_val):,} val samples, {config.epochs} epochs -> {run_dir}",
+        file=out,
+        flush=True,
+    )
+
+    start = time.perf_counter()
+    history = trainer.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        callbacks=[logs.Progress(batch_size=config.batch_size, stream=out), logs.HistoryFiles(run_dir)],
+    )
+    model.save(run_dir / "model.keras")
+    tutorial = logs.write_history(run_dir, history.history)
+    plots.plot_history(tutorial, run_dir / "history.png")
+    run_info.update(status="finished", seconds=round(time.perf_counter() - start, 3),
+                    final={k: v[-1] for k, v in tutorial.items()})
+    logs.write_json(run_dir / "run.json", run_info)
+    print(f"gradloop: wrote {run_dir}/ (history.json, history.csv, history.png, model.keras, run.json)", file=out)
+    return run_dir

@@ -1,0 +1,121 @@
+"""One training step, written once, and the wrapper that compiles and fuses it.
+
+A step is any function ``step_fn(trainer, x, y) -> (loss, y_pred)``. The
+default is the tutorial's:
+
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)          # forward pass
+        loss = loss_fn(y, y_pred) + model.losses  # loss
+    grads = tape.gradient(loss, variables)        # gradients
+    optimizer.apply_gradients(zip(grads, variables))  # update
+
+A user's own step keeps that signature and gets everything else for free:
+the wrapper below updates the metrics, runs many steps per compiled call and
+optionally XLA-compiles the step. The step runs inside ``tf.function``, so it
+must be TensorFlow code (no numpy, no Python side effects per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+if TYPE_CHECKING:
+    from gradloop.trainer import Trainer
+
+StepFn = Callable[["Trainer", tf.Tensor, tf.Tensor], "tuple[tf.Tensor, tf.Tensor]"]
+
+
+def train_step(trainer: "Trainer", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The tutorial's step: forward pass, loss, gradients, update."""
+    variables = trainer.model.trainable_variables
+    with tf.GradientTape() as tape:
+        y_pred = trainer.model(x, training=True)
+        loss = trainer.compute_loss(y, y_pred)
+        # Keras 3: a no-op unless the optimizer is a LossScaleOptimizer (mixed precision).
+        scaled_loss = trainer.optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled_loss, variables)
+    trainer.optimizer.apply_gradients(zip(grads, variables))
+    return loss, y_pred
+
+
+def test_step(trainer: "Trainer", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Forward pass and loss in inference mode (dropout off, BatchNorm frozen)."""
+    y_pred = trainer.model(x, training=False)
+    return trainer.compute_loss(y, y_pred), y_pred
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Choices that change the compiled function; changing one means a new trace.
+
+    ``steps_per_execution``: steps run inside one compiled call (a
+    ``tf.while_loop`` over the iterator), like Keras' ``steps_per_execution``
+    and Orbit's ``steps_per_loop``. Callbacks' batch hooks run once per call.
+    ``jit_compile``: XLA-compile the step (loss, gradients, update, metrics).
+    """
+
+    steps_per_execution: int = 32
+    jit_compile: bool = False
+
+    def __post_init__(self) -> None:
+        spe = self.steps_per_execution
+        if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:
+            raise ValueError(f"steps_per_execution must be a positive integer, got {spe!r}")
+
+
+def update_metrics(
+    loss_tracker: keras.metrics.Mean,
+    metrics: Sequence[keras.metrics.Metric],
+    loss: tf.Tensor,
+    y: tf.Tensor,
+    y_pred: tf.Tensor,
+) -> None:
+    """Accumulate one batch: the loss weighted by batch size (so the epoch
+    figure is the mean over samples, as Keras reports it), then each metric."""
+    batch_size = tf.cast(tf.shape(y)[0], loss.dtype)
+    loss_tracker.update_state(loss, sample_weight=batch_size)
+    for metric in metrics:
+        metric.update_state(y, y_pred)
+
+
+def fused_fn(
+    trainer: "Trainer",
+    step_fn: StepFn,
+    options: CompileOptions,
+) -> Callable[[tf.data.Iterator, tf.Tensor], tf.Tensor]:
+    """Build ``run(iterator, num_steps) -> steps_done``, compiled once.
+
+        for _ in range(num_steps):
+            x, y = next(iterator)  # stop early when the epoch's data runs out
+            loss, y_pred = step_fn(trainer, x, y)
+            update metrics
+
+    ``num_steps`` must be a tensor: a Python int would retrace per value. The
+    iterator's element spec has an unknown batch dimension, so the smaller last
+    batch of an epoch runs through the same trace.
+    """
+
+    def one_step(x: tf.Tensor, y: tf.Tensor) -> None:
+        loss, y_pred = step_fn(trainer, x, y)
+        update_metrics(trainer.loss_tracker, trainer.metrics, loss, y, y_pred)
+
+    if options.jit_compile:
+        one_step = tf.function(one_step, jit_compile=True)
+
+    @tf.function
+    def run(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:
+        done = tf.constant(0, tf.int32)
+        for _ in tf.range(num_steps):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            x, y = batch.get_value()
+            one_step(x, y)
+            done += 1
+        return done
+
+    return run

@@ -1,0 +1,159 @@
+"""The training loop: the tutorial's loop, written once and correctly.
+
+    for epoch in range(epochs):
+        reset metrics; iterate the (reshuffled) training data in groups of steps
+        run the compiled step(s): forward, loss, gradients, update, metrics
+        validate on the whole validation set; record history; call callbacks
+
+What one step does lives in :mod:`gradloop.step`; *when* things happen
+(epochs, groups of steps, validation, callbacks) lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Sequence
+
+import keras
+import tensorflow as tf
+
+from gradloop import step as step_lib
+
+
+class Trainer:
+    """Train a Keras model with a compiled custom loop.
+
+    >>> trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-4),
+    ...                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...                   metrics=["accuracy"])
+    >>> history = trainer.fit(train_ds, validation_data=val_ds, epochs=10)
+    >>> history.history["val_accuracy"][-1]
+
+    ``train_step`` replaces the step (see :mod:`gradloop.step` for the contract).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        optimizer: keras.optimizers.Optimizer,
+        loss: keras.losses.Loss | Any,
+        metrics: Sequence[keras.metrics.Metric | str] = (),
+        train_step: step_lib.StepFn | None = None,
+        options: step_lib.CompileOptions = step_lib.CompileOptions(),
+    ) -> None:
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+        self.model = model
+        self.optimizer = keras.optimizers.get(optimizer)
+        self.loss = keras.losses.get(loss)
+        self.metrics = [resolve_metric(m, self.loss) for m in metrics]
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.options = options
+        self._train_step = train_step or step_lib.train_step
+        self._train_fn = self._test_fn = None
+        # Keras callbacks (LearningRateScheduler, TensorBoard) reach the optimizer through the model.
+        self.model.optimizer = self.optimizer
+
+    def compute_loss(self, y: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        """The loss of a batch plus the model's regularisation losses."""
+        loss = self.loss(y, y_pred)
+        if self.model.losses:
+            loss = loss + tf.cast(tf.add_n(self.model.losses), loss.dtype)
+        return loss
+
+    def fit(
+        self,
+        train: tf.data.Dataset,
+        *,
+        validation_data: tf.data.Dataset | None = None,
+        epochs: int = 1,
+        callbacks: Iterable[keras.callbacks.Callback] | None = None,
+    ) -> keras.callbacks.History:
+        """Train for ``epochs`` over ``train`` (a dataset of ``(x, y)`` batches).
+
+        Each epoch's ``loss`` is the mean over all its samples (not the last
+        batch), ``val_loss`` the mean over the whole validation set, and every
+        metric restarts each epoch. ``train_time`` is the training pass alone.
+        """
+        self._build(train)
+        steps = _steps_per_epoch(train)
+        history = keras.callbacks.History()
+        callbacks = keras.callbacks.CallbackList(
+            [*(callbacks or []), history], model=self.model, epochs=epochs, steps=steps, verbose=0
+        )
+        self.model.stop_training = False
+        callbacks.on_train_begin()
+        logs: dict[str, float] = {}
+        for epoch in range(epochs):
+            callbacks.on_epoch_begin(epoch)
+            logs = self._train_epoch(train, steps, callbacks)
+            if validation_data is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
+            callbacks.on_epoch_end(epoch, logs)
+            if self.model.stop_training:
+                break
+        callbacks.on_train_end(logs)
+        return history
+
+    def _train_epoch(self, train: tf.data.Dataset, steps: int | None, callbacks) -> dict[str, float]:
+        self._reset_metrics()
+        group = self.options.steps_per_execution
+        iterator, step, start = iter(train), 0, time.perf_counter()
+        while steps is None or step < steps:
+            callbacks.on_train_batch_begin(step)
+            n = group if steps is None else min(group, steps - step)
+            done = int(self._train_fn(iterator, tf.constant(n, tf.int32)))
+            if done == 0:
+                break
+            step += done
+            logs = self._results()
+            callbacks.on_train_batch_end(step - 1, logs)
+            if done < n:  # data of unknown length ran out
+                break
+        return {**self._results(), "train_time": time.perf_counter() - start}
+
+    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
+        """Loss (mean over every sample of ``data``) and metrics, in inference mode."""
+        self._build(data)
+        self._reset_metrics()
+        group = tf.constant(self.options.steps_per_execution, tf.int32)
+        iterator = iter(data)
+        while int(self._test_fn(iterator, group)) == self.options.steps_per_execution:
+            pass
+        return self._results()
+
+    def _build(self, data: tf.data.Dataset) -> None:
+        """Create model and optimizer variables eagerly, then the compiled functions, once."""
+        if self._train_fn is not None:
+            return
+        if not self.model.built:
+            self.model(next(iter(data.take(1)))[0])
+        self.optimizer.build(self.model.trainable_variables)
+        self._train_fn = step_lib.fused_fn(self, self._train_step, self.options)
+        self._test_fn = step_lib.fused_fn(self, step_lib.test_step, self.options)
+
+    def _reset_metrics(self) -> None:
+        for metric in (self.loss_tracker, *self.metrics):
+            metric.reset_state()
+
+    def _results(self) -> dict[str, float]:
+        return {m.name: float(m.result()) for m in (self.loss_tracker, *self.metrics)}
+
+
+def _steps_per_epoch(data: tf.data.Dataset) -> int | None:
+    n = int(data.cardinality())
+    return n if n >= 0 else None  # INFINITE (-1) and UNKNOWN (-2): run until the data ends
+
+
+def resolve_metric(metric: keras.metrics.Metric | str, loss: Any) -> keras.metrics.Metric:
+    """``"accuracy"`` means the accuracy that fits the loss, as in ``model.compile``."""
+    if not isinstance(metric, str) or metric.lower() not in ("accuracy", "acc"):
+        return keras.metrics.get(metric)
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    if isinstance(loss, keras.losses.CategoricalCrossentropy):
+        return keras.metrics.CategoricalAccuracy(name="accuracy")
+    if isinstance(loss, keras.losses.BinaryCrossentropy):
+        return keras.metrics.BinaryAccuracy(name="accuracy")
+    return keras.metrics.Accuracy(name="accuracy")
