@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from gradloop.data import DATASETS, parse_classes
 from gradloop.errors import ConfigError
 
 MODELS = ("mlp", "cnn")
@@ -54,6 +55,8 @@ class TrainConfig:
             0 <= self.val_fraction < 1
         ):
             raise ConfigError(f"val_fraction must be a number in [0, 1), got {self.val_fraction!r}")
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
@@ -86,31 +89,6 @@ def _as_int(v: Any) -> int:
     if isinstance(v, bool) or isinstance(v, float):
         raise ValueError(v)
     return int(str(v).strip())
-
-
-def parse_classes(value: Any) -> tuple[int, ...]:
-    """``"0,1,2"``, ``"0-4"``, ``[0, 1, 2]`` or ``"all"`` -> a tuple of distinct digits, order kept."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
-        return tuple(range(10))
-    parts = value.split(",") if isinstance(value, str) else value
-    classes: list[int] = []
-    try:
-        for part in parts:
-            text = str(part).strip()
-            if isinstance(part, str) and "-" in text[1:]:
-                lo, hi = (int(t) for t in text.split("-", 1))
-                classes.extend(range(lo, hi + 1))
-            else:
-                classes.append(_as_int(part))
-    except (TypeError, ValueError):
-        raise ConfigError(f"classes must be digits like 0,1,2 or 0-4 or 'all', got {value!r}") from None
-    if len(classes) < 2:
-        raise ConfigError(f"classes must name at least two classes, got {value!r}")
-    if any(c < 0 or c > 9 for c in classes):
-        raise ConfigError(f"classes must be digits 0-9, got {value!r}")
-    if len(set(classes)) != len(classes):
-        raise ConfigError(f"classes must not repeat a class, got {value!r}")
-    return tuple(classes)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -55,12 +55,16 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...]) -> keras.Mode
     return models.build_mlp(input_shape[0], config.hidden, n_classes)
 
 
-def new_run_dir(config: TrainConfig) -> Path:
-    """The run directory, created empty; an existing non-empty one is refused
-    so that an earlier run's results are never overwritten."""
+def check_new_run_dir(config: TrainConfig) -> Path:
+    """The run directory to create; an existing non-empty one is refused so that
+    an earlier run's results are never overwritten."""
     path = Path(config.run_dir) if config.run_dir else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RunDirError(f"run directory {path} already exists and is not empty; choose another --run-dir")
+    return path
+
+
+def make_run_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -82,8 +86,9 @@ def train(config: TrainConfig, *, out: TextIO | None = None, notify: Callable[[s
     """Run one experiment and return its run directory."""
     out = out or sys.stdout
     notify = notify or (lambda line: print(line, file=sys.stderr))
-    run_dir = new_run_dir(config)
-    prepared = prepare_data(config, notify=notify)
+    run_dir = check_new_run_dir(config)
+    prepared = prepare_data(config, notify=notify)  # bad data fails before anything is written
+    make_run_dir(run_dir)
     (x_train, y_train), (x_val, y_val) = prepared.train, prepared.val
     train_ds = data.make_dataset(x_train, y_train, batch_size=config.batch_size, shuffle=True, seed=config.seed)
     val_ds = data.make_dataset(x_val, y_val, batch_size=config.batch_size, shuffle=False) if len(x_val) else None

@@ -1,0 +1,68 @@
+"""Config: defaults are the reference experiment, file < flags, every bad value refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradloop.config import TrainConfig, build_config, load_yaml
+from gradloop.data import parse_classes
+from gradloop.errors import ConfigError
+
+
+def test_defaults_are_the_reference_experiment():
+    c = TrainConfig()
+    assert (c.classes, c.hidden, c.epochs, c.batch_size, c.lr) == ((0, 1, 2), (512, 256, 128), 10, 32, 1e-4)
+    assert c.val_fraction == pytest.approx(1 / 6)
+    assert c.model == "mlp" and c.dataset is None
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nbatch-size: 64\nclasses: [3, 5]\nhidden: 64,32\n")
+    config = build_config(load_yaml(path), epochs=7, batch_size=None)
+    assert (config.epochs, config.batch_size, config.classes, config.hidden) == (7, 64, (3, 5), (64, 32))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0,1,2", (0, 1, 2)), ("2,0", (2, 0)), ("0-3", (0, 1, 2, 3)), ("all", tuple(range(10))), ([7, 1], (7, 1))],
+)
+def test_classes_parse(text, expected):
+    assert parse_classes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1", "0,0", "0,10", "-1,2", "a,b", "1.5,2", [1]])
+def test_bad_classes_are_refused(text):
+    with pytest.raises(ConfigError, match="class"):
+        parse_classes(text)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("epochs", 0), ("epochs", -3), ("epochs", 2.5), ("epochs", True),
+        ("batch_size", 0), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")), ("lr", float("inf")), ("lr", "fast"),
+        ("val_fraction", 1.0), ("val_fraction", -0.1), ("hidden", "512,,128"), ("hidden", "0"), ("hidden", "a"),
+        ("model", "resnet"), ("steps_per_execution", 0), ("seed", -1),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(key, value):
+    with pytest.raises(ConfigError, match=key):
+        build_config(**{key: value})
+
+
+def test_unknown_keys_and_bad_yaml_are_refused(tmp_path):
+    unknown = tmp_path / "u.yaml"
+    unknown.write_text("epoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        load_yaml(unknown)
+    broken = tmp_path / "b.yaml"
+    broken.write_text("epochs: [3\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(broken)
+    listing = tmp_path / "l.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(listing)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_yaml(tmp_path / "missing.yaml")
