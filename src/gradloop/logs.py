@@ -68,7 +68,9 @@ class HistoryFiles(keras.callbacks.Callback):
 
 
 def format_logs(logs: Mapping[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "train_time")
+    """``loss 0.1234  accuracy 0.9750  val_loss ...``: loss first, validation last."""
+    keys = sorted((k for k in logs if k != "train_time"), key=lambda k: (k.startswith("val_"), "loss" not in k, k))
+    return "  ".join(f"{k} {logs[k]:.4f}" for k in keys)
 
 
 class Progress(keras.callbacks.Callback):
