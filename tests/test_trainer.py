@@ -84,11 +84,15 @@ def test_weights_move_and_the_loss_falls():
     assert history["accuracy"][-1] > 0.9
 
 
-def test_matches_keras_fit_on_the_same_weights_and_data_order():
+@pytest.mark.parametrize(("fused", "atol"), [(False, 1e-6), (True, 1e-5)])
+def test_matches_keras_fit_on_the_same_weights_and_data_order(fused, atol):
+    """Keras' own update: the same numbers; TF's fused Adam kernel: float32 rounding apart."""
     x, y = toy_data(200)
     ours, theirs = toy_model(seed=3), toy_model(seed=3)
     ds = batches(x, y, 16)
-    history = make_trainer(ours, keras.optimizers.Adam(1e-2)).fit(ds, validation_data=ds, epochs=3).history
+    options = CompileOptions(fused_optimizer=fused)
+    trainer = make_trainer(ours, keras.optimizers.Adam(1e-2), options=options)
+    history = trainer.fit(ds, validation_data=ds, epochs=3).history
     theirs.compile(
         optimizer=keras.optimizers.Adam(1e-2),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -96,9 +100,9 @@ def test_matches_keras_fit_on_the_same_weights_and_data_order():
     )
     reference = theirs.fit(ds, validation_data=ds, epochs=3, verbose=0).history
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        assert history[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), key
+        assert history[key] == pytest.approx(reference[key], rel=1e-4, abs=atol), key
     for a, b in zip(ours.get_weights(), theirs.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
 
 
 @pytest.mark.parametrize("steps_per_execution", [1, 3, 1000])

@@ -56,10 +56,13 @@ class CompileOptions:
     ``tf.while_loop`` over the iterator), like Keras' ``steps_per_execution``
     and Orbit's ``steps_per_loop``. Callbacks' batch hooks run once per call.
     ``jit_compile``: XLA-compile the step (loss, gradients, update, metrics).
+    ``fused_optimizer``: run Keras Adam's and SGD-with-momentum's update on
+    TensorFlow's fused kernels (same formula; see :mod:`gradloop.optimizer_kernels`).
     """
 
     steps_per_execution: int = 32
     jit_compile: bool = False
+    fused_optimizer: bool = True
 
     def __post_init__(self) -> None:
         spe = self.steps_per_execution

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 import keras
 import tensorflow as tf
 
+from gradloop import optimizer_kernels
 from gradloop import step as step_lib
 
 
@@ -130,6 +131,8 @@ class Trainer:
         if not self.model.built:
             self.model(next(iter(data.take(1)))[0])
         self.optimizer.build(self.model.trainable_variables)
+        if self.options.fused_optimizer:
+            optimizer_kernels.use_fused_kernels(self.optimizer)
         self._train_fn = step_lib.fused_fn(self, self._train_step, self.options)
         self._test_fn = step_lib.fused_fn(self, step_lib.test_step, self.options)
 
