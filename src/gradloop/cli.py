@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps-per-execution", type=int, help="training steps per compiled call (default 32)")
     train.add_argument("--jit", dest="jit_compile", action="store_const", const=True, help="XLA-compile the step")
     train.add_argument("--run-dir", metavar="DIR", help="output folder (default runs/<timestamp>)")
+    train.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run's model on a data split")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -50,8 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test", help="default test")
     evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
+    bench = commands.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop")
+    bench.add_argument("--dataset", help="as for train (default: mnist if reachable, else mnist-sample)")
+    bench.add_argument("--data-dir", metavar="DIR")
+    bench.add_argument("--classes", help="default 0,1,2")
+    bench.add_argument("--hidden", help="MLP hidden sizes (default 512,256,128)")
+    bench.add_argument("--batch-size", default="32", help="one or more, e.g. 32,256 (default 32)")
+    bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per variant per round (default 3)")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts (default 3)")
+    bench.add_argument("--variants", help="comma-separated subset of: " + ", ".join(_BENCH_VARIANTS))
+    bench.add_argument("--json", action="store_true", help="print JSON for machines")
     return parser
 
+
+_BENCH_VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradloop", "gradloop --jit")
 
 _TRAIN_KEYS = (
     "dataset", "data_dir", "classes", "model", "hidden", "epochs", "batch_size", "lr",
@@ -66,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
     config = build_config(file_values, **{k: getattr(args, k) for k in _TRAIN_KEYS})
     from gradloop import experiment  # TensorFlow loads here, after the cheap checks
 
-    experiment.train(config)
+    experiment.train(config, profile=args.profile)
     return 0
 
 
@@ -81,11 +94,43 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from gradloop.config import build_config, parse_int_list
+    from gradloop.errors import ConfigError
+
+    batch_sizes = parse_int_list("batch-size", args.batch_size)
+    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else _BENCH_VARIANTS[:5]
+    unknown = [v for v in variants if v not in _BENCH_VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(_BENCH_VARIANTS)}")
+    if args.seconds <= 0 or args.rounds < 1:
+        raise ConfigError("--seconds must be > 0 and --rounds >= 1")
+    configs = [
+        build_config(dataset=args.dataset, data_dir=args.data_dir, classes=args.classes, hidden=args.hidden, batch_size=b)
+        for b in batch_sizes
+    ]
+    from gradloop import bench, experiment
+
+    prepared = experiment.prepare_data(configs[0], notify=lambda line: print(line, file=sys.stderr))
+    results = []
+    for config in configs:
+        work = bench.Workload(*prepared.train, batch_size=config.batch_size, hidden=config.hidden,
+                              n_classes=len(config.classes), lr=config.lr, seed=config.seed)
+        result = bench.run_bench(work, variants=variants, seconds=args.seconds, rounds=args.rounds,
+                                 progress=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+        results.append(result)
+        if not args.json:
+            print(bench.format_table(result), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "bench": _bench}[args.command](args)
     except GradloopError as exc:
         if args.debug:
             raise

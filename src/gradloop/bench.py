@@ -1,0 +1,267 @@
+"""``gradloop bench``: training throughput of five ways to write the same loop.
+
+In one process, on the same model, data, batch size and initial weights:
+
+    eager         the tutorial's loop as written (GradientTape per batch, eager)
+    tf.function   the tutorial's step under @tf.function, one call per batch
+    keras spe=1   model.fit
+    keras spe=32  model.fit with steps_per_execution=32
+    gradloop      Trainer.fit with its defaults (fused steps, fused optimizer kernels)
+
+Each variant is warmed up (traced) first, then timed for about ``seconds``;
+the variants take turns over ``rounds`` rounds and the median counts, so a
+noisy neighbour hurts all of them alike. The limit is the model's matmul
+FLOPs per training sample against the FLOP/s this machine reaches on exactly
+those matmuls (forward, and the two backward products per Dense layer).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gradloop import data
+from gradloop.step import CompileOptions
+from gradloop.trainer import Trainer
+
+VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradloop")
+
+
+@dataclass(frozen=True)
+class Workload:
+    x: np.ndarray
+    y: np.ndarray
+    batch_size: int
+    hidden: tuple[int, ...]
+    n_classes: int
+    lr: float = 1e-4
+    seed: int = 0
+
+    def dataset(self, steps: int) -> tf.data.Dataset:
+        """``steps`` batches of the shuffled training data, reshuffled at each pass."""
+        ds = data.make_dataset(self.x, self.y, batch_size=self.batch_size, shuffle=True, seed=self.seed)
+        return ds.repeat().take(steps)
+
+    def samples(self, steps: int) -> int:
+        """Samples in the first ``steps`` batches (each pass ends with a partial batch)."""
+        n, b = len(self.x), self.batch_size
+        per_pass = -(-n // b)
+        full_passes, rest = divmod(steps, per_pass)
+        return full_passes * n + min(rest * b, n)
+
+    def model(self) -> keras.Model:
+        keras.utils.set_random_seed(self.seed)
+        inputs = keras.Input((self.x.shape[1],))
+        h = inputs
+        for units in self.hidden:
+            h = keras.layers.Dense(units, activation="relu")(h)
+        return keras.Model(inputs, keras.layers.Dense(self.n_classes)(h))
+
+    def flops_per_sample(self) -> int:
+        """Matmul FLOPs of one training sample: 2 per multiply-add, forward + 2x backward."""
+        dims = [self.x.shape[1], *self.hidden, self.n_classes]
+        return 3 * sum(2 * a * b for a, b in zip(dims, dims[1:]))
+
+
+def _loss() -> keras.losses.Loss:
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to train: ``run(steps)`` trains ``model`` for that many batches."""
+
+    run: Callable[[int], object]
+    model: keras.Model
+
+
+def tutorial_loop(work: Workload, compiled: bool) -> Variant:
+    """The tutorial's loop, verbatim in spirit: eager, or with the step under tf.function."""
+    model, optimizer, loss_fn = work.model(), keras.optimizers.Adam(work.lr), _loss()
+    train_acc = keras.metrics.Accuracy()
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = loss_fn(y, logits)
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply_gradients(zip(grads, model.trainable_weights))
+        train_acc.update_state(y, tf.argmax(logits, axis=1))
+        return loss
+
+    step = tf.function(step) if compiled else step
+
+    def run(steps: int) -> None:
+        for x, y in work.dataset(steps):
+            step(x, y)
+        train_acc.result().numpy()
+        train_acc.reset_state()
+
+    return Variant(run, model)
+
+
+def keras_fit(work: Workload, steps_per_execution: int) -> Variant:
+    model = work.model()
+    model.compile(optimizer=keras.optimizers.Adam(work.lr), loss=_loss(), metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
+    return Variant(lambda steps: model.fit(work.dataset(steps), epochs=1, verbose=0), model)
+
+
+def gradloop_fit(work: Workload, options: CompileOptions = CompileOptions()) -> Variant:
+    model = work.model()
+    trainer = Trainer(model, optimizer=keras.optimizers.Adam(work.lr), loss=_loss(), metrics=["accuracy"],
+                      options=options)
+    return Variant(lambda steps: trainer.fit(work.dataset(steps), epochs=1), model)
+
+
+def build_variant(name: str, work: Workload) -> Variant:
+    return {
+        "eager": lambda: tutorial_loop(work, compiled=False),
+        "tf.function": lambda: tutorial_loop(work, compiled=True),
+        "keras spe=1": lambda: keras_fit(work, 1),
+        "keras spe=32": lambda: keras_fit(work, 32),
+        "gradloop": lambda: gradloop_fit(work),
+        "gradloop --jit": lambda: gradloop_fit(work, CompileOptions(jit_compile=True)),
+    }[name]()
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 5 ms (Linux)."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def mib(self) -> float | None:
+        return None if self.base is None else (self.peak - self.base) / 2**20
+
+
+def _rss() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def matmul_flops_per_second(work: Workload, seconds: float = 1.0) -> float:
+    """FLOP/s of the training step's matmuls alone, at this batch size."""
+    dims = [work.x.shape[1], *work.hidden, work.n_classes]
+    b = work.batch_size
+    rng = tf.random.Generator.from_seed(0)
+    weights = [rng.normal((i, o)) for i, o in zip(dims, dims[1:])]
+    acts = [rng.normal((b, i)) for i in dims[:-1]]
+    grads = [rng.normal((b, o)) for o in dims[1:]]
+
+    @tf.function
+    def matmuls(n):
+        total = tf.constant(0.0)
+        for _ in tf.range(n):
+            for w, a, g in zip(weights, acts, grads):
+                fwd = tf.matmul(a, w)                       # forward
+                dx = tf.matmul(g, w, transpose_b=True)      # backward to the input
+                dw = tf.matmul(a, g, transpose_a=True)      # backward to the weights
+                total += fwd[0, 0] + dx[0, 0] + dw[0, 0]
+        return total
+
+    matmuls(tf.constant(10)).numpy()
+    n = 50
+    while True:
+        start = time.perf_counter()
+        matmuls(tf.constant(n)).numpy()
+        elapsed = time.perf_counter() - start
+        if elapsed > seconds / 4 or n > 10**6:
+            break
+        n *= 4
+    flops = n * b * work.flops_per_sample()
+    return flops / elapsed
+
+
+def run_bench(work: Workload, *, variants=VARIANTS, seconds: float = 3.0, rounds: int = 3,
+              progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Throughput (samples/s) of each variant, medians over interleaved rounds."""
+    runs, steps = {}, {}
+    warmup = 2 * 32 + 1
+    memory: dict[str, float | None] = {}
+    for name in variants:
+        progress(f"warming up {name}")
+        with PeakRSS() as rss:  # building and tracing count towards the variant's memory
+            runs[name] = build_variant(name, work).run
+            runs[name](warmup)
+        memory[name] = rss.mib
+        start = time.perf_counter()
+        runs[name](warmup)
+        rate = warmup / (time.perf_counter() - start)
+        steps[name] = max(warmup, int(rate * seconds))
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name in variants:
+            progress(f"round {r + 1}/{rounds}: {name}")
+            with PeakRSS() as rss:
+                start = time.perf_counter()
+                runs[name](steps[name])
+                elapsed = time.perf_counter() - start
+            rates[name].append(work.samples(steps[name]) / elapsed)
+            memory[name] = rss.mib if memory[name] is None or rss.mib is None else max(memory[name], rss.mib)
+    progress("measuring the matmul limit")
+    limit = matmul_flops_per_second(work) / work.flops_per_sample()
+    results = {name: statistics.median(v) for name, v in rates.items()}
+    return {
+        "batch_size": work.batch_size,
+        "n_train": int(len(work.x)),
+        "model": f"MLP {'-'.join(map(str, work.hidden))} -> {work.n_classes}",
+        "flops_per_sample": work.flops_per_sample(),
+        "limit_samples_per_s": limit,
+        "variants": {
+            name: {
+                "samples_per_s": results[name],
+                "all_rounds": rates[name],
+                "share_of_limit": results[name] / limit,
+                "peak_rss_mib": memory[name],
+            }
+            for name in variants
+        },
+        "ratios": _ratios(results),
+    }
+
+
+def _ratios(results: dict[str, float]) -> dict[str, float]:
+    ours = results.get("gradloop")
+    if ours is None:
+        return {}
+    return {f"gradloop / {name}": ours / rate for name, rate in results.items() if name != "gradloop"}
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"{result['model']}, batch {result['batch_size']}, {result['n_train']:,} training samples; "
+        f"limit {result['limit_samples_per_s']:,.0f} samples/s ({result['flops_per_sample'] / 1e6:.2f} MFLOP/sample)",
+        f"{'variant':<16}{'samples/s':>12}{'share of limit':>16}{'peak RSS MiB':>14}{'gradloop is':>13}",
+    ]
+    ours = result["variants"].get("gradloop", {}).get("samples_per_s")
+    for name, v in result["variants"].items():
+        mem = "n/a" if v["peak_rss_mib"] is None else f"{v['peak_rss_mib']:.0f}"
+        ratio = f"{ours / v['samples_per_s']:.2f}x" if ours and name != "gradloop" else ""
+        lines.append(f"{name:<16}{v['samples_per_s']:>12,.0f}{v['share_of_limit']:>15.1%}{mem:>14}{ratio:>13}")
+    return "\n".join(lines)
