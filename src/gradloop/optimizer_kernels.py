@@ -80,7 +80,7 @@ def use_fused_kernels(optimizer: keras.optimizers.Optimizer) -> bool:
         return False
     if getattr(optimizer, "amsgrad", False) or getattr(optimizer, "momentum", None) == 0:
         return False  # AMSGrad has no fused kernel; plain SGD is a single op already
-    if tf.distribute.has_strategy():
+    if tf.distribute.has_strategy():  # called inside the trainer's strategy scope
         return False
     fused = _adam_update if isinstance(optimizer, keras.optimizers.Adam) else _sgd_update
     optimizer.update_step = types.MethodType(fused, optimizer)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import keras
 import tensorflow as tf
 
+from gradloop import distribute
+
 if TYPE_CHECKING:
     from gradloop.trainer import Trainer
 
@@ -78,9 +80,14 @@ def update_metrics(
     y_pred: tf.Tensor,
 ) -> None:
     """Accumulate one batch: the loss weighted by batch size (so the epoch
-    figure is the mean over samples, as Keras reports it), then each metric."""
-    batch_size = tf.cast(tf.shape(y)[0], loss.dtype)
-    loss_tracker.update_state(loss, sample_weight=batch_size)
+    figure is the mean over samples, as Keras reports it), then each metric.
+
+    ``loss`` is this replica's share of the global-batch mean, so the tracker
+    adds ``loss * global`` to its total and the local sample count to its count;
+    summed over replicas that is exactly the global batch's mean."""
+    local = tf.cast(tf.shape(y)[0], tf.float32)
+    share = tf.cast(loss, tf.float32) * distribute.global_batch_size(y)
+    loss_tracker.update_state(tf.math.divide_no_nan(share, local), sample_weight=local)
     for metric in metrics:
         metric.update_state(y, y_pred)
 
@@ -108,6 +115,9 @@ def fused_fn(
 
     if options.jit_compile:
         one_step = tf.function(one_step, jit_compile=True)
+    if distribute.is_distributed(trainer.strategy):
+        replica_step = one_step
+        one_step = lambda x, y: trainer.strategy.run(replica_step, args=(x, y))  # noqa: E731
 
     @tf.function
     def run(iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tf.Tensor:

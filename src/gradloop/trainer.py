@@ -11,13 +11,14 @@ What one step does lives in :mod:`gradloop.step`; *when* things happen
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Iterable, Sequence
 
 import keras
 import tensorflow as tf
 
-from gradloop import optimizer_kernels
+from gradloop import distribute, optimizer_kernels
 from gradloop import step as step_lib
 
 
@@ -31,6 +32,8 @@ class Trainer:
     >>> history.history["val_accuracy"][-1]
 
     ``train_step`` replaces the step (see :mod:`gradloop.step` for the contract).
+    ``strategy``: a ``tf.distribute.Strategy`` whose ``scope()`` built the model;
+    the loss is then averaged over the global batch and datasets are distributed.
     """
 
     def __init__(
@@ -42,14 +45,18 @@ class Trainer:
         metrics: Sequence[keras.metrics.Metric | str] = (),
         train_step: step_lib.StepFn | None = None,
         options: step_lib.CompileOptions = step_lib.CompileOptions(),
+        strategy: tf.distribute.Strategy | None = None,
     ) -> None:
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
         self.model = model
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.optimizer = keras.optimizers.get(optimizer)
         self.loss = keras.losses.get(loss)
-        self.metrics = [resolve_metric(m, self.loss) for m in metrics]
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._summed_loss = _summed(self.loss)
+        with self.strategy.scope():  # metric variables aggregate across replicas
+            self.metrics = [resolve_metric(m, self.loss) for m in metrics]
+            self.loss_tracker = keras.metrics.Mean(name="loss")
         self.options = options
         self._train_step = train_step or step_lib.train_step
         self._train_fn = self._test_fn = None
@@ -57,10 +64,12 @@ class Trainer:
         self.model.optimizer = self.optimizer
 
     def compute_loss(self, y: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        """The loss of a batch plus the model's regularisation losses."""
-        loss = self.loss(y, y_pred)
+        """Mean loss over the global batch plus the regularisation losses; under a
+        strategy, this replica's share of it (the gradient all-reduce sums shares)."""
+        total = self._summed_loss(y, y_pred)
+        loss = total / tf.cast(distribute.global_batch_size(y), total.dtype)
         if self.model.losses:
-            loss = loss + tf.cast(tf.add_n(self.model.losses), loss.dtype)
+            loss += tf.nn.scale_regularization_loss(tf.cast(tf.add_n(self.model.losses), loss.dtype))
         return loss
 
     def fit(
@@ -84,6 +93,7 @@ class Trainer:
             [*(callbacks or []), history], model=self.model, epochs=epochs, steps=steps, verbose=0
         )
         self.model.stop_training = False
+        train = self._distribute(train)
         callbacks.on_train_begin()
         logs: dict[str, float] = {}
         for epoch in range(epochs):
@@ -119,7 +129,7 @@ class Trainer:
         self._build(data)
         self._reset_metrics()
         group = tf.constant(self.options.steps_per_execution, tf.int32)
-        iterator = iter(data)
+        iterator = iter(self._distribute(data))
         while int(self._test_fn(iterator, group)) == self.options.steps_per_execution:
             pass
         return self._results()
@@ -128,13 +138,20 @@ class Trainer:
         """Create model and optimizer variables eagerly, then the compiled functions, once."""
         if self._train_fn is not None:
             return
-        if not self.model.built:
-            self.model(next(iter(data.take(1)))[0])
-        self.optimizer.build(self.model.trainable_variables)
-        if self.options.fused_optimizer:
-            optimizer_kernels.use_fused_kernels(self.optimizer)
+        with self.strategy.scope():
+            if not self.model.built:
+                self.model(next(iter(data.take(1)))[0])
+            distribute.check_in_scope(self.strategy, self.model.trainable_variables, "model")
+            self.optimizer.build(self.model.trainable_variables)
+            if self.options.fused_optimizer:
+                optimizer_kernels.use_fused_kernels(self.optimizer)
         self._train_fn = step_lib.fused_fn(self, self._train_step, self.options)
         self._test_fn = step_lib.fused_fn(self, step_lib.test_step, self.options)
+
+    def _distribute(self, data: tf.data.Dataset):
+        if not distribute.is_distributed(self.strategy):
+            return data
+        return self.strategy.experimental_distribute_dataset(distribute.shard_by_data(data))
 
     def _reset_metrics(self) -> None:
         for metric in (self.loss_tracker, *self.metrics):
@@ -142,6 +159,16 @@ class Trainer:
 
     def _results(self) -> dict[str, float]:
         return {m.name: float(m.result()) for m in (self.loss_tracker, *self.metrics)}
+
+
+def _summed(loss: Any) -> Any:
+    """The loss summed over the batch, so that dividing by the *global* batch
+    size gives the mean whatever the replicas' shares (see gradloop.distribute)."""
+    if isinstance(loss, keras.losses.Loss):
+        summed = copy.copy(loss)
+        summed.reduction = "sum"
+        return summed
+    return lambda y, y_pred: tf.reduce_sum(loss(y, y_pred))
 
 
 def _steps_per_epoch(data: tf.data.Dataset) -> int | None:

@@ -1,0 +1,132 @@
+"""tf.distribute for gradloop: which strategy, who is chief, the global batch.
+
+gradloop does not distribute anything itself: the step runs under
+``strategy.run``, datasets go through ``strategy.experimental_distribute_dataset``
+and Keras' optimizer all-reduces (sums) the gradients. What this module adds
+is the arithmetic that makes the numbers equal a single-device run:
+
+    loss_r = sum of replica r's per-example losses / global batch size
+    sum over replicas of grad(loss_r) = grad(mean over the global batch)
+
+which is exact even for the last, smaller batch that splits unevenly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+
+from gradloop.errors import ConfigError
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def configure_cpu_replicas(replicas: int | None) -> None:
+    """Split the CPU into ``replicas`` logical devices (for MirroredStrategy on a
+    machine without GPUs). Must run before TensorFlow touches a device."""
+    if not replicas or replicas < 2 or tf.config.list_physical_devices("GPU"):
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError:
+        raise ConfigError(
+            "CPU replicas can only be set before TensorFlow starts; call configure_cpu_replicas first"
+        ) from None
+
+
+def make_strategy(name: str, *, replicas: int | None = None, timeout_seconds: float = 300.0) -> tf.distribute.Strategy:
+    """``default`` (one device), ``mirrored`` (all local GPUs, or ``replicas``
+    logical CPUs) or ``multi_worker`` (configured by TF_CONFIG, as every TF job is)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        configure_cpu_replicas(replicas)
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        cluster = tf_config()
+        if cluster is None:
+            raise ConfigError("--strategy multi_worker needs TF_CONFIG (or use gradloop launch --workers N -- train ...)")
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+            timeout_seconds=timeout_seconds,  # a lost worker fails the collective instead of hanging it
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+
+
+def tf_config() -> dict[str, Any] | None:
+    """The parsed TF_CONFIG, checked for the fields a worker needs."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return None
+    try:
+        config = json.loads(text)
+        workers = config["cluster"]["worker"]
+        task = config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            'TF_CONFIG is not valid: expected {"cluster": {"worker": ["host:port", ...]}, '
+            '"task": {"type": "worker", "index": 0}}'
+        ) from None
+    if task.get("type") == "worker" and not 0 <= index < len(workers):
+        raise ConfigError(f"TF_CONFIG task index {index} is outside the {len(workers)} workers of the cluster")
+    return config
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run directory: the chief, or worker 0
+    of a cluster without a chief, or any non-multi-worker process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def global_batch_size(y: tf.Tensor) -> tf.Tensor:
+    """The number of samples in this step across all replicas (float32).
+
+    Inside ``strategy.run`` this all-reduces the local batch sizes; in the
+    default strategy it is the local batch size."""
+    local = tf.cast(tf.shape(y)[0], tf.float32)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return local
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+
+
+def is_distributed(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` is a real one (Mirrored, MultiWorker, ...) rather
+    than TensorFlow's default no-op strategy, whichever scope we are in."""
+    return type(strategy) is not type(_DEFAULT_STRATEGY)
+
+
+_DEFAULT_STRATEGY = tf.distribute.get_strategy()  # at import no scope is entered
+
+
+def check_in_scope(strategy: tf.distribute.Strategy, variables, what: str) -> None:
+    """Variables made outside ``strategy.scope()`` would not be mirrored: say so early."""
+    if not is_distributed(strategy) or not variables:
+        return
+    first = variables[0]
+    first = getattr(first, "value", first)
+    if not strategy.extended.variable_created_in_scope(first):
+        raise ValueError(f"the {what} was built outside strategy.scope(); build it inside `with strategy.scope():`")
+
+
+def shard_by_data(data: tf.data.Dataset) -> tf.data.Dataset:
+    """Every worker reads the same (same-seed) data and keeps its part of each
+    global batch, so the batches are those of a single-device run."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.with_options(options)
