@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="seed for the split, shuffling and initial weights (default 42)")
     train.add_argument("--steps-per-execution", type=int, help="training steps per compiled call (default 32)")
     train.add_argument("--jit", dest="jit_compile", action="store_const", const=True, help="XLA-compile the step")
+    train.add_argument("--strategy", help="default, mirrored (all GPUs, or --replicas CPUs) or multi_worker (TF_CONFIG)")
+    train.add_argument("--replicas", type=int, help="with --strategy mirrored and no GPU: split the CPU into N devices")
     train.add_argument("--run-dir", metavar="DIR", help="output folder (default runs/<timestamp>)")
     train.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
 
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test", help="default test")
     evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
+    launch = commands.add_parser("launch", help="run a multi-worker job as N local processes")
+    launch.add_argument("--workers", type=int, required=True, help="number of worker processes")
+    launch.add_argument("train_argv", nargs=argparse.REMAINDER, metavar="-- train ...", help="the train command to run")
+
     bench = commands.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop")
     bench.add_argument("--dataset", help="as for train (default: mnist if reachable, else mnist-sample)")
     bench.add_argument("--data-dir", metavar="DIR")
@@ -68,7 +74,7 @@ _BENCH_VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradl
 
 _TRAIN_KEYS = (
     "dataset", "data_dir", "classes", "model", "hidden", "epochs", "batch_size", "lr",
-    "val_fraction", "seed", "steps_per_execution", "jit_compile", "run_dir",
+    "val_fraction", "seed", "steps_per_execution", "jit_compile", "strategy", "replicas", "run_dir",
 )
 
 
@@ -126,11 +132,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    from gradloop.launch import WorkerFailed, launch
+
+    try:
+        return launch(args.workers, args.train_argv)
+    except WorkerFailed as exc:  # not the user's input: the job failed
+        print(f"gradloop: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "bench": _bench}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "bench": _bench, "launch": _launch}[args.command](args)
     except GradloopError as exc:
         if args.debug:
             raise

@@ -19,6 +19,7 @@ from gradloop.data import DATASETS, parse_classes
 from gradloop.errors import ConfigError
 
 MODELS = ("mlp", "cnn")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class TrainConfig:
     seed: int = 42
     steps_per_execution: int = 32
     jit_compile: bool = False
+    strategy: str = "default"
+    replicas: int | None = None
     run_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +64,10 @@ class TrainConfig:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(f"hidden must be one or more positive layer sizes like 512,256,128, got {self.hidden!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.replicas is not None:
+            _check_int("replicas", self.replicas, minimum=1)
         if not isinstance(self.jit_compile, bool):
             raise ConfigError(f"jit_compile must be true or false, got {self.jit_compile!r}")
 

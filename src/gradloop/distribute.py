@@ -19,9 +19,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from gradloop.config import STRATEGIES
 from gradloop.errors import ConfigError
-
-STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def configure_cpu_replicas(replicas: int | None) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, data, logs, models, plots
+from gradloop import __version__, data, distribute, logs, models, plots
 from gradloop.config import TrainConfig
 from gradloop.errors import DataError, RunDirError
 from gradloop.step import CompileOptions
@@ -89,7 +91,11 @@ def train(
     where a step's time goes (on a copy of the model: the run is unaffected)."""
     out = out or sys.stdout
     notify = notify or (lambda line: print(line, file=sys.stderr))
-    run_dir = check_new_run_dir(config)
+    # A multi-worker strategy must exist before any other TensorFlow work.
+    strategy = distribute.make_strategy(config.strategy, replicas=config.replicas)
+    chief = distribute.is_chief(strategy)
+    # Only the chief writes the run directory; other workers write to a scratch folder.
+    run_dir = check_new_run_dir(config) if chief else Path(tempfile.mkdtemp(prefix="gradloop-worker-"))
     prepared = prepare_data(config, notify=notify)  # bad data fails before anything is written
     make_run_dir(run_dir)
     (x_train, y_train), (x_val, y_val) = prepared.train, prepared.val
@@ -97,14 +103,16 @@ def train(
     val_ds = data.make_dataset(x_val, y_val, batch_size=config.batch_size, shuffle=False) if len(x_val) else None
 
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, x_train.shape[1:])
-    trainer = Trainer(
-        model,
-        optimizer=keras.optimizers.Adam(learning_rate=config.lr),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
-    )
+    with strategy.scope():
+        model = build_model(config, x_train.shape[1:])
+        trainer = Trainer(
+            model,
+            optimizer=keras.optimizers.Adam(learning_rate=config.lr),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
+            strategy=strategy,
+        )
     run_info = {
         "status": "running",
         "config": config.to_dict(),
@@ -114,7 +122,8 @@ def train(
         "n_train": int(len(x_train)),
         "n_val": int(len(x_val)),
         "loss": "SparseCategoricalCrossentropy(from_logits=True)",
-        "num_replicas": tf.distribute.get_strategy().num_replicas_in_sync,
+        "strategy": config.strategy,
+        "num_replicas": strategy.num_replicas_in_sync,
         "versions": versions(),
         "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
@@ -143,5 +152,8 @@ def train(
     run_info.update(status="finished", seconds=round(time.perf_counter() - start, 3),
                     final={k: v[-1] for k, v in tutorial.items()})
     logs.write_json(run_dir / "run.json", run_info)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return Path(config.run_dir) if config.run_dir else run_dir
     print(f"gradloop: wrote {run_dir}/ (history.json, history.csv, history.png, model.keras, run.json)", file=out)
     return run_dir
