@@ -42,12 +42,14 @@ class TrainConfig:
     seed: int = 42
     steps_per_execution: int = 32
     jit_compile: bool = False
+    summary_every: int = 32
     run_dir: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("steps_per_execution", self.steps_per_execution, minimum=1)
+        _check_int("summary_every", self.summary_every, minimum=1)
         _check_int("seed", self.seed, minimum=0)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
@@ -67,6 +69,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_yaml(self) -> str:
+        """The config as a ``--config`` file: ``gradloop train --config`` on it gives this config back."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
@@ -92,6 +98,7 @@ def _as_int(v: Any) -> int:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CONFIG_KEYS = frozenset(_FIELDS)  # the --config file's keys, and the train flags' destinations
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@
     model  = build the MLP or CNN, seeded           (gradloop.models)
     fit    = Trainer(...).fit(...)                  (gradloop.trainer)
     record = history.json/.csv/.png, model.keras, run.json  (gradloop.logs, gradloop.plots)
+             tensorboard/ event files                       (gradloop.summaries)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, data, logs, models, plots
+from gradloop import __version__, data, logs, models, plots, summaries
 from gradloop.config import TrainConfig
 from gradloop.errors import DataError, RunDirError
 from gradloop.step import CompileOptions
@@ -135,7 +136,11 @@ def train(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
-        callbacks=[logs.Progress(batch_size=config.batch_size, stream=out), logs.HistoryFiles(run_dir)],
+        callbacks=[
+            logs.Progress(batch_size=config.batch_size, stream=out),
+            logs.HistoryFiles(run_dir),
+            summaries.TensorBoardSummaries(run_dir / "tensorboard", every_steps=config.summary_every),
+        ],
     )
     model.save(run_dir / "model.keras")
     tutorial = logs.write_history(run_dir, history.history)
@@ -143,5 +148,5 @@ def train(
     run_info.update(status="finished", seconds=round(time.perf_counter() - start, 3),
                     final={k: v[-1] for k, v in tutorial.items()})
     logs.write_json(run_dir / "run.json", run_info)
-    print(f"gradloop: wrote {run_dir}/ (history.json, history.csv, history.png, model.keras, run.json)", file=out)
+    print(f"gradloop: wrote {run_dir}/ (history.json, history.csv, history.png, model.keras, run.json, tensorboard/)", file=out)
     return run_dir
