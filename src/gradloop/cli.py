@@ -37,7 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", help="MLP hidden layer sizes (default 512,256,128)")
     train.add_argument("--epochs", type=int, help="default 10")
     train.add_argument("--batch-size", type=int, help="default 32")
-    train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4); the peak rate of a schedule")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine", "exponential", "step"), help="default constant")
+    train.add_argument("--warmup-steps", type=int, metavar="N", help="ramp the rate up linearly over N steps first (default 0)")
+    train.add_argument("--decay-steps", type=int, metavar="N",
+                       help="cosine: steps to decay to 0 (default: the rest of training); exponential/step: steps per decay_rate (default: an epoch)")
+    train.add_argument("--decay-rate", type=float, metavar="R", help="factor per decay_steps for exponential/step (default 0.9)")
+    train.add_argument("--clip-norm", type=float, metavar="C", help="clip the gradient to global norm C (default: no clipping)")
+    train.add_argument("--accumulate-steps", type=int, metavar="N", help="average the gradients of N batches per update (default 1)")
+    train.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"),
+                       help="float32 (default); mixed_float16 uses dynamic loss scaling")
     train.add_argument("--val-fraction", type=float, help="share of training data held out (default 1/6)")
     train.add_argument("--seed", type=int, help="seed for the split, shuffling and initial weights (default 42)")
     train.add_argument("--steps-per-execution", type=int, help="training steps per compiled call (default 32)")
