@@ -78,6 +78,12 @@ def test_an_existing_run_directory_is_refused_and_kept(sample_run, capsys):
         ["train", "--dataset", "cifar"],
         ["train", "--config", "/nonexistent.yaml"],
         ["evaluate", "/nonexistent-run"],
+        ["train", "--lr-schedule", "linear"],
+        ["train", "--clip-norm", "-1"],
+        ["train", "--accumulate-steps", "0"],
+        ["train", "--precision", "float16"],
+        ["report", "/nonexistent-run"],
+        ["export", "/nonexistent-run"],
         ["frobnicate"],
     ],
 )
