@@ -19,3 +19,17 @@ def shared_mnist() -> Path:
     if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST test set not found at {SHARED_MNIST}")
     return SHARED_MNIST
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished run directory: 2 epochs of a small MLP on the bundled MNIST sample (a few seconds).
+    Tests write their outputs elsewhere (``out=tmp_path``) or into their own subfolder of it."""
+    import io
+
+    from gradloop import experiment
+    from gradloop.config import TrainConfig
+
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    config = TrainConfig(dataset="mnist-sample", hidden=(64,), epochs=2, run_dir=str(run_dir))
+    return experiment.train(config, out=io.StringIO(), notify=lambda line: None)

@@ -78,6 +78,12 @@ def test_an_existing_run_directory_is_refused_and_kept(sample_run, capsys):
         ["train", "--dataset", "cifar"],
         ["train", "--config", "/nonexistent.yaml"],
         ["evaluate", "/nonexistent-run"],
+        ["train", "--lr-schedule", "linear"],
+        ["train", "--clip-norm", "-1"],
+        ["train", "--accumulate-steps", "0"],
+        ["train", "--precision", "float16"],
+        ["report", "/nonexistent-run"],
+        ["export", "/nonexistent-run"],
         ["frobnicate"],
     ],
 )
@@ -88,3 +94,83 @@ def test_bad_input_is_one_line_and_exit_2(argv, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gradloop: error: "), result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+# One non-default value per config key: (flag arguments, YAML value).
+CONFIG_SAMPLES = {
+    "dataset": (["--dataset", "fashion_mnist"], "fashion_mnist"),
+    "data_dir": (["--data-dir", "/data/digits"], "/data/digits"),
+    "classes": (["--classes", "3,5"], [3, 5]),
+    "model": (["--model", "cnn"], "cnn"),
+    "hidden": (["--hidden", "64,32"], [64, 32]),
+    "epochs": (["--epochs", "3"], 3),
+    "batch_size": (["--batch-size", "16"], 16),
+    "lr": (["--lr", "0.002"], 0.002),
+    "lr_schedule": (["--lr-schedule", "cosine"], "cosine"),
+    "warmup_steps": (["--warmup-steps", "100"], 100),
+    "decay_steps": (["--decay-steps", "500"], 500),
+    "decay_rate": (["--decay-rate", "0.5"], 0.5),
+    "clip_norm": (["--clip-norm", "1.5"], 1.5),
+    "accumulate_steps": (["--accumulate-steps", "4"], 4),
+    "precision": (["--precision", "mixed_bfloat16"], "mixed_bfloat16"),
+    "val_fraction": (["--val-fraction", "0.25"], 0.25),
+    "seed": (["--seed", "7"], 7),
+    "steps_per_execution": (["--steps-per-execution", "4"], 4),
+    "jit_compile": (["--jit"], True),
+    "summary_every": (["--summary-every", "10"], 10),
+    "strategy": (["--strategy", "mirrored"], "mirrored"),
+    "replicas": (["--replicas", "2"], 2),
+    "run_dir": (["--run-dir", "/tmp/somewhere"], "/tmp/somewhere"),
+}
+
+
+def train_flag_destinations() -> set[str]:
+    from gradloop.cli import NON_CONFIG_TRAIN_FLAGS
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    return {a.dest for a in train._actions if a.dest != "help" and a.dest not in NON_CONFIG_TRAIN_FLAGS}
+
+
+def test_every_train_flag_is_a_config_file_key():
+    from gradloop.config import CONFIG_KEYS
+
+    assert train_flag_destinations() == set(CONFIG_KEYS)
+    assert set(CONFIG_SAMPLES) == set(CONFIG_KEYS), "add a sample value for each new config key"
+
+
+def test_a_config_file_with_every_key_equals_the_flags_and_print_config_round_trips(tmp_path, capsys):
+    import yaml
+
+    flags = [arg for argv, _ in CONFIG_SAMPLES.values() for arg in argv]
+    config_file = tmp_path / "all.yaml"
+    config_file.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, (_, v) in CONFIG_SAMPLES.items()}))
+    assert main(["train", *flags, "--print-config"]) == 0
+    from_flags = capsys.readouterr().out
+    assert main(["train", "--config", str(config_file), "--print-config"]) == 0
+    from_file = capsys.readouterr().out
+    assert from_file == from_flags
+    printed = yaml.safe_load(from_file)
+    assert printed == {k: v for k, (_, v) in CONFIG_SAMPLES.items()}
+    again = tmp_path / "printed.yaml"
+    again.write_text(from_file)
+    assert main(["train", "--config", str(again), "--print-config"]) == 0
+    assert capsys.readouterr().out == from_file
+    assert not (tmp_path / "somewhere").exists()  # printing trains nothing
+
+
+def test_print_config_shows_defaults_under_file_under_flags(tmp_path, capsys):
+    import yaml
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("epochs: 4\nlr: 3.0e-4\n")
+    assert main(["train", "--config", str(config_file), "--lr", "0.01", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["epochs"], printed["lr"], printed["batch_size"], printed["hidden"]) == (4, 0.01, 32, [512, 256, 128])
+
+
+def test_print_config_refuses_a_bad_value_in_one_line(tmp_path, capsys):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("summary-every: 0\n")
+    assert main(["train", "--config", str(config_file), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradloop: error: summary_every must be") and err.count("\n") == 1

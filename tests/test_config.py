@@ -44,6 +44,10 @@ def test_bad_classes_are_refused(text):
         ("batch_size", 0), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")), ("lr", float("inf")), ("lr", "fast"),
         ("val_fraction", 1.0), ("val_fraction", -0.1), ("hidden", "512,,128"), ("hidden", "0"), ("hidden", "a"),
         ("model", "resnet"), ("steps_per_execution", 0), ("seed", -1),
+        ("lr_schedule", "linear"), ("warmup_steps", -1), ("warmup_steps", 1.5), ("decay_steps", 0),
+        ("decay_rate", 0.0), ("decay_rate", 1.5), ("decay_rate", "half"), ("clip_norm", 0), ("clip_norm", -1.0),
+        ("clip_norm", float("nan")), ("clip_norm", float("inf")), ("accumulate_steps", 0), ("accumulate_steps", True),
+        ("precision", "float16"), ("summary_every", 0),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(key, value):

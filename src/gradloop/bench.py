@@ -215,6 +215,7 @@ def run_bench(work: Workload, *, variants=VARIANTS, seconds: float = 3.0, rounds
         rate = warmup / (time.perf_counter() - start)
         steps[name] = max(warmup, int(rate * seconds))
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    limits: list[float] = []
     for r in range(rounds):
         for name in variants:
             progress(f"round {r + 1}/{rounds}: {name}")
@@ -224,8 +225,9 @@ def run_bench(work: Workload, *, variants=VARIANTS, seconds: float = 3.0, rounds
                 elapsed = time.perf_counter() - start
             rates[name].append(work.samples(steps[name]) / elapsed)
             memory[name] = rss.mib if memory[name] is None or rss.mib is None else max(memory[name], rss.mib)
-    progress("measuring the matmul limit")
-    limit = matmul_flops_per_second(work) / work.flops_per_sample()
+        progress(f"round {r + 1}/{rounds}: the matmul limit")  # in every round, so it sees the same load
+        limits.append(matmul_flops_per_second(work) / work.flops_per_sample())
+    limit = statistics.median(limits)
     results = {name: statistics.median(v) for name, v in rates.items()}
     return {
         "batch_size": work.batch_size,

@@ -37,15 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", help="MLP hidden layer sizes (default 512,256,128)")
     train.add_argument("--epochs", type=int, help="default 10")
     train.add_argument("--batch-size", type=int, help="default 32")
-    train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4); the peak rate of a schedule")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine", "exponential", "step"), help="default constant")
+    train.add_argument("--warmup-steps", type=int, metavar="N", help="ramp the rate up linearly over N steps first (default 0)")
+    train.add_argument("--decay-steps", type=int, metavar="N",
+                       help="cosine: steps to decay to 0 (default: the rest of training); exponential/step: steps per decay_rate (default: an epoch)")
+    train.add_argument("--decay-rate", type=float, metavar="R", help="factor per decay_steps for exponential/step (default 0.9)")
+    train.add_argument("--clip-norm", type=float, metavar="C", help="clip the gradient to global norm C (default: no clipping)")
+    train.add_argument("--accumulate-steps", type=int, metavar="N", help="average the gradients of N batches per update (default 1)")
+    train.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"),
+                       help="float32 (default); mixed_float16 uses dynamic loss scaling")
     train.add_argument("--val-fraction", type=float, help="share of training data held out (default 1/6)")
     train.add_argument("--seed", type=int, help="seed for the split, shuffling and initial weights (default 42)")
     train.add_argument("--steps-per-execution", type=int, help="training steps per compiled call (default 32)")
     train.add_argument("--jit", dest="jit_compile", action="store_const", const=True, help="XLA-compile the step")
     train.add_argument("--strategy", help="default, mirrored (all GPUs, or --replicas CPUs) or multi_worker (TF_CONFIG)")
     train.add_argument("--replicas", type=int, help="with --strategy mirrored and no GPU: split the CPU into N devices")
+    train.add_argument("--summary-every", type=int, metavar="N", help="TensorBoard batch summaries every N steps (default 32)")
     train.add_argument("--run-dir", metavar="DIR", help="output folder (default runs/<timestamp>)")
     train.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run's model on a data split")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -67,22 +78,35 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts (default 3)")
     bench.add_argument("--variants", help="comma-separated subset of: " + ", ".join(_BENCH_VARIANTS))
     bench.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    report = commands.add_parser("report", help="write a self-contained HTML report of a run")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
+    report.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
+    report.add_argument("--split", choices=("val", "test", "train"), default="val",
+                        help="split for per-class accuracy and the confusion matrix (default val: the run's own held-out data)")
+    report.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/report)")
+
+    export = commands.add_parser("export", help="export a run's model as a TensorFlow SavedModel for serving")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/saved_model); must not exist")
     return parser
 
 
 _BENCH_VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradloop", "gradloop --jit")
 
-_TRAIN_KEYS = (
-    "dataset", "data_dir", "classes", "model", "hidden", "epochs", "batch_size", "lr",
-    "val_fraction", "seed", "steps_per_execution", "jit_compile", "strategy", "replicas", "run_dir",
-)
+# Train flags that are not config values: they say what to do with the config.
+NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gradloop.config import build_config, load_yaml
+    from gradloop.config import CONFIG_KEYS, build_config, load_yaml
 
     file_values = load_yaml(args.config) if args.config else {}
-    config = build_config(file_values, **{k: getattr(args, k) for k in _TRAIN_KEYS})
+    config = build_config(file_values, **{k: v for k, v in vars(args).items() if k in CONFIG_KEYS})
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
     from gradloop import experiment  # TensorFlow loads here, after the cheap checks
 
     experiment.train(config, profile=args.profile)
@@ -142,11 +166,31 @@ def _launch(args: argparse.Namespace) -> int:
         return 1
 
 
+def _report(args: argparse.Namespace) -> int:
+    from gradloop import report
+
+    path = report.write_report(
+        args.run_dir, out=args.out, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+        notify=lambda line: print(line, file=sys.stderr),
+    )
+    print(f"gradloop: wrote {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gradloop import export
+
+    path = export.export_saved_model(args.run_dir, out=args.out)
+    print(f"gradloop: wrote SavedModel {path} (signature serving_default)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "bench": _bench, "launch": _launch}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "bench": _bench, "launch": _launch, "report": _report,
+                "export": _export}[args.command](args)
     except GradloopError as exc:
         if args.debug:
             raise

@@ -20,6 +20,8 @@ from gradloop.errors import ConfigError
 
 MODELS = ("mlp", "cnn")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+LR_SCHEDULES = ("constant", "cosine", "exponential", "step")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,12 @@ class TrainConfig:
     ``dataset=None`` means full MNIST where it is cached or downloadable, else
     the bundled ``mnist-sample``. ``classes`` are kept in the user's order:
     ``classes[i]`` becomes label ``i``.
+
+    Training options (see :mod:`gradloop.schedules`, :func:`gradloop.experiment.build_optimizer`):
+    ``lr_schedule`` with ``warmup_steps``, ``decay_steps``, ``decay_rate`` (steps
+    count batches); ``clip_norm``: clip the gradient to this global norm;
+    ``accumulate_steps``: average the gradients of this many batches per update;
+    ``precision``: a Keras dtype policy, ``mixed_float16`` with dynamic loss scaling.
     """
 
     dataset: str | None = None
@@ -39,19 +47,40 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int | None = None
+    decay_rate: float = 0.9
+    clip_norm: float | None = None
+    accumulate_steps: int = 1
+    precision: str = "float32"
     val_fraction: float = 1 / 6
     seed: int = 42
     steps_per_execution: int = 32
     jit_compile: bool = False
     strategy: str = "default"
     replicas: int | None = None
+    summary_every: int = 32
     run_dir: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("steps_per_execution", self.steps_per_execution, minimum=1)
+        _check_int("summary_every", self.summary_every, minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        _check_int("warmup_steps", self.warmup_steps, minimum=0)
+        _check_int("accumulate_steps", self.accumulate_steps, minimum=1)
+        if self.decay_steps is not None:
+            _check_int("decay_steps", self.decay_steps, minimum=1)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not _is_number(self.decay_rate) or not 0 < self.decay_rate <= 1:
+            raise ConfigError(f"decay_rate must be a number in (0, 1], got {self.decay_rate!r}")
+        if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
+            raise ConfigError(f"clip_norm must be a finite number > 0 (a global gradient norm), got {self.clip_norm!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not (
@@ -74,6 +103,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_yaml(self) -> str:
+        """The config as a ``--config`` file: ``gradloop train --config`` on it gives this config back."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
@@ -99,6 +136,7 @@ def _as_int(v: Any) -> int:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CONFIG_KEYS = frozenset(_FIELDS)  # the --config file's keys, and the train flags' destinations
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -137,10 +175,9 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
         values["classes"] = parse_classes(values["classes"])
     if "hidden" in values:
         values["hidden"] = parse_int_list("hidden", values["hidden"])
-    if isinstance(values.get("lr"), str):
-        values["lr"] = _parse_float("lr", values["lr"])
-    if isinstance(values.get("val_fraction"), str):
-        values["val_fraction"] = _parse_float("val_fraction", values["val_fraction"])
+    for key in ("lr", "val_fraction", "decay_rate", "clip_norm"):  # YAML reads 1e-4 (no dot) as a string
+        if isinstance(values.get(key), str):
+            values[key] = _parse_float(key, values[key])
     for key in ("data_dir", "run_dir", "dataset"):
         if key in values and values[key] is not None:
             values[key] = str(values[key])

@@ -2,13 +2,16 @@
 
     data   = load, select classes, split, scale     (gradloop.data)
     model  = build the MLP or CNN, seeded           (gradloop.models)
+    optim  = Adam with the schedule, clipping, accumulation, loss scaling  (build_optimizer)
     fit    = Trainer(...).fit(...)                  (gradloop.trainer)
     record = history.json/.csv/.png, model.keras, run.json  (gradloop.logs, gradloop.plots)
+             tensorboard/ event files                       (gradloop.summaries)
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
 import shutil
 import sys
@@ -22,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, data, distribute, logs, models, plots
+from gradloop import __version__, data, distribute, logs, models, plots, schedules, summaries
 from gradloop.config import TrainConfig
 from gradloop.errors import DataError, RunDirError
 from gradloop.step import CompileOptions
@@ -53,8 +56,37 @@ def prepare_data(config: TrainConfig, *, notify: Callable[[str], None]) -> Prepa
 def build_model(config: TrainConfig, input_shape: tuple[int, ...]) -> keras.Model:
     n_classes = len(config.classes)
     if config.model == "cnn":
-        return models.build_cnn(input_shape, n_classes)
-    return models.build_mlp(input_shape[0], config.hidden, n_classes)
+        return models.build_cnn(input_shape, n_classes, dtype=config.precision)
+    return models.build_mlp(input_shape[0], config.hidden, n_classes, dtype=config.precision)
+
+
+def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam, configured the Keras way, so every option runs inside ``optimizer.apply_gradients``,
+    the one call the step makes to update (and around the fused Adam kernel, which
+    replaces only the per-variable arithmetic):
+
+        loss-scale unscaling -> skip the update on inf/nan (LossScaleOptimizer, mixed_float16)
+        accumulate: add the gradient; every accumulate_steps-th batch use the mean  (gradient_accumulation_steps)
+        clip the (mean) gradient to global norm clip_norm                          (global_clipnorm)
+        update with the learning rate of the schedule at this step                 (gradloop.schedules)
+    """
+    rate = schedules.learning_rate(
+        config.lr_schedule,
+        config.lr,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_steps,
+        decay_steps=config.decay_steps,
+        decay_rate=config.decay_rate,
+        steps_per_epoch=steps_per_epoch,
+    )
+    optimizer = keras.optimizers.Adam(
+        learning_rate=rate,
+        global_clipnorm=config.clip_norm,
+        gradient_accumulation_steps=config.accumulate_steps if config.accumulate_steps > 1 else None,
+    )
+    if config.precision == "mixed_float16":  # float16's narrow range needs loss scaling; bfloat16's does not
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def check_new_run_dir(config: TrainConfig) -> Path:
@@ -107,7 +139,7 @@ def train(
         model = build_model(config, x_train.shape[1:])
         trainer = Trainer(
             model,
-            optimizer=keras.optimizers.Adam(learning_rate=config.lr),
+            optimizer=build_optimizer(config, steps_per_epoch=math.ceil(len(x_train) / config.batch_size)),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
@@ -144,7 +176,11 @@ def train(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
-        callbacks=[logs.Progress(batch_size=config.batch_size, stream=out), logs.HistoryFiles(run_dir)],
+        callbacks=[
+            logs.Progress(batch_size=config.batch_size, stream=out),
+            logs.HistoryFiles(run_dir),
+            summaries.TensorBoardSummaries(run_dir / "tensorboard", every_steps=config.summary_every),
+        ],
     )
     model.save(run_dir / "model.keras")
     tutorial = logs.write_history(run_dir, history.history)
@@ -155,5 +191,5 @@ def train(
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         return Path(config.run_dir) if config.run_dir else run_dir
-    print(f"gradloop: wrote {run_dir}/ (history.json, history.csv, history.png, model.keras, run.json)", file=out)
+    print(f"gradloop: wrote {run_dir}/ (history.json, history.csv, history.png, model.keras, run.json, tensorboard/)", file=out)
     return run_dir

@@ -9,6 +9,13 @@ default is the tutorial's:
     grads = tape.gradient(loss, variables)        # gradients
     optimizer.apply_gradients(zip(grads, variables))  # update
 
+The update is Keras' ``optimizer.apply_gradients``, and the optimizer's own
+options run inside it, so no step is rewritten for them: loss-scale unscaling
+and skipping non-finite updates (``LossScaleOptimizer``, for mixed_float16),
+gradient accumulation (``gradient_accumulation_steps``), global-norm clipping
+(``global_clipnorm``) and the learning-rate schedule. A step that calls
+``optimizer.scale_loss`` and ``apply_gradients`` as the default does gets them all.
+
 A user's own step keeps that signature and gets everything else for free:
 the wrapper below updates the metrics, runs many steps per compiled call and
 optionally XLA-compiles the step. The step runs inside ``tf.function``, so it

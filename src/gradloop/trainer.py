@@ -85,6 +85,11 @@ class Trainer:
         Each epoch's ``loss`` is the mean over all its samples (not the last
         batch), ``val_loss`` the mean over the whole validation set, and every
         metric restarts each epoch. ``train_time`` is the training pass alone.
+
+        ``callbacks`` are standard ``keras.callbacks``. Epoch hooks run every
+        epoch; batch hooks run once per compiled call of ``steps_per_execution``
+        steps: ``on_train_batch_begin(first step)``, ``on_train_batch_end(last
+        step, running epoch means)``, as in Keras' own ``steps_per_execution``.
         """
         self._build(train)
         steps = _steps_per_epoch(train)

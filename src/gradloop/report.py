@@ -1,0 +1,150 @@
+"""``gradloop report RUN_DIR``: one self-contained HTML page about a run.
+
+    OUT/history.png, confusion_matrix.png, per_class_accuracy.png   the figures, as files
+    OUT/report.html   the run, its history, per-class accuracy, confusion matrix and config,
+                      with every figure embedded as a data: URI
+
+The page has no scripts and no external references, so the one file works
+alone: mailed, archived or opened from a CI artefact. Per-class accuracy and
+the confusion matrix come from :func:`gradloop.evaluation.evaluate_run` on the
+chosen split (default ``val``: the run's own held-out data, so the page's
+accuracy is the history's last ``val_accuracy``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from gradloop import evaluation, plots
+from gradloop.errors import RunDirError
+
+FIGURES = ("history.png", "per_class_accuracy.png", "confusion_matrix.png")
+
+
+def read_history(run_dir: Path) -> dict[str, list[float]]:
+    path = run_dir / "history.json"
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} has no history.json; the run did not finish an epoch (train it again)") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"cannot read {path}: {exc}; the run directory is damaged") from None
+    if not isinstance(history, dict) or not all(isinstance(v, list) for v in history.values()):
+        raise RunDirError(f"{path} is not a history of per-epoch lists; the run directory is damaged")
+    return history
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "val",
+    notify: Callable[[str], None] = print,
+) -> Path:
+    """Evaluate the run's model on ``split``, draw the figures, write the page; return its path."""
+    run_dir = Path(run_dir)
+    info = evaluation.read_run(run_dir)
+    history = read_history(run_dir)
+    result = evaluation.evaluate_run(run_dir, dataset=dataset, data_dir=data_dir, split=split, notify=notify)
+    out_dir = Path(out) if out else run_dir / "report"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create report folder {out_dir}: {exc.strerror or exc}; pass another --out") from None
+    plots.plot_history(history, out_dir / "history.png")
+    plots.plot_per_class_accuracy(result["per_class_accuracy"], out_dir / "per_class_accuracy.png")
+    plots.plot_confusion_matrix(result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png")
+    images = {name: data_uri(out_dir / name) for name in FIGURES}
+    page = out_dir / "report.html"
+    tmp = page.with_name(page.name + ".tmp")
+    tmp.write_text(render(run_dir, info, history, result, images), encoding="utf-8")
+    os.replace(tmp, page)
+    return page
+
+
+def data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+def render(
+    run_dir: Path, info: Mapping[str, Any], history: Mapping[str, list], result: Mapping[str, Any], images: Mapping[str, str]
+) -> str:
+    """The page's HTML: headings, tables and the embedded figures."""
+    classes = result["classes"]
+    confusion = result["confusion_matrix"]
+    per_class_rows = [
+        (c, sum(row), row[i], _number(result["per_class_accuracy"][str(c)]))
+        for i, (c, row) in enumerate(zip(classes, confusion))
+    ]
+    epochs = len(next(iter(history.values()), []))
+    history_keys = list(history)
+    run_rows = [
+        ("run directory", str(run_dir)),
+        ("status", info.get("status", "?")),
+        ("data", info.get("data_source", "?")),
+        ("classes", ", ".join(map(str, info.get("classes", classes)))),
+        ("samples", f"{info.get('n_train', '?')} train / {info.get('n_val', '?')} validation"),
+        ("started", info.get("started", "?")),
+        ("seconds", info.get("seconds", "?")),
+        *((f"version of {k}", v) for k, v in info.get("versions", {}).items()),
+    ]
+    body = [
+        f"<h1>gradloop run {_e(run_dir.name)}</h1>",
+        _table("run", None, run_rows),
+        "<h2>History</h2>",
+        _img(images["history.png"], "accuracy and loss per epoch"),
+        _table("history", ("epoch", *history_keys),
+               [(i + 1, *(_number(history[k][i]) for k in history_keys)) for i in range(epochs)]),
+        f"<h2>Evaluation: {_e(result['split'])} split of {_e(result['source'])}, {result['n_samples']:,} samples</h2>",
+        f"<p>loss {_number(result['loss'])}, accuracy {_number(result['accuracy'])}</p>",
+        "<h3>Per-class accuracy</h3>",
+        _img(images["per_class_accuracy.png"], "accuracy of each class"),
+        _table("per-class", ("class", "samples", "correct", "accuracy"), per_class_rows),
+        "<h3>Confusion matrix (rows: true class, columns: predicted class)</h3>",
+        _img(images["confusion_matrix.png"], "confusion matrix"),
+        _table("confusion", ("true \\ predicted", *classes), [(c, *row) for c, row in zip(classes, confusion)]),
+        "<h2>Config</h2>",
+        _table("config", ("key", "value"), [(k, _config_value(v)) for k, v in info.get("config", {}).items()]),
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>gradloop run {_e(run_dir.name)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+    "th{background:#f3f3f3}img{display:block;max-width:100%}"
+)
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
+
+
+def _config_value(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{_e(alt)}">'
+
+
+def _table(table_id: str, header: Sequence[Any] | None, rows: Iterable[Sequence[Any]]) -> str:
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>\n" if header else ""
+    lines = "\n".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}">\n{head}{lines}\n</table>'

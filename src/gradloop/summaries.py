@@ -1,0 +1,90 @@
+"""TensorBoard summaries of a run, as a Keras callback the experiment wires in.
+
+    LOG_DIR/train/       epoch_loss, epoch_accuracy, epoch_learning_rate, epoch_train_time  (step = epoch)
+                         batch_loss, batch_learning_rate                                  (step = batches seen)
+    LOG_DIR/validation/  epoch_loss, epoch_accuracy                                       (step = epoch)
+
+Tags, folders and the 0-based epoch axis are those of ``keras.callbacks.TensorBoard``,
+so ``tensorboard --logdir RUN_DIR/tensorboard`` shows train and validation curves
+overlaid, and a run of gradloop compares with a run of ``model.fit``.
+
+Batch summaries are written at the first batch hook at or after every
+``every_steps`` training steps. With fused steps the hooks run once per
+compiled call (``steps_per_execution`` steps), so the summaries land on the
+step counts where a call ends: with 32 steps per call and ``every_steps=50``,
+at steps 64, 128, ... . ``batch_loss`` is the running mean of the epoch so far
+(what the progress bar shows; at the epoch's last step it equals
+``epoch_loss``); ``batch_learning_rate`` is the rate the next update uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import keras
+import tensorflow as tf
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The learning rate the optimizer's next update uses (a schedule evaluated
+    at its step; the inner optimizer's under a LossScaleOptimizer)."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    return float(tf.convert_to_tensor(optimizer.learning_rate))
+
+
+class TensorBoardSummaries(keras.callbacks.Callback):
+    """Write the run's scalars for TensorBoard; see the module docstring for what and when."""
+
+    def __init__(self, log_dir: str | Path, *, every_steps: int = 32) -> None:
+        super().__init__()
+        if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
+            raise ValueError(f"every_steps must be a positive integer, got {every_steps!r}")
+        self.log_dir = Path(log_dir)
+        self.every_steps = every_steps
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def _writer(self, split: str) -> tf.summary.SummaryWriter:
+        if split not in self._writers:
+            self._writers[split] = tf.summary.create_file_writer(str(self.log_dir / split))
+        return self._writers[split]
+
+    def on_train_begin(self, logs=None) -> None:
+        self._steps_before_epoch = 0  # training steps of the finished epochs
+        self._steps_in_epoch = 0
+        self._next_summary = self.every_steps
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._steps_in_epoch = 0
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self._steps_in_epoch = batch + 1
+        step = self._steps_before_epoch + self._steps_in_epoch
+        if step < self._next_summary or not logs or "loss" not in logs:
+            return
+        self._next_summary = (step // self.every_steps + 1) * self.every_steps
+        with self._writer("train").as_default(step=step):
+            tf.summary.scalar("batch_loss", float(logs["loss"]))
+            tf.summary.scalar("batch_learning_rate", current_learning_rate(self.model.optimizer))
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._steps_before_epoch += self._steps_in_epoch
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        train["learning_rate"] = current_learning_rate(self.model.optimizer)
+        self._write_epoch("train", train, epoch)
+        val = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
+        if val:
+            self._write_epoch("validation", val, epoch)
+
+    def _write_epoch(self, split: str, values: Mapping[str, float], epoch: int) -> None:
+        writer = self._writer(split)
+        with writer.as_default(step=epoch):
+            for name, value in values.items():
+                tf.summary.scalar(f"epoch_{name}", float(value))
+        writer.flush()  # a crash or a live TensorBoard sees every finished epoch
+
+    def on_train_end(self, logs=None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
