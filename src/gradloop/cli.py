@@ -1,8 +1,14 @@
 """The ``gradloop`` command line: argument parsing and error reporting only.
 
-``build_parser()`` knows the flags; the commands call the library. Every
-error a user can cause ends as one line, ``gradloop: error: ...``, with exit
-status 2 (``--debug`` shows the traceback instead).
+``build_parser()`` knows the flags; the commands call the library. Exit status:
+
+    0    done
+    2    a user error: one line, ``gradloop: error: <what is wrong and how to fix it>``
+    1    a bug in gradloop (or TensorFlow): one line naming the exception
+    130  interrupted (Ctrl-C)
+
+``--debug`` (before or after the command) shows the traceback instead of the
+one line, for both kinds of error.
 """
 
 from __future__ import annotations
@@ -19,13 +25,39 @@ from gradloop.errors import GradloopError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
-        self.exit(2, f"gradloop: error: {message}\n")
+        self.exit(2, f"gradloop: error: {one_line(message)}; see '{self.prog} --help'\n")
+
+
+def one_line(text: object) -> str:
+    """Collapse a message onto one line, so that stderr carries exactly one error line."""
+    return " ".join(str(text).split())
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 0.001 or 1e-4, got {text!r}") from None
+
+
+def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
+    # On the top parser and every command, so that both 'gradloop --debug train' and 'gradloop train
+    # --debug' work; SUPPRESS on the commands keeps them from resetting the top-level value.
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the traceback of an error instead of one line")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradloop", description="A correct, fast, resumable custom training loop for TF/Keras.")
     parser.add_argument("--version", action="version", version=f"gradloop {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    _add_debug(parser, False)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a model (default: the reference experiment)")
@@ -35,25 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--classes", help="classes to keep, e.g. 0,1,2 (default), 0-4 or all")
     train.add_argument("--model", choices=("mlp", "cnn"), help="mlp (default) or cnn")
     train.add_argument("--hidden", help="MLP hidden layer sizes (default 512,256,128)")
-    train.add_argument("--epochs", type=int, help="default 10")
-    train.add_argument("--batch-size", type=int, help="default 32")
-    train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4); the peak rate of a schedule")
+    train.add_argument("--epochs", type=_integer, help="default 10")
+    train.add_argument("--batch-size", type=_integer, help="default 32")
+    train.add_argument("--lr", type=_number, help="Adam learning rate (default 1e-4); the peak rate of a schedule")
     train.add_argument("--lr-schedule", choices=("constant", "cosine", "exponential", "step"), help="default constant")
-    train.add_argument("--warmup-steps", type=int, metavar="N", help="ramp the rate up linearly over N steps first (default 0)")
-    train.add_argument("--decay-steps", type=int, metavar="N",
+    train.add_argument("--warmup-steps", type=_integer, metavar="N", help="ramp the rate up linearly over N steps first (default 0)")
+    train.add_argument("--decay-steps", type=_integer, metavar="N",
                        help="cosine: steps to decay to 0 (default: the rest of training); exponential/step: steps per decay_rate (default: an epoch)")
-    train.add_argument("--decay-rate", type=float, metavar="R", help="factor per decay_steps for exponential/step (default 0.9)")
-    train.add_argument("--clip-norm", type=float, metavar="C", help="clip the gradient to global norm C (default: no clipping)")
-    train.add_argument("--accumulate-steps", type=int, metavar="N", help="average the gradients of N batches per update (default 1)")
+    train.add_argument("--decay-rate", type=_number, metavar="R", help="factor per decay_steps for exponential/step (default 0.9)")
+    train.add_argument("--clip-norm", type=_number, metavar="C", help="clip the gradient to global norm C (default: no clipping)")
+    train.add_argument("--accumulate-steps", type=_integer, metavar="N", help="average the gradients of N batches per update (default 1)")
     train.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"),
                        help="float32 (default); mixed_float16 uses dynamic loss scaling")
-    train.add_argument("--val-fraction", type=float, help="share of training data held out (default 1/6)")
-    train.add_argument("--seed", type=int, help="seed for the split, shuffling and initial weights (default 42)")
-    train.add_argument("--steps-per-execution", type=int, help="training steps per compiled call (default 32)")
+    train.add_argument("--val-fraction", type=_number, help="share of training data held out (default 1/6)")
+    train.add_argument("--seed", type=_integer, help="seed for the split, shuffling and initial weights (default 42)")
+    train.add_argument("--steps-per-execution", type=_integer, help="training steps per compiled call (default 32)")
     train.add_argument("--jit", dest="jit_compile", action="store_const", const=True, help="XLA-compile the step")
     train.add_argument("--strategy", help="default, mirrored (all GPUs, or --replicas CPUs) or multi_worker (TF_CONFIG)")
-    train.add_argument("--replicas", type=int, help="with --strategy mirrored and no GPU: split the CPU into N devices")
-    train.add_argument("--summary-every", type=int, metavar="N", help="TensorBoard batch summaries every N steps (default 32)")
+    train.add_argument("--replicas", type=_integer, help="with --strategy mirrored and no GPU: split the CPU into N devices")
+    train.add_argument("--summary-every", type=_integer, metavar="N", help="TensorBoard batch summaries every N steps (default 32)")
     train.add_argument("--run-dir", metavar="DIR", help="output folder (default runs/<timestamp>)")
     train.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
     train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -64,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test", help="default test")
     evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
+
     launch = commands.add_parser("launch", help="run a multi-worker job as N local processes")
-    launch.add_argument("--workers", type=int, required=True, help="number of worker processes")
+    launch.add_argument("--workers", type=_integer, required=True, help="number of worker processes")
     launch.add_argument("train_argv", nargs=argparse.REMAINDER, metavar="-- train ...", help="the train command to run")
 
     bench = commands.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop")
@@ -74,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--classes", help="default 0,1,2")
     bench.add_argument("--hidden", help="MLP hidden sizes (default 512,256,128)")
     bench.add_argument("--batch-size", default="32", help="one or more, e.g. 32,256 (default 32)")
-    bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per variant per round (default 3)")
-    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts (default 3)")
+    bench.add_argument("--seconds", type=_number, default=3.0, help="timed seconds per variant per round (default 3)")
+    bench.add_argument("--rounds", type=_integer, default=3, help="interleaved rounds; the median counts (default 3)")
     bench.add_argument("--variants", help="comma-separated subset of: " + ", ".join(_BENCH_VARIANTS))
     bench.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -90,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a run's model as a TensorFlow SavedModel for serving")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/saved_model); must not exist")
+    for command in commands.choices.values():
+        _add_debug(command, argparse.SUPPRESS)
     return parser
 
 
@@ -133,7 +168,7 @@ def _bench(args: argparse.Namespace) -> int:
     unknown = [v for v in variants if v not in _BENCH_VARIANTS]
     if unknown:
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(_BENCH_VARIANTS)}")
-    if args.seconds <= 0 or args.rounds < 1:
+    if not 0 < args.seconds < float("inf") or args.rounds < 1:  # nan fails the comparison too
         raise ConfigError("--seconds must be > 0 and --rounds >= 1")
     configs = [
         build_config(dataset=args.dataset, data_dir=args.data_dir, classes=args.classes, hidden=args.hidden, batch_size=b)
@@ -191,11 +226,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return {"train": _train, "evaluate": _evaluate, "bench": _bench, "launch": _launch, "report": _report,
                 "export": _export}[args.command](args)
-    except GradloopError as exc:
-        if args.debug:
-            raise
-        print(f"gradloop: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("gradloop: interrupted", file=sys.stderr)
         return 130
+    except GradloopError as exc:
+        if args.debug:
+            raise
+        print(f"gradloop: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine, not gradloop: a full disk, a vanished folder
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"gradloop: error: {where}{one_line(exc.strerror or exc)}; check the path and free space", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: say so in one line, the traceback is one flag away
+        if args.debug:
+            raise
+        print(
+            f"gradloop: internal error: {type(exc).__name__}: {one_line(exc)[:500]}; "
+            "rerun with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1

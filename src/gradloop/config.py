@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +23,13 @@ MODELS = ("mlp", "cnn")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "step")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+MAX_SEED = 2**32 - 1  # numpy's legacy seed, which keras.utils.set_random_seed sets, takes no more
+MAX_INT32 = 2**31 - 1  # steps per call travel as an int32 tensor
+# 0.4 GB of float32 weights, 1.6 GB with gradients and Adam's slots: far more than MNIST needs, and a
+# typo one digit longer would exhaust memory (or meet the OOM killer, which leaves no message at all).
+MAX_MLP_WEIGHTS = 10**8
+# null means "the default" for these keys; for the others it is a mistake
+_NULLABLE = ("dataset", "data_dir", "run_dir", "replicas", "decay_steps", "clip_norm")
 
 
 @dataclass(frozen=True)
@@ -66,39 +74,48 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("steps_per_execution", self.steps_per_execution, minimum=1)
+        _check_int("steps_per_execution", self.steps_per_execution, minimum=1, maximum=MAX_INT32)
         _check_int("summary_every", self.summary_every, minimum=1)
-        _check_int("seed", self.seed, minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         _check_int("warmup_steps", self.warmup_steps, minimum=0)
         _check_int("accumulate_steps", self.accumulate_steps, minimum=1)
         if self.decay_steps is not None:
             _check_int("decay_steps", self.decay_steps, minimum=1)
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {_short(self.lr_schedule)}")
         if not _is_number(self.decay_rate) or not 0 < self.decay_rate <= 1:
-            raise ConfigError(f"decay_rate must be a number in (0, 1], got {self.decay_rate!r}")
+            raise ConfigError(f"decay_rate must be a number in (0, 1], got {_short(self.decay_rate)}")
         if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
-            raise ConfigError(f"clip_norm must be a finite number > 0 (a global gradient norm), got {self.clip_norm!r}")
+            raise ConfigError(f"clip_norm must be a finite number > 0 (a global gradient norm), got {_short(self.clip_norm)}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not (
-            0 <= self.val_fraction < 1
-        ):
-            raise ConfigError(f"val_fraction must be a number in [0, 1), got {self.val_fraction!r}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {_short(self.precision)}")
+        if not _is_number(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a finite number > 0 such as 1e-4, got {_short(self.lr)}")
+        if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), got {_short(self.val_fraction)}")
         if self.dataset is not None and self.dataset not in DATASETS:
-            raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+            raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {_short(self.dataset)}")
         if self.model not in MODELS:
-            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {_short(self.model)}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden must be one or more positive layer sizes like 512,256,128, got {self.hidden!r}")
+            raise ConfigError(f"hidden must be one or more positive layer sizes like 512,256,128, got {_short(self.hidden)}")
+        if self.model == "mlp" and (weights := mlp_weights(self.hidden)) > MAX_MLP_WEIGHTS:
+            raise ConfigError(
+                f"hidden {','.join(map(str, self.hidden))} makes an MLP of {weights:,} weights, over the "
+                f"{MAX_MLP_WEIGHTS:,} this tool trains; use smaller layers"
+            )
         if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {_short(self.strategy)}")
         if self.replicas is not None:
             _check_int("replicas", self.replicas, minimum=1)
         if not isinstance(self.jit_compile, bool):
-            raise ConfigError(f"jit_compile must be true or false, got {self.jit_compile!r}")
+            raise ConfigError(f"jit_compile must be true or false, got {_short(self.jit_compile)}")
+        for name in ("dataset", "data_dir", "run_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, value := os.fspath(value))  # kept as str: run.json is JSON
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a non-empty name or path, got {_short(value)}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict (tuples become lists)."""
@@ -109,13 +126,31 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
 
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
+        rule = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ConfigError(f"{name} must be an integer {rule}, got {_short(value)}")
+
+
 def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    """A finite real number (a 400-digit YAML integer overflows a float, so it is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def mlp_weights(hidden: tuple[int, ...], n_inputs: int = 28 * 28, n_classes: int = 10) -> int:
+    """Weights and biases of the MLP that ``hidden`` describes (at most ``n_classes`` logits)."""
+    sizes = (n_inputs, *hidden, n_classes)
+    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
 
 
 def parse_int_list(name: str, value: Any) -> tuple[int, ...]:
@@ -126,7 +161,7 @@ def parse_int_list(name: str, value: Any) -> tuple[int, ...]:
     try:
         return tuple(_as_int(v) for v in items)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be comma-separated integers like 512,256,128, got {value!r}") from None
+        raise ConfigError(f"{name} must be comma-separated integers like 512,256,128, got {_short(value)}") from None
 
 
 def _as_int(v: Any) -> int:
@@ -144,7 +179,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}; check the path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; pass a YAML file like 'epochs: 5'") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -159,7 +196,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in _FIELDS:
-            raise ConfigError(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(_FIELDS))}")
+            raise ConfigError(f"unknown key {_short(key)} in {path}; known keys: {', '.join(sorted(_FIELDS))}")
+        if value is None and name not in _NULLABLE:
+            raise ConfigError(f"{_short(key)} in {path} is empty (null); give it a value or delete the line")
         out[name] = value
     return out
 
@@ -178,8 +217,8 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
     for key in ("lr", "val_fraction", "decay_rate", "clip_norm"):  # YAML reads 1e-4 (no dot) as a string
         if isinstance(values.get(key), str):
             values[key] = _parse_float(key, values[key])
-    for key in ("data_dir", "run_dir", "dataset"):
-        if key in values and values[key] is not None:
+    for key in ("data_dir", "run_dir", "dataset"):  # a number in YAML is a name too
+        if isinstance(values.get(key), int) and not isinstance(values[key], bool):
             values[key] = str(values[key])
     return TrainConfig(**values)
 
@@ -188,4 +227,4 @@ def _parse_float(name: str, text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+        raise ConfigError(f"{name} must be a number, got {_short(text)}") from None

