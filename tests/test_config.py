@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gradloop.config import TrainConfig, build_config, load_yaml
 from gradloop.data import parse_classes
@@ -70,3 +74,35 @@ def test_unknown_keys_and_bad_yaml_are_refused(tmp_path):
         load_yaml(listing)
     with pytest.raises(ConfigError, match="cannot read"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+# Values as YAML or JSON can spell them: every one gives a checked config or a ConfigError, nothing else.
+_YAML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+    | st.sampled_from(["1e-3", "nan", "0-4", "all", "512,256", "mnist-sample", "-1", "", "9" * 5000]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(key=st.sampled_from(sorted(f.name for f in dataclasses.fields(TrainConfig))), value=_YAML_VALUES)
+def test_any_value_of_any_key_is_a_config_or_a_config_error(key, value):
+    try:
+        config = build_config({key: value})
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 400
+    else:
+        assert isinstance(config, TrainConfig) and build_config(config.to_dict()) == config
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(text=st.text(max_size=80) | st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
+def test_any_config_file_is_values_or_a_config_error(tmp_path_factory, text):
+    path = tmp_path_factory.getbasetemp() / "fuzz.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        values = load_yaml(path)
+        build_config(values)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)

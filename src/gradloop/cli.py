@@ -25,6 +25,9 @@ from gradloop.errors import GradloopError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
+        if message.endswith(": expected one argument"):  # '--lr -1e-3': argparse took the value for a flag
+            flag = message.removeprefix("argument ").split(":")[0].split("/")[-1]
+            message += f" (give it a value; one starting with '-' is written {flag}=VALUE)"
         self.exit(2, f"gradloop: error: {one_line(message)}; see '{self.prog} --help'\n")
 
 
@@ -33,18 +36,22 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def _quoted(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {_quoted(text)}") from None
 
 
 def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number like 0.001 or 1e-4, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number like 0.001 or 1e-4, got {_quoted(text)}") from None
 
 
 def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:

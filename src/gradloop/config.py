@@ -142,9 +142,9 @@ def _is_number(value: Any) -> bool:
         return False
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def mlp_weights(hidden: tuple[int, ...], n_inputs: int = 28 * 28, n_classes: int = 10) -> int:
@@ -187,7 +187,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{at}; fix the syntax") from None
+        problem = getattr(exc, "problem", None)
+        why = f" ({_short(problem, 120)[1:-1]})" if problem else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}{why}; fix the syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -249,6 +249,11 @@ def _checked_split(images: np.ndarray, labels: np.ndarray, origin: str) -> tuple
         raise DataError(f"{origin}: {len(images)} images but {len(labels)} labels; pass matching files")
     if len(images) == 0:
         raise DataError(f"{origin}: the split holds no samples; pass a non-empty data set")
+    if labels.min() < 0 or labels.max() >= N_CLASSES:
+        raise DataError(
+            f"{origin}: labels range from {labels.min()} to {labels.max()}, outside 0..{N_CLASSES - 1}; "
+            "pass a 10-class MNIST-style data set"
+        )
     return images, labels.astype(np.int64)
 
 

