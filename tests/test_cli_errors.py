@@ -153,6 +153,14 @@ FLAG_ROWS = {
     "data dir missing": Row(["train", "--data-dir", "{tmp}/nowhere"], DataError, "nowhere does not exist"),
     "data dir is a file": Row(["train", "--data-dir", "{tmp}/f"], DataError, "is not a folder", {"f": "x"}),
     "data dir empty string": Row(["train", "--data-dir", ""], ConfigError, "data_dir must be a non-empty"),
+    "bench seconds 0": Row(["bench", "--seconds", "0"], ConfigError, "--seconds must be > 0"),
+    "bench seconds nan": Row(["bench", "--seconds", "nan"], ConfigError, "--seconds must be > 0"),
+    "bench seconds inf": Row(["bench", "--seconds", "inf"], ConfigError, "--seconds must be > 0"),
+    "bench seconds word": Row(["bench", "--seconds", "long"], ARGPARSE, "--seconds: expected a number"),
+    "bench rounds 0": Row(["bench", "--rounds", "0"], ConfigError, "--rounds >= 1"),
+    "bench unknown variant": Row(["bench", "--variants", "pytorch"], ConfigError, "unknown bench variant 'pytorch'"),
+    "bench batch size 0": Row(["bench", "--batch-size", "8,0"], ConfigError, "batch_size must be an integer >= 1"),
+    "bench batch sizes word": Row(["bench", "--batch-size", "big"], ConfigError, "batch-size must be comma-separated"),
 }
 
 CONFIG_ROWS = {
@@ -539,3 +547,13 @@ def test_real_process_with_debug_shows_the_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.strip().endswith("gradloop.errors.ConfigError: epochs must be an integer >= 1, got 0")
+
+
+def test_compile_options_refuse_a_count_that_wraps_in_int32():
+    """tf.constant(2**32, tf.int32) is 0: validation then ran no batch and reported val_loss 0.0."""
+    from gradloop import CompileOptions
+
+    assert CompileOptions(steps_per_execution=2**31 - 1).steps_per_execution == 2**31 - 1
+    for bad in (0, 2**31, 2**32, True, 1.0):
+        with pytest.raises(ValueError, match="steps_per_execution must be an integer from 1 to 2147483647"):
+            CompileOptions(steps_per_execution=bad)

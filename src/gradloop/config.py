@@ -102,7 +102,7 @@ class TrainConfig:
         if self.model == "mlp" and (weights := mlp_weights(self.hidden)) > MAX_MLP_WEIGHTS:
             raise ConfigError(
                 f"hidden {','.join(map(str, self.hidden))} makes an MLP of {weights:,} weights, over the "
-                f"{MAX_MLP_WEIGHTS:,} this tool trains; use smaller layers"
+                f"limit of {MAX_MLP_WEIGHTS:,} (memory would run out); use smaller layers"
             )
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {_short(self.strategy)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Pa
         inputs, outputs = model.input_shape, model.output_shape
     except (AttributeError, ValueError):  # a subclassed model that was saved unbuilt
         inputs = outputs = "unknown shapes"
-    flat, image = (None, 28 * 28), (None, 28, 28, 1)
+    flat, image = (None, math.prod(data.IMAGE_SHAPE)), (None, *data.IMAGE_SHAPE, 1)
     if inputs not in (flat, image) or outputs != (None, len(config.classes)):
         raise RunDirError(
             f"{Path(run_dir) / 'model.keras'} maps {inputs} to {outputs}, but run.json describes {len(config.classes)} "

@@ -75,8 +75,9 @@ class CompileOptions:
 
     def __post_init__(self) -> None:
         spe = self.steps_per_execution
-        if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:
-            raise ValueError(f"steps_per_execution must be a positive integer, got {spe!r}")
+        # The count travels as an int32 tensor, and tf.constant(2**32, tf.int32) silently wraps to 0.
+        if isinstance(spe, bool) or not isinstance(spe, int) or not 1 <= spe < 2**31:
+            raise ValueError(f"steps_per_execution must be an integer from 1 to {2**31 - 1}, got {spe!r}")
 
 
 def update_metrics(
