@@ -127,8 +127,13 @@ def _check_creatable(path: Path) -> None:
 
 
 def make_run_dir(path: Path) -> Path:
+    """Create the run directory and claim it by creating run.json exclusively, so that two runs
+    started in the same second (same default runs/<timestamp>) cannot write into one folder."""
     try:
         path.mkdir(parents=True, exist_ok=True)
+        (path / "run.json").open("x").close()
+    except FileExistsError:
+        raise RunDirError(f"run directory {path} was taken by another run meanwhile; choose another --run-dir") from None
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
     return path
