@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 _BENCH_VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradloop", "gradloop --jit")
 
 # Train flags that are not config values: they say what to do with the config.
-NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile")
+NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile", "debug")
 
 
 def _train(args: argparse.Namespace) -> int:
