@@ -153,6 +153,18 @@ FLAG_ROWS = {
     "data dir missing": Row(["train", "--data-dir", "{tmp}/nowhere"], DataError, "nowhere does not exist"),
     "data dir is a file": Row(["train", "--data-dir", "{tmp}/f"], DataError, "is not a folder", {"f": "x"}),
     "data dir empty string": Row(["train", "--data-dir", ""], ConfigError, "data_dir must be a non-empty"),
+    "lr schedule unknown": Row(["train", "--lr-schedule", "linear"], ARGPARSE, "invalid choice: 'linear'"),
+    "warmup negative": Row(["train", "--warmup-steps=-1"], ConfigError, "warmup_steps must be an integer >= 0"),
+    "decay steps 0": Row(["train", "--decay-steps", "0"], ConfigError, "decay_steps must be an integer >= 1"),
+    "decay rate 0": Row(["train", "--decay-rate", "0"], ConfigError, "decay_rate must be a number in (0, 1]"),
+    "decay rate 1.5": Row(["train", "--decay-rate", "1.5"], ConfigError, "decay_rate must be a number in (0, 1]"),
+    "decay rate nan": Row(["train", "--decay-rate", "nan"], ConfigError, "decay_rate must be a number in (0, 1], got nan"),
+    "clip norm 0": Row(["train", "--clip-norm", "0"], ConfigError, "clip_norm must be a finite number > 0"),
+    "clip norm inf": Row(["train", "--clip-norm", "inf"], ConfigError, "clip_norm must be a finite number > 0"),
+    "clip norm word": Row(["train", "--clip-norm", "tight"], ARGPARSE, "--clip-norm: expected a number"),
+    "accumulate 0": Row(["train", "--accumulate-steps", "0"], ConfigError, "accumulate_steps must be an integer >= 1"),
+    "precision unknown": Row(["train", "--precision", "float8"], ARGPARSE, "invalid choice: 'float8'"),
+    "summary every 0": Row(["train", "--summary-every", "0"], ConfigError, "summary_every must be an integer >= 1"),
     "strategy unknown": Row(["train", "--strategy", "horovod"], ConfigError, "strategy must be one of default"),
     "replicas 0": Row(["train", "--strategy", "mirrored", "--replicas", "0"], ConfigError, "replicas must be an integer"),
     "replicas that never start": Row(["train", "--strategy", "mirrored", "--replicas", "100000"], ConfigError,
@@ -331,6 +343,14 @@ EVALUATE_ROWS = {
     "unknown dataset": Row(["evaluate", "{earlier}", "--dataset", "cifar"], ConfigError, "dataset must be one of"),
     "data dir missing": Row(["evaluate", "{earlier}", "--data-dir", "{tmp}/none"], DataError, "none does not exist"),
     "no run dir": Row(["evaluate"], ARGPARSE, "required: RUN_DIR"),
+    "report on a missing run": Row(["report", "{tmp}/nowhere"], RunDirError, "nowhere does not exist"),
+    "report on a foreign folder": Row(["report", "{tmp}/r"], RunDirError, "no run.json", {"r/notes.txt": "x"}),
+    "report on a damaged run.json": Row(["report", "{tmp}/r"], RunDirError, "the run directory is damaged",
+                                        {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))}),
+    "export of a damaged model": Row(["export", "{tmp}/r"], RunDirError, "the file is damaged", {"r": damaged_copy(
+        lambda r: (r / "model.keras").write_bytes(b"garbage"))}),
+    "export over the run itself": Row(["export", "{earlier}", "--out", "{earlier}"], RunDirError,
+                                      "already exists and is not empty; remove it or pass another --out"),
 }
 
 
