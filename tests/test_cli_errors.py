@@ -173,7 +173,7 @@ FLAG_ROWS = {
                                      "replicas applies to --strategy mirrored only"),
     "replicas word": Row(["train", "--replicas", "two"], ARGPARSE, "--replicas: expected a whole number"),
     "multi-worker without a cluster": Row(["train", "--strategy", "multi_worker"], ConfigError, "needs TF_CONFIG"),
-    "launch no workers": Row(["launch", "--workers", "0", "--", "train"], ConfigError, "--workers must be at least 1"),
+    "launch no workers": Row(["launch", "--workers", "0", "--", "train"], ConfigError, "--workers must be from 1 to 32"),
     "launch workers word": Row(["launch", "--workers", "many"], ARGPARSE, "--workers: expected a whole number"),
     "launch without command": Row(["launch", "--workers", "2"], ConfigError, "give the command after --"),
     "bench seconds 0": Row(["bench", "--seconds", "0"], ConfigError, "--seconds must be > 0"),

@@ -101,7 +101,9 @@ def test_a_failing_worker_fails_the_launch_quickly(tmp_path):
         ({}, ["train", "--strategy", "mirrored", "--replicas", "0"], "replicas must be"),
         ({}, ["launch", "--workers", "2", "--", "evaluate", "x"], "give the command after --"),
         ({}, ["launch", "--workers", "2", "--", "train", "--strategy", "default"], "drop --strategy"),
-        ({}, ["launch", "--workers", "0", "--", "train"], "--workers must be at least 1"),
+        ({}, ["launch", "--workers", "0", "--", "train"], "--workers must be from 1 to 32"),
+        ({}, ["launch", "--workers", "1000", "--", "train"], "--workers must be from 1 to 32"),
+        ({}, ["launch", "--workers", "2", "--", "train", "--epochs", "0"], "epochs must be"),
     ],
 )
 def test_bad_distribution_input_is_one_line(env, argv, message, tmp_path):

@@ -141,11 +141,15 @@ _BENCH_VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradl
 NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile", "debug")
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace):
     from gradloop.config import CONFIG_KEYS, build_config, load_yaml
 
     file_values = load_yaml(args.config) if args.config else {}
-    config = build_config(file_values, **{k: v for k, v in vars(args).items() if k in CONFIG_KEYS})
+    return build_config(file_values, **{k: v for k, v in vars(args).items() if k in CONFIG_KEYS})
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _train_config(args)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
@@ -199,8 +203,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from gradloop.launch import WorkerFailed, launch
+    from gradloop.launch import WorkerFailed, launch, train_argv
 
+    # The workers' own checks would report a bad flag N times, after start-up: check it once, now.
+    _train_config(build_parser().parse_args([*train_argv(args.workers, args.train_argv), "--strategy", "multi_worker"]))
     try:
         return launch(args.workers, args.train_argv)
     except WorkerFailed as exc:  # not the user's input: the job failed

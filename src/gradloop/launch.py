@@ -44,15 +44,24 @@ def worker_env(cluster: list[str], index: int) -> dict[str, str]:
     return {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
 
 
-def launch(workers: int, argv: Sequence[str], *, poll_seconds: float = 0.2, grace_seconds: float = 10.0) -> int:
-    """Run ``gradloop <argv> --strategy multi_worker`` as ``workers`` local processes."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+MAX_WORKERS = 32  # each worker is a whole TensorFlow process on this one machine
+
+
+def train_argv(workers: int, argv: Sequence[str]) -> list[str]:
+    """The checked ``train ...`` arguments that every worker runs."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS} on one machine, got {workers}")
     argv = list(argv[1:] if argv and argv[0] == "--" else argv)
     if not argv or argv[0] != "train":
         raise ConfigError("give the command after --, e.g. gradloop launch --workers 2 -- train --epochs 3")
     if "--strategy" in argv:
         raise ConfigError("gradloop launch sets --strategy multi_worker itself; drop --strategy")
+    return argv
+
+
+def launch(workers: int, argv: Sequence[str], *, poll_seconds: float = 0.2, grace_seconds: float = 10.0) -> int:
+    """Run ``gradloop <argv> --strategy multi_worker`` as ``workers`` local processes."""
+    argv = train_argv(workers, argv)
     command = [sys.executable, "-m", "gradloop", *argv, "--strategy", "multi_worker"]
     cluster = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     logs = Path(tempfile.mkdtemp(prefix="gradloop-launch-"))
