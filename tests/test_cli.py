@@ -121,6 +121,10 @@ CONFIG_SAMPLES = {
     "strategy": (["--strategy", "mirrored"], "mirrored"),
     "replicas": (["--replicas", "2"], 2),
     "run_dir": (["--run-dir", "/tmp/somewhere"], "/tmp/somewhere"),
+    "deterministic": (["--deterministic"], True),
+    "checkpoint_every": (["--checkpoint-every", "50"], 50),
+    "checkpoint_seconds": (["--checkpoint-seconds", "60.5"], 60.5),
+    "early_stop": (["--early-stop", "3"], 3),
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradloop.config import TrainConfig, build_config, load_yaml
+from gradloop.config import TrainConfig, build_config, load_yaml, resumed_config
 from gradloop.data import parse_classes
 from gradloop.errors import ConfigError
 
@@ -106,3 +106,28 @@ def test_any_config_file_is_values_or_a_config_error(tmp_path_factory, text):
         build_config(values)
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+def test_a_resume_may_change_only_when_to_stop_and_save():
+    saved = TrainConfig(hidden=(32,), epochs=2, run_dir="old/place").to_dict()
+    config = resumed_config(saved, {"checkpoint_seconds": 60}, run_dir="r", epochs=5, checkpoint_every=7, hidden="32")
+    assert (config.epochs, config.checkpoint_every, config.checkpoint_seconds, config.hidden) == (5, 7, 60, (32,))
+    assert config.run_dir == "r"  # where the run is now, not where it was made
+    with pytest.raises(ConfigError, match="^--early-stop 3 differs from the run's 0; a resumed run keeps"):
+        resumed_config(saved, run_dir="r", early_stop=3)
+    with pytest.raises(ConfigError, match="^--jit True differs"):
+        resumed_config(saved, {"jit_compile": True}, run_dir="r")
+    cosine = TrainConfig(epochs=2, lr_schedule="cosine").to_dict()  # decays over its 2 epochs
+    with pytest.raises(ConfigError, match="^--epochs 5 would change the run's cosine schedule"):
+        resumed_config(cosine, run_dir="r", epochs=5)
+    assert resumed_config({**cosine, "decay_steps": 100}, run_dir="r", epochs=5).epochs == 5
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"checkpoint_every": -1}, {"checkpoint_seconds": -1.0}, {"checkpoint_seconds": float("inf")},
+     {"early_stop": 1.5}, {"deterministic": "yes"}, {"early_stop": 2, "val_fraction": 0}],
+)
+def test_checkpoint_and_stopping_values_are_checked(values):
+    with pytest.raises(ConfigError):
+        TrainConfig(**values)

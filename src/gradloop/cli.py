@@ -4,8 +4,10 @@
 
     0    done
     2    a user error: one line, ``gradloop: error: <what is wrong and how to fix it>``
-    1    a bug in gradloop (or TensorFlow): one line naming the exception
-    130  interrupted (Ctrl-C)
+    1    the job failed: the loss diverged (one line naming the step), a worker failed,
+         or a bug in gradloop (or TensorFlow): one line naming the exception
+    130  interrupted (Ctrl-C); during training, after a checkpoint, with the resume command
+    143  stopped by SIGTERM after a checkpoint, with the resume command
 
 ``--debug`` (before or after the command) shows the traceback instead of the
 one line, for both kinds of error.
@@ -14,13 +16,15 @@ one line, for both kinds of error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import sys
 from typing import Sequence
 
 from gradloop import __version__
-from gradloop.errors import GradloopError
+from gradloop.errors import ConfigError, GradloopError, TrainingError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--replicas", type=_integer, help="with --strategy mirrored and no GPU: split the CPU into N devices")
     train.add_argument("--summary-every", type=_integer, metavar="N", help="TensorBoard batch summaries every N steps (default 32)")
     train.add_argument("--run-dir", metavar="DIR", help="output folder (default runs/<timestamp>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace the earlier run in --run-dir")
+    train.add_argument("--deterministic", action="store_const", const=True,
+                       help="op determinism: reruns and resumes are bit-identical")
+    train.add_argument("--checkpoint-every", type=_integer, metavar="STEPS",
+                       help="also checkpoint every STEPS steps of an epoch (default 1000, 0: off)")
+    train.add_argument("--checkpoint-seconds", type=_number, metavar="S", help="also checkpoint every S seconds (default 300, 0: off)")
+    train.add_argument("--early-stop", type=_integer, metavar="PATIENCE",
+                       help="stop after PATIENCE epochs without a lower val_loss (default 0: off)")
     train.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
     train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
@@ -138,14 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
 _BENCH_VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradloop", "gradloop --jit")
 
 # Train flags that are not config values: they say what to do with the config.
-NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile", "debug")
+NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile", "debug", "resume", "overwrite")
 
 
 def _train_config(args: argparse.Namespace):
-    from gradloop.config import CONFIG_KEYS, build_config, load_yaml
+    from gradloop.config import CONFIG_KEYS, build_config, load_yaml, resumed_config
 
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --run-dir and --overwrite replaces it; pass one of them")
+    if args.resume and not args.run_dir:
+        raise ConfigError("--resume needs --run-dir DIR, the run to continue")
     file_values = load_yaml(args.config) if args.config else {}
-    return build_config(file_values, **{k: v for k, v in vars(args).items() if k in CONFIG_KEYS})
+    flags = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
+    if not args.resume:
+        return build_config(file_values, **flags)
+    from gradloop.experiment import read_run_to_resume  # the run's own config, changed only where a resume may
+
+    return resumed_config(read_run_to_resume(args.run_dir)["config"], file_values, **flags)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -153,9 +175,20 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from gradloop import experiment  # TensorFlow loads here, after the cheap checks
+    from gradloop import checkpoint, experiment  # TensorFlow loads here, after the cheap checks
 
-    experiment.train(config, profile=args.profile)
+    # A multi-worker run is not resumable: SIGTERM keeps its default there, so a failed job ends at once.
+    signals = checkpoint.StopSignals() if config.strategy != "multi_worker" else contextlib.nullcontext()
+    try:
+        with signals as stop:
+            experiment.train(config, resume=args.resume, overwrite=args.overwrite, stop=stop, profile=args.profile)
+    except checkpoint.Interrupted as exc:
+        print(
+            f"gradloop: interrupted at epoch {exc.epoch + 1} step {exc.step}; "
+            f"resume with: gradloop train --resume --run-dir {shlex.quote(str(config.run_dir))}",
+            file=sys.stderr,
+        )
+        return exc.exit_code
     return 0
 
 
@@ -246,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"gradloop: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, TrainingError) else 2  # 1: training diverged, not a bad input
     except OSError as exc:  # the machine, not gradloop: a full disk, a vanished folder
         if args.debug:
             raise

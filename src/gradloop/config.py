@@ -48,6 +48,9 @@ class TrainConfig:
     count batches); ``clip_norm``: clip the gradient to this global norm;
     ``accumulate_steps``: average the gradients of this many batches per update;
     ``precision``: a Keras dtype policy, ``mixed_float16`` with dynamic loss scaling.
+    ``checkpoint_every`` (steps within an epoch) and ``checkpoint_seconds`` add
+    checkpoints to those at each epoch's end; 0 turns either off. ``early_stop``
+    is a patience in epochs (0: off).
     """
 
     dataset: str | None = None
@@ -73,6 +76,10 @@ class TrainConfig:
     replicas: int | None = None
     summary_every: int = 32
     run_dir: str | None = None
+    deterministic: bool = False
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 300.0
+    early_stop: int = 0
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
@@ -113,8 +120,15 @@ class TrainConfig:
             _check_int("replicas", self.replicas, minimum=1, maximum=MAX_CPU_REPLICAS)
             if self.strategy != "mirrored":
                 raise ConfigError("replicas applies to --strategy mirrored only; add --strategy mirrored or drop --replicas")
-        if not isinstance(self.jit_compile, bool):
-            raise ConfigError(f"jit_compile must be true or false, got {_short(self.jit_compile)}")
+        for name in ("jit_compile", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {_short(getattr(self, name))}")
+        _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        _check_int("early_stop", self.early_stop, minimum=0)
+        if not _is_number(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
+            raise ConfigError(f"checkpoint_seconds must be a number >= 0 (0: off), got {_short(self.checkpoint_seconds)}")
+        if self.early_stop and not self.val_fraction:
+            raise ConfigError("early_stop watches val_loss, but val_fraction is 0; hold out data or drop early_stop")
         for name in ("dataset", "data_dir", "run_dir"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
@@ -221,7 +235,7 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
         values["classes"] = parse_classes(values["classes"])
     if "hidden" in values:
         values["hidden"] = parse_int_list("hidden", values["hidden"])
-    for key in ("lr", "val_fraction", "decay_rate", "clip_norm"):  # YAML reads 1e-4 (no dot) as a string
+    for key in ("lr", "val_fraction", "decay_rate", "clip_norm", "checkpoint_seconds"):  # YAML reads 1e-4 (no dot) as a string
         if isinstance(values.get(key), str):
             values[key] = _parse_float(key, values[key])
     for key in ("data_dir", "run_dir", "dataset"):  # a number in YAML is a name too
@@ -235,3 +249,41 @@ def _parse_float(name: str, text: str) -> float:
         return float(text)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {_short(text)}") from None
+
+
+# What a resumed run may change: when it stops and how often it saves, never what it computes.
+RESUMABLE = ("epochs", "checkpoint_every", "checkpoint_seconds", "summary_every")
+
+
+def resumed_config(saved: Mapping[str, Any], file_values: Mapping[str, Any] | None = None, **flags: Any) -> TrainConfig:
+    """The config of a run to resume: its saved config, with only ``RESUMABLE`` keys changed.
+
+    A flag that repeats the saved value is fine; one that changes the model,
+    the data or the training is refused, naming it.
+    """
+    run_dir = flags.get("run_dir")
+    base = build_config({k: v for k, v in saved.items() if k != "run_dir"}, run_dir=run_dir)
+    asked = build_config({**base.to_dict(), **(file_values or {})}, **flags)
+    for name in _FIELDS:
+        mine, theirs = getattr(asked, name), getattr(base, name)
+        if name not in RESUMABLE and mine != theirs:
+            flag = {"jit_compile": "--jit"}.get(name, "--" + name.replace("_", "-"))
+            raise ConfigError(
+                f"{flag} {_show(mine)} differs from the run's {_show(theirs)}; a resumed run keeps its model, data "
+                f"and training settings (only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may "
+                "change): drop the flag, or start a new run"
+            )
+    if asked.strategy == "multi_worker":
+        raise ConfigError("--resume works with --strategy default or mirrored; a multi_worker run starts again")
+    if asked.epochs != base.epochs and base.lr_schedule == "cosine" and base.decay_steps is None:
+        raise ConfigError(
+            f"--epochs {asked.epochs} would change the run's cosine schedule, which decays over its "
+            f"{base.epochs} epochs; keep --epochs {base.epochs} (runs meant to be extended set --decay-steps)"
+        )
+    return asked
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "unset" if value is None else _short(value).strip("'")

@@ -635,6 +635,39 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    images, labels = _pipeline_tensors(x, y, batch_size)
+    indices = tf.data.Dataset.range(len(x))
+    if shuffle:
+        indices = indices.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return _gather_batches(indices, images, labels, int(batch_size))
+
+
+def shuffled_epochs(
+    x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int
+) -> Callable[[int], tf.data.Dataset]:
+    """Training data as ``epoch -> that epoch's batches`` (``Trainer.fit`` takes either).
+
+    Epoch ``e`` is in the order ``numpy.random.default_rng((seed, e)).permutation(n)``:
+    a function of the seed and the epoch alone, so any epoch's order can be
+    rebuilt in a new process, which an exact resume needs. (``make_dataset``'s
+    reshuffling draws each epoch's seed from tf.data's own generator, whose
+    position an iterator checkpoint does not reliably restore.)
+    """
+    import tensorflow as tf
+
+    images, labels = _pipeline_tensors(x, y, batch_size)  # converted once, shared by every epoch
+    n, batch_size = len(x), int(batch_size)
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:
+        order = np.random.default_rng((seed, epoch)).permutation(n)
+        return _gather_batches(tf.data.Dataset.from_tensor_slices(order), images, labels, batch_size)
+
+    return epoch_batches
+
+
+def _pipeline_tensors(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    import tensorflow as tf
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if np.asarray(x).dtype.kind != "f":
@@ -643,16 +676,17 @@ def make_dataset(
         raise DataError(f"{len(x)} images but {len(y)} labels; pass matching arrays")
     if len(x) == 0:
         raise DataError("cannot build a pipeline over 0 samples; pass a non-empty split")
-    n, batch_size = len(x), int(batch_size)
-    images = tf.constant(np.asarray(x, dtype=np.float32))
-    labels = tf.constant(np.asarray(y, dtype=np.int64))
-    indices = tf.data.Dataset.range(n)
-    if shuffle:
-        indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    return tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(np.asarray(y, dtype=np.int64))
+
+
+def _gather_batches(indices: tf.data.Dataset, images: tf.Tensor, labels: tf.Tensor, batch_size: int) -> tf.data.Dataset:
+    import tensorflow as tf
+
     batches = indices.batch(batch_size).map(
         lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+    n = int(images.shape[0])
     batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
     return batches.prefetch(tf.data.AUTOTUNE)

@@ -20,3 +20,7 @@ class DataError(GradloopError, ValueError):
 
 class RunDirError(GradloopError):
     """A run directory cannot be created, read or resumed."""
+
+
+class TrainingError(GradloopError):
+    """Training cannot go on: the loss is no longer finite."""

@@ -4,13 +4,19 @@
     model  = build the MLP or CNN, seeded           (gradloop.models)
     optim  = Adam with the schedule, clipping, accumulation, loss scaling  (build_optimizer)
     fit    = Trainer(...).fit(...)                  (gradloop.trainer)
+             checkpointed, resumable               (gradloop.checkpoint)
+             early stop, best model, NaN guard     (gradloop.stopping)
     record = history.json/.csv/.png, model.keras, run.json  (gradloop.logs, gradloop.plots)
              tensorboard/ event files                       (gradloop.summaries)
+
+run.json's ``status`` says where a run is: ``running`` (or killed), ``interrupted``
+(stopped by a signal after a checkpoint), ``finished`` or ``failed`` (diverged).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import platform
@@ -26,9 +32,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, data, distribute, logs, models, plots, schedules, summaries
+from gradloop import __version__, checkpoint, data, distribute, logs, models, plots, schedules, stopping, summaries
+from gradloop import step as step_lib
 from gradloop.config import TrainConfig
-from gradloop.errors import ConfigError, DataError, RunDirError
+from gradloop.errors import ConfigError, DataError, RunDirError, TrainingError
 from gradloop.step import CompileOptions
 from gradloop.trainer import Trainer
 
@@ -94,14 +101,21 @@ def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optim
     return optimizer
 
 
-def check_new_run_dir(config: TrainConfig) -> Path:
+def check_new_run_dir(config: TrainConfig, *, overwrite: bool = False) -> Path:
     """The run directory to create; an existing non-empty one is refused so that
-    an earlier run's results are never overwritten."""
+    an earlier run's results are never overwritten, unless ``overwrite`` and it
+    is a gradloop run (never an arbitrary folder)."""
     path = Path(config.run_dir) if config.run_dir else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run directory {path} is a file; choose another --run-dir")
     if path.exists() and any(path.iterdir()):
-        raise RunDirError(f"run directory {path} already exists and is not empty; choose another --run-dir")
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {path} already exists and is not empty; choose another --run-dir, "
+                "continue it with --resume, or replace it with --overwrite"
+            )
+        if not (path / "run.json").is_file():
+            raise RunDirError(f"{path} is not a gradloop run (no run.json), so --overwrite leaves it alone; choose another --run-dir")
     _check_creatable(path)
     return path
 
@@ -124,6 +138,44 @@ def _check_creatable(path: Path) -> None:
         raise RunDirError(
             f"cannot create run directory {path}: {exc.strerror or exc} in {ancestor}; choose a writable --run-dir"
         ) from None
+
+
+def read_run_to_resume(run_dir: str | Path) -> dict:
+    """The run.json of a run directory to resume; refused when it is no run."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunDirError(f"run directory {path} does not exist, so there is nothing to resume; drop --resume to start it")
+    if not any(path.iterdir()):
+        raise RunDirError(f"run directory {path} is empty, so there is nothing to resume; drop --resume to start it")
+    try:
+        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is not a gradloop run (no run.json); pass --run-dir the folder of a gradloop train") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"cannot read {path / 'run.json'} ({exc}); the run directory is damaged") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise RunDirError(f"{path / 'run.json'} has no config; the run directory is damaged")
+    return info
+
+
+def check_resumable(config: TrainConfig) -> dict:
+    """The run.json of the run to resume; refused when there is nothing to resume."""
+    if not config.run_dir:
+        raise ConfigError("--resume needs --run-dir DIR, the run to continue")
+    path = Path(config.run_dir)
+    info = read_run_to_resume(path)
+    if not (path / "checkpoints" / "checkpoint").is_file():
+        raise RunDirError(f"run {path} has no checkpoint to resume from; start it again with --overwrite")
+    done, status = info.get("epochs_done", 0), info.get("status")
+    if status == "failed":
+        raise RunDirError(f"run {path} failed, so there is nothing to resume: {info.get('error', 'see run.json')}")
+    if status == "finished" and info.get("stopped_early") is not None:
+        raise RunDirError(f"run {path} stopped early after {done} epochs (val_loss stopped improving); nothing to resume")
+    if status == "finished" and config.epochs <= done:
+        raise RunDirError(
+            f"run {path} already finished {done} epochs; nothing to resume (pass --epochs above {done} to train it further)"
+        )
+    return info
 
 
 def make_run_dir(path: Path) -> Path:
@@ -150,35 +202,138 @@ def versions() -> dict[str, str]:
 
 
 def train(
-    config: TrainConfig, *, out: TextIO | None = None, notify: Callable[[str], None] | None = None, profile: bool = False
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop: checkpoint.StopSignals | None = None,
+    out: TextIO | None = None,
+    notify: Callable[[str], None] | None = None,
+    profile: bool = False,
 ) -> Path:
-    """Run one experiment and return its run directory; ``profile`` first prints
-    where a step's time goes (on a copy of the model: the run is unaffected)."""
+    """Run one experiment, or continue one (``resume``), and return its run directory.
+
+    With ``stop`` (the CLI's :class:`~gradloop.checkpoint.StopSignals`), SIGTERM
+    and SIGINT end the run after a checkpoint by raising ``checkpoint.Interrupted``.
+    ``profile`` first prints where a step's time goes (on a copy of the model:
+    the run is unaffected).
+    """
     out = out or sys.stdout
     notify = notify or (lambda line: print(line, file=sys.stderr))
     # A multi-worker strategy must exist before any other TensorFlow work.
     strategy = distribute.make_strategy(config.strategy, replicas=config.replicas)
     chief = distribute.is_chief(strategy)
+    if resume and config.strategy == "multi_worker":
+        raise ConfigError("--resume works with --strategy default or mirrored; a multi_worker run starts again")
+    run_info = check_resumable(config) if resume else None
     # Only the chief writes the run directory; other workers write to a scratch folder.
-    run_dir = check_new_run_dir(config) if chief else Path(tempfile.mkdtemp(prefix="gradloop-worker-"))
+    if not chief:
+        run_dir = Path(tempfile.mkdtemp(prefix="gradloop-worker-"))
+    else:
+        run_dir = Path(config.run_dir) if resume else check_new_run_dir(config, overwrite=overwrite)
     prepared = prepare_data(config, notify=notify)  # bad data fails before anything is written
-    make_run_dir(run_dir)
     (x_train, y_train), (x_val, y_val) = prepared.train, prepared.val
-    train_ds = data.make_dataset(x_train, y_train, batch_size=config.batch_size, shuffle=True, seed=config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    train_ds = data.shuffled_epochs(x_train, y_train, batch_size=config.batch_size, seed=config.seed)
     val_ds = data.make_dataset(x_val, y_val, batch_size=config.batch_size, shuffle=False) if len(x_val) else None
 
-    keras.utils.set_random_seed(config.seed)
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
     with strategy.scope():
         model = build_model(config, x_train.shape[1:])
         trainer = Trainer(
             model,
-            optimizer=build_optimizer(config, steps_per_epoch=math.ceil(len(x_train) / config.batch_size)),
+            optimizer=build_optimizer(config, steps_per_epoch=steps_per_epoch),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
+            train_step=guard.watch(step_lib.train_step),
             options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
             strategy=strategy,
         )
-    run_info = {
+    if resume:
+        saver = checkpoint.RunCheckpoint(run_dir / "checkpoints", trainer)
+        state = saver.restore(train_ds)
+        if state.epoch > config.epochs:
+            raise ConfigError(f"run {run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
+        run_info.setdefault("resumed", []).append({"at": _now(), "epoch": state.epoch + 1, "step": state.step})
+        run_info.update(status="running", config=config.to_dict())
+        run_info.pop("interrupted_at", None)
+        action = f"resuming {model.name} at epoch {state.epoch + 1} step {state.step}"
+    else:
+        if overwrite and chief and run_dir.exists():
+            shutil.rmtree(run_dir)
+        make_run_dir(run_dir)
+        saver = checkpoint.RunCheckpoint(run_dir / "checkpoints", trainer)  # after the old run is gone
+        state, run_info, action = None, new_run_info(config, prepared, strategy), f"training {model.name}"
+    logs.write_json(run_dir / "run.json", run_info)
+    print(
+        f"gradloop: {action} on {prepared.source}: classes {list(prepared.classes)}, "
+        f"{len(x_train):,} train / {len(x_val):,} val samples, {config.epochs} epochs -> {run_dir}",
+        file=out,
+        flush=True,
+    )
+
+    if profile:
+        from gradloop.profile import format_profile, profile_phases
+
+        print(format_profile(profile_phases(trainer, train_ds(0)), config.batch_size), file=out, flush=True)
+    best = stopping.KeepBestModel(run_dir / "model.best.keras", patience=config.early_stop)
+    callbacks = [  # the guard first: a diverged state must stop before Checkpointing could save it
+        guard,
+        logs.Progress(batch_size=config.batch_size, stream=out),
+        logs.HistoryFiles(run_dir, state.history if state else None),
+        summaries.TensorBoardSummaries(
+            run_dir / "tensorboard", every_steps=config.summary_every,
+            initial_step=state.epoch * steps_per_epoch if state else 0,
+        ),
+        best,
+        checkpoint.Checkpointing(
+            saver, every_steps=config.checkpoint_every or None, every_seconds=config.checkpoint_seconds or None, stop=stop
+        ),
+    ]
+    start = time.perf_counter()
+    try:
+        history = trainer.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            initial_state=state,
+            callback_every=config.checkpoint_every or None,
+        )
+    except checkpoint.Interrupted as exc:
+        run_info.update(status="interrupted", interrupted_at={"epoch": exc.epoch + 1, "step": exc.step})
+        logs.write_json(run_dir / "run.json", run_info)
+        raise
+    except TrainingError as exc:
+        run_info.update(status="failed", error=str(exc))
+        logs.write_json(run_dir / "run.json", run_info)
+        raise
+    save_model(model, run_dir / "model.keras")
+    tutorial = logs.write_history(run_dir, history.history)
+    plots.plot_history(tutorial, run_dir / "history.png")
+    run_info.update(
+        status="finished",
+        epochs_done=len(history.history.get("loss", [])),
+        stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,
+        seconds=round(run_info.get("seconds", 0) + time.perf_counter() - start, 3),
+        final={k: v[-1] for k, v in tutorial.items()},
+    )
+    logs.write_json(run_dir / "run.json", run_info)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return Path(config.run_dir) if config.run_dir else run_dir
+    files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir()))
+    print(f"gradloop: wrote {run_dir}/ ({files})", file=out)
+    return run_dir
+
+
+def new_run_info(config: TrainConfig, prepared: PreparedData, strategy: tf.distribute.Strategy) -> dict:
+    """run.json of a new run: its resolved config, data and versions."""
+    x_train, x_val = prepared.train[0], prepared.val[0]
+    return {
         "status": "running",
         "config": config.to_dict(),
         "data_source": prepared.source,
@@ -190,39 +345,16 @@ def train(
         "strategy": config.strategy,
         "num_replicas": strategy.num_replicas_in_sync,
         "versions": versions(),
-        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "started": _now(),
     }
-    logs.write_json(run_dir / "run.json", run_info)
-    print(
-        f"gradloop: training {model.name} on {prepared.source}: classes {list(prepared.classes)}, "
-        f"{len(x_train):,} train / {len(x_val):,} val samples, {config.epochs} epochs -> {run_dir}",
-        file=out,
-        flush=True,
-    )
 
-    if profile:
-        from gradloop.profile import format_profile, profile_phases
 
-        print(format_profile(profile_phases(trainer, train_ds), config.batch_size), file=out, flush=True)
-    start = time.perf_counter()
-    history = trainer.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        callbacks=[
-            logs.Progress(batch_size=config.batch_size, stream=out),
-            logs.HistoryFiles(run_dir),
-            summaries.TensorBoardSummaries(run_dir / "tensorboard", every_steps=config.summary_every),
-        ],
-    )
-    model.save(run_dir / "model.keras")
-    tutorial = logs.write_history(run_dir, history.history)
-    plots.plot_history(tutorial, run_dir / "history.png")
-    run_info.update(status="finished", seconds=round(time.perf_counter() - start, 3),
-                    final={k: v[-1] for k, v in tutorial.items()})
-    logs.write_json(run_dir / "run.json", run_info)
-    if not chief:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return Path(config.run_dir) if config.run_dir else run_dir
-    print(f"gradloop: wrote {run_dir}/ (history.json, history.csv, history.png, model.keras, run.json, tensorboard/)", file=out)
-    return run_dir
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save under a temporary name, then rename: a killed save never leaves half a model."""
+    tmp = path.with_name(path.stem + ".partial.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")

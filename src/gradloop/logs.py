@@ -54,12 +54,15 @@ def write_history(run_dir: Path, keras_history: Mapping[str, list[float]]) -> di
 
 
 class HistoryFiles(keras.callbacks.Callback):
-    """Rewrite history.json/.csv at each epoch end, so a crash keeps finished epochs."""
+    """Rewrite history.json/.csv at each epoch end, so a crash keeps finished epochs.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``history``: the epochs a resumed run already has (Keras names).
+    """
+
+    def __init__(self, run_dir: Path, history: Mapping[str, list[float]] | None = None) -> None:
         super().__init__()
         self.run_dir = run_dir
-        self.epochs: dict[str, list[float]] = {}
+        self.epochs: dict[str, list[float]] = {k: list(v) for k, v in (history or {}).items()}
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         for key, value in (logs or {}).items():

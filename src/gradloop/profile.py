@@ -70,7 +70,7 @@ def _stage_fn(t: Trainer, depth: int):
 def profile_phases(trainer: Trainer, dataset: tf.data.Dataset, *, steps: int = 60, repeats: int = 3) -> dict[str, float]:
     """Seconds per step of each phase (minimum over ``repeats``), on a copy of the trainer."""
     t = _clone(trainer)
-    t._build(dataset)
+    t.build(dataset)
     data = dataset.repeat()
     totals = []
     for depth in range(1, len(PHASES) + 1):

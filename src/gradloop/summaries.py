@@ -34,14 +34,18 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
 
 
 class TensorBoardSummaries(keras.callbacks.Callback):
-    """Write the run's scalars for TensorBoard; see the module docstring for what and when."""
+    """Write the run's scalars for TensorBoard; see the module docstring for what and when.
 
-    def __init__(self, log_dir: str | Path, *, every_steps: int = 32) -> None:
+    ``initial_step``: the training steps of the epochs a resumed run already finished.
+    """
+
+    def __init__(self, log_dir: str | Path, *, every_steps: int = 32, initial_step: int = 0) -> None:
         super().__init__()
         if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
             raise ValueError(f"every_steps must be a positive integer, got {every_steps!r}")
         self.log_dir = Path(log_dir)
         self.every_steps = every_steps
+        self.initial_step = initial_step
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
 
     def _writer(self, split: str) -> tf.summary.SummaryWriter:
@@ -50,9 +54,9 @@ class TensorBoardSummaries(keras.callbacks.Callback):
         return self._writers[split]
 
     def on_train_begin(self, logs=None) -> None:
-        self._steps_before_epoch = 0  # training steps of the finished epochs
+        self._steps_before_epoch = self.initial_step  # training steps of the finished epochs
         self._steps_in_epoch = 0
-        self._next_summary = self.every_steps
+        self._next_summary = (self.initial_step // self.every_steps + 1) * self.every_steps
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._steps_in_epoch = 0

@@ -6,20 +6,46 @@
         validate on the whole validation set; record history; call callbacks
 
 What one step does lives in :mod:`gradloop.step`; *when* things happen
-(epochs, groups of steps, validation, callbacks) lives here.
+(epochs, groups of steps, validation, callbacks) lives here. Where the loop
+stands is a :class:`LoopState`, which :mod:`gradloop.checkpoint` saves and
+``fit(initial_state=...)`` continues from.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import keras
 import tensorflow as tf
 
 from gradloop import distribute, optimizer_kernels
 from gradloop import step as step_lib
+
+
+# A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
+# dataset`` (gradloop.data.shuffled_epochs): then every epoch's order can be rebuilt exactly on resume.
+TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
+
+
+@dataclass
+class LoopState:
+    """Where training stands, besides the variables: what a resume continues from.
+
+    ``iterator`` yields the rest of epoch ``epoch`` after its first ``step``
+    batches. Between epochs it is the next epoch's fresh iterator, whose
+    shuffle order is already drawn, so saving it saves that order too.
+    ``history`` holds the finished epochs' logs (Keras names); ``seconds`` the
+    training time already spent in the epoch.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    iterator: Any = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 class Trainer:
@@ -60,6 +86,7 @@ class Trainer:
         self.options = options
         self._train_step = train_step or step_lib.train_step
         self._train_fn = self._test_fn = None
+        self.state = LoopState()
         # Keras callbacks (LearningRateScheduler, TensorBoard) reach the optimizer through the model.
         self.model.optimizer = self.optimizer
 
@@ -74,13 +101,15 @@ class Trainer:
 
     def fit(
         self,
-        train: tf.data.Dataset,
+        train: TrainData,
         *,
         validation_data: tf.data.Dataset | None = None,
         epochs: int = 1,
         callbacks: Iterable[keras.callbacks.Callback] | None = None,
+        initial_state: LoopState | None = None,
+        callback_every: int | None = None,
     ) -> keras.callbacks.History:
-        """Train for ``epochs`` over ``train`` (a dataset of ``(x, y)`` batches).
+        """Train for ``epochs`` over ``train`` (``(x, y)`` batches; see ``TrainData``).
 
         Each epoch's ``loss`` is the mean over all its samples (not the last
         batch), ``val_loss`` the mean over the whole validation set, and every
@@ -90,57 +119,82 @@ class Trainer:
         epoch; batch hooks run once per compiled call of ``steps_per_execution``
         steps: ``on_train_batch_begin(first step)``, ``on_train_batch_end(last
         step, running epoch means)``, as in Keras' own ``steps_per_execution``.
+
+        ``initial_state`` continues a run where it stood (a restored
+        checkpoint), mid-epoch included. ``callback_every=N`` also ends a step
+        group after every N-th step of an epoch, so batch callbacks (a
+        checkpoint every N steps) see exactly those steps. The History runs
+        first, so callbacks see the current epoch in ``model.history``.
         """
-        self._build(train)
-        steps = _steps_per_epoch(train)
+        epoch_data = train if callable(train) else lambda epoch: train
+        first = epoch_data(0)
+        self.build(first)
+        steps = _steps_per_epoch(first)
+        self.state = initial_state or LoopState(iterator=self.make_iterator(first))
         history = keras.callbacks.History()
+        history.history = self.state.history
         callbacks = keras.callbacks.CallbackList(
-            [*(callbacks or []), history], model=self.model, epochs=epochs, steps=steps, verbose=0
+            [history, *(callbacks or [])], model=self.model, epochs=epochs, steps=steps, verbose=0
         )
         self.model.stop_training = False
-        train = self._distribute(train)
         callbacks.on_train_begin()
         logs: dict[str, float] = {}
-        for epoch in range(epochs):
+        while self.state.epoch < epochs and not self.model.stop_training:
+            epoch = self.state.epoch
             callbacks.on_epoch_begin(epoch)
-            logs = self._train_epoch(train, steps, callbacks)
+            logs = self._train_epoch(steps, callbacks, callback_every)
             if validation_data is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
+            # The next epoch's iterator is made now, so a checkpoint at the epoch's end holds its order.
+            next_epoch = self.make_iterator(epoch_data(epoch + 1))
+            self.state = LoopState(epoch + 1, iterator=next_epoch, history=self.state.history)
             callbacks.on_epoch_end(epoch, logs)
-            if self.model.stop_training:
-                break
         callbacks.on_train_end(logs)
         return history
 
-    def _train_epoch(self, train: tf.data.Dataset, steps: int | None, callbacks) -> dict[str, float]:
-        self._reset_metrics()
-        group = self.options.steps_per_execution
-        iterator, step, start = iter(train), 0, time.perf_counter()
-        while steps is None or step < steps:
-            callbacks.on_train_batch_begin(step)
-            n = group if steps is None else min(group, steps - step)
-            done = int(self._train_fn(iterator, tf.constant(n, tf.int32)))
+    def _train_epoch(self, steps: int | None, callbacks, callback_every: int | None) -> dict[str, float]:
+        state = self.state
+        if state.step == 0:
+            self._reset_metrics()  # a resumed epoch keeps its restored sums
+        start = time.perf_counter() - state.seconds
+        while steps is None or state.step < steps:
+            callbacks.on_train_batch_begin(state.step)
+            n = self._group_size(state.step, steps, callback_every)
+            done = int(self._train_fn(state.iterator, tf.constant(n, tf.int32)))
             if done == 0:
                 break
-            step += done
-            logs = self._results()
-            callbacks.on_train_batch_end(step - 1, logs)
+            state.step += done
+            state.seconds = time.perf_counter() - start
+            callbacks.on_train_batch_end(state.step - 1, self._results())
             if done < n:  # data of unknown length ran out
                 break
         return {**self._results(), "train_time": time.perf_counter() - start}
 
+    def _group_size(self, step: int, steps: int | None, callback_every: int | None) -> int:
+        """Steps in the next compiled call: at most ``steps_per_execution``,
+        ending at the epoch's end and at the next multiple of ``callback_every``."""
+        n = self.options.steps_per_execution
+        if steps is not None:
+            n = min(n, steps - step)
+        if callback_every:
+            n = min(n, callback_every - step % callback_every)
+        return n
+
     def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
         """Loss (mean over every sample of ``data``) and metrics, in inference mode."""
-        self._build(data)
+        self.build(data)
         self._reset_metrics()
         group = tf.constant(self.options.steps_per_execution, tf.int32)
-        iterator = iter(self._distribute(data))
+        iterator = self.make_iterator(data)
         while int(self._test_fn(iterator, group)) == self.options.steps_per_execution:
             pass
         return self._results()
 
-    def _build(self, data: tf.data.Dataset) -> None:
-        """Create model and optimizer variables eagerly, then the compiled functions, once."""
+    def build(self, data: tf.data.Dataset) -> None:
+        """Create model and optimizer variables eagerly, then the compiled functions, once.
+
+        ``fit`` calls it; call it first to restore a checkpoint into the variables.
+        """
         if self._train_fn is not None:
             return
         with self.strategy.scope():
@@ -153,10 +207,12 @@ class Trainer:
         self._train_fn = step_lib.fused_fn(self, self._train_step, self.options)
         self._test_fn = step_lib.fused_fn(self, step_lib.test_step, self.options)
 
-    def _distribute(self, data: tf.data.Dataset):
+    def make_iterator(self, data: tf.data.Dataset):
+        """An iterator over ``data``, distributed over the strategy's replicas:
+        what ``fit`` runs on, and what a checkpoint restores a position into."""
         if not distribute.is_distributed(self.strategy):
-            return data
-        return self.strategy.experimental_distribute_dataset(distribute.shard_by_data(data))
+            return iter(data)
+        return iter(self.strategy.experimental_distribute_dataset(distribute.shard_by_data(data)))
 
     def _reset_metrics(self) -> None:
         for metric in (self.loss_tracker, *self.metrics):

@@ -1,0 +1,233 @@
+"""Checkpoints: what a resume restores, named in one place, and when it is saved.
+
+A checkpoint (``RUN_DIR/checkpoints/ckpt-N``) is this bundle:
+
+    model      the weights
+    optimizer  its variables: step count, learning rate, moments
+    rng        the model's Keras seed generators (Dropout & co. draw the same numbers again)
+    metrics    the running sums of the epoch in progress (its loss and accuracy so far)
+    iterator   the data's position: the rest of this epoch's order (or the next epoch's)
+    epoch, step, seconds, history   the trainer's LoopState, history as JSON
+
+A distributed iterator (``tf.distribute``) cannot be saved; then the position
+is rebuilt on restore as ``train(epoch).skip(step)``, which is exact for
+training data given as ``epoch -> dataset``.
+
+so that a run stopped after any step group and resumed computes what it would
+have computed without the stop: bit for bit under ``--deterministic``, given
+training data whose every epoch can be rebuilt (``data.shuffled_epochs``).
+
+``tf.train.CheckpointManager`` writes each checkpoint under a new number and
+only then records it as the latest, by an atomic rename of its ``checkpoint``
+file: a process killed at any instant leaves a complete latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from gradloop.errors import RunDirError
+from gradloop.trainer import LoopState, TrainData, Trainer
+
+
+class RunCheckpoint:
+    """Save and restore a :class:`Trainer` and its :class:`LoopState` under ``directory``.
+
+    >>> ckpt = RunCheckpoint(run_dir / "checkpoints", trainer)
+    >>> state = ckpt.restore(train_ds) if ckpt.latest else None
+    >>> trainer.fit(train_ds, epochs=10, initial_state=state, callbacks=[Checkpointing(ckpt)])
+    """
+
+    def __init__(self, directory: str | Path, trainer: Trainer, *, max_to_keep: int = 3) -> None:
+        self.trainer = trainer
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self._history = tf.Variable("{}", dtype=tf.string, trainable=False)
+        weights = {id(w) for w in trainer.model.weights}
+        self._bundle = tf.train.Checkpoint(
+            model=trainer.model,
+            optimizer=trainer.optimizer,
+            rng=[v for v in trainer.model.variables if id(v) not in weights],
+            metrics=[v for m in (trainer.loss_tracker, *trainer.metrics) for v in m.variables],
+            epoch=self._epoch,
+            step=self._step,
+            seconds=self._seconds,
+            history=self._history,
+        )
+        self.manager = tf.train.CheckpointManager(self._bundle, str(directory), max_to_keep=max_to_keep)
+
+    @property
+    def latest(self) -> str | None:
+        """The path prefix of the newest complete checkpoint, or None."""
+        return self.manager.latest_checkpoint
+
+    def save(self, state: LoopState) -> str:
+        if isinstance(state.iterator, tf.__internal__.tracking.Trackable):  # else distributed: see restore
+            self._bundle.iterator = state.iterator
+        self._epoch.assign(state.epoch)
+        self._step.assign(state.step)
+        self._seconds.assign(state.seconds)
+        self._history.assign(json.dumps(state.history))
+        return self.manager.save()
+
+    def restore(self, train: TrainData) -> LoopState:
+        """Load the latest checkpoint into the trainer; returns where to continue.
+
+        ``train`` must be the run's own training data (same arrays, batch size
+        and seed): the saved iterator position is a position in it.
+        """
+        path = self.latest
+        if path is None:
+            raise RunDirError(f"{self.manager.directory} holds no checkpoint; start the run again with --overwrite")
+        try:
+            saved = tf.train.load_checkpoint(path)
+            epoch, step = (int(saved.get_tensor(f"{k}/.ATTRIBUTES/VARIABLE_VALUE")) for k in ("epoch", "step"))
+        except (tf.errors.OpError, ValueError) as exc:
+            raise _damaged(path, exc) from None
+        data = train(epoch) if callable(train) else train  # the saved epoch's order
+        self.trainer.build(data)  # the variables must exist to be restored into
+        if saved.has_tensor("iterator/.ATTRIBUTES/ITERATOR_STATE"):
+            iterator = self._bundle.iterator = self.trainer.make_iterator(data)  # the position is restored into it
+        else:
+            iterator = self.trainer.make_iterator(data.skip(step))
+        try:
+            self._bundle.restore(path).assert_consumed()
+        except (tf.errors.OpError, AssertionError, ValueError) as exc:
+            raise _damaged(path, exc) from None
+        return LoopState(
+            epoch=int(self._epoch.numpy()),
+            step=int(self._step.numpy()),
+            iterator=iterator,
+            history=json.loads(self._history.numpy().decode("utf-8")),
+            seconds=float(self._seconds.numpy()),
+        )
+
+
+def _damaged(path: str, exc: Exception) -> RunDirError:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no detail"
+    return RunDirError(
+        f"cannot restore checkpoint {path} ({type(exc).__name__}: {reason}); it is damaged or from "
+        "another model: start the run again with --overwrite"
+    )
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint; resume continues it."""
+
+    def __init__(self, signum: int, epoch: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} in epoch {epoch + 1} after step {step}")
+        self.signum, self.epoch, self.step = signum, epoch, step
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process the signal ended: 143, 130."""
+        return 128 + self.signum
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only set ``signum``, so the loop can finish
+    its step group, checkpoint and stop (see :class:`Checkpointing`).
+
+    The first signal also restores the previous handlers: a second one acts as
+    usual (Ctrl-C twice still stops at once; the checkpoints stay consistent).
+    Signals can only be handled in the main thread, so elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._restore()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """When to save: once before training (so a run can always be resumed), after
+    every ``every_steps`` steps of an epoch, when ``every_seconds`` have passed
+    since the last save, at each epoch's end and at the end of training.
+
+    Saves happen at step-group ends; pass the same ``every_steps`` to
+    ``Trainer.fit(callback_every=...)`` so its multiples are group ends. When
+    ``stop`` (a :class:`StopSignals`) has caught a signal, it saves and raises
+    :class:`Interrupted`. A state whose loss is no longer finite is never saved.
+    """
+
+    def __init__(
+        self,
+        checkpoint: RunCheckpoint,
+        *,
+        every_steps: int | None = None,
+        every_seconds: float | None = None,
+        stop: StopSignals | None = None,
+    ) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.every_steps, self.every_seconds, self.stop = every_steps, every_seconds, stop
+        self._saved_at: tuple[int, int] | None = None
+        self._last_save = time.monotonic()
+
+    def on_train_begin(self, logs=None) -> None:
+        if self.checkpoint.latest is None:
+            self._save()
+        else:
+            self._saved_at = self._position()  # resumed from it
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._stop_if_asked()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if not math.isfinite((logs or {}).get("loss", 0.0)):
+            return
+        step = self.checkpoint.trainer.state.step
+        due_steps = self.every_steps and step % self.every_steps == 0
+        due_time = self.every_seconds and time.monotonic() - self._last_save >= self.every_seconds
+        if due_steps or due_time:
+            self._save()
+        self._stop_if_asked()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._save()
+
+    def on_train_end(self, logs=None) -> None:
+        self._save()
+
+    def _position(self) -> tuple[int, int]:
+        state = self.checkpoint.trainer.state
+        return state.epoch, state.step
+
+    def _save(self) -> None:
+        if self._position() != self._saved_at:
+            self.checkpoint.save(self.checkpoint.trainer.state)
+            self._saved_at, self._last_save = self._position(), time.monotonic()
+
+    def _stop_if_asked(self) -> None:
+        if self.stop is not None and self.stop.signum is not None:
+            self._save()
+            raise Interrupted(self.stop.signum, *self._position())

@@ -1,0 +1,108 @@
+"""When training should stop before its last epoch, and what it keeps.
+
+- :class:`KeepBestModel`: save the model of the epoch with the lowest
+  ``val_loss`` (``model.best.keras``) and, with a patience, stop once it has
+  not improved for that many epochs (Keras' EarlyStopping rule: strictly lower
+  is better).
+- :class:`StopOnNonFiniteLoss`: stop at the first step whose loss is NaN or
+  infinite, naming that step, before a checkpoint of the broken weights exists.
+  Divergence stops the run; it is not rolled back, because a rolled-back run
+  with a quietly lowered learning rate is no longer the run that was asked for.
+
+Both keep no state a checkpoint would have to save: the best epoch follows
+from the history, and a diverged run is never resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gradloop.errors import TrainingError
+from gradloop.step import StepFn
+
+
+class KeepBestModel(keras.callbacks.Callback):
+    """Keep the lowest-``monitor`` epoch's model at ``path``; stop after ``patience``
+    epochs without improvement (0: never stop early).
+
+    On a resumed run the best value and the epochs since it come from the
+    restored history, so stopping happens at the epoch it would have.
+    """
+
+    def __init__(self, path: str | Path, *, patience: int = 0, monitor: str = "val_loss") -> None:
+        super().__init__()
+        self.path, self.patience, self.monitor = Path(path), patience, monitor
+        self.stopped_epoch: int | None = None
+
+    def on_train_begin(self, logs=None) -> None:
+        values = self.model.history.history.get(self.monitor, [])
+        best_epoch = int(np.argmin(values)) if values else -1
+        self.best = values[best_epoch] if values else math.inf
+        self.wait = len(values) - 1 - best_epoch if values else 0
+        self._stop_if_out_of_patience(len(values) - 1)  # a run killed just after deciding to stop
+
+    def _stop_if_out_of_patience(self, epoch: int) -> None:
+        if self.patience and self.wait >= self.patience:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        if value < self.best:
+            self.best, self.wait = value, 0
+            tmp = self.path.with_name(self.path.stem + ".partial.keras")
+            self.model.save(tmp)
+            os.replace(tmp, self.path)  # never a half-written best model
+        else:
+            self.wait += 1
+            self._stop_if_out_of_patience(epoch)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise :class:`TrainingError` naming the first step whose loss was NaN or infinite.
+
+        trainer = Trainer(..., train_step=guard.watch(step.train_step), ...)
+        trainer.fit(..., callbacks=[guard, Checkpointing(...)])  # guard first
+
+    ``watch`` records, inside the compiled loop, the optimizer step count of the
+    first non-finite loss (a scalar check per step); the callback reads it after
+    each step group. Put it before :class:`~gradloop.checkpoint.Checkpointing`.
+    """
+
+    def __init__(self, *, steps_per_epoch: int | None = None, hint: str = "lower the learning rate") -> None:
+        super().__init__()
+        self.steps_per_epoch, self.hint = steps_per_epoch, hint
+        self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.first_bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+
+    def watch(self, step_fn: StepFn) -> StepFn:
+        def watched_step(trainer, x, y):
+            loss, y_pred = step_fn(trainer, x, y)
+            first = self.first_bad_step
+            bad = tf.logical_and(first < 0, tf.logical_not(tf.reduce_all(tf.math.is_finite(loss))))
+            first.assign(tf.where(bad, tf.cast(trainer.optimizer.iterations, tf.int64), first))
+            self.first_bad_loss.assign(tf.where(bad, tf.cast(tf.reduce_mean(loss), tf.float32), self.first_bad_loss))
+            return loss, y_pred
+
+        return watched_step
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        step = int(self.first_bad_step.numpy())
+        if step < 0:
+            return
+        where = ""
+        if self.steps_per_epoch:
+            epoch, in_epoch = divmod(step - 1, self.steps_per_epoch)
+            where = f" (epoch {epoch + 1}, step {in_epoch + 1} of {self.steps_per_epoch})"
+        raise TrainingError(
+            f"the training loss became {float(self.first_bad_loss.numpy())} at step {step}{where}: the weights "
+            f"diverged, so training stopped without saving them; {self.hint} and start a new run"
+        )
