@@ -624,3 +624,19 @@ def test_make_dataset_rejects_bad_arguments():
         data.make_dataset(np.zeros((0, 3), np.float32), np.zeros(0), batch_size=2, shuffle=False)
     with pytest.raises(DataError, match="prepare_images"):
         data.make_dataset(np.zeros((2, 3), np.uint8), np.zeros(2), batch_size=2, shuffle=False)
+
+
+def test_shuffled_epochs_orders_are_a_function_of_seed_and_epoch_alone():
+    import tensorflow as tf
+
+    x, y = np.zeros((10, 3), np.float32), np.arange(10)
+    epochs = data.shuffled_epochs(x, y, batch_size=4, seed=7)
+    first, second = epoch_labels(epochs(0)), epoch_labels(epochs(1))
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
+    assert [len(b) for b, _ in epochs(0)] == [4, 4, 2] and len(epochs(3)) == 3
+    tf.random.set_seed(123)  # TensorFlow's seeds play no part: the order is numpy's
+    again = data.shuffled_epochs(x, y, batch_size=4, seed=7)
+    assert [epoch_labels(again(1)), epoch_labels(again(0))] == [second, first]  # any epoch, in any order
+    assert first == np.random.default_rng((7, 0)).permutation(10).tolist()
+    with pytest.raises(ConfigError, match="batch_size"):
+        data.shuffled_epochs(x, y, batch_size=0, seed=7)
