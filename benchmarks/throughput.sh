@@ -3,4 +3,4 @@
 # Usage: bash benchmarks/throughput.sh [extra gradloop bench flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/gradloop bench --batch-size 32,256 --seconds 4 --rounds 3 --variants "eager,tf.function,keras spe=1,keras spe=32,gradloop,gradloop --jit" "$@"
+exec .venv/bin/gradloop bench --batch-size 32,256 --seconds 2 --rounds 7 --variants "eager,tf.function,keras spe=1,keras spe=32,gradloop,gradloop --jit" "$@"
