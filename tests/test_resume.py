@@ -221,3 +221,19 @@ def test_a_diverging_run_stops_naming_the_step_and_cannot_be_resumed(tmp_path, c
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "failed" and info["error"] == err
     assert refused(capsys, "train", "--resume", "--run-dir", str(run)) == f"run {run} failed, so there is nothing to resume: {err}"
+
+
+@pytest.mark.parametrize("damage", ["truncate data", "garbage index"])
+def test_a_damaged_checkpoint_is_one_line_and_kept(tmp_path, capsys, damage):
+    run_dir = tmp_path / "run"
+    base = ["train", "--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--run-dir", str(run_dir)]
+    assert main([*base, "--epochs", "1"]) == 0
+    latest = sorted((run_dir / "checkpoints").glob("ckpt-*.index"))[-1]
+    target = latest.with_suffix(".data-00000-of-00001") if damage == "truncate data" else latest
+    target.write_bytes(target.read_bytes()[:100] if damage == "truncate data" else b"not a checkpoint index")
+    before = target.read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--epochs", "2", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gradloop: error: cannot restore checkpoint") and "\n" not in err, err
+    assert target.read_bytes() == before

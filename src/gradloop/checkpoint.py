@@ -91,7 +91,7 @@ class RunCheckpoint:
         try:
             saved = tf.train.load_checkpoint(path)
             epoch, step = (int(saved.get_tensor(f"{k}/.ATTRIBUTES/VARIABLE_VALUE")) for k in ("epoch", "step"))
-        except (tf.errors.OpError, ValueError) as exc:
+        except _DAMAGED as exc:
             raise _damaged(path, exc) from None
         data = train(epoch) if callable(train) else train  # the saved epoch's order
         self.trainer.build(data)  # the variables must exist to be restored into
@@ -101,15 +101,21 @@ class RunCheckpoint:
             iterator = self.trainer.make_iterator(data.skip(step))
         try:
             self._bundle.restore(path).assert_consumed()
-        except (tf.errors.OpError, AssertionError, ValueError) as exc:
+            history = json.loads(self._history.numpy().decode("utf-8"))
+        except _DAMAGED as exc:
             raise _damaged(path, exc) from None
         return LoopState(
             epoch=int(self._epoch.numpy()),
             step=int(self._step.numpy()),
             iterator=iterator,
-            history=json.loads(self._history.numpy().decode("utf-8")),
+            history=history,
             seconds=float(self._seconds.numpy()),
         )
+
+
+# What TensorFlow raises for a truncated, overwritten or foreign checkpoint (a short
+# read surfaces as IndexError: "Read less bytes than requested").
+_DAMAGED = (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, EOFError, UnicodeDecodeError)
 
 
 def _damaged(path: str, exc: Exception) -> RunDirError:
