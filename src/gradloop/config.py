@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -91,22 +91,19 @@ class TrainConfig:
         _check_int("accumulate_steps", self.accumulate_steps, minimum=1)
         if self.decay_steps is not None:
             _check_int("decay_steps", self.decay_steps, minimum=1)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {_short(self.lr_schedule)}")
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if not _is_number(self.decay_rate) or not 0 < self.decay_rate <= 1:
             raise ConfigError(f"decay_rate must be a number in (0, 1], got {_short(self.decay_rate)}")
         if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
             raise ConfigError(f"clip_norm must be a finite number > 0 (a global gradient norm), got {_short(self.clip_norm)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {_short(self.precision)}")
+        _check_choice("precision", self.precision, PRECISIONS)
         if not _is_number(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0 such as 1e-4, got {_short(self.lr)}")
         if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), got {_short(self.val_fraction)}")
-        if self.dataset is not None and self.dataset not in DATASETS:
-            raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {_short(self.dataset)}")
-        if self.model not in MODELS:
-            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {_short(self.model)}")
+        if self.dataset is not None:
+            _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("model", self.model, MODELS)
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(f"hidden must be one or more positive layer sizes like 512,256,128, got {_short(self.hidden)}")
         if self.model == "mlp" and (weights := mlp_weights(self.hidden)) > MAX_MLP_WEIGHTS:
@@ -114,8 +111,7 @@ class TrainConfig:
                 f"hidden {','.join(map(str, self.hidden))} makes an MLP of {weights:,} weights, over the "
                 f"limit of {MAX_MLP_WEIGHTS:,} (memory would run out); use smaller layers"
             )
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {_short(self.strategy)}")
+        _check_choice("strategy", self.strategy, STRATEGIES)
         if self.replicas is not None:
             _check_int("replicas", self.replicas, minimum=1, maximum=MAX_CPU_REPLICAS)
             if self.strategy != "mirrored":
@@ -149,6 +145,11 @@ def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = Non
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
         rule = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
         raise ConfigError(f"{name} must be an integer {rule}, got {_short(value)}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {_short(value)}")
 
 
 def _is_number(value: Any) -> bool:

@@ -8,7 +8,6 @@ in the run's own order so that label ``i`` means ``classes[i]``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from gradloop import data
+from gradloop import data, logs
 from gradloop.config import TrainConfig, build_config
 from gradloop.errors import ConfigError, DataError, RunDirError
 
@@ -28,16 +27,9 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     if not Path(run_dir).is_dir():
         state = "is not a folder" if Path(run_dir).exists() else "does not exist"
         raise RunDirError(f"run directory {run_dir} {state}; pass a folder made by gradloop train")
-    path = Path(run_dir) / "run.json"
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirError(f"{run_dir} is not a gradloop run directory (no run.json); pass a folder made by gradloop train") from None
-    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise RunDirError(f"cannot read {path}: {exc}; the run directory is damaged") from None
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise RunDirError(f"{path} has no config; the run directory is damaged")
-    return info
+    return logs.read_run_json(
+        Path(run_dir), missing=f"{run_dir} is not a gradloop run directory (no run.json); pass a folder made by gradloop train"
+    )
 
 
 def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> TrainConfig:

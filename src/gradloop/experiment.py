@@ -16,7 +16,6 @@ run.json's ``status`` says where a run is: ``running`` (or killed), ``interrupte
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -147,15 +146,9 @@ def read_run_to_resume(run_dir: str | Path) -> dict:
         raise RunDirError(f"run directory {path} does not exist, so there is nothing to resume; drop --resume to start it")
     if not any(path.iterdir()):
         raise RunDirError(f"run directory {path} is empty, so there is nothing to resume; drop --resume to start it")
-    try:
-        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirError(f"{path} is not a gradloop run (no run.json); pass --run-dir the folder of a gradloop train") from None
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"cannot read {path / 'run.json'} ({exc}); the run directory is damaged") from None
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise RunDirError(f"{path / 'run.json'} has no config; the run directory is damaged")
-    return info
+    return logs.read_run_json(
+        path, missing=f"{path} is not a gradloop run (no run.json); pass --run-dir the folder of a gradloop train"
+    )
 
 
 def check_resumable(config: TrainConfig) -> dict:

@@ -18,6 +18,8 @@ from typing import Any, Mapping, TextIO
 import keras
 from tqdm.auto import tqdm
 
+from gradloop.errors import RunDirError
+
 
 def tutorial_history(history: Mapping[str, list[float]]) -> dict[str, list[float]]:
     """Keras names -> tutorial names: ``loss`` -> ``train_loss``, ``val_*`` unchanged."""
@@ -25,6 +27,25 @@ def tutorial_history(history: Mapping[str, list[float]]) -> dict[str, list[float
         (k if k.startswith("val_") or k.startswith("train_") else f"train_{k}"): [float(v) for v in vs]
         for k, vs in history.items()
     }
+
+
+def read_json(path: Path, *, missing: str) -> Any:
+    """One of a run directory's JSON files: absent is ``RunDirError(missing)``,
+    unreadable or not JSON means the run directory is damaged."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(missing) from None
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RunDirError(f"cannot read {path}: {exc}; the run directory is damaged") from None
+
+
+def read_run_json(run_dir: Path, *, missing: str) -> dict[str, Any]:
+    """run.json: a JSON object with the run's config, else the run directory is damaged."""
+    info = read_json(run_dir / "run.json", missing=missing)
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise RunDirError(f"{run_dir / 'run.json'} has no config; the run directory is damaged")
+    return info
 
 
 def write_json(path: Path, data: Any) -> None:

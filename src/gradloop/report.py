@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from gradloop import evaluation, plots
+from gradloop import evaluation, logs, plots
 from gradloop.errors import RunDirError
 
 FIGURES = ("history.png", "per_class_accuracy.png", "confusion_matrix.png")
@@ -28,12 +27,7 @@ FIGURES = ("history.png", "per_class_accuracy.png", "confusion_matrix.png")
 
 def read_history(run_dir: Path) -> dict[str, list[float]]:
     path = run_dir / "history.json"
-    try:
-        history = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirError(f"{run_dir} has no history.json; the run did not finish an epoch (train it again)") from None
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"cannot read {path}: {exc}; the run directory is damaged") from None
+    history = logs.read_json(path, missing=f"{run_dir} has no history.json; the run did not finish an epoch (train it again)")
     if not isinstance(history, dict) or not all(isinstance(v, list) for v in history.values()):
         raise RunDirError(f"{path} is not a history of per-epoch lists; the run directory is damaged")
     return history
