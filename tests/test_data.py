@@ -632,6 +632,16 @@ def test_make_dataset_shuffles_each_epoch_deterministically():
     assert [epoch_labels(fresh), epoch_labels(fresh)] == [first, second]
 
 
+def test_in_memory_pipelines_run_without_the_autotuner():
+    # Its thread made an iterator's deletion wait up to as long as the iterator had run (see _untuned).
+    x, y = np.zeros((10, 3), np.float32), np.arange(10)
+    for ds in (data.make_dataset(x, y, batch_size=4, shuffle=False),
+               data.make_dataset(x, y, batch_size=4, shuffle=True, seed=1),
+               data.shuffled_epochs(x, y, batch_size=4, seed=1)(2)):
+        assert ds.options().autotune.enabled is False
+        assert ds.options().experimental_optimization.apply_default_optimizations is False
+
+
 def test_make_dataset_rejects_bad_arguments():
     with pytest.raises(ConfigError, match="batch_size"):
         data.make_dataset(np.zeros((2, 3), np.float32), np.zeros(2), batch_size=0, shuffle=False)
@@ -655,3 +665,25 @@ def test_shuffled_epochs_orders_are_a_function_of_seed_and_epoch_alone():
     assert first == np.random.default_rng((7, 0)).permutation(10).tolist()
     with pytest.raises(ConfigError, match="batch_size"):
         data.shuffled_epochs(x, y, batch_size=0, seed=7)
+
+
+def test_release_iterator_deletes_on_its_thread_once_nothing_else_holds_it():
+    import threading
+    import time
+    import weakref
+
+    class Iterator:
+        pass
+
+    deleted_on = []
+    held = Iterator()
+    weakref.finalize(held, lambda: deleted_on.append(threading.current_thread().name))
+    data.release_iterator(held)
+    data.release_iterator(None)  # nothing to release
+    time.sleep(0.3)
+    assert deleted_on == []  # still ours
+    del held
+    deadline = time.monotonic() + 30
+    while not deleted_on and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert deleted_on == ["gradloop-release"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -199,3 +203,26 @@ def test_evaluate_is_the_mean_over_the_whole_set():
     model = toy_model()
     result = make_trainer(model).evaluate(batches(x, y, 33))
     assert result["loss"] == pytest.approx(full_loss(model, x, y), rel=1e-5)
+
+
+def test_finished_iterators_are_deleted_off_the_training_thread():
+    # Deleting an autotuned tf.data iterator can wait seconds (see data.release_iterator).
+    x, y = toy_data()
+    trainer = make_trainer(toy_model())
+    deleted_on, made = [], []
+    make_iterator = trainer.make_iterator
+
+    def tracked(data):
+        iterator = make_iterator(data)
+        made.append(weakref.finalize(iterator, lambda: deleted_on.append(threading.current_thread().name)))
+        return iterator
+
+    trainer.make_iterator = tracked
+    user_pipeline = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(N).batch(32).prefetch(tf.data.AUTOTUNE)
+    trainer.fit(user_pipeline, validation_data=batches(x, y), epochs=3)
+    assert len(made) == 7  # the first epoch's, then per epoch the validation's and the next epoch's
+    deadline = time.monotonic() + 60
+    while len(deleted_on) < 6 and time.monotonic() < deadline:  # the last one is trainer.state's
+        time.sleep(0.05)
+    assert deleted_on == ["gradloop-release"] * 6
+    assert made[-1].alive and trainer.state.iterator is not None

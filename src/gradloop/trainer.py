@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import keras
 import tensorflow as tf
 
+from gradloop import data as data_lib
 from gradloop import distribute, losses, optimizer_kernels
 from gradloop import step as step_lib
 
@@ -128,7 +129,7 @@ class Trainer:
         first = epoch_data(0)
         self.build(first)
         steps = _steps_per_epoch(first)
-        self.state = initial_state or LoopState(iterator=self.make_iterator(first))
+        self._advance(initial_state or LoopState(iterator=self.make_iterator(first)))
         history = keras.callbacks.History()
         history.history = self.state.history
         callbacks = keras.callbacks.CallbackList(
@@ -145,7 +146,7 @@ class Trainer:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
             # The next epoch's iterator is made now, so a checkpoint at the epoch's end holds its order.
             next_epoch = self.make_iterator(epoch_data(epoch + 1))
-            self.state = LoopState(epoch + 1, iterator=next_epoch, history=self.state.history)
+            self._advance(LoopState(epoch + 1, iterator=next_epoch, history=self.state.history))
             callbacks.on_epoch_end(epoch, logs)
         callbacks.on_train_end(logs)
         return history
@@ -189,6 +190,7 @@ class Trainer:
         done = group
         while int(done) == self.options.steps_per_execution:
             done, logs = self._test_fn(iterator, group)
+        data_lib.release_iterator(iterator)
         return _floats(logs)
 
     def build(self, data: tf.data.Dataset) -> None:
@@ -212,6 +214,11 @@ class Trainer:
         """An iterator over ``data``, distributed over the strategy's replicas:
         what ``fit`` runs on, and what a checkpoint restores a position into."""
         return distribute.make_iterator(self.strategy, data)
+
+    def _advance(self, state: LoopState) -> None:
+        """Continue from ``state``; the finished iterator is deleted off this thread."""
+        finished, self.state = self.state, state
+        data_lib.release_iterator(finished.iterator)
 
     def _reset_metrics(self) -> None:
         for metric in (self.loss_tracker, *self.metrics):
