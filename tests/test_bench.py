@@ -43,7 +43,7 @@ def test_every_variant_trains_the_same_model(name):
     start = work.model().get_weights()
     variant = bench.build_variant(name, work)
     assert all(np.array_equal(a, b) for a, b in zip(start, variant.model.get_weights()))  # same initial weights
-    variant.run(5)
+    variant.run(work.dataset(5))
     assert all(not np.array_equal(a, b) for a, b in zip(start, variant.model.get_weights()))  # and it trained
 
 
