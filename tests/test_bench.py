@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -93,3 +97,13 @@ def test_peak_rss_sees_a_freed_allocation():
     if peak.mib is None:
         pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
     assert before.mib < 8 and 60 < peak.mib < 80
+
+
+def test_iterator_release_benchmark_runs():
+    script = Path(__file__).parents[1] / "benchmarks" / "iterator_release.py"
+    done = subprocess.run([sys.executable, str(script), "--epochs", "1", "--rounds", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["release", "training"]
+    assert re.fullmatch(r"deleting on the training thread takes \d+\.\d\dx the wall time .*", lines[2])
