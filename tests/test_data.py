@@ -687,3 +687,21 @@ def test_release_iterator_deletes_on_its_thread_once_nothing_else_holds_it():
     while not deleted_on and time.monotonic() < deadline:
         time.sleep(0.01)
     assert deleted_on == ["gradloop-release"]
+
+
+def test_the_release_thread_ends_before_the_interpreter_finalizes():
+    # A daemon thread still inside TensorFlow at finalization aborts the process.
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, threading\n"
+        "from gradloop import data\n"
+        "atexit.register(lambda: print('alive at exit:', any(t.name == 'gradloop-release' "
+        "for t in threading.enumerate())))  # runs after gradloop's own handler (last in, first out)\n"
+        "class Iterator: pass\n"
+        "data.release_iterator(Iterator())\n"
+        "data.release_iterator(kept := Iterator())  # still held at exit: left to its holder\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "alive at exit: False\n"), done.stderr

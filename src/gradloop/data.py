@@ -12,6 +12,7 @@ takes seconds and nothing else here needs it.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import hashlib
 import http.client
@@ -720,31 +721,58 @@ def release_iterator(iterator: object) -> None:
     up to 60 s: on TF 2.21 about one deletion in three waited about as long as
     the iterator had run (0.1-2 s after 0.2-3 s). Keras' ``fit`` pays that at
     every epoch; the wait releases the GIL, so here training goes on meanwhile.
+
+    At interpreter exit the thread finishes its deletions and ends: a daemon
+    thread still inside TensorFlow when Python finalizes aborts the process
+    ("FATAL: exception not rethrown", seen in a multi-worker run).
     """
+    global _release_thread
     if iterator is None:
         return
     with _release_lock:
-        global _release_thread
+        if _stop_releasing.is_set():
+            return  # exiting: the caller's reference is the last, dropped where it is
         if _release_thread is None:
             _release_thread = threading.Thread(target=_delete_released, name="gradloop-release", daemon=True)
             _release_thread.start()
-    _released.put(iterator)
+            atexit.register(_finish_releasing)
+        _released.put(iterator)
 
 
 _released: queue.SimpleQueue = queue.SimpleQueue()
 _release_lock = threading.Lock()
 _release_thread: threading.Thread | None = None
+_stop_releasing = threading.Event()
 
 
 def _delete_released() -> None:
     """Hold each released iterator until this thread's reference is its last, then drop it
     (so the deletion happens here, whichever holder let go last)."""
     held: list = []
-    while True:
+    while not (_stop_releasing.is_set() and _released.empty()):
         with suppress(queue.Empty):
-            held.append(_released.get(timeout=0.05 if held else None))
+            item = _released.get(timeout=0.05 if held else None)
+            if item is not None:  # None wakes the thread to stop
+                held.append(item)
+            del item
         # References counted: the list's, the loop variable's and getrefcount's argument.
         held = [it for it in held if sys.getrefcount(it) > 3]
+
+
+def _finish_releasing() -> None:
+    with _release_lock:
+        _stop_releasing.set()
+        _released.put(None)
+    if _release_thread is not None:
+        _release_thread.join(timeout=120)  # longer than the tuner's longest period (60 s)
+
+
+def _forget_release_thread() -> None:  # a forked child has no such thread
+    global _release_thread, _released, _release_lock
+    _release_thread, _released, _release_lock = None, queue.SimpleQueue(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_release_thread)
 
 
 def _batches(images: tf.Tensor, labels: tf.Tensor, batch_size: int, n: int) -> tf.data.Dataset:
