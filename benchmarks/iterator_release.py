@@ -5,7 +5,7 @@ thread (what Keras' fit and a hand-written loop do), in one process, alternating
     .venv/bin/python benchmarks/iterator_release.py [--epochs 8] [--rounds 6]
 
 Deleting an autotuned iterator can wait for tf.data's tuner thread (see
-gradloop.data.release_iterator); the wait is intermittent, so compare medians.
+gradloop.release); the wait is intermittent, so compare medians.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import keras
 import tensorflow as tf
 
-from gradloop import Trainer, data
+from gradloop import Trainer, data, release
 
 
 def main() -> None:
@@ -37,10 +37,11 @@ def main() -> None:
         return ds.batch(32).prefetch(tf.data.AUTOTUNE)
 
     train, val = pipeline(x_train, y_train, True), pipeline(x_val, y_val, False)
+
     def on_this_thread(iterator) -> None:
         """Not handed over: the iterator dies where the trainer drops it, on this thread."""
 
-    release = data.release_iterator
+    release_thread = release.release_iterator
     trainers = {}
     for mode in ("release thread", "training thread"):
         keras.utils.set_random_seed(0)
@@ -52,14 +53,16 @@ def main() -> None:
 
     wall: dict[str, list[float]] = {mode: [] for mode in trainers}
     training: dict[str, list[float]] = {mode: [] for mode in trainers}
-    for r in range(args.rounds):
-        for mode in trainers if r % 2 == 0 else reversed(list(trainers)):
-            data.release_iterator = release if mode == "release thread" else on_this_thread
-            start = time.perf_counter()
-            history = trainers[mode].fit(train, validation_data=val, epochs=args.epochs).history
-            wall[mode].append(time.perf_counter() - start)
-            training[mode].append(sum(history["train_time"]))
-    data.release_iterator = release
+    try:
+        for r in range(args.rounds):
+            for mode in trainers if r % 2 == 0 else reversed(list(trainers)):
+                release.release_iterator = release_thread if mode == "release thread" else on_this_thread
+                start = time.perf_counter()
+                history = trainers[mode].fit(train, validation_data=val, epochs=args.epochs).history
+                wall[mode].append(time.perf_counter() - start)
+                training[mode].append(sum(history["train_time"]))
+    finally:
+        release.release_iterator = release_thread
     for mode in trainers:
         print(f"{mode:16s} fit wall time median {statistics.median(wall[mode]):6.2f} s "
               f"(training passes {statistics.median(training[mode]):5.2f} s); rounds: "

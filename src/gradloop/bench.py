@@ -27,6 +27,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import keras
@@ -51,9 +52,13 @@ class Workload:
     seed: int = 0
 
     def dataset(self, steps: int) -> tf.data.Dataset:
-        """``steps`` batches of the shuffled training data, reshuffled at each pass."""
-        ds = data.make_dataset(self.x, self.y, batch_size=self.batch_size, shuffle=True, seed=self.seed)
-        return ds.repeat().take(steps)
+        """``steps`` batches of the shuffled training data, reshuffled at each pass
+        (and so in another order each time the dataset is iterated)."""
+        return self._shuffled.repeat().take(steps)
+
+    @cached_property
+    def _shuffled(self) -> tf.data.Dataset:  # one copy of the data in tensors, shared by every dataset
+        return data.make_dataset(self.x, self.y, batch_size=self.batch_size, shuffle=True, seed=self.seed)
 
     def samples(self, steps: int) -> int:
         """Samples in the first ``steps`` batches (each pass ends with a partial batch)."""

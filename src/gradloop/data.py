@@ -12,19 +12,15 @@ takes seconds and nothing else here needs it.
 
 from __future__ import annotations
 
-import atexit
 import gzip
 import hashlib
 import http.client
 import importlib.util
 import math
 import os
-import queue
 import re
 import struct
-import sys
 import tempfile
-import threading
 import urllib.request
 import zipfile
 import zlib
@@ -634,7 +630,8 @@ def make_dataset(
 
     Each new iterator (epoch) reshuffles, deterministically given ``seed``: it
     draws one permutation of the indices, gathers the epoch in that order and
-    slices it into batches (see :func:`_batches`).
+    slices it into batches (see :func:`_batches`). Autotuning is off, also for
+    stages appended to it (see :func:`_untuned`).
     """
     import tensorflow as tf
 
@@ -698,12 +695,16 @@ def _batches_in_order(
 
 
 def _untuned(batches: tf.data.Dataset) -> tf.data.Dataset:
-    """``batches`` without tf.data's autotuning and default graph rewrites: an in-memory
-    pipeline has nothing to tune (no parallel stage, no buffer) or rewrite (no map, no
-    batch). ``fit`` starts and deletes an iterator every epoch (and validation), and both
-    cost: the rewrites about 10 ms per iterator (half its creation), and the tuner's
-    thread made a deletion wait for its next wake-up (TF 2.21: about one deletion in
-    three, as long as the iterator had run: 0.1-2 s after 0.2-3 s of training).
+    """``batches`` without tf.data's autotuning and default graph rewrites.
+
+    Nothing here needs them: every stage is a slice or one gather of in-memory
+    tensors. They cost: the rewrites took 8-100 ms per iterator (growing with the
+    data: 1k-20k MNIST rows) and injected an autotuned prefetch, and the tuner's
+    thread made deleting an iterator wait for its next wake-up (TF 2.21: about one
+    deletion in three, as long as the iterator had run: 0.1-2 s after 0.2-3 s).
+    ``fit`` starts and deletes iterators every epoch. The options carry to stages a
+    user appends (a ``.prefetch(AUTOTUNE)`` added after runs untuned); a user's own
+    ``with_options`` overrides them.
     """
     import tensorflow as tf
 
@@ -713,68 +714,6 @@ def _untuned(batches: tf.data.Dataset) -> tf.data.Dataset:
     return batches.with_options(options)
 
 
-def release_iterator(iterator: object) -> None:
-    """Let ``iterator`` be deleted on a background thread, once nothing else holds it.
-
-    With tf.data's autotuner on (any pipeline not built here), deleting an
-    iterator can wait for the tuner thread's next wake-up, whose period doubles
-    up to 60 s: on TF 2.21 about one deletion in three waited about as long as
-    the iterator had run (0.1-2 s after 0.2-3 s). Keras' ``fit`` pays that at
-    every epoch; the wait releases the GIL, so here training goes on meanwhile.
-
-    At interpreter exit the thread finishes its deletions and ends: a daemon
-    thread still inside TensorFlow when Python finalizes aborts the process
-    ("FATAL: exception not rethrown", seen in a multi-worker run).
-    """
-    global _release_thread
-    if iterator is None:
-        return
-    with _release_lock:
-        if _stop_releasing.is_set():
-            return  # exiting: the caller's reference is the last, dropped where it is
-        if _release_thread is None:
-            _release_thread = threading.Thread(target=_delete_released, name="gradloop-release", daemon=True)
-            _release_thread.start()
-            atexit.register(_finish_releasing)
-        _released.put(iterator)
-
-
-_released: queue.SimpleQueue = queue.SimpleQueue()
-_release_lock = threading.Lock()
-_release_thread: threading.Thread | None = None
-_stop_releasing = threading.Event()
-
-
-def _delete_released() -> None:
-    """Hold each released iterator until this thread's reference is its last, then drop it
-    (so the deletion happens here, whichever holder let go last)."""
-    held: list = []
-    while not (_stop_releasing.is_set() and _released.empty()):
-        with suppress(queue.Empty):
-            item = _released.get(timeout=0.05 if held else None)
-            if item is not None:  # None wakes the thread to stop
-                held.append(item)
-            del item
-        # References counted: the list's, the loop variable's and getrefcount's argument.
-        held = [it for it in held if sys.getrefcount(it) > 3]
-
-
-def _finish_releasing() -> None:
-    with _release_lock:
-        _stop_releasing.set()
-        _released.put(None)
-    if _release_thread is not None:
-        _release_thread.join(timeout=120)  # longer than the tuner's longest period (60 s)
-
-
-def _forget_release_thread() -> None:  # a forked child has no such thread
-    global _release_thread, _released, _release_lock
-    _release_thread, _released, _release_lock = None, queue.SimpleQueue(), threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_release_thread)
-
-
 def _batches(images: tf.Tensor, labels: tf.Tensor, batch_size: int, n: int) -> tf.data.Dataset:
     """``images`` and ``labels`` (``n`` rows, already in the epoch's order) cut into batches.
 
@@ -782,9 +721,9 @@ def _batches(images: tf.Tensor, labels: tf.Tensor, batch_size: int, n: int) -> t
     the partial last batch is appended, so an element costs one slice: no
     per-sample elements (``.batch`` pulls ``batch_size`` of them per batch)
     and no function call per batch (a ``.map`` gather per batch cost the
-    reference MLP's step 4-8% at batch 32 on 2 cores). No prefetch either: a
-    slice is a copy of one batch, cheaper than handing it over between
-    threads. The price is one copy of the epoch's data, gathered in its order.
+    reference MLP's step 4-8% at batch 32 on 2 cores). No prefetch either (see
+    :func:`_untuned`): a slice is a copy of one batch, cheaper than handing it
+    over between threads. The price is one copy of the epoch's data, gathered in its order.
     An iterator checkpoint holds a position (and ``make_dataset``'s current
     permutation), never images.
     """

@@ -20,8 +20,7 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import keras
 import tensorflow as tf
 
-from gradloop import data as data_lib
-from gradloop import distribute, losses, optimizer_kernels
+from gradloop import distribute, losses, optimizer_kernels, release
 from gradloop import step as step_lib
 
 # A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
@@ -190,7 +189,7 @@ class Trainer:
         done = group
         while int(done) == self.options.steps_per_execution:
             done, logs = self._test_fn(iterator, group)
-        data_lib.release_iterator(iterator)
+        release.release_iterator(iterator)
         return _floats(logs)
 
     def build(self, data: tf.data.Dataset) -> None:
@@ -216,9 +215,12 @@ class Trainer:
         return distribute.make_iterator(self.strategy, data)
 
     def _advance(self, state: LoopState) -> None:
-        """Continue from ``state``; the finished iterator is deleted off this thread."""
+        """Continue from ``state``. The finished state lets go of its iterator (a caller
+        may still hold the state), which is deleted off this thread (:mod:`gradloop.release`)."""
         finished, self.state = self.state, state
-        data_lib.release_iterator(finished.iterator)
+        if finished is not state:
+            iterator, finished.iterator = finished.iterator, None
+            release.release_iterator(iterator)
 
     def _reset_metrics(self) -> None:
         for metric in (self.loss_tracker, *self.metrics):
