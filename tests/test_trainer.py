@@ -206,7 +206,7 @@ def test_evaluate_is_the_mean_over_the_whole_set():
 
 
 def test_finished_iterators_are_deleted_off_the_training_thread():
-    # Deleting an autotuned tf.data iterator can wait seconds (see data.release_iterator).
+    # Deleting an autotuned tf.data iterator can wait seconds (see gradloop.release).
     x, y = toy_data()
     trainer = make_trainer(toy_model())
     deleted_on, made = [], []
