@@ -187,7 +187,7 @@ import os, sys
 import keras, numpy as np, tensorflow as tf
 from gradloop import Trainer, data
 from gradloop.checkpoint import RunCheckpoint
-from gradloop.trainer import LoopState
+from gradloop.state import LoopState
 ds = data.make_dataset(np.zeros((64, 1000), np.float32), np.zeros(64, np.int64), batch_size=8, shuffle=True, seed=1)
 trainer = Trainer(keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000), keras.layers.Dense(2)]),
                   optimizer="adam", loss="sparse_categorical_crossentropy")

@@ -8,9 +8,9 @@ import pytest
 
 from gradloop import CompileOptions, Trainer, TrainingError, data
 from gradloop.checkpoint import Checkpointing, RunCheckpoint
+from gradloop.state import LoopState
 from gradloop.step import train_step
 from gradloop.stopping import KeepBestModel, StopOnNonFiniteLoss
-from gradloop.trainer import LoopState
 
 DIM = 8
 

@@ -43,7 +43,8 @@ import tensorflow as tf
 
 from gradloop import distribute
 from gradloop.errors import RunDirError
-from gradloop.trainer import LoopState, TrainData, Trainer
+from gradloop.state import LoopState
+from gradloop.trainer import TrainData, Trainer
 
 
 class RunCheckpoint:

@@ -16,6 +16,7 @@ run.json's ``status`` says where a run is: ``running`` (or killed), ``interrupte
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as _dt
 import math
 import os
@@ -26,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 import keras
 import numpy as np
@@ -36,8 +37,9 @@ from gradloop import __version__, checkpoint, data, distribute, logs, models, pl
 from gradloop import step as step_lib
 from gradloop.config import TrainConfig
 from gradloop.errors import ConfigError, DataError, RunDirError, TrainingError
+from gradloop.state import LoopState
 from gradloop.step import CompileOptions
-from gradloop.trainer import Trainer
+from gradloop.trainer import TrainData, Trainer
 
 
 @dataclass(frozen=True)
@@ -229,50 +231,27 @@ def train(
         stop.catch()  # take SIGTERM back from TensorFlow's coordination service
     chief = distribute.is_chief(strategy)
     run_info = check_resumable(config, workers=distribute.worker_count(strategy)) if resume else None
-    # Only the chief writes the run directory; other workers write to a scratch folder, gone when they exit.
-    if not chief:
-        run_dir = Path(tempfile.mkdtemp(prefix="gradloop-worker-"))
-        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
-    else:
-        run_dir = Path(config.run_dir) if resume else check_new_run_dir(config, overwrite=overwrite)
+    run_dir = _run_dir(config, chief=chief, resume=resume, overwrite=overwrite)
     prepared = prepare_data(config, notify=notify)  # bad data fails before anything is written
-    (x_train, y_train), (x_val, y_val) = prepared.train, prepared.val
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
+    (x_train, y_train), (x_val, y_val) = prepared.train, prepared.val
     train_ds = data.shuffled_epochs(x_train, y_train, batch_size=config.batch_size, seed=config.seed)
     val_ds = data.make_dataset(x_val, y_val, batch_size=config.batch_size, shuffle=False) if len(x_val) else None
-
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
-    with strategy.scope():
-        model = build_model(config, x_train.shape[1:])
-        trainer = Trainer(
-            model,
-            optimizer=build_optimizer(config, steps_per_epoch=steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            train_step=guard.watch(step_lib.train_step),
-            options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
-            strategy=strategy,
-        )
-    if resume:  # every worker restores the chief's checkpoint (on a file system they share); the others save to scratch
-        saver = checkpoint.RunCheckpoint(
-            run_dir / "checkpoints", trainer, restore_from=Path(config.run_dir) / "checkpoints"
-        )
-        state = saver.restore(train_ds)
-        if state.epoch > config.epochs:
-            raise ConfigError(f"run {config.run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
-        run_info.setdefault("resumed", []).append({"at": _now(), "epoch": state.epoch + 1, "step": state.step})
-        run_info.update(status="running", config=config.to_dict())
-        run_info.pop("interrupted_at", None)
-        action = f"resuming {model.name} at epoch {state.epoch + 1} step {state.step}"
+    trainer = build_trainer(config, strategy, x_train.shape[1:], guard.watch(step_lib.train_step), steps_per_epoch)
+
+    if resume:
+        saver, state = _resume(config, run_dir, trainer, train_ds, run_info)
+        action = f"resuming {trainer.model.name} at epoch {state.epoch + 1} step {state.step}"
     else:
         if overwrite and chief and run_dir.exists():
             shutil.rmtree(run_dir)
         make_run_dir(run_dir)
         saver = checkpoint.RunCheckpoint(run_dir / "checkpoints", trainer)  # after the old run is gone
-        state, run_info, action = None, new_run_info(config, prepared, strategy), f"training {model.name}"
+        state, run_info, action = None, new_run_info(config, prepared, strategy), f"training {trainer.model.name}"
     logs.write_json(run_dir / "run.json", run_info)
     print(
         f"gradloop: {action} on {prepared.source}: classes {list(prepared.classes)}, "
@@ -280,11 +259,11 @@ def train(
         file=out,
         flush=True,
     )
-
     if profile:
         from gradloop.profile import format_profile, profile_phases
 
         print(format_profile(profile_phases(trainer, train_ds(0)), config.batch_size), file=out, flush=True)
+
     best = stopping.KeepBestModel(run_dir / "model.best.keras", patience=config.early_stop)
     callbacks = [  # the guard first: a diverged state must stop before Checkpointing could save it
         guard,
@@ -300,7 +279,7 @@ def train(
         ),
     ]
     start = time.perf_counter()
-    try:
+    with _ending_recorded(run_dir, run_info, config, chief=chief):
         history = trainer.fit(
             train_ds,
             validation_data=val_ds,
@@ -309,6 +288,63 @@ def train(
             initial_state=state,
             callback_every=config.checkpoint_every or None,
         )
+    _record_finished(run_dir, trainer.model, history.history, run_info, best, seconds=time.perf_counter() - start)
+    if not chief:
+        return Path(config.run_dir) if config.run_dir else run_dir
+    files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir()))
+    print(f"gradloop: wrote {run_dir}/ ({files})", file=out)
+    return run_dir
+
+
+def build_trainer(
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy,
+    input_shape: tuple[int, ...],
+    train_step: step_lib.StepFn,
+    steps_per_epoch: int,
+) -> Trainer:
+    """The reference experiment's model, optimizer, loss and metric, built in the strategy's scope."""
+    with strategy.scope():
+        return Trainer(
+            build_model(config, input_shape),
+            optimizer=build_optimizer(config, steps_per_epoch=steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            train_step=train_step,
+            options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
+            strategy=strategy,
+        )
+
+
+def _run_dir(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool) -> Path:
+    """Only the chief writes the run directory; other workers write to a scratch folder, gone when they exit."""
+    if not chief:
+        scratch = Path(tempfile.mkdtemp(prefix="gradloop-worker-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        return scratch
+    return Path(config.run_dir) if resume else check_new_run_dir(config, overwrite=overwrite)
+
+
+def _resume(
+    config: TrainConfig, run_dir: Path, trainer: Trainer, train_ds: TrainData, run_info: dict
+) -> tuple[checkpoint.RunCheckpoint, LoopState]:
+    """Restore the run's last checkpoint and note the resume in ``run_info``. Every worker restores
+    the chief's checkpoint (on a file system they share); the others save to scratch."""
+    saver = checkpoint.RunCheckpoint(run_dir / "checkpoints", trainer, restore_from=Path(config.run_dir) / "checkpoints")
+    state = saver.restore(train_ds)
+    if state.epoch > config.epochs:
+        raise ConfigError(f"run {config.run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
+    run_info.setdefault("resumed", []).append({"at": _now(), "epoch": state.epoch + 1, "step": state.step})
+    run_info.update(status="running", config=config.to_dict())
+    run_info.pop("interrupted_at", None)
+    return saver, state
+
+
+@contextlib.contextmanager
+def _ending_recorded(run_dir: Path, run_info: dict, config: TrainConfig, *, chief: bool) -> Iterator[None]:
+    """run.json says why a run ended before its last epoch: ``interrupted`` (resumable) or ``failed``."""
+    try:
+        yield
     except checkpoint.Interrupted as exc:
         run_info.update(status="interrupted", interrupted_at={"epoch": exc.epoch + 1, "step": exc.step})
         logs.write_json(run_dir / "run.json", run_info)
@@ -319,22 +355,23 @@ def train(
         run_info.update(status="failed", error=str(exc))
         logs.write_json(run_dir / "run.json", run_info)
         raise
+
+
+def _record_finished(
+    run_dir: Path, model: keras.Model, history: dict, run_info: dict, best: stopping.KeepBestModel, *, seconds: float
+) -> None:
+    """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``."""
     save_model(model, run_dir / "model.keras")
-    tutorial = logs.write_history(run_dir, history.history)
+    tutorial = logs.write_history(run_dir, history)
     plots.plot_history(tutorial, run_dir / "history.png")
     run_info.update(
         status="finished",
-        epochs_done=len(history.history.get("loss", [])),
+        epochs_done=len(history.get("loss", [])),
         stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,
-        seconds=round(run_info.get("seconds", 0) + time.perf_counter() - start, 3),
+        seconds=round(run_info.get("seconds", 0) + seconds, 3),
         final={k: v[-1] for k, v in tutorial.items()},
     )
     logs.write_json(run_dir / "run.json", run_info)
-    if not chief:
-        return Path(config.run_dir) if config.run_dir else run_dir
-    files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir()))
-    print(f"gradloop: wrote {run_dir}/ ({files})", file=out)
-    return run_dir
 
 
 def new_run_info(config: TrainConfig, prepared: PreparedData, strategy: tf.distribute.Strategy) -> dict:

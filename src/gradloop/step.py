@@ -33,12 +33,12 @@ import tensorflow as tf
 from gradloop import distribute
 
 if TYPE_CHECKING:
-    from gradloop.trainer import Trainer
+    from gradloop.compiled import CompiledModel
 
-StepFn = Callable[["Trainer", tf.Tensor, tf.Tensor], "tuple[tf.Tensor, tf.Tensor]"]
+StepFn = Callable[["CompiledModel", tf.Tensor, tf.Tensor], "tuple[tf.Tensor, tf.Tensor]"]
 
 
-def train_step(trainer: "Trainer", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def train_step(trainer: "CompiledModel", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The tutorial's step: forward pass, loss, gradients, update."""
     variables = trainer.model.trainable_variables
     with tf.GradientTape() as tape:
@@ -51,7 +51,7 @@ def train_step(trainer: "Trainer", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tenso
     return loss, y_pred
 
 
-def test_step(trainer: "Trainer", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def test_step(trainer: "CompiledModel", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Forward pass and loss in inference mode (dropout off, BatchNorm frozen)."""
     y_pred = trainer.model(x, training=False)
     return trainer.compute_loss(y, y_pred), y_pred
@@ -101,7 +101,7 @@ def update_metrics(
 
 
 def fused_fn(
-    trainer: "Trainer",
+    trainer: "CompiledModel",
     step_fn: StepFn,
     options: CompileOptions,
 ) -> Callable[[tf.data.Iterator, tf.Tensor], tuple[tf.Tensor, dict[str, tf.Tensor]]]:
