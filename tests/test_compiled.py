@@ -58,6 +58,7 @@ def test_build_makes_the_variables_and_the_compiled_functions_once():
     train_fn, test_fn = compiled._train_fn, compiled._test_fn
     assert compiled.model.built and compiled.optimizer.built
     compiled.build(data)
-    assert (compiled._train_fn, compiled._test_fn) == (train_fn, test_fn)
+    assert compiled._train_fn is train_fn and compiled._test_fn is test_fn
     done, results = compiled._train_fn(compiled.make_iterator(data), tf.constant(5))
     assert int(done) == 2 and float(compiled.loss_tracker.count) == 8 and set(results) == {"loss", "accuracy"}
+    assert float(results["loss"]) == float(compiled.loss_tracker.result()) > 0

@@ -4,9 +4,9 @@ Keras' ``model.compile`` gathers a model, optimizer, loss and metrics and
 ``fit`` runs them; here the gathering is :class:`CompiledModel` and the loop
 is :class:`gradloop.trainer.Trainer`, its subclass. A step function
 (:mod:`gradloop.step`) sees these parts as ``trainer.model``,
-``trainer.optimizer``, ``trainer.compute_loss`` and the metrics; the loop sees
-only ``build``, ``make_iterator``, ``reset_metrics``, ``results`` and the two
-compiled functions.
+``trainer.optimizer``, ``trainer.compute_loss`` and the metrics; the loop
+calls ``build``, ``make_iterator``, ``reset_metrics``, ``results`` and the two
+compiled functions, and hands ``model`` to the callbacks.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from gradloop import step as step_lib
 class CompiledModel:
     """Model, optimizer, loss, metrics and strategy, and the step functions compiled from them once.
 
+    ``metrics``: Keras metrics or names (``"accuracy"`` is chosen to fit the loss).
+    ``train_step`` replaces the step (the contract: :mod:`gradloop.step`).
+    ``options``: steps per compiled call, XLA, fused optimizer kernels (:class:`~gradloop.step.CompileOptions`).
     ``strategy``: a ``tf.distribute.Strategy`` whose ``scope()`` built the model;
     the loss is then averaged over the global batch and datasets are distributed.
     """

@@ -288,7 +288,7 @@ def train(
             initial_state=state,
             callback_every=config.checkpoint_every or None,
         )
-    _record_finished(run_dir, trainer.model, history.history, run_info, best, seconds=time.perf_counter() - start)
+    _record_finished(run_dir, trainer.model, history.history, run_info, best, started=start)
     if not chief:
         return Path(config.run_dir) if config.run_dir else run_dir
     files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir()))
@@ -358,9 +358,10 @@ def _ending_recorded(run_dir: Path, run_info: dict, config: TrainConfig, *, chie
 
 
 def _record_finished(
-    run_dir: Path, model: keras.Model, history: dict, run_info: dict, best: stopping.KeepBestModel, *, seconds: float
+    run_dir: Path, model: keras.Model, history: dict, run_info: dict, best: stopping.KeepBestModel, *, started: float
 ) -> None:
-    """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``."""
+    """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
+    (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""
     save_model(model, run_dir / "model.keras")
     tutorial = logs.write_history(run_dir, history)
     plots.plot_history(tutorial, run_dir / "history.png")
@@ -368,7 +369,7 @@ def _record_finished(
         status="finished",
         epochs_done=len(history.get("loss", [])),
         stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,
-        seconds=round(run_info.get("seconds", 0) + seconds, 3),
+        seconds=round(run_info.get("seconds", 0) + time.perf_counter() - started, 3),
         final={k: v[-1] for k, v in tutorial.items()},
     )
     logs.write_json(run_dir / "run.json", run_info)

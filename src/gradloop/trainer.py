@@ -13,7 +13,7 @@ here; what one step does in :mod:`gradloop.step`, what it works with in
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -21,6 +21,7 @@ import tensorflow as tf
 from gradloop import release
 from gradloop.compiled import CompiledModel
 from gradloop.state import LoopState
+from gradloop.step import CompileOptions, StepFn
 
 # A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
 # dataset`` (gradloop.data.shuffled_epochs): then every epoch's order can be rebuilt exactly on resume.
@@ -35,22 +36,21 @@ class Trainer(CompiledModel):
     ...                   metrics=["accuracy"])
     >>> trainer.fit(train_ds, validation_data=val_ds, epochs=10).history["val_accuracy"]
 
-    ``train_step`` replaces the step (see :mod:`gradloop.step` for the contract);
-    ``options`` and ``strategy``: see :class:`gradloop.compiled.CompiledModel`.
+    ``train_step``, ``options``, ``strategy``: see :class:`gradloop.compiled.CompiledModel`.
     """
 
-    def __init__(self, model: keras.Model, **parts: Any) -> None:
-        super().__init__(model, **parts)
+    def __init__(
+        self, model: keras.Model, *, optimizer: keras.optimizers.Optimizer, loss: keras.losses.Loss | Any,
+        metrics: Sequence[keras.metrics.Metric | str] = (), train_step: StepFn | None = None,
+        options: CompileOptions = CompileOptions(), strategy: tf.distribute.Strategy | None = None,
+    ) -> None:
+        super().__init__(model, optimizer=optimizer, loss=loss, metrics=metrics, train_step=train_step,
+                         options=options, strategy=strategy)
         self.state = LoopState()
 
     def fit(
-        self,
-        train: TrainData,
-        *,
-        validation_data: tf.data.Dataset | None = None,
-        epochs: int = 1,
-        callbacks: Iterable[keras.callbacks.Callback] | None = None,
-        initial_state: LoopState | None = None,
+        self, train: TrainData, *, validation_data: tf.data.Dataset | None = None, epochs: int = 1,
+        callbacks: Iterable[keras.callbacks.Callback] | None = None, initial_state: LoopState | None = None,
         callback_every: int | None = None,
     ) -> keras.callbacks.History:
         """Train for ``epochs`` over ``train`` (``(x, y)`` batches; see ``TrainData``).
