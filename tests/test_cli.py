@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import keras
 import pytest
 
+from gradloop import experiment
 from gradloop.cli import build_parser, main
 
 
-def run_cli(*argv: str) -> subprocess.CompletedProcess:
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gradloop", *argv], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "gradloop", *argv], capture_output=True, text=True, timeout=600,
+        env=None if env is None else os.environ | env,
     )
 
 
@@ -42,6 +45,7 @@ def test_train_writes_a_complete_run_directory(sample_run):
     assert run["status"] == "finished"
     assert (run["n_train"], run["n_val"], run["n_classes"], run["classes"]) == (1250, 250, 3, [0, 1, 2])
     assert run["num_replicas"] == 1 and run["versions"]["tensorflow"]
+    assert run["onednn_kernels"] is experiment.onednn_kernels() is not None
     assert run["config"]["hidden"] == [512, 256, 128] and run["data_source"]
     csv_lines = (sample_run / "history.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,") and len(csv_lines) == 3
@@ -94,6 +98,15 @@ def test_bad_input_is_one_line_and_exit_2(argv, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gradloop: error: "), result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "/nonexistent-run"], ["train", "--resume", "--run-dir", "/nonexistent-run"]])
+def test_errors_stay_one_line_where_tensorflow_announces_its_onednn_kernels(argv):
+    """TensorFlow writes the notice past TF_CPP_MIN_LOG_LEVEL: on CPUs with AVX-512 VNNI, BF16 or AMX
+    by default, here when asked; these errors come after TensorFlow is imported."""
+    result = run_cli(*argv, env={"TF_ENABLE_ONEDNN_OPTS": "1"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("gradloop: error: ")
 
 
 # One non-default value per config key: (flag arguments, YAML value).

@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from typing import Sequence
 
 from gradloop import __version__
@@ -37,6 +38,36 @@ class _Parser(argparse.ArgumentParser):
 def one_line(text: object) -> str:
     """Collapse a message onto one line, so that stderr carries exactly one error line."""
     return " ".join(str(text).split())
+
+
+# Written by TensorFlow straight to file descriptor 2 while it is imported, before its logging starts, so
+# TF_CPP_MIN_LOG_LEVEL cannot hold them back: the notice that its oneDNN kernels are on (its default on
+# CPUs with AVX-512 VNNI, BF16 or AMX, or with TF_ENABLE_ONEDNN_OPTS=1).
+_TF_IMPORT_NOTICES = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "] oneDNN custom operations are on.",
+)
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow with its start-up notices kept off stderr, where the CLI's errors are one
+    line; whatever else it writes meanwhile is passed on. Called before the commands' lazy imports."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        stderr = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(notice in line for notice in _TF_IMPORT_NOTICES):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _quoted(text: str) -> str:
@@ -164,6 +195,7 @@ def _train_config(args: argparse.Namespace):
     flags = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
     if not args.resume:
         return build_config(file_values, **flags)
+    import_tensorflow()
     from gradloop.experiment import read_run_to_resume  # the run's own config, changed only where a resume may
 
     return resumed_config(read_run_to_resume(args.run_dir)["config"], file_values, **flags)
@@ -174,7 +206,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from gradloop import checkpoint, experiment  # TensorFlow loads here, after the cheap checks
+    import_tensorflow()  # here, after the cheap checks
+    from gradloop import checkpoint, experiment
 
     try:
         with checkpoint.StopSignals() as stop:
@@ -203,6 +236,7 @@ def resume_command(config, run_dir: str | None) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import_tensorflow()
     from gradloop import evaluation
 
     result = evaluation.evaluate_run(
@@ -228,6 +262,7 @@ def _bench(args: argparse.Namespace) -> int:
         build_config(dataset=args.dataset, data_dir=args.data_dir, classes=args.classes, hidden=args.hidden, batch_size=b)
         for b in batch_sizes
     ]
+    import_tensorflow()
     from gradloop import bench, experiment
 
     prepared = experiment.prepare_data(configs[0], notify=lambda line: print(line, file=sys.stderr))
@@ -252,6 +287,7 @@ def _launch(args: argparse.Namespace) -> int:
     train_args = build_parser().parse_args([*train_argv(args.workers, args.train_argv), "--strategy", "multi_worker"])
     config = _train_config(train_args)
     if train_args.resume:
+        import_tensorflow()
         from gradloop.experiment import check_resumable
 
         check_resumable(config, workers=args.workers)
@@ -263,6 +299,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    import_tensorflow()
     from gradloop import report
 
     path = report.write_report(
@@ -274,6 +311,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import_tensorflow()
     from gradloop import export
 
     path = export.export_saved_model(args.run_dir, out=args.out)

@@ -206,6 +206,20 @@ def versions() -> dict[str, str]:
     }
 
 
+def onednn_kernels() -> bool | None:
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process (None where it cannot say).
+
+    TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX, or when
+    ``TF_ENABLE_ONEDNN_OPTS=1``. They change results in the last bits, so run.json records them:
+    a resume is bit-identical to an unstopped run only on the same kernels."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer; not public API
+    except ImportError:
+        return None
+    is_enabled = getattr(_pywrap_util_port, "IsMklEnabled", None)
+    return None if is_enabled is None else bool(is_enabled())
+
+
 def train(
     config: TrainConfig,
     *,
@@ -334,7 +348,9 @@ def _resume(
     state = saver.restore(train_ds)
     if state.epoch > config.epochs:
         raise ConfigError(f"run {config.run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
-    run_info.setdefault("resumed", []).append({"at": _now(), "epoch": state.epoch + 1, "step": state.step})
+    run_info.setdefault("resumed", []).append(
+        {"at": _now(), "epoch": state.epoch + 1, "step": state.step, "onednn_kernels": onednn_kernels()}
+    )
     run_info.update(status="running", config=config.to_dict())
     run_info.pop("interrupted_at", None)
     return saver, state
@@ -391,6 +407,7 @@ def new_run_info(config: TrainConfig, prepared: PreparedData, strategy: tf.distr
         "workers": distribute.worker_count(strategy),
         "num_replicas": strategy.num_replicas_in_sync,
         "versions": versions(),
+        "onednn_kernels": onednn_kernels(),
         "started": _now(),
     }
 
