@@ -102,8 +102,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, tmp_path):
 
 @pytest.mark.parametrize("argv", [["evaluate", "/nonexistent-run"], ["train", "--resume", "--run-dir", "/nonexistent-run"]])
 def test_errors_stay_one_line_where_tensorflow_announces_its_onednn_kernels(argv):
-    """TensorFlow writes the notice past TF_CPP_MIN_LOG_LEVEL: on CPUs with AVX-512 VNNI, BF16 or AMX
-    by default, here when asked; these errors come after TensorFlow is imported."""
+    """TensorFlow writes the notice past TF_CPP_MIN_LOG_LEVEL: by default on CPUs with AVX-VNNI,
+    AVX-512 VNNI or BF16, or AMX; here when asked. These errors come after TensorFlow is imported."""
     result = run_cli(*argv, env={"TF_ENABLE_ONEDNN_OPTS": "1"})
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("gradloop: error: ")

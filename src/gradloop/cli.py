@@ -42,7 +42,7 @@ def one_line(text: object) -> str:
 
 # Written by TensorFlow straight to file descriptor 2 while it is imported, before its logging starts, so
 # TF_CPP_MIN_LOG_LEVEL cannot hold them back: the notice that its oneDNN kernels are on (its default on
-# CPUs with AVX-512 VNNI, BF16 or AMX, or with TF_ENABLE_ONEDNN_OPTS=1).
+# CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX, and on some Arm Neoverse; or TF_ENABLE_ONEDNN_OPTS=1).
 _TF_IMPORT_NOTICES = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     "] oneDNN custom operations are on.",
@@ -51,16 +51,24 @@ _TF_IMPORT_NOTICES = (
 
 def import_tensorflow() -> None:
     """Import TensorFlow with its start-up notices kept off stderr, where the CLI's errors are one
-    line; whatever else it writes meanwhile is passed on. Called before the commands' lazy imports."""
+    line; whatever else it writes meanwhile is passed on. Called before the commands' lazy imports.
+    Without a stderr, or a temporary file to catch it in, TensorFlow is imported as it is."""
     if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as captured:
+    try:
+        sys.stderr.flush()
+        captured = tempfile.TemporaryFile()
         stderr = os.dup(2)
-        os.dup2(captured.fileno(), 2)
+    except (AttributeError, OSError, ValueError):  # no sys.stderr, fd 2 closed, no temporary folder
+        import tensorflow  # noqa: F401
+
+        return
+    with captured:
         try:
+            os.dup2(captured.fileno(), 2)
             import tensorflow  # noqa: F401
         finally:
+            sys.stderr.flush()  # a line Python wrote meanwhile goes into the capture, in its place
             os.dup2(stderr, 2)
             os.close(stderr)
             captured.seek(0)

@@ -209,8 +209,8 @@ def versions() -> dict[str, str]:
 def onednn_kernels() -> bool | None:
     """Whether TensorFlow runs its oneDNN CPU kernels in this process (None where it cannot say).
 
-    TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX, or when
-    ``TF_ENABLE_ONEDNN_OPTS=1``. They change results in the last bits, so run.json records them:
+    TensorFlow turns them on by itself on CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX, and on
+    some Arm Neoverse, or when ``TF_ENABLE_ONEDNN_OPTS=1``. They change results in the last bits, so run.json records them:
     a resume is bit-identical to an unstopped run only on the same kernels."""
     try:
         from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer; not public API
