@@ -23,7 +23,6 @@ the first (nothing needs the gradient of the data).
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import dataclass

@@ -210,8 +210,8 @@ def onednn_kernels() -> bool | None:
     """Whether TensorFlow runs its oneDNN CPU kernels in this process (None where it cannot say).
 
     TensorFlow turns them on by itself on CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX, and on
-    some Arm Neoverse, or when ``TF_ENABLE_ONEDNN_OPTS=1``. They change results in the last bits, so run.json records them:
-    a resume is bit-identical to an unstopped run only on the same kernels."""
+    some Arm Neoverse, or when ``TF_ENABLE_ONEDNN_OPTS=1``. They change results in the last bits,
+    so run.json records them: a resume is bit-identical to an unstopped run only on the same kernels."""
     try:
         from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer; not public API
     except ImportError:
