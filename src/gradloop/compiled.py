@@ -50,7 +50,9 @@ class CompiledModel:
         self._summed_loss = losses.summed(self.loss)
         with self.strategy.scope():  # metric variables aggregate across replicas
             self.metrics = [losses.resolve_metric(m, self.loss) for m in metrics]
-            self.loss_tracker = keras.metrics.Mean(name="loss")
+            # float64 sums: exact for float32 losses, so their order across replicas, which a restore
+            # reshuffles (TensorFlow splits a summed metric evenly over them), cannot move the result.
+            self.loss_tracker = keras.metrics.Mean(name="loss", dtype="float64")
         self.options = options
         self._train_step = train_step or step_lib.train_step
         self._train_fn = self._test_fn = None
@@ -94,4 +96,4 @@ class CompiledModel:
 
     def results(self) -> dict[str, tf.Tensor]:
         """The running loss and metrics, by name (in a compiled step group too)."""
-        return {m.name: m.result() for m in (self.loss_tracker, *self.metrics)}
+        return {"loss": tf.cast(self.loss_tracker.result(), tf.float32), **{m.name: m.result() for m in self.metrics}}
