@@ -10,7 +10,7 @@ import sys
 import keras
 import pytest
 
-from gradloop import experiment
+from gradloop import cpu
 from gradloop.cli import build_parser, main
 
 
@@ -45,7 +45,7 @@ def test_train_writes_a_complete_run_directory(sample_run):
     assert run["status"] == "finished"
     assert (run["n_train"], run["n_val"], run["n_classes"], run["classes"]) == (1250, 250, 3, [0, 1, 2])
     assert run["num_replicas"] == 1 and run["versions"]["tensorflow"]
-    assert run["onednn_kernels"] is experiment.onednn_kernels() is not None
+    assert run["onednn_kernels"] is cpu.onednn_kernels() is not None
     assert run["config"]["hidden"] == [512, 256, 128] and run["data_source"]
     csv_lines = (sample_run / "history.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,") and len(csv_lines) == 3
@@ -102,11 +102,35 @@ def test_bad_input_is_one_line_and_exit_2(argv, tmp_path):
 
 @pytest.mark.parametrize("argv", [["evaluate", "/nonexistent-run"], ["train", "--resume", "--run-dir", "/nonexistent-run"]])
 def test_errors_stay_one_line_where_tensorflow_announces_its_onednn_kernels(argv):
-    """TensorFlow writes the notice past TF_CPP_MIN_LOG_LEVEL: by default on CPUs with AVX-VNNI,
-    AVX-512 VNNI or BF16, or AMX; here when asked. These errors come after TensorFlow is imported."""
+    """TensorFlow writes the notice past TF_CPP_MIN_LOG_LEVEL when its oneDNN kernels are on: the
+    CLI's default, and TensorFlow's on CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX. These errors come after TensorFlow is imported."""
     result = run_cli(*argv, env={"TF_ENABLE_ONEDNN_OPTS": "1"})
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("gradloop: error: ")
+
+
+# What the CLI's TensorFlow does with a NaN: a Keras Dense ReLU layer in a compiled function, as in every step.
+KERNELS_AND_NANS = """
+from gradloop import cli, cpu
+cli.import_tensorflow()
+import keras, numpy as np, tensorflow as tf
+layer = keras.layers.Dense(3, activation="relu")
+x = np.ones((2, 4), np.float32)
+x[0, 0] = np.nan
+print(cpu.onednn_kernels(), np.isnan(tf.function(layer)(x).numpy()[0]).all())
+"""
+
+
+@pytest.mark.parametrize(("setting", "kernels"), [(None, "True"), ("1", "True"), ("0", "False")])
+def test_the_cli_runs_onednn_kernels_unless_told_not_to_and_nans_stay_visible_through_them(setting, kernels):
+    """oneDNN's fused MatMul+BiasAdd+ReLU would turn the NaN into 0, hiding a divergence from the NaN guard."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    result = subprocess.run([sys.executable, "-c", KERNELS_AND_NANS], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [kernels, "True"]
+    assert "oneDNN custom operations" not in result.stderr
 
 
 # One non-default value per config key: (flag arguments, YAML value).

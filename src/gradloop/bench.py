@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import data
+from gradloop import cpu, data
 from gradloop.step import CompileOptions
 from gradloop.trainer import Trainer
 
@@ -267,6 +267,7 @@ def run_bench(work: Workload, *, variants=VARIANTS, seconds: float = 3.0, rounds
         "n_train": int(len(work.x)),
         "model": f"MLP {'-'.join(map(str, work.hidden))} -> {work.n_classes}",
         "flops_per_sample": work.flops_per_sample(),
+        "onednn_kernels": cpu.onednn_kernels(),
         "limit_samples_per_s": limit,
         "variants": {
             name: {
@@ -293,10 +294,14 @@ def paired_ratios(rates: dict[str, list[float]]) -> dict[str, float]:
     }
 
 
+_KERNELS = {True: "oneDNN kernels", False: "Eigen kernels", None: "kernels unknown"}
+
+
 def format_table(result: dict) -> str:
     lines = [
         f"{result['model']}, batch {result['batch_size']}, {result['n_train']:,} training samples; "
-        f"limit {result['limit_samples_per_s']:,.0f} samples/s ({result['flops_per_sample'] / 1e6:.2f} MFLOP/sample)",
+        f"limit {result['limit_samples_per_s']:,.0f} samples/s ({result['flops_per_sample'] / 1e6:.2f} MFLOP/sample); "
+        f"{_KERNELS[result['onednn_kernels']]}",
         f"{'variant':<16}{'samples/s':>12}{'share of limit':>16}{'peak RSS MiB':>14}{'gradloop is':>13}",
     ]
     for name, v in result["variants"].items():

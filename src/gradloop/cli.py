@@ -42,7 +42,7 @@ def one_line(text: object) -> str:
 
 # Written by TensorFlow straight to file descriptor 2 while it is imported, before its logging starts, so
 # TF_CPP_MIN_LOG_LEVEL cannot hold them back: the notice that its oneDNN kernels are on (its default on
-# CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX, and on some Arm Neoverse; or TF_ENABLE_ONEDNN_OPTS=1).
+# CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX, and on some Arm Neoverse; the CLI's, gradloop.cpu).
 _TF_IMPORT_NOTICES = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     "] oneDNN custom operations are on.",
@@ -52,21 +52,25 @@ _TF_IMPORT_NOTICES = (
 def import_tensorflow() -> None:
     """Import TensorFlow with its start-up notices kept off stderr, where the CLI's errors are one
     line; whatever else it writes meanwhile is passed on. Called before the commands' lazy imports.
-    Without a stderr, or a temporary file to catch it in, TensorFlow is imported as it is."""
+    Without a stderr, or a temporary file to catch it in, TensorFlow is imported as it is.
+    TensorFlow runs its oneDNN kernels, with NaNs kept visible, unless TF_ENABLE_ONEDNN_OPTS
+    says otherwise (:mod:`gradloop.cpu`: the reference MLP trains about 20% faster here)."""
+    from gradloop import cpu
+
     if "tensorflow" in sys.modules:
+        cpu.use_onednn()
         return
     try:
         sys.stderr.flush()
         captured = tempfile.TemporaryFile()
         stderr = os.dup(2)
     except (AttributeError, OSError, ValueError):  # no sys.stderr, fd 2 closed, no temporary folder
-        import tensorflow  # noqa: F401
-
+        cpu.use_onednn()
         return
     with captured:
         try:
             os.dup2(captured.fileno(), 2)
-            import tensorflow  # noqa: F401
+            cpu.use_onednn()
         finally:
             sys.stderr.flush()  # a line Python wrote meanwhile goes into the capture, in its place
             os.dup2(stderr, 2)

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, checkpoint, data, distribute, logs, models, plots, schedules, stopping, summaries
+from gradloop import __version__, checkpoint, cpu, data, distribute, logs, models, plots, schedules, stopping, summaries
 from gradloop import step as step_lib
 from gradloop.config import TrainConfig
 from gradloop.errors import ConfigError, DataError, RunDirError, TrainingError
@@ -206,20 +206,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def onednn_kernels() -> bool | None:
-    """Whether TensorFlow runs its oneDNN CPU kernels in this process (None where it cannot say).
-
-    TensorFlow turns them on by itself on CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX, and on
-    some Arm Neoverse, or when ``TF_ENABLE_ONEDNN_OPTS=1``. They change results in the last bits,
-    so run.json records them: a resume is bit-identical to an unstopped run only on the same kernels."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer; not public API
-    except ImportError:
-        return None
-    is_enabled = getattr(_pywrap_util_port, "IsMklEnabled", None)
-    return None if is_enabled is None else bool(is_enabled())
-
-
 def train(
     config: TrainConfig,
     *,
@@ -349,7 +335,7 @@ def _resume(
     if state.epoch > config.epochs:
         raise ConfigError(f"run {config.run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
     run_info.setdefault("resumed", []).append(
-        {"at": _now(), "epoch": state.epoch + 1, "step": state.step, "onednn_kernels": onednn_kernels()}
+        {"at": _now(), "epoch": state.epoch + 1, "step": state.step, "onednn_kernels": cpu.onednn_kernels()}
     )
     run_info.update(status="running", config=config.to_dict())
     run_info.pop("interrupted_at", None)
@@ -407,7 +393,7 @@ def new_run_info(config: TrainConfig, prepared: PreparedData, strategy: tf.distr
         "workers": distribute.worker_count(strategy),
         "num_replicas": strategy.num_replicas_in_sync,
         "versions": versions(),
-        "onednn_kernels": onednn_kernels(),
+        "onednn_kernels": cpu.onednn_kernels(),
         "started": _now(),
     }
 
