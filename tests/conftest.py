@@ -1,4 +1,4 @@
-"""Shared test set-up: quiet TensorFlow, the real MNIST test set when present."""
+"""Shared test set-up: quiet TensorFlow on the CLI's kernels, the real MNIST test set when present."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from gradloop import cpu  # noqa: E402
+
+cpu.use_onednn()  # the kernels the CLI runs, here too, before any test imports TensorFlow
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"

@@ -91,6 +91,28 @@ def test_a_run_stopped_and_resumed_is_bit_identical(tmp_path, uninterrupted, sto
     assert len(history["train_time"]) == 3  # timings differ between runs; they are not compared
 
 
+@pytest.mark.parametrize("replicas", [0, 1])  # plain, and a MirroredStrategy (summed metric variables)
+def test_a_checkpoint_with_float32_loss_sums_still_resumes(tmp_path, replicas):
+    """Checkpoints written before the loss tracker summed in float64 restore into it, at the same mean."""
+    strategy = (lambda: tf.distribute.MirroredStrategy(["/cpu:0"])) if replicas else tf.distribute.get_strategy
+    (train, val), old, _ = toy_run(tmp_path, strategy=strategy())
+    with old.strategy.scope():
+        old.loss_tracker = keras.metrics.Mean(name="loss")  # what a run made then held
+    ckpt = RunCheckpoint(tmp_path, old)
+    with pytest.raises(KeyboardInterrupt):
+        old.fit(train, epochs=1, callback_every=4, callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(old, 0, 7)])
+    dtypes = tf.train.load_checkpoint(ckpt.latest).get_variable_to_dtype_map()
+    assert dtypes["metrics/0/.ATTRIBUTES/VARIABLE_VALUE"] == tf.float32
+    saved_total = tf.train.load_checkpoint(ckpt.latest).get_tensor("metrics/0/.ATTRIBUTES/VARIABLE_VALUE")
+    (train, val), trainer, ckpt = toy_run(tmp_path, strategy=strategy())
+    state = ckpt.restore(train)
+    assert (state.epoch, state.step) == (0, 4) and trainer.loss_tracker.dtype == "float64"
+    total, count = (float(v.numpy()) for v in (trainer.loss_tracker.total, trainer.loss_tracker.count))
+    assert total == float(saved_total) > 0 and count == 64
+    trainer.fit(train, epochs=1, initial_state=state, callbacks=[Checkpointing(ckpt, every_steps=4)], callback_every=4)
+    assert tf.train.load_checkpoint(ckpt.latest).get_variable_to_dtype_map()["metrics/0/.ATTRIBUTES/VARIABLE_VALUE"] == tf.float64
+
+
 def test_a_distributed_run_resumes_by_skipping_to_its_step(tmp_path):
     """A tf.distribute iterator cannot be saved: the restore rebuilds the epoch and skips its done steps."""
     mirrored = lambda: tf.distribute.MirroredStrategy(["/cpu:0"])  # noqa: E731

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+from gradloop import cpu
 from gradloop.cli import main
 
 # Small and fast: 833 training digits (0 and 1) in 53 batches of 16 per epoch, a checkpoint every 10 steps.
@@ -102,7 +103,7 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_an_unstopped_one(runs, na
         assert got[key] == expected[key], key
     info = json.loads((root / name / "run.json").read_text())
     assert info["status"] == "finished" and info["epochs_done"] == 2 and info["config"]["epochs"] == 2
-    assert len(info["resumed"]) == 1 and info["resumed"][0]["onednn_kernels"] is info["onednn_kernels"] is not None
+    assert len(info["resumed"]) == 1 and info["resumed"][0]["onednn_kernels"] is info["onednn_kernels"] is cpu.onednn_kernels() is not None
 
 
 def test_the_kills_landed_mid_epoch(runs):
@@ -255,3 +256,21 @@ def test_a_run_without_run_dir_names_its_own_folder_when_interrupted(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert err.strip().splitlines()[-1].endswith(f"resume with: gradloop train --resume --run-dir runs/{run_dir.name}")
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_a_resume_on_other_kernels_says_it_cannot_end_bit_identical(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist-sample", "--hidden", "8", "--epochs", "1", "--run-dir", str(run)]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["onednn_kernels"] is cpu.onednn_kernels() is not None
+    (run / "run.json").write_text(json.dumps({**info, "onednn_kernels": not info["onednn_kernels"]}))  # as if elsewhere
+    capsys.readouterr()
+    assert main(["train", "--resume", "--run-dir", str(run), "--epochs", "2"]) == 0
+    names = {True: "oneDNN", False: "Eigen"}
+    now, then = names[cpu.onednn_kernels()], names[not cpu.onednn_kernels()]
+    assert (
+        f"gradloop: note: this run trained on TensorFlow's {then} kernels and resumes on its {now} kernels, so its "
+        f"numbers will differ in the last bits from a run never stopped; "
+        f"set TF_ENABLE_ONEDNN_OPTS={int(not cpu.onednn_kernels())} to resume on {then}'s"
+    ) in capsys.readouterr().err.splitlines()
+    assert json.loads((run / "run.json").read_text())["resumed"][0]["onednn_kernels"] is cpu.onednn_kernels()

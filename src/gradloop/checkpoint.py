@@ -116,11 +116,22 @@ class RunCheckpoint:
             iterator = self._bundle.iterator = self.trainer.make_iterator(data)  # the position is restored into it
         else:
             iterator = self.trainer.make_iterator(data.skip(step))
+        tracker, metrics = self.trainer.loss_tracker, list(self._bundle.metrics)
+        saved_dtype = saved.get_variable_to_dtype_map().get("metrics/0/.ATTRIBUTES/VARIABLE_VALUE")
+        float32_sums = saved_dtype == tf.float32 and tracker.dtype == "float64"  # saved before the loss summed in float64
+        if float32_sums:
+            with self.trainer.strategy.scope():
+                stand_in = keras.metrics.Mean(name="loss")  # as they were saved, split over replicas alike
+            self._bundle.metrics = [*stand_in.variables, *metrics[len(tracker.variables):]]
         try:
             self._bundle.restore(path).assert_consumed()
             history = json.loads(self._history.numpy().decode("utf-8"))
         except _DAMAGED as exc:
             raise _damaged(path, exc) from None
+        finally:
+            self._bundle.metrics = metrics
+        if float32_sums:
+            _copy_per_replica(self.trainer.strategy, stand_in.variables, tracker.variables)
         return LoopState(
             epoch=int(self._epoch.numpy()),
             step=int(self._step.numpy()),
@@ -128,6 +139,17 @@ class RunCheckpoint:
             history=history,
             seconds=float(self._seconds.numpy()),
         )
+
+
+def _copy_per_replica(strategy: tf.distribute.Strategy, sources: list, targets: list) -> None:
+    """Each replica's own value of ``sources`` into ``targets``, cast (summed metric variables
+    cannot be assigned outside a replica)."""
+
+    @tf.function
+    def copy():
+        strategy.run(lambda: [t.assign(tf.cast(s, t.dtype)) for s, t in zip(sources, targets)])
+
+    copy()
 
 
 # What TensorFlow raises for a truncated, overwritten or foreign checkpoint (a short

@@ -50,8 +50,8 @@ class CompiledModel:
         self._summed_loss = losses.summed(self.loss)
         with self.strategy.scope():  # metric variables aggregate across replicas
             self.metrics = [losses.resolve_metric(m, self.loss) for m in metrics]
-            # float64 sums: exact for float32 losses, so their order across replicas, which a restore
-            # reshuffles (TensorFlow splits a summed metric evenly over them), cannot move the result.
+            # float64 sums: a restore splits a summed metric evenly over the replicas, unlike the split
+            # the run had; in float64 that other order's rounding stays far below the float32 result's.
             self.loss_tracker = keras.metrics.Mean(name="loss", dtype="float64")
         self.options = options
         self._train_step = train_step or step_lib.train_step

@@ -244,7 +244,7 @@ def train(
     trainer = build_trainer(config, strategy, x_train.shape[1:], guard.watch(step_lib.train_step), steps_per_epoch)
 
     if resume:
-        saver, state = _resume(config, run_dir, trainer, train_ds, run_info)
+        saver, state = _resume(config, run_dir, trainer, train_ds, run_info, notify=notify)
         action = f"resuming {trainer.model.name} at epoch {state.epoch + 1} step {state.step}"
     else:
         if overwrite and chief and run_dir.exists():
@@ -326,16 +326,25 @@ def _run_dir(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool)
 
 
 def _resume(
-    config: TrainConfig, run_dir: Path, trainer: Trainer, train_ds: TrainData, run_info: dict
+    config: TrainConfig, run_dir: Path, trainer: Trainer, train_ds: TrainData, run_info: dict, *,
+    notify: Callable[[str], None],
 ) -> tuple[checkpoint.RunCheckpoint, LoopState]:
     """Restore the run's last checkpoint and note the resume in ``run_info``. Every worker restores
-    the chief's checkpoint (on a file system they share); the others save to scratch."""
+    the chief's checkpoint (on a file system they share); the others save to scratch. A resume on
+    other kernels than the run's last is said, since it cannot end bit-identical to an unstopped run."""
     saver = checkpoint.RunCheckpoint(run_dir / "checkpoints", trainer, restore_from=Path(config.run_dir) / "checkpoints")
     state = saver.restore(train_ds)
     if state.epoch > config.epochs:
         raise ConfigError(f"run {config.run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
+    kernels = cpu.onednn_kernels()
+    before = [run_info, *run_info.get("resumed", [])][-1].get("onednn_kernels")  # where the run last trained
+    if None not in (kernels, before) and kernels != before:
+        names = {True: "oneDNN", False: "Eigen"}
+        notify(f"gradloop: note: this run trained on TensorFlow's {names[before]} kernels and resumes on its "
+               f"{names[kernels]} kernels, so its numbers will differ in the last bits from a run never stopped; "
+               f"set TF_ENABLE_ONEDNN_OPTS={int(before)} to resume on {names[before]}'s")
     run_info.setdefault("resumed", []).append(
-        {"at": _now(), "epoch": state.epoch + 1, "step": state.step, "onednn_kernels": cpu.onednn_kernels()}
+        {"at": _now(), "epoch": state.epoch + 1, "step": state.step, "onednn_kernels": kernels}
     )
     run_info.update(status="running", config=config.to_dict())
     run_info.pop("interrupted_at", None)
