@@ -13,8 +13,8 @@ ReLU, which Grappler's remapper builds, turns NaN into 0. A layer whose weights
 went NaN then leaves the loss finite, and neither the loss nor the NaN guard
 (:class:`gradloop.stopping.StopOnNonFiniteLoss`) sees it. With the remapper off,
 NaN propagates as on Eigen, and the unfused oneDNN kernels were no slower here
-(medians 24,100 against 22,900 samples/s). So wherever oneDNN runs, :func:`use_onednn`
-turns the remapper off, on the machines where TensorFlow chose oneDNN too.
+(medians 24,100 against 22,900 samples/s). So wherever oneDNN runs,
+:func:`use_onednn` turns the remapper off, where TensorFlow chose oneDNN too.
 """
 
 from __future__ import annotations
@@ -52,4 +52,3 @@ def onednn_kernels() -> bool | None:
         return None
     is_enabled = getattr(_pywrap_util_port, "IsMklEnabled", None)
     return None if is_enabled is None else bool(is_enabled())
-
