@@ -294,14 +294,15 @@ def paired_ratios(rates: dict[str, list[float]]) -> dict[str, float]:
     }
 
 
-_KERNELS = {True: "oneDNN kernels", False: "Eigen kernels", None: "kernels unknown"}
+def _kernels(onednn: bool | None) -> str:
+    return "kernels unknown" if onednn is None else f"{cpu.KERNEL_NAMES[onednn]} kernels"
 
 
 def format_table(result: dict) -> str:
     lines = [
         f"{result['model']}, batch {result['batch_size']}, {result['n_train']:,} training samples; "
         f"limit {result['limit_samples_per_s']:,.0f} samples/s ({result['flops_per_sample'] / 1e6:.2f} MFLOP/sample); "
-        f"{_KERNELS[result['onednn_kernels']]}",
+        f"{_kernels(result['onednn_kernels'])}",
         f"{'variant':<16}{'samples/s':>12}{'share of limit':>16}{'peak RSS MiB':>14}{'gradloop is':>13}",
     ]
     for name, v in result["variants"].items():

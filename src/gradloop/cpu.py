@@ -23,6 +23,9 @@ import os
 import sys
 
 
+KERNEL_NAMES = {True: "oneDNN", False: "Eigen"}  # by onednn_kernels()'s answer
+
+
 def use_onednn() -> bool | None:
     """Run TensorFlow on its oneDNN kernels unless ``TF_ENABLE_ONEDNN_OPTS`` is set, with NaNs
     kept visible through them; return whether they are on (None where TensorFlow cannot say).

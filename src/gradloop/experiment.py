@@ -339,7 +339,7 @@ def _resume(
     kernels = cpu.onednn_kernels()
     before = [run_info, *run_info.get("resumed", [])][-1].get("onednn_kernels")  # where the run last trained
     if None not in (kernels, before) and kernels != before:
-        names = {True: "oneDNN", False: "Eigen"}
+        names = cpu.KERNEL_NAMES
         notify(f"gradloop: note: this run trained on TensorFlow's {names[before]} kernels and resumes on its "
                f"{names[kernels]} kernels, so its numbers will differ in the last bits from a run never stopped; "
                f"set TF_ENABLE_ONEDNN_OPTS={int(before)} to resume on {names[before]}'s")
