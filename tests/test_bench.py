@@ -41,7 +41,7 @@ def test_ratios_are_paired_by_round():
     assert bench.paired_ratios(rates) == {"gradloop / keras spe=32": 2.0}  # median of 2, 1, 3
 
 
-@pytest.mark.parametrize("name", bench.VARIANTS + ("gradloop --jit",))
+@pytest.mark.parametrize("name", bench.VARIANTS)
 def test_every_variant_trains_the_same_model(name):
     work = tiny_workload()
     start = work.model().get_weights()
@@ -76,6 +76,16 @@ def test_bench_cli_json_for_two_batch_sizes(capsys):
 def test_bench_cli_refuses_unknown_variants(capsys):
     assert main(["bench", "--variants", "pytorch"]) == 2
     assert capsys.readouterr().err.startswith("gradloop: error: unknown bench variant 'pytorch'")
+
+
+def test_the_cli_offers_benchs_variants_and_its_defaults(capsys):
+    assert bench.DEFAULT_VARIANTS == tuple(v for v in bench.VARIANTS if v != "gradloop --jit")
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"subset of: {', '.join(bench.VARIANTS)} (default: {', '.join(bench.DEFAULT_VARIANTS)})" in help_text
+    assert main(["bench", "--variants", "gradloop,nope"]) == 2
+    assert capsys.readouterr().err.endswith(f"choose from {', '.join(bench.VARIANTS)}\n")
 
 
 def test_profile_times_every_phase_on_a_copy():

@@ -66,7 +66,7 @@ def variables(trainer: Trainer) -> list[np.ndarray]:
 def uninterrupted(tmp_path_factory):
     (train, val), trainer, ckpt = toy_run(tmp_path_factory.mktemp("a"))
     history = trainer.fit(train, validation_data=val, epochs=3, callbacks=[Checkpointing(ckpt, every_steps=4)],
-                          callback_every=4)
+                          end_groups_every=4)
     return history.history, variables(trainer)
 
 
@@ -76,14 +76,14 @@ def test_a_run_stopped_and_resumed_is_bit_identical(tmp_path, uninterrupted, sto
     expected_history, expected_variables = uninterrupted
     (train, val), trainer, ckpt = toy_run(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train, validation_data=val, epochs=3, callback_every=4,
+        trainer.fit(train, validation_data=val, epochs=3, end_groups_every=4,
                     callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, *stop_at)])
     # A new process would start from scratch: new data pipeline, model, optimizer, checkpoint.
     (train, val), trainer, ckpt = toy_run(tmp_path, steps_per_execution=5)  # other groups: same numbers
     state = ckpt.restore(train)
     assert (state.epoch, state.step) == (stop_at[0], stop_at[1] // 4 * 4)  # the last save before the crash
     assert len(state.history.get("loss", [])) == stop_at[0]
-    history = trainer.fit(train, validation_data=val, epochs=3, initial_state=state, callback_every=4,
+    history = trainer.fit(train, validation_data=val, epochs=3, initial_state=state, end_groups_every=4,
                           callbacks=[Checkpointing(ckpt, every_steps=4)]).history
     assert all(np.array_equal(a, b) for a, b in zip(variables(trainer), expected_variables))
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -100,7 +100,7 @@ def test_a_checkpoint_with_float32_loss_sums_still_resumes(tmp_path, replicas):
         old.loss_tracker = keras.metrics.Mean(name="loss")  # what a run made then held
     ckpt = RunCheckpoint(tmp_path, old)
     with pytest.raises(KeyboardInterrupt):
-        old.fit(train, epochs=1, callback_every=4, callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(old, 0, 7)])
+        old.fit(train, epochs=1, end_groups_every=4, callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(old, 0, 7)])
     dtypes = tf.train.load_checkpoint(ckpt.latest).get_variable_to_dtype_map()
     assert dtypes["metrics/0/.ATTRIBUTES/VARIABLE_VALUE"] == tf.float32
     saved_total = tf.train.load_checkpoint(ckpt.latest).get_tensor("metrics/0/.ATTRIBUTES/VARIABLE_VALUE")
@@ -109,7 +109,7 @@ def test_a_checkpoint_with_float32_loss_sums_still_resumes(tmp_path, replicas):
     assert (state.epoch, state.step) == (0, 4) and trainer.loss_tracker.dtype == "float64"
     total, count = (float(v.numpy()) for v in (trainer.loss_tracker.total, trainer.loss_tracker.count))
     assert total == float(saved_total) > 0 and count == 64
-    trainer.fit(train, epochs=1, initial_state=state, callbacks=[Checkpointing(ckpt, every_steps=4)], callback_every=4)
+    trainer.fit(train, epochs=1, initial_state=state, callbacks=[Checkpointing(ckpt, every_steps=4)], end_groups_every=4)
     assert tf.train.load_checkpoint(ckpt.latest).get_variable_to_dtype_map()["metrics/0/.ATTRIBUTES/VARIABLE_VALUE"] == tf.float64
 
 
@@ -121,7 +121,7 @@ def test_a_distributed_run_resumes_by_skipping_to_its_step(tmp_path):
     expected_variables = variables(trainer)
     (train, val), trainer, ckpt = toy_run(tmp_path / "b", strategy=mirrored())
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train, validation_data=val, epochs=2, callback_every=4,
+        trainer.fit(train, validation_data=val, epochs=2, end_groups_every=4,
                     callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, 1, 7)])
     assert "iterator" not in {name.split("/")[0] for name, _ in tf.train.list_variables(ckpt.latest)}
     (train, val), trainer, ckpt = toy_run(tmp_path / "b", strategy=mirrored())
@@ -138,7 +138,7 @@ def test_a_worker_restores_the_chiefs_checkpoint_and_saves_into_its_own_folder(t
     expected_history, expected_variables = uninterrupted
     (train, val), trainer, ckpt = toy_run(tmp_path / "chief")
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train, validation_data=val, epochs=3, callback_every=4,
+        trainer.fit(train, validation_data=val, epochs=3, end_groups_every=4,
                     callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, 1, 7)])
     chief = {p: p.read_bytes() for p in (tmp_path / "chief").iterdir()}
     (train, val), trainer, _ = toy_run(tmp_path / "scratch")
@@ -147,7 +147,7 @@ def test_a_worker_restores_the_chiefs_checkpoint_and_saves_into_its_own_folder(t
     assert (state.epoch, state.step) == (1, 4) and ckpt.latest == str(tmp_path / "chief" / "ckpt-5")
     saved, save = [], ckpt.save
     ckpt.save = lambda state: saved.append((state.epoch, state.step)) or save(state)
-    history = trainer.fit(train, validation_data=val, epochs=3, initial_state=state, callback_every=4,
+    history = trainer.fit(train, validation_data=val, epochs=3, initial_state=state, end_groups_every=4,
                           callbacks=[Checkpointing(ckpt, every_steps=4)]).history
     assert saved == [(1, 8), (2, 0), (2, 4), (2, 8), (3, 0)]  # not (1, 4) again
     assert all(np.array_equal(a, b) for a, b in zip(variables(trainer), expected_variables))
@@ -160,7 +160,7 @@ def test_saves_land_on_every_nth_step_and_each_epoch_end(tmp_path):
     (train, _), trainer, ckpt = toy_run(tmp_path, steps_per_execution=4)  # groups of 4, cut at multiples of 3
     saved = []
     ckpt.save = lambda state: saved.append((state.epoch, state.step))
-    trainer.fit(train, epochs=2, callbacks=[Checkpointing(ckpt, every_steps=3)], callback_every=3)
+    trainer.fit(train, epochs=2, callbacks=[Checkpointing(ckpt, every_steps=3)], end_groups_every=3)
     # before training, after steps 3, 6, 9 of each epoch, and at each epoch's end
     assert saved == [(0, 0), (0, 3), (0, 6), (0, 9), (1, 0), (1, 3), (1, 6), (1, 9), (2, 0)]
     assert trainer._train_fn.experimental_get_tracing_count() == 1
@@ -198,7 +198,7 @@ def test_restoring_into_another_model_is_one_clear_error(tmp_path):
     other = Trainer(keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(5)]), optimizer="adam",
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(RunDirError, match="cannot restore checkpoint .*--overwrite"):
-        RunCheckpoint(tmp_path, other).restore(train)
+        RunCheckpoint(tmp_path, other, hint="start the run again with --overwrite").restore(train)
     with pytest.raises(RunDirError, match="holds no checkpoint"):
         RunCheckpoint(tmp_path / "empty", other).restore(train)
 

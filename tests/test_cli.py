@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
+from fractions import Fraction
 
 import keras
 import pytest
 
-from gradloop import cpu
+from gradloop import config, cpu
 from gradloop.cli import build_parser, main
 
 
@@ -111,8 +114,8 @@ def test_errors_stay_one_line_where_tensorflow_announces_its_onednn_kernels(argv
 
 # What the CLI's TensorFlow does with a NaN: a Keras Dense ReLU layer in a compiled function, as in every step.
 KERNELS_AND_NANS = """
-from gradloop import cli, cpu
-cli.import_tensorflow()
+from gradloop import cpu
+cpu.import_tensorflow()
 import keras, numpy as np, tensorflow as tf
 layer = keras.layers.Dense(3, activation="relu")
 x = np.ones((2, 4), np.float32)
@@ -165,10 +168,14 @@ CONFIG_SAMPLES = {
 }
 
 
+def command_parser(name: str):
+    return build_parser()._subparsers._group_actions[0].choices[name]
+
+
 def train_flag_destinations() -> set[str]:
     from gradloop.cli import NON_CONFIG_TRAIN_FLAGS
 
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    train = command_parser("train")
     return {a.dest for a in train._actions if a.dest != "help" and a.dest not in NON_CONFIG_TRAIN_FLAGS}
 
 
@@ -177,6 +184,62 @@ def test_every_train_flag_is_a_config_file_key():
 
     assert train_flag_destinations() == set(CONFIG_KEYS)
     assert set(CONFIG_SAMPLES) == set(CONFIG_KEYS), "add a sample value for each new config key"
+
+
+def test_each_config_field_is_exactly_one_train_flag_named_after_it():
+    train = command_parser("train")
+    for field in dataclasses.fields(config.TrainConfig):
+        (action,) = [a for a in train._actions if a.dest == field.name]
+        assert action.option_strings == [config.flag_name(field.name)]
+        assert action.default is None  # "not given": a --config file's value stands
+    assert (config.flag_name("jit_compile"), config.flag_name("batch_size")) == ("--jit", "--batch-size")
+
+
+def test_the_train_help_states_each_default_of_the_config():
+    train = command_parser("train")
+    for field in dataclasses.fields(config.TrainConfig):
+        (action,) = [a for a in train._actions if a.dest == field.name]
+        if isinstance(field.default, bool):  # a switch turns an option on: it must start off
+            assert field.default is False and "default" not in action.help
+            continue
+        shown = re.fullmatch(r".+ \(default: (.+)\)", action.help).group(1)
+        if field.default is None:
+            assert shown == field.metadata["flag"].unset != ""
+        elif isinstance(field.default, float):
+            assert float(Fraction(shown)) == field.default, field.name  # 0.0001, 300, 1/6
+        else:
+            value = getattr(train.parse_args([action.option_strings[0], shown]), field.name)
+            assert config.build_config(**{field.name: value}) == config.TrainConfig(), field.name
+
+
+def test_argparse_checks_the_choices_of_model_lr_schedule_and_precision_and_the_config_the_others():
+    """Which check refuses a value decides the message: argparse's "invalid choice" or the config's "must be one of"."""
+    train = command_parser("train")
+    checked = {a.dest: a.choices for a in train._actions if a.choices is not None}
+    assert checked == {"model": config.MODELS, "lr_schedule": config.LR_SCHEDULES, "precision": config.PRECISIONS}
+    listed = {a.dest: a.metavar for a in train._actions if a.dest in ("dataset", "strategy")}
+    assert listed == {"dataset": "{mnist,fashion_mnist,mnist-sample}", "strategy": "{default,mirrored,multi_worker}"}
+
+
+# Building the parser, parsing and printing help must not wait for TensorFlow.
+NO_TENSORFLOW = """
+import contextlib, io, sys
+from gradloop import cli
+parser = cli.build_parser()
+parser.parse_args(["train", "--lr", "1e-3", "--jit"])
+parser.parse_args(["bench", "--variants", "gradloop --jit"])
+for argv in (["--help"], ["train", "--help"], ["bench", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        parser.parse_args(argv)
+import gradloop.bench
+print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+"""
+
+
+def test_parsing_and_help_do_not_import_tensorflow():
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_a_config_file_with_every_key_equals_the_flags_and_print_config_round_trips(tmp_path, capsys):

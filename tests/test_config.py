@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradloop.config import TrainConfig, build_config, load_yaml, resumed_config
+from gradloop.config import RESUMABLE, TrainConfig, build_config, flag_name, load_yaml, resumed_config
 from gradloop.data import parse_classes
 from gradloop.errors import ConfigError
 
@@ -18,6 +18,15 @@ def test_defaults_are_the_reference_experiment():
     assert (c.classes, c.hidden, c.epochs, c.batch_size, c.lr) == ((0, 1, 2), (512, 256, 128), 10, 32, 1e-4)
     assert c.val_fraction == pytest.approx(1 / 6)
     assert c.model == "mlp" and c.dataset is None
+
+
+def test_every_field_describes_its_flag_and_what_its_default_means():
+    for field in dataclasses.fields(TrainConfig):
+        flag = field.metadata["flag"]
+        assert flag.help and (field.default is not None or flag.unset), field.name
+    resumable = ["--epochs", "--checkpoint-every", "--checkpoint-seconds", "--summary-every"]
+    assert [flag_name(key) for key in RESUMABLE] == resumable
+    assert flag_name("jit_compile") == "--jit"
 
 
 def test_flags_override_the_file(tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradloop import Trainer, distribute, launch
+from gradloop import Trainer, build, distribute, launch
 
 TOLERANCE = dict(rel=1e-4, abs=1e-5)  # float32 sums in a different order across replicas
 TRAIN = ["train", "--dataset", "mnist-sample", "--epochs", "3", "--hidden", "32", "--batch-size", "32", "--seed", "3",
@@ -284,7 +284,7 @@ def test_a_model_built_outside_the_scope_is_refused():
 def test_chief_is_worker_zero_without_a_chief(monkeypatch):
     cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
-    assert distribute.tf_config()["task"]["index"] == 1
+    assert build.tf_config()["task"]["index"] == 1
     assert distribute.is_chief(tf.distribute.get_strategy())  # not multi-worker: this process writes
 
 

@@ -10,14 +10,15 @@ import tensorflow as tf
 from gradloop import data
 from gradloop.cli import main
 from gradloop.config import build_config
-from gradloop.evaluation import read_run, split_arrays
+from gradloop.evaluation import split_arrays
 from gradloop.export import export_saved_model
+from gradloop.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
 def real_digits(tiny_run) -> np.ndarray:
     """The run's 250 validation digits (real MNIST), scaled and flattened as in training."""
-    config = build_config(read_run(tiny_run)["config"])
+    config = build_config(RunDir.open(tiny_run).info["config"])
     x, _, _ = split_arrays(config, "val", notify=lambda line: None)
     return data.prepare_images(x, flatten=True)
 

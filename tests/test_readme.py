@@ -36,6 +36,13 @@ def test_the_walkthrough_trains_the_tutorials_model(tmp_path, monkeypatch, capsy
     assert out.count("epoch 10/10") == 1 and f"validation accuracy {history['val_accuracy'][-1]:.4f}" in out
 
 
+def test_the_own_data_example_learns_its_made_up_rule(capsys):
+    ns = run_example("own-data")
+    history = ns["history"].history
+    assert len(history["val_accuracy"]) == 5 and history["val_accuracy"][-1] > 0.9  # y = [x0 + x1 > 0]
+    assert ns["trainer"].evaluate(ns["val"])["accuracy"] == pytest.approx(history["val_accuracy"][-1])
+
+
 def test_the_cnn_example_learns_and_its_step_adds_the_penalty(capsys):
     ns = run_example("cnn")
     history = ns["history"].history

@@ -11,7 +11,8 @@ import tensorflow as tf
 from test_trainer import batches, make_trainer, toy_data, toy_model
 
 from gradloop import CompileOptions
-from gradloop.schedules import LinearWarmUp, learning_rate
+from gradloop.build import learning_rate
+from gradloop.schedules import LinearWarmUp
 
 LR, W, D = 0.1, 5, 8
 

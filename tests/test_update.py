@@ -15,7 +15,7 @@ from test_trainer import CLASSES, DIM, batches, make_trainer, toy_data, toy_mode
 
 from gradloop import CompileOptions
 from gradloop.config import TrainConfig
-from gradloop.experiment import build_model, build_optimizer
+from gradloop.build import build_model, build_optimizer
 from gradloop.schedules import LinearWarmUp
 
 

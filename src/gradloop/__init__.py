@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 __all__ = ["Trainer", "CompileOptions", "ConfigError", "DataError", "GradloopError", "RunDirError", "TrainingError", "__version__"]
 
 if TYPE_CHECKING:
-    from gradloop.step import CompileOptions
+    from gradloop.compiled import CompileOptions
     from gradloop.trainer import Trainer
 
 
@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
         return Trainer
     if name == "CompileOptions":
-        from gradloop.step import CompileOptions
+        from gradloop.compiled import CompileOptions
 
         return CompileOptions
     raise AttributeError(f"module 'gradloop' has no attribute {name!r}")

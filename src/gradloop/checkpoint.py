@@ -56,13 +56,15 @@ class RunCheckpoint:
 
     ``restore_from`` is where :meth:`restore` and :attr:`latest` look when that
     is not ``directory``: a multi-worker run's other workers resume from the
-    chief's checkpoints and save into their own scratch folders.
+    chief's checkpoints and save into their own scratch folders. ``hint`` ends
+    the error when no checkpoint can be restored: how the caller starts over.
     """
 
     def __init__(
-        self, directory: str | Path, trainer: Trainer, *, max_to_keep: int = 3, restore_from: str | Path | None = None
+        self, directory: str | Path, trainer: Trainer, *, max_to_keep: int = 3, restore_from: str | Path | None = None,
+        hint: str = "start training again from the beginning",
     ) -> None:
-        self.trainer = trainer
+        self.trainer, self.hint = trainer, hint
         self.restore_from = str(restore_from or directory)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -104,12 +106,12 @@ class RunCheckpoint:
         """
         path = self.latest
         if path is None:
-            raise RunDirError(f"{self.restore_from} holds no checkpoint; start the run again with --overwrite")
+            raise RunDirError(f"{self.restore_from} holds no checkpoint; {self.hint}")
         try:
             saved = tf.train.load_checkpoint(path)
             epoch, step = (int(saved.get_tensor(f"{k}/.ATTRIBUTES/VARIABLE_VALUE")) for k in ("epoch", "step"))
         except _DAMAGED as exc:
-            raise _damaged(path, exc) from None
+            raise _damaged(path, exc, self.hint) from None
         data = train(epoch) if callable(train) else train  # the saved epoch's order
         self.trainer.build(data)  # the variables must exist to be restored into
         if saved.has_tensor("iterator/.ATTRIBUTES/ITERATOR_STATE"):
@@ -127,7 +129,7 @@ class RunCheckpoint:
             self._bundle.restore(path).assert_consumed()
             history = json.loads(self._history.numpy().decode("utf-8"))
         except _DAMAGED as exc:
-            raise _damaged(path, exc) from None
+            raise _damaged(path, exc, self.hint) from None
         finally:
             self._bundle.metrics = metrics
         if float32_sums:
@@ -157,11 +159,10 @@ def _copy_per_replica(strategy: tf.distribute.Strategy, sources: list, targets: 
 _DAMAGED = (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, EOFError, UnicodeDecodeError)
 
 
-def _damaged(path: str, exc: Exception) -> RunDirError:
+def _damaged(path: str, exc: Exception, hint: str) -> RunDirError:
     reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no detail"
     return RunDirError(
-        f"cannot restore checkpoint {path} ({type(exc).__name__}: {reason}); it is damaged or from "
-        "another model: start the run again with --overwrite"
+        f"cannot restore checkpoint {path} ({type(exc).__name__}: {reason}); it is damaged or from another model: {hint}"
     )
 
 
@@ -232,7 +233,7 @@ class Checkpointing(keras.callbacks.Callback):
     since the last save, at each epoch's end and at the end of training.
 
     Saves happen at step-group ends; pass the same ``every_steps`` to
-    ``Trainer.fit(callback_every=...)`` so its multiples are group ends. When
+    ``Trainer.fit(end_groups_every=...)`` so its multiples are group ends. When
     ``stop`` (a :class:`StopSignals`) has caught a signal, it saves and raises
     :class:`Interrupted`. A state whose loss is no longer finite is never saved.
 

@@ -1,6 +1,7 @@
 """The ``gradloop`` command line: argument parsing and error reporting only.
 
-``build_parser()`` knows the flags; the commands call the library. Exit status:
+``build_parser()`` knows the flags (train's options come from the fields of
+:class:`gradloop.config.TrainConfig`); the commands call the library. Exit status:
 
     0    done
     2    a user error: one line, ``gradloop: error: <what is wrong and how to fix it>``
@@ -16,14 +17,20 @@ one line, for both kinds of error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import fractions
 import json
 import os
 import shlex
 import sys
-import tempfile
-from typing import Sequence
+import types
+import typing
+from typing import Any, Collection, Sequence
 
-from gradloop import __version__
+from gradloop import __version__, cpu, rundir
+from gradloop.bench import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, VARIANTS as BENCH_VARIANTS
+from gradloop.config import CONFIG_KEYS, TrainConfig, build_config, flag_name, load_yaml, parse_int_list, resumed_config
+from gradloop.data.splits import SPLITS
 from gradloop.errors import ConfigError, GradloopError, TrainingError
 
 
@@ -38,48 +45,6 @@ class _Parser(argparse.ArgumentParser):
 def one_line(text: object) -> str:
     """Collapse a message onto one line, so that stderr carries exactly one error line."""
     return " ".join(str(text).split())
-
-
-# Written by TensorFlow straight to file descriptor 2 while it is imported, before its logging starts, so
-# TF_CPP_MIN_LOG_LEVEL cannot hold them back: the notice that its oneDNN kernels are on (its default on
-# CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX, and on some Arm Neoverse; the CLI's, gradloop.cpu).
-_TF_IMPORT_NOTICES = (
-    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-    "] oneDNN custom operations are on.",
-)
-
-
-def import_tensorflow() -> None:
-    """Import TensorFlow with its start-up notices kept off stderr, where the CLI's errors are one
-    line; whatever else it writes meanwhile is passed on. Called before the commands' lazy imports.
-    Without a stderr, or a temporary file to catch it in, TensorFlow is imported as it is.
-    TensorFlow runs its oneDNN kernels, with NaNs kept visible, unless TF_ENABLE_ONEDNN_OPTS
-    says otherwise (:mod:`gradloop.cpu`: the reference MLP trains about 20% faster here)."""
-    from gradloop import cpu
-
-    if "tensorflow" in sys.modules:
-        cpu.use_onednn()
-        return
-    try:
-        sys.stderr.flush()
-        captured = tempfile.TemporaryFile()
-        stderr = os.dup(2)
-    except (AttributeError, OSError, ValueError):  # no sys.stderr, fd 2 closed, no temporary folder
-        cpu.use_onednn()
-        return
-    with captured:
-        try:
-            os.dup2(captured.fileno(), 2)
-            cpu.use_onednn()
-        finally:
-            sys.stderr.flush()  # a line Python wrote meanwhile goes into the capture, in its place
-            os.dup2(stderr, 2)
-            os.close(stderr)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not any(notice in line for notice in _TF_IMPORT_NOTICES):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
 
 
 def _quoted(text: str) -> str:
@@ -107,6 +72,53 @@ def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
                         help="show the traceback of an error instead of one line")
 
 
+# What a flag turns its text into, by the type of its field; a bool field is a switch instead.
+_READERS = {int: _integer, float: _number, str: None, tuple: None}  # the config parses tuples: "512,256,128"
+
+
+def _add_config_flags(parser: Any, keys: Collection[str] = CONFIG_KEYS) -> None:
+    """A flag on ``parser`` (or argument group) for each :class:`TrainConfig` field named in ``keys``,
+    built from the field: its name (``--batch-size``, or its ``Flag.name``), type, choices, and its
+    default, which the help states. Each flag defaults to None, "not given", so that a --config file's
+    value stands unless the flag is given."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in keys:
+            continue
+        flag, kind = field.metadata["flag"], _flag_type(hints[field.name])
+        if kind is bool:  # a switch that turns the option on: its default is off
+            parser.add_argument(flag_name(field.name), dest=field.name, action="store_const", const=True,
+                                help=flag.help)
+            continue
+        checked = flag.choices if flag.parser_checks_choices and flag.choices else None
+        listed = "{" + ",".join(flag.choices) + "}" if flag.choices and not checked else None  # as argparse would
+        text = f"{flag.help} (default: {_default_text(field.default, flag.unset)})"
+        parser.add_argument(flag_name(field.name), dest=field.name, type=_READERS[kind], choices=checked,
+                            metavar=flag.metavar or listed, help=text.replace("%", "%%"))
+
+
+def _flag_type(annotation: Any) -> type:
+    """The type a field's flag reads: ``int | None`` -> int (None: not given), ``tuple[int, ...]`` -> tuple."""
+    if isinstance(annotation, types.UnionType):
+        (annotation,) = (t for t in typing.get_args(annotation) if t is not type(None))
+    return typing.get_origin(annotation) or annotation
+
+
+def _default_text(value: Any, unset: str) -> str:
+    """A default as the help shows it: 512,256,128 for a tuple; 0.0001, 300 or 1/6 for a float; ``unset`` for None."""
+    if value is None:
+        return unset
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:g}"
+    if float(text) != value:  # 0.166667 is not 1/6
+        ratio = fractions.Fraction(value).limit_denominator(1000)
+        text = str(ratio) if float(ratio) == value else repr(value)
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradloop", description="A correct, fast, resumable custom training loop for TF/Keras.")
     parser.add_argument("--version", action="version", version=f"gradloop {__version__}")
@@ -115,40 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model (default: the reference experiment)")
     train.add_argument("--config", metavar="FILE.yaml", help="config file; flags override its values")
-    train.add_argument("--dataset", help="mnist, fashion_mnist or mnist-sample (default: mnist if reachable, else mnist-sample)")
-    train.add_argument("--data-dir", metavar="DIR", help="folder of the four IDX files (.gz or not) or a Keras-style mnist.npz")
-    train.add_argument("--classes", help="classes to keep, e.g. 0,1,2 (default), 0-4 or all")
-    train.add_argument("--model", choices=("mlp", "cnn"), help="mlp (default) or cnn")
-    train.add_argument("--hidden", help="MLP hidden layer sizes (default 512,256,128)")
-    train.add_argument("--epochs", type=_integer, help="default 10")
-    train.add_argument("--batch-size", type=_integer, help="default 32")
-    train.add_argument("--lr", type=_number, help="Adam learning rate (default 1e-4); the peak rate of a schedule")
-    train.add_argument("--lr-schedule", choices=("constant", "cosine", "exponential", "step"), help="default constant")
-    train.add_argument("--warmup-steps", type=_integer, metavar="N", help="ramp the rate up linearly over N steps first (default 0)")
-    train.add_argument("--decay-steps", type=_integer, metavar="N",
-                       help="cosine: steps to decay to 0 (default: the rest of training); exponential/step: steps per decay_rate (default: an epoch)")
-    train.add_argument("--decay-rate", type=_number, metavar="R", help="factor per decay_steps for exponential/step (default 0.9)")
-    train.add_argument("--clip-norm", type=_number, metavar="C", help="clip the gradient to global norm C (default: no clipping)")
-    train.add_argument("--accumulate-steps", type=_integer, metavar="N", help="average the gradients of N batches per update (default 1)")
-    train.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"),
-                       help="float32 (default); mixed_float16 uses dynamic loss scaling")
-    train.add_argument("--val-fraction", type=_number, help="share of training data held out (default 1/6)")
-    train.add_argument("--seed", type=_integer, help="seed for the split, shuffling and initial weights (default 42)")
-    train.add_argument("--steps-per-execution", type=_integer, help="training steps per compiled call (default 32)")
-    train.add_argument("--jit", dest="jit_compile", action="store_const", const=True, help="XLA-compile the step")
-    train.add_argument("--strategy", help="default, mirrored (all GPUs, or --replicas CPUs) or multi_worker (TF_CONFIG)")
-    train.add_argument("--replicas", type=_integer, help="with --strategy mirrored and no GPU: split the CPU into N devices")
-    train.add_argument("--summary-every", type=_integer, metavar="N", help="TensorBoard batch summaries every N steps (default 32)")
-    train.add_argument("--run-dir", metavar="DIR", help="output folder (default runs/<timestamp>)")
+    _add_config_flags(train.add_argument_group("the experiment (flags override the same keys in a --config file)"))
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace the earlier run in --run-dir")
-    train.add_argument("--deterministic", action="store_const", const=True,
-                       help="op determinism: reruns and resumes are bit-identical")
-    train.add_argument("--checkpoint-every", type=_integer, metavar="STEPS",
-                       help="also checkpoint every STEPS steps of an epoch (default 1000, 0: off)")
-    train.add_argument("--checkpoint-seconds", type=_number, metavar="S", help="also checkpoint every S seconds (default 300, 0: off)")
-    train.add_argument("--early-stop", type=_integer, metavar="PATIENCE",
-                       help="stop after PATIENCE epochs without a lower val_loss (default 0: off)")
     train.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
     train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
@@ -156,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
     evaluate.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
-    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test", help="default test")
+    evaluate.add_argument("--split", choices=SPLITS, default="test", help="default test")
     evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
 
     launch = commands.add_parser("launch", help="run a multi-worker job as N local processes")
@@ -164,21 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("train_argv", nargs=argparse.REMAINDER, metavar="-- train ...", help="the train command to run")
 
     bench = commands.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop")
-    bench.add_argument("--dataset", help="as for train (default: mnist if reachable, else mnist-sample)")
-    bench.add_argument("--data-dir", metavar="DIR")
-    bench.add_argument("--classes", help="default 0,1,2")
-    bench.add_argument("--hidden", help="MLP hidden sizes (default 512,256,128)")
-    bench.add_argument("--batch-size", default="32", help="one or more, e.g. 32,256 (default 32)")
+    _add_config_flags(bench, ("dataset", "data_dir", "classes", "hidden"))  # as for train
+    bench.add_argument("--batch-size", default=str(TrainConfig.batch_size),
+                       help="one or more, e.g. 32,256 (default %(default)s)")
     bench.add_argument("--seconds", type=_number, default=3.0, help="timed seconds per variant per round (default 3)")
     bench.add_argument("--rounds", type=_integer, default=3, help="interleaved rounds; the median counts (default 3)")
-    bench.add_argument("--variants", help="comma-separated subset of: " + ", ".join(_BENCH_VARIANTS))
+    bench.add_argument("--variants", help=f"comma-separated subset of: {', '.join(BENCH_VARIANTS)} "
+                                          f"(default: {', '.join(DEFAULT_BENCH_VARIANTS)})")
     bench.add_argument("--json", action="store_true", help="print JSON for machines")
 
     report = commands.add_parser("report", help="write a self-contained HTML report of a run")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
     report.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
-    report.add_argument("--split", choices=("val", "test", "train"), default="val",
+    report.add_argument("--split", choices=SPLITS, default="val",
                         help="split for per-class accuracy and the confusion matrix (default val: the run's own held-out data)")
     report.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/report)")
 
@@ -190,15 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_BENCH_VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradloop", "gradloop --jit")
-
 # Train flags that are not config values: they say what to do with the config.
 NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile", "debug", "resume", "overwrite")
 
 
-def _train_config(args: argparse.Namespace):
-    from gradloop.config import CONFIG_KEYS, build_config, load_yaml, resumed_config
-
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --run-dir and --overwrite replaces it; pass one of them")
     if args.resume and not args.run_dir:
@@ -207,10 +183,8 @@ def _train_config(args: argparse.Namespace):
     flags = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
     if not args.resume:
         return build_config(file_values, **flags)
-    import_tensorflow()
-    from gradloop.experiment import read_run_to_resume  # the run's own config, changed only where a resume may
-
-    return resumed_config(read_run_to_resume(args.run_dir)["config"], file_values, **flags)
+    return resumed_config(  # the run's own config, changed only where a resume may
+        rundir.open_to_resume(args.run_dir).info["config"], file_values, **flags)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -218,7 +192,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    import_tensorflow()  # here, after the cheap checks
+    cpu.import_tensorflow()  # here, after the cheap checks
     from gradloop import checkpoint, experiment
 
     try:
@@ -248,7 +222,7 @@ def resume_command(config, run_dir: str | None) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import_tensorflow()
+    cpu.import_tensorflow()
     from gradloop import evaluation
 
     result = evaluation.evaluate_run(
@@ -260,24 +234,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gradloop.config import build_config, parse_int_list
-    from gradloop.errors import ConfigError
-
     batch_sizes = parse_int_list("batch-size", args.batch_size)
-    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else _BENCH_VARIANTS[:5]
-    unknown = [v for v in variants if v not in _BENCH_VARIANTS]
+    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else DEFAULT_BENCH_VARIANTS
+    unknown = [v for v in variants if v not in BENCH_VARIANTS]
     if unknown:
-        raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(_BENCH_VARIANTS)}")
+        raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(BENCH_VARIANTS)}")
     if not 0 < args.seconds < float("inf") or args.rounds < 1:  # nan fails the comparison too
         raise ConfigError("--seconds must be > 0 and --rounds >= 1")
     configs = [
         build_config(dataset=args.dataset, data_dir=args.data_dir, classes=args.classes, hidden=args.hidden, batch_size=b)
         for b in batch_sizes
     ]
-    import_tensorflow()
-    from gradloop import bench, experiment
+    cpu.import_tensorflow()
+    from gradloop import bench, build
 
-    prepared = experiment.prepare_data(configs[0], notify=lambda line: print(line, file=sys.stderr))
+    prepared = build.prepare_data(configs[0], notify=lambda line: print(line, file=sys.stderr))
     results = []
     for config in configs:
         work = bench.Workload(*prepared.train, batch_size=config.batch_size, hidden=config.hidden,
@@ -299,10 +270,7 @@ def _launch(args: argparse.Namespace) -> int:
     train_args = build_parser().parse_args([*train_argv(args.workers, args.train_argv), "--strategy", "multi_worker"])
     config = _train_config(train_args)
     if train_args.resume:
-        import_tensorflow()
-        from gradloop.experiment import check_resumable
-
-        check_resumable(config, workers=args.workers)
+        rundir.check_resumable(config.run_dir, epochs=config.epochs, workers=args.workers)
     try:
         return launch(args.workers, args.train_argv)
     except WorkerFailed as exc:  # not the user's input: the job failed
@@ -311,7 +279,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import_tensorflow()
+    cpu.import_tensorflow()
     from gradloop import report
 
     path = report.write_report(
@@ -323,7 +291,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import_tensorflow()
+    cpu.import_tensorflow()
     from gradloop import export
 
     path = export.export_saved_model(args.run_dir, out=args.out)

@@ -3,6 +3,10 @@
 Precedence is ``defaults < --config FILE.yaml < command-line flags``. The
 defaults are the reference experiment of the tutorial (MNIST classes 0, 1, 2;
 MLP 512-256-128; Adam 1e-4; batch 32; 10 epochs; 1/6 held out).
+
+Each field is also a ``gradloop train`` flag, described once, on the field
+(:class:`Flag`); the CLI builds the flag from the field's name, type, default
+and that description, so a default or a choice is never written twice.
 """
 
 from __future__ import annotations
@@ -28,58 +32,95 @@ MAX_INT32 = 2**31 - 1  # steps per call travel as an int32 tensor
 # 0.4 GB of float32 weights, 1.6 GB with gradients and Adam's slots: far more than MNIST needs, and a
 # typo one digit longer would exhaust memory (or meet the OOM killer, which leaves no message at all).
 MAX_MLP_WEIGHTS = 10**8
-# The step is traced once per replica: 8 CPU replicas took 76 s to train one tiny epoch on the
-# 2-core development machine, 64 did not finish in 5 minutes, 100,000 hung.
+# Each CPU replica traces the step again, so start-up grows with their number: past a few per core, a
+# run can spend minutes tracing before its first step.
 MAX_CPU_REPLICAS = 16
 # null means "the default" for these keys; for the others it is a mistake
 _NULLABLE = ("dataset", "data_dir", "run_dir", "replicas", "decay_steps", "clip_norm")
 
 
 @dataclass(frozen=True)
+class Flag:
+    """How a :class:`TrainConfig` field reads as a ``gradloop train`` flag.
+
+    The CLI takes the rest from the field: the flag ``--field-name``, its type
+    (int, float, text; a bool is a switch that turns the option on) and the
+    help's "(default: ...)" from the field's default.
+    """
+
+    help: str
+    name: str = ""  # the flag, where it is not --field-name
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+    # True: argparse refuses any other value ("invalid choice: ..."); False: the config's own check does
+    # ("... must be one of ..."), as for a value from a --config file.
+    parser_checks_choices: bool = True
+    unset: str = ""  # what a default of None means, for the help
+
+
+def _option(default: Any, help: str, **flag: Any) -> Any:
+    """A field with its flag: ``seed: int = _option(42, "the random seed", metavar="N")``."""
+    return dataclasses.field(default=default, metadata={"flag": Flag(help, **flag)})
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides what a ``gradloop train`` run computes.
 
-    ``dataset=None`` means full MNIST where it is cached or downloadable, else
-    the bundled ``mnist-sample``. ``classes`` are kept in the user's order:
-    ``classes[i]`` becomes label ``i``.
-
-    Training options (see :mod:`gradloop.schedules`, :func:`gradloop.experiment.build_optimizer`):
-    ``lr_schedule`` with ``warmup_steps``, ``decay_steps``, ``decay_rate`` (steps
-    count batches); ``clip_norm``: clip the gradient to this global norm;
-    ``accumulate_steps``: average the gradients of this many batches per update;
-    ``precision``: a Keras dtype policy, ``mixed_float16`` with dynamic loss scaling.
-    ``checkpoint_every`` (steps within an epoch) and ``checkpoint_seconds`` add
-    checkpoints to those at each epoch's end; 0 turns either off. ``early_stop``
-    is a patience in epochs (0: off).
+    Each field's help, beside it, says what it means (``gradloop train --help``
+    shows them all); steps count batches. ``classes`` are kept in the user's
+    order: ``classes[i]`` becomes label ``i``. The training options are used
+    by :mod:`gradloop.schedules` and :func:`gradloop.build.build_optimizer`;
+    checkpoints by step or by time add to those at each epoch's end.
     """
 
-    dataset: str | None = None
-    data_dir: str | None = None
-    classes: tuple[int, ...] = (0, 1, 2)
-    model: str = "mlp"
-    hidden: tuple[int, ...] = (512, 256, 128)
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    decay_steps: int | None = None
-    decay_rate: float = 0.9
-    clip_norm: float | None = None
-    accumulate_steps: int = 1
-    precision: str = "float32"
-    val_fraction: float = 1 / 6
-    seed: int = 42
-    steps_per_execution: int = 32
-    jit_compile: bool = False
-    strategy: str = "default"
-    replicas: int | None = None
-    summary_every: int = 32
-    run_dir: str | None = None
-    deterministic: bool = False
-    checkpoint_every: int = 1000
-    checkpoint_seconds: float = 300.0
-    early_stop: int = 0
+    dataset: str | None = _option(
+        None, "the data set to train on", choices=DATASETS, parser_checks_choices=False,
+        unset="full MNIST if cached or downloadable, else the bundled mnist-sample",
+    )
+    data_dir: str | None = _option(
+        None, "folder of the four IDX files (.gz or not) or a Keras-style mnist.npz", metavar="DIR",
+        unset="the data set's own files, cached or downloaded",
+    )
+    classes: tuple[int, ...] = _option(
+        (0, 1, 2), "classes to keep, e.g. 0,1,2, 0-4 or all; in this order they become labels 0, 1, ..."
+    )
+    model: str = _option("mlp", "the network", choices=MODELS)
+    hidden: tuple[int, ...] = _option((512, 256, 128), "MLP hidden layer sizes", metavar="SIZES")
+    epochs: int = _option(10, "passes over the training data", metavar="N")
+    batch_size: int = _option(32, "samples per step", metavar="N")
+    lr: float = _option(1e-4, "Adam learning rate; the peak rate of a schedule")
+    lr_schedule: str = _option("constant", "how the rate changes as training goes on", choices=LR_SCHEDULES)
+    warmup_steps: int = _option(0, "ramp the rate up linearly over N steps first", metavar="N")
+    decay_steps: int | None = _option(
+        None, "cosine: steps to decay to 0; exponential/step: steps per --decay-rate", metavar="N",
+        unset="the rest of training for cosine, an epoch for exponential/step",
+    )
+    decay_rate: float = _option(0.9, "factor per --decay-steps for exponential/step", metavar="R")
+    clip_norm: float | None = _option(None, "clip the gradient to global norm C", metavar="C", unset="no clipping")
+    accumulate_steps: int = _option(1, "average the gradients of N batches per update", metavar="N")
+    precision: str = _option(
+        "float32", "Keras dtype policy; mixed_float16 uses dynamic loss scaling", choices=PRECISIONS
+    )
+    val_fraction: float = _option(1 / 6, "share of the training data held out for validation", metavar="F")
+    seed: int = _option(42, "seed for the split, shuffling and initial weights", metavar="N")
+    steps_per_execution: int = _option(32, "training steps per compiled call", metavar="N")
+    jit_compile: bool = _option(False, "XLA-compile the step", name="--jit")
+    strategy: str = _option(
+        "default",
+        "default: one device; mirrored: all GPUs, or --replicas CPU devices; multi_worker: TF_CONFIG's cluster",
+        choices=STRATEGIES, parser_checks_choices=False,
+    )
+    replicas: int | None = _option(
+        None, "with --strategy mirrored and no GPU: split the CPU into N devices", metavar="N",
+        unset="the CPU as one device",
+    )
+    summary_every: int = _option(32, "TensorBoard batch summaries every N steps", metavar="N")
+    run_dir: str | None = _option(None, "output folder", metavar="DIR", unset="runs/<timestamp>")
+    deterministic: bool = _option(False, "op determinism: reruns and resumes are bit-identical")
+    checkpoint_every: int = _option(1000, "also checkpoint every STEPS steps of an epoch; 0: off", metavar="STEPS")
+    checkpoint_seconds: float = _option(300.0, "also checkpoint every S seconds; 0: off", metavar="S")
+    early_stop: int = _option(0, "stop after PATIENCE epochs without a lower val_loss; 0: off", metavar="PATIENCE")
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
@@ -194,6 +235,11 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 CONFIG_KEYS = frozenset(_FIELDS)  # the --config file's keys, and the train flags' destinations
 
 
+def flag_name(key: str) -> str:
+    """The ``gradloop train`` flag of a config key: ``--batch-size`` for batch_size, ``--jit`` for jit_compile."""
+    return _FIELDS[key].metadata["flag"].name or "--" + key.replace("_", "-")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a config file into a dict of known keys (dashes or underscores)."""
     try:
@@ -268,10 +314,9 @@ def resumed_config(saved: Mapping[str, Any], file_values: Mapping[str, Any] | No
     for name in _FIELDS:
         mine, theirs = getattr(asked, name), getattr(base, name)
         if name not in RESUMABLE and mine != theirs:
-            flag = {"jit_compile": "--jit"}.get(name, "--" + name.replace("_", "-"))
             raise ConfigError(
-                f"{flag} {_show(mine)} differs from the run's {_show(theirs)}; a resumed run keeps its model, data "
-                f"and training settings (only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may "
+                f"{flag_name(name)} {_show(mine)} differs from the run's {_show(theirs)}; a resumed run keeps its "
+                f"model, data and training settings (only {', '.join(map(flag_name, RESUMABLE))} may "
                 "change): drop the flag, or start a new run"
             )
     if asked.epochs != base.epochs and base.lr_schedule == "cosine" and base.decay_steps is None:

@@ -14,13 +14,10 @@ which is exact even for the last, smaller batch that splits unevenly.
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Any, Sequence
 
 import tensorflow as tf
 
-from gradloop.config import STRATEGIES
 from gradloop.errors import ConfigError
 
 
@@ -36,49 +33,6 @@ def configure_cpu_replicas(replicas: int | None) -> None:
         raise ConfigError(
             "CPU replicas can only be set before TensorFlow starts; call configure_cpu_replicas first"
         ) from None
-
-
-def make_strategy(name: str, *, replicas: int | None = None, timeout_seconds: float = 300.0) -> tf.distribute.Strategy:
-    """``default`` (one device), ``mirrored`` (all local GPUs, or ``replicas``
-    logical CPUs) or ``multi_worker`` (configured by TF_CONFIG, as every TF job is)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        configure_cpu_replicas(replicas)
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
-            d.name for d in tf.config.list_logical_devices("CPU")
-        ]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker":
-        cluster = tf_config()
-        if cluster is None:
-            raise ConfigError("--strategy multi_worker needs TF_CONFIG (or use gradloop launch --workers N -- train ...)")
-        options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-            timeout_seconds=timeout_seconds,  # a lost worker fails the collective instead of hanging it
-        )
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
-
-
-def tf_config() -> dict[str, Any] | None:
-    """The parsed TF_CONFIG, checked for the fields a worker needs."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        return None
-    try:
-        config = json.loads(text)
-        workers = config["cluster"]["worker"]
-        task = config["task"]
-        index = int(task["index"])
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(
-            'TF_CONFIG is not valid: expected {"cluster": {"worker": ["host:port", ...]}, '
-            '"task": {"type": "worker", "index": 0}}'
-        ) from None
-    if task.get("type") == "worker" and not 0 <= index < len(workers):
-        raise ConfigError(f"TF_CONFIG task index {index} is outside the {len(workers)} workers of the cluster")
-    return config
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -15,21 +15,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from gradloop import data, logs
+from gradloop import build, data, rundir
 from gradloop.config import TrainConfig, build_config
+from gradloop.data.splits import SPLITS
 from gradloop.errors import ConfigError, DataError, RunDirError
+from gradloop.rundir import RunDir
 
-SPLITS = ("test", "val", "train")
-
-
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """run.json of a run directory; anything but a JSON object with a config is a RunDirError."""
-    if not Path(run_dir).is_dir():
-        state = "is not a folder" if Path(run_dir).exists() else "does not exist"
-        raise RunDirError(f"run directory {run_dir} {state}; pass a folder made by gradloop train")
-    return logs.read_run_json(
-        Path(run_dir), missing=f"{run_dir} is not a gradloop run directory (no run.json); pass a folder made by gradloop train"
-    )
 
 
 def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> TrainConfig:
@@ -37,12 +28,12 @@ def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> T
     try:
         config = build_config(info["config"])
     except ConfigError as exc:
-        raise RunDirError(f"{Path(run_dir) / 'run.json'} holds an invalid config ({exc}); the run directory is damaged") from None
+        raise RunDirError(f"{Path(run_dir) / rundir.RUN_JSON} holds an invalid config ({exc}); the run directory is damaged") from None
     return dataclasses.replace(config, **overrides)
 
 
 def load_model(run_dir: str | Path) -> keras.Model:
-    path = Path(run_dir) / "model.keras"
+    path = Path(run_dir) / rundir.MODEL
     if not path.exists():
         raise RunDirError(f"{run_dir} has no model.keras; the run did not finish (train it again or resume it)")
     try:
@@ -60,34 +51,30 @@ def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Pa
     flat, image = (None, math.prod(data.IMAGE_SHAPE)), (None, *data.IMAGE_SHAPE, 1)
     if inputs not in (flat, image) or outputs != (None, len(config.classes)):
         raise RunDirError(
-            f"{Path(run_dir) / 'model.keras'} maps {inputs} to {outputs}, but run.json describes {len(config.classes)} "
+            f"{Path(run_dir) / rundir.MODEL} maps {inputs} to {outputs}, but run.json describes {len(config.classes)} "
             f"classes of 28x28 images; the model and run.json come from different runs"
         )
     return inputs == flat
 
 
 def split_arrays(config: TrainConfig, split: str, *, notify=print) -> tuple[np.ndarray, np.ndarray, str]:
-    """Images and labels of one split, with the run's classes selected and remapped."""
+    """Images and labels of one split, with the run's classes selected and remapped: the
+    splits training made (:func:`gradloop.build.load_splits`)."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    raw = data.load_dataset(config.dataset, config.data_dir, notify=notify)
-    if split == "test":
-        if raw.x_test is None:
-            raise DataError(f"{raw.source} has no test split; pass --data-dir with the t10k-* files or --split val")
-        x, y = data.select_classes(raw.x_test, raw.y_test, config.classes)
-        return x, y, raw.source
-    if raw.x_train is None:
-        raise DataError(f"{raw.source} has no training split, so no {split} split; use --split test")
-    x, y = data.select_classes(raw.x_train, raw.y_train, config.classes)
-    train, val = data.split_train_val(x, y, val_fraction=config.val_fraction, seed=config.seed)
-    x, y = train if split == "train" else val
-    return x, y, raw.source
+    splits = build.load_splits(config, notify=notify)
+    arrays = splits.get(split)
+    if arrays is None and split == "test":
+        raise DataError(f"{splits.source} has no test split; pass --data-dir with the t10k-* files or --split val")
+    if arrays is None:
+        raise DataError(f"{splits.source} has no training split, so no {split} split; use --split test")
+    return (*arrays, splits.source)
 
 
 def evaluate_run(
     run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None, split: str = "test", notify=print
 ) -> dict[str, Any]:
-    info = read_run(run_dir)
+    info = RunDir.open(run_dir).info
     # A new data set replaces the run's data entirely: --dataset alone must not read the run's --data-dir.
     overrides = {"dataset": dataset, "data_dir": data_dir} if (dataset or data_dir) else {}
     config = run_config(info, run_dir, **overrides)

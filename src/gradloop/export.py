@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gradloop import evaluation
+from gradloop import evaluation, rundir
 from gradloop.errors import RunDirError
 
 
 def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
     """Export ``RUN_DIR/model.keras`` to ``out`` (default ``RUN_DIR/saved_model``), which must not exist yet."""
     model = evaluation.load_model(run_dir)
-    out_dir = Path(out) if out else Path(run_dir) / "saved_model"
+    out_dir = Path(out) if out else Path(run_dir) / rundir.SAVED_MODEL
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RunDirError(f"{out_dir} already exists and is not empty; remove it or pass another --out")
     try:

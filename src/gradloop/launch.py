@@ -63,7 +63,8 @@ def train_argv(workers: int, argv: Sequence[str]) -> list[str]:
     argv = list(argv[1:] if argv and argv[0] == "--" else argv)
     if not argv or argv[0] != "train":
         raise ConfigError("give the command after --, e.g. gradloop launch --workers 2 -- train --epochs 3")
-    if "--strategy" in argv:
+    # argparse also takes --strategy=X and an unambiguous prefix (--strat X): the appended flag would win silently.
+    if any(len(name) >= len("--str") and "--strategy".startswith(name) for name in (a.split("=")[0] for a in argv)):
         raise ConfigError("gradloop launch sets --strategy multi_worker itself; drop --strategy")
     return argv
 
@@ -86,6 +87,8 @@ def launch(workers: int, argv: Sequence[str], *, poll_seconds: float = 0.2) -> i
                 out = None if index == 0 else open(logs / f"worker-{index}.log", "w")
                 procs.append(subprocess.Popen(command, env=worker_env(cluster, index), stdout=out,
                                               stderr=subprocess.STDOUT if out else None, start_new_session=True))
+                if out is not None:
+                    out.close()  # the worker has its own copy of the file
                 where = "" if index == 0 else f", output in {out.name}"
                 print(f"gradloop: launched worker {index} (pid {procs[-1].pid}) on {cluster[index]}{where}",
                       file=sys.stderr)

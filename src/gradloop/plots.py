@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from gradloop.rundir import write_atomically  # noqa: E402
+
 
 def plot_history(history: Mapping[str, list[float]], path: Path) -> None:
     """Two panels sharing the epoch axis, as in the tutorial, saved as PNG."""
@@ -28,7 +30,7 @@ def plot_history(history: Mapping[str, list[float]], path: Path) -> None:
         ax.legend()
     loss_ax.set_xlabel("epoch")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -47,7 +49,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[int
         ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if n > dark else "black")
     ax.set_title("Confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -63,5 +65,5 @@ def plot_per_class_accuracy(accuracy: Mapping[str, float | None], path: Path) ->
     ax.set_title("Per-class accuracy")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)

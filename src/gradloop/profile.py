@@ -21,7 +21,6 @@ import time
 import keras
 import tensorflow as tf
 
-from gradloop.step import update_metrics
 from gradloop.trainer import Trainer
 
 PHASES = ("input", "forward+loss", "gradient", "update", "metrics")
@@ -54,7 +53,7 @@ def _stage_fn(t: Trainer, depth: int):
         if depth >= 4:
             t.optimizer.apply_gradients(zip(grads, variables))
         if depth >= 5:
-            update_metrics(t.loss_tracker, t.metrics, loss, y, y_pred)
+            t.update_metrics(loss, y, y_pred)
         return keep
 
     @tf.function

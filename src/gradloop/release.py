@@ -2,10 +2,9 @@
 
 With tf.data's autotuner on (the default for any pipeline), deleting an
 iterator can wait for the tuner thread's next wake-up, whose period doubles up
-to 60 s: on TensorFlow 2.21 about one deletion in three waited about as long as
-the iterator had run (0.1-2 s after 0.2-3 s). A loop that makes an iterator per
-epoch (Keras' ``fit``, the tutorial's loop) pays that on the training thread.
-The wait releases the GIL, so on a thread of its own it overlaps the training.
+to 60 s (measured in docs/performance.md). A loop that makes an iterator per
+epoch (Keras' ``fit``, the tutorial's loop) would pay that on the training
+thread. The wait releases the GIL, so on a thread of its own it overlaps the training.
 
     release_iterator(it)   # the thread holds it until its reference is the last,
                            # then drops it: the deletion (and any wait) runs there

@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from gradloop import evaluation, logs, plots
+from gradloop import evaluation, plots, rundir
 from gradloop.errors import RunDirError
+from gradloop.rundir import RunDir
 
 FIGURES = ("history.png", "per_class_accuracy.png", "confusion_matrix.png")
-
-
-def read_history(run_dir: Path) -> dict[str, list[float]]:
-    path = run_dir / "history.json"
-    history = logs.read_json(path, missing=f"{run_dir} has no history.json; the run did not finish an epoch (train it again)")
-    if not isinstance(history, dict) or not all(isinstance(v, list) for v in history.values()):
-        raise RunDirError(f"{path} is not a history of per-epoch lists; the run directory is damaged")
-    return history
 
 
 def write_report(
@@ -43,11 +35,10 @@ def write_report(
     notify: Callable[[str], None] = print,
 ) -> Path:
     """Evaluate the run's model on ``split``, draw the figures, write the page; return its path."""
-    run_dir = Path(run_dir)
-    info = evaluation.read_run(run_dir)
-    history = read_history(run_dir)
+    run = RunDir.open(run_dir)
+    run_dir, info, history = run.path, run.info, run.read_history()
     result = evaluation.evaluate_run(run_dir, dataset=dataset, data_dir=data_dir, split=split, notify=notify)
-    out_dir = Path(out) if out else run_dir / "report"
+    out_dir = Path(out) if out else run / rundir.REPORT
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -57,9 +48,7 @@ def write_report(
     plots.plot_confusion_matrix(result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png")
     images = {name: data_uri(out_dir / name) for name in FIGURES}
     page = out_dir / "report.html"
-    tmp = page.with_name(page.name + ".tmp")
-    tmp.write_text(render(run_dir, info, history, result, images), encoding="utf-8")
-    os.replace(tmp, page)
+    rundir.write_text(page, render(run_dir, info, history, result, images))
     return page
 
 

@@ -1,9 +1,8 @@
 """When training should stop before its last epoch, and what it keeps.
 
-- :class:`KeepBestModel`: save the model of the epoch with the lowest
-  ``val_loss`` (``model.best.keras``) and, with a patience, stop once it has
-  not improved for that many epochs (Keras' EarlyStopping rule: strictly lower
-  is better).
+- :class:`EarlyStopping`: with a patience, stop once ``val_loss`` has not
+  improved for that many epochs (Keras' EarlyStopping rule: strictly lower is
+  better), and keep the model of the best epoch in a file either way.
 - :class:`StopOnNonFiniteLoss`: stop at the first step whose loss is NaN or
   infinite, naming that step, before a checkpoint of the broken weights exists.
   Divergence stops the run; it is not rolled back, because a rolled-back run
@@ -16,7 +15,6 @@ from the history, and a diverged run is never resumed.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import keras
@@ -24,12 +22,13 @@ import numpy as np
 import tensorflow as tf
 
 from gradloop.errors import TrainingError
+from gradloop.rundir import save_model
 from gradloop.step import StepFn
 
 
-class KeepBestModel(keras.callbacks.Callback):
-    """Keep the lowest-``monitor`` epoch's model at ``path``; stop after ``patience``
-    epochs without improvement (0: never stop early).
+class EarlyStopping(keras.callbacks.Callback):
+    """Stop after ``patience`` epochs without a lower ``monitor`` (0: never stop early);
+    keep the lowest-``monitor`` epoch's model at ``path``.
 
     On a resumed run the best value and the epochs since it come from the
     restored history, so stopping happens at the epoch it would have.
@@ -58,9 +57,7 @@ class KeepBestModel(keras.callbacks.Callback):
             return
         if value < self.best:
             self.best, self.wait = value, 0
-            tmp = self.path.with_name(self.path.stem + ".partial.keras")
-            self.model.save(tmp)
-            os.replace(tmp, self.path)  # never a half-written best model
+            save_model(self.model, self.path)
         else:
             self.wait += 1
             self._stop_if_out_of_patience(epoch)

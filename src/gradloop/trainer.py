@@ -19,9 +19,9 @@ import keras
 import tensorflow as tf
 
 from gradloop import release
-from gradloop.compiled import CompiledModel
+from gradloop.compiled import CompiledModel, CompileOptions
 from gradloop.state import LoopState
-from gradloop.step import CompileOptions, StepFn
+from gradloop.step import StepFn
 
 # A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
 # dataset`` (gradloop.data.shuffled_epochs): then every epoch's order can be rebuilt exactly on resume.
@@ -51,7 +51,7 @@ class Trainer(CompiledModel):
     def fit(
         self, train: TrainData, *, validation_data: tf.data.Dataset | None = None, epochs: int = 1,
         callbacks: Iterable[keras.callbacks.Callback] | None = None, initial_state: LoopState | None = None,
-        callback_every: int | None = None,
+        end_groups_every: int | None = None,
     ) -> keras.callbacks.History:
         """Train for ``epochs`` over ``train`` (``(x, y)`` batches; see ``TrainData``).
 
@@ -60,7 +60,7 @@ class Trainer(CompiledModel):
         ``callbacks`` are ``keras.callbacks``: epoch hooks run every epoch, batch hooks once per
         compiled call of ``steps_per_execution`` steps (begin: its first step; end: its last step
         and the running epoch means), as in Keras. ``initial_state`` continues a run where it stood
-        (a restored checkpoint, mid-epoch included). ``callback_every=N`` also ends a step group at
+        (a restored checkpoint, mid-epoch included). ``end_groups_every=N`` also ends a step group at
         every N-th step of an epoch, so batch callbacks (a checkpoint every N steps) see those steps.
         """
         epoch_data = train if callable(train) else lambda epoch: train
@@ -79,7 +79,7 @@ class Trainer(CompiledModel):
         while self.state.epoch < epochs and not self.model.stop_training:
             epoch = self.state.epoch
             callbacks.on_epoch_begin(epoch)
-            logs = self._train_epoch(steps, callbacks, callback_every)
+            logs = self._train_epoch(steps, callbacks, end_groups_every)
             if validation_data is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
             # The next epoch's iterator is made now, so a checkpoint at the epoch's end holds its order.
@@ -89,7 +89,7 @@ class Trainer(CompiledModel):
         callbacks.on_train_end(logs)
         return history
 
-    def _train_epoch(self, steps: int | None, callbacks, callback_every: int | None) -> dict[str, float]:
+    def _train_epoch(self, steps: int | None, callbacks, end_groups_every: int | None) -> dict[str, float]:
         state = self.state
         if state.step == 0:
             self.reset_metrics()  # a resumed epoch keeps its restored sums
@@ -97,7 +97,7 @@ class Trainer(CompiledModel):
         logs = None
         while steps is None or state.step < steps:
             callbacks.on_train_batch_begin(state.step)
-            n = self._group_size(state.step, steps, callback_every)
+            n = self._group_size(state.step, steps, end_groups_every)
             done, logs = self._train_fn(state.iterator, tf.constant(n, tf.int32))
             done, logs = int(done), _floats(logs)
             if done == 0:
@@ -109,14 +109,14 @@ class Trainer(CompiledModel):
                 break
         return {**(logs or _floats(self.results())), "train_time": time.perf_counter() - start}
 
-    def _group_size(self, step: int, steps: int | None, callback_every: int | None) -> int:
+    def _group_size(self, step: int, steps: int | None, end_groups_every: int | None) -> int:
         """Steps in the next compiled call: at most ``steps_per_execution``,
-        ending at the epoch's end and at the next multiple of ``callback_every``."""
+        ending at the epoch's end and at the next multiple of ``end_groups_every``."""
         n = self.options.steps_per_execution
         if steps is not None:
             n = min(n, steps - step)
-        if callback_every:
-            n = min(n, callback_every - step % callback_every)
+        if end_groups_every:
+            n = min(n, end_groups_every - step % end_groups_every)
         return n
 
     def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:

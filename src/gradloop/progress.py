@@ -1,0 +1,61 @@
+"""Progress on the terminal: a bar with loss, metrics and ETA, or plain lines in a log file.
+
+Files a run writes (history, run.json) are :mod:`gradloop.rundir`'s.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Mapping, TextIO
+
+import keras
+from tqdm.auto import tqdm
+
+
+def format_logs(logs: Mapping[str, float]) -> str:
+    """``loss 0.1234  accuracy 0.9750  val_loss ...``: loss first, validation last."""
+    keys = sorted((k for k in logs if k != "train_time"), key=lambda k: (k.startswith("val_"), "loss" not in k, k))
+    return "  ".join(f"{k} {logs[k]:.4f}" for k in keys)
+
+
+class Progress(keras.callbacks.Callback):
+    """A tqdm bar with loss, accuracy and ETA on a terminal; plain lines
+    (each tenth of an epoch) when output goes to a file or pipe; a summary
+    line per epoch with throughput in both cases."""
+
+    def __init__(self, *, batch_size: int, stream: TextIO | None = None, bar: bool | None = None) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.stream = stream or sys.stdout
+        self.bar = self.stream.isatty() if bar is None else bar
+        self._tqdm = None
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch, self._next_line, self._start = epoch, 0.1, time.perf_counter()
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if self.bar:
+            self._tqdm = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=self.stream, leave=False)
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        logs = logs or {}
+        steps = self.params.get("steps")
+        if self._tqdm is not None:
+            self._tqdm.update(batch + 1 - self._tqdm.n)
+            self._tqdm.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+        elif steps and (batch + 1) / steps >= self._next_line and batch + 1 < steps:
+            self._next_line = ((batch + 1) * 10 // steps + 1) / 10
+            print(f"epoch {self._epoch + 1} step {batch + 1}/{steps}  {format_logs(logs)}", file=self.stream, flush=True)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        if self._tqdm is not None:
+            self._tqdm.close()
+        steps = self.params.get("steps") or 0
+        seconds = logs.get("train_time", time.perf_counter() - self._start)
+        rate = f"  {steps * self.batch_size / seconds:,.0f} samples/s" if steps and seconds > 0 else ""
+        print(
+            f"epoch {epoch + 1}/{self.params.get('epochs')}  {format_logs(logs)}  {seconds:.1f}s{rate}",
+            file=self.stream,
+            flush=True,
+        )
