@@ -120,3 +120,98 @@ def test_iterator_release_benchmark_runs():
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ["release", "training"]
     assert re.fullmatch(r"deleting on the training thread takes \d+\.\d\dx the wall time .*", lines[2])
+
+
+# --------------------------------------------------------------------- bench --data: streamed vs. in memory
+
+DIGITS_PER_CLASS = 30
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory) -> Path:
+    """300 MNIST digits (30 of each class) as PNG files in class folders: 250 train after the 1/6 validation split."""
+    from PIL import Image
+
+    from gradloop.data import load_mnist_sample
+
+    raw = load_mnist_sample()
+    folder = tmp_path_factory.mktemp("digits")
+    for label in range(10):
+        (folder / str(label)).mkdir()
+        for row in np.flatnonzero(raw.y_train == label)[:DIGITS_PER_CLASS]:
+            Image.fromarray(raw.x_train[row]).save(folder / str(label) / f"{row:05d}.png")
+    return folder
+
+
+def test_bench_data_reports_both_ways_their_ratio_memory_and_the_decoded_size(digit_folder, capsys):
+    argv = ["bench", "--data", str(digit_folder), "--model", "cnn", "--seconds", "0.5", "--rounds", "1", "--json"]
+    assert main(argv) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    streamed, in_memory = (result["variants"][k] for k in ("streamed", "in memory"))
+    assert list(result["variants"]) == list(bench.DATA_VARIANTS)
+    for v in (streamed, in_memory):
+        assert len(v["all_rounds"]) == 1 and v["samples_per_s"] == v["all_rounds"][0] > 0
+        assert 0 < v["setup_peak_rss_mib"] <= v["peak_rss_mib"]  # a high-water mark, read before and after training
+    ratio = streamed["samples_per_s"] / in_memory["samples_per_s"]  # one round: its ratio is the median
+    assert result["ratios"] == {"streamed / in memory": pytest.approx(ratio)}
+    n = 10 * DIGITS_PER_CLASS - round(10 * DIGITS_PER_CLASS / 6)  # train's split: 1/6 held out
+    assert (result["n_train"], result["element_shape"], result["batch_size"]) == (n, [28, 28, 1], 32)
+    assert result["decoded_bytes"] == n * 28 * 28 * 1 * 4 and result["decoded_mib"] == result["decoded_bytes"] / 2**20
+    # Adam's footprint: each weight, its two slots, the step count (int64) and the learning rate (float32)
+    assert result["parameters"] == 225_034 and result["footprint_bytes"] == 3 * 4 * 225_034 + 8 + 4
+    assert result["baseline_rss_mib"] > 0
+    bound = result["decoded_mib"] + result["footprint_mib"] + result["baseline_rss_mib"]
+    assert result["rss_bound_mib"] == pytest.approx(bound)
+    assert result["streamed_rss_below_bound"] == (streamed["peak_rss_mib"] < bound)
+    table = bench.format_data_table(result)
+    assert f"decoded images: {n} x 28 x 28 x 1 x 4 bytes = {result['decoded_mib']:.1f} MiB" in table
+    assert f"= {bound:.0f} MiB" in table and f"{result['ratios']['streamed / in memory']:.2f}x" in table
+
+
+def test_both_ways_train_the_same_batches_from_the_same_start(digit_folder):
+    from gradloop import bench_worker
+    from gradloop.config import TrainConfig
+
+    request = {"config": TrainConfig(data=str(digit_folder), model="cnn", batch_size=64).to_dict()}
+    streamed, in_memory = (bench_worker.Run.start(v, request) for v in ("streamed", "in memory"))
+    assert all(np.array_equal(a, b) for a, b in zip(streamed.initial, in_memory.initial))
+    batches = list(zip(streamed.epochs(3), in_memory.epochs(3)))
+    assert len(batches) == 4  # 250 images: 3 of 64 and one of 58
+    for (x_streamed, y_streamed), (x_memory, y_memory) in batches:
+        assert np.array_equal(x_streamed, x_memory) and np.array_equal(y_streamed, y_memory)
+    assert streamed.train(1, steps=2) > 0
+    assert any(not np.array_equal(v.numpy(), w) for v, w in zip(streamed.variables(), streamed.initial))  # it trained
+    streamed.reset()
+    assert all(np.array_equal(v.numpy(), w) for v, w in zip(streamed.variables(), streamed.initial))
+
+
+def test_decoding_into_memory_gives_the_pixels_over_255(digit_folder):
+    from PIL import Image
+
+    from gradloop.bench_worker import decode
+    from gradloop.data import images
+    from gradloop.data.sources import DataSpec
+
+    files = images.load(DataSpec(path=str(digit_folder))).train
+    x = decode(files)
+    assert x.shape == (10 * DIGITS_PER_CLASS, 28, 28, 1) and x.dtype == np.float32
+    for row in (0, 151, 299):
+        expected = np.asarray(Image.open(files.paths[row]), dtype=np.float32) / 255
+        assert np.array_equal(x[row, ..., 0], expected)
+
+
+def test_bench_data_passes_on_the_workers_error_in_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "--data", str(tmp_path / "empty"), "--seconds", "0.1", "--rounds", "1"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # the worker's DataError, raised again in the CLI's process
+    assert last.startswith("gradloop: error: ") and str(tmp_path / "empty") in last and "class folders" in last
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--model", "cnn"], "bench times the reference MLP unless given --data; add --data DIR to time --model cnn"),
+    (["--data", "DIR", "--variants", "gradloop"], "--variants picks among the MLP bench's ways to train"),
+    (["--data", "DIR", "--dataset", "mnist"], "--data reads your own data and --dataset/--data-dir a built-in"),
+])
+def test_bench_data_refuses_flags_of_the_other_bench(argv, says, capsys):
+    assert main(["bench", *argv]) == 2
+    assert capsys.readouterr().err.startswith(f"gradloop: error: {says}")

@@ -199,8 +199,12 @@ def test_restoring_into_another_model_is_one_clear_error(tmp_path):
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(RunDirError, match="cannot restore checkpoint .*--overwrite"):
         RunCheckpoint(tmp_path, other, hint="start the run again with --overwrite").restore(train)
-    with pytest.raises(RunDirError, match="holds no checkpoint"):
+    with pytest.raises(RunDirError, match="holds no checkpoint") as no_checkpoint:
         RunCheckpoint(tmp_path / "empty", other).restore(train)
+    with pytest.raises(RunDirError, match="cannot restore checkpoint") as damaged:
+        RunCheckpoint(tmp_path, other).restore(train)
+    for error in (no_checkpoint, damaged):  # the library's own advice names no CLI flag
+        assert str(error.value).endswith("start training again from the beginning") and " --" not in str(error.value)
 
 
 # A process that saves checkpoints as fast as it can; every variable of save i holds the value i.

@@ -165,7 +165,21 @@ CONFIG_SAMPLES = {
     "checkpoint_every": (["--checkpoint-every", "50"], 50),
     "checkpoint_seconds": (["--checkpoint-seconds", "60.5"], 60.5),
     "early_stop": (["--early-stop", "3"], 3),
+    "loss": (["--loss", "categorical_focal_crossentropy"], "categorical_focal_crossentropy"),
+    "metrics": (["--metrics", "accuracy,auc"], ["accuracy", "auc"]),
+    "optimizer": (["--optimizer", "sgd"], "sgd"),
 }
+# The keys of your own data (--data excludes --dataset and --data-dir, and reads classes by name).
+OWN_DATA_SAMPLES = {
+    "data": (["--data", "/data/table.csv"], "/data/table.csv"),
+    "target": (["--target", "species"], "species"),
+    "task": (["--task", "regression"], "regression"),
+    "image_size": (["--image-size", "32,48"], [32, 48]),
+    "color_mode": (["--color-mode", "rgb"], "rgb"),
+    "fill": (["--fill", "mean"], "mean"),
+    "classes": (["--classes", "setosa,virginica"], ["setosa", "virginica"]),
+}
+FILE_ONLY_KEYS = {"model_args"}  # a mapping: a --config file key without a flag
 
 
 def command_parser(name: str):
@@ -182,14 +196,18 @@ def train_flag_destinations() -> set[str]:
 def test_every_train_flag_is_a_config_file_key():
     from gradloop.config import CONFIG_KEYS
 
-    assert train_flag_destinations() == set(CONFIG_KEYS)
-    assert set(CONFIG_SAMPLES) == set(CONFIG_KEYS), "add a sample value for each new config key"
+    assert train_flag_destinations() == set(CONFIG_KEYS) - FILE_ONLY_KEYS
+    assert set(CONFIG_SAMPLES) | set(OWN_DATA_SAMPLES) | FILE_ONLY_KEYS == set(CONFIG_KEYS), "add a sample for each new key"
 
 
 def test_each_config_field_is_exactly_one_train_flag_named_after_it():
     train = command_parser("train")
     for field in dataclasses.fields(config.TrainConfig):
-        (action,) = [a for a in train._actions if a.dest == field.name]
+        actions = [a for a in train._actions if a.dest == field.name]
+        if field.name in FILE_ONLY_KEYS:
+            assert actions == []
+            continue
+        (action,) = actions
         assert action.option_strings == [config.flag_name(field.name)]
         assert action.default is None  # "not given": a --config file's value stands
     assert (config.flag_name("jit_compile"), config.flag_name("batch_size")) == ("--jit", "--batch-size")
@@ -198,6 +216,8 @@ def test_each_config_field_is_exactly_one_train_flag_named_after_it():
 def test_the_train_help_states_each_default_of_the_config():
     train = command_parser("train")
     for field in dataclasses.fields(config.TrainConfig):
+        if field.name in FILE_ONLY_KEYS:
+            continue
         (action,) = [a for a in train._actions if a.dest == field.name]
         if isinstance(field.default, bool):  # a switch turns an option on: it must start off
             assert field.default is False and "default" not in action.help
@@ -212,13 +232,16 @@ def test_the_train_help_states_each_default_of_the_config():
             assert config.build_config(**{field.name: value}) == config.TrainConfig(), field.name
 
 
-def test_argparse_checks_the_choices_of_model_lr_schedule_and_precision_and_the_config_the_others():
-    """Which check refuses a value decides the message: argparse's "invalid choice" or the config's "must be one of"."""
+def test_argparse_checks_the_choices_of_lr_schedule_and_precision_and_the_config_the_others():
+    """Which check refuses a value decides the message: argparse's "invalid choice" or the config's "must be one of".
+    --model takes files and modules too, so the config checks it."""
     train = command_parser("train")
     checked = {a.dest: a.choices for a in train._actions if a.choices is not None}
-    assert checked == {"model": config.MODELS, "lr_schedule": config.LR_SCHEDULES, "precision": config.PRECISIONS}
-    listed = {a.dest: a.metavar for a in train._actions if a.dest in ("dataset", "strategy")}
-    assert listed == {"dataset": "{mnist,fashion_mnist,mnist-sample}", "strategy": "{default,mirrored,multi_worker}"}
+    assert checked == {"lr_schedule": config.LR_SCHEDULES, "precision": config.PRECISIONS}
+    listed = {a.dest: a.metavar for a in train._actions if a.dest in ("dataset", "strategy", "task", "color_mode", "fill")}
+    assert listed == {"dataset": "{mnist,fashion_mnist,mnist-sample}", "strategy": "{default,mirrored,multi_worker}",
+                      "task": "{classification,regression}", "color_mode": "{grayscale,rgb,rgba}",
+                      "fill": "{mean,zero,drop}"}
 
 
 # Building the parser, parsing and printing help must not wait for TensorFlow.
@@ -242,19 +265,22 @@ def test_parsing_and_help_do_not_import_tensorflow():
     assert result.stdout.strip() == "[]"
 
 
-def test_a_config_file_with_every_key_equals_the_flags_and_print_config_round_trips(tmp_path, capsys):
+@pytest.mark.parametrize("samples", [CONFIG_SAMPLES, {**{k: v for k, v in CONFIG_SAMPLES.items() if k not in
+                                     ("dataset", "data_dir")}, **OWN_DATA_SAMPLES}], ids=["built-in data", "own data"])
+def test_a_config_file_with_every_key_equals_the_flags_and_print_config_round_trips(samples, tmp_path, capsys):
     import yaml
 
-    flags = [arg for argv, _ in CONFIG_SAMPLES.values() for arg in argv]
+    flags = [arg for argv, _ in samples.values() for arg in argv]
     config_file = tmp_path / "all.yaml"
-    config_file.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, (_, v) in CONFIG_SAMPLES.items()}))
+    values = {k: v for k, (_, v) in samples.items()}
+    config_file.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}))
     assert main(["train", *flags, "--print-config"]) == 0
     from_flags = capsys.readouterr().out
     assert main(["train", "--config", str(config_file), "--print-config"]) == 0
     from_file = capsys.readouterr().out
     assert from_file == from_flags
     printed = yaml.safe_load(from_file)
-    assert printed == {k: v for k, (_, v) in CONFIG_SAMPLES.items()}
+    assert printed == {**config.TrainConfig().to_dict(), **values}
     again = tmp_path / "printed.yaml"
     again.write_text(from_file)
     assert main(["train", "--config", str(again), "--print-config"]) == 0

@@ -139,7 +139,8 @@ FLAG_ROWS = {
     "classes backwards": Row(["train", "--classes", "3-1"], ConfigError, "runs backwards; write it as 1-3"),
     "classes huge range": Row(["train", "--classes", "0-99999999999"], ConfigError, "'0-99999999999' is out of range"),
     "classes without samples": Row(["train", "--classes", "0,9"], DataError, "classes [9] have no samples"),
-    "model": Row(["train", "--model", "resnet"], ARGPARSE, "invalid choice: 'resnet'"),
+    "model": Row(["train", "--model", "resnet"], ConfigError,
+                 "model must be mlp, cnn, FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras, got 'resnet'"),
     "steps per execution 0": Row(["train", "--steps-per-execution", "0"], ConfigError, "steps_per_execution must be"),
     "steps per execution over int32": Row(
         ["train", "--steps-per-execution", str(2**31)], ConfigError, "steps_per_execution must be an integer from 1 to"
@@ -215,13 +216,13 @@ CONFIG_ROWS = {
     "hidden mapping": Row([], ConfigError, "hidden must be comma-separated", {"c.yaml": "hidden: {a: 1}\n"}),
     "hidden nested": Row([], ConfigError, "hidden must be comma-separated", {"c.yaml": "hidden: [[8]]\n"}),
     "hidden null": Row([], ConfigError, "'hidden' in", {"c.yaml": "hidden: ~\n"}),
-    "classes null": Row([], ConfigError, "'classes' in", {"c.yaml": "classes: null\n"}),
+    "classes empty mapping": Row([], ConfigError, "no classes given", {"c.yaml": "classes: {}\n"}),
     "classes number": Row([], ConfigError, "classes must be a list of integers", {"c.yaml": "classes: 3\n"}),
     "classes floats": Row([], ConfigError, "class 1.5 is not an integer", {"c.yaml": "classes: [0, 1.5]\n"}),
     "classes mapping": Row([], ConfigError, "class 'a' is not an integer", {"c.yaml": "classes: {a: 1}\n"}),
     "val fraction list": Row([], ConfigError, "val_fraction must be a number", {"c.yaml": "val_fraction: [0.1]\n"}),
     "val fraction 1": Row([], ConfigError, "val_fraction must be a number in [0, 1)", {"c.yaml": "val_fraction: 1\n"}),
-    "model list": Row([], ConfigError, "model must be one of mlp, cnn", {"c.yaml": "model: [mlp]\n"}),
+    "model list": Row([], ConfigError, "model must be mlp, cnn, FILE.py", {"c.yaml": "model: [mlp]\n"}),
     "model null": Row([], ConfigError, "'model' in", {"c.yaml": "model:\n"}),
     "jit string": Row([], ConfigError, "jit_compile must be true or false", {"c.yaml": "jit_compile: 'yes'\n"}),
     "seed too big": Row([], ConfigError, "seed must be an integer from 0", {"c.yaml": f"seed: {2**32}\n"}),
@@ -300,6 +301,106 @@ def save_other_model(run: Path) -> None:
 
 EARLIER: dict[str, Path] = {}
 
+def npz_file(name: str, **arrays: np.ndarray) -> dict:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return {name: buffer.getvalue()}
+
+
+FEATURES = np.random.default_rng(4).normal(size=(40, 3)).astype(np.float32)
+THREE_CLASSES = np.arange(40) % 3
+
+TABLE = "length,width,kind\n" + "".join(f"{1.5 + i % 7},{2.0 + i % 5},{'xyz'[i % 3]}\n" for i in range(30))
+MISFIT_MODEL = "import keras\n\ndef build():\n    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])\n"
+
+
+def png_folder(root: str, counts: dict[str, int]) -> dict:
+    """Class folders of tiny real PNG files (8x8 gray)."""
+    from PIL import Image
+
+    files = {}
+    for name, count in counts.items():
+        for i in range(count):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(buffer, format="PNG")
+            files[f"{root}/{name}/{i}.png"] = buffer.getvalue()
+    return files
+
+
+# Your own data (--data) and the options that come with it; "{tmp}/a.npz" is a good table of 40 rows.
+OWN_DATA_ROWS = {
+    "target without --data": Row(["train", "--target", "y"], ConfigError, "--target applies to --data only"),
+    "image size without --data": Row(["train", "--image-size", "8,8"], ConfigError, "--image-size applies to --data only"),
+    "--data and --dataset": Row(["train", "--data", "{tmp}/a.npz", "--dataset", "mnist-sample"], ConfigError,
+                                "--data reads your own data and --dataset/--data-dir a built-in data set"),
+    "task unknown": Row(["train", "--data", "{tmp}/a.npz", "--task", "ranking"], ConfigError,
+                        "task must be one of classification, regression, got 'ranking'"),
+    "image size zero": Row(["train", "--data", "{tmp}/a.npz", "--image-size", "0,8"], ConfigError,
+                           "image_size must be two sizes H,W from 1 to 8192"),
+    "image size of three": Row(["train", "--data", "{tmp}/a.npz", "--image-size", "8,8,8"], ConfigError,
+                               "image_size must be two sizes H,W"),
+    "color mode unknown": Row(["train", "--data", "{tmp}/a.npz", "--color-mode", "cmyk"], ConfigError,
+                              "color_mode must be one of grayscale, rgb, rgba"),
+    "fill unknown": Row(["train", "--data", "{tmp}/a.npz", "--fill", "median"], ConfigError, "fill must be one of mean, zero, drop"),
+    "data missing": Row(["train", "--data", "{tmp}/nothing.csv"], DataError, "no such file or folder"),
+    "data of an unknown kind": Row(["train", "--data", "{tmp}/notes.txt"], DataError, "a .txt file is no data gradloop reads",
+                                   {"notes.txt": "hello"}),
+    "data folder of nothing known": Row(["train", "--data", "{tmp}/f"], DataError, "holds neither .npy files nor class folders",
+                                        {"f/readme.md": "x"}),
+    "npz not a zip": Row(["train", "--data", "{tmp}/b.npz"], DataError, "not a readable .npz archive", {"b.npz": b"PK nonsense"}),
+    "npz without y": Row(["train", "--data", "{tmp}/b.npz"], DataError, "has x but no y", npz_file("b.npz", x=FEATURES)),
+    "npz of objects": Row(["train", "--data", "{tmp}/b.npz"], DataError, "holds Python objects",
+                          npz_file("b.npz", x=np.array([{}, {}], dtype=object), y=np.arange(2))),
+    "npz x and y apart": Row(["train", "--data", "{tmp}/b.npz"], DataError, "do not pair up",
+                             npz_file("b.npz", x=FEATURES, y=THREE_CLASSES[:39])),
+    "npz with nan": Row(["train", "--data", "{tmp}/b.npz"], DataError, "holds NaN or infinite values",
+                        npz_file("b.npz", x=np.full((40, 3), np.nan, np.float32), y=THREE_CLASSES)),
+    "npz of one class": Row(["train", "--data", "{tmp}/b.npz"], ConfigError, "a classifier needs at least 2 classes",
+                            npz_file("b.npz", x=FEATURES, y=np.zeros(40, np.int64))),
+    "class not in the data": Row(["train", "--data", "{tmp}/a.npz", "--classes", "0,cat"], ConfigError,
+                                 "class 'cat' is not in"),
+    "class index out of range": Row(["train", "--data", "{tmp}/a.npz", "--classes", "0,7"], ConfigError,
+                                    "class 7 is out of range"),
+    "classes of a regression": Row(["train", "--data", "{tmp}/a.npz", "--task", "regression", "--classes", "0,1"],
+                                   ConfigError, "--classes picks classes of a classification task"),
+    "optimizer unknown": Row(["train", "--data", "{tmp}/a.npz", "--optimizer", "adamx"], ConfigError,
+                             "--optimizer adamx is not a Keras optimizer"),
+    "loss unknown": Row(["train", "--data", "{tmp}/a.npz", "--loss", "nope"], ConfigError, "--loss nope is not a Keras loss"),
+    "metric unknown": Row(["train", "--data", "{tmp}/a.npz", "--metrics", "accuracy,nope"], ConfigError,
+                          "--metrics nope is not a Keras metric"),
+    "cnn on a table": Row(["train", "--data", "{tmp}/a.npz", "--model", "cnn"], ConfigError,
+                          "--model cnn takes images (height, width, channels), but the data has examples of shape (3,)"),
+    "batch over the data": Row(["train", "--data", "{tmp}/a.npz", "--batch-size", "64"], ConfigError,
+                               "batch_size 64 is larger than the 33 training samples"),
+    # tables
+    "csv without --target": Row(["train", "--data", "{tmp}/t.csv"], ConfigError, "--target", {"t.csv": TABLE}),
+    "csv without the target column": Row(["train", "--data", "{tmp}/t.csv", "--target", "colour"], ConfigError,
+                                         "--target 'colour' is not a column of", {"t.csv": TABLE}),
+    "csv ragged": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "row 3",
+                      {"t.csv": "a,b,kind\n1,2,x\n3,y\n"}),
+    "csv empty": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "empty", {"t.csv": ""}),
+    "csv missing cell": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
+                            "has a missing cell ('') in column 'length'", {"t.csv": TABLE.replace("\n1.5,", "\n,", 1)}),
+    # image folders
+    "images: an empty class folder": Row(["train", "--data", "{tmp}/img"], DataError, "holds no images",
+                                        {**png_folder("img", {"cat": 3}), "img/dog/.keep": ""}),
+    "images: one class": Row(["train", "--data", "{tmp}/img"], DataError, "one class", png_folder("img", {"cat": 3})),
+    "images: a corrupt file": Row(["train", "--data", "{tmp}/img"], DataError, "bad.png",
+                                  {**png_folder("img", {"cat": 3, "dog": 3}), "img/dog/bad.png": b"\x89PNG\r\n\x1a\nbroken"}),
+    # your model
+    "model file missing": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/nope.py:build"], ConfigError,
+                              "does not exist"),
+    "model file that does not import": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
+                                           "SyntaxError", {"m.py": "def build(:\n"}),
+    "model function that raises": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
+                                      "raised ValueError: no", {"m.py": "def build():\n    raise ValueError('no')\n"}),
+    "model function without a model": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
+                                          "not a keras.Model", {"m.py": "def build():\n    return [1, 2]\n"}),
+    "model that does not fit": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
+                                   "the model takes inputs of shape (None, 5)", {"m.py": MISFIT_MODEL}),
+}
+
+
 RUN_DIR_ROWS = {
     "existing run": Row(["train", "--run-dir", "{earlier}"], RunDirError, "already exists and is not empty"),
     "a file": Row(["train", "--run-dir", "{tmp}/file"], RunDirError, "is a file", {"file": "keep me"}),
@@ -323,7 +424,7 @@ EVALUATE_ROWS = {
     "run.json bad value": Row(["evaluate", "{tmp}/r"], RunDirError, "holds an invalid config (epochs must be",
                               {"r": damaged_copy(edit_config(epochs=0))}),
     "run.json foreign key": Row(["evaluate", "{tmp}/r"], RunDirError, "holds an invalid config (unknown config keys",
-                                {"r": damaged_copy(edit_config(optimizer="sgd"))}),
+                                {"r": damaged_copy(edit_config(momentum=0.9))}),
     "model missing": Row(["evaluate", "{tmp}/r"], RunDirError, "has no model.keras",
                          {"r": damaged_copy(lambda r: (r / "model.keras").unlink())}),
     "model garbage": Row(["evaluate", "{tmp}/r"], RunDirError, "the file is damaged",
@@ -408,7 +509,7 @@ def resolve(argv: list[str], tmp: Path, earlier: Path, defaults: bool = True) ->
     if argv[:1] == ["train"] and defaults:
         if not any(a.startswith("--run-dir") for a in argv):
             argv += ["--run-dir", str(tmp / "new")]
-        if not any(a.startswith(("--data-dir", "--dataset", "--config")) for a in argv):
+        if not any(a.startswith(("--data-dir", "--dataset", "--config")) or a == "--data" for a in argv):
             argv += ["--data-dir", str(tmp / "d") if (tmp / "d").exists() else str(EARLIER["data"])]
     return argv
 
@@ -464,6 +565,12 @@ def test_bad_config_files(row, tmp_path, earlier, capsys):
 @rows(DATA_ROWS)
 def test_bad_data(row, tmp_path, earlier, capsys):
     check_row(Row(["train", "--data-dir", "{tmp}/d", *row.argv], row.error, row.phrase, row.files),
+              tmp_path, earlier, capsys)
+
+
+@rows(OWN_DATA_ROWS)
+def test_bad_own_data(row, tmp_path, earlier, capsys):
+    check_row(Row(row.argv, row.error, row.phrase, {**npz_file("a.npz", x=FEATURES, y=THREE_CLASSES), **row.files}),
               tmp_path, earlier, capsys)
 
 

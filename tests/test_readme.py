@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO
+
+from gradloop.cli import main
 
 
 def readme_example(name: str) -> str:
@@ -34,6 +38,34 @@ def test_the_walkthrough_trains_the_tutorials_model(tmp_path, monkeypatch, capsy
     assert (tmp_path / "history.png").stat().st_size > 10_000
     out = capsys.readouterr().out
     assert out.count("epoch 10/10") == 1 and f"validation accuracy {history['val_accuracy'][-1]:.4f}" in out
+
+
+def readme_commands(name: str) -> list[list[str]]:
+    """The gradloop commands of the ```bash block after ``<!-- readme-commands: NAME -->``, comments dropped."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"<!-- readme-commands: {name} -->\n```bash\n(.*?)\n```", text, re.S)
+    assert match, f"README.md has no commands marked {name!r}"
+    return [shlex.split(line, comments=True) for line in match.group(1).splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_own_data_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_example("own-data-files")
+    commands = readme_commands("own-data")
+    assert all(argv[0] == "gradloop" for argv in commands) and len(commands) == 7
+    for argv in commands:
+        assert main(argv[1:]) == 0, (argv, capsys.readouterr().err)
+    out = capsys.readouterr().out
+    runs = {name: json.loads((tmp_path / "runs" / name / "run.json").read_text()) for name in ("images", "iris", "diabetes", "digits")}
+    assert {name: (run["task"], run["status"]) for name, run in runs.items()} == {
+        "images": ("classification", "finished"), "iris": ("classification", "finished"),
+        "diabetes": ("regression", "finished"), "digits": ("classification", "finished"),
+    }
+    assert runs["images"]["classes"] == ["one", "two", "zero"] and runs["iris"]["n_classes"] == 3
+    assert runs["iris"]["final"]["val_accuracy"] > 0.8  # 5 epochs of a real, easy table
+    assert runs["digits"]["model_source"] == "model_source.py:build" and (tmp_path / "runs/digits/model_source.py").is_file()
+    assert "mae" in out and (tmp_path / "runs/digits/report/report.html").is_file()
 
 
 def test_the_own_data_example_learns_its_made_up_rule(capsys):

@@ -38,12 +38,17 @@ def latest_number(run_dir: Path) -> int:
     return int(first.rsplit("-", 1)[1].rstrip('"'))
 
 
-def stop_when_saved(proc: subprocess.Popen, run_dir: Path, signum: int, *, after: int) -> None:
-    """Send ``signum`` once checkpoint number ``after`` is the latest: mid-epoch 1."""
+def stop_when_saved(stops: list[tuple[subprocess.Popen, Path, int]], *, after: int) -> None:
+    """Send each process its signal once its checkpoint number ``after`` is the latest: mid-epoch 1.
+    The runs are watched together, so that one is not left to finish while another is awaited."""
     deadline = time.monotonic() + 300
-    while latest_number(run_dir) < after and proc.poll() is None and time.monotonic() < deadline:
+    pending = list(stops)
+    while pending and time.monotonic() < deadline:
+        for proc, run_dir, signum in list(pending):
+            if latest_number(run_dir) >= after or proc.poll() is not None:
+                proc.send_signal(signum)
+                pending.remove((proc, run_dir, signum))
         time.sleep(0.02)
-    proc.send_signal(signum)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +62,8 @@ def runs(tmp_path_factory):
         "C": gradloop("train", *RUN, "--epochs", "2", "--run-dir", str(c)),
         "D": gradloop("train", *RUN, "--epochs", "1", "--run-dir", str(d)),
     }
-    stop_when_saved(first["B"], b, signal.SIGKILL, after=3)  # saved before training, then after steps 10, 20
-    stop_when_saved(first["C"], c, signal.SIGTERM, after=3)
+    # Saved before training, then after steps 10, 20: both stop mid-epoch 1.
+    stop_when_saved([(first["B"], b, signal.SIGKILL), (first["C"], c, signal.SIGTERM)], after=3)
     done = {name: (proc.wait(timeout=600), *proc.communicate()) for name, proc in first.items()}
     before = {name: json.loads((root / name / "run.json").read_text()) for name in "BC"}
     second = {
@@ -237,6 +242,7 @@ def test_a_damaged_checkpoint_is_one_line_and_kept(tmp_path, capsys, damage):
     assert main(["train", "--resume", "--epochs", "2", "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gradloop: error: cannot restore checkpoint") and "\n" not in err, err
+    assert err.endswith("start the run again with --overwrite")  # the CLI's advice, passed to the library
     assert target.read_bytes() == before
 
 

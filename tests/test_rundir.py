@@ -72,9 +72,11 @@ def test_history_files_grow_an_epoch_at_a_time_in_the_tutorials_names(tmp_path):
 
 
 def test_a_run_json_without_a_format_is_upgraded_and_a_newer_one_refused(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"config": {}, "num_replicas": 2}))
+    (tmp_path / "run.json").write_text(json.dumps({"config": {}, "strategy": "multi_worker", "num_replicas": 2}))
     info = RunDir.open(tmp_path).info
     assert (info["format"], info["workers"]) == (rundir.FORMAT, 2)  # before format 1: a replica per worker
+    (tmp_path / "run.json").write_text(json.dumps({"config": {}, "strategy": "mirrored", "num_replicas": 2}))
+    assert RunDir.open(tmp_path).info["workers"] == 1  # two replicas of one process
     (tmp_path / "run.json").write_text(json.dumps({"config": {}, "format": rundir.FORMAT + 1}))
     with pytest.raises(RunDirError, match=f"format {rundir.FORMAT + 1}, newer than this gradloop's"):
         RunDir.open(tmp_path)
@@ -91,6 +93,8 @@ def test_a_run_json_without_a_format_is_upgraded_and_a_newer_one_refused(tmp_pat
         (lambda p: p.mkdir(), "no run.json"),
         (lambda p: (p.mkdir(), (p / "run.json").write_text("[]")), "has no config"),
         (lambda p: (p.mkdir(), (p / "run.json").write_text("{")), "the run directory is damaged"),
+        (lambda p: (p.mkdir(), (p / "run.json").write_text('{"config": {}, "status": "done"}')), "has status 'done'"),
+        (lambda p: (p.mkdir(), (p / "run.json").write_text('{"config": {}, "workers": "2"}')), "not a count"),
     ],
 )
 def test_only_a_folder_with_a_valid_run_json_opens(tmp_path, make, message):

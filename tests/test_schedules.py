@@ -11,8 +11,8 @@ import tensorflow as tf
 from test_trainer import batches, make_trainer, toy_data, toy_model
 
 from gradloop import CompileOptions
-from gradloop.build import learning_rate
-from gradloop.schedules import LinearWarmUp
+from gradloop.config import LR_SCHEDULES
+from gradloop.schedules import NAMES, LinearWarmUp, learning_rate
 
 LR, W, D = 0.1, 5, 8
 
@@ -87,3 +87,7 @@ def test_training_uses_the_scheduled_rate_at_every_step(fused):
     assert rates == pytest.approx([formula("step", k, decay_steps=2) for k in range(10)], rel=1e-6)
     for w, w_start, g in zip(first, w0, g0):
         np.testing.assert_allclose(w, w_start - (LR / W) * g, rtol=1e-5, atol=1e-7)
+
+
+def test_the_config_offers_exactly_the_schedules_there_are():
+    assert LR_SCHEDULES == NAMES  # the config names them without importing Keras

@@ -10,7 +10,7 @@ from gradloop import CompileOptions, Trainer, TrainingError, data
 from gradloop.checkpoint import Checkpointing, RunCheckpoint
 from gradloop.state import LoopState
 from gradloop.step import train_step
-from gradloop.stopping import EarlyStopping, StopOnNonFiniteLoss
+from gradloop.stopping import BestModelEarlyStopping, StopOnNonFiniteLoss
 
 DIM = 8
 
@@ -35,7 +35,7 @@ def with_history(model: keras.Model, history: dict) -> keras.Model:
 
 def test_the_best_epochs_model_is_kept_and_patience_stops(tmp_path):
     model = with_history(toy_model(), {})
-    best = EarlyStopping(tmp_path / "model.best.keras", patience=2)
+    best = BestModelEarlyStopping(tmp_path / "model.best.keras", patience=2)
     best.set_model(model)
     best.on_train_begin()
     kept = None
@@ -53,7 +53,7 @@ def test_the_best_epochs_model_is_kept_and_patience_stops(tmp_path):
 def test_a_resumed_run_stops_where_the_whole_run_would(tmp_path):
     # A run resumed after epochs with val_loss 0.9, 0.5, 0.7 has waited one epoch since its best.
     model = with_history(toy_model(), {"val_loss": [0.9, 0.5, 0.7]})
-    best = EarlyStopping(tmp_path / "best.keras", patience=2)
+    best = BestModelEarlyStopping(tmp_path / "best.keras", patience=2)
     best.set_model(model)
     best.on_train_begin()
     assert (best.best, best.wait) == (0.5, 1)
@@ -66,7 +66,7 @@ def test_a_run_resumed_after_it_ran_out_of_patience_trains_no_further(tmp_path):
     x = np.random.default_rng(0).normal(size=(40, DIM)).astype("float32")
     train = data.make_dataset(x, np.zeros(40, np.int64), batch_size=8, shuffle=False)
     history = {"loss": [1.0, 0.9, 0.8], "val_loss": [0.5, 0.6, 0.7]}  # 2 epochs without a better val_loss
-    best = EarlyStopping(tmp_path / "best.keras", patience=2)
+    best = BestModelEarlyStopping(tmp_path / "best.keras", patience=2)
     state = LoopState(epoch=3, iterator=iter(train), history=history)
     trainer = toy_trainer(toy_model())
     out = trainer.fit(train, validation_data=train, epochs=10, initial_state=state, callbacks=[best]).history
@@ -80,7 +80,7 @@ def test_early_stopping_in_a_fit_runs_patience_epochs_past_the_best(tmp_path):
     y = np.argmax(x[:, :3], axis=1).astype("int64")
     train = data.make_dataset(x, y, batch_size=16, shuffle=True, seed=0)
     val = data.make_dataset(x[:60], (y[:60] + 1) % 3, batch_size=16, shuffle=False)  # gets worse as it learns
-    best = EarlyStopping(tmp_path / "best.keras", patience=2)
+    best = BestModelEarlyStopping(tmp_path / "best.keras", patience=2)
     history = toy_trainer(toy_model()).fit(train, validation_data=val, epochs=20, callbacks=[best]).history
     best_epoch = int(np.argmin(history["val_loss"]))
     assert len(history["val_loss"]) == best_epoch + 1 + 2 < 20

@@ -24,23 +24,36 @@ the first (nothing needs the gradient of the data).
 TensorFlow and Keras are imported by the functions that build and time the
 variants, not with this module: the CLI lists ``VARIANTS`` in its help and
 checks ``--variants`` against them, which must not wait for TensorFlow.
+
+``--data DIR`` (:func:`run_data_bench`) times something else: gradloop's
+``Trainer.fit`` on a folder of images streamed from disk, against the same
+images decoded into memory, on the same model. Peak RSS is a process's
+high-water mark, so each variant runs in a process of its own
+(:mod:`gradloop.bench_worker`), and a third one measures the baseline:
+TensorFlow imported and the model built, no data.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from functools import cache, cached_property
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from gradloop import cpu, data
+from gradloop import cpu, data, errors
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+
+    from gradloop.config import TrainConfig
 
 # Every variant bench can time, in the order it reports them; it times all but XLA's unless told otherwise.
 VARIANTS = ("eager", "tf.function", "keras spe=1", "keras spe=32", "gradloop", "gradloop --jit")
@@ -316,11 +329,12 @@ def paired_ratios(rates: dict[str, list[float]]) -> dict[str, float]:
     ours = rates.get("gradloop")
     if ours is None:
         return {}
-    return {
-        f"gradloop / {name}": statistics.median(a / b for a, b in zip(ours, theirs))
-        for name, theirs in rates.items()
-        if name != "gradloop"
-    }
+    return {f"gradloop / {name}": paired_ratio(ours, theirs) for name, theirs in rates.items() if name != "gradloop"}
+
+
+def paired_ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median over rounds of ``ours[r] / theirs[r]``: two rates measured seconds apart."""
+    return statistics.median(a / b for a, b in zip(ours, theirs))
 
 
 def _kernels(onednn: bool | None) -> str:
@@ -342,3 +356,181 @@ def format_table(result: dict) -> str:
     rounds = len(next(iter(result["variants"].values()))["all_rounds"])
     lines.append(f"samples/s: median of {rounds} rounds; gradloop is: median of the {rounds} per-round ratios")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- --data: streamed vs. in memory
+
+# The variants of ``bench --data``, in the order they report; the baseline is measured besides.
+DATA_VARIANTS = ("streamed", "in memory")
+STREAMED_RATIO = "streamed / in memory"
+FLOAT32_BYTES = 4
+
+
+def run_data_bench(config: TrainConfig, *, seconds: float = 3.0, rounds: int = 3,
+                   progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Samples/s and peak RSS of ``Trainer.fit`` on ``config.data``'s training images, streamed and in memory.
+
+        start a process per variant; each loads the folder (in memory: decodes it), builds train's trainer
+        baseline: a third process imports TensorFlow and builds the model, no data; its peak RSS
+        warm up each (trace, then time the same batches once more: how many steps ``seconds`` takes)
+        for each round, in turn (reversed every other round): train epoch r's first `steps` batches
+        from the same initial state; samples / seconds
+        peak RSS of each process (also as it was before training), and the model's footprint
+        (weights + optimizer state)
+
+    The ratio is paired, as in :func:`run_bench`: the median of each round's streamed / in-memory rate.
+    A timed run is at most one epoch, and pays what an epoch's start pays (filling the stream; gathering
+    the epoch's order in memory); only one process trains at a time, the others wait on their input.
+    """
+    request = {"config": config.to_dict()}
+    workers: dict[str, _Worker] = {}
+    try:
+        progress(f"starting a process per variant ({', '.join(DATA_VARIANTS)}); in memory decodes every image first")
+        workers = {name: _Worker(name, request) for name in DATA_VARIANTS}
+        described = {name: worker.reply() for name, worker in workers.items()}
+        about = described["streamed"]
+        if any(d[k] != about[k] for d in described.values() for k in ("n", "element_shape", "class_names")):
+            raise errors.DataError(f"{config.data} changed while the bench read it; run it again on a folder "
+                                   "left alone")
+        progress("measuring the baseline: TensorFlow imported and the model built, no data")
+        workers["baseline"] = _Worker("baseline", {**request, "element_shape": about["element_shape"],
+                                                   "class_names": about["class_names"]})
+        baseline_rss = workers["baseline"].reply()["peak_rss_mib"]
+        workers["baseline"].finish()
+
+        n, b = about["n"], config.batch_size
+        steps_per_epoch = math.ceil(n / b)
+        warmup = min(2 * config.steps_per_execution + 1, steps_per_epoch)  # full step groups and a partial one
+        rates = {}
+        for name in DATA_VARIANTS:
+            progress(f"warming up {name}")
+            workers[name].ask(warm_up=warmup)  # traces the step
+            rates[name] = min(warmup * b, n) / workers[name].ask(warm_up=warmup)["seconds"]
+        steps = min(max(1, math.ceil(max(rates.values()) * seconds / b)), steps_per_epoch)
+        all_rounds: dict[str, list[float]] = {name: [] for name in DATA_VARIANTS}
+        for r in range(rounds):
+            for name in DATA_VARIANTS if r % 2 == 0 else reversed(DATA_VARIANTS):  # neither always runs first
+                progress(f"round {r + 1}/{rounds}: {name}")
+                timed = workers[name].ask(epoch=r + 1, steps=steps)
+                all_rounds[name].append(timed["samples"] / timed["seconds"])
+        finished = {name: workers[name].finish() for name in DATA_VARIANTS}
+    except BaseException:
+        for worker in workers.values():
+            worker.close(kill=True)
+        raise
+    for worker in workers.values():
+        worker.close()
+
+    decoded, footprint = n * math.prod(about["element_shape"]) * FLOAT32_BYTES, finished["streamed"]["footprint_bytes"]
+    bound = (decoded + footprint) / 2**20 + baseline_rss
+    return {
+        "data": config.data,
+        "description": about["description"],
+        "model": f"{about['model']}, {about['parameters']:,} parameters",
+        "parameters": about["parameters"],
+        "batch_size": b,
+        "n_train": n,
+        "element_shape": about["element_shape"],
+        "steps_per_round": steps,
+        "onednn_kernels": about["onednn_kernels"],
+        "variants": {
+            name: {"samples_per_s": statistics.median(all_rounds[name]), "all_rounds": all_rounds[name],
+                   "peak_rss_mib": finished[name]["peak_rss_mib"],
+                   "setup_peak_rss_mib": described[name]["peak_rss_mib"]}  # data read, model built, not trained
+            for name in DATA_VARIANTS
+        },
+        "ratios": {STREAMED_RATIO: paired_ratio(all_rounds["streamed"], all_rounds["in memory"])},
+        "decoded_bytes": decoded,
+        "decoded_mib": decoded / 2**20,
+        "footprint_bytes": footprint,
+        "footprint_mib": footprint / 2**20,
+        "baseline_rss_mib": baseline_rss,
+        "rss_bound_mib": bound,
+        "streamed_rss_below_bound": finished["streamed"]["peak_rss_mib"] < bound,
+    }
+
+
+def format_data_table(result: dict) -> str:
+    v, shape = result["variants"], result["element_shape"]
+    streamed_rss = v["streamed"]["peak_rss_mib"]
+    rounds = len(v["streamed"]["all_rounds"])
+    below = "below" if result["streamed_rss_below_bound"] else "NOT below"
+    lines = [
+        f"{result['model']}, batch {result['batch_size']}, on {result['description']}: "
+        f"{result['n_train']:,} training images, {result['steps_per_round']} steps per timed run; "
+        f"{_kernels(result['onednn_kernels'])}",
+        f"{'variant':<12}{'samples/s':>12}{'peak RSS MiB':>14}{'before training':>17}{'streamed is':>13}",
+        *(f"{name:<12}{v[name]['samples_per_s']:>12,.0f}{v[name]['peak_rss_mib']:>14.0f}"
+          f"{v[name]['setup_peak_rss_mib']:>17.0f}{_streamed_is(result, name):>13}" for name in DATA_VARIANTS),
+        f"{'baseline':<12}{'':>12}{result['baseline_rss_mib']:>14.0f}"
+        "   (TensorFlow imported and the model built, no data)",
+        f"decoded images: {result['n_train']:,} x {' x '.join(map(str, shape))} x {FLOAT32_BYTES} bytes = "
+        f"{result['decoded_mib']:.1f} MiB; "
+        f"model footprint (weights + optimizer state): {result['footprint_mib']:.1f} MiB",
+        f"streamed peak RSS {streamed_rss:.0f} MiB is {below} decoded + footprint + baseline = "
+        f"{result['decoded_mib']:.1f} + {result['footprint_mib']:.1f} + {result['baseline_rss_mib']:.0f} = "
+        f"{result['rss_bound_mib']:.0f} MiB",
+        f"samples/s: median of {rounds} rounds; streamed is: median of the {rounds} per-round ratios; "
+        "peak RSS: each variant's own process; before training: once it had read (in memory: decoded) the images "
+        "and built the model",
+    ]
+    return "\n".join(lines)
+
+
+def _streamed_is(result: dict, name: str) -> str:
+    return "" if name == "streamed" else f"{result['ratios'][STREAMED_RATIO]:.2f}x"
+
+
+class _Worker:
+    """A :mod:`gradloop.bench_worker` process running one variant: a JSON request in, a JSON reply out."""
+
+    def __init__(self, variant: str, request: dict[str, Any]) -> None:
+        self.variant = variant
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gradloop.bench_worker", variant, json.dumps(request)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def ask(self, **request: Any) -> dict[str, Any]:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self.reply()
+
+    def reply(self) -> dict[str, Any]:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the bench's {self.variant} process ended (exit status {self.process.wait()}) "
+                               "without answering; its error is above")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise _worker_error(self.variant, reply["kind"], reply["error"])
+        return reply
+
+    def finish(self) -> dict[str, Any]:
+        """Its last reply (peak RSS, footprint), once it has stopped training for good."""
+        return self.ask(stop=True)
+
+    def close(self, *, kill: bool = False) -> None:
+        """Wait for it to exit (``kill``: end it now, as when the bench failed or was interrupted)."""
+        if kill and self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.stdin.close()
+        except OSError:  # a broken pipe: it has gone already
+            pass
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+
+def _worker_error(variant: str, kind: str, message: str) -> Exception:
+    """A worker's failure, raised here as it would have been raised in this process."""
+    known = getattr(errors, kind, None)
+    if isinstance(known, type) and issubclass(known, errors.GradloopError):
+        return known(message)
+    if kind in ("OSError", "FileNotFoundError", "PermissionError", "NotADirectoryError", "IsADirectoryError"):
+        return OSError(message)
+    return RuntimeError(f"the bench's {variant} process failed: {kind}: {message}")

@@ -4,10 +4,11 @@ model, optimizer, trainer.
 This is the application side: the library (:mod:`gradloop.trainer` and the
 modules it uses) takes these objects and knows no config, flag or file.
 
-    load_splits / prepare_data   the run's splits, scaled              (gradloop.data)
+    load_data                    the run's splits: a built-in data set, or --data  (gradloop.data)
     make_strategy                --strategy, and TF_CONFIG for multi_worker
-    build_model                  the MLP or CNN, sized from the data   (gradloop.models)
-    build_optimizer              Adam with schedule, clipping, accumulation, loss scaling
+    build_model                  the MLP or CNN sized from the data, or the user's  (gradloop.models)
+    build_loss, build_metrics    by Keras name, defaults by task
+    build_optimizer              by Keras name, with schedule, clipping, accumulation, loss scaling
     build_trainer                all of it in the strategy's scope     (gradloop.trainer)
 """
 
@@ -24,7 +25,10 @@ import tensorflow as tf
 
 from gradloop import data, distribute, models, schedules
 from gradloop.compiled import CompileOptions
-from gradloop.config import LR_SCHEDULES, STRATEGIES, TrainConfig
+from gradloop.config import MAX_MLP_WEIGHTS, STRATEGIES, TrainConfig
+from gradloop.data.examples import ArrayExamples
+from gradloop.data.run_data import RunData, load_run_data
+from gradloop.data.sources import DataSpec
 from gradloop.errors import ConfigError, DataError
 from gradloop.step import StepFn
 from gradloop.trainer import Trainer
@@ -61,6 +65,38 @@ def prepare_data(config: TrainConfig, *, notify: Callable[[str], object]) -> Pre
             f"batch_size {config.batch_size} is larger than the {len(train[0]):,} training samples; lower --batch-size"
         )
     return PreparedData(train=train, val=val, source=splits.source, classes=config.classes)
+
+
+def load_data(
+    config: TrainConfig, *, notify: Callable[[str], object], fitted: dict[str, Any] | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> RunData:
+    """The run's data: a built-in data set (``prepare_data``), or ``--data`` (:mod:`gradloop.data.run_data`).
+    ``fitted`` and ``class_names`` (a finished run's ``data`` in run.json) read it as that run did."""
+    if config.data is None:
+        prepared = prepare_data(config, notify=notify)
+        return RunData(
+            train=ArrayExamples(*prepared.train), val=ArrayExamples(*prepared.val), test=None, kind="builtin",
+            description=prepared.source, task="classification", class_names=tuple(map(str, prepared.classes)),
+            source_class_names=None, fingerprint={}, preprocessing={},
+        )
+    spec = data_spec(config, fitted=fitted, class_names=class_names)
+    run = load_run_data(spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed)
+    if config.batch_size > run.train.n and not hasattr(run.train, "num_batches"):  # a function's datasets come batched
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {run.train.n:,} training samples; lower --batch-size")
+    return run
+
+
+def data_spec(
+    config: TrainConfig, *, path: str | None = None, fitted: dict[str, Any] | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> DataSpec:
+    """How to read ``--data`` (or ``path``, other data of the same kind) for this config."""
+    return DataSpec(
+        path=path or config.data, target=config.target, task=config.task,
+        image_size=tuple(config.image_size) if config.image_size else None, color_mode=config.color_mode,
+        fill=config.fill, seed=config.seed, fitted=fitted, class_names=class_names,
+    )
 
 
 # --------------------------------------------------------------------- strategy
@@ -113,55 +149,88 @@ def tf_config() -> dict[str, Any] | None:
 # --------------------------------------------------------------------- model, optimizer, trainer
 
 
-def build_model(config: TrainConfig, input_shape: tuple[int, ...]) -> keras.Model:
-    n_classes = len(config.classes)
+def build_model(
+    config: TrainConfig, input_shape: tuple[int, ...], n_outputs: int | None = None, *,
+    task: str = "classification", spec: str | None = None,
+) -> keras.Model:
+    """``--model``: the MLP or CNN sized from the data (examples of ``input_shape``, ``n_outputs``
+    logits or values; by default one logit per class of ``config``), or the user's (``spec``: where a
+    resumed run keeps its copy of the user's file), refused before training when it does not fit the data."""
+    shape, n = tuple(input_shape), n_outputs or len(config.classes)
     if config.model == "cnn":
-        return models.build_cnn(input_shape, n_classes, dtype=config.precision)
-    return models.build_mlp(input_shape[0], config.hidden, n_classes, dtype=config.precision)
+        if len(shape) == 3 and min(shape[:2]) < models.CNN_MIN_SIZE:
+            raise ConfigError(f"--model cnn needs images of at least {models.CNN_MIN_SIZE}x{models.CNN_MIN_SIZE} pixels, "
+                              f"but the data's are {shape[0]}x{shape[1]}; pass --image-size or use --model mlp")
+        if len(shape) != 3:
+            raise ConfigError(f"--model cnn takes images (height, width, channels), but the data has examples of "
+                              f"shape {shape}; use --model mlp or a model of your own")
+        return models.build_cnn(shape, n, dtype=config.precision)
+    if config.model == "mlp":
+        weights = config_mlp_weights(config, shape, n)
+        if weights > MAX_MLP_WEIGHTS:
+            raise ConfigError(f"hidden {','.join(map(str, config.hidden))} on examples of shape {shape} makes an MLP of "
+                              f"{weights:,} weights, over the limit of {MAX_MLP_WEIGHTS:,}; use smaller layers")
+        return models.build_mlp(shape, config.hidden, n, dtype=config.precision)
+    classification = task == "classification"
+    model = models.user_model(
+        spec or config.model, input_shape=shape, num_classes=n if classification else None,
+        num_outputs=None if classification else n, model_args=config.model_args,
+    )
+    models.check_model_fits(model, input_shape=shape, n_outputs=n, task=task)
+    return model
 
 
-def learning_rate(
-    name: str,
-    lr: float,
-    *,
-    total_steps: int,
-    warmup_steps: int = 0,
-    decay_steps: int | None = None,
-    decay_rate: float = 0.9,
-    steps_per_epoch: int = 1,
-) -> keras.optimizers.schedules.LearningRateSchedule | float:
-    """The optimizer's ``learning_rate`` for schedule ``name`` (see :mod:`gradloop.schedules`).
+def config_mlp_weights(config: TrainConfig, shape: tuple[int, ...], n_outputs: int) -> int:
+    sizes = (int(np.prod(shape, dtype=np.int64)), *config.hidden, n_outputs)
+    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
 
-    ``decay_steps`` defaults to the steps after warm-up for ``cosine`` (decay to
-    0 by the end of training) and to one epoch for ``exponential`` and ``step``.
-    ``constant`` without warm-up is a plain float, so callbacks such as
-    ``LearningRateScheduler`` can still set it.
-    """
-    if name not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {name!r}")
-    keras_schedules = keras.optimizers.schedules
-    if name == "constant":
-        schedule = lr
-    elif name == "cosine":
-        schedule = keras_schedules.CosineDecay(lr, decay_steps=decay_steps or max(total_steps - warmup_steps, 1))
-    else:
-        schedule = keras_schedules.ExponentialDecay(
-            lr, decay_steps=decay_steps or steps_per_epoch, decay_rate=decay_rate, staircase=name == "step"
-        )
-    return schedules.LinearWarmUp(schedule, warmup_steps) if warmup_steps else schedule
+
+def build_loss(config: TrainConfig, task: str, model: keras.Model) -> keras.losses.Loss:
+    """``--loss`` by Keras name, else sparse categorical cross-entropy (classification) or mean
+    squared error (regression). A cross-entropy reads logits unless the model ends in a softmax
+    or sigmoid (the built-in models give logits)."""
+    name = config.loss or ("sparse_categorical_crossentropy" if task == "classification" else "mean_squared_error")
+    try:
+        loss = keras.losses.get(name)
+    except (ValueError, TypeError):
+        raise ConfigError(f"--loss {name} is not a Keras loss; use e.g. sparse_categorical_crossentropy, "
+                          "mean_squared_error, huber") from None
+    if not isinstance(loss, keras.losses.Loss):  # a function such as keras.losses.mean_squared_error: its class
+        kind = getattr(keras.losses, "".join(p.capitalize() for p in getattr(loss, "__name__", "").split("_")), None)
+        is_loss_class = isinstance(kind, type) and issubclass(kind, keras.losses.Loss)
+        loss = kind() if is_loss_class else keras.losses.LossFunctionWrapper(loss, name=name)
+    if "from_logits" in loss.get_config() and not _ends_in_probabilities(model):
+        loss = type(loss).from_config({**loss.get_config(), "from_logits": True})
+    return loss
+
+
+def _ends_in_probabilities(model: keras.Model) -> bool:
+    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+    return activation in (keras.activations.softmax, keras.activations.sigmoid) or type(model.layers[-1]).__name__ == "Softmax"
+
+
+def build_metrics(config: TrainConfig, task: str) -> list[str]:
+    """``--metrics`` by Keras name, else accuracy (classification) or mean absolute error (regression)."""
+    names = list(config.metrics or (["accuracy"] if task == "classification" else ["mae"]))
+    for name in names:
+        try:
+            keras.metrics.get(name)
+        except (ValueError, TypeError):
+            raise ConfigError(f"--metrics {name} is not a Keras metric; use e.g. accuracy, auc, mae, mse") from None
+    return names
 
 
 def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam, configured the Keras way, so every option runs inside ``optimizer.apply_gradients``,
+    """``--optimizer`` (Adam by default), configured the Keras way, so every option runs inside ``optimizer.apply_gradients``,
     the one call the step makes to update (and around the fused Adam kernel, which
     replaces only the per-variable arithmetic):
 
         loss-scale unscaling -> skip the update on inf/nan (LossScaleOptimizer, mixed_float16)
         accumulate: add the gradient; every accumulate_steps-th batch use the mean  (gradient_accumulation_steps)
         clip the (mean) gradient to global norm clip_norm                          (global_clipnorm)
-        update with the learning rate of the schedule at this step                 (learning_rate)
+        update with the learning rate of the schedule at this step                 (gradloop.schedules)
     """
-    rate = learning_rate(
+    rate = schedules.learning_rate(
         config.lr_schedule,
         config.lr,
         total_steps=config.epochs * steps_per_epoch,
@@ -170,7 +239,11 @@ def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optim
         decay_rate=config.decay_rate,
         steps_per_epoch=steps_per_epoch,
     )
-    optimizer = keras.optimizers.Adam(
+    try:
+        kind = type(keras.optimizers.get(config.optimizer))
+    except (ValueError, TypeError):
+        raise ConfigError(f"--optimizer {config.optimizer} is not a Keras optimizer; use e.g. adam, adamw, sgd, rmsprop") from None
+    optimizer = kind(
         learning_rate=rate,
         global_clipnorm=config.clip_norm,
         gradient_accumulation_steps=config.accumulate_steps if config.accumulate_steps > 1 else None,
@@ -183,17 +256,20 @@ def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optim
 def build_trainer(
     config: TrainConfig,
     strategy: tf.distribute.Strategy,
-    input_shape: tuple[int, ...],
+    data: RunData,
     train_step: StepFn,
     steps_per_epoch: int,
+    *,
+    model_spec: str | None = None,
 ) -> Trainer:
-    """The reference experiment's model, optimizer, loss and metric, built in the strategy's scope."""
+    """The run's model, optimizer, loss and metrics, built in the strategy's scope."""
     with strategy.scope():
+        model = build_model(config, data.train.element_shape, data.n_outputs, task=data.task, spec=model_spec)
         return Trainer(
-            build_model(config, input_shape),
+            model,
             optimizer=build_optimizer(config, steps_per_epoch=steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+            loss=build_loss(config, data.task, model),
+            metrics=build_metrics(config, data.task),
             train_step=train_step,
             options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
             strategy=strategy,

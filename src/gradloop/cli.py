@@ -25,7 +25,7 @@ import shlex
 import sys
 import types
 import typing
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 from gradloop import __version__, cpu, rundir
 from gradloop.bench import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, VARIANTS as BENCH_VARIANTS
@@ -83,7 +83,7 @@ def _add_config_flags(parser: Any, keys: Collection[str] = CONFIG_KEYS) -> None:
     value stands unless the flag is given."""
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        if field.name not in keys:
+        if field.name not in keys or not field.metadata["flag"].cli:
             continue
         flag, kind = field.metadata["flag"], _flag_type(hints[field.name])
         if kind is bool:  # a switch that turns the option on: its default is off
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
     evaluate.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
+    evaluate.add_argument("--data", metavar="PATH", help="other data of the kind the run trained on (--data): all of it, "
+                                                         "or its test split with --split test")
     evaluate.add_argument("--split", choices=SPLITS, default="test", help="default test")
     evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -144,8 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--workers", type=_integer, required=True, help="number of worker processes")
     launch.add_argument("train_argv", nargs=argparse.REMAINDER, metavar="-- train ...", help="the train command to run")
 
-    bench = commands.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop")
+    bench = commands.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop; "
+                                              "or, with --data, images streamed from disk against held in memory")
     _add_config_flags(bench, ("dataset", "data_dir", "classes", "hidden"))  # as for train
+    from gradloop.config import MODELS  # the built-in models: bench builds no model of the user's
+
+    bench.add_argument("--data", metavar="DIR", help="a folder of class folders of images: time training on them "
+                                                     "streamed from disk and decoded into memory, each in its own process")
+    bench.add_argument("--model", choices=MODELS, default="mlp",
+                       help="with --data: the model both ways train (default mlp); without, bench times the MLP")
     bench.add_argument("--batch-size", default=str(TrainConfig.batch_size),
                        help="one or more, e.g. 32,256 (default %(default)s)")
     bench.add_argument("--seconds", type=_number, default=3.0, help="timed seconds per variant per round (default 3)")
@@ -158,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
     report.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
+    report.add_argument("--data", metavar="PATH", help="other data of the kind the run trained on")
     report.add_argument("--split", choices=SPLITS, default="val",
                         help="split for per-class accuracy and the confusion matrix (default val: the run's own held-out data)")
     report.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/report)")
@@ -226,7 +236,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from gradloop import evaluation
 
     result = evaluation.evaluate_run(
-        args.run_dir, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+        args.run_dir, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data, split=args.split,
         notify=lambda line: print(line, file=sys.stderr),
     )
     print(json.dumps(result, indent=2) if args.json else evaluation.format_report(result))
@@ -241,6 +251,10 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(BENCH_VARIANTS)}")
     if not 0 < args.seconds < float("inf") or args.rounds < 1:  # nan fails the comparison too
         raise ConfigError("--seconds must be > 0 and --rounds >= 1")
+    if args.data is not None:
+        return _bench_data(args, batch_sizes)
+    if args.model != "mlp":
+        raise ConfigError(f"bench times the reference MLP unless given --data; add --data DIR to time --model {args.model}")
     configs = [
         build_config(dataset=args.dataset, data_dir=args.data_dir, classes=args.classes, hidden=args.hidden, batch_size=b)
         for b in batch_sizes
@@ -249,18 +263,43 @@ def _bench(args: argparse.Namespace) -> int:
     from gradloop import bench, build
 
     prepared = build.prepare_data(configs[0], notify=lambda line: print(line, file=sys.stderr))
-    results = []
-    for config in configs:
-        work = bench.Workload(*prepared.train, batch_size=config.batch_size, hidden=config.hidden,
-                              n_classes=len(config.classes), lr=config.lr, seed=config.seed)
-        result = bench.run_bench(work, variants=variants, seconds=args.seconds, rounds=args.rounds,
-                                 progress=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
-        results.append(result)
-        if not args.json:
-            print(bench.format_table(result), flush=True)
-    if args.json:
-        print(json.dumps(results, indent=2))
+    works = (bench.Workload(*prepared.train, batch_size=config.batch_size, hidden=config.hidden,
+                            n_classes=len(config.classes), lr=config.lr, seed=config.seed) for config in configs)
+    return _print_bench((bench.run_bench(work, variants=variants, seconds=args.seconds, rounds=args.rounds,
+                                         progress=_bench_progress) for work in works), bench.format_table, args.json)
+
+
+def _bench_progress(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def _print_bench(results: Iterable[dict], format_table: Callable[[dict], str], as_json: bool) -> int:
+    """Each batch size's table as soon as it is measured, or all of them as JSON at the end."""
+    collected = []
+    for result in results:
+        collected.append(result)
+        if not as_json:
+            print(format_table(result), flush=True)
+    if as_json:
+        print(json.dumps(collected, indent=2))
     return 0
+
+
+def _bench_data(args: argparse.Namespace, batch_sizes: tuple[int, ...]) -> int:
+    """``bench --data``: streamed against in memory. Its processes import TensorFlow; this one need not."""
+    if args.variants:
+        raise ConfigError("--variants picks among the MLP bench's ways to train; with --data, bench times "
+                          "streamed and in-memory data; drop one of them")
+    configs = [
+        build_config(data=args.data, dataset=args.dataset, data_dir=args.data_dir, classes=args.classes,
+                     hidden=args.hidden, model=args.model, batch_size=b)
+        for b in batch_sizes
+    ]
+    from gradloop import bench
+
+    results = (bench.run_data_bench(config, seconds=args.seconds, rounds=args.rounds, progress=_bench_progress)
+               for config in configs)
+    return _print_bench(results, bench.format_data_table, args.json)
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -283,7 +322,7 @@ def _report(args: argparse.Namespace) -> int:
     from gradloop import report
 
     path = report.write_report(
-        args.run_dir, out=args.out, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+        args.run_dir, out=args.out, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data, split=args.split,
         notify=lambda line: print(line, file=sys.stderr),
     )
     print(f"gradloop: wrote {path}")

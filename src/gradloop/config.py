@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,12 +22,16 @@ from typing import Any, Mapping
 import yaml
 
 from gradloop.data import DATASETS, parse_classes
+from gradloop.data.sources import COLOR_MODES, FILLS, TASKS
 from gradloop.errors import ConfigError
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn")  # built in; also FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras
+REFERENCE_CLASSES = (0, 1, 2)  # the tutorial's digits, when no --data (which keeps all its classes)
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "step")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# --model: a built-in, FILE.py:FUNCTION or package.module:FUNCTION, or a saved FILE.keras
+MODEL_SPEC = re.compile(r"(?:.+\.keras|.+:[A-Za-z_][A-Za-z0-9_]*)")
 MAX_SEED = 2**32 - 1  # numpy's legacy seed, which keras.utils.set_random_seed sets, takes no more
 MAX_INT32 = 2**31 - 1  # steps per call travel as an int32 tensor
 # 0.4 GB of float32 weights, 1.6 GB with gradients and Adam's slots: far more than MNIST needs, and a
@@ -36,7 +41,8 @@ MAX_MLP_WEIGHTS = 10**8
 # run can spend minutes tracing before its first step.
 MAX_CPU_REPLICAS = 16
 # null means "the default" for these keys; for the others it is a mistake
-_NULLABLE = ("dataset", "data_dir", "run_dir", "replicas", "decay_steps", "clip_norm")
+_NULLABLE = ("dataset", "data_dir", "run_dir", "replicas", "decay_steps", "clip_norm", "classes", "data", "target",
+             "task", "image_size", "color_mode", "fill", "loss", "metrics", "optimizer", "model_args")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class Flag:
     # ("... must be one of ..."), as for a value from a --config file.
     parser_checks_choices: bool = True
     unset: str = ""  # what a default of None means, for the help
+    cli: bool = True  # False: a --config file key only (a mapping has no flag syntax)
 
 
 def _option(default: Any, help: str, **flag: Any) -> Any:
@@ -74,6 +81,26 @@ class TrainConfig:
     checkpoints by step or by time add to those at each epoch's end.
     """
 
+    data: str | None = _option(
+        None, "your own data: a CSV file (with --target), an .npz or a folder of .npy files, a folder with a "
+        "sub-folder of images per class, or FILE.py:FUNCTION / package.module:FUNCTION", metavar="PATH",
+        unset="a built-in --dataset",
+    )
+    target: str | None = _option(None, "the CSV column to predict", metavar="COLUMN", unset="none; required for a CSV")
+    task: str | None = _option(
+        None, "what the model predicts", choices=TASKS, parser_checks_choices=False,
+        unset="classification, or regression for targets with non-integer numbers",
+    )
+    image_size: tuple[int, ...] | None = _option(
+        None, "resize images to H,W pixels", metavar="H,W", unset="the images' own size when they all agree",
+    )
+    color_mode: str | None = _option(
+        None, "image channels", choices=COLOR_MODES, parser_checks_choices=False, unset="what the images are",
+    )
+    fill: str | None = _option(
+        None, "missing CSV cells: the training column's mean, zero, or drop the row", choices=FILLS,
+        parser_checks_choices=False, unset="an error naming the row and column",
+    )
     dataset: str | None = _option(
         None, "the data set to train on", choices=DATASETS, parser_checks_choices=False,
         unset="full MNIST if cached or downloadable, else the bundled mnist-sample",
@@ -82,10 +109,23 @@ class TrainConfig:
         None, "folder of the four IDX files (.gz or not) or a Keras-style mnist.npz", metavar="DIR",
         unset="the data set's own files, cached or downloaded",
     )
-    classes: tuple[int, ...] = _option(
-        (0, 1, 2), "classes to keep, e.g. 0,1,2, 0-4 or all; in this order they become labels 0, 1, ..."
+    classes: tuple[int | str, ...] | None = _option(
+        None, "classes to keep, e.g. 0,1,2, 0-4 or all (of --data: names or indices); in this order they become "
+        "labels 0, 1, ...", unset="0,1,2 of a built-in --dataset, all of --data",
     )
-    model: str = _option("mlp", "the network", choices=MODELS)
+    model: str = _option(
+        "mlp", "the network: mlp, cnn (sized from the data), FILE.py:FUNCTION or package.module:FUNCTION "
+        "returning a keras.Model, or a saved FILE.keras", metavar="MODEL",
+    )
+    model_args: dict | None = _option(None, "keyword arguments for a --model FUNCTION", cli=False, unset="none")
+    loss: str | None = _option(
+        None, "a Keras loss by name", metavar="NAME",
+        unset="sparse categorical cross-entropy on logits, or mean squared error for regression",
+    )
+    metrics: tuple[str, ...] | None = _option(
+        None, "Keras metrics by name, comma-separated", metavar="NAMES", unset="accuracy, or mae for regression",
+    )
+    optimizer: str = _option("adam", "a Keras optimizer by name (with --lr and the schedule)", metavar="NAME")
     hidden: tuple[int, ...] = _option((512, 256, 128), "MLP hidden layer sizes", metavar="SIZES")
     epochs: int = _option(10, "passes over the training data", metavar="N")
     batch_size: int = _option(32, "samples per step", metavar="N")
@@ -144,10 +184,14 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), got {_short(self.val_fraction)}")
         if self.dataset is not None:
             _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("model", self.model, MODELS)
+        if self.model not in MODELS and not (isinstance(self.model, str) and MODEL_SPEC.fullmatch(self.model)):
+            raise ConfigError(
+                f"model must be mlp, cnn, FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras, got {_short(self.model)}"
+            )
+        self._check_own_data()
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(f"hidden must be one or more positive layer sizes like 512,256,128, got {_short(self.hidden)}")
-        if self.model == "mlp" and (weights := mlp_weights(self.hidden)) > MAX_MLP_WEIGHTS:
+        if self.model == "mlp" and self.data is None and (weights := mlp_weights(self.hidden)) > MAX_MLP_WEIGHTS:
             raise ConfigError(
                 f"hidden {','.join(map(str, self.hidden))} makes an MLP of {weights:,} weights, over the "
                 f"limit of {MAX_MLP_WEIGHTS:,} (memory would run out); use smaller layers"
@@ -172,6 +216,42 @@ class TrainConfig:
                 object.__setattr__(self, name, value := os.fspath(value))  # kept as str: run.json is JSON
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{name} must be a non-empty name or path, got {_short(value)}")
+
+    def _check_own_data(self) -> None:
+        """The --data options: only with --data, and each of its kind."""
+        if self.data is None:
+            given = [flag_name(k) for k in ("target", "task", "image_size", "color_mode", "fill") if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"{given[0]} applies to --data only; add --data PATH or drop {given[0]}")
+            if self.classes is None:
+                object.__setattr__(self, "classes", REFERENCE_CLASSES)
+        else:
+            if isinstance(self.data, os.PathLike):
+                object.__setattr__(self, "data", os.fspath(self.data))
+            if not isinstance(self.data, str) or not self.data.strip():
+                raise ConfigError(f"data must be a path, got {_short(self.data)}")
+            if self.dataset is not None or self.data_dir is not None:
+                raise ConfigError("--data reads your own data and --dataset/--data-dir a built-in data set; pass one of them")
+        if self.task is not None:
+            _check_choice("task", self.task, TASKS)
+        if self.color_mode is not None:
+            _check_choice("color_mode", self.color_mode, COLOR_MODES)
+        if self.fill is not None:
+            _check_choice("fill", self.fill, FILLS)
+        if self.image_size is not None and (
+            len(self.image_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 8192 for v in self.image_size)
+        ):
+            raise ConfigError(f"image_size must be two sizes H,W from 1 to 8192 pixels, got {_short(self.image_size)}")
+        for name in ("target", "loss", "optimizer"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a non-empty name, got {_short(value)}")
+        if self.metrics is not None and (not isinstance(self.metrics, tuple) or not all(isinstance(m, str) and m for m in self.metrics)):
+            raise ConfigError(f"metrics must be Keras metric names like accuracy,auc, got {_short(self.metrics)}")
+        if self.model_args is not None and (
+            not isinstance(self.model_args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in self.model_args)
+        ):
+            raise ConfigError(f"model_args must be a mapping of argument names to values, got {_short(self.model_args)}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict (tuples become lists)."""
@@ -278,8 +358,11 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
     unknown = set(values) - set(_FIELDS)
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-    if "classes" in values:
-        values["classes"] = parse_classes(values["classes"])
+    if values.get("classes") is not None:
+        values["classes"] = parse_class_names(values["classes"]) if values.get("data") else parse_classes(values["classes"])
+    for key in ("image_size", "metrics"):
+        if values.get(key) is not None:
+            values[key] = parse_int_list(key, values[key]) if key == "image_size" else _names(key, values[key])
     if "hidden" in values:
         values["hidden"] = parse_int_list("hidden", values["hidden"])
     for key in ("lr", "val_fraction", "decay_rate", "clip_norm", "checkpoint_seconds"):  # YAML reads 1e-4 (no dot) as a string
@@ -289,6 +372,25 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
         if isinstance(values.get(key), int) and not isinstance(values[key], bool):
             values[key] = str(values[key])
     return TrainConfig(**values)
+
+
+def parse_class_names(spec: Any) -> tuple[int | str, ...] | None:
+    """``--classes`` of your own data: names or indices (checked against the data when it is read); None for all."""
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return None
+    items = spec.split(",") if isinstance(spec, str) else spec
+    if isinstance(items, (int, str)) and not isinstance(items, bool):
+        items = [items]
+    if not isinstance(items, (list, tuple)) or not items or any(isinstance(c, bool) or not isinstance(c, (int, str)) for c in items):
+        raise ConfigError(f"classes must be class names or indices like cat,dog or 0,1, got {_short(spec)}")
+    return tuple(c.strip() if isinstance(c, str) else c for c in items)
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in items) or not items:
+        raise ConfigError(f"{key} must be names like accuracy,auc, got {_short(value)}")
+    return tuple(v.strip() for v in items)
 
 
 def _parse_float(name: str, text: str) -> float:

@@ -14,7 +14,7 @@ which is exact even for the last, smaller batch that splits unevenly.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import tensorflow as tf
 

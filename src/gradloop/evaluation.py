@@ -14,13 +14,14 @@ from typing import Any
 
 import keras
 import numpy as np
+import sklearn.metrics
 
 from gradloop import build, data, rundir
 from gradloop.config import TrainConfig, build_config
+from gradloop.data.examples import Examples
+from gradloop.data.sources import describe_change
 from gradloop.data.splits import SPLITS
 from gradloop.errors import ConfigError, DataError, RunDirError
-from gradloop.rundir import RunDir
-
 
 
 def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> TrainConfig:
@@ -72,9 +73,99 @@ def split_arrays(config: TrainConfig, split: str, *, notify=print) -> tuple[np.n
 
 
 def evaluate_run(
-    run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None, split: str = "test", notify=print
+    run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None, data_path: str | None = None,
+    split: str = "test", notify=print, keep_predictions: bool = False,
 ) -> dict[str, Any]:
-    info = RunDir.open(run_dir).info
+    """The run's model on ``split`` of its data (or of other data: a built-in ``dataset``/``data_dir``,
+    or ``data_path`` of the kind the run trained on, read with the run's preprocessing).
+    ``keep_predictions``: a regression's result also holds ``predicted`` and ``true`` (for plots)."""
+    info = rundir.RunDir.open(run_dir).info
+    config = run_config(info, run_dir)
+    if config.data is None and data_path is None:
+        return _evaluate_builtin(run_dir, info, dataset=dataset, data_dir=data_dir, split=split, notify=notify)
+    if dataset or data_dir:
+        raise ConfigError(f"run {run_dir} trained on --data {config.data}; evaluate it on --data PATH, not --dataset/--data-dir")
+    if config.data is None:
+        raise ConfigError(f"run {run_dir} trained on a built-in data set; evaluate it with --dataset/--data-dir, not --data")
+    examples, source, split = _own_data(config, info, run_dir, data_path=data_path, split=split, notify=notify)
+    model = load_model(run_dir)
+    batches = examples.batches(None, 256).map(lambda x, y: x)
+    outputs = model.predict(batches, verbose=0)
+    loss = build.build_loss(config, info.get("task", "classification"), model)
+    result = {"run_dir": str(run_dir), "split": split, "source": source,
+              "n_samples": int(examples.n), "task": info.get("task", "classification")}
+    if result["task"] == "regression":
+        scores = regression_scores(examples.y, outputs, loss)
+        if not keep_predictions:
+            scores = {k: v for k, v in scores.items() if k not in ("predicted", "true")}
+        return {**result, **scores}
+    return {**result, **classification_scores(examples.y, outputs, loss, info["classes"])}
+
+
+def _own_data(
+    config: TrainConfig, info: dict[str, Any], run_dir: str | Path, *, data_path: str | None, split: str, notify
+) -> tuple[Examples, str, str]:
+    """``split`` of the run's own data (refused when it changed since training), or all of
+    ``data_path`` (its test split with ``split="test"``, when it has one); and which it was."""
+    if data_path is not None and split != "test":
+        raise ConfigError(f"--data {data_path} is scored whole (or its test split, the default); "
+                          f"drop --split {split}, which picks a split of the run's own data")
+    recorded = info.get("data") or {}
+    other = dataclasses.replace(config, data=data_path, val_fraction=0.0) if data_path else config
+    data = build.load_data(
+        other, notify=notify, fitted=recorded.get("preprocessing"),
+        class_names=tuple(recorded["source_classes"]) if recorded.get("source_classes") else None,
+    )
+    if data_path is None and recorded.get("fingerprint") and recorded["fingerprint"] != data.fingerprint:
+        raise DataError(
+            f"the data in {config.data} changed since run {run_dir} trained on it "
+            f"({describe_change(recorded['fingerprint'], data.fingerprint)}); put it back, or pass --data PATH"
+        )
+    if data_path is not None:
+        if split == "test" and data.test is not None:
+            return data.test, data.description, "test"
+        return data.train, data.description, "all"
+    examples = data.split(split)
+    if examples is None:
+        raise DataError(f"{data.description} has no {split} split; use --split val, or --data PATH")
+    if examples.n == 0:
+        raise DataError(f"the {split} split of {data.description} is empty (the run held out no validation data); use --split test")
+    return examples, data.description, split
+
+
+def classification_scores(y: np.ndarray, outputs: np.ndarray, loss: keras.losses.Loss, classes: list) -> dict[str, Any]:
+    """Loss (mean over every sample), accuracy, per-class accuracy and the confusion matrix (rows
+    true, columns predicted), classes in the run's order."""
+    k = len(classes)
+    confusion = sklearn.metrics.confusion_matrix(y, outputs.argmax(axis=1), labels=np.arange(k))
+    support = confusion.sum(axis=1)
+    return {
+        "classes": list(classes),
+        "loss": float(loss(y, outputs)),
+        "accuracy": float(np.trace(confusion) / max(len(y), 1)),
+        "per_class_accuracy": {
+            str(c): float(confusion[i, i] / support[i]) if support[i] else None for i, c in enumerate(classes)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def regression_scores(y: np.ndarray, outputs: np.ndarray, loss: keras.losses.Loss) -> dict[str, Any]:
+    """Loss, mean absolute error, root mean squared error and R^2 (scikit-learn's, over all outputs)."""
+    predicted = outputs.reshape(y.shape) if outputs.size == y.size else outputs
+    return {
+        "loss": float(loss(y, outputs)),
+        "mae": float(sklearn.metrics.mean_absolute_error(y, predicted)),
+        "rmse": float(np.sqrt(sklearn.metrics.mean_squared_error(y, predicted))),
+        "r2": float(sklearn.metrics.r2_score(y, predicted)),
+        "predicted": predicted.reshape(len(y), -1)[:, 0].tolist(),
+        "true": y.reshape(len(y), -1)[:, 0].tolist(),
+    }
+
+
+def _evaluate_builtin(
+    run_dir: str | Path, info: dict[str, Any], *, dataset: str | None, data_dir: str | None, split: str, notify
+) -> dict[str, Any]:
     # A new data set replaces the run's data entirely: --dataset alone must not read the run's --data-dir.
     overrides = {"dataset": dataset, "data_dir": data_dir} if (dataset or data_dir) else {}
     config = run_config(info, run_dir, **overrides)
@@ -85,36 +176,26 @@ def evaluate_run(
         raise DataError(f"the {split} split of {source} is empty (the run held out no validation data); use --split test")
     x = data.prepare_images(x, flatten=flatten)
     logits = model.predict(x, batch_size=1024, verbose=0)
-    loss = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits))
-    k = len(config.classes)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y, logits.argmax(axis=1)), 1)
-    support = confusion.sum(axis=1)
-    return {
-        "run_dir": str(run_dir),
-        "split": split,
-        "source": source,
-        "n_samples": int(len(y)),
-        "classes": list(config.classes),
-        "loss": loss,
-        "accuracy": float(np.trace(confusion) / max(len(y), 1)),
-        "per_class_accuracy": {
-            str(c): float(confusion[i, i] / support[i]) if support[i] else None for i, c in enumerate(config.classes)
-        },
-        "confusion_matrix": confusion.tolist(),
-    }
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    scores = classification_scores(y, logits, loss, list(config.classes))
+    return {"run_dir": str(run_dir), "split": split, "source": source, "n_samples": int(len(y)),
+            "task": "classification", **scores}
 
 
 def format_report(result: dict[str, Any]) -> str:
-    classes = result["classes"]
+    head = f"{result['split']} split of {result['source']}: {result['n_samples']:,} samples"
+    if result.get("task") == "regression":
+        return f"{head}\nloss {result['loss']:.4f}  mae {result['mae']:.4f}  rmse {result['rmse']:.4f}  r2 {result['r2']:.4f}"
+    classes = [str(c) for c in result["classes"]]
+    width = max(7, *(len(c) + 2 for c in classes))
     lines = [
-        f"{result['split']} split of {result['source']}: {result['n_samples']:,} samples",
+        head,
         f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}",
         "per-class accuracy: "
         + "  ".join(f"{c}: {a:.4f}" if a is not None else f"{c}: n/a" for c, a in result["per_class_accuracy"].items()),
         "confusion matrix (rows true, columns predicted):",
-        "       " + "".join(f"{c:>7}" for c in classes),
+        " " * width + "".join(f"{c:>{width}}" for c in classes),
     ]
     for c, row in zip(classes, result["confusion_matrix"]):
-        lines.append(f"{c:>7}" + "".join(f"{v:>7}" for v in row))
+        lines.append(f"{c:>{width}}" + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
@@ -24,10 +25,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, build, checkpoint, cpu, data, distribute, plots, progress, rundir, stopping, summaries
+from gradloop import __version__, build, checkpoint, cpu, distribute, models, plots, progress, rundir, stopping, summaries
 from gradloop import step as step_lib
-from gradloop.config import TrainConfig
-from gradloop.errors import ConfigError, TrainingError
+from gradloop.config import MODELS, TrainConfig
+from gradloop.data import examples
+from gradloop.data.run_data import RunData
+from gradloop.data.sources import describe_change
+from gradloop.errors import ConfigError, DataError, RunDirError, TrainingError
 from gradloop.state import LoopState
 from gradloop.trainer import TrainData, Trainer
 
@@ -60,68 +64,113 @@ def train(
     chief = distribute.is_chief(strategy)
     resumed = _check_resumable(config, strategy) if resume else None
     path = _run_path(config, chief=chief, resume=resume, overwrite=overwrite)
-    prepared = build.prepare_data(config, notify=notify)  # bad data fails before anything is written
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
-    (x_train, y_train), (x_val, y_val) = prepared.train, prepared.val
-    train_ds = data.shuffled_epochs(x_train, y_train, batch_size=config.batch_size, seed=config.seed)
-    val_ds = data.make_dataset(x_val, y_val, batch_size=config.batch_size, shuffle=False) if len(x_val) else None
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
-    guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
-    trainer = build.build_trainer(config, strategy, x_train.shape[1:], guard.watch(step_lib.train_step), steps_per_epoch)
 
+    data = build.load_data(config, notify=notify)  # bad data fails before anything is written
+    feed = Feed.of(config, data)
+    trainer, guard = _trainer(config, strategy, data, feed, model_spec=_model_spec(resumed))
     if resumed is not None:
-        run, saver, state = _resume(config, resumed, path, trainer, train_ds, notify=notify)
-        action = f"resuming {trainer.model.name} at epoch {state.epoch + 1} step {state.step}"
+        run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
-        if overwrite and chief and path.exists():
-            shutil.rmtree(path)
-        run = rundir.claim(path)
-        saver = checkpoint.RunCheckpoint(run / rundir.CHECKPOINTS, trainer, hint=_START_OVER)  # after the old run is gone
-        run.start(new_run_info(config, prepared, strategy))
-        state, action = None, f"training {trainer.model.name}"
-    print(
-        f"gradloop: {action} on {prepared.source}: classes {list(prepared.classes)}, "
-        f"{len(x_train):,} train / {len(x_val):,} val samples, {config.epochs} epochs -> {path}",
-        file=out,
-        flush=True,
-    )
+        run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief)
+    _announce(config, data, trainer, state, path, out=out)
     if profile:
         from gradloop.profile import format_profile, profile_phases
 
-        print(format_profile(profile_phases(trainer, train_ds(0)), config.batch_size), file=out, flush=True)
+        print(format_profile(profile_phases(trainer, feed.train(0)), config.batch_size), file=out, flush=True)
 
-    early_stop = stopping.EarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop)
-    callbacks = [  # the guard first: a diverged state must stop before Checkpointing could save it
-        guard,
-        progress.Progress(batch_size=config.batch_size, stream=out),
-        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: run.record_epoch(logs or {})),
-        summaries.TensorBoardSummaries(
-            run / rundir.TENSORBOARD, every_steps=config.summary_every,
-            initial_step=state.epoch * steps_per_epoch if state else 0,
-        ),
-        early_stop,
-        checkpoint.Checkpointing(
-            saver, every_steps=config.checkpoint_every or None, every_seconds=config.checkpoint_seconds or None, stop=stop
-        ),
-    ]
+    best = stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop)
     start = time.perf_counter()
-    with _ending_recorded(run, config, chief=chief):
+    with _ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            callbacks=callbacks,
-            initial_state=state,
+            feed.train, validation_data=feed.val, epochs=config.epochs, initial_state=state,
+            callbacks=_callbacks(config, run, saver, guard, best, state, feed, stop, out),
             end_groups_every=config.checkpoint_every or None,
         )
-    _record_finished(run, trainer.model, history.history, early_stop, started=start)
+    _record_finished(run, trainer, history.history, best, started=start)
     if not chief:
         return Path(config.run_dir) if config.run_dir else path
     files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in path.iterdir()))
     print(f"gradloop: wrote {path}/ ({files})", file=out)
     return path
+
+
+@dataclass(frozen=True)
+class Feed:
+    """The run's data as the loop takes it: training batches by epoch (each epoch's order rebuilt
+    exactly on resume), the validation batches, and the steps of an epoch."""
+
+    train: TrainData
+    val: tf.data.Dataset | None
+    steps_per_epoch: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, data: RunData) -> "Feed":
+        val = data.val.batches(None, config.batch_size) if data.val is not None and data.val.n else None
+        return cls(
+            train=examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
+            val=val,
+            # A function's own datasets come batched as it batched them.
+            steps_per_epoch=getattr(data.train, "num_batches", None) or math.ceil(data.train.n / config.batch_size),
+        )
+
+
+def _trainer(
+    config: TrainConfig, strategy: tf.distribute.Strategy, data: RunData, feed: Feed, *, model_spec: str | None
+) -> tuple[Trainer, stopping.StopOnNonFiniteLoss]:
+    """The seeded trainer, its step watched by the NaN guard."""
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
+    watched = guard.watch(step_lib.train_step)
+    return build.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
+
+
+def _start(
+    config: TrainConfig, data: RunData, path: Path, trainer: Trainer, strategy: tf.distribute.Strategy, *,
+    overwrite: bool,
+) -> tuple[rundir.RunDir, checkpoint.RunCheckpoint, None]:
+    """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written."""
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    run = rundir.claim(path)
+    saver = checkpoint.RunCheckpoint(run / rundir.CHECKPOINTS, trainer, hint=_START_OVER)  # after the old run is gone
+    model_source = models.copy_model_source(config.model, run.path) if config.model not in MODELS else None
+    run.start(new_run_info(config, data, strategy, trainer, model_source=model_source))
+    return run, saver, None
+
+
+def _announce(
+    config: TrainConfig, data: RunData, trainer: Trainer, state: LoopState | None, path: Path, *, out: TextIO
+) -> None:
+    action = f"resuming {trainer.model.name} at epoch {state.epoch + 1} step {state.step}" if state else f"training {trainer.model.name}"
+    classes = f"classes {list(_recorded_classes(config, data))}" if data.class_names is not None else f"{data.n_outputs} outputs"
+    print(
+        f"gradloop: {action} ({trainer.model.count_params():,} parameters) on {data.description}: {classes}, "
+        f"{data.train.n:,} train / {data.val.n if data.val is not None else 0:,} val samples, {config.epochs} epoch{'s' * (config.epochs != 1)} -> {path}",
+        file=out,
+        flush=True,
+    )
+
+
+def _callbacks(
+    config: TrainConfig, run: rundir.RunDir, saver: checkpoint.RunCheckpoint, guard: stopping.StopOnNonFiniteLoss,
+    best: stopping.BestModelEarlyStopping, state: LoopState | None, feed: Feed, stop: checkpoint.StopSignals | None,
+    out: TextIO,
+) -> list[keras.callbacks.Callback]:
+    return [  # the guard first: a diverged state must stop before Checkpointing could save it
+        guard,
+        progress.Progress(batch_size=config.batch_size, stream=out),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: run.record_epoch(logs or {})),
+        summaries.TensorBoardSummaries(
+            run / rundir.TENSORBOARD, every_steps=config.summary_every,
+            initial_step=state.epoch * feed.steps_per_epoch if state else 0,
+        ),
+        best,
+        checkpoint.Checkpointing(
+            saver, every_steps=config.checkpoint_every or None, every_seconds=config.checkpoint_seconds or None, stop=stop
+        ),
+    ]
 
 
 def _check_resumable(config: TrainConfig, strategy: tf.distribute.Strategy) -> rundir.RunDir:
@@ -141,18 +190,30 @@ def _run_path(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool
     return rundir.check_new(Path(config.run_dir) if config.run_dir else rundir.default_path(), overwrite=overwrite)
 
 
+def _model_spec(resumed: rundir.RunDir | None) -> str | None:
+    """Where a resumed run's own model comes from: the copy of the user's file in its folder."""
+    source = resumed.info.get("model_source") if resumed is not None else None
+    return str(resumed / source) if source else None
+
+
 def _resume(
-    config: TrainConfig, resumed: rundir.RunDir, path: Path, trainer: Trainer, train_ds: TrainData, *,
+    config: TrainConfig, resumed: rundir.RunDir, data: RunData, path: Path, trainer: Trainer, feed: Feed, *,
     notify: Callable[[str], None],
 ) -> tuple[rundir.RunDir, checkpoint.RunCheckpoint, LoopState]:
     """Restore the run's last checkpoint and note the resume in its run.json. Every worker restores
-    the chief's checkpoint (on a file system they share); the others save to scratch (``path``).
-    A resume on other kernels than the run's last is said, since it cannot end bit-identical to an
-    unstopped run."""
+    the chief's checkpoint (on a file system they share); the others save to scratch (``path``,
+    whose own RunDir then holds the chief's run.json). A resume on other kernels than the run's
+    last is said, since it cannot end bit-identical to an unstopped run."""
+    then = resumed.info.get("data", {}).get("fingerprint")
+    if then and then != data.fingerprint:
+        raise RunDirError(
+            f"the data in {config.data} changed since run {config.run_dir} started ({describe_change(then, data.fingerprint)}); "
+            "a resume needs the same data: put it back, or start a new run"
+        )
     saver = checkpoint.RunCheckpoint(
         path / rundir.CHECKPOINTS, trainer, restore_from=resumed / rundir.CHECKPOINTS, hint=_START_OVER
     )
-    state = saver.restore(train_ds)
+    state = saver.restore(feed.train)
     if state.epoch > config.epochs:
         raise ConfigError(f"run {config.run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
     kernels = cpu.onednn_kernels()
@@ -169,6 +230,19 @@ def _resume(
 
 
 @contextlib.contextmanager
+def _naming_damaged_files(data: RunData) -> Iterator[None]:
+    """An image that fails to decode mid-epoch (its header looked fine) is named in one line:
+    TensorFlow's error names no file."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError:
+        for examples in (data.train, data.val):
+            if hasattr(examples, "check_decodable"):
+                examples.check_decodable()  # raises DataError naming the file
+        raise
+
+
+@contextlib.contextmanager
 def _ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) -> Iterator[None]:
     """run.json says why a run ended before its last epoch: ``interrupted`` (resumable) or ``failed``."""
     try:
@@ -178,44 +252,69 @@ def _ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) ->
         if chief:  # without --run-dir: the runs/<timestamp> it chose (another worker's own folder is scratch)
             exc.run_dir = str(config.run_dir or run.path)
         raise
-    except TrainingError as exc:
+    except (TrainingError, DataError) as exc:
         run.failed(str(exc))
         raise
 
 
 def _record_finished(
-    run: rundir.RunDir, model: keras.Model, history: dict, early_stop: stopping.EarlyStopping, *, started: float
+    run: rundir.RunDir, trainer: Trainer, history: dict, best: stopping.BestModelEarlyStopping, *, started: float
 ) -> None:
     """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
     (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""
-    rundir.save_model(model, run / rundir.MODEL)
+    rundir.save_model(trainer.model, run / rundir.MODEL)
     tutorial = run.write_history(history)
-    plots.plot_history(tutorial, run / rundir.HISTORY_PNG)
+    plots.plot_history(tutorial, run / rundir.HISTORY_PNG, metric=next((m.name for m in trainer.metrics), None))
     run.finished(
         epochs_done=len(history.get("loss", [])),
-        stopped_early=early_stop.stopped_epoch + 1 if early_stop.stopped_epoch is not None else None,
+        stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,
         seconds=round(run.info.get("seconds", 0) + time.perf_counter() - started, 3),
         final={k: v[-1] for k, v in tutorial.items()},
     )
 
 
-def new_run_info(config: TrainConfig, prepared: build.PreparedData, strategy: tf.distribute.Strategy) -> dict:
-    """run.json of a new run: its resolved config, data and versions."""
-    x_train, x_val = prepared.train[0], prepared.val[0]
+def new_run_info(
+    config: TrainConfig, data: RunData, strategy: tf.distribute.Strategy, trainer: Trainer, *, model_source: str | None
+) -> dict:
+    """run.json of a new run: its resolved config, data, model and versions."""
+    classification = data.class_names is not None
     return {
         "config": config.to_dict(),
-        "data_source": prepared.source,
-        "classes": list(prepared.classes),
-        "n_classes": len(prepared.classes),
-        "n_train": int(len(x_train)),
-        "n_val": int(len(x_val)),
-        "loss": "SparseCategoricalCrossentropy(from_logits=True)",
+        "data_source": data.description,
+        "task": data.task,
+        "classes": list(_recorded_classes(config, data)) if classification else None,
+        "n_classes": len(data.class_names) if classification else None,
+        "n_outputs": data.n_outputs,
+        "n_train": data.train.n,
+        "n_val": data.val.n if data.val is not None else 0,
+        "data": {
+            "kind": data.kind, "fingerprint": data.fingerprint, "preprocessing": data.preprocessing,
+            "source_classes": list(data.source_class_names) if data.source_class_names else None,
+        },
+        "model": trainer.model.name,
+        "model_source": model_source,
+        "parameters": int(trainer.model.count_params()),
+        "loss": describe_loss(trainer.loss),
+        "metrics": [m.name for m in trainer.metrics],
         "strategy": config.strategy,
         "workers": distribute.worker_count(strategy),
         "num_replicas": strategy.num_replicas_in_sync,
         "versions": versions(),
         "onednn_kernels": cpu.onednn_kernels(),
     }
+
+
+def _recorded_classes(config: TrainConfig, data: RunData) -> tuple:
+    """The classes as run.json lists them: a built-in data set's digits, or your data's class names."""
+    return config.classes if data.kind == "builtin" else data.class_names
+
+
+def describe_loss(loss: keras.losses.Loss) -> str:
+    """``SparseCategoricalCrossentropy(from_logits=True)``: the loss and the options that differ from its defaults."""
+    config = {k: v for k, v in loss.get_config().items() if k not in ("name", "reduction", "dtype")}
+    options = ", ".join(f"{k}={v}" for k, v in config.items() if v is not None and v is not False)
+    name = "".join(part.capitalize() for part in loss.name.split("_")) if loss.name else type(loss).__name__
+    return f"{name}({options})"
 
 
 def versions() -> dict[str, str]:

@@ -6,12 +6,17 @@
 The SavedModel holds the forward pass in inference mode (dropout off,
 BatchNorm frozen) and no training state, which is what TensorFlow Serving,
 ``tf.saved_model.load`` and TFLite converters want. It returns the model's
-logits; apply softmax for probabilities.
+logits; apply softmax for probabilities. A table's standardisation is built in
+(the model takes raw feature values); images are taken as the run read them:
+its size and colour mode, pixels scaled to [0, 1].
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import keras
+import numpy as np
 
 from gradloop import evaluation, rundir
 from gradloop.errors import RunDirError
@@ -19,7 +24,7 @@ from gradloop.errors import RunDirError
 
 def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
     """Export ``RUN_DIR/model.keras`` to ``out`` (default ``RUN_DIR/saved_model``), which must not exist yet."""
-    model = evaluation.load_model(run_dir)
+    model = with_standardization(evaluation.load_model(run_dir), rundir.RunDir.open(run_dir).info)
     out_dir = Path(out) if out else Path(run_dir) / rundir.SAVED_MODEL
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RunDirError(f"{out_dir} already exists and is not empty; remove it or pass another --out")
@@ -28,3 +33,15 @@ def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None) ->
     except OSError as exc:
         raise RunDirError(f"cannot write SavedModel to {out_dir}: {exc.strerror or exc}; pass another --out") from None
     return out_dir
+
+
+def with_standardization(model: keras.Model, info: dict) -> keras.Model:
+    """A table's run standardises its features with the training split's statistics: the exported
+    model does it first, so that it serves raw feature values (text columns one-hot encoded)."""
+    stats = ((info.get("data") or {}).get("preprocessing") or {}).get("standardize")
+    if not isinstance(stats, dict):
+        return model
+    inputs = keras.Input(model.input_shape[1:], name="features")
+    std = np.asarray(stats["std"], dtype=np.float64)
+    standardized = keras.layers.Normalization(mean=stats["mean"], variance=(std**2).tolist(), name="standardize")(inputs)
+    return keras.Model(inputs, model(standardized), name=f"{model.name}_standardized")

@@ -30,7 +30,13 @@ def summed(loss: Any) -> Any:
 def resolve_metric(metric: keras.metrics.Metric | str, loss: Any) -> keras.metrics.Metric:
     """A metric object for ``metric``; ``"accuracy"``/``"acc"`` chosen by the loss."""
     if not isinstance(metric, str) or metric.lower() not in ("accuracy", "acc"):
-        return keras.metrics.get(metric)
+        resolved = keras.metrics.get(metric)
+        if isinstance(resolved, keras.metrics.Metric):
+            if isinstance(metric, str):
+                resolved.name = metric  # "mae" is history's "mae", as in model.compile, not "mean_absolute_error"
+            return resolved
+        # A function such as "mae"'s: averaged over the epoch, named as given, as model.compile does.
+        return keras.metrics.MeanMetricWrapper(resolved, name=metric if isinstance(metric, str) else resolved.__name__)
     if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
         return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     if isinstance(loss, keras.losses.CategoricalCrossentropy):

@@ -1,14 +1,18 @@
 """``gradloop report RUN_DIR``: one self-contained HTML page about a run.
 
-    OUT/history.png, confusion_matrix.png, per_class_accuracy.png   the figures, as files
-    OUT/report.html   the run, its history, per-class accuracy, confusion matrix and config,
-                      with every figure embedded as a data: URI
+    OUT/history.png and, by task (FIGURES_BY_TASK), the evaluation's figures, as files:
+        classification   per_class_accuracy.png, confusion_matrix.png
+        regression       predicted_vs_true.png, residuals.png
+    OUT/report.html   the run, its history, its evaluation (per-class accuracy and the
+                      confusion matrix, or MAE, RMSE, R^2 and the two regression plots) and
+                      config, with every figure embedded as a data: URI
 
 The page has no scripts and no external references, so the one file works
-alone: mailed, archived or opened from a CI artefact. Per-class accuracy and
-the confusion matrix come from :func:`gradloop.evaluation.evaluate_run` on the
-chosen split (default ``val``: the run's own held-out data, so the page's
-accuracy is the history's last ``val_accuracy``).
+alone: mailed, archived or opened from a CI artefact. Every value read from the
+run folder is HTML-escaped: the folder may come from someone else. The
+evaluation comes from :func:`gradloop.evaluation.evaluate_run` on the chosen
+split (default ``val``: the run's own held-out data, so the page's accuracy is
+the history's last ``val_accuracy``).
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from gradloop import evaluation, plots, rundir
 from gradloop.errors import RunDirError
-from gradloop.rundir import RunDir
 
-FIGURES = ("history.png", "per_class_accuracy.png", "confusion_matrix.png")
+FIGURES_BY_TASK = {
+    "classification": ("history.png", "per_class_accuracy.png", "confusion_matrix.png"),
+    "regression": ("history.png", "predicted_vs_true.png", "residuals.png"),
+}
+FIGURES = FIGURES_BY_TASK["classification"]  # the built-in runs' (the tutorial's) figures
 
 
 def write_report(
@@ -31,25 +38,39 @@ def write_report(
     out: str | Path | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
+    data_path: str | None = None,
     split: str = "val",
     notify: Callable[[str], None] = print,
 ) -> Path:
     """Evaluate the run's model on ``split``, draw the figures, write the page; return its path."""
-    run = RunDir.open(run_dir)
+    run = rundir.RunDir.open(run_dir)
     run_dir, info, history = run.path, run.info, run.read_history()
-    result = evaluation.evaluate_run(run_dir, dataset=dataset, data_dir=data_dir, split=split, notify=notify)
+    result = evaluation.evaluate_run(
+        run_dir, dataset=dataset, data_dir=data_dir, data_path=data_path, split=split, notify=notify, keep_predictions=True
+    )
     out_dir = Path(out) if out else run / rundir.REPORT
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create report folder {out_dir}: {exc.strerror or exc}; pass another --out") from None
-    plots.plot_history(history, out_dir / "history.png")
-    plots.plot_per_class_accuracy(result["per_class_accuracy"], out_dir / "per_class_accuracy.png")
-    plots.plot_confusion_matrix(result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png")
-    images = {name: data_uri(out_dir / name) for name in FIGURES}
+    plots.plot_history(history, out_dir / "history.png", metric=first_metric(info))
+    if result["task"] == "regression":
+        plots.plot_predicted_vs_true(result["true"], result["predicted"], out_dir / "predicted_vs_true.png")
+        plots.plot_residuals(result["true"], result["predicted"], out_dir / "residuals.png")
+    else:
+        plots.plot_per_class_accuracy(result["per_class_accuracy"], out_dir / "per_class_accuracy.png")
+        plots.plot_confusion_matrix(result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png")
+    images = {name: data_uri(out_dir / name) for name in FIGURES_BY_TASK[result["task"]]}
     page = out_dir / "report.html"
     rundir.write_text(page, render(run_dir, info, history, result, images))
     return page
+
+
+def first_metric(info: Mapping[str, Any]) -> str | None:
+    """run.json's first metric other than the loss (the history's top panel), if it names one."""
+    metrics = info.get("metrics")
+    names = [m for m in metrics if isinstance(m, str) and m != "loss"] if isinstance(metrics, list) else []
+    return names[0] if names else None
 
 
 def data_uri(png: Path) -> str:
@@ -60,39 +81,19 @@ def render(
     run_dir: Path, info: Mapping[str, Any], history: Mapping[str, list], result: Mapping[str, Any], images: Mapping[str, str]
 ) -> str:
     """The page's HTML: headings, tables and the embedded figures."""
-    classes = result["classes"]
-    confusion = result["confusion_matrix"]
-    per_class_rows = [
-        (c, sum(row), row[i], _number(result["per_class_accuracy"][str(c)]))
-        for i, (c, row) in enumerate(zip(classes, confusion))
-    ]
     epochs = len(next(iter(history.values()), []))
     history_keys = list(history)
-    run_rows = [
-        ("run directory", str(run_dir)),
-        ("status", info.get("status", "?")),
-        ("data", info.get("data_source", "?")),
-        ("classes", ", ".join(map(str, info.get("classes", classes)))),
-        ("samples", f"{info.get('n_train', '?')} train / {info.get('n_val', '?')} validation"),
-        ("started", info.get("started", "?")),
-        ("seconds", info.get("seconds", "?")),
-        *((f"version of {k}", v) for k, v in info.get("versions", {}).items()),
-    ]
+    top = plots.top_metric(history, first_metric(info))
     body = [
         f"<h1>gradloop run {_e(run_dir.name)}</h1>",
-        _table("run", None, run_rows),
+        _table("run", None, _run_rows(run_dir, info, result)),
         "<h2>History</h2>",
-        _img(images["history.png"], "accuracy and loss per epoch"),
+        _img(images["history.png"], f"{top} and loss per epoch" if top else "loss per epoch"),
         _table("history", ("epoch", *history_keys),
                [(i + 1, *(_number(history[k][i]) for k in history_keys)) for i in range(epochs)]),
         f"<h2>Evaluation: {_e(result['split'])} split of {_e(result['source'])}, {result['n_samples']:,} samples</h2>",
-        f"<p>loss {_number(result['loss'])}, accuracy {_number(result['accuracy'])}</p>",
-        "<h3>Per-class accuracy</h3>",
-        _img(images["per_class_accuracy.png"], "accuracy of each class"),
-        _table("per-class", ("class", "samples", "correct", "accuracy"), per_class_rows),
-        "<h3>Confusion matrix (rows: true class, columns: predicted class)</h3>",
-        _img(images["confusion_matrix.png"], "confusion matrix"),
-        _table("confusion", ("true \\ predicted", *classes), [(c, *row) for c, row in zip(classes, confusion)]),
+        *(_regression(result, images, outputs=info.get("n_outputs")) if result["task"] == "regression"
+          else _classification(result, images)),
         "<h2>Config</h2>",
         _table("config", ("key", "value"), [(k, _config_value(v)) for k, v in info.get("config", {}).items()]),
     ]
@@ -102,6 +103,65 @@ def render(
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
+
+
+def _run_rows(run_dir: Path, info: Mapping[str, Any], result: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The run table: what was trained on what, and when; a row run.json has no value for is left out."""
+    data = info.get("data") if isinstance(info.get("data"), dict) else {}
+    parameters = info.get("parameters")
+    if result["task"] == "regression":
+        targets = ("outputs", info.get("n_outputs"))
+    else:
+        targets = ("classes", ", ".join(map(str, info.get("classes") or result["classes"])))
+    rows = [
+        ("run directory", str(run_dir)),
+        ("status", info.get("status", "?")),
+        ("task", result["task"]),
+        ("data", info.get("data_source", "?")),
+        ("data kind", data.get("kind")),
+        targets,
+        ("samples", f"{info.get('n_train', '?')} train / {info.get('n_val', '?')} validation"),
+        ("model", info.get("model")),
+        ("parameters", f"{parameters:,}" if isinstance(parameters, int) else parameters),
+        ("loss", info.get("loss")),
+        ("started", info.get("started", "?")),
+        ("seconds", info.get("seconds", "?")),
+        *((f"version of {k}", v) for k, v in info.get("versions", {}).items()),
+    ]
+    return [(name, value) for name, value in rows if value is not None]
+
+
+def _classification(result: Mapping[str, Any], images: Mapping[str, str]) -> list[str]:
+    """Loss and accuracy, then per-class accuracy and the confusion matrix, each as a figure and a table."""
+    classes = result["classes"]
+    confusion = result["confusion_matrix"]
+    per_class_rows = [
+        (c, sum(row), row[i], _number(result["per_class_accuracy"][str(c)]))
+        for i, (c, row) in enumerate(zip(classes, confusion))
+    ]
+    return [
+        f"<p>loss {_e(_number(result['loss']))}, accuracy {_e(_number(result['accuracy']))}</p>",
+        "<h3>Per-class accuracy</h3>",
+        _img(images["per_class_accuracy.png"], "accuracy of each class"),
+        _table("per-class", ("class", "samples", "correct", "accuracy"), per_class_rows),
+        "<h3>Confusion matrix (rows: true class, columns: predicted class)</h3>",
+        _img(images["confusion_matrix.png"], "confusion matrix"),
+        _table("confusion", ("true \\ predicted", *classes), [(c, *row) for c, row in zip(classes, confusion)]),
+    ]
+
+
+def _regression(result: Mapping[str, Any], images: Mapping[str, str], *, outputs: Any) -> list[str]:
+    """Loss, MAE, RMSE and R^2, then the predictions against the truth and the residuals
+    (of the first output: ``evaluate_run`` keeps that one's predictions)."""
+    which = f" (the first of {_e(outputs)} outputs)" if isinstance(outputs, int) and outputs > 1 else ""
+    return [
+        f"<p>loss {_e(_number(result['loss']))}, MAE {_e(_number(result['mae']))}, "
+        f"RMSE {_e(_number(result['rmse']))}, R^2 {_e(_number(result['r2']))}</p>",
+        f"<h3>Predicted against true{which}</h3>",
+        _img(images["predicted_vs_true.png"], "predicted against true, with the line predicted = true"),
+        f"<h3>Residuals (predicted - true) against predicted{which}</h3>",
+        _img(images["residuals.png"], "residuals against predicted, with the zero line"),
+    ]
 
 
 _STYLE = (

@@ -5,6 +5,8 @@
         history.json, .csv   per epoch, in the tutorial's names (train_loss, val_accuracy, ...)
         history.png          the tutorial's two panels
         model.keras          the last epoch's model; model.best.keras: the lowest val_loss epoch's
+        model_source.py      a copy of --model FILE.py (and the modules beside it that it imports),
+                             or model_initial.keras of --model FILE.keras: what a resume builds from
         checkpoints/         tf.train.CheckpointManager's, for --resume
         tensorboard/         event files
         report/, saved_model/    written later by ``gradloop report`` and ``gradloop export``
@@ -17,9 +19,12 @@ run.json's ``status`` moves only as :class:`RunDir`'s methods move it:
 A ``running`` run whose process is gone was killed. ``format`` is the run.json
 layout's version: an older file is upgraded when read, a newer one refused.
 
-Every file goes to a temporary name first and is renamed over the final one,
-so a process killed at any instant leaves the old file or the new, never half
-of one. Nothing here imports TensorFlow: reading a run is instant.
+Every file gradloop writes here goes to a temporary name first and is renamed
+over the final one (:mod:`gradloop.atomic`), so a process killed at any instant
+leaves the old file or the new, never half of one; TensorFlow's own checkpoints,
+event files and SavedModel are written by TensorFlow (CheckpointManager records a
+checkpoint only once it is complete). Nothing here imports TensorFlow: reading a
+run is instant.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from gradloop.atomic import save_model, write_atomically  # noqa: F401  (rundir.save_model: a run's model files)
 from gradloop.errors import ConfigError, RunDirError
 
 FORMAT = 1  # run.json's layout; 0 is a run.json written before it had a format
@@ -42,6 +48,7 @@ HISTORY_CSV = "history.csv"
 HISTORY_PNG = "history.png"
 MODEL = "model.keras"
 BEST_MODEL = "model.best.keras"
+MODEL_SOURCE = "model_source.py"  # a copy of --model FILE.py, which a resume builds the model from
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 REPORT = "report"
@@ -52,32 +59,12 @@ STATUSES = ("running", "interrupted", "finished", "failed")
 # --------------------------------------------------------------------- writing a file whole or not at all
 
 
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(temporary path)``, then rename the temporary file to ``path``.
-
-    The temporary name keeps the suffix (``model.partial.keras``): Keras picks
-    the format from it."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.stem}.partial{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_text(path: Path, text: str) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def save_model(model: Any, path: Path) -> None:
-    """``model.save(path)`` (a Keras model), whole or not at all."""
-    write_atomically(path, model.save)
 
 
 def read_json(path: Path, *, missing: str) -> Any:
@@ -175,7 +162,7 @@ class RunDir:
     # status --------------------------------------------------------------
 
     def start(self, info: dict[str, Any]) -> None:
-        self.info = {**info, "status": "running", "started": now()}
+        self.info = {"status": "running", **info, "started": now()}  # status first: `head run.json` shows it
         self.write_info()
 
     def resume(self, *, config: dict[str, Any], epoch: int, step: int, **facts: Any) -> None:
@@ -209,8 +196,12 @@ def read_info(path: Path, *, missing: str) -> dict[str, Any]:
         raise RunDirError(f"{file} has format {version!r}, not a version number; the run directory is damaged")
     if version > FORMAT:
         raise RunDirError(f"{file} has format {version}, newer than this gradloop's {FORMAT}; upgrade gradloop to read it")
-    if version == 0:  # before format 1 run.json had no "workers": each worker trained one replica
-        info.setdefault("workers", info.get("num_replicas", 1))
+    if version == 0:  # before format 1 run.json had no "workers": a multi-worker run had a replica per worker
+        info.setdefault("workers", info.get("num_replicas", 1) if info.get("strategy") == "multi_worker" else 1)
+    if "status" in info and info["status"] not in STATUSES:
+        raise RunDirError(f"{file} has status {info['status']!r}, not one of {', '.join(STATUSES)}; the run directory is damaged")
+    if isinstance(info.get("workers", 1), bool) or not isinstance(info.get("workers", 1), int):
+        raise RunDirError(f"{file} has workers {info['workers']!r}, not a count; the run directory is damaged")
     info["format"] = FORMAT
     return info
 
@@ -308,8 +299,8 @@ def check_resumable(path: str | os.PathLike, *, epochs: int, workers: int = 1) -
         )
     # Another worker count would see the same global batches (DATA sharding) but sum them in another
     # order, untested: refused, so that a resume stays exact.
-    if info.get("strategy") == "multi_worker" and info["workers"] != workers:
-        trained = info["workers"]
+    trained = info.get("workers", 1)
+    if info.get("strategy") == "multi_worker" and trained != workers:
         raise ConfigError(
             f"run {path} trained on {trained} workers but this resume has {workers}; a multi-worker run resumes on "
             f"as many workers as it trained on (gradloop launch --workers {trained}, or a TF_CONFIG of {trained})"

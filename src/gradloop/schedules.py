@@ -1,5 +1,4 @@
-"""Learning-rate schedules: Keras' own (chosen by name in :func:`gradloop.build.learning_rate`),
-plus a linear warm-up in front of any of them.
+"""Learning-rate schedules by name: Keras' own, plus a linear warm-up in front of any of them.
 
     constant      lr
     cosine        keras CosineDecay(lr, decay_steps)                      lr -> 0 along half a cosine
@@ -17,6 +16,8 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+
+NAMES = ("constant", "cosine", "exponential", "step")  # gradloop.config.LR_SCHEDULES, checked equal by a test
 
 
 @keras.saving.register_keras_serializable(package="gradloop")
@@ -52,3 +53,34 @@ class LinearWarmUp(keras.optimizers.schedules.LearningRateSchedule):
         if isinstance(after, dict):
             after = keras.saving.deserialize_keras_object(after)
         return cls(after, config["warmup_steps"])
+
+
+def learning_rate(
+    name: str,
+    lr: float,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    decay_steps: int | None = None,
+    decay_rate: float = 0.9,
+    steps_per_epoch: int = 1,
+) -> keras.optimizers.schedules.LearningRateSchedule | float:
+    """The optimizer's ``learning_rate`` for schedule ``name`` (see the module docstring).
+
+    ``decay_steps`` defaults to the steps after warm-up for ``cosine`` (decay to
+    0 by the end of training) and to one epoch for ``exponential`` and ``step``.
+    ``constant`` without warm-up is a plain float, so callbacks such as
+    ``LearningRateScheduler`` can still set it.
+    """
+    if name not in NAMES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(NAMES)}, got {name!r}")
+    keras_schedules = keras.optimizers.schedules
+    if name == "constant":
+        schedule = lr
+    elif name == "cosine":
+        schedule = keras_schedules.CosineDecay(lr, decay_steps=decay_steps or max(total_steps - warmup_steps, 1))
+    else:
+        schedule = keras_schedules.ExponentialDecay(
+            lr, decay_steps=decay_steps or steps_per_epoch, decay_rate=decay_rate, staircase=name == "step"
+        )
+    return LinearWarmUp(schedule, warmup_steps) if warmup_steps else schedule

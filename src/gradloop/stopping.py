@@ -1,6 +1,6 @@
 """When training should stop before its last epoch, and what it keeps.
 
-- :class:`EarlyStopping`: with a patience, stop once ``val_loss`` has not
+- :class:`BestModelEarlyStopping`: with a patience, stop once ``val_loss`` has not
   improved for that many epochs (Keras' EarlyStopping rule: strictly lower is
   better), and keep the model of the best epoch in a file either way.
 - :class:`StopOnNonFiniteLoss`: stop at the first step whose loss is NaN or
@@ -22,11 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from gradloop.errors import TrainingError
-from gradloop.rundir import save_model
+from gradloop.atomic import save_model
 from gradloop.step import StepFn
 
 
-class EarlyStopping(keras.callbacks.Callback):
+class BestModelEarlyStopping(keras.callbacks.Callback):
     """Stop after ``patience`` epochs without a lower ``monitor`` (0: never stop early);
     keep the lowest-``monitor`` epoch's model at ``path``.
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def make_dataset(
     x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool, seed: int | None = None
 ) -> tf.data.Dataset:
-    """A tf.data pipeline of (x float32, y int64) batches, the last one possibly partial.
+    """A tf.data pipeline of (x float32, y int64 labels or float32 targets) batches, the last one possibly partial.
 
     Each new iterator (epoch) reshuffles, deterministically given ``seed``: it
     draws one permutation of the indices, gathers the epoch in that order and
@@ -63,6 +63,15 @@ def shuffled_epochs(
     return epoch_batches
 
 
+def batches_in_order(x: np.ndarray, y: np.ndarray, order: np.ndarray, *, batch_size: int) -> tf.data.Dataset:
+    """The batches of ``x`` and ``y`` taken in ``order`` (a permutation of their rows, or some of them)."""
+    import tensorflow as tf
+
+    images, labels = _pipeline_tensors(x, y, batch_size)
+    rows = np.asarray(order, dtype=np.int64)
+    return _batches_in_order(tf.data.Dataset.from_tensors(rows), images, labels, int(batch_size), len(rows))
+
+
 def _pipeline_tensors(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     import tensorflow as tf
 
@@ -74,7 +83,8 @@ def _pipeline_tensors(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[tf
         raise DataError(f"{len(x)} images but {len(y)} labels; pass matching arrays")
     if len(x) == 0:
         raise DataError("cannot build a pipeline over 0 samples; pass a non-empty split")
-    return tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(np.asarray(y, dtype=np.int64))
+    targets = np.asarray(y, dtype=np.float32 if np.asarray(y).dtype.kind == "f" else np.int64)  # regression, or labels
+    return tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(targets)
 
 
 def _batches_in_order(
