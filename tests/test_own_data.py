@@ -653,6 +653,20 @@ def test_two_mirrored_cpu_replicas_train_the_csv_as_the_default_strategy_does(pr
 
 
 @SLOW
+def test_two_launched_workers_train_the_csv_as_one_process_does(processes, files, tmp_path):
+    run = tmp_path / "launched"
+    flags = [*process_flags(files)["csv"][:-2], "--run-dir", str(run)]  # no mid-epoch checkpoints, as mirrored
+    result = subprocess.run([sys.executable, "-m", "gradloop", "launch", "--workers", "2", "--", "train", *flags],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((run / "run.json").read_text())
+    assert (info["strategy"], info["workers"], info["status"], info["data"]["kind"]) == ("multi_worker", 2, "finished", "csv")
+    ours, default = history(run), history(processes.run("csv"))  # each worker keeps its half of every global batch
+    assert ours["val_loss"] == pytest.approx(default["val_loss"], rel=TOLERANCE)
+    assert np.abs(np.array(ours["val_accuracy"]) - default["val_accuracy"]).max() <= 1 / 25 + 1e-6
+
+
+@SLOW
 def test_profile_prints_its_phase_table_and_leaves_the_run_as_without(processes, files, tmp_path, capsys):
     flags = process_flags(files)["images"]
     capsys.readouterr()
