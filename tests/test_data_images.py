@@ -357,13 +357,26 @@ def test_a_restored_iterator_checkpoint_continues_exactly(tmp_path, digits):
 def test_image_files_hold_paths_and_read_pixels_only_when_iterated(tmp_path, digits):
     written = write_classes(tmp_path, digits, per_class=500, classes=NAMES)  # 2,000 images
     files = load(tmp_path).train
-    assert set(vars(files)) == {"paths", "y", "image_size", "color_mode"}
+    assert set(vars(files)) == {"paths", "y", "image_size", "color_mode", "uniform"}
     assert files.paths.dtype.kind == "U" and files.y.dtype == np.int64
     dataset = files.batches(None, 100)
     first = Path(files.paths[0])
     Image.fromarray(255 - written[first]).save(first)  # changed after the dataset was built
     x, _ = next(iter(dataset))
     np.testing.assert_array_equal(x[0, ..., 0], (255 - written[first]) / np.float32(255))
+
+
+def test_uniform_folders_decode_a_batch_at_once_to_the_very_same_pixels(tmp_path, digits):
+    write_classes(tmp_path, digits, per_class=40, classes=NAMES)
+    files = load(tmp_path).train
+    assert files.uniform  # all 28x28 grayscale PNGs
+    general = images.ImageFiles(paths=files.paths, y=files.y, image_size=files.image_size, color_mode=files.color_mode)
+    order = np.random.default_rng(0).permutation(files.n)
+    for (x, y), (x_general, y_general) in zip(files.batches(order, 32), general.batches(order, 32)):
+        np.testing.assert_array_equal(x.numpy(), x_general.numpy())
+        np.testing.assert_array_equal(y.numpy(), y_general.numpy())
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / NAMES[0] / "colour.png")
+    assert not load(tmp_path).train.uniform  # an RGB file among gray ones: converted image by image
 
 
 def test_image_files_checks_its_arguments():

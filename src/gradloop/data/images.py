@@ -64,7 +64,9 @@ class ImageFiles:
     threads, in that order, and its iterator checkpoints as a position alone.
     """
 
-    def __init__(self, *, paths: np.ndarray, y: np.ndarray, image_size: tuple[int, int], color_mode: str) -> None:
+    def __init__(
+        self, *, paths: np.ndarray, y: np.ndarray, image_size: tuple[int, int], color_mode: str, uniform: bool = False
+    ) -> None:
         paths, y = np.asarray(paths, dtype=str), np.asarray(y)
         if paths.ndim != 1 or y.shape != paths.shape:
             raise DataError(f"ImageFiles needs one label per path, got {paths.shape} paths and {y.shape} labels")
@@ -73,6 +75,10 @@ class ImageFiles:
             raise ConfigError(f"color_mode {color_mode!r} is not one of {', '.join(COLOR_MODES)}")
         self.paths, self.y = paths, y
         self.image_size, self.color_mode = (int(image_size[0]), int(image_size[1])), color_mode
+        # Every file a PNG or JPEG of this size whose pixels decode to these channels as they are: each
+        # image is then decoded as it is and the batch converted to float once (what a 2-core machine
+        # spends per image counts: docs/performance.md), with the very same pixels.
+        self.uniform = uniform
 
     @property
     def n(self) -> int:
@@ -84,7 +90,7 @@ class ImageFiles:
 
     def subset(self, rows: np.ndarray) -> ImageFiles:
         return ImageFiles(paths=self.paths[rows], y=self.y[rows], image_size=self.image_size,
-                          color_mode=self.color_mode)
+                          color_mode=self.color_mode, uniform=self.uniform)
 
     def batches(self, order: np.ndarray | None, batch_size: int) -> tf.data.Dataset:
         """The (images, labels) batches of the examples in ``order`` (None: the natural order).
@@ -103,16 +109,27 @@ class ImageFiles:
         if len(rows) == 0:
             raise DataError("cannot build a pipeline over 0 images; pass a non-empty split")
         image_size, color_mode = self.image_size, self.color_mode
+        examples = tf.data.Dataset.from_tensor_slices((self.paths[rows], self.y[rows]))
+        if self.uniform:
+            shape = (*image_size, CHANNELS[color_mode])
 
-        def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return load_image(path, image_size=image_size, color_mode=color_mode), label
+            def decode(path: tf.Tensor) -> tf.Tensor:
+                image = tf.io.decode_image(tf.io.read_file(path), channels=shape[-1], expand_animations=False)
+                return tf.ensure_shape(image, shape)
 
-        batches = (
-            tf.data.Dataset.from_tensor_slices((self.paths[rows], self.y[rows]))
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(int(batch_size))
-            .prefetch(tf.data.AUTOTUNE)
-            .apply(tf.data.experimental.assert_cardinality(math.ceil(len(rows) / batch_size)))
+            def load_batch(paths: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                images = tf.map_fn(decode, paths, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+                return tf.cast(images, tf.float32) / 255.0, labels
+
+            batches = examples.batch(int(batch_size)).map(load_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        else:
+
+            def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                return load_image(path, image_size=image_size, color_mode=color_mode), label
+
+            batches = examples.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(int(batch_size))
+        batches = batches.prefetch(tf.data.AUTOTUNE).apply(
+            tf.data.experimental.assert_cardinality(math.ceil(len(rows) / batch_size))
         )
         options = tf.data.Options()
         options.experimental_symbolic_checkpoint = True
@@ -180,7 +197,7 @@ def load(spec: DataSpec) -> Loaded:
     image_size = tuple(fitted.get("image_size") or spec.image_size or _common_size(root, headers))
     color_mode = fitted.get("color_mode") or spec.color_mode or _common_color(headers)
     train_files, test_files = (
-        None if files is None else _image_files(files, names, image_size, color_mode) for files in (train, test)
+        None if files is None else _image_files(files, names, image_size, color_mode, headers) for files in (train, test)
     )
     height, width = train_files.image_size
     return Loaded(
@@ -192,14 +209,19 @@ def load(spec: DataSpec) -> Loaded:
 
 
 def _image_files(
-    files: dict[str, list[Path]], names: tuple[str, ...], image_size: tuple[int, ...], color_mode: str
+    files: dict[str, list[Path]], names: tuple[str, ...], image_size: tuple[int, ...], color_mode: str,
+    headers: dict[Path, _Header],
 ) -> ImageFiles:
     """The files of each class folder, labelled with the class's index in ``names``, in the natural order."""
+    uniform = all(
+        headers[path].size == tuple(image_size) and headers[path].plain_channels == CHANNELS[color_mode]
+        for class_paths in files.values() for path in class_paths
+    )
     paths = [str(path) for class_paths in files.values() for path in class_paths]
     index = {name: i for i, name in enumerate(names)}
     labels = [index[name] for name, class_paths in files.items() for _ in class_paths]
     return ImageFiles(paths=np.array(paths, dtype=str), y=np.array(labels, dtype=np.int64),
-                      image_size=image_size, color_mode=color_mode)
+                      image_size=image_size, color_mode=color_mode, uniform=uniform)
 
 
 def _class_files(folder: Path, root: Path) -> dict[str, list[Path]]:
@@ -256,6 +278,7 @@ class _Header(NamedTuple):
 
     size: tuple[int, int]
     color: str
+    plain_channels: int | None = None  # a PNG or JPEG that decodes as it is to 1, 3 or 4 channels (None: other)
 
 
 def _read_header(path: Path) -> _Header:
@@ -294,7 +317,8 @@ def _read_header(path: Path) -> _Header:
             raise _undecodable(path, reason)
     alpha = mode in _ALPHA_MODES or ("transparency" in info and kind != "GIF")  # TF decodes a GIF to RGB
     color = "rgba" if alpha else "grayscale" if mode in _GRAY_MODES and kind != "GIF" else "rgb"
-    return _Header((height, width), color)
+    plain = {"L": 1, "RGB": 3, "RGBA": 4}.get(mode) if kind in ("PNG", "JPEG") and "transparency" not in info else None
+    return _Header((height, width), color, plain)
 
 
 def _starts_as_image(path: Path) -> bool:
