@@ -25,9 +25,12 @@ sides run on the same TensorFlow kernels (``cpu.import_tensorflow``, as the CLI)
 
 gradloop's CLI updates Adam's variables with TensorFlow's fused kernel, Keras with its own formula: the same
 arithmetic in another order, so each step differs by float32 rounding and the two agree to about 1e-4
-relative, not to the bit. The table gives each source's final val accuracy (or val MAE) both ways, their
-absolute difference, and the largest relative difference over the epochs of val_loss and of the training
-loss; then each epoch, and the exact commands.
+relative, not to the bit, per step; over many steps training can amplify the difference. The table gives
+each source's final val accuracy (or val MAE) both ways, their absolute difference, and the largest relative
+difference over the epochs of val_loss and of the training loss. Then, unless --no-diagnosis, where a
+difference comes from: gradloop's Trainer in this process on the run's own feed, fused (it must repeat the
+CLI's run) and with Keras' Adam (``fused_optimizer=False``, against Keras fit), and Keras fit in another
+epoch order for scale. Then each epoch, the times and the exact commands.
 """
 
 from __future__ import annotations
@@ -65,8 +68,11 @@ class Case:
     gradloop_seconds: float = 0.0  # the process, start-up included
     run_seconds: float = 0.0  # run.json's: data, model, training and files
     keras_seconds: float = 0.0  # Keras fit's epochs, validation included
-    ours: dict[str, list[float]] = field(default_factory=dict)
-    theirs: dict[str, list[float]] = field(default_factory=dict)
+    ours: dict[str, list[float]] = field(default_factory=dict)  # the CLI run's history.json
+    theirs: dict[str, list[float]] = field(default_factory=dict)  # Keras fit's, in the same names
+    library_fused: dict[str, list[float]] = field(default_factory=dict)  # the diagnosis: see the module docstring
+    library_unfused: dict[str, list[float]] = field(default_factory=dict)
+    control: dict[str, list[float]] = field(default_factory=dict)
     metric: str = ""
     n_train: int = 0
     n_val: int = 0
@@ -153,11 +159,9 @@ def arrays(examples) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
-def fit_with_keras(case: Case, run: Path) -> None:
-    """The run's model built, compiled and fit by Keras as the module docstring says; histories into ``case``."""
-    import keras
-    import tensorflow as tf
-
+def reproduce(case: Case, run: Path, *, diagnose: bool) -> None:
+    """The run's data read again with gradloop's readers, then Keras fit on it (and, with ``diagnose``, the
+    gradloop library in this process, fused and not, and Keras fit in another order); histories into ``case``."""
     from gradloop import build
     from gradloop.config import build_config
 
@@ -167,35 +171,79 @@ def fit_with_keras(case: Case, run: Path) -> None:
     fingerprint = json.loads(json.dumps(data.fingerprint))  # as run.json holds it
     if fingerprint != info["data"]["fingerprint"] or (data.train.n, data.val.n) != (info["n_train"], info["n_val"]):
         sys.exit(f"{case.name}: the data read here is not the run's ({config.data} changed?)")
-    (x, y), val = arrays(data.train), arrays(data.val)
-    case.n_train, case.n_val = len(y), len(val[1])
+    train, val = arrays(data.train), arrays(data.val)
+    case.n_train, case.n_val = len(train[1]), len(val[1])
+    case.metric = build.build_metrics(config, data.task)[0]
+    case.ours = json.loads((run / "history.json").read_text())
+    case.run_seconds = float(info.get("seconds", 0.0))
+
+    start = time.perf_counter()
+    case.theirs = fit_with_keras(config, data, train, val, order_seed=config.seed)
+    case.keras_seconds = time.perf_counter() - start
+    if diagnose:
+        case.library_fused = fit_with_library(config, data, fused=True)
+        case.library_unfused = fit_with_library(config, data, fused=False)
+        case.control = fit_with_keras(config, data, train, val, order_seed=config.seed + 1)
+
+
+def seeded_model(config, data):
+    """The model as gradloop's experiment builds it: op determinism (--deterministic), the seed, the builder."""
+    import keras
+    import tensorflow as tf
+
+    from gradloop import build
 
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    model = build.build_model(config, data.train.element_shape, data.n_outputs, task=data.task)
-    steps_per_epoch = math.ceil(len(y) / config.batch_size)
-    metrics = build.build_metrics(config, data.task)
+    return build.build_model(config, data.train.element_shape, data.n_outputs, task=data.task)
+
+
+def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, list[float]]:
+    """Keras fit epoch by epoch on the training arrays in the order ``default_rng((order_seed, e))`` gives epoch e,
+    compiled with the run's optimizer, loss, metrics and steps per execution; its history in the run's names."""
+    from gradloop import build, rundir
+
+    x, y = train
+    model = seeded_model(config, data)
     model.compile(
-        optimizer=build.build_optimizer(config, steps_per_epoch=steps_per_epoch),
+        optimizer=build.build_optimizer(config, steps_per_epoch=math.ceil(len(y) / config.batch_size)),
         loss=build.build_loss(config, data.task, model),
-        metrics=metrics,
+        metrics=build.build_metrics(config, data.task),
         steps_per_execution=config.steps_per_execution,
         jit_compile=config.jit_compile,
     )
-    case.metric = metrics[0]
     history: dict[str, list[float]] = {}
-    start = time.perf_counter()
     for epoch in range(config.epochs):
-        order = np.random.default_rng((config.seed, epoch)).permutation(len(y))
+        order = np.random.default_rng((order_seed, epoch)).permutation(len(y))
         logs = model.fit(x[order], y[order], batch_size=config.batch_size, initial_epoch=epoch, epochs=epoch + 1,
                          shuffle=False, validation_data=val, verbose=0).history
         for key, values in logs.items():
             history.setdefault(key, []).extend(float(v) for v in values)
-    case.keras_seconds = time.perf_counter() - start
-    case.theirs = history
-    case.ours = json.loads((run / "history.json").read_text())
-    case.run_seconds = float(json.loads((run / "run.json").read_text()).get("seconds", 0.0))
+    return rundir.tutorial_history(history)
+
+
+def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
+    """gradloop's Trainer in this process on the run's own feed (``examples.epochs``), built as ``build_trainer``
+    builds it; ``fused=False``: Keras' own Adam update instead of TensorFlow's fused kernel."""
+    from gradloop import build, rundir
+    from gradloop.compiled import CompileOptions
+    from gradloop.data import examples
+    from gradloop.trainer import Trainer
+
+    steps_per_epoch = math.ceil(data.train.n / config.batch_size)
+    model = seeded_model(config, data)
+    trainer = Trainer(
+        model,
+        optimizer=build.build_optimizer(config, steps_per_epoch=steps_per_epoch),
+        loss=build.build_loss(config, data.task, model),
+        metrics=build.build_metrics(config, data.task),
+        options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile,
+                               fused_optimizer=fused),
+    )
+    history = trainer.fit(examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
+                          validation_data=data.val.batches(None, config.batch_size), epochs=config.epochs)
+    return rundir.tutorial_history({k: v for k, v in history.history.items() if k != "train_time"})
 
 
 # ----------------------------------------------------------------------------------- the table
@@ -218,8 +266,29 @@ def report(done: list[Case], argv: list[str], seconds: float) -> None:
         examples = f" ({round(diff * c.n_val)} of {c.n_val:,})" if c.metric == "accuracy" else ""
         print(f"{c.name:<14} {m:<9} {ours:>10.4f} {theirs:>10.4f} {diff:>9.2e} "
               f"{relative(c.ours['val_loss'], c.theirs['val_loss']).max():>17.2e} "
-              f"{relative(c.ours['train_loss'], c.theirs['loss']).max():>13.2e}  "
+              f"{relative(c.ours['train_loss'], c.theirs['train_loss']).max():>13.2e}  "
               f"{c.n_train:,} train / {c.n_val:,} val{examples}")
+
+    if any(c.control for c in done):
+        print("\nDiagnosis, the largest relative difference of val_loss over the epochs (and of the final val metric,"
+              "\nabsolute) between: A the CLI run and gradloop's Trainer in this process on the same feed, fused Adam"
+              "\n(the same computation: 0 says the reproduction is the run); B that Trainer with Keras' own Adam update"
+              "\n(fused_optimizer=False) and Keras fit; C the Trainer fused and not (the fused kernel's rounding alone);"
+              "\nD Keras fit in another epoch order (seed + 1) and in the run's (what a real difference looks like):\n")
+        head = (f"{'data':<14} {'A cli / lib':>18} {'B lib unfused / keras':>22} {'C fused / unfused':>18} "
+                f"{'D keras order':>18}")
+        print(head)
+        print("-" * len(head))
+        for c in done:
+            if not c.control:
+                continue
+            m = f"val_{c.metric}"
+
+            def both(a: dict, b: dict) -> str:
+                return f"{relative(a['val_loss'], b['val_loss']).max():.1e} ({abs(a[m][-1] - b[m][-1]):.1e})"
+
+            print(f"{c.name:<14} {both(c.ours, c.library_fused):>18} {both(c.library_unfused, c.theirs):>22} "
+                  f"{both(c.library_fused, c.library_unfused):>18} {both(c.control, c.theirs):>18}")
 
     for c in done:
         m = f"val_{c.metric}"
@@ -235,6 +304,8 @@ def report(done: list[Case], argv: list[str], seconds: float) -> None:
     for c in done:
         print(f"  {c.name:<14} gradloop process {c.gradloop_seconds:7.1f} s (run.json: {c.run_seconds:.1f} s); "
               f"Keras fit {c.keras_seconds:7.1f} s")
+    if any(c.control for c in done):
+        print("  (the diagnosis trains each source three more times in this process)")
     print(f"  all, this script: {seconds:.1f} s")
     print(f"\nKernels: {cpu.KERNEL_NAMES.get(cpu.onednn_kernels(), 'unknown')}; "
           f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
@@ -251,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=WORK_DEFAULT, help="where the CSV files, runs and logs go "
                         f"(replaced; default {WORK_DEFAULT})")
     parser.add_argument("--only", default=",".join(SOURCES), help=f"comma-separated, of {', '.join(SOURCES)}")
+    parser.add_argument("--no-diagnosis", dest="diagnose", action="store_false",
+                        help="skip the diagnosis (the library fused and not, Keras in another order)")
     args = parser.parse_args(argv)
     only = tuple(s.strip() for s in args.only.split(","))
     if unknown := set(only) - set(SOURCES):
@@ -263,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in todo:
         run = train_with_gradloop(case, args.work.resolve())
         print(f"[{case.name}] gradloop done in {case.gradloop_seconds:.1f} s; Keras fit ...", file=sys.stderr, flush=True)
-        fit_with_keras(case, run)
+        reproduce(case, run, diagnose=args.diagnose)
     report(todo, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)], time.perf_counter() - start)
     print(f"uptime after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     return 0

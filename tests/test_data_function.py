@@ -56,6 +56,11 @@ def datasets_tuple():
 def train_only():
     x, y = digits()
     return {"train": tf.data.Dataset.from_tensor_slices((x / 255, y)).batch(100)}
+
+def datasets_of_column_labels():
+    x, y = digits()
+    return {"train": tf.data.Dataset.from_tensor_slices((x[:300] / 255, y[:300, None])).batch(50),
+            "val": tf.data.Dataset.from_tensor_slices((x[300:] / 255, y[300:, None])).batch(50)}
 """
 
 
@@ -96,8 +101,16 @@ def test_a_function_returning_arrays_is_read_as_an_npz_is_with_the_seed_it_decla
     np.testing.assert_array_equal(loaded.train.y, y[order][:400])
     assert loaded.val is None
     assert loaded.description == f"{digits_py}:arrays (function: 400 examples of shape (28, 28))"
-    digest = __import__("hashlib").sha256(digits_py.read_bytes()).hexdigest()
-    assert loaded.fingerprint == {"files": 1, "bytes": digits_py.stat().st_size, "sha256": digest}
+    arrays_bytes = sum(a.nbytes for a in (x, y))
+    assert (loaded.fingerprint["files"], loaded.fingerprint["bytes"]) == (1, digits_py.stat().st_size + arrays_bytes)
+
+
+def test_a_function_s_arrays_are_fingerprinted_with_its_source(digits_py):
+    """The same code returning other arrays (here: another seed's order; in life, a file it reads) is other data."""
+    first, again, other = (load(digits_py, "arrays", seed=s).fingerprint for s in (7, 7, 8))
+    assert first == again
+    assert first != other and first["bytes"] == other["bytes"]
+    assert sources.describe_change(first, other).startswith("the same 1 file and")
 
 
 def test_a_function_s_own_validation_arrays_are_kept_and_not_split_again(digits_py):
@@ -125,6 +138,14 @@ def test_a_tuple_of_datasets_is_train_then_val_and_class_names_default_to_the_la
     loaded = load(digits_py, "datasets_tuple")
     assert (loaded.train.n, loaded.val.n, loaded.test) == (300, 200, None)
     assert loaded.class_names == tuple("0123456789")
+
+
+def test_datasets_of_integer_labels_of_shape_batch_by_1_are_a_classification(digits_py, digits):
+    loaded = load(digits_py, "datasets_of_column_labels")
+    assert (loaded.task, loaded.class_names) == ("classification", tuple("0123456789"))
+    np.testing.assert_array_equal(loaded.train.y, digits[1][:300])
+    for _, y in loaded.val.batches(None, 50):
+        assert y.shape == (50,)  # the pipeline gives one label per example too
 
 
 def test_a_run_on_datasets_keeps_every_class_and_the_function_s_validation(digits_py):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,17 @@ def test_description_preprocessing_and_fingerprint(tmp_path, digits):
     assert before == sources.file_fingerprint(sorted(tmp_path.rglob("*.png")), tmp_path)
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "one" / "extra.png")
     assert load(tmp_path).fingerprint["files"] == 13 and load(tmp_path).fingerprint["sha256"] != before["sha256"]
+
+
+def test_a_file_rewritten_at_the_same_size_changes_the_fingerprint(tmp_path, digits):
+    """Sizes alone miss an image replaced by another of the same size: its modification time tells."""
+    write_classes(tmp_path, digits, per_class=2)
+    before = load(tmp_path).fingerprint
+    file = sorted(tmp_path.rglob("*.png"))[0]
+    stat = file.stat()
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same name, same size, rewritten later
+    after = load(tmp_path).fingerprint
+    assert after["sha256"] != before["sha256"] and (after["files"], after["bytes"]) == (before["files"], before["bytes"])
 
 
 @pytest.mark.parametrize(("color_mode", "channels"), [("grayscale", 1), ("rgb", 3), ("rgba", 4)])

@@ -105,6 +105,14 @@ def test_integer_target_is_classification_unless_task_regression(tmp_path):
     np.testing.assert_array_equal(as_numbers.train.y, bunch.target.astype(np.float32))
 
 
+def test_many_integer_classes_are_kept_when_asked_for_or_few_enough(tmp_path):
+    prices = write_csv(tmp_path / "p.csv", ["a", "label"], [[i, 100 + 7 * i] for i in range(30)])
+    assert len(table.load(DataSpec(str(prices), target="label", task="classification")).class_names) == 30
+    assert table.load(DataSpec(str(prices), target="label", task="regression")).task == "regression"
+    twenty = write_csv(tmp_path / "t.csv", ["a", "label"], [[i, i % 20] for i in range(30)])  # 20: not more than 20
+    assert len(table.load(DataSpec(str(twenty), target="label")).class_names) == 20
+
+
 def test_numeric_class_names_sort_as_numbers(tmp_path):
     write_csv(tmp_path / "t.csv", ["a", "label"], [[i, label] for i, label in enumerate([10, 2, 1, 2, 10, 1])])
     loaded = table.load(DataSpec(str(tmp_path / "t.csv"), target="label"))
@@ -312,6 +320,11 @@ BAD_INPUTS = {
     "beyond float32": (GOOD_HEADER + "1,2,x\n3,1e39,y\n", {}, DataError, "holds '1e39' in column 'b', not a finite number"),
     "decimals as classes": (GOOD_HEADER + "1,2,0.5\n3,4,1.5\n", {"task": "classification"}, ConfigError,
                             r"classification needs class labels, but the target 'label' holds '0.5' \(row 2 of .*\); pass --task regression"),
+    "decimals among whole numbers": (GOOD_HEADER + "1,2,1\n3,4,1.5\n5,6,2\n", {"task": "classification"}, ConfigError,
+                                     r"holds '1.5' \(row 3 of .*\); pass --task regression"),
+    "prices as classes": (GOOD_HEADER + "".join(f"{i},1,{100 + 7 * i}\n" for i in range(30)), {}, ConfigError,
+                          r"the target 'label' of .* has 30 distinct labels in 30 examples, too many to be classes; "
+                          r"pass --task regression"),
     "text as regression": (GOOD_HEADER + "1,2,x\n3,4,y\n", {"task": "regression"}, ConfigError,
                            r"regression needs numbers, but the target 'label' holds 'x' \(row 2 of .*\); pass --task classification"),
     "drop leaves nothing": (GOOD_HEADER + "1,,x\n?,4,y\n", {"fill": "drop"}, DataError, "every row of .* has a missing cell"),

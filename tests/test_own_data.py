@@ -683,3 +683,52 @@ def test_profile_prints_its_phase_table_and_leaves_the_run_as_without(processes,
     assert all(got[key] == expected[key] for key in set(expected) - {"train_time"})
     expected, got = weights(processes.run("images") / "model.keras"), weights(tmp_path / "run" / "model.keras")
     assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got))
+
+
+# --------------------------------------------------------------------- what a run refuses, and finds again
+
+
+def test_evaluate_on_data_of_another_kind_is_one_line(processes, files, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(processes.run("csv")), "--data", str(files.digits)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gradloop: error: run ") and "trained on csv data and --data" in err and "\n" not in err
+
+
+def test_evaluate_on_a_few_rows_needs_no_batch_size(processes, files, tmp_path, capsys):
+    few = tmp_path / "few.csv"
+    few.write_text("".join(files.iris.read_text().splitlines(keepends=True)[:11]))  # the header and 10 flowers
+    capsys.readouterr()
+    assert main(["evaluate", str(processes.run("csv")), "--data", str(few), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_samples"] == 10
+
+
+def test_a_run_given_relative_paths_is_found_from_another_folder(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(files.iris.parent)
+    run = tmp_path / "run"
+    train_here("--data", files.iris.name, "--target", "species", "--hidden", "8", "--epochs", "1", "--run-dir", str(run))
+    assert json.loads((run / "run.json").read_text())["config"]["data"] == str(files.iris)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "run", "--split", "val"]) == 0
+    assert main(["train", "--resume", "--run-dir", "run", "--epochs", "2"]) == 0
+
+
+def test_a_model_from_a_package_resumes(files, tmp_path, monkeypatch):
+    package = tmp_path / "site" / "own_data_models"  # a name no other test imports: sys.modules keeps it
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(MODEL_TEXT)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    run = tmp_path / "run"
+    train_here("--data", str(files.digits), "--model", "own_data_models:build", "--epochs", "1", "--run-dir", str(run))
+    assert json.loads((run / "run.json").read_text())["model_source"] == "own_data_models:build"
+    assert main(["train", "--resume", "--run-dir", str(run), "--epochs", "2"]) == 0
+    assert json.loads((run / "run.json").read_text())["epochs_done"] == 2
+    sys.modules.pop("own_data_models", None)  # monkeypatch restores sys.path only
+
+
+MODEL_TEXT = """import keras
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(num_classes)])
+"""

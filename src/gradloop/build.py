@@ -81,10 +81,7 @@ def load_data(
             source_class_names=None, fingerprint={}, preprocessing={},
         )
     spec = data_spec(config, fitted=fitted, class_names=class_names)
-    run = load_run_data(spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed)
-    if config.batch_size > run.train.n and not hasattr(run.train, "num_batches"):  # a function's datasets come batched
-        raise ConfigError(f"batch_size {config.batch_size} is larger than the {run.train.n:,} training samples; lower --batch-size")
-    return run
+    return load_run_data(spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed)
 
 
 def data_spec(

@@ -290,6 +290,15 @@ def _bench_data(args: argparse.Namespace, batch_sizes: tuple[int, ...]) -> int:
     if args.variants:
         raise ConfigError("--variants picks among the MLP bench's ways to train; with --data, bench times "
                           "streamed and in-memory data; drop one of them")
+    from gradloop.data import sources
+
+    # before build_config reads it (a CSV's "pass --target" names a flag bench does not have); --data with
+    # --dataset or --data-dir is build_config's refusal
+    kind = "images" if args.dataset or args.data_dir else sources.kind_of(args.data)
+    if kind != "images":
+        what = {"csv": "a CSV table", "arrays": "arrays", "function": "a data function"}[kind]
+        raise ConfigError(f"bench --data times image folders; {args.data} is {what}, read into memory whole with "
+                          "nothing to stream: pass a folder of class folders of images")
     configs = [
         build_config(data=args.data, dataset=args.dataset, data_dir=args.data_dir, classes=args.classes,
                      hidden=args.hidden, model=args.model, batch_size=b)

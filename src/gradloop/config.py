@@ -230,6 +230,7 @@ class TrainConfig:
                 object.__setattr__(self, "data", os.fspath(self.data))
             if not isinstance(self.data, str) or not self.data.strip():
                 raise ConfigError(f"data must be a path, got {_short(self.data)}")
+            object.__setattr__(self, "data", _absolute(self.data))  # run.json's data is found from any folder
             if self.dataset is not None or self.data_dir is not None:
                 raise ConfigError("--data reads your own data and --dataset/--data-dir a built-in data set; pass one of them")
         if self.task is not None:
@@ -372,6 +373,14 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
         if isinstance(values.get(key), int) and not isinstance(values[key], bool):
             values[key] = str(values[key])
     return TrainConfig(**values)
+
+
+def _absolute(data: str) -> str:
+    """``--data`` with its file made absolute (``FILE.py:FUNCTION`` too); ``package.module:FUNCTION`` as it is."""
+    target, _, name = data.rpartition(":")
+    if target and name.isidentifier() and not os.path.exists(data):
+        return f"{os.path.abspath(target)}:{name}" if target.endswith(".py") else data
+    return os.path.abspath(data)
 
 
 def parse_class_names(spec: Any) -> tuple[int | str, ...] | None:

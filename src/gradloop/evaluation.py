@@ -16,10 +16,10 @@ import keras
 import numpy as np
 import sklearn.metrics
 
-from gradloop import build, data, rundir
+from gradloop import build, data, models, rundir
 from gradloop.config import TrainConfig, build_config
+from gradloop.data import sources
 from gradloop.data.examples import Examples
-from gradloop.data.sources import describe_change
 from gradloop.data.splits import SPLITS
 from gradloop.errors import ConfigError, DataError, RunDirError
 
@@ -89,17 +89,28 @@ def evaluate_run(
         raise ConfigError(f"run {run_dir} trained on a built-in data set; evaluate it with --dataset/--data-dir, not --data")
     examples, source, split = _own_data(config, info, run_dir, data_path=data_path, split=split, notify=notify)
     model = load_model(run_dir)
-    batches = examples.batches(None, 256).map(lambda x, y: x)
-    outputs = model.predict(batches, verbose=0)
+    models.check_model_fits(model, input_shape=examples.element_shape, n_outputs=info.get("n_outputs") or len(info["classes"]),
+                            task=info.get("task"))
+    labels, outputs = predictions(model, examples)
     loss = build.build_loss(config, info.get("task", "classification"), model)
     result = {"run_dir": str(run_dir), "split": split, "source": source,
               "n_samples": int(examples.n), "task": info.get("task", "classification")}
     if result["task"] == "regression":
-        scores = regression_scores(examples.y, outputs, loss)
+        scores = regression_scores(labels, outputs, loss)
         if not keep_predictions:
             scores = {k: v for k, v in scores.items() if k not in ("predicted", "true")}
         return {**result, **scores}
-    return {**result, **classification_scores(examples.y, outputs, loss, info["classes"])}
+    return {**result, **classification_scores(labels, outputs, loss, info["classes"])}
+
+
+def predictions(model: keras.Model, examples: Examples) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and the model's outputs, batch by batch from one pass: a data function's dataset may
+    give its examples in another order each pass."""
+    labels, outputs = [], []
+    for x, y in examples.batches(None, 256):
+        labels.append(y.numpy())
+        outputs.append(np.asarray(model(x, training=False)))
+    return np.concatenate(labels), np.concatenate(outputs)
 
 
 def _own_data(
@@ -107,6 +118,9 @@ def _own_data(
 ) -> tuple[Examples, str, str]:
     """``split`` of the run's own data (refused when it changed since training), or all of
     ``data_path`` (its test split with ``split="test"``, when it has one); and which it was."""
+    if data_path is not None and sources.kind_of(data_path) != (info.get("data") or {}).get("kind"):
+        raise ConfigError(f"run {run_dir} trained on {(info.get('data') or {}).get('kind')} data and --data {data_path} "
+                          f"holds {sources.kind_of(data_path)} data; evaluate it on data of the run's kind")
     if data_path is not None and split != "test":
         raise ConfigError(f"--data {data_path} is scored whole (or its test split, the default); "
                           f"drop --split {split}, which picks a split of the run's own data")
@@ -119,7 +133,7 @@ def _own_data(
     if data_path is None and recorded.get("fingerprint") and recorded["fingerprint"] != data.fingerprint:
         raise DataError(
             f"the data in {config.data} changed since run {run_dir} trained on it "
-            f"({describe_change(recorded['fingerprint'], data.fingerprint)}); put it back, or pass --data PATH"
+            f"({sources.describe_change(recorded['fingerprint'], data.fingerprint)}); put it back, or pass --data PATH"
         )
     if data_path is not None:
         if split == "test" and data.test is not None:

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import math
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, build, checkpoint, cpu, distribute, models, plots, progress, rundir, stopping, summaries
+from gradloop import __version__, build, checkpoint, cpu, distribute, losses, models, plots, progress, rundir, stopping, summaries
 from gradloop import step as step_lib
 from gradloop.config import MODELS, TrainConfig
 from gradloop.data import examples
@@ -63,11 +64,14 @@ def train(
         stop.catch()  # take SIGTERM back from TensorFlow's coordination service
     chief = distribute.is_chief(strategy)
     resumed = _check_resumable(config, strategy) if resume else None
+    if resumed is None and config.model not in MODELS:
+        models.check_model_source(config.model)
     path = _run_path(config, chief=chief, resume=resume, overwrite=overwrite)
 
-    data = build.load_data(config, notify=notify)  # bad data fails before anything is written
+    data = build.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
     feed = Feed.of(config, data)
     trainer, guard = _trainer(config, strategy, data, feed, model_spec=_model_spec(resumed))
+    _check_fits(config, data, trainer, feed)
     if resumed is not None:
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
@@ -105,12 +109,16 @@ class Feed:
 
     @classmethod
     def of(cls, config: TrainConfig, data: RunData) -> "Feed":
+        batched = hasattr(data.train, "num_batches")  # a function's own datasets come batched as it batched them
+        if config.batch_size > data.train.n and not batched:
+            raise ConfigError(
+                f"batch_size {config.batch_size} is larger than the {data.train.n:,} training samples; lower --batch-size"
+            )
         val = data.val.batches(None, config.batch_size) if data.val is not None and data.val.n else None
         return cls(
             train=examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
             val=val,
-            # A function's own datasets come batched as it batched them.
-            steps_per_epoch=getattr(data.train, "num_batches", None) or math.ceil(data.train.n / config.batch_size),
+            steps_per_epoch=data.train.num_batches if batched else math.ceil(data.train.n / config.batch_size),
         )
 
 
@@ -124,6 +132,24 @@ def _trainer(
     guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
     watched = guard.watch(step_lib.train_step)
     return build.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
+
+
+def _check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed) -> None:
+    """The loss and metrics on one batch, before anything is written: a loss or metric that does not fit
+    the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step."""
+    x, y = next(iter(feed.train(0).take(1)))
+    y_pred = trainer.model(x, training=False)
+    try:
+        trainer.loss(y, y_pred)
+        for name in build.build_metrics(config, data.task):  # fresh ones: the trainer's own stay untouched
+            losses.resolve_metric(name, trainer.loss).update_state(y, y_pred)
+    except (ValueError, TypeError, tf.errors.OpError) as exc:
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", " ".join(str(getattr(exc, "message", exc)).split()))[:200]
+        raise ConfigError(
+            f"the loss {describe_loss(trainer.loss)} or the metrics {', '.join(m.name for m in trainer.metrics)} do not fit "
+            f"labels of shape {tuple(y.shape)} ({y.dtype.name}) and outputs of shape {tuple(y_pred.shape)} ({reason}); "
+            f"choose a --loss and --metrics for {data.task}"
+        ) from None
 
 
 def _start(
@@ -193,7 +219,9 @@ def _run_path(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool
 def _model_spec(resumed: rundir.RunDir | None) -> str | None:
     """Where a resumed run's own model comes from: the copy of the user's file in its folder."""
     source = resumed.info.get("model_source") if resumed is not None else None
-    return str(resumed / source) if source else None
+    if source == models.MODEL_INITIAL or str(source).startswith(f"{rundir.MODEL_SOURCE}:"):
+        return str(resumed / source)
+    return source  # package.module:FUNCTION, importable as it was
 
 
 def _resume(

@@ -185,11 +185,8 @@ def copy_model_source(spec: str, run_dir: str | os.PathLike) -> str | None:
     if not target.endswith(".py"):
         return spec
     path = Path(target)
-    own = {rundir.MODEL_SOURCE, rundir.CHECKPOINTS, rundir.TENSORBOARD, rundir.REPORT, rundir.SAVED_MODEL}
+    check_model_source(spec)
     for module in _sibling_modules(path):
-        if module.name in own:
-            raise ConfigError(f"--model {spec}: it imports {module.name} from its folder, whose copy would mix with the run "
-                              f"directory's own {module.name}; rename that module")
         files = [module] if module.is_file() else [f for f in sorted(module.rglob("*.py")) if "__pycache__" not in f.parts]
         for file in files:
             copy = run_dir / file.relative_to(path.parent)
@@ -197,6 +194,21 @@ def copy_model_source(spec: str, run_dir: str | os.PathLike) -> str | None:
             _copy(file, copy)
     _copy(path, run_dir / rundir.MODEL_SOURCE)
     return f"{rundir.MODEL_SOURCE}:{name}"
+
+
+def check_model_source(spec: str) -> None:
+    """Refuse, before a run directory is made or replaced, a model file whose copy (with the modules
+    beside it that it imports) would mix with the run directory's own files."""
+    if str(spec).endswith(".keras") or ":" not in str(spec):
+        return
+    target, _ = user_code.split_spec(spec, what="--model")
+    if not target.endswith(".py"):
+        return
+    own = {rundir.MODEL_SOURCE, rundir.CHECKPOINTS, rundir.TENSORBOARD, rundir.REPORT, rundir.SAVED_MODEL}
+    for module in _sibling_modules(Path(target)):
+        if module.name in own:
+            raise ConfigError(f"--model {spec}: it imports {module.name} from its folder, whose copy would mix with the run "
+                              f"directory's own {module.name}; rename that module")
 
 
 def _copy(source: Path, destination: Path) -> None:

@@ -6,8 +6,11 @@
 Read without unpickling (object arrays are refused), each array's header
 checked against the bytes really stored (:mod:`gradloop.data.npz`'s reader).
 ``y`` of integers or strings is a classification's labels (class names: the
-sorted distinct values); of non-integer numbers, or of several columns, a
-regression's targets. uint8 ``x`` is scaled to [0, 1], as MNIST's pixels are.
+sorted distinct values; a trailing axis of size 1, Keras CIFAR's ``(N, 1)``, is
+dropped); of non-integer numbers, or of several columns, a regression's targets.
+Integers with about one distinct value per example (prices, ids) are refused
+unless ``--task`` says which task is meant. uint8 ``x`` is scaled to [0, 1], as
+MNIST's pixels are.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from gradloop.data.examples import ArrayExamples
-from gradloop.data.npz import _read_npz_array
-from gradloop.data.sources import DataSpec, Loaded, content_fingerprint, file_fingerprint
+from gradloop.data.npz import read_npz_array
+from gradloop.data.sources import (
+    DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of, combined_fingerprint, content_fingerprint,
+)
 from gradloop.errors import ConfigError, DataError
 
 _SPLITS = (("x", "y"), ("x_train", "y_train"), ("x_test", "y_test"))
@@ -31,7 +36,7 @@ def load(spec: DataSpec) -> Loaded:
     path = Path(spec.path)
     arrays = _read_folder(path) if path.is_dir() else _read_npz(path)
     files = sorted(path.glob("*.npy")) if path.is_dir() else [path]
-    fingerprint = file_fingerprint(files, path) if path.is_dir() else content_fingerprint(path)
+    fingerprint = combined_fingerprint([content_fingerprint(file) for file in files])  # every byte: same-size edits too
     return loaded_arrays(arrays, spec, where=str(path), kind="arrays", fingerprint=fingerprint)
 
 
@@ -55,7 +60,9 @@ def loaded_arrays(
                             "give both splits the same shape")
     task = spec.task or task_of(train[1])
     others = [pair[1] for pair in (val, test) if pair is not None]
-    names = _class_names(train[1], others, spec.class_names) if task == "classification" else None
+    names = _class_names(train[1], others, spec.class_names, where) if task == "classification" else None
+    if spec.task is None and spec.class_names is None and names is not None and train[1].dtype.kind in "biu":
+        check_not_too_many_classes(len(names), len(train[1]), f"{where}'s y")
     preprocessing = {"divide_by": 255} if train[0].dtype == np.uint8 else {}
     if spec.fitted is not None:
         preprocessing = dict(spec.fitted)
@@ -74,7 +81,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable .npz archive ({exc}); save it with np.savez(x=..., y=...)") from None
     with archive:
         names = {n.removesuffix(".npy") for n in archive.namelist()}
-        return {key: _read_npz_array(archive, path, key) for pair in _SPLITS for key in pair if key in names}
+        return {key: read_npz_array(archive, path, key) for pair in _SPLITS for key in pair if key in names}
 
 
 def _read_folder(path: Path) -> dict[str, np.ndarray]:
@@ -102,6 +109,8 @@ def _pair(
         have, missing = (x_key, y_key) if x_key in arrays else (y_key, x_key)
         raise DataError(f"{path} has {have} but no {missing}; {give} both")
     x, y = arrays[x_key], arrays[y_key]
+    if y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "biuU":  # Keras CIFAR's (N, 1) labels: one label each
+        y = y[:, 0]
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise DataError(f"{path}: {x_key} of shape {x.shape} and {y_key} of shape {y.shape} do not pair up; "
                         "give one y per example of x (the first axis)")
@@ -122,18 +131,28 @@ def task_of(y: np.ndarray) -> str:
     return "classification" if y.dtype.kind in "biuU" and y.ndim == 1 else "regression"
 
 
-def _class_names(y: np.ndarray, others: list[np.ndarray], known: tuple[str, ...] | None) -> tuple[str, ...]:
+def _class_names(
+    y: np.ndarray, others: list[np.ndarray], known: tuple[str, ...] | None, where: str = "the data"
+) -> tuple[str, ...]:
     """The sorted distinct labels of every split (numbers sorted as numbers), or the classes a run already knows."""
     if known is not None:
         return known
     if y.ndim != 1:
         raise ConfigError(f"classification needs one label per example, but y has shape {y.shape}; pass --task regression")
     values = np.concatenate([y, *others]) if others else y
-    return tuple(_names(np.unique(values)))
+    names = _names(np.unique(values), where)
+    if len(set(names)) != len(names):  # class_names_of never merges distinct labels; this keeps it so
+        raise DataError(f"{where}: labels {names[:10]} give two classes the same name; give distinct labels")
+    return tuple(names)
 
 
-def _names(labels: np.ndarray) -> list[str]:
-    return [str(int(v)) for v in labels] if labels.dtype.kind in "biuf" else [str(v) for v in labels]
+def _names(labels: np.ndarray, where: str) -> list[str]:
+    """:func:`class_names_of`, refusing a label that is no whole number in one line."""
+    try:
+        return class_names_of(labels)
+    except NotAClassLabel as exc:
+        raise DataError(f"{where}: classification needs whole-number or text labels, but y holds "
+                        f"{labels.ravel()[exc.index].item()!r}; pass --task regression to predict numbers") from None
 
 
 def _examples(
@@ -148,7 +167,8 @@ def _examples(
         return ArrayExamples(features, y.astype(np.float32))
     index = {name: i for i, name in enumerate(names)}
     distinct, inverse = np.unique(y, return_inverse=True)
-    unknown = [name for name in _names(distinct) if name not in index]
+    distinct_names = _names(distinct, path)
+    unknown = [name for name in distinct_names if name not in index]
     if unknown:
         raise DataError(f"{path}: labels {unknown[:5]} are not among the run's classes {list(names)[:10]}")
-    return ArrayExamples(features, np.array([index[name] for name in _names(distinct)], dtype=np.int64)[inverse.ravel()])
+    return ArrayExamples(features, np.array([index[name] for name in distinct_names], dtype=np.int64)[inverse.ravel()])

@@ -23,12 +23,15 @@ out or None) are the function's pipeline, used as given (:class:`DatasetExamples
 - gradloop cannot take some of the examples out of a pipeline: the function returns
   ``val`` itself (or the run uses val_fraction 0) and selects its classes itself.
 
-The fingerprint is the function's source file: data that changes with the same
-code (a download, files it reads) goes unnoticed by ``--resume``'s check.
+The fingerprint is the function's source file, and for arrays the arrays it
+returned too (their shapes, dtypes and bytes); datasets' content that changes
+with the same code (a download, files it reads) goes unnoticed by ``--resume``'s check.
+Datasets' integer labels of shape ``(batch, 1)`` are taken as one label each.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -37,7 +40,7 @@ import numpy as np
 
 from gradloop import user_code
 from gradloop.data.arrays import loaded_arrays, task_of
-from gradloop.data.sources import DataSpec, Loaded, content_fingerprint
+from gradloop.data.sources import DataSpec, Loaded, class_names_of, content_fingerprint
 from gradloop.errors import DataError
 
 if TYPE_CHECKING:
@@ -61,8 +64,8 @@ def load(spec: DataSpec) -> Loaded:
     keys = set(result)
     if keys <= set(ARRAY_KEYS):
         arrays = {key: _array(value, key, spec.path) for key, value in result.items()}
-        loaded = loaded_arrays(arrays, spec, where=f"--data {spec.path}", kind="function", fingerprint=fingerprint,
-                               give="return")
+        loaded = loaded_arrays(arrays, spec, where=f"--data {spec.path}", kind="function",
+                               fingerprint=_with_arrays(fingerprint, arrays), give="return")
         return replace(loaded, description=loaded.description.removeprefix("--data "))
     if keys <= {*DATASET_KEYS, "class_names"}:
         if "train" not in keys:
@@ -86,6 +89,19 @@ def _array(value: Any, key: str, path: str) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nested lists
         raise DataError(f"--data {path}: {key} is not an array ({user_code.exception_line(exc)}); return numpy arrays") from None
+
+
+def _with_arrays(fingerprint: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The source file's fingerprint and the returned arrays' (names, dtypes, shapes and bytes) as one:
+    the same code returning other data (a file it reads changed) changes it."""
+    digest = hashlib.sha256(fingerprint.get("sha256", "").encode())
+    total = fingerprint.get("bytes", 0)
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"\0{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.data if array.size else b"")
+        total += array.nbytes
+    return {"files": fingerprint.get("files", 0), "bytes": total, "sha256": digest.hexdigest()}
 
 
 def _is_dataset(value: Any) -> bool:
@@ -198,6 +214,9 @@ def _scan(dataset: "tf.data.Dataset", where: str, split: str) -> DatasetExamples
     except ValueError:
         raise DataError(f"--data {where}: the {split} dataset's batches have y of different shapes "
                         f"({targets[0].shape[1:]} and others); give every example a y of one shape") from None
+    if y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "biu":  # (batch, 1) integer labels: one label each
+        y = y[:, 0]
+        dataset = dataset.map(lambda x, labels: (x, tf.squeeze(labels, axis=-1)))
     if y.dtype.kind not in "biuf":
         found = "strings" if y.dtype.kind in "OSU" else f"{y.dtype.name} values"
         raise DataError(f"--data {where}: the {split} dataset's y are {found}; yield class indices "
@@ -234,7 +253,7 @@ def _class_names(
                             "names, label i being class_names[i]")
         names = tuple(str(name) for name in returned)
     else:
-        return tuple(str(i) for i in range(largest + 1))
+        return tuple(class_names_of(np.arange(largest + 1)))
     if largest >= len(names):
         raise DataError(f"--data {where}: a dataset has label {largest}, but there are {len(names)} class names "
                         f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); label i is class_names[i]")

@@ -24,7 +24,7 @@ damaged in the middle passes that scan; TensorFlow then fails mid-epoch and
                   any with alpha -> rgba, else rgb
     pixels        float32 in [0, 1] (uint8 / 255, as MNIST's), resized bilinearly (as Keras)
 
-Both are the run's ``preprocessing``; evaluate and predict pass it back as
+Both are the run's ``preprocessing``; evaluate passes it back as
 ``spec.fitted`` and new images are read exactly so.
 """
 

@@ -68,13 +68,13 @@ def _read_npz_split(archive: zipfile.ZipFile, path: Path, split: str) -> tuple[n
     if len(present) == 1:
         missing = y_key if present == [x_key] else x_key
         raise DataError(f"{path}: has {present[0]} but no {missing}; save both arrays of the split")
-    images, labels = _read_npz_array(archive, path, x_key), _read_npz_array(archive, path, y_key)
+    images, labels = read_npz_array(archive, path, x_key), read_npz_array(archive, path, y_key)
     if labels.dtype.kind not in "ui":
         raise DataError(f"{path}: {y_key} has dtype {labels.dtype}; labels must be integers 0..9")
     return _checked_split(_as_uint8_pixels(images, path, x_key), labels, f"{path.name} {split}")
 
 
-def _read_npz_array(archive: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
+def read_npz_array(archive: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
     """One member, read through numpy's .npy reader once its header and zip entry are checked."""
     info = archive.getinfo(key + ".npy" if key + ".npy" in archive.namelist() else key)
     ratio = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: _DEFLATE_MAX_RATIO}.get(info.compress_type)

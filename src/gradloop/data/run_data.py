@@ -3,7 +3,7 @@
     loaded = sources.load_source(spec)          the kind's module reads the files
     keep the chosen classes (names or indices), relabel them 0..k-1
     split train / validation with the seed       (the tutorial's split: the last round(n * f) of a permutation)
-    standardise features with the training split's statistics (CSV), saved for evaluate and predict
+    standardise features with the training split's statistics (CSV), saved for evaluate
 
 Evaluate calls the same function with the run's saved spec, so it sees the
 very same validation samples and the same preprocessing.
@@ -12,7 +12,7 @@ very same validation samples and the same preprocessing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -147,7 +147,3 @@ def standardize(examples: ArrayExamples | None, stats: dict[str, Any]) -> ArrayE
     mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
     return ArrayExamples(((examples.x - mean) / std).astype(np.float32), examples.y)
 
-
-def with_fitted(spec: sources.DataSpec, preprocessing: dict[str, Any]) -> sources.DataSpec:
-    """``spec`` reading data as a finished run did (evaluate, predict)."""
-    return replace(spec, fitted=preprocessing)

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gradloop.data.examples import Examples
-from gradloop.errors import DataError
+from gradloop.errors import ConfigError, DataError
 
 KINDS = ("csv", "arrays", "images", "function")
 TASKS = ("classification", "regression")
@@ -36,8 +38,8 @@ class DataSpec:
     """How to read ``path``: the options of ``--data`` (None: the kind's default).
 
     ``fitted`` is a finished run's ``preprocessing`` and ``class_names`` the
-    classes its source had (run.json): evaluate and predict read new data
-    exactly as that run read its training data, label ``i`` meaning the same.
+    classes its source had (run.json): evaluate reads new data exactly as
+    that run read its training data, label ``i`` meaning the same.
     """
 
     path: str
@@ -110,14 +112,17 @@ _MODULES = {"csv": "table", "arrays": "arrays", "images": "images", "function": 
 
 
 def file_fingerprint(paths: list[Path], root: Path) -> dict[str, Any]:
-    """Count, bytes and a hash of the files' names and sizes (a changed, added or removed file
-    changes it; reading every byte of a large image folder on every resume would not pay)."""
+    """Count, bytes and a hash of the files' names, sizes and modification times (a changed, added
+    or removed file changes it; reading every byte of a large image folder on every resume would
+    not pay). A file rewritten in place at the same size changes its modification time; a copy of
+    the folder that keeps the sizes but not the modification times is seen as a change too, which
+    errs on the side of refusing."""
     digest = hashlib.sha256()
     total = 0
     for path in sorted(paths):
-        size = os.stat(path).st_size
-        total += size
-        digest.update(f"{path.relative_to(root).as_posix()}\0{size}\n".encode())
+        stat = os.stat(path)
+        total += stat.st_size
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return {"files": len(paths), "bytes": total, "sha256": digest.hexdigest()}
 
 
@@ -128,6 +133,46 @@ def content_fingerprint(path: Path) -> dict[str, Any]:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return {"files": 1, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def combined_fingerprint(prints: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several files' :func:`content_fingerprint` as one (the first one alone if it is the only one)."""
+    if len(prints) == 1:
+        return prints[0]
+    digest = hashlib.sha256("".join(p["sha256"] for p in prints).encode())
+    return {"files": len(prints), "bytes": sum(p["bytes"] for p in prints), "sha256": digest.hexdigest()}
+
+
+class NotAClassLabel(ValueError):
+    """A label that names no class (not a whole number): ``index`` is its position, for the caller's message."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+def class_names_of(values: np.ndarray) -> list[str]:
+    """Each label as a class name: the text, or a whole number's digits (``7`` and ``7.0`` are class ``7``).
+
+    Raises :class:`NotAClassLabel` for the first number that is not whole (``0.5``) or finite,
+    so that no two distinct labels ever share a name; callers word the refusal."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            raise NotAClassLabel(int(np.flatnonzero(bad.ravel())[0]))
+    if values.dtype.kind in "biuf":
+        return [str(int(v)) for v in values.ravel()]
+    return [str(v) for v in values.ravel()]
+
+
+def check_not_too_many_classes(classes: int, examples: int, what: str) -> None:
+    """Refuse an inferred classification with about one class per example (integer prices or ids; the
+    caller checks that --task left the task to the labels, and that they are numbers):
+    more than 20 classes and more than half as many as examples."""
+    if classes > 20 and classes > examples / 2:
+        raise ConfigError(f"{what} has {classes:,} distinct labels in {examples:,} examples, too many to be classes; "
+                          "pass --task regression to predict the numbers (or --task classification to insist)")
 
 
 def describe_change(then: dict[str, Any], now: dict[str, Any]) -> str:

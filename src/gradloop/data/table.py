@@ -15,7 +15,7 @@ for a one-hot column, each value's share), ``zero`` or ``drop`` (the row).
 Rows with nothing in any cell are skipped.
 
 What the training file taught (columns, categories, fill values) is the
-``preprocessing`` run.json keeps; evaluate and predict pass it back as
+``preprocessing`` run.json keeps; evaluate passes it back as
 ``spec.fitted`` and new data is read exactly so, a value the training file
 never had being an error rather than a silently different encoding.
 """
@@ -23,7 +23,6 @@ never had being an error rather than a silently different encoding.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import re
 from dataclasses import dataclass
@@ -33,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from gradloop.data.examples import ArrayExamples
-from gradloop.data.sources import FILLS, TASKS, DataSpec, Loaded, content_fingerprint
+from gradloop.data.sources import (
+    FILLS, TASKS, DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of, combined_fingerprint, content_fingerprint,
+)
 from gradloop.errors import ConfigError, DataError
 
 MISSING = frozenset({"", "na", "nan", "?"})  # compared stripped and lower-cased
@@ -62,7 +63,7 @@ def load(spec: DataSpec) -> Loaded:
         read both; find the target; check that the test file has the training file's columns
         refuse (or with fill="drop", drop) rows with missing cells
         learn from the training file which columns are numbers, the others' categories, the fill values
-            (evaluate and predict: take them from spec.fitted instead)
+            (evaluate: takes them from spec.fitted instead)
         tell the task and the class names from the target; encode x and y
     """
     path, fitted = Path(spec.path), spec.fitted
@@ -293,6 +294,8 @@ def _task_and_classes(
     if len(distinct) < 2:
         raise DataError(f"the target {_quote(target)} of {tables[0].path} holds one class only ({_quote(distinct[0])}); "
                         "a classifier needs at least 2: add rows of another class, or pick another --target")
+    if spec.task is None and fitted_task is None and numbers is not None:
+        check_not_too_many_classes(len(distinct), len(labels), f"the target {_quote(target)} of {tables[0].path}")
     return task, tuple(distinct)
 
 
@@ -301,12 +304,14 @@ def _label_names(labels: list[str], where: list[tuple[_Table, int]], target: str
     numbers = _numbers(labels)
     if numbers is None:
         return labels
-    if not np.isfinite(numbers).all() or (numbers != np.round(numbers)).any():
-        i = int(np.flatnonzero(~np.isfinite(numbers) | (numbers != np.round(numbers)))[0])
-        table, row = where[i]
+    try:
+        names = class_names_of(numbers)
+    except NotAClassLabel as exc:
+        table, row = where[exc.index]
         raise ConfigError(f"classification needs class labels, but the target {_quote(target)} holds "
-                          f"{_quote(labels[i])} (row {table.rows[row]} of {table.path}); pass --task regression")
-    return [str(int(c)) if _INTEGER.fullmatch(c) else str(int(v)) for c, v in zip(labels, numbers)]
+                          f"{_quote(labels[exc.index])} (row {table.rows[row]} of {table.path}); pass --task regression") from None
+    # integers as written keep every digit (float64 would merge 20-digit ids)
+    return [str(int(c)) if _INTEGER.fullmatch(c) else name for c, name in zip(labels, names)]
 
 
 # --------------------------------------------------------------------- encoding rows
@@ -407,8 +412,4 @@ def _listing(names: list[str], most: int = 20) -> str:
 
 def _fingerprint(paths: list[Path]) -> dict[str, Any]:
     """The file's :func:`content_fingerprint`, or the training and test files' combined."""
-    prints = [content_fingerprint(p) for p in paths]
-    if len(prints) == 1:
-        return prints[0]
-    digest = hashlib.sha256("".join(p["sha256"] for p in prints).encode())
-    return {"files": len(prints), "bytes": sum(p["bytes"] for p in prints), "sha256": digest.hexdigest()}
+    return combined_fingerprint([content_fingerprint(p) for p in paths])
