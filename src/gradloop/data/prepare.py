@@ -120,12 +120,17 @@ def split_train_val(
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}; use e.g. 0.1, or 0 for none")
     if len(x) != len(y):
         raise DataError(f"{len(x)} images but {len(y)} labels; pass matching arrays")
-    n_val = round(len(x) * val_fraction)
-    n_train = len(x) - n_val
-    if val_fraction > 0 and n_val == 0:
-        raise ConfigError(f"val_fraction {val_fraction} of {len(x)} samples leaves no validation data; raise it, or 0")
-    if n_train == 0:
-        raise ConfigError(f"val_fraction {val_fraction} of {len(x)} samples leaves no training data; lower it")
-    order = np.random.default_rng(seed).permutation(len(x))
-    train, val = order[:n_train], order[n_train:]
+    train, val = split_rows(len(x), val_fraction=val_fraction, seed=seed)
     return (x[train], y[train]), (x[val], y[val])
+
+
+def split_rows(n: int, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation rows of ``n`` samples: a permutation drawn with ``seed``, whose
+    last ``round(n * val_fraction)`` rows are held out. Every source splits this way."""
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n_val == 0:
+        raise ConfigError(f"val_fraction {val_fraction} of {n} samples leaves no validation data; raise it, or 0")
+    if n_val == n:
+        raise ConfigError(f"val_fraction {val_fraction} of {n} samples leaves no training data; lower it")
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: n - n_val], order[n - n_val:]

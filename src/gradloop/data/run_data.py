@@ -19,6 +19,7 @@ import numpy as np
 
 from gradloop.data import sources
 from gradloop.data.examples import ArrayExamples, Examples
+from gradloop.data.prepare import split_rows
 from gradloop.errors import ConfigError, DataError
 
 
@@ -115,16 +116,9 @@ def _relabel(examples: Examples | None, keep: list[int], path: str, split: str) 
 
 
 def split_train_val(examples: Examples, *, val_fraction: float, seed: int) -> tuple[Examples, Examples]:
-    """Shuffle with ``seed``, then hold out the last ``round(n * val_fraction)`` examples (as
-    :func:`gradloop.data.prepare.split_train_val` does for arrays)."""
-    n = examples.n
-    n_val = round(n * val_fraction)
-    if val_fraction > 0 and n_val == 0:
-        raise ConfigError(f"val_fraction {val_fraction} of {n} examples leaves no validation data; raise it, or 0")
-    if n_val == n:
-        raise ConfigError(f"val_fraction {val_fraction} of {n} examples leaves no training data; lower it")
-    order = np.random.default_rng(seed).permutation(n)
-    return examples.subset(order[: n - n_val]), examples.subset(order[n - n_val:])
+    """The examples split as :func:`gradloop.data.prepare.split_rows` splits every source."""
+    train, val = split_rows(examples.n, val_fraction=val_fraction, seed=seed)
+    return examples.subset(train), examples.subset(val)
 
 
 def fit_standardization(train: Examples, columns: Sequence[str]) -> dict[str, Any]:
