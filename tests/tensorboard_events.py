@@ -17,3 +17,15 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
         tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)]
         for tag in tags
     }
+
+
+def read_hparams(log_dir: Path) -> tuple[dict, str]:
+    """``({name: value}, group name)`` of the HParams summary in ``log_dir``, as the HParams dashboard reads it."""
+    from google.protobuf import json_format
+    from tensorboard.plugins.hparams import metadata
+
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    start = metadata.parse_session_start_info_plugin_data(content)
+    return {name: json_format.MessageToDict(value) for name, value in start.hparams.items()}, start.group_name

@@ -223,7 +223,8 @@ kill_in_save = int(sys.argv[2])
 if kill_in_save:  # SIGKILL once save number kill_in_save is written but not yet recorded as the latest
     save = ckpt.manager.save
     kill = lambda path: path.endswith(f"-{kill_in_save}") and os.kill(os.getpid(), 9)
-    ckpt.manager.save = lambda: save(options=tf.train.CheckpointOptions(experimental_write_callbacks=[kill]))
+    ckpt.manager.save = lambda options: save(options=tf.train.CheckpointOptions(  # after its files are fsynced
+        experimental_write_callbacks=[*options.experimental_write_callbacks, kill]))
 for i in range(1, 10**6):
     for v in (*trainer.model.weights, *trainer.optimizer.variables):
         v.assign(tf.fill(v.shape, tf.cast(i, v.dtype)))

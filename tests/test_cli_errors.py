@@ -185,6 +185,16 @@ FLAG_ROWS = {
     "bench unknown variant": Row(["bench", "--variants", "pytorch"], ConfigError, "unknown bench variant 'pytorch'"),
     "bench batch size 0": Row(["bench", "--batch-size", "8,0"], ConfigError, "batch_size must be an integer >= 1"),
     "bench batch sizes word": Row(["bench", "--batch-size", "big"], ConfigError, "batch-size must be comma-separated"),
+    "lr-find start 0": Row(["lr-find", "--start-lr", "0"], ConfigError, "lr-find: start_lr must be a finite number > 0"),
+    "lr-find end below start": Row(["lr-find", "--end-lr", "1e-8"], ConfigError, "end_lr (1e-08) must be above start_lr"),
+    "lr-find few steps": Row(["lr-find", "--steps", "5"], ConfigError, "steps must be an integer >= 10 (the smoothed loss needs a few), got 5"),
+    "lr-find steps word": Row(["lr-find", "--steps", "many"], ARGPARSE, "--steps: expected a whole number"),
+    "lr-find bad config value": Row(["lr-find", "--batch-size", "0"], ConfigError, "batch_size must be an integer >= 1"),
+    "lr-find into a run": Row(["lr-find", "--run-dir", "{earlier}"], RunDirError, "already exists and is not empty"),
+    "class weight unknown": Row(["train", "--class-weight", "heavy"], ConfigError, "class_weight must be balanced"),
+    "validation every 0": Row(["train", "--validation-every", "0"], ConfigError, "validation_every must be an integer >= 1, got 0"),
+    "ema 1": Row(["train", "--ema", "1"], ConfigError, "ema must be a decay in (0, 1) such as 0.999, got 1.0"),
+    "ema negative": Row(["train", "--ema=-0.5"], ConfigError, "ema must be a decay in (0, 1)"),
 }
 
 CONFIG_ROWS = {
@@ -207,6 +217,11 @@ CONFIG_ROWS = {
     "epochs string": Row([], ConfigError, "epochs must be an integer >= 1, got '5'", {"c.yaml": "epochs: '5'\n"}),
     "epochs bool": Row([], ConfigError, "epochs must be an integer >= 1, got True", {"c.yaml": "epochs: yes\n"}),
     "batch size 0": Row([], ConfigError, "batch_size must be an integer >= 1", {"c.yaml": "batch-size: 0\n"}),
+    "class weight list": Row([], ConfigError, "class_weight must be balanced, or (in a --config file) a mapping",
+                             {"c.yaml": "class_weight: [1, 2]\n"}),
+    "class weight negative": Row([], ConfigError, "a mapping of classes to weights >= 0", {"c.yaml": "class_weight: {0: -1}\n"}),
+    "class weight word": Row([], ConfigError, "a mapping of classes to weights >= 0", {"c.yaml": "class_weight: {0: heavy}\n"}),
+    "ema string": Row([], ConfigError, "ema must be a number", {"c.yaml": "ema: slow\n"}),
     "lr list": Row([], ConfigError, "lr must be a finite number > 0", {"c.yaml": "lr: [0.1]\n"}),
     "lr nan": Row([], ConfigError, "got nan", {"c.yaml": "lr: .nan\n"}),
     "lr inf": Row([], ConfigError, "got inf", {"c.yaml": "lr: .inf\n"}),
@@ -282,6 +297,14 @@ def damaged_copy(change: Callable[[Path], None]) -> Callable[[Path], None]:
         change(path)
 
     return make
+
+
+def flip_a_byte_of_every_checkpoint(run: Path) -> None:
+    """One bit of each checkpoint's data: only the per-tensor CRC32C tells, and no checkpoint is left to fall back to."""
+    for data in (run / "checkpoints").glob("ckpt-*.data-*"):
+        content = bytearray(data.read_bytes())
+        content[len(content) // 2] ^= 0x01
+        data.write_bytes(bytes(content))
 
 
 def edit_config(**changes) -> Callable[[Path], None]:
@@ -373,6 +396,16 @@ OWN_DATA_ROWS = {
                                  "class 'cat' is not in"),
     "class index out of range": Row(["train", "--data", "{tmp}/a.npz", "--classes", "0,7"], ConfigError,
                                     "class 7 is out of range"),
+    "class weight of no class": Row(["train", "--data", "{tmp}/a.npz", "--config", "{tmp}/c.yaml"], ConfigError,
+                                    "class_weight names a class 7 that the run does not have; its classes are 0, 1, 2",
+                                    {"c.yaml": "class_weight: {7: 2.0}\n"}),
+    "class weight of a regression": Row(["train", "--data", "{tmp}/a.npz", "--task", "regression", "--class-weight", "balanced"],
+                                        ConfigError, "--class-weight weighs the classes of a classification task"),
+    "class weight balanced, a class unseen": Row(
+        ["train", "--data", "{tmp}/b.npz", "--classes", "0,1,2,3", "--class-weight", "balanced"], ConfigError,
+        "--class-weight balanced: class 3 has no training samples",
+        npz_file("b.npz", x_train=FEATURES, y_train=THREE_CLASSES, x_test=FEATURES[:4], y_test=np.arange(4)),
+    ),
     "classes of a regression": Row(["train", "--data", "{tmp}/a.npz", "--task", "regression", "--classes", "0,1"],
                                    ConfigError, "--classes picks classes of a classification task"),
     "optimizer unknown": Row(["train", "--data", "{tmp}/a.npz", "--optimizer", "adamx"], ConfigError,
@@ -429,6 +462,10 @@ RUN_DIR_ROWS = {
     "broken symlink": Row(["train", "--run-dir", "{tmp}/link"], RunDirError, "link is not a folder",
                           {"link": lambda p: p.symlink_to(p.parent / "gone")}),
     "empty name": Row(["train", "--run-dir", ""], ConfigError, "run_dir must be a non-empty"),
+    "resume with every checkpoint damaged": Row(
+        ["train", "--resume", "--epochs", "2", "--run-dir", "{tmp}/r"], RunDirError,
+        "Checksum does not match) nor the older ckpt-1 (the same); they are damaged or from another model",
+        {"r": damaged_copy(flip_a_byte_of_every_checkpoint)}),
 }
 
 EVALUATE_ROWS = {
@@ -472,6 +509,155 @@ EVALUATE_ROWS = {
         lambda r: (r / "model.keras").write_bytes(b"garbage"))}),
     "export over the run itself": Row(["export", "{earlier}", "--out", "{earlier}"], RunDirError,
                                       "already exists and is not empty; remove it or pass another --out"),
+    "runs of a missing folder": Row(["runs", "{tmp}/nowhere"], RunDirError, "nowhere does not exist"),
+    "runs of a file": Row(["runs", "{tmp}/f"], RunDirError, "f is not a folder", {"f": "x"}),
+    "compare without runs": Row(["compare"], ARGPARSE, "required: RUN_DIR"),
+    "compare one run": Row(["compare", "{earlier}"], ConfigError, "compare needs at least 2 runs, got 1"),
+    "compare a run with itself": Row(["compare", "{earlier}", "{earlier}/."], ConfigError, "at least 2 runs, got 1"),
+    "compare a missing run": Row(["compare", "{earlier}", "{tmp}/nowhere"], RunDirError, "nowhere does not exist"),
+    "compare a foreign folder": Row(["compare", "{earlier}", "{tmp}/r"], RunDirError,
+                                    "r is not a gradloop run directory (no run.json) and holds none", {"r/notes.txt": "x"}),
+    "compare a damaged run": Row(["compare", "{earlier}", "{tmp}/r"], RunDirError, "the run directory is damaged",
+                                 {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))}),
+    "compare a run without an epoch": Row(["compare", "{earlier}", "{tmp}/r"], RunDirError, "did not finish an epoch",
+                                          {"r": damaged_copy(lambda r: (r / "history.json").unlink())}),
+    "compare into a file's folder": Row(["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}/f/compare.html"], RunDirError,
+                                        "cannot write the compare page", {"f": "x", "r": damaged_copy(lambda r: None)}),
+    "compare under /proc": Row(["compare", "{earlier}", "{tmp}/r", "--out", "/proc/gradloop-test/compare.html"],
+                               RunDirError, "cannot write the compare page", {"r": damaged_copy(lambda r: None)}),
+    "compare over a file of yours": Row(["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}/notes.html"], RunDirError,
+                                        "is not a gradloop compare page, so it is left alone",
+                                        {"notes.html": "mine", "r": damaged_copy(lambda r: None)}),
+    "compare into a folder": Row(["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}"], RunDirError, "is a folder",
+                                 {"r": damaged_copy(lambda r: None)}),
+}
+
+
+def tiff_bytes() -> bytes:
+    """A real TIFF image: Pillow reads it, TensorFlow does not decode it."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+# gradloop predict; {csv_run}, {image_run} and {arrays_run} are finished runs on TABLE, png_folder and a.npz (own_runs).
+PREDICT_ROWS = {
+    "no input": Row(["predict", "{csv_run}"], ARGPARSE, "required: INPUT"),
+    "input missing": Row(["predict", "{csv_run}", "{tmp}/none.csv"], DataError, "none.csv: no such file or folder"),
+    "input of an unknown kind": Row(["predict", "{csv_run}", "{tmp}/notes.txt"], DataError,
+                                    "a .txt file is no input gradloop predicts on", {"notes.txt": "x"}),
+    "a table for an image run": Row(["predict", "{image_run}", "{tmp}/t.csv"], ConfigError,
+                                    "trained on a folder of images, and", {"t.csv": TABLE}),
+    "images for a table run": Row(["predict", "{csv_run}", "{tmp}/imgs"], ConfigError, "trained on a CSV table, and",
+                                  png_folder("imgs", {"sub": 1})),
+    "a table among images": Row(["predict", "{image_run}", "{tmp}/imgs/sub/0.png", "{tmp}/t.csv"], ConfigError,
+                                "t.csv is no image file", {**png_folder("imgs", {"sub": 1}), "t.csv": TABLE}),
+    "csv without a feature column": Row(["predict", "{csv_run}", "{tmp}/t.csv"], DataError,
+                                        "has no column 'width', a feature the run trained on", {"t.csv": "length,kind\n1.5,x\n"}),
+    "csv word in a number column": Row(["predict", "{csv_run}", "{tmp}/t.csv"], DataError,
+                                       "row 3 of", {"t.csv": "length,width\n1.5,2\n1.5,wide\n"}),
+    "csv missing cell": Row(["predict", "{csv_run}", "{tmp}/t.csv"], DataError,
+                            "has a missing cell ('') in column 'length', and the run trained without --fill mean or zero",
+                            {"t.csv": "width,length\n2,1.5\n2,\n"}),
+    "csv of a header only": Row(["predict", "{csv_run}", "{tmp}/t.csv"], DataError, "has a header row but no data rows",
+                                {"t.csv": "length,width\n"}),
+    "image folder without images": Row(["predict", "{image_run}", "{tmp}/e"], DataError,
+                                       "holds no images (PNG, JPEG, BMP or GIF) at any depth", {"e/notes.txt": "x"}),
+    "a damaged image": Row(["predict", "{image_run}", "{tmp}/imgs"], DataError, "bad.png: damaged image",
+                           {**png_folder("imgs", {"sub": 2}), "imgs/bad.png": b"\x89PNG\r\n\x1a\nbroken"}),
+    "not an image": Row(["predict", "{image_run}", "{tmp}/imgs/sub/0.png", "{tmp}/fake.png"], DataError,
+                        "fake.png is not an image", {**png_folder("imgs", {"sub": 1}), "fake.png": "hello"}),
+    "an image TensorFlow cannot decode": Row(["predict", "{image_run}", "{tmp}/imgs"], DataError,
+                                             "is a TIFF image, which TensorFlow does not decode",
+                                             {"imgs/a.png": tiff_bytes()}),
+    "npz of another shape": Row(["predict", "{arrays_run}", "{tmp}/b.npz"], DataError,
+                                "b.npz's x holds examples of shape (4,), but the run's model takes (3,)",
+                                npz_file("b.npz", x=np.zeros((5, 4), np.float32))),
+    "npz without x": Row(["predict", "{arrays_run}", "{tmp}/b.npz"], DataError, "has no x (nor x_test or x_train)",
+                         npz_file("b.npz", y=THREE_CLASSES)),
+    "npy with nan": Row(["predict", "{arrays_run}", "{tmp}/x.npy"], DataError, "x.npy holds NaN or infinite values",
+                        {"x.npy": lambda p: np.save(p, np.full((2, 3), np.nan, np.float32))}),
+    "npz for a built-in run, not 28x28": Row(["predict", "{earlier}", "{tmp}/b.npz"], DataError,
+                                             "and the run trained on 28x28 uint8 images", npz_file("b.npz", x=FEATURES)),
+    "run without a model": Row(["predict", "{tmp}/r", "{tmp}/imgs"], RunDirError, "has no model.keras",
+                               {"r": damaged_copy(lambda r: (r / "model.keras").unlink()), **png_folder("imgs", {"sub": 1})}),
+    "run missing": Row(["predict", "{tmp}/nowhere", "{tmp}/t.csv"], RunDirError, "nowhere does not exist", {"t.csv": TABLE}),
+    "out in a missing folder": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}/none/p.csv"], ConfigError,
+                                   "none does not exist; create the folder", {"t.csv": TABLE}),
+    "out over an earlier file": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}/p.csv"], ConfigError,
+                                    "p.csv already exists; pass --overwrite", {"t.csv": TABLE, "p.csv": "earlier results"}),
+    "out a folder": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}"], ConfigError, "is a folder",
+                        {"t.csv": TABLE}),
+    "overwrite without out": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--overwrite"], ConfigError,
+                                 "--overwrite replaces an existing --out file", {"t.csv": TABLE}),
+    "batch size 0": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--batch-size", "0"], ConfigError,
+                        "batch_size must be a positive integer", {"t.csv": TABLE}),
+}
+
+
+def sweep_spec(searched: dict | None = None, **changes) -> dict:
+    """A sweep spec file (s.yaml): a good spec, its space ``searched``, with ``changes`` (None: drop the key)."""
+    import yaml
+
+    spec = {"trials": 2, "metric": "val_accuracy", "direction": "maximize",
+            "train": {"dataset": "mnist-sample", "epochs": 1, "hidden": 8},
+            "space": searched or {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, **changes}
+    return {"s.yaml": yaml.safe_dump({k: v for k, v in spec.items() if v is not None})}
+
+
+def another_sweep(path: Path) -> None:
+    """A sweep folder of another spec (it maximised val_loss)."""
+    path.mkdir()
+    raw = {"trials": 2, "metric": "val_loss", "direction": "maximize", "train": {"dataset": "mnist-sample", "epochs": 1,
+           "hidden": 8}, "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "pruning": {"startup_trials": 2,
+           "warmup_epochs": 1}}
+    (path / "sweep.json").write_text(json.dumps({"format": 1, "spec": raw, "study": "s", "storage": "study.journal"}))
+
+
+SWEEP = ["sweep", "{tmp}/s.yaml", "--out", "{tmp}/new"]
+SWEEP_ROWS = {
+    "spec missing": Row(["sweep", "{tmp}/none.yaml"], ConfigError, "cannot read sweep spec"),
+    "spec not a mapping": Row(SWEEP, ConfigError, "must be a mapping of keys to values", {"s.yaml": "- 1\n"}),
+    "spec unknown key": Row(SWEEP, ConfigError, "unknown key 'trails' in sweep spec", sweep_spec(trails=3)),
+    "spec without a space": Row(SWEEP, ConfigError, "has no 'space'", sweep_spec(space=None)),
+    "trials 0": Row(SWEEP, ConfigError, "trials in sweep spec", sweep_spec(trials=0)),
+    "direction unknown": Row(SWEEP, ConfigError, "must be maximize or minimize, got 'up'", sweep_spec(direction="up")),
+    "unknown option": Row(SWEEP, ConfigError, "unknown key 'momentum' in sweep spec", sweep_spec({"momentum": [0.9]})),
+    "unknown train option": Row(SWEEP, ConfigError, "unknown key 'epoch' in sweep spec",
+                                sweep_spec(train={"dataset": "mnist-sample", "epoch": 1})),
+    "empty range": Row(SWEEP, ConfigError, "is an empty range: low 0.01 is above high 0.0001",
+                       sweep_spec({"lr": {"low": 1e-2, "high": 1e-4}})),
+    "no choices": Row(SWEEP, ConfigError, "space hidden in sweep spec", sweep_spec({"hidden": []})),
+    "a choice twice": Row(SWEEP, ConfigError, "lists a choice twice", sweep_spec({"hidden": [[8], [8]]})),
+    "a range of names": Row(SWEEP, ConfigError, "optimizer is not a number; list its choices instead",
+                            sweep_spec({"optimizer": {"low": 1, "high": 2}})),
+    "a whole-number range of decimals": Row(SWEEP, ConfigError, "takes whole numbers",
+                                            sweep_spec({"batch_size": {"low": 8.5, "high": 64}})),
+    "a log range from 0": Row(SWEEP, ConfigError, "log scale, so low must be > 0",
+                              sweep_spec({"lr": {"low": 0, "high": 1, "log": True}})),
+    "a value the option refuses": Row(SWEEP, ConfigError, "space lr in sweep spec", sweep_spec({"lr": {"low": 0, "high": 1}})),
+    "a choice the option refuses": Row(SWEEP, ConfigError, "choice 0: batch_size must be an integer >= 1",
+                                       sweep_spec({"batch_size": [16, 0]})),
+    "a scalar space": Row(SWEEP, ConfigError, "must be a range {low, high, log} or a list of choices", sweep_spec({"lr": 0.1})),
+    "run_dir searched": Row(SWEEP, ConfigError, "run_dir cannot be searched", sweep_spec({"run_dir": ["a", "b"]})),
+    "fixed and searched": Row(SWEEP, ConfigError, "lr is both fixed (train) and searched (space)",
+                              sweep_spec(train={"dataset": "mnist-sample", "lr": 0.1})),
+    "bad pruning": Row(SWEEP, ConfigError, "pruning in sweep spec", sweep_spec(pruning={"patience": 2})),
+    "metric not recorded": Row(SWEEP, ConfigError, "metric val_auc in sweep spec", sweep_spec(metric="val_auc")),
+    "metric of a split not held out": Row(SWEEP, ConfigError, "val_fraction is 0 (they hold out no validation data)",
+                                          sweep_spec(train={"dataset": "mnist-sample", "val_fraction": 0})),
+    "database that cannot be opened": Row([*SWEEP, "--storage", "postgresql://nobody:pw@127.0.0.1:1/x"], ConfigError,
+                                          "cannot open the storage postgresql://nobody:***@127.0.0.1:1/x", sweep_spec()),
+    "journal in a file's folder": Row([*SWEEP, "--storage", "{tmp}/f/study.journal"], ConfigError,
+                                      "is not a writable folder", {**sweep_spec(), "f": "x"}),
+    "out is a file": Row(["sweep", "{tmp}/s.yaml", "--out", "{tmp}/f"], RunDirError, "is a file",
+                         {**sweep_spec(), "f": "keep me"}),
+    "out is a run": Row(["sweep", "{tmp}/s.yaml", "--out", "{earlier}"], RunDirError, "is not a sweep folder", sweep_spec()),
+    "out is another spec's sweep": Row(["sweep", "{tmp}/s.yaml", "--out", "{tmp}/other"], ConfigError,
+                                       "is the sweep of another spec (metric: 'val_loss' there, 'val_accuracy' in",
+                                       {**sweep_spec(), "other": another_sweep}),
 }
 
 
@@ -617,6 +803,34 @@ def test_bad_evaluations(row, tmp_path, earlier, capsys):
     check_row(row, tmp_path, earlier, capsys)
 
 
+@rows(SWEEP_ROWS)
+def test_bad_sweeps(row, tmp_path, earlier, capsys):
+    check_row(row, tmp_path, earlier, capsys)
+
+
+@pytest.fixture(scope="module")
+def own_runs(tmp_path_factory) -> dict[str, Path]:
+    """Finished runs on a table, an image folder and arrays, tiny: the predict rows' runs."""
+    root = tmp_path_factory.mktemp("own_runs")
+    make_files(root, {"t.csv": TABLE, **png_folder("img", {"cat": 6, "dog": 6}),
+                      **npz_file("a.npz", x=FEATURES, y=THREE_CLASSES)})
+    runs = {"csv_run": root / "csv", "image_run": root / "images", "arrays_run": root / "arrays"}
+    for run, data in ((runs["csv_run"], ["t.csv", "--target", "kind"]), (runs["image_run"], ["img"]),
+                      (runs["arrays_run"], ["a.npz"])):
+        assert cli.main(["train", "--data", str(root / data[0]), *data[1:], "--epochs", "1", "--hidden", "4",
+                         "--batch-size", "4", "--run-dir", str(run)]) == 0
+    return runs
+
+
+@rows(PREDICT_ROWS)
+def test_bad_predictions(row, tmp_path, earlier, own_runs, capsys):
+    argv = [a.replace("{csv_run}", str(own_runs["csv_run"])).replace("{image_run}", str(own_runs["image_run"]))
+            .replace("{arrays_run}", str(own_runs["arrays_run"])) for a in row.argv]
+    before = {name: digest(run) for name, run in own_runs.items()}
+    check_row(Row(argv, row.error, row.phrase, row.files), tmp_path, earlier, capsys)
+    assert {name: digest(run) for name, run in own_runs.items()} == before, "a run was changed"
+
+
 # --------------------------------------------------------------------- the rows' counterparts that work
 
 
@@ -696,7 +910,8 @@ def gradloop_process(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("table, name", [(DATA_ROWS, "truncated"), (EVALUATE_ROWS, "model garbage"),
-                                         (CONFIG_ROWS, "python tag")])
+                                         (CONFIG_ROWS, "python tag"), (EVALUATE_ROWS, "compare over a file of yours"),
+                                         (SWEEP_ROWS, "database that cannot be opened")])
 def test_real_process_prints_one_line(table, name, tmp_path, earlier):
     row = table[name]
     argv = row.argv

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 CORE = ("trainer", "step", "compiled", "state", "distribute", "checkpoint", "stopping", "schedules",
-        "optimizer_kernels", "losses", "release", "summaries", "progress")
+        "optimizer_kernels", "losses", "release", "summaries", "progress", "lr_range")
 SHARED = ("gradloop", "gradloop.errors", "gradloop.atomic")  # what the core and the application both use
 
 

@@ -75,6 +75,30 @@ def test_the_own_data_example_learns_its_made_up_rule(capsys):
     assert ns["trainer"].evaluate(ns["val"])["accuracy"] == pytest.approx(history["val_accuracy"][-1])
 
 
+def test_the_contract_example_learns_both_outputs_names_them_as_keras_and_predicts_as_model_predict(capsys):
+    ns = run_example("contract")
+    history = ns["history"]
+    assert {"kind_loss", "size_loss", "kind_accuracy", "size_mae", "val_kind_accuracy", "val_size_mae"} <= set(history)
+    assert history["val_kind_accuracy"][-1] > 0.9 and history["val_size_mae"][-1] < 0.3
+    theirs = ns["model"].predict({"image": ns["images"][1000:], "columns": ns["columns"][1000:]}, verbose=0)
+    for name in ("kind", "size"):
+        np.testing.assert_array_equal(ns["predicted"][name], theirs[name])
+    # The rare class, weighed 9 times, is found far more often than by the same model unweighted.
+    import keras
+
+    import gradloop
+
+    x, rare = ns["columns"], ns["rare"]
+    weighted_recall = np.mean(ns["weighted"].predict(x[rare == 1]).argmax(axis=1) == 1)
+    keras.utils.set_random_seed(0)
+    plain = gradloop.Trainer(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]),
+                             optimizer=keras.optimizers.Adam(1e-2),
+                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain.fit(tf.data.Dataset.from_tensor_slices((x, rare)).batch(32), epochs=5, verbose=0)
+    plain_recall = np.mean(plain.predict(x[rare == 1]).argmax(axis=1) == 1)
+    assert weighted_recall > plain_recall + 0.2
+
+
 def test_the_cnn_example_learns_and_its_step_adds_the_penalty(capsys):
     ns = run_example("cnn")
     history = ns["history"].history
@@ -99,3 +123,18 @@ def test_the_cnn_example_learns_and_its_step_adds_the_penalty(capsys):
     entropy = -np.mean(np.sum(p * np.log(p + 1e-7), axis=1))
     assert entropy > 1e-4
     assert reported == pytest.approx(cross_entropy - ns["PENALTY"] * entropy, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_runs_and_compare_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands("runs-compare")
+    assert [argv[:2] for argv in commands] == [["gradloop", "train"]] * 2 + [["gradloop", "runs"], ["gradloop", "compare"]]
+    for argv in commands:
+        capsys.readouterr()
+        assert main(argv[1:]) == 0, (argv, capsys.readouterr().err)
+        if argv[1] == "runs":
+            lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["lr-1e-4", "finished"], ["lr-1e-3", "finished"]]
+    page = (tmp_path / "compare.html").read_text()
+    assert "<td>lr</td><td>0.0001</td><td>0.001</td>" in page and page.count("<td>epochs</td>") == 1  # runs table only

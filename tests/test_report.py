@@ -110,8 +110,8 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-def test_headless_chromium_renders_the_tables_and_decodes_every_image(page, tmp_path):
+def rendered_dom(page: Path, tmp_path: Path) -> Page:
+    """The page as headless Chromium renders it, each image marked ``data-decoded`` with its decoded size."""
     # A copy of the page, standalone in an empty folder, that records each image's decoded size once loaded.
     probe = tmp_path / "probe.html"
     recorder = ("<script>window.addEventListener('load', () => { for (const img of document.images) "
@@ -119,7 +119,25 @@ def test_headless_chromium_renders_the_tables_and_decodes_every_image(page, tmp_
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", recorder + "</body>"), encoding="utf-8")
     result = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
-    dom = Page(result.stdout)
+    return Page(result.stdout)
+
+
+def check_screenshot(page: Path, tmp_path: Path, *, width: int, height: int) -> None:
+    """Headless Chromium's screenshot of the page is the window's size and shows text, tables and plots."""
+    shot = tmp_path / "shot.png"
+    result = chromium(tmp_path, f"--window-size={width},{height}", f"--screenshot={shot}", page.as_uri())
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (height, width)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text, tables and plots, not a blank page
+    assert pixels.std() > 0.05
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+def test_headless_chromium_renders_the_tables_and_decodes_every_image(page, tmp_path):
+    dom = rendered_dom(page, tmp_path)
     assert len(dom.tables["per-class"]) == 1 + 3 and len(dom.tables["confusion"]) == 1 + 3
     decoded = [img.get("data-decoded") for img in dom.images]
     expected = [
@@ -127,16 +145,7 @@ def test_headless_chromium_renders_the_tables_and_decodes_every_image(page, tmp_
         for name in ("history.png", "per_class_accuracy.png", "confusion_matrix.png")
     ]
     assert decoded == expected  # every data: URI decoded to the PNG's own size
-
-    shot = tmp_path / "shot.png"
-    result = chromium(tmp_path, "--window-size=1000,2000", f"--screenshot={shot}", page.as_uri())
-    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
-    import matplotlib.image
-
-    pixels = matplotlib.image.imread(shot)[..., :3]
-    assert pixels.shape[:2] == (2000, 1000)
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text, tables and plots, not a blank page
-    assert pixels.std() > 0.05
+    check_screenshot(page, tmp_path, width=1000, height=2000)
 
 
 def test_cli_writes_the_report_into_the_run_directory(tiny_run, capsys):

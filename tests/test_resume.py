@@ -234,16 +234,18 @@ def test_a_damaged_checkpoint_is_one_line_and_kept(tmp_path, capsys, damage):
     run_dir = tmp_path / "run"
     base = ["train", "--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--run-dir", str(run_dir)]
     assert main([*base, "--epochs", "1"]) == 0
-    latest = sorted((run_dir / "checkpoints").glob("ckpt-*.index"))[-1]
-    target = latest.with_suffix(".data-00000-of-00001") if damage == "truncate data" else latest
-    target.write_bytes(target.read_bytes()[:100] if damage == "truncate data" else b"not a checkpoint index")
-    before = target.read_bytes()
+    targets = []
+    for index in (run_dir / "checkpoints").glob("ckpt-*.index"):  # every one: a damaged latest alone falls back
+        target = index.with_suffix(".data-00000-of-00001") if damage == "truncate data" else index
+        target.write_bytes(target.read_bytes()[:100] if damage == "truncate data" else b"not a checkpoint index")
+        targets.append(target)
+    before = [target.read_bytes() for target in targets]
     capsys.readouterr()
     assert main(["train", "--resume", "--epochs", "2", "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gradloop: error: cannot restore checkpoint") and "\n" not in err, err
     assert err.endswith("start the run again with --overwrite")  # the CLI's advice, passed to the library
-    assert target.read_bytes() == before
+    assert [target.read_bytes() for target in targets] == before
 
 
 def test_a_run_without_run_dir_names_its_own_folder_when_interrupted(tmp_path):

@@ -106,6 +106,9 @@ def test_only_a_folder_with_a_valid_run_json_opens(tmp_path, make, message):
 def test_a_new_run_never_lands_in_an_earlier_ones_folder(tmp_path):
     assert rundir.check_new(tmp_path / "new") == tmp_path / "new"
     run = rundir.claim(tmp_path / "new")
+    with pytest.raises(RunDirError, match="in use by another gradloop process"):  # while its process holds it
+        rundir.claim(run.path)
+    run.lock.release()  # and once that process is gone, its run.json still claims the folder
     with pytest.raises(RunDirError, match="taken by another run meanwhile"):
         rundir.claim(run.path)
     run.start({"config": {}})
@@ -121,6 +124,7 @@ def test_a_new_run_never_lands_in_an_earlier_ones_folder(tmp_path):
 def test_only_a_run_with_a_checkpoint_and_epochs_left_resumes(tmp_path):
     run = rundir.claim(tmp_path / "r")
     run.start({"config": {}, "strategy": "multi_worker", "workers": 2})
+    run.lock.release()  # the process that wrote it has ended
     with pytest.raises(RunDirError, match="has no checkpoint to resume from"):
         rundir.check_resumable(run.path, epochs=3, workers=2)
     (run / rundir.CHECKPOINTS).mkdir()

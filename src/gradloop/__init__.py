@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gradloop.errors import ConfigError, DataError, GradloopError, RunDirError, TrainingError
+from gradloop.errors import ConfigError, DataError, DiskFullError, GradloopError, RunDirError, TrainingError
 
 __version__ = "0.1.0"
-__all__ = ["Trainer", "CompileOptions", "ConfigError", "DataError", "GradloopError", "RunDirError", "TrainingError", "__version__"]
+__all__ = ["Trainer", "CompileOptions", "ConfigError", "DataError", "DiskFullError", "GradloopError", "RunDirError",
+           "TrainingError", "__version__"]
 
 if TYPE_CHECKING:
     from gradloop.compiled import CompileOptions

@@ -168,7 +168,7 @@ def gradloop_fit(work: Workload, *, jit_compile: bool = False) -> Variant:
     model = work.model()
     trainer = Trainer(model, optimizer=keras.optimizers.Adam(work.lr), loss=_loss(), metrics=["accuracy"],
                       options=CompileOptions(jit_compile=jit_compile))
-    return Variant(lambda dataset: trainer.fit(dataset, epochs=1), model)
+    return Variant(lambda dataset: trainer.fit(dataset, epochs=1, verbose=0), model)
 
 
 def build_variant(name: str, work: Workload) -> Variant:

@@ -136,7 +136,7 @@ class Run:
         batches = self.epochs(epoch).take(steps)
         self.reset()
         start = time.perf_counter()
-        self.trainer.fit(batches, epochs=1)
+        self.trainer.fit(batches, epochs=1, verbose=0)
         seconds = time.perf_counter() - start
         self.trainer.state = LoopState()  # drop the next epoch's iterator fit made: nothing runs between requests
         return seconds

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import keras
 import numpy as np
+import sklearn.utils.class_weight
 import tensorflow as tf
 
 from gradloop import data, distribute, models, schedules
@@ -219,6 +220,7 @@ def build_metrics(config: TrainConfig, task: str) -> list[str]:
 
 def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """``--optimizer`` (Adam by default), configured the Keras way, so every option runs inside ``optimizer.apply_gradients``,
+    the moving average of ``--ema`` too,
     the one call the step makes to update (and around the fused Adam kernel, which
     replaces only the per-variable arithmetic):
 
@@ -244,6 +246,8 @@ def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optim
         learning_rate=rate,
         global_clipnorm=config.clip_norm,
         gradient_accumulation_steps=config.accumulate_steps if config.accumulate_steps > 1 else None,
+        use_ema=config.ema is not None,  # the average is an optimizer variable: checkpoints keep it
+        ema_momentum=config.ema if config.ema is not None else 0.99,
     )
     if config.precision == "mixed_float16":  # float16's narrow range needs loss scaling; bfloat16's does not
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
@@ -271,3 +275,34 @@ def build_trainer(
             options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
             strategy=strategy,
         )
+
+
+def class_weights(config: TrainConfig, data: RunData) -> dict[int, float] | None:
+    """``--class-weight`` as ``fit``'s ``class_weight`` (label index -> weight): ``balanced`` is
+    scikit-learn's n_samples / (n_classes * count) on the training split; a mapping names classes
+    (a key that is no class name is an index); classes it leaves out weigh 1."""
+    if config.class_weight is None:
+        return None
+    names = data.class_names
+    if names is None:
+        raise ConfigError("--class-weight weighs the classes of a classification task; drop it for regression")
+    if config.class_weight == "balanced":
+        y = np.asarray(data.train.y).reshape(-1).astype(np.int64)
+        counts = np.bincount(y, minlength=len(names))
+        if not counts.all():
+            raise ConfigError(
+                f"--class-weight balanced: class {names[int(np.argmin(counts))]} has no training samples; "
+                "choose --classes or give weights in a --config file"
+            )
+        labels = np.arange(len(names))
+        weights = sklearn.utils.class_weight.compute_class_weight("balanced", classes=labels, y=y)
+        return {int(c): float(w) for c, w in zip(labels, weights)}
+    weights = {}
+    for key, weight in config.class_weight.items():
+        if str(key) in names:
+            weights[names.index(str(key))] = float(weight)
+        elif isinstance(key, int) and 0 <= key < len(names):
+            weights[key] = float(weight)
+        else:
+            raise ConfigError(f"class_weight names a class {key!r} that the run does not have; its classes are {', '.join(names)}")
+    return weights

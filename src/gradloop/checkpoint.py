@@ -17,9 +17,13 @@ so that a run stopped after any step group and resumed computes what it would
 have computed without the stop: bit for bit under ``--deterministic``, given
 training data whose every epoch can be rebuilt (``data.shuffled_epochs``).
 
-``tf.train.CheckpointManager`` writes each checkpoint under a new number and
-only then records it as the latest, by an atomic rename of its ``checkpoint``
-file: a process killed at any instant leaves a complete latest checkpoint.
+``tf.train.CheckpointManager`` writes each checkpoint under a new number, we
+fsync its files, and only then does it record it as the latest, by an atomic
+rename of its ``checkpoint`` file (fsynced too): a process killed, or a machine
+losing power, at any instant leaves a complete latest checkpoint. A full disk
+raises :class:`~gradloop.errors.DiskFullError` and leaves no part of the new
+checkpoint. A latest checkpoint damaged on the disk all the same (a flipped bit,
+a truncated file) is skipped on restore for the newest one that reads correctly.
 
 Under a multi-worker strategy every worker saves at the same steps (the save
 reads replica-summed metrics by collectives): the chief into the run
@@ -31,20 +35,26 @@ or signals say.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import re
+import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
-from gradloop import distribute
-from gradloop.errors import RunDirError
+from gradloop import atomic, distribute
+from gradloop.errors import DiskFullError, RunDirError
 from gradloop.state import LoopState
 from gradloop.trainer import TrainData, Trainer
+
+
+_NAME = "ckpt"  # checkpoints are RUN_DIR/checkpoints/ckpt-N.index and .data-*
 
 
 class RunCheckpoint:
@@ -58,6 +68,8 @@ class RunCheckpoint:
     is not ``directory``: a multi-worker run's other workers resume from the
     chief's checkpoints and save into their own scratch folders. ``hint`` ends
     the error when no checkpoint can be restored: how the caller starts over.
+    ``max_to_keep`` checkpoints are kept, so that a damaged latest one has older
+    ones to fall back to (:meth:`restore`).
     """
 
     def __init__(
@@ -75,13 +87,13 @@ class RunCheckpoint:
             model=trainer.model,
             optimizer=trainer.optimizer,
             rng=[v for v in trainer.model.variables if id(v) not in weights],
-            metrics=[v for m in (trainer.loss_tracker, *trainer.metrics) for v in m.variables],
+            metrics=[],  # filled in once built: Keras makes its metrics' variables on the first batch
             epoch=self._epoch,
             step=self._step,
             seconds=self._seconds,
             history=self._history,
         )
-        self.manager = tf.train.CheckpointManager(self._bundle, str(directory), max_to_keep=max_to_keep)
+        self.manager = tf.train.CheckpointManager(self._bundle, str(directory), max_to_keep=max_to_keep, checkpoint_name=_NAME)
 
     @property
     def latest(self) -> str | None:
@@ -96,29 +108,96 @@ class RunCheckpoint:
         self._step.assign(state.step)
         self._seconds.assign(state.seconds)
         self._history.assign(json.dumps(state.history))
-        return self.manager.save()
+        self._bundle.metrics = self._metric_variables()
+        directory = Path(self.manager.directory)
+        # Our callback runs before the manager's own, which records the checkpoint as the latest.
+        durable = tf.train.CheckpointOptions(experimental_write_callbacks=[_sync_checkpoint])
+        try:
+            path = self.manager.save(options=durable)
+            atomic.sync(directory / "checkpoint")  # TensorFlow renames the state file in without an fsync
+            atomic.sync(directory)
+        except (tf.errors.OpError, OSError) as exc:
+            if not _no_space(exc):
+                raise
+            prefix = directory / f"{_NAME}-{int(self._bundle.save_counter.numpy())}"
+            if prefix.name not in {Path(p).name for p in self.manager.checkpoints}:  # whole ones it recorded stay
+                _remove_partial(prefix)
+            for leftover in directory.glob("checkpoint.tmp*"):  # the state file's half-written temporary
+                leftover.unlink()
+            raise _disk_full(exc, prefix) from None
+        return path
 
-    def restore(self, train: TrainData) -> LoopState:
-        """Load the latest checkpoint into the trainer; returns where to continue.
+    def _metric_variables(self) -> list[tf.Variable]:
+        return [v for m in (self.trainer.loss_tracker, *self.trainer.metrics) for v in m.variables]
+
+    def checkpoints(self) -> list[str]:
+        """The checkpoints in ``restore_from``, newest first: those its state file records, or
+        (the state file unreadable) those whose index is there."""
+        recorded = self._recorded()
+        if recorded is not None:
+            older = [p for p in reversed(recorded.all_model_checkpoint_paths) if p != recorded.model_checkpoint_path]
+            return [recorded.model_checkpoint_path, *older]
+        numbered = (p.with_suffix("") for p in Path(self.restore_from).glob(f"{_NAME}-*.index"))
+        return [str(p) for p in sorted(numbered, key=lambda p: _number(p.name), reverse=True) if _number(p.name) >= 0]
+
+    def _recorded(self) -> Any:
+        """The state file's record (a ``CheckpointState``), or None when it is missing or unreadable."""
+        try:
+            recorded = tf.train.get_checkpoint_state(self.restore_from)
+        except (tf.errors.OpError, ValueError):
+            return None
+        return recorded if recorded is not None and recorded.model_checkpoint_path else None
+
+    def restore(self, train: TrainData, *, notify: Callable[[str], None] | None = None) -> LoopState:
+        """Load the newest checkpoint that reads correctly into the trainer; returns where to continue.
 
         ``train`` must be the run's own training data (same arrays, batch size
         and seed): the saved iterator position is a position in it.
+
+        A checkpoint that cannot be read (truncated, a flipped bit: TensorFlow checks each
+        tensor's CRC32C, an index that is garbage) is skipped for the one before it, and
+        ``notify`` told so in one line. Training on from an older checkpoint recomputes the
+        steps since, the very same ones. Only when none reads is it an error.
         """
-        path = self.latest
-        if path is None:
+        candidates = self.checkpoints()
+        if not candidates:
             raise RunDirError(f"{self.restore_from} holds no checkpoint; {self.hint}")
+        skipped: list[tuple[str, Exception]] = []
+        for path in candidates:
+            try:
+                state = self._restore(path, train)
+            except _Unreadable as unreadable:
+                skipped.append((path, unreadable.cause))
+                continue
+            notes = [f"skipped {_listed(skipped)}, which cannot be read"] if skipped else []
+            state_file = Path(self.restore_from) / "checkpoint"
+            if state_file.exists() and self._recorded() is None:
+                notes.insert(0, f"{state_file} cannot be read, so the checkpoints were found by their names")
+            if notes and notify is not None:
+                notify(f"{'; '.join(notes)}; resuming from {Path(path).name}, the newest checkpoint that reads "
+                       f"correctly (epoch {state.epoch + 1} step {state.step})")
+            return state
+        raise _damaged(skipped, self.hint)
+
+    def _restore(self, path: str, train: TrainData) -> LoopState:
+        """Verify the checkpoint ``path``, every tensor of it, then load it into the trainer;
+        :class:`_Unreadable` when it cannot be read (the data's own errors go through)."""
         try:
             saved = tf.train.load_checkpoint(path)
+            for key, dtype in saved.get_variable_to_dtype_map().items():  # reading a tensor checks its CRC32C
+                if dtype != tf.variant:  # the iterator's state: the reader cannot return it, the restore checks it
+                    saved.get_tensor(key)
             epoch, step = (int(saved.get_tensor(f"{k}/.ATTRIBUTES/VARIABLE_VALUE")) for k in ("epoch", "step"))
         except _DAMAGED as exc:
-            raise _damaged(path, exc, self.hint) from None
+            raise _Unreadable(exc) from None
         data = train(epoch) if callable(train) else train  # the saved epoch's order
         self.trainer.build(data)  # the variables must exist to be restored into
         if saved.has_tensor("iterator/.ATTRIBUTES/ITERATOR_STATE"):
             iterator = self._bundle.iterator = self.trainer.make_iterator(data)  # the position is restored into it
         else:
             iterator = self.trainer.make_iterator(data.skip(step))
-        tracker, metrics = self.trainer.loss_tracker, list(self._bundle.metrics)
+        tracker, metrics = self.trainer.loss_tracker, self._metric_variables()
+        self._bundle.metrics = metrics
         saved_dtype = saved.get_variable_to_dtype_map().get("metrics/0/.ATTRIBUTES/VARIABLE_VALUE")
         float32_sums = saved_dtype == tf.float32 and tracker.dtype == "float64"  # saved before the loss summed in float64
         if float32_sums:
@@ -129,7 +208,7 @@ class RunCheckpoint:
             self._bundle.restore(path).assert_consumed()
             history = json.loads(self._history.numpy().decode("utf-8"))
         except _DAMAGED as exc:
-            raise _damaged(path, exc, self.hint) from None
+            raise _Unreadable(exc) from None
         finally:
             self._bundle.metrics = metrics
         if float32_sums:
@@ -154,16 +233,78 @@ def _copy_per_replica(strategy: tf.distribute.Strategy, sources: list, targets: 
     copy()
 
 
+def _sync_checkpoint(save_path: str) -> None:
+    """Flush a checkpoint's files and folder to the disk, before it is recorded as the latest."""
+    for file in Path(save_path).parent.glob(f"{Path(save_path).name}.*"):
+        atomic.sync(file)
+    atomic.sync(Path(save_path).parent)
+
+
+def _no_space(exc: Exception) -> bool:
+    """Whether a write failed for a full disk or quota: an OSError, or TensorFlow's own error for it."""
+    if isinstance(exc, OSError):
+        return exc.errno in atomic.NO_SPACE
+    return isinstance(exc, tf.errors.OpError) and bool(re.search(_NO_SPACE_TEXT, exc.message))
+
+
+_NO_SPACE_TEXT = r"No space left on device|Disk quota exceeded"
+
+
+def _disk_full(exc: Exception, prefix: Path) -> DiskFullError:
+    quota = "Disk quota exceeded" in str(exc) or getattr(exc, "errno", None) == errno.EDQUOT
+    return atomic.disk_full(prefix, errno.EDQUOT if quota else errno.ENOSPC, kind="checkpoint")
+
+
+def _remove_partial(prefix: Path) -> None:
+    """The files of a checkpoint whose write failed: none may stay under a checkpoint's name."""
+    for leftover in prefix.parent.glob(f"{prefix.name}[._]*"):  # ckpt-N.index, ckpt-N.data-*, ckpt-N_temp/
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 # What TensorFlow raises for a truncated, overwritten or foreign checkpoint (a short
 # read surfaces as IndexError: "Read less bytes than requested").
 _DAMAGED = (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, EOFError, UnicodeDecodeError)
 
 
-def _damaged(path: str, exc: Exception, hint: str) -> RunDirError:
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no detail"
+class _Unreadable(Exception):
+    """A checkpoint that cannot be restored; ``cause`` says why."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _damaged(skipped: list[tuple[str, Exception]], hint: str) -> RunDirError:
+    """None of the checkpoints (newest first) restores: the newest named in full, the older ones by name."""
+    (path, exc), older = skipped[0], skipped[1:]
+    same = lambda p, e: _reason(e, p) == _reason(exc, path).replace(Path(path).name, Path(p).name)  # noqa: E731
+    reasons = ", ".join(f"{Path(p).name} ({'the same' if same(p, e) else _reason(e, p)})" for p, e in older)
     return RunDirError(
-        f"cannot restore checkpoint {path} ({type(exc).__name__}: {reason}); it is damaged or from another model: {hint}"
+        f"cannot restore checkpoint {path} ({_reason(exc, path)}){f' nor the older {reasons}' if older else ''}; "
+        f"{'they are' if older else 'it is'} damaged or from another model: {hint}"
     )
+
+
+def _reason(exc: Exception, path: str) -> str:
+    """Why checkpoint ``path`` did not restore, in a few words: the exception's type and first line,
+    without TensorFlow's op names, naming the checkpoint by its name, and cut before the checksums' digits."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", str(getattr(exc, "message", exc))).strip()
+    text = re.sub(r": stored \d+ vs\. calculated.*", "", text.splitlines()[0] if text else "no detail")
+    text = text.replace(str(path), Path(path).name)
+    return f"{type(exc).__name__}: {text if len(text) <= 160 else text[:157].rsplit(' ', 1)[0] + '...'}"
+
+
+def _listed(skipped: list[tuple[str, Exception]]) -> str:
+    return ", ".join(f"{Path(path).name} ({_reason(exc, path)})" for path, exc in skipped)
+
+
+def _number(name: str) -> int:
+    """N of ``ckpt-N``; -1 for another name."""
+    number = name.rpartition("-")[2]
+    return int(number) if number.isdigit() else -1
 
 
 class Interrupted(Exception):

@@ -25,13 +25,14 @@ import shlex
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Sequence
 
 from gradloop import __version__, cpu, rundir
 from gradloop.bench import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, VARIANTS as BENCH_VARIANTS
 from gradloop.config import CONFIG_KEYS, TrainConfig, build_config, flag_name, load_yaml, parse_int_list, resumed_config
 from gradloop.data.splits import SPLITS
-from gradloop.errors import ConfigError, GradloopError, TrainingError
+from gradloop.errors import ConfigError, DiskFullError, GradloopError, TrainingError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,8 +100,8 @@ def _add_config_flags(parser: Any, keys: Collection[str] = CONFIG_KEYS) -> None:
 
 def _flag_type(annotation: Any) -> type:
     """The type a field's flag reads: ``int | None`` -> int (None: not given), ``tuple[int, ...]`` -> tuple."""
-    if isinstance(annotation, types.UnionType):
-        (annotation,) = (t for t in typing.get_args(annotation) if t is not type(None))
+    if isinstance(annotation, types.UnionType):  # the first type is the flag's (str | dict: a dict comes from a file)
+        annotation = next(t for t in typing.get_args(annotation) if t is not type(None))
     return typing.get_origin(annotation) or annotation
 
 
@@ -175,6 +176,41 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a run's model as a TensorFlow SavedModel for serving")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/saved_model); must not exist")
+
+    predict = commands.add_parser("predict", help="a run's model on new inputs: a CSV row per input with the predicted "
+                                                  "class and each class's probability, or the predicted values")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="of the kind the run trained on: image files or a "
+                                                                     "folder of them, a CSV table, an .npz or .npy of x")
+    predict.add_argument("--out", metavar="FILE.csv", help="write the CSV there (default: standard output)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    predict.add_argument("--batch-size", type=_integer, default=256, help="inputs per batch (default 256)")
+
+    runs = commands.add_parser("runs", help="list the runs in a folder, one line each, oldest first")
+    runs.add_argument("dir", metavar="DIR", nargs="?", default="runs",
+                      help="the folder of runs, searched 3 levels deep (default runs)")
+    runs.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    compare = commands.add_parser("compare", help="write one HTML page comparing runs: curves, metrics, config")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more runs, or folders of runs")
+    compare.add_argument("--out", metavar="FILE", help="the page (default compare.html in the current folder); "
+                                                       "replaces only an earlier compare page")
+
+    lr_find = commands.add_parser("lr-find", help="suggest a learning rate: the range test on train's data and model")
+    lr_find.add_argument("--config", metavar="FILE.yaml", help="config file, as for train; flags override its values")
+    _add_config_flags(lr_find.add_argument_group(
+        "the experiment, as for train (--run-dir DIR: write lr_find.png and lr_find.json there; else nothing is written)"))
+    lr_find.add_argument("--start-lr", type=_number, default=1e-7, metavar="LR", help="the first step's rate (default 1e-7)")
+    lr_find.add_argument("--end-lr", type=_number, default=10.0, metavar="LR", help="the last step's rate (default 10)")
+    lr_find.add_argument("--steps", type=_integer, default=300, metavar="N",
+                         help="steps from --start-lr to --end-lr (default 300)")
+
+    sweep = commands.add_parser("sweep", help="search train options with Optuna; each trial is a run directory")
+    sweep.add_argument("spec", metavar="SPEC.yaml", help="trials, metric, direction, train (fixed options), space")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep folder (default sweeps/<SPEC's name>); run the same "
+                                                    "command again to continue it")
+    sweep.add_argument("--storage", metavar="URL", help="the study's storage: a journal file, or a PostgreSQL/MySQL URL "
+                                                        "for several machines (default DIR/study.journal)")
     for command in commands.choices.values():
         _add_debug(command, argparse.SUPPRESS)
     return parser
@@ -215,6 +251,14 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return exc.exit_code
+    except DiskFullError as exc:  # the job failed, not the input: exit 1, with the way to go on
+        if args.debug:
+            raise
+        run_dir = exc.run_dir or config.run_dir
+        resumable = run_dir is not None and (Path(run_dir) / rundir.CHECKPOINTS / "checkpoint").is_file()
+        advice = f"resume with: {resume_command(config, run_dir)}" if resumable else "start the run again with --overwrite"
+        print(f"gradloop: error: {one_line(exc)}; free space and {advice}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -347,12 +391,91 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from gradloop import predict  # TensorFlow only once predict_run runs: a bad --out is refused at once
+
+    if args.out is not None:
+        predict.check_out(args.out, overwrite=args.overwrite)
+    elif args.overwrite:
+        raise ConfigError("--overwrite replaces an existing --out file; drop it, or pass --out FILE.csv")
+    cpu.import_tensorflow()
+    predictions = predict.predict_run(args.run_dir, args.inputs, batch_size=args.batch_size,
+                                      notify=lambda line: print(line, file=sys.stderr))
+    try:
+        predict.write_predictions(predictions, args.out, overwrite=args.overwrite)
+    except BrokenPipeError:  # the reader of standard output stopped (| head): what it read is what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush fails no more
+        return 0
+    if args.out is not None:
+        print(f"gradloop: wrote {args.out} ({len(predictions.ids):,} rows)")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from gradloop import runs
+
+    found, empty = runs.list_runs(args.dir)
+    if empty:
+        print(f"gradloop: note: {', '.join(str(p) for p in empty)} hold{'s' * (len(empty) == 1)} no gradloop run; "
+              "left out", file=sys.stderr)
+    if args.json:
+        print(json.dumps(runs.as_json(found), indent=2))
+    elif found:
+        print(runs.format_table(found))
+    else:
+        print(f"gradloop: no runs in {args.dir} (looked {runs.DEPTH} levels deep)", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from gradloop import compare
+
+    print(f"gradloop: wrote {compare.write_compare(args.run_dirs, out=args.out)}")
+    return 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    file_values = load_yaml(args.config) if args.config else {}
+    config = build_config(file_values, **{k: v for k, v in vars(args).items() if k in CONFIG_KEYS})
+    cpu.import_tensorflow()
+    from gradloop import lr_find
+
+    result, out = lr_find.find_lr(config, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
+                                  notify=lambda line: print(line, file=sys.stderr))
+    print(lr_find.format_result(result))
+    if out is not None:
+        print(f"gradloop: wrote {out / lr_find.PLOT} and {out / lr_find.JSON}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from gradloop.sweep import spec as sweep_spec
+
+    spec = sweep_spec.read_spec(args.spec)  # before TensorFlow: a bad SPEC is one line at once
+    cpu.import_tensorflow()
+    from gradloop import checkpoint
+    from gradloop.sweep import run
+
+    try:
+        with checkpoint.StopSignals() as stop:
+            run.run_sweep(spec, out=args.out, storage=args.storage, stop=stop,
+                          notify=lambda line: print(line, file=sys.stderr))
+    except checkpoint.Interrupted as exc:
+        again = " ".join(shlex.quote(a) for a in ("gradloop", "sweep", args.spec, *(("--out", args.out) if args.out else ()),
+                                                  *(("--storage", args.storage) if args.storage else ())))
+        print(f"gradloop: sweep interrupted in {exc.run_dir} at epoch {exc.epoch + 1} step {exc.step}; "
+              f"continue it with: {again}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     try:
         return {"train": _train, "evaluate": _evaluate, "bench": _bench, "launch": _launch, "report": _report,
-                "export": _export}[args.command](args)
+                "export": _export, "predict": _predict, "runs": _runs, "compare": _compare, "lr-find": _lr_find,
+                "sweep": _sweep}[args.command](args)
     except KeyboardInterrupt:
         print("gradloop: interrupted", file=sys.stderr)
         return 130
@@ -360,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"gradloop: error: {one_line(exc)}", file=sys.stderr)
-        return 1 if isinstance(exc, TrainingError) else 2  # 1: training diverged, not a bad input
+        return 1 if isinstance(exc, (TrainingError, DiskFullError)) else 2  # 1: diverged or disk full, not a bad input
     except OSError as exc:  # the machine, not gradloop: a full disk, a vanished folder
         if args.debug:
             raise

@@ -2,10 +2,12 @@
 
 Keras' ``model.compile`` gathers a model, optimizer, loss and metrics and
 ``fit`` runs them; here the gathering is :class:`CompiledModel` and the loop
-is :class:`gradloop.trainer.Trainer`, its subclass. A step function
-(:mod:`gradloop.step`) sees these parts as ``trainer.model``,
+is :class:`gradloop.trainer.Trainer`, its subclass. The loss and metrics are
+Keras' own (``model.compile`` is called with them), so sample weights, several
+outputs, ``loss_weights`` and the names in the history are exactly ``fit``'s.
+A step function (:mod:`gradloop.step`) sees these parts as ``trainer.model``,
 ``trainer.optimizer``, ``trainer.compute_loss`` and the metrics; the loop
-calls ``build``, ``make_iterator``, ``reset_metrics``, ``results`` and the two
+calls ``build``, ``make_iterator``, ``reset_metrics``, ``results`` and the
 compiled functions that ``build`` makes (as Keras' ``make_train_function``),
 and hands ``model`` to the callbacks.
 """
@@ -13,16 +15,20 @@ and hands ``model`` to the callbacks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
-from gradloop import distribute, losses, optimizer_kernels
+from gradloop import distribute, optimizer_kernels
 from gradloop import step as step_lib
 
 # run(iterator, num_steps) -> (steps done, {metric name: running result})
 MultiStepFn = Callable[[Any, tf.Tensor], "tuple[tf.Tensor, dict[str, tf.Tensor]]"]
+# A loss, or one per output (a list, or a dict by output name), as model.compile takes it.
+LossSpec = Any
+# Metrics as model.compile takes them: a list, or a list/dict of them per output.
+MetricsSpec = "Sequence[keras.metrics.Metric | str] | Mapping[str, Any] | None"
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,9 @@ class CompileOptions:
 class CompiledModel:
     """Model, optimizer, loss, metrics and strategy, and the step functions compiled from them once.
 
-    ``metrics``: Keras metrics or names (``"accuracy"`` is chosen to fit the loss).
+    ``loss``, ``loss_weights``, ``metrics``, ``weighted_metrics``: as ``model.compile``
+    takes them (one per output as a list or dict; ``"accuracy"`` chosen to fit
+    the loss; ``metrics`` ignore sample weights, ``weighted_metrics`` apply them).
     ``train_step`` replaces the step (the contract: :mod:`gradloop.step`).
     ``options``: steps per compiled call, XLA, fused optimizer kernels (:class:`CompileOptions`).
     ``strategy``: a ``tf.distribute.Strategy`` whose ``scope()`` built the model;
@@ -63,8 +71,10 @@ class CompiledModel:
         model: keras.Model,
         *,
         optimizer: keras.optimizers.Optimizer,
-        loss: keras.losses.Loss | Any,
-        metrics: Sequence[keras.metrics.Metric | str] = (),
+        loss: LossSpec,
+        metrics: MetricsSpec = (),
+        loss_weights: Any = None,
+        weighted_metrics: MetricsSpec = None,
         train_step: step_lib.StepFn | None = None,
         options: CompileOptions = CompileOptions(),
         strategy: tf.distribute.Strategy | None = None,
@@ -74,59 +84,104 @@ class CompiledModel:
         self.model = model
         self.strategy = strategy or tf.distribute.get_strategy()
         self.optimizer = keras.optimizers.get(optimizer)
-        self.loss = keras.losses.get(loss)
-        self._summed_loss = losses.summed(self.loss)
+        self.loss = loss if isinstance(loss, (list, tuple, dict)) else keras.losses.get(loss)
+        self.compile_args = dict(loss=loss, loss_weights=loss_weights, metrics=_listed(metrics),
+                                 weighted_metrics=_listed(weighted_metrics))
         with self.strategy.scope():  # metric variables aggregate across replicas
-            self.metrics = [losses.resolve_metric(m, self.loss) for m in metrics]
+            # Keras' own loss and metrics: fit's weighting, per-output losses, "accuracy" and names.
+            # auto_scale_loss=False: a mixed-precision optimizer is the caller's choice, as the step's is.
+            model.compile(optimizer=self.optimizer, auto_scale_loss=False, **self.compile_args)
             # float64 sums: a restore splits a summed metric evenly over the replicas, unlike the split
             # the run had; in float64 that other order's rounding stays far below the float32 result's.
             self.loss_tracker = keras.metrics.Mean(name="loss", dtype="float64")
         self.options = options
         self._train_step = train_step or step_lib.train_step
-        self._train_fn = self._test_fn = None
-        # Keras callbacks (LearningRateScheduler, TensorBoard) reach the optimizer through the model.
-        self.model.optimizer = self.optimizer
+        self._class_weight: dict[int, float] | None = None
+        self._train_fn = self._test_fn = self._predict_fn = None
+        self._outputs = None  # the model's output structure, of tf.TensorSpec with an unknown batch size
 
-    def compute_loss(self, y: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        """Mean loss over the global batch plus the regularisation losses; under a
-        strategy, this replica's share of it (the gradient all-reduce sums shares)."""
-        total = self._summed_loss(y, y_pred)
-        loss = total / tf.cast(distribute.global_batch_size(y), total.dtype)
-        if self.model.losses:
-            loss += tf.nn.scale_regularization_loss(tf.cast(tf.add_n(self.model.losses), loss.dtype))
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """The metrics the results come from: Keras' compiled metrics and per-output
+        losses and the layers' own, without Keras' loss tracker (``loss_tracker`` replaces it)."""
+        keras_tracker = getattr(self.model, "_loss_tracker", None)
+        return [m for m in self.model.metrics if m is not keras_tracker]
+
+    @property
+    def flat_metrics(self) -> list[keras.metrics.Metric]:
+        """Each metric on its own (Keras' compiled metrics unpacked; once built), in the results' order."""
+        flat = []
+        for metric in self.metrics:
+            inner = getattr(metric, "metrics", None)
+            flat.extend(inner if isinstance(inner, list) else [metric])
+        return flat
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The results' names besides ``loss`` (known once ``build`` has seen a batch)."""
+        return [name for name in self.results() if name != "loss"]
+
+    def compute_loss(self, y: Any, y_pred: Any, sample_weight: Any = None) -> tf.Tensor:
+        """Keras' loss of the batch (``model.compute_loss``: each output's loss, ``loss_weights``,
+        sample weights, ``model.losses``); under a strategy, this replica's share of the
+        global batch's loss (the gradient all-reduce sums shares)."""
+        loss = self.model.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # Keras divides each replica's batch mean by the replica count, which is the global
+            # mean only when the batch splits evenly; weigh it by the replica's share of the batch.
+            local = _batch_size(y)
+            loss *= tf.cast(context.num_replicas_in_sync * local / distribute.global_batch_size(_first(y)), loss.dtype)
         return loss
 
     def build(self, data: tf.data.Dataset) -> None:
-        """Create model and optimizer variables eagerly, then the compiled functions, once.
+        """Create the variables (model, optimizer, metrics) eagerly, once, from ``data``'s first batch.
 
         ``fit`` calls it; call it first to restore a checkpoint into the variables.
         """
-        if self._train_fn is not None:
+        if self._outputs is not None:
             return
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iter(data.take(1))))
         with self.strategy.scope():
-            if not self.model.built:
-                self.model(next(iter(data.take(1)))[0])
+            y_pred = self.model(x)
             distribute.check_in_scope(self.strategy, self.model.trainable_variables, "model")
             self.optimizer.build(self.model.trainable_variables)
             if self.options.fused_optimizer:
                 optimizer_kernels.use_fused_kernels(self.optimizer)
+            if y is not None:
+                # Keras makes its loss's and metrics' variables on their first batch: here, in scope and
+                # outside any compiled function, so that they are made once and mirrored.
+                self.model.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
+                self.model.compute_metrics(x, y, y_pred, sample_weight)
+                self.reset_metrics()
+        self._outputs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), y_pred)
         self._train_fn = self.make_train_function()
         self._test_fn = self.make_test_function()
+        self._predict_fn = self.make_predict_function()
+
+    def set_class_weight(self, class_weight: Mapping[int, float] | None) -> None:
+        """Weigh each training sample by its class (``fit(class_weight=...)``), as Keras does;
+        the training function is traced again when the weights change."""
+        class_weight = None if class_weight is None else {int(k): float(v) for k, v in class_weight.items()}
+        if class_weight != self._class_weight:
+            self._class_weight = class_weight
+            if self._train_fn is not None:
+                self._train_fn = self.make_train_function()
 
     def make_train_function(self) -> MultiStepFn:
         """``run(iterator, num_steps)`` over the training step (see :meth:`_make_multi_step`)."""
-        return self._make_multi_step(self._train_step)
+        return self._make_multi_step(self._train_step, class_weight=self._class_weight)
 
     def make_test_function(self) -> MultiStepFn:
         """``run(iterator, num_steps)`` over the inference step: forward pass and loss, no update."""
         return self._make_multi_step(step_lib.test_step)
 
-    def _make_multi_step(self, step_fn: step_lib.StepFn) -> MultiStepFn:
+    def _make_multi_step(self, step_fn: step_lib.StepFn, class_weight: Mapping[int, float] | None = None) -> MultiStepFn:
         """Build ``run(iterator, num_steps) -> (steps_done, metric results)``, compiled once.
 
             for _ in range(num_steps):
-                x, y = next(iterator)  # stop early when the epoch's data runs out
-                loss, y_pred = step_fn(trainer, x, y)
+                x, y, sample_weight = next(iterator)  # stop early when the epoch's data runs out
+                loss, y_pred = step_fn(trainer, x, y[, sample_weight])
                 update metrics
             return steps done, {metric name: running result}
 
@@ -135,43 +190,77 @@ class CompiledModel:
         element spec, so that batch runs through the same trace. The results come back with
         the count, so reporting them costs no further call per group of steps.
         """
+        weigh = None if class_weight is None else _class_weights(class_weight)
 
-        def one_step(x: tf.Tensor, y: tf.Tensor) -> None:
-            loss, y_pred = step_fn(self, x, y)
-            self.update_metrics(loss, y, y_pred)
+        def one_step(x: Any, y: Any, sample_weight: Any) -> None:
+            loss, y_pred = step_lib.call_step(step_fn, self, x, y, sample_weight)
+            self.update_metrics(loss, y, y_pred, sample_weight, x=x)
 
         if self.options.jit_compile:
             one_step = tf.function(one_step, jit_compile=True)
         if distribute.is_distributed(self.strategy):
             replica_step = one_step
-            one_step = lambda x, y: self.strategy.run(replica_step, args=(x, y))  # noqa: E731
+            one_step = lambda x, y, w: self.strategy.run(replica_step, args=(x, y, w))  # noqa: E731
+
+        def train_on(batch: Any, done: tf.Tensor, carry: tuple) -> tuple:
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+            if weigh is not None:
+                sample_weight = weigh(y, sample_weight)
+            one_step(x, y, sample_weight)
+            return carry
 
         @tf.function
         def run(iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-            done = tf.constant(0, tf.int32)
-            for _ in tf.range(num_steps):
-                batch = iterator.get_next_as_optional()
-                if not batch.has_value():
-                    break
-                x, y = batch.get_value()
-                one_step(x, y)
-                done += 1
+            done, _ = _for_batches(iterator, num_steps, train_on, ())
             return done, self.results()
 
         return run
 
-    def update_metrics(self, loss: tf.Tensor, y: tf.Tensor, y_pred: tf.Tensor) -> None:
+    def make_predict_function(self) -> Callable[[Any, tf.Tensor], "tuple[tf.Tensor, list[tf.Tensor]]"]:
+        """``run(iterator, num_steps) -> (steps done, [each output of those steps, concatenated])``.
+
+        Inputs are the batches' ``x`` (a ``(x, y)`` batch's ``y`` is ignored), run in
+        inference mode; under a strategy each output is this process's replicas' parts
+        joined in their order, which is the data's (a multi-worker job: each worker's share)."""
+        flat_specs = tf.nest.flatten(self._outputs)
+
+        def one_step(x: Any) -> list[tf.Tensor]:
+            return tf.nest.flatten(self.model(x, training=False))
+
+        if self.options.jit_compile:
+            one_step = tf.function(one_step, jit_compile=True)
+        if distribute.is_distributed(self.strategy):
+            replica_step = one_step
+
+            def one_step(x: Any) -> list[tf.Tensor]:
+                outputs = self.strategy.run(replica_step, args=(x,))
+                return [tf.concat(self.strategy.experimental_local_results(o), axis=0) for o in outputs]
+
+        def predict_on(batch: Any, done: tf.Tensor, arrays: list[tf.TensorArray]) -> list[tf.TensorArray]:
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            return [a.write(done, o) for a, o in zip(arrays, one_step(x))]
+
+        @tf.function
+        def run(iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+            arrays = [tf.TensorArray(s.dtype, size=0, dynamic_size=True, infer_shape=False, element_shape=s.shape)
+                      for s in flat_specs]
+            done, arrays = _for_batches(iterator, num_steps, predict_on, arrays)
+            return done, [a.concat() for a in arrays]
+
+        return run
+
+    def update_metrics(self, loss: tf.Tensor, y: Any, y_pred: Any, sample_weight: Any = None, *, x: Any = None) -> None:
         """Accumulate one batch: the loss weighted by batch size (so the epoch
-        figure is the mean over samples, as Keras reports it), then each metric.
+        figure is the mean over samples, as Keras reports it), then Keras' metrics
+        (``model.compute_metrics``: ``metrics`` unweighted, ``weighted_metrics`` with ``sample_weight``).
 
         ``loss`` is this replica's share of the global-batch mean, so the tracker
         adds ``loss * global`` to its total and the local sample count to its count;
         summed over replicas that is exactly the global batch's mean."""
-        local = tf.cast(tf.shape(y)[0], tf.float32)
-        share = tf.cast(loss, tf.float32) * distribute.global_batch_size(y)
+        local = _batch_size(y)
+        share = tf.cast(loss, tf.float32) * distribute.global_batch_size(_first(y))
         self.loss_tracker.update_state(tf.math.divide_no_nan(share, local), sample_weight=local)
-        for metric in self.metrics:
-            metric.update_state(y, y_pred)
+        self.model.compute_metrics(x, y, y_pred, sample_weight)
 
     def make_iterator(self, data: tf.data.Dataset):
         """An iterator over ``data``, distributed over the strategy's replicas:
@@ -183,5 +272,59 @@ class CompiledModel:
             metric.reset_state()
 
     def results(self) -> dict[str, tf.Tensor]:
-        """The running loss and metrics, by name (in a compiled step group too)."""
-        return {"loss": tf.cast(self.loss_tracker.result(), tf.float32), **{m.name: m.result() for m in self.metrics}}
+        """The running loss and metrics, by name as Keras names them (in a compiled step group too)."""
+        results = {"loss": tf.cast(self.loss_tracker.result(), tf.float32)}
+        for metric in self.metrics:
+            value = metric.result()
+            results.update(value if isinstance(value, dict) else {metric.name: value})
+        return results
+
+
+def _for_batches(iterator, num_steps: tf.Tensor, body: Callable, carry: Any) -> tuple[tf.Tensor, Any]:
+    """In a compiled function: ``for each of up to num_steps batches: carry = body(batch, index, carry)``,
+    stopping early when the iterator runs out; returns (batches done, carry)."""
+    done = tf.constant(0, tf.int32)
+    for _ in tf.range(num_steps):
+        batch = iterator.get_next_as_optional()
+        if not batch.has_value():
+            break
+        carry = body(batch.get_value(), done, carry)
+        done += 1
+    return done, carry
+
+
+def _listed(metrics: MetricsSpec) -> Any:
+    """``metrics`` as ``model.compile`` takes them: a list, or a structure per output."""
+    if metrics is None or isinstance(metrics, (dict, list)):
+        return metrics
+    return list(metrics)
+
+
+def _first(y: Any) -> tf.Tensor:
+    return tf.nest.flatten(y)[0]
+
+
+def _batch_size(y: Any) -> tf.Tensor:
+    return tf.cast(tf.shape(_first(y))[0], tf.float32)
+
+
+def _class_weights(class_weight: Mapping[int, float]) -> Callable[[Any, Any], tf.Tensor]:
+    """``(y, sample_weight) -> the weight of each sample's class``, read from ``y`` as Keras reads
+    it: class indices, or one-hot rows (their argmax); a class without a weight weighs 1."""
+    if not class_weight or min(class_weight) < 0:
+        raise ValueError(f"class_weight must map class indices 0, 1, ... to weights, got {class_weight!r}")
+    # One more entry, 1.0, for every class above the largest given.
+    table = tf.constant([class_weight.get(c, 1.0) for c in range(max(class_weight) + 1)] + [1.0], tf.float32)
+
+    def weigh(y: Any, sample_weight: Any) -> tf.Tensor:
+        if sample_weight is not None:
+            raise ValueError("the data has sample weights and class_weight was given: give one or the other")
+        if tf.nest.is_nested(y):
+            raise ValueError("class_weight works for a model with one output; give each sample a weight instead")
+        if y.shape.rank >= 2 and y.shape[-1] != 1:
+            classes = tf.argmax(y, axis=-1, output_type=tf.int32)
+        else:
+            classes = tf.cast(tf.round(tf.reshape(y, [-1]) if y.shape.rank >= 2 else y), tf.int32)
+        return tf.gather(table, tf.clip_by_value(classes, 0, len(table) - 1))
+
+    return weigh

@@ -42,7 +42,7 @@ MAX_MLP_WEIGHTS = 10**8
 MAX_CPU_REPLICAS = 16
 # null means "the default" for these keys; for the others it is a mistake
 _NULLABLE = ("dataset", "data_dir", "run_dir", "replicas", "decay_steps", "clip_norm", "classes", "data", "target",
-             "task", "image_size", "color_mode", "fill", "loss", "metrics", "optimizer", "model_args")
+             "task", "image_size", "color_mode", "fill", "loss", "metrics", "optimizer", "model_args", "class_weight", "ema")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,16 @@ class TrainConfig:
     checkpoint_every: int = _option(1000, "also checkpoint every STEPS steps of an epoch; 0: off", metavar="STEPS")
     checkpoint_seconds: float = _option(300.0, "also checkpoint every S seconds; 0: off", metavar="S")
     early_stop: int = _option(0, "stop after PATIENCE epochs without a lower val_loss; 0: off", metavar="PATIENCE")
+    validation_every: int = _option(1, "validate every N-th epoch (Keras' validation_freq)", metavar="N")
+    class_weight: str | dict | None = _option(
+        None, "weigh training samples by their class: balanced (n_samples / (n_classes * count), as scikit-learn's); "
+        "a --config file may map classes (names or indices) to weights instead", metavar="balanced",
+        unset="every sample weighs 1",
+    )
+    ema: float | None = _option(
+        None, "keep an exponential moving average of the weights with this decay, e.g. 0.999: validation, "
+        "model.keras and model.best.keras use the averaged weights", metavar="DECAY", unset="off",
+    )
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, minimum=1)
@@ -208,6 +218,10 @@ class TrainConfig:
         _check_int("early_stop", self.early_stop, minimum=0)
         if not _is_number(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
             raise ConfigError(f"checkpoint_seconds must be a number >= 0 (0: off), got {_short(self.checkpoint_seconds)}")
+        _check_int("validation_every", self.validation_every, minimum=1)
+        if self.ema is not None and (not _is_number(self.ema) or not 0 < self.ema < 1):
+            raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999, got {_short(self.ema)}")
+        _check_class_weight(self.class_weight)
         if self.early_stop and not self.val_fraction:
             raise ConfigError("early_stop watches val_loss, but val_fraction is 0; hold out data or drop early_stop")
         for name in ("dataset", "data_dir", "run_dir"):
@@ -261,6 +275,19 @@ class TrainConfig:
     def to_yaml(self) -> str:
         """The config as a ``--config`` file: ``gradloop train --config`` on it gives this config back."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _check_class_weight(value: Any) -> None:
+    """``balanced``, or a mapping of class (name or index) to a finite weight >= 0."""
+    if value is None or value == "balanced":
+        return
+    if not isinstance(value, dict) or not value or not all(
+        isinstance(k, (int, str)) and not isinstance(k, bool) and _is_number(v) and v >= 0 for k, v in value.items()
+    ):
+        raise ConfigError(
+            "class_weight must be balanced, or (in a --config file) a mapping of classes to weights >= 0 such as "
+            f"{{cat: 2.0, dog: 0.5}}, got {_short(value)}"
+        )
 
 
 def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
@@ -323,12 +350,17 @@ def flag_name(key: str) -> str:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a config file into a dict of known keys (dashes or underscores)."""
+    return config_values(read_yaml_mapping(path), where=str(path))
+
+
+def read_yaml_mapping(path: str | Path, *, what: str = "config file") -> dict[Any, Any]:
+    """The mapping a YAML file holds (an empty file: ``{}``); ``what`` names the file in errors."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}; check the path") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text; pass a YAML file like 'epochs: 5'") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text; pass a YAML file like 'epochs: 5'") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -336,18 +368,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         at = f" at line {where.line + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None)
         why = f" ({_short(problem, 120)[1:-1]})" if problem else ""
-        raise ConfigError(f"config file {path} is not valid YAML{at}{why}; fix the syntax") from None
+        raise ConfigError(f"{what} {path} is not valid YAML{at}{why}; fix the syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of keys to values, like 'epochs: 5'")
+        raise ConfigError(f"{what} {path} must be a mapping of keys to values, like 'epochs: 5'")
+    return data
+
+
+def config_values(data: Mapping[Any, Any], *, where: str) -> dict[str, Any]:
+    """``data`` as config values: each key known (dashes or underscores), null only where it means the default."""
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in _FIELDS:
-            raise ConfigError(f"unknown key {_short(key)} in {path}; known keys: {', '.join(sorted(_FIELDS))}")
+            raise ConfigError(f"unknown key {_short(key)} in {where}; known keys: {', '.join(sorted(_FIELDS))}")
         if value is None and name not in _NULLABLE:
-            raise ConfigError(f"{_short(key)} in {path} is empty (null); give it a value or delete the line")
+            raise ConfigError(f"{_short(key)} in {where} is empty (null); give it a value or delete the line")
         out[name] = value
     return out
 
@@ -366,7 +403,7 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
             values[key] = parse_int_list(key, values[key]) if key == "image_size" else _names(key, values[key])
     if "hidden" in values:
         values["hidden"] = parse_int_list("hidden", values["hidden"])
-    for key in ("lr", "val_fraction", "decay_rate", "clip_norm", "checkpoint_seconds"):  # YAML reads 1e-4 (no dot) as a string
+    for key in ("lr", "val_fraction", "decay_rate", "clip_norm", "checkpoint_seconds", "ema"):  # YAML reads 1e-4 (no dot) as a string
         if isinstance(values.get(key), str):
             values[key] = _parse_float(key, values[key])
     for key in ("data_dir", "run_dir", "dataset"):  # a number in YAML is a name too

@@ -24,3 +24,14 @@ class RunDirError(GradloopError):
 
 class TrainingError(GradloopError):
     """Training cannot go on: the loss is no longer finite."""
+
+
+class DiskFullError(GradloopError, OSError):
+    """A write found no space left: the run stopped with its latest checkpoint intact, to resume
+    once space is freed. ``path`` is the file being written; ``run_dir`` the run, once known.
+    An OSError still, for code that caught the disk's own error before."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.run_dir: str | None = None

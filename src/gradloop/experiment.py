@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
+import functools
 import math
 import platform
 import re
@@ -20,21 +22,21 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterator, Sequence, TextIO
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, build, checkpoint, cpu, distribute, losses, models, plots, progress, rundir, stopping, summaries
+from gradloop import __version__, atomic, build, checkpoint, cpu, distribute, losses, models, plots, progress, rundir, stopping, summaries
 from gradloop import step as step_lib
 from gradloop.config import MODELS, TrainConfig
 from gradloop.data import examples
 from gradloop.data.run_data import RunData
 from gradloop.data.sources import describe_change
-from gradloop.errors import ConfigError, DataError, RunDirError, TrainingError
+from gradloop.errors import ConfigError, DataError, DiskFullError, RunDirError, TrainingError
 from gradloop.state import LoopState
-from gradloop.trainer import TrainData, Trainer
+from gradloop.trainer import TrainData, Trainer, validates
 
 # What the library's errors advise when a run cannot go on: the CLI's way to do it.
 _START_OVER = "start the run again with --overwrite"
@@ -49,14 +51,28 @@ def train(
     out: TextIO | None = None,
     notify: Callable[[str], None] | None = None,
     profile: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> Path:
     """Run one experiment, or continue one (``resume``), and return its run directory.
 
     With ``stop`` (the CLI's :class:`~gradloop.checkpoint.StopSignals`), SIGTERM
     and SIGINT end the run after a checkpoint by raising ``checkpoint.Interrupted``.
     ``profile`` first prints where a step's time goes (on a copy of the model:
-    the run is unaffected).
+    the run is unaffected). The chief holds the run directory's lock
+    (:func:`gradloop.rundir.lock`) from before it changes anything until it returns.
+    ``callbacks`` (a sweep's pruning, say) run after gradloop's own, so an epoch's
+    checkpoint and history are written before they see the epoch end.
     """
+    with contextlib.ExitStack() as held:  # the run's lock, dropped however training ends
+        return _train(config, held, resume=resume, overwrite=overwrite, stop=stop, out=out, notify=notify, profile=profile,
+                      callbacks=callbacks)
+
+
+def _train(
+    config: TrainConfig, held: contextlib.ExitStack, *, resume: bool, overwrite: bool,
+    stop: checkpoint.StopSignals | None, out: TextIO | None, notify: Callable[[str], None] | None, profile: bool,
+    callbacks: Sequence[keras.callbacks.Callback],
+) -> Path:
     out = out or sys.stdout
     notify = notify or (lambda line: print(line, file=sys.stderr))
     strategy = build.make_strategy(config)  # a multi-worker strategy must exist before any other TensorFlow work
@@ -67,28 +83,33 @@ def train(
     if resumed is None and config.model not in MODELS:
         models.check_model_source(config.model)
     path = _run_path(config, chief=chief, resume=resume, overwrite=overwrite)
+    held.enter_context(_naming_full_disk(config, path, chief=chief))
+    if resume and chief:  # a new run is locked as it is created (_start)
+        held.enter_context(rundir.lock(path))
 
     data = build.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
     feed = Feed.of(config, data)
     trainer, guard = _trainer(config, strategy, data, feed, model_spec=_model_spec(resumed))
-    _check_fits(config, data, trainer, feed)
+    check_fits(config, data, trainer, feed)
+    class_weight = build.class_weights(config, data)
     if resumed is not None:
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
-        run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief)
+        run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held)
     _announce(config, data, trainer, state, path, out=out)
     if profile:
         from gradloop.profile import format_profile, profile_phases
 
         print(format_profile(profile_phases(trainer, feed.train(0)), config.batch_size), file=out, flush=True)
 
-    best = stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop)
+    best = stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
     start = time.perf_counter()
     with _ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
             feed.train, validation_data=feed.val, epochs=config.epochs, initial_state=state,
-            callbacks=_callbacks(config, run, saver, guard, best, state, feed, stop, out),
-            end_groups_every=config.checkpoint_every or None,
+            callbacks=[*_callbacks(config, run, saver, guard, best, state, feed, stop, out), *callbacks],
+            end_groups_every=config.checkpoint_every or None, verbose=0,  # its own Progress is among the callbacks
+            class_weight=class_weight, validation_freq=config.validation_every,
         )
     _record_finished(run, trainer, history.history, best, started=start)
     if not chief:
@@ -134,19 +155,17 @@ def _trainer(
     return build.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
 
 
-def _check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed) -> None:
+def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed) -> None:
     """The loss and metrics on one batch, before anything is written: a loss or metric that does not fit
     the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step."""
     x, y = next(iter(feed.train(0).take(1)))
     y_pred = trainer.model(x, training=False)
     try:
-        trainer.loss(y, y_pred)
-        for name in build.build_metrics(config, data.task):  # fresh ones: the trainer's own stay untouched
-            losses.resolve_metric(name, trainer.loss).update_state(y, y_pred)
+        trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
     except (ValueError, TypeError, tf.errors.OpError) as exc:
         reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", " ".join(str(getattr(exc, "message", exc)).split()))[:200]
         raise ConfigError(
-            f"the loss {describe_loss(trainer.loss)} or the metrics {', '.join(m.name for m in trainer.metrics)} do not fit "
+            f"the loss {describe_loss(trainer.loss)} or the metrics {', '.join(build.build_metrics(config, data.task))} do not fit "
             f"labels of shape {tuple(y.shape)} ({y.dtype.name}) and outputs of shape {tuple(y_pred.shape)} ({reason}); "
             f"choose a --loss and --metrics for {data.task}"
         ) from None
@@ -154,15 +173,19 @@ def _check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed
 
 def _start(
     config: TrainConfig, data: RunData, path: Path, trainer: Trainer, strategy: tf.distribute.Strategy, *,
-    overwrite: bool,
+    overwrite: bool, held: contextlib.ExitStack,
 ) -> tuple[rundir.RunDir, checkpoint.RunCheckpoint, None]:
-    """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written."""
-    if overwrite and path.exists():
-        shutil.rmtree(path)
-    run = rundir.claim(path)
+    """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written,
+    its lock kept in ``held``."""
+    earlier = held.enter_context(rundir.lock(path)) if overwrite and path.exists() else None  # before deleting a thing
+    if earlier is not None:
+        rundir.clear(path)
+    run = rundir.claim(path, held=earlier)
+    held.enter_context(run.lock)
     saver = checkpoint.RunCheckpoint(run / rundir.CHECKPOINTS, trainer, hint=_START_OVER)  # after the old run is gone
     model_source = models.copy_model_source(config.model, run.path) if config.model not in MODELS else None
     run.start(new_run_info(config, data, strategy, trainer, model_source=model_source))
+    rundir.write_text(run / rundir.MODEL_SUMMARY, models.summary_text(trainer.model))
     return run, saver, None
 
 
@@ -186,11 +209,13 @@ def _callbacks(
 ) -> list[keras.callbacks.Callback]:
     return [  # the guard first: a diverged state must stop before Checkpointing could save it
         guard,
+        *([keras.callbacks.SwapEMAWeights()] if config.ema is not None else []),  # validate on the averages
         progress.Progress(batch_size=config.batch_size, stream=out),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: run.record_epoch(logs or {})),
         summaries.TensorBoardSummaries(
             run / rundir.TENSORBOARD, every_steps=config.summary_every,
             initial_step=state.epoch * feed.steps_per_epoch if state else 0,
+            hparams=config.to_dict(), trial_id=str(run.path),
         ),
         best,
         checkpoint.Checkpointing(
@@ -202,7 +227,8 @@ def _callbacks(
 def _check_resumable(config: TrainConfig, strategy: tf.distribute.Strategy) -> rundir.RunDir:
     if not config.run_dir:
         raise ConfigError("--resume needs --run-dir DIR, the run to continue")
-    return rundir.check_resumable(config.run_dir, epochs=config.epochs, workers=distribute.worker_count(strategy))
+    return rundir.check_resumable(config.run_dir, epochs=config.epochs, workers=distribute.worker_count(strategy),
+                                  writer=distribute.is_chief(strategy))  # the other workers read it as the chief locks it
 
 
 def _run_path(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool) -> Path:
@@ -241,7 +267,7 @@ def _resume(
     saver = checkpoint.RunCheckpoint(
         path / rundir.CHECKPOINTS, trainer, restore_from=resumed / rundir.CHECKPOINTS, hint=_START_OVER
     )
-    state = saver.restore(feed.train)
+    state = saver.restore(feed.train, notify=lambda line: notify(f"gradloop: note: {line}"))
     if state.epoch > config.epochs:
         raise ConfigError(f"run {config.run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
     kernels = cpu.onednn_kernels()
@@ -252,9 +278,28 @@ def _resume(
                f"{names[kernels]} kernels, so its numbers will differ in the last bits from a run never stopped; "
                f"set TF_ENABLE_ONEDNN_OPTS={int(before)} to resume on {names[before]}'s")
     run = rundir.RunDir(path, resumed.info)
-    run.continue_history(state.history)
+    run.continue_history(state.history, validated=functools.partial(validates, validation_freq=config.validation_every))
     run.resume(config=config.to_dict(), epoch=state.epoch + 1, step=state.step, onednn_kernels=kernels)
     return run, saver, state
+
+
+@contextlib.contextmanager
+def _naming_full_disk(config: TrainConfig, path: Path, *, chief: bool) -> Iterator[None]:
+    """A write that found the disk full is one DiskFullError naming the run to resume (without --run-dir:
+    the runs/<timestamp> chosen), TensorFlow's own (an event file's) included."""
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        full = re.search(r"(\S+); (No space left on device|Disk quota exceeded)", exc.message)
+        if full is None:
+            raise
+        error = atomic.disk_full(full[1], errno.EDQUOT if full[2].startswith("Disk") else errno.ENOSPC)
+        error.run_dir = str(config.run_dir or path) if chief else None
+        raise error from None
+    except DiskFullError as exc:
+        if chief:
+            exc.run_dir = str(config.run_dir or path)
+        raise
 
 
 @contextlib.contextmanager
@@ -291,8 +336,8 @@ def _record_finished(
     """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
     (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""
     rundir.save_model(trainer.model, run / rundir.MODEL)
-    tutorial = run.write_history(history)
-    plots.plot_history(tutorial, run / rundir.HISTORY_PNG, metric=next((m.name for m in trainer.metrics), None))
+    tutorial = run.write_history(run.recorded_history())  # Keras' val_ lists skip unvalidated epochs; these do not
+    plots.plot_history(tutorial, run / rundir.HISTORY_PNG, metric=next(iter(trainer.metric_names), None))
     run.finished(
         epochs_done=len(history.get("loss", [])),
         stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,
@@ -323,13 +368,30 @@ def new_run_info(
         "model_source": model_source,
         "parameters": int(trainer.model.count_params()),
         "loss": describe_loss(trainer.loss),
-        "metrics": [m.name for m in trainer.metrics],
+        "class_weight": _named(build.class_weights(config, data), data.class_names),
+        "metrics": trainer.metric_names,
+        "best": best_measure(config, data, trainer),
         "strategy": config.strategy,
         "workers": distribute.worker_count(strategy),
         "num_replicas": strategy.num_replicas_in_sync,
         "versions": versions(),
         "onednn_kernels": cpu.onednn_kernels(),
     }
+
+
+def best_measure(config: TrainConfig, data: RunData, trainer: Trainer) -> dict:
+    """What run.json's ``best`` epoch is judged by: the first metric on validation data, highest or lowest
+    as Keras' own callbacks read its direction, else the lowest val_loss (see :func:`gradloop.rundir.progress`)."""
+    first = losses.resolve_metric(build.build_metrics(config, data.task)[0], trainer.loss)  # a fresh one, as check_fits'
+    direction = getattr(first, "_direction", None)
+    if direction not in ("up", "down"):
+        return dict(rundir.BEST)
+    return {"metric": f"val_{first.name}", "mode": "max" if direction == "up" else "min"}
+
+
+def _named(class_weight: dict[int, float] | None, names: tuple[str, ...] | None) -> dict[str, float] | None:
+    """run.json's class weights, by class name."""
+    return None if class_weight is None else {names[c]: w for c, w in sorted(class_weight.items())}
 
 
 def _recorded_classes(config: TrainConfig, data: RunData) -> tuple:

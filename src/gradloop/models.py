@@ -240,3 +240,10 @@ def _sibling_modules(path: Path) -> list[Path]:
                         todo.extend([candidate] if candidate.is_file() else sorted(candidate.rglob("*.py")))
                         break
     return found
+
+
+def summary_text(model: keras.Model) -> str:
+    """Keras' ``model.summary()`` as text: layers, output shapes, parameter counts."""
+    parts: list[str] = []
+    model.summary(print_fn=lambda text, *args, **kwargs: parts.append(text), line_length=110)
+    return "".join(part if part.endswith("\n") else part + "\n" for part in parts)

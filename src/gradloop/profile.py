@@ -30,8 +30,10 @@ def _clone(trainer: Trainer) -> Trainer:
     model = keras.models.clone_model(trainer.model)
     model.set_weights(trainer.model.get_weights())
     optimizer = trainer.optimizer.__class__.from_config(trainer.optimizer.get_config())
-    metrics = [m.__class__.from_config(m.get_config()) for m in trainer.metrics]
-    return Trainer(model, optimizer=optimizer, loss=trainer.loss, metrics=metrics, options=trainer.options)
+    args = tf.nest.map_structure(  # fresh metric objects: the run's keep their sums
+        lambda m: m.__class__.from_config(m.get_config()) if isinstance(m, keras.metrics.Metric) else m, trainer.compile_args
+    )
+    return Trainer(model, optimizer=optimizer, options=trainer.options, **args)
 
 
 def _stage_fn(t: Trainer, depth: int):

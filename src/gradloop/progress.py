@@ -1,4 +1,4 @@
-"""Progress on the terminal: a bar with loss, metrics and ETA, or plain lines in a log file.
+"""Progress on the terminal: a bar with loss, metrics and ETA (a widget in Jupyter), or plain lines in a log file.
 
 Files a run writes (history, run.json) are :mod:`gradloop.rundir`'s.
 """
@@ -19,20 +19,31 @@ def format_logs(logs: Mapping[str, float]) -> str:
     return "  ".join(f"{k} {logs[k]:.4f}" for k in keys)
 
 
-class Progress(keras.callbacks.Callback):
-    """A tqdm bar with loss, accuracy and ETA on a terminal; plain lines
-    (each tenth of an epoch) when output goes to a file or pipe; a summary
-    line per epoch with throughput in both cases."""
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (where tqdm.auto draws a widget)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
-    def __init__(self, *, batch_size: int, stream: TextIO | None = None, bar: bool | None = None) -> None:
+
+class Progress(keras.callbacks.Callback):
+    """A tqdm bar with loss, accuracy and ETA on a terminal or in a notebook;
+    plain lines (``lines_per_epoch`` of them, each tenth of an epoch by
+    default) when output goes to a file or pipe; a summary line per epoch, with
+    throughput when ``batch_size`` is given, in every case."""
+
+    def __init__(
+        self, *, batch_size: int | None = None, stream: TextIO | None = None, bar: bool | None = None,
+        lines_per_epoch: int = 10,
+    ) -> None:
         super().__init__()
-        self.batch_size = batch_size
+        self.batch_size, self.lines_per_epoch = batch_size, lines_per_epoch
         self.stream = stream or sys.stdout
-        self.bar = self.stream.isatty() if bar is None else bar
+        self.bar = (self.stream.isatty() or (stream is None and in_notebook())) if bar is None else bar
         self._tqdm = None
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self._epoch, self._next_line, self._start = epoch, 0.1, time.perf_counter()
+        self._epoch, self._start = epoch, time.perf_counter()
+        self._next_line = 1 / self.lines_per_epoch if self.lines_per_epoch else 2.0
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         if self.bar:
             self._tqdm = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=self.stream, leave=False)
@@ -44,7 +55,8 @@ class Progress(keras.callbacks.Callback):
             self._tqdm.update(batch + 1 - self._tqdm.n)
             self._tqdm.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
         elif steps and (batch + 1) / steps >= self._next_line and batch + 1 < steps:
-            self._next_line = ((batch + 1) * 10 // steps + 1) / 10
+            n = self.lines_per_epoch
+            self._next_line = ((batch + 1) * n // steps + 1) / n
             print(f"epoch {self._epoch + 1} step {batch + 1}/{steps}  {format_logs(logs)}", file=self.stream, flush=True)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -53,7 +65,7 @@ class Progress(keras.callbacks.Callback):
             self._tqdm.close()
         steps = self.params.get("steps") or 0
         seconds = logs.get("train_time", time.perf_counter() - self._start)
-        rate = f"  {steps * self.batch_size / seconds:,.0f} samples/s" if steps and seconds > 0 else ""
+        rate = f"  {steps * self.batch_size / seconds:,.0f} samples/s" if steps and seconds > 0 and self.batch_size else ""
         print(
             f"epoch {epoch + 1}/{self.params.get('epochs')}  {format_logs(logs)}  {seconds:.1f}s{rate}",
             file=self.stream,

@@ -17,13 +17,13 @@ the history's last ``val_accuracy``).
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from gradloop import evaluation, plots, rundir
 from gradloop.errors import RunDirError
+from gradloop.pages import config_value, data_uri, escape, img, number, page, table
+from gradloop.rundir import first_metric
 
 FIGURES_BY_TASK = {
     "classification": ("history.png", "per_class_accuracy.png", "confusion_matrix.png"),
@@ -61,20 +61,9 @@ def write_report(
         plots.plot_per_class_accuracy(result["per_class_accuracy"], out_dir / "per_class_accuracy.png")
         plots.plot_confusion_matrix(result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png")
     images = {name: data_uri(out_dir / name) for name in FIGURES_BY_TASK[result["task"]]}
-    page = out_dir / "report.html"
-    rundir.write_text(page, render(run_dir, info, history, result, images))
-    return page
-
-
-def first_metric(info: Mapping[str, Any]) -> str | None:
-    """run.json's first metric other than the loss (the history's top panel), if it names one."""
-    metrics = info.get("metrics")
-    names = [m for m in metrics if isinstance(m, str) and m != "loss"] if isinstance(metrics, list) else []
-    return names[0] if names else None
-
-
-def data_uri(png: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+    html_file = out_dir / "report.html"
+    rundir.write_text(html_file, render(run_dir, info, history, result, images))
+    return html_file
 
 
 def render(
@@ -85,24 +74,19 @@ def render(
     history_keys = list(history)
     top = plots.top_metric(history, first_metric(info))
     body = [
-        f"<h1>gradloop run {_e(run_dir.name)}</h1>",
-        _table("run", None, _run_rows(run_dir, info, result)),
+        f"<h1>gradloop run {escape(run_dir.name)}</h1>",
+        table("run", None, _run_rows(run_dir, info, result)),
         "<h2>History</h2>",
-        _img(images["history.png"], f"{top} and loss per epoch" if top else "loss per epoch"),
-        _table("history", ("epoch", *history_keys),
-               [(i + 1, *(_number(history[k][i]) for k in history_keys)) for i in range(epochs)]),
-        f"<h2>Evaluation: {_e(result['split'])} split of {_e(result['source'])}, {result['n_samples']:,} samples</h2>",
+        img(images["history.png"], f"{top} and loss per epoch" if top else "loss per epoch"),
+        table("history", ("epoch", *history_keys),
+              [(i + 1, *(number(history[k][i]) for k in history_keys)) for i in range(epochs)]),
+        f"<h2>Evaluation: {escape(result['split'])} split of {escape(result['source'])}, {result['n_samples']:,} samples</h2>",
         *(_regression(result, images, outputs=info.get("n_outputs")) if result["task"] == "regression"
           else _classification(result, images)),
         "<h2>Config</h2>",
-        _table("config", ("key", "value"), [(k, _config_value(v)) for k, v in info.get("config", {}).items()]),
+        table("config", ("key", "value"), [(k, config_value(v)) for k, v in info.get("config", {}).items()]),
     ]
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>gradloop run {_e(run_dir.name)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
+    return page(f"gradloop run {run_dir.name}", body)
 
 
 def _run_rows(run_dir: Path, info: Mapping[str, Any], result: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -136,58 +120,29 @@ def _classification(result: Mapping[str, Any], images: Mapping[str, str]) -> lis
     classes = result["classes"]
     confusion = result["confusion_matrix"]
     per_class_rows = [
-        (c, sum(row), row[i], _number(result["per_class_accuracy"][str(c)]))
+        (c, sum(row), row[i], number(result["per_class_accuracy"][str(c)]))
         for i, (c, row) in enumerate(zip(classes, confusion))
     ]
     return [
-        f"<p>loss {_e(_number(result['loss']))}, accuracy {_e(_number(result['accuracy']))}</p>",
+        f"<p>loss {escape(number(result['loss']))}, accuracy {escape(number(result['accuracy']))}</p>",
         "<h3>Per-class accuracy</h3>",
-        _img(images["per_class_accuracy.png"], "accuracy of each class"),
-        _table("per-class", ("class", "samples", "correct", "accuracy"), per_class_rows),
+        img(images["per_class_accuracy.png"], "accuracy of each class"),
+        table("per-class", ("class", "samples", "correct", "accuracy"), per_class_rows),
         "<h3>Confusion matrix (rows: true class, columns: predicted class)</h3>",
-        _img(images["confusion_matrix.png"], "confusion matrix"),
-        _table("confusion", ("true \\ predicted", *classes), [(c, *row) for c, row in zip(classes, confusion)]),
+        img(images["confusion_matrix.png"], "confusion matrix"),
+        table("confusion", ("true \\ predicted", *classes), [(c, *row) for c, row in zip(classes, confusion)]),
     ]
 
 
 def _regression(result: Mapping[str, Any], images: Mapping[str, str], *, outputs: Any) -> list[str]:
     """Loss, MAE, RMSE and R^2, then the predictions against the truth and the residuals
     (of the first output: ``evaluate_run`` keeps that one's predictions)."""
-    which = f" (the first of {_e(outputs)} outputs)" if isinstance(outputs, int) and outputs > 1 else ""
+    which = f" (the first of {escape(outputs)} outputs)" if isinstance(outputs, int) and outputs > 1 else ""
     return [
-        f"<p>loss {_e(_number(result['loss']))}, MAE {_e(_number(result['mae']))}, "
-        f"RMSE {_e(_number(result['rmse']))}, R^2 {_e(_number(result['r2']))}</p>",
+        f"<p>loss {escape(number(result['loss']))}, MAE {escape(number(result['mae']))}, "
+        f"RMSE {escape(number(result['rmse']))}, R^2 {escape(number(result['r2']))}</p>",
         f"<h3>Predicted against true{which}</h3>",
-        _img(images["predicted_vs_true.png"], "predicted against true, with the line predicted = true"),
+        img(images["predicted_vs_true.png"], "predicted against true, with the line predicted = true"),
         f"<h3>Residuals (predicted - true) against predicted{which}</h3>",
-        _img(images["residuals.png"], "residuals against predicted, with the zero line"),
+        img(images["residuals.png"], "residuals against predicted, with the zero line"),
     ]
-
-
-_STYLE = (
-    "body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
-    "th{background:#f3f3f3}img{display:block;max-width:100%}"
-)
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
-
-
-def _config_value(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _img(uri: str, alt: str) -> str:
-    return f'<img src="{uri}" alt="{_e(alt)}">'
-
-
-def _table(table_id: str, header: Sequence[Any] | None, rows: Iterable[Sequence[Any]]) -> str:
-    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>\n" if header else ""
-    lines = "\n".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f'<table id="{table_id}">\n{head}{lines}\n</table>'

@@ -5,10 +5,12 @@
         history.json, .csv   per epoch, in the tutorial's names (train_loss, val_accuracy, ...)
         history.png          the tutorial's two panels
         model.keras          the last epoch's model; model.best.keras: the lowest val_loss epoch's
+        model_summary.txt    Keras' model.summary(): layers, output shapes, parameter counts
         model_source.py      a copy of --model FILE.py (and the modules beside it that it imports),
                              or model_initial.keras of --model FILE.keras: what a resume builds from
         checkpoints/         tf.train.CheckpointManager's, for --resume
         tensorboard/         event files
+        run.lock             flock'ed by the one process writing the run: "PID HOST" (:func:`lock`)
         report/, saved_model/    written later by ``gradloop report`` and ``gradloop export``
 
 run.json's ``status`` moves only as :class:`RunDir`'s methods move it:
@@ -16,25 +18,37 @@ run.json's ``status`` moves only as :class:`RunDir`'s methods move it:
     running --> interrupted (a signal, after a checkpoint) --> running (--resume)
             --> finished | failed (the loss diverged)
 
-A ``running`` run whose process is gone was killed. ``format`` is the run.json
-layout's version: an older file is upgraded when read, a newer one refused.
+After each epoch run.json also says how far the run got (:func:`progress`:
+``epochs_done``, ``train_seconds``, ``best``), so that ``gradloop runs`` reads one
+small file per run. A ``running`` run whose process is gone (:func:`lock_holder` is None) was
+killed. ``format`` is the run.json layout's version: an older file is upgraded when read, a newer
+one refused.
 
-Every file gradloop writes here goes to a temporary name first and is renamed
-over the final one (:mod:`gradloop.atomic`), so a process killed at any instant
-leaves the old file or the new, never half of one; TensorFlow's own checkpoints,
-event files and SavedModel are written by TensorFlow (CheckpointManager records a
-checkpoint only once it is complete). Nothing here imports TensorFlow: reading a
-run is instant.
+One process writes a run: it holds the run's lock (:func:`lock`, :func:`claim`) from before it
+changes anything; a second writer is refused naming the holder's pid, readers never lock.
+
+Every file gradloop writes here goes to a temporary name first, is fsynced and
+renamed over the final one, and the folder fsynced (:mod:`gradloop.atomic`), so a
+process killed or a machine losing power at any instant leaves the old file or the
+new, never half of one, and a full disk raises DiskFullError instead; TensorFlow's
+own checkpoints, event files and SavedModel are written by TensorFlow (a checkpoint
+is fsynced, then recorded once complete: :mod:`gradloop.checkpoint`). Nothing here
+imports TensorFlow: reading a run is instant.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import fcntl
 import io
 import json
+import math
 import os
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -49,10 +63,12 @@ HISTORY_PNG = "history.png"
 MODEL = "model.keras"
 BEST_MODEL = "model.best.keras"
 MODEL_SOURCE = "model_source.py"  # a copy of --model FILE.py, which a resume builds the model from
+MODEL_SUMMARY = "model_summary.txt"  # Keras' model.summary(): layers, output shapes, parameter counts
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 REPORT = "report"
 SAVED_MODEL = "saved_model"
+LOCK = "run.lock"  # held (flock) by the one process writing the run; it holds "PID HOST"
 STATUSES = ("running", "interrupted", "finished", "failed")
 
 
@@ -84,7 +100,7 @@ def read_json(path: Path, *, missing: str) -> Any:
 def tutorial_history(history: Mapping[str, list[float]]) -> dict[str, list[float]]:
     """Keras names -> the tutorial's: ``loss`` -> ``train_loss``, ``val_*`` unchanged."""
     return {
-        (k if k.startswith("val_") or k.startswith("train_") else f"train_{k}"): [float(v) for v in vs]
+        (k if k.startswith("val_") or k.startswith("train_") else f"train_{k}"): [None if v is None else float(v) for v in vs]
         for k, vs in history.items()
     }
 
@@ -95,8 +111,39 @@ def _history_csv(history: Mapping[str, list[float]]) -> str:
     writer = csv.writer(out)
     writer.writerow(["epoch", *keys])
     for i in range(len(history[keys[0]]) if keys else 0):
-        writer.writerow([i + 1, *(f"{history[k][i]:.6g}" for k in keys)])
+        writer.writerow([i + 1, *("" if history[k][i] is None else f"{history[k][i]:.6g}" for k in keys)])
     return out.getvalue()
+
+
+BEST = {"metric": "val_loss", "mode": "min"}  # what a run's best epoch is when run.json names nothing else
+
+
+def progress(history: Mapping[str, list[float]], best: Any = None) -> dict[str, Any]:
+    """run.json's account of the epochs in ``history`` (the tutorial's names), for ``gradloop runs``:
+
+        epochs_done     how many there are
+        train_seconds   their training passes' time (``train_time``) summed; validation not included
+        best            {metric, mode, value, epoch}: the first epoch (from 1) where ``best["metric"]``
+                        was highest (mode ``max``) or lowest (``min``), or without value and epoch when
+                        the history has no finite value of it; by default the lowest val_loss
+    """
+    ok = isinstance(best, Mapping) and isinstance(best.get("metric"), str) and best.get("mode") in ("max", "min")
+    spec = {"metric": best["metric"], "mode": best["mode"]} if ok else dict(BEST)
+    values = [v if _finite(v) else None for v in history.get(spec["metric"], [])]
+    epochs = [i for i, v in enumerate(values) if v is not None]
+    if epochs:
+        pick = max if spec["mode"] == "max" else min  # both return the first of equal values: the earliest epoch
+        epoch = pick(epochs, key=values.__getitem__)
+        spec.update(value=values[epoch], epoch=epoch + 1)
+    return {
+        "epochs_done": max((len(v) for v in history.values()), default=0),
+        "train_seconds": round(sum(v for v in history.get("train_time", []) if _finite(v)), 3),
+        "best": spec,
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------- one run's folder
@@ -113,6 +160,7 @@ class RunDir:
         self.path = Path(path)
         self.info: dict[str, Any] = info if info is not None else {}
         self._epochs: dict[str, list[float]] = {}  # the history record_epoch adds to (Keras names)
+        self.lock: RunLock | None = None  # this process's, while it writes the run (see claim)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -150,25 +198,44 @@ class RunDir:
         return history
 
     def record_epoch(self, logs: Mapping[str, float]) -> None:
-        """Add one epoch's logs (Keras names) to the history files, so a crash keeps finished epochs."""
-        for key, value in logs.items():
-            self._epochs.setdefault(key, []).append(float(value))
-        self.write_history(self._epochs)
+        """Add one epoch's logs (Keras names) to the history files, so a crash keeps finished epochs,
+        and, for a started run, its :func:`progress` to run.json, which ``gradloop runs`` reads alone."""
+        epoch = max((len(v) for v in self._epochs.values()), default=0)
+        for key in {**self._epochs, **logs}:  # an epoch without validation has null val_ entries
+            values = self._epochs.setdefault(key, [None] * epoch)
+            values.append(None if logs.get(key) is None else float(logs[key]))
+        history = self.write_history(self._epochs)
+        if self.info:
+            self.info.update(progress(history, self.info.get("best")))
+            self.write_info()
 
-    def continue_history(self, keras_history: Mapping[str, list[float]]) -> None:
-        """The epochs a resumed run already has (Keras names): ``record_epoch`` appends to them."""
-        self._epochs = {k: list(v) for k, v in keras_history.items()}
+    def recorded_history(self) -> dict[str, list[float | None]]:
+        """The epochs recorded so far (Keras names), every list one entry per epoch (None: not validated)."""
+        return self._epochs
+
+    def continue_history(
+        self, keras_history: Mapping[str, list[float]], *, validated: Callable[[int], bool] = lambda epoch: True
+    ) -> None:
+        """The epochs a resumed run already has (Keras names): ``record_epoch`` appends to them.
+        Keras' ``val_`` lists hold the validated epochs only; ``validated(epoch)`` (from 0) says which."""
+        epochs = max((len(v) for k, v in keras_history.items() if not k.startswith("val_")), default=0)
+        self._epochs = {}
+        for key, values in keras_history.items():
+            if key.startswith("val_") and len(values) < epochs:
+                entries = iter(values)
+                values = [next(entries, None) if validated(e) else None for e in range(epochs)]
+            self._epochs[key] = list(values)
 
     # status --------------------------------------------------------------
 
     def start(self, info: dict[str, Any]) -> None:
-        self.info = {"status": "running", **info, "started": now()}  # status first: `head run.json` shows it
+        self.info = {"status": "running", **info, **_process(), "started": now()}  # status first: `head run.json` shows it
         self.write_info()
 
     def resume(self, *, config: dict[str, Any], epoch: int, step: int, **facts: Any) -> None:
         """Back to ``running``, noting where the resume starts (``epoch`` counts from 1)."""
         self.info.setdefault("resumed", []).append({"at": now(), "epoch": epoch, "step": step, **facts})
-        self.info.update(status="running", config=config)
+        self.info.update(status="running", config=config, **_process())
         self.info.pop("interrupted_at", None)
         self.write_info()
 
@@ -206,8 +273,133 @@ def read_info(path: Path, *, missing: str) -> dict[str, Any]:
     return info
 
 
+def _process() -> dict[str, Any]:
+    """The process writing the run, in run.json: which one a ``running`` run is (see :func:`lock_holder`)."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def first_metric(info: Mapping[str, Any]) -> str | None:
+    """run.json's first metric other than the loss (the history's top panel), if it names one."""
+    metrics = info.get("metrics")
+    names = [m for m in metrics if isinstance(m, str) and m != "loss"] if isinstance(metrics, list) else []
+    return names[0] if names else None
+
+
 def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------- one process per run
+
+_PROBE_SECONDS = 0.5  # how long a moment's hold (lock_holder's probe, a pid being written) may last
+
+
+class RunLock:
+    """The exclusive ``flock`` on ``RUN_DIR/run.lock`` of the one process that writes the run.
+
+    The kernel drops it when the process ends, however it ends, so a killed run
+    leaves no stale lock; :meth:`release` (or leaving the ``with``) drops it sooner.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # a lock nobody refers to any more is dropped, as a file would be closed
+        self.release()
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def lock(path: str | os.PathLike) -> RunLock:
+    """Take the run in ``path`` (an existing folder) for this process; refused, naming the
+    holder's pid, while another process holds it."""
+    file = Path(path) / LOCK
+    try:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise RunDirError(f"cannot lock run directory {path}: {exc.strerror or exc}; choose a writable --run-dir") from None
+    deadline = time.monotonic() + _PROBE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:  # a reader's probe holds it for an instant, a writer for good
+                os.close(fd)
+                raise _in_use(Path(path), _read_holder(file)) from None
+            time.sleep(0.02)
+    stamp = f"{os.getpid()} {socket.gethostname()}\n".encode()
+    os.pwrite(fd, stamp, 0)  # over the last holder's, then cut: a reader never sees an empty file
+    os.ftruncate(fd, len(stamp))
+    return RunLock(file, fd)
+
+
+def lock_holder(path: str | os.PathLike) -> int | None:
+    """The pid of the live process holding the run in ``path`` (see :func:`lock`), or None when
+    no process does: a ``running`` run without one was killed.
+
+    It only reads (no file is created); while nobody holds the lock it takes it,
+    shared, for an instant to be sure.
+    """
+    held = _holder(Path(path) / LOCK)
+    return held[0] if held is not None else None
+
+
+def _holder(file: Path) -> tuple[int, str] | None:
+    """(pid, host) of the holder of the lock ``file``, or None when it is free or missing."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        deadline = time.monotonic() + _PROBE_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return None  # free: closing the file drops the shared lock again
+            except BlockingIOError:
+                holder = _parse_holder(os.pread(fd, 512, 0))
+                if holder is not None or time.monotonic() > deadline:  # a holder writes its pid just after locking
+                    return holder or (0, "an unknown host")
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
+
+
+def _read_holder(file: Path) -> tuple[int, str]:
+    try:
+        return _parse_holder(file.read_bytes()) or (0, "an unknown host")
+    except OSError:
+        return 0, "an unknown host"
+
+
+def _parse_holder(content: bytes) -> tuple[int, str] | None:
+    pid, _, host = content.decode("utf-8", "replace").partition("\n")[0].partition(" ")
+    return (int(pid), host or "an unknown host") if pid.isdigit() and int(pid) > 0 else None
+
+
+def _in_use(path: Path, holder: tuple[int, str]) -> RunDirError:
+    pid, host = holder
+    who, stop = (f" (pid {pid} on {host})", f", stop it (kill {pid})") if pid else ("", "")  # never advise `kill 0`
+    return RunDirError(
+        f"run directory {path} is in use by another gradloop process{who}; wait for it to end{stop}, or choose another --run-dir"
+    )
+
+
+def check_not_in_use(path: str | os.PathLike) -> None:
+    """Refuse a run another process is writing, before this one changes anything."""
+    holder = _holder(Path(path) / LOCK)
+    if holder is not None:
+        raise _in_use(Path(path), holder)
 
 
 # --------------------------------------------------------------------- a new run's folder, and one to resume
@@ -224,7 +416,9 @@ def check_new(path: Path, *, overwrite: bool = False) -> Path:
     is a gradloop run (never an arbitrary folder)."""
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run directory {path} is a file; choose another --run-dir")
-    if path.exists() and any(path.iterdir()):
+    if path.exists():
+        check_not_in_use(path)
+    if path.exists() and any(p.name != LOCK for p in path.iterdir()):  # a lone free lock: a start that died in claim
         if not overwrite:
             raise RunDirError(
                 f"run directory {path} already exists and is not empty; choose another --run-dir, "
@@ -256,17 +450,38 @@ def _check_creatable(path: Path) -> None:
         ) from None
 
 
-def claim(path: Path) -> RunDir:
-    """Create the run directory and claim it by creating run.json exclusively, so that two runs
-    started in the same second (same default runs/<timestamp>) cannot write into one folder."""
+def claim(path: Path, *, held: RunLock | None = None) -> RunDir:
+    """Create the run directory and claim it: lock it (unless this process ``held`` it already),
+    then create run.json exclusively, so that two runs started in the same second (same default
+    runs/<timestamp>) cannot write into one folder. The returned run's ``lock`` is this process's."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        (path / RUN_JSON).open("x").close()
-    except FileExistsError:
-        raise RunDirError(f"run directory {path} was taken by another run meanwhile; choose another --run-dir") from None
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
-    return RunDir(path)
+    taken = held or lock(path)
+    try:
+        (path / RUN_JSON).open("x").close()
+    except OSError as exc:
+        if held is None:
+            taken.release()
+        if isinstance(exc, FileExistsError):
+            raise RunDirError(f"run directory {path} was taken by another run meanwhile; choose another --run-dir") from None
+        raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+    run = RunDir(path)
+    run.lock = taken
+    return run
+
+
+def clear(path: Path) -> None:
+    """Remove an earlier run's files from ``path`` (--overwrite), all but the lock this process holds
+    on it: removing that would let another process lock a new one."""
+    for child in path.iterdir():
+        if child.name == LOCK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def open_to_resume(path: str | os.PathLike) -> RunDir:
@@ -281,11 +496,15 @@ def open_to_resume(path: str | os.PathLike) -> RunDir:
     )
 
 
-def check_resumable(path: str | os.PathLike, *, epochs: int, workers: int = 1) -> RunDir:
+def check_resumable(path: str | os.PathLike, *, epochs: int, workers: int = 1, writer: bool = True) -> RunDir:
     """The run to resume for ``epochs`` epochs in all; refused when there is nothing to resume,
-    or when a multi-worker run would resume on another number of ``workers``."""
+    when another process is writing it (unless this one is no ``writer``: a multi-worker run's
+    other workers only read it, while their chief holds it), or when a multi-worker run would
+    resume on another number of ``workers``."""
     run = open_to_resume(path)
     path, info = run.path, run.info
+    if writer:
+        check_not_in_use(path)
     if not (path / CHECKPOINTS / "checkpoint").is_file():
         raise RunDirError(f"run {path} has no checkpoint to resume from; start it again with --overwrite")
     done, status = info.get("epochs_done", 0), info.get("status")

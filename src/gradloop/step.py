@@ -1,11 +1,13 @@
 """One training step, written once: the tutorial's, or a user's of the same shape.
 
-A step is any function ``step_fn(trainer, x, y) -> (loss, y_pred)``. The
-default is the tutorial's:
+A step is any function ``step_fn(trainer, x, y) -> (loss, y_pred)``, or
+``step_fn(trainer, x, y, sample_weight) -> (loss, y_pred)`` to take the
+batches' sample weights (data of ``(x, y, sample_weight)``, or ``class_weight``);
+a step without that parameter is refused such data. The default is the tutorial's:
 
     with tf.GradientTape() as tape:
         y_pred = model(x, training=True)          # forward pass
-        loss = loss_fn(y, y_pred) + model.losses  # loss
+        loss = loss_fn(y, y_pred) + model.losses  # loss (Keras' compute_loss)
     grads = tape.gradient(loss, variables)        # gradients
     optimizer.apply_gradients(zip(grads, variables))  # update
 
@@ -25,22 +27,47 @@ no Python side effects per step).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import inspect
+from typing import TYPE_CHECKING, Any, Callable
 
 import tensorflow as tf
 
 if TYPE_CHECKING:
     from gradloop.compiled import CompiledModel
 
-StepFn = Callable[["CompiledModel", tf.Tensor, tf.Tensor], "tuple[tf.Tensor, tf.Tensor]"]
+StepFn = Callable[..., "tuple[tf.Tensor, Any]"]
 
 
-def train_step(trainer: "CompiledModel", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def takes_sample_weight(step_fn: StepFn) -> bool:
+    """Whether ``step_fn`` has a fourth parameter (or ``sample_weight``, or ``*args``/``**kwargs``)."""
+    try:
+        parameters = inspect.signature(step_fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: assume the three-argument contract
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return (len(positional) >= 4 or any(p.name == "sample_weight" for p in parameters)
+            or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters))
+
+
+def call_step(step_fn: StepFn, trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None):
+    """``step_fn(trainer, x, y[, sample_weight])``: the weights go to a step that takes them."""
+    if takes_sample_weight(step_fn):
+        return step_fn(trainer, x, y, sample_weight)
+    if sample_weight is not None:
+        name = getattr(step_fn, "__name__", repr(step_fn))
+        raise TypeError(
+            f"the data has sample weights (or class_weight was given), but the step {name}(trainer, x, y) takes "
+            "none: give it a parameter sample_weight=None and pass it on to trainer.compute_loss(y, y_pred, sample_weight)"
+        )
+    return step_fn(trainer, x, y)
+
+
+def train_step(trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None) -> tuple[tf.Tensor, Any]:
     """The tutorial's step: forward pass, loss, gradients, update."""
     variables = trainer.model.trainable_variables
     with tf.GradientTape() as tape:
         y_pred = trainer.model(x, training=True)
-        loss = trainer.compute_loss(y, y_pred)
+        loss = trainer.compute_loss(y, y_pred, sample_weight)
         # Keras 3: a no-op unless the optimizer is a LossScaleOptimizer (mixed precision).
         scaled_loss = trainer.optimizer.scale_loss(loss)
     grads = tape.gradient(scaled_loss, variables)
@@ -48,7 +75,7 @@ def train_step(trainer: "CompiledModel", x: tf.Tensor, y: tf.Tensor) -> tuple[tf
     return loss, y_pred
 
 
-def test_step(trainer: "CompiledModel", x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def test_step(trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None) -> tuple[tf.Tensor, Any]:
     """Forward pass and loss in inference mode (dropout off, BatchNorm frozen)."""
     y_pred = trainer.model(x, training=False)
-    return trainer.compute_loss(y, y_pred), y_pred
+    return trainer.compute_loss(y, y_pred, sample_weight), y_pred

@@ -23,20 +23,22 @@ import tensorflow as tf
 
 from gradloop.errors import TrainingError
 from gradloop.atomic import save_model
-from gradloop.step import StepFn
+from gradloop.step import StepFn, call_step
 
 
 class BestModelEarlyStopping(keras.callbacks.Callback):
     """Stop after ``patience`` epochs without a lower ``monitor`` (0: never stop early);
-    keep the lowest-``monitor`` epoch's model at ``path``.
+    keep the lowest-``monitor`` epoch's model at ``path`` (``averaged``: with the optimizer's
+    moving averages of the weights, ``use_ema=True``, as validation saw them with SwapEMAWeights).
+    Epochs without ``monitor`` (not validated) are skipped, as Keras' EarlyStopping does.
 
     On a resumed run the best value and the epochs since it come from the
     restored history, so stopping happens at the epoch it would have.
     """
 
-    def __init__(self, path: str | Path, *, patience: int = 0, monitor: str = "val_loss") -> None:
+    def __init__(self, path: str | Path, *, patience: int = 0, monitor: str = "val_loss", averaged: bool = False) -> None:
         super().__init__()
-        self.path, self.patience, self.monitor = Path(path), patience, monitor
+        self.path, self.patience, self.monitor, self.averaged = Path(path), patience, monitor, averaged
         self.stopped_epoch: int | None = None
 
     def on_train_begin(self, logs=None) -> None:
@@ -57,10 +59,23 @@ class BestModelEarlyStopping(keras.callbacks.Callback):
             return
         if value < self.best:
             self.best, self.wait = value, 0
-            save_model(self.model, self.path)
+            self._save()
         else:
             self.wait += 1
             self._stop_if_out_of_patience(epoch)
+
+
+    def _save(self) -> None:
+        if not self.averaged:
+            save_model(self.model, self.path)
+            return
+        swap = keras.callbacks.SwapEMAWeights()  # the averages into the model for the save, and back
+        swap.set_model(self.model)
+        swap.on_test_begin()
+        try:
+            save_model(self.model, self.path)
+        finally:
+            swap.on_test_end()
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -81,8 +96,8 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         self.first_bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False)
 
     def watch(self, step_fn: StepFn) -> StepFn:
-        def watched_step(trainer, x, y):
-            loss, y_pred = step_fn(trainer, x, y)
+        def watched_step(trainer, x, y, sample_weight=None):
+            loss, y_pred = call_step(step_fn, trainer, x, y, sample_weight)
             first = self.first_bad_step
             bad = tf.logical_and(first < 0, tf.logical_not(tf.reduce_all(tf.math.is_finite(loss))))
             first.assign(tf.where(bad, tf.cast(trainer.optimizer.iterations, tf.int64), first))

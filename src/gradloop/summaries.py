@@ -15,15 +15,29 @@ step counts where a call ends: with 32 steps per call and ``every_steps=50``,
 at steps 64, 128, ... . ``batch_loss`` is the running mean of the epoch so far
 (what the progress bar shows; at the epoch's last step it equals
 ``epoch_loss``); ``batch_learning_rate`` is the rate the next update uses.
+
+With ``hparams`` (gradloop train passes the run's config) the run also writes
+them at the start of training, as TensorBoard's HParams summary, into LOG_DIR
+itself: the HParams dashboard then shows one row per run with those values and,
+as metrics, the last value of each scalar above (``validation`` ``epoch_accuracy``
+is the final val_accuracy), so ``tensorboard --logdir runs/`` compares every run
+below runs/. No run writes an experiment summary (``hparams_config``): TensorBoard
+would take one run's at random and hide what the others have (another task's
+metrics); without one it gathers the hyperparameters and metrics of all runs,
+and types them (a choice of the texts seen, or a number). A sweep, which knows
+its search space, is the one place to write one, in its own folder.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import keras
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -33,19 +47,43 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(tf.convert_to_tensor(optimizer.learning_rate))
 
 
+def hparam_values(values: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """``values`` (a run's config) as the HParams dashboard takes them: None left out (a blank cell),
+    a list as its items joined by commas (``512,256,128``, as the flag takes it), a mapping as JSON."""
+    converted: dict[str, bool | int | float | str] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        elif isinstance(value, Mapping):
+            value = json.dumps(value, sort_keys=True)
+        elif not isinstance(value, (bool, int, float, str)):
+            value = str(value)
+        converted[str(name)] = value
+    return converted
+
+
 class TensorBoardSummaries(keras.callbacks.Callback):
-    """Write the run's scalars for TensorBoard; see the module docstring for what and when.
+    """Write the run's scalars (and ``hparams``) for TensorBoard; see the module docstring for what and when.
 
     ``initial_step``: the training steps of the epochs a resumed run already finished.
+    ``hparams``: the run's hyperparameters (:func:`hparam_values` converts them); ``trial_id`` names
+    the run in the HParams dashboard (runs of equal hyperparameters and no ``trial_id`` share a row).
     """
 
-    def __init__(self, log_dir: str | Path, *, every_steps: int = 32, initial_step: int = 0) -> None:
+    def __init__(
+        self, log_dir: str | Path, *, every_steps: int = 32, initial_step: int = 0,
+        hparams: Mapping[str, Any] | None = None, trial_id: str | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
             raise ValueError(f"every_steps must be a positive integer, got {every_steps!r}")
         self.log_dir = Path(log_dir)
         self.every_steps = every_steps
         self.initial_step = initial_step
+        self.hparams = hparam_values(hparams) if hparams is not None else None
+        self.trial_id = trial_id
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
 
     def _writer(self, split: str) -> tf.summary.SummaryWriter:
@@ -57,6 +95,17 @@ class TensorBoardSummaries(keras.callbacks.Callback):
         self._steps_before_epoch = self.initial_step  # training steps of the finished epochs
         self._steps_in_epoch = 0
         self._next_summary = (self.initial_step // self.every_steps + 1) * self.every_steps
+        if self.hparams is not None:
+            self._write_hparams()
+
+    def _write_hparams(self) -> None:
+        """The HParams summary, in LOG_DIR itself: the folder holding train/ and validation/ is the
+        "session" whose scalars the dashboard shows as its metrics. A resumed run writes it again;
+        TensorBoard keeps the first, the run's start."""
+        writer = self._writer("")
+        with writer.as_default():
+            hp.hparams(self.hparams, trial_id=self.trial_id, start_time_secs=time.time())
+        writer.flush()
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._steps_in_epoch = 0

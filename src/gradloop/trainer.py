@@ -3,7 +3,8 @@
     for epoch in range(epochs):
         reset metrics; iterate the (reshuffled) training data in groups of steps
         run the compiled step(s): forward, loss, gradients, update, metrics
-        validate on the whole validation set; record history; call callbacks
+        validate on the whole validation set (every validation_freq epochs)
+        record history; call callbacks
 
 *When* things happen (epochs, groups of steps, validation, callbacks) lives
 here; what one step does in :mod:`gradloop.step`, what it works with in
@@ -12,20 +13,24 @@ here; what one step does in :mod:`gradloop.step`, what it works with in
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from gradloop import release
-from gradloop.compiled import CompiledModel, CompileOptions
+from gradloop.compiled import CompiledModel, CompileOptions, LossSpec, MetricsSpec
+from gradloop.progress import Progress
 from gradloop.state import LoopState
 from gradloop.step import StepFn
 
 # A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
 # dataset`` (gradloop.data.shuffled_epochs): then every epoch's order can be rebuilt exactly on resume.
 TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
+Callbacks = Union[Iterable[keras.callbacks.Callback], keras.callbacks.CallbackList, None]
 
 
 class Trainer(CompiledModel):
@@ -35,58 +40,74 @@ class Trainer(CompiledModel):
     ...                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     ...                   metrics=["accuracy"])
     >>> trainer.fit(train_ds, validation_data=val_ds, epochs=10).history["val_accuracy"]
+    >>> trainer.predict(test_images)  # numpy, as model.predict
 
-    ``train_step``, ``options``, ``strategy``: see :class:`gradloop.compiled.CompiledModel`.
+    ``loss``, ``loss_weights``, ``metrics``, ``weighted_metrics``, ``train_step``,
+    ``options``, ``strategy``: see :class:`gradloop.compiled.CompiledModel`.
     """
 
     def __init__(
-        self, model: keras.Model, *, optimizer: keras.optimizers.Optimizer, loss: keras.losses.Loss | Any,
-        metrics: Sequence[keras.metrics.Metric | str] = (), train_step: StepFn | None = None,
-        options: CompileOptions = CompileOptions(), strategy: tf.distribute.Strategy | None = None,
+        self, model: keras.Model, *, optimizer: keras.optimizers.Optimizer, loss: LossSpec,
+        metrics: MetricsSpec = (), loss_weights: Any = None, weighted_metrics: MetricsSpec = None,
+        train_step: StepFn | None = None, options: CompileOptions = CompileOptions(),
+        strategy: tf.distribute.Strategy | None = None,
     ) -> None:
-        super().__init__(model, optimizer=optimizer, loss=loss, metrics=metrics, train_step=train_step,
-                         options=options, strategy=strategy)
+        super().__init__(model, optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=loss_weights,
+                         weighted_metrics=weighted_metrics, train_step=train_step, options=options, strategy=strategy)
         self.state = LoopState()
 
     def fit(
         self, train: TrainData, *, validation_data: tf.data.Dataset | None = None, epochs: int = 1,
         callbacks: Iterable[keras.callbacks.Callback] | None = None, initial_state: LoopState | None = None,
-        end_groups_every: int | None = None,
+        end_groups_every: int | None = None, class_weight: Mapping[int, float] | None = None,
+        validation_freq: int | Sequence[int] = 1, verbose: int | str = "auto",
     ) -> keras.callbacks.History:
-        """Train for ``epochs`` over ``train`` (``(x, y)`` batches; see ``TrainData``).
+        """Train for ``epochs`` over ``train`` (``(x, y)`` or ``(x, y, sample_weight)`` batches; see ``TrainData``).
 
         ``loss`` is each epoch's mean over all its samples, ``val_loss`` the mean over the whole
         validation set; metrics restart every epoch; ``train_time`` is the training pass alone.
-        ``callbacks`` are ``keras.callbacks``: epoch hooks run every epoch, batch hooks once per
-        compiled call of ``steps_per_execution`` steps (begin: its first step; end: its last step
-        and the running epoch means), as in Keras. ``initial_state`` continues a run where it stood
-        (a restored checkpoint, mid-epoch included). ``end_groups_every=N`` also ends a step group at
-        every N-th step of an epoch, so batch callbacks (a checkpoint every N steps) see those steps.
+        ``callbacks`` are ``keras.callbacks``, called when ``model.fit`` calls them: epoch hooks
+        every epoch; batch hooks once per compiled call of ``steps_per_execution`` steps (begin:
+        its first step; end: its last step and the running epoch means); the test hooks around
+        validation. ``class_weight`` (``{class index: weight}``) weighs training samples by their
+        class, as Keras does. ``validation_freq``: validate every N-th epoch, or at the listed
+        (1-based) epochs; the ``val_`` histories then hold those epochs only, as Keras' do.
+        ``verbose``: ``"auto"``/1 a progress bar (a widget in Jupyter), 2 one line per epoch, 0 silent.
+        ``initial_state`` continues a run where it stood (a restored checkpoint, mid-epoch
+        included). ``end_groups_every=N`` also ends a step group at every N-th step of an epoch,
+        so batch callbacks (a checkpoint every N steps) see those steps. With an optimizer built
+        with ``use_ema=True``, the model holds the moving averages when ``fit`` returns, as in
+        Keras (after ``on_train_end``, so a checkpoint saved there keeps the trained weights).
         """
+        _check_validation_freq(validation_freq)
         epoch_data = train if callable(train) else lambda epoch: train
         first = epoch_data(0)
         self.build(first)
+        self.set_class_weight(class_weight)
         steps = _steps_per_epoch(first)
         self._advance(initial_state or LoopState(iterator=self.make_iterator(first)))
         history = keras.callbacks.History()  # first in the list: callbacks see this epoch in model.history
         history.history = self.state.history
         callbacks = keras.callbacks.CallbackList(
-            [history, *(callbacks or [])], model=self.model, epochs=epochs, steps=steps, verbose=0
+            [history, *_progress(verbose), *(callbacks or [])], model=self.model, epochs=epochs, steps=steps, verbose=0
         )
         self.model.stop_training = False
         callbacks.on_train_begin()
         logs: dict[str, float] = {}
+        start_epoch = self.state.epoch
         while self.state.epoch < epochs and not self.model.stop_training:
             epoch = self.state.epoch
             callbacks.on_epoch_begin(epoch)
             logs = self._train_epoch(steps, callbacks, end_groups_every)
-            if validation_data is not None:
-                logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
+            if validation_data is not None and validates(epoch, validation_freq):
+                logs.update({f"val_{k}": v for k, v in self.evaluate(validation_data, callbacks=callbacks).items()})
             # The next epoch's iterator is made now, so a checkpoint at the epoch's end holds its order.
             next_epoch = self.make_iterator(epoch_data(epoch + 1))
             self._advance(LoopState(epoch + 1, iterator=next_epoch, history=self.state.history))
             callbacks.on_epoch_end(epoch, logs)
         callbacks.on_train_end(logs)
+        if self.state.epoch > start_epoch:
+            self.optimizer.finalize_variable_values(self.model.trainable_variables)  # EMA weights, if any
         return history
 
     def _train_epoch(self, steps: int | None, callbacks, end_groups_every: int | None) -> dict[str, float]:
@@ -119,17 +140,67 @@ class Trainer(CompiledModel):
             n = min(n, end_groups_every - step % end_groups_every)
         return n
 
-    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
-        """Loss (mean over every sample of ``data``) and metrics, in inference mode."""
+    def evaluate(self, data: tf.data.Dataset, *, callbacks: Callbacks = None) -> dict[str, float]:
+        """Loss (mean over every sample of ``data``) and metrics, in inference mode.
+
+        ``callbacks`` get ``on_test_begin``, ``on_test_batch_begin/end`` (once per compiled
+        call) and ``on_test_end(logs)``, as in ``model.evaluate``."""
         self.build(data)
+        callbacks = self._callback_list(callbacks, data)
         self.reset_metrics()
-        group = tf.constant(self.options.steps_per_execution, tf.int32)
+        callbacks.on_test_begin()
+        groups = self._run_groups(self._test_fn, data, callbacks.on_test_batch_begin, callbacks.on_test_batch_end, _floats)
+        logs = groups[-1] if groups else _floats(self.results())
+        callbacks.on_test_end(logs)
+        return logs
+
+    def predict(self, data: Any, *, batch_size: int = 32, callbacks: Callbacks = None) -> Any:
+        """The model's outputs for every example of ``data``, in order, as numpy (``model.predict``).
+
+        ``data``: a ``tf.data.Dataset`` of batches (``x``, or ``(x, y)`` whose ``y`` is
+        ignored), or arrays (a dict or tuple of them for several inputs), batched by
+        ``batch_size``. Runs ``steps_per_execution`` batches per compiled call; ``callbacks``
+        get ``on_predict_begin``, ``on_predict_batch_begin/end`` and ``on_predict_end``."""
+        if not isinstance(data, tf.data.Dataset):
+            data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+        self.build(data)
+        callbacks = self._callback_list(callbacks, data)
+        callbacks.on_predict_begin()
+        pack = functools.partial(tf.nest.pack_sequence_as, self._outputs)
+        pieces = self._run_groups(
+            self._predict_fn, data, callbacks.on_predict_batch_begin,
+            lambda step, arrays: callbacks.on_predict_batch_end(step, {"outputs": pack(arrays)}),
+            lambda outputs: [o.numpy() for o in outputs],
+        )
+        callbacks.on_predict_end()
+        if not pieces:
+            raise ValueError("predict: the data holds no batches")
+        return pack([np.concatenate(parts) for parts in zip(*pieces)])
+
+    def _run_groups(self, function, data: tf.data.Dataset, begin: Callable, end: Callable, read: Callable) -> list:
+        """``function`` (a compiled test or predict function) over all of ``data``, a group of
+        ``steps_per_execution`` steps per call, ``begin(first step)`` and ``end(last step, results)``
+        around each; returns each group's ``read(outputs)``."""
         iterator = self.make_iterator(data)
-        done = group
-        while int(done) == self.options.steps_per_execution:
-            done, logs = self._test_fn(iterator, group)
-        release.release_iterator(iterator)
-        return _floats(logs)
+        group, step, results = self.options.steps_per_execution, 0, []
+        try:
+            while True:
+                begin(step)
+                done, outputs = function(iterator, tf.constant(group, tf.int32))
+                done = int(done)
+                if done:
+                    step += done
+                    results.append(read(outputs))
+                    end(step - 1, results[-1])
+                if done < group:
+                    return results
+        finally:
+            release.release_iterator(iterator)
+
+    def _callback_list(self, callbacks: Callbacks, data: tf.data.Dataset) -> keras.callbacks.CallbackList:
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            return callbacks
+        return keras.callbacks.CallbackList(list(callbacks or []), model=self.model, steps=_steps_per_epoch(data), verbose=0)
 
     def _advance(self, state: LoopState) -> None:
         """Continue from ``state``; the finished one's iterator is deleted off this thread."""
@@ -137,6 +208,30 @@ class Trainer(CompiledModel):
         if finished is not state:
             iterator, finished.iterator = finished.iterator, None  # a caller may still hold the state
             release.release_iterator(iterator)
+
+
+def _progress(verbose: int | str) -> list[keras.callbacks.Callback]:
+    """``fit``'s own progress display, as Keras' ``verbose`` chooses it."""
+    if verbose == "auto":
+        verbose = 1
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+    return [Progress()] if verbose == 1 else [Progress(bar=False, lines_per_epoch=0)] if verbose == 2 else []
+
+
+def _check_validation_freq(validation_freq: int | Sequence[int]) -> None:
+    if isinstance(validation_freq, bool) or not (
+        (isinstance(validation_freq, int) and validation_freq >= 1)
+        or (isinstance(validation_freq, (list, tuple)) and all(isinstance(e, int) and e >= 1 for e in validation_freq))
+    ):
+        raise ValueError(f"validation_freq must be a positive integer or a list of epochs (from 1), got {validation_freq!r}")
+
+
+def validates(epoch: int, validation_freq: int | Sequence[int]) -> bool:
+    """Whether 0-based ``epoch`` is validated: Keras' rule, on 1-based epochs."""
+    if isinstance(validation_freq, int):
+        return (epoch + 1) % validation_freq == 0
+    return epoch + 1 in validation_freq
 
 
 def _floats(results: dict[str, tf.Tensor]) -> dict[str, float]:

@@ -30,6 +30,7 @@ from gradloop.data.sources import (
 from gradloop.errors import ConfigError, DataError
 
 _SPLITS = (("x", "y"), ("x_train", "y_train"), ("x_test", "y_test"))
+_X_KEYS = ("x", "x_test", "x_train")  # what examples to predict on are looked for as, in this order
 
 
 def load(spec: DataSpec) -> Loaded:
@@ -90,14 +91,22 @@ def _read_folder(path: Path) -> dict[str, np.ndarray]:
         for key in pair:
             file = path / f"{key}.npy"
             if file.is_file():
-                try:
-                    arrays[key] = np.load(file, allow_pickle=False)
-                except ValueError as exc:
-                    why = "holds Python objects, which gradloop never unpickles" if "pickle" in str(exc) else f"is damaged ({exc})"
-                    raise DataError(f"{file} {why}; save plain numeric arrays with np.save") from None
-                except (OSError, EOFError, zlib.error) as exc:
-                    raise DataError(f"{file}: cannot read it ({exc}); save it again with np.save") from None
+                arrays[key] = _read_npy(file)
     return arrays
+
+
+def _read_npy(file: Path) -> np.ndarray:
+    try:
+        array = np.load(file, allow_pickle=False)
+    except ValueError as exc:
+        why = "holds Python objects, which gradloop never unpickles" if "pickle" in str(exc) else f"is damaged ({exc})"
+        raise DataError(f"{file} {why}; save plain numeric arrays with np.save") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{file}: cannot read it ({exc}); save it again with np.save") from None
+    if not isinstance(array, np.ndarray):  # np.load opens a zip under any name as an npz
+        array.close()
+        raise DataError(f"{file} is an .npz archive, not one array; name it {file.stem}.npz")
+    return array
 
 
 def _pair(
@@ -155,12 +164,49 @@ def _names(labels: np.ndarray, where: str) -> list[str]:
                         f"{labels.ravel()[exc.index].item()!r}; pass --task regression to predict numbers") from None
 
 
-def _examples(
-    x: np.ndarray, y: np.ndarray, task: str, names: tuple[str, ...] | None, preprocessing: dict, path: str
-) -> ArrayExamples:
+def read_x(path: str | Path) -> tuple[np.ndarray, str]:
+    """Examples to predict on, and where they came from (``digits.npz's x``): an .npy file's array, or
+    an .npz's (or a folder of .npy files') ``x``, else ``x_test``, else ``x_train``; read as
+    :func:`load` reads arrays (never unpickled) and checked as its x is."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".npy":
+        x, where = _read_npy(path), str(path)
+    else:
+        found = _read_folder(path) if path.is_dir() else _read_npz(path)
+        key = next((k for k in _X_KEYS if k in found), None)
+        if key is None:
+            raise DataError(f"{path} has no x (nor x_test or x_train); found {', '.join(sorted(found)) or 'nothing'}: "
+                            "save the examples to predict on as x")
+        x, where = found[key], f"{path}'s {key}"
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError(f"{where} holds no examples (shape {x.shape}); give one example per row of the first axis")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where} has dtype {x.dtype}; save numbers (any int, uint or float type)")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{where} holds NaN or infinite values; fill or drop them first")
+    return x, where
+
+
+def features(x: np.ndarray, fitted: dict[str, Any], where: str) -> np.ndarray:
+    """``x`` as the run's model takes it (``fitted``: the run's preprocessing): float32, and uint8 pixels
+    scaled to [0, 1] when the run's were; other numbers are refused then, since scaling them too is a guess."""
+    if "divide_by" in fitted and x.dtype != np.uint8:
+        raise DataError(f"{where} has dtype {x.dtype}, but the run trained on uint8 pixels (scaled to [0, 1]); "
+                        "give uint8 pixels as it had")
+    return _features(x, fitted)
+
+
+def _features(x: np.ndarray, preprocessing: dict) -> np.ndarray:
     features = x.astype(np.float32)
     if "divide_by" in preprocessing:  # uint8 pixels to [0, 1], exactly as MNIST's (a division, not a product)
         features /= np.float32(preprocessing["divide_by"])
+    return features
+
+
+def _examples(
+    x: np.ndarray, y: np.ndarray, task: str, names: tuple[str, ...] | None, preprocessing: dict, path: str
+) -> ArrayExamples:
+    features = _features(x, preprocessing)
     if task == "regression":
         if y.dtype.kind not in "biuf":
             raise DataError(f"{path}: regression needs numeric targets, but y holds {y.dtype}")

@@ -208,6 +208,21 @@ def load(spec: DataSpec) -> Loaded:
     )
 
 
+def images_under(folder: str | Path) -> list[Path]:
+    """Every image file in ``folder`` or below it, at any depth, sorted: a class folder's search
+    (hidden entries and other files skipped), for new images to predict on."""
+    return _images_under(Path(folder))
+
+
+def read_images(paths: list[Path], *, fitted: dict[str, Any]) -> ImageFiles:
+    """``paths`` read as a run read its training images (``fitted``: its preprocessing, the image size
+    and colour mode), all labelled 0: each file's header checked as :func:`load` checks it, the
+    pixels decoded per batch. For new images to predict on."""
+    paths = [Path(path) for path in paths]
+    headers = {path: _read_header(path) for path in paths}
+    return _image_files({"": paths}, ("",), tuple(fitted["image_size"]), fitted["color_mode"], headers)
+
+
 def _image_files(
     files: dict[str, list[Path]], names: tuple[str, ...], image_size: tuple[int, ...], color_mode: str,
     headers: dict[Path, _Header],

@@ -105,7 +105,8 @@ def prepare_images(x: np.ndarray, *, flatten: bool) -> np.ndarray:
         raise DataError(f"images have dtype {x.dtype}, expected raw uint8 pixels; pass the loader's arrays")
     images = x.astype(np.float32)
     images /= 255.0
-    return images.reshape(len(images), -1) if flatten else images[..., np.newaxis]
+    # The width spelled out: -1 cannot be inferred for an empty split (--val-fraction 0).
+    return images.reshape(len(images), int(np.prod(images.shape[1:]))) if flatten else images[..., np.newaxis]
 
 
 def split_train_val(

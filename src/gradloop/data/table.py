@@ -317,14 +317,41 @@ def _label_names(labels: list[str], where: list[tuple[_Table, int]], target: str
 # --------------------------------------------------------------------- encoding rows
 
 
-def _examples(table: _Table, preprocessing: dict[str, Any], target: str, task: str,
-              names: tuple[str, ...] | None) -> ArrayExamples:
+def read_features(path: str | Path, fitted: dict[str, Any]) -> tuple[np.ndarray, list[int], list[str]]:
+    """A table's rows as a run read its training rows, for prediction: their features ``x`` (not yet
+    standardised), each row's number in the file (as messages give it), and the other columns, left
+    out (the target, an id). ``fitted`` is the run's preprocessing (columns, categories, fill values):
+    a missing cell is filled as the run filled them, else refused, since every row gets a prediction."""
+    path = Path(path)
+    table = _read_table(path)
+    features = list(fitted["columns"])
+    absent = [n for n in features if n not in table.columns]
+    if absent:
+        raise DataError(f"{path} has no column {_quote(absent[0])}, a feature the run trained on; its columns are "
+                        f"{_listing(table.names)}")
+    fill_values = fitted.get("fill_values", {})
+    gaps = {n: [_missing(c) for c in table.columns[n]] for n in features if n not in fill_values}
+    first = min(((g.index(True), table.names.index(n), n) for n, g in gaps.items() if True in g), default=None)
+    if first is not None:
+        i, _, name = first
+        raise DataError(f"row {table.rows[i]} of {path} has a missing cell ({_quote(table.columns[name][i])}) in column "
+                        f"{_quote(name)}, and the run trained without --fill mean or zero to fill it; fill it in")
+    return _features(table, fitted), table.rows, [n for n in table.names if n not in set(features)]
+
+
+def _features(table: _Table, preprocessing: dict[str, Any]) -> np.ndarray:
+    """x: the numeric feature columns, then the one-hot ones, missing cells filled with ``fill_values``."""
     fill_values = preprocessing.get("fill_values", {})
     one_hot = preprocessing.get("one_hot", {})
     numeric = [n for n in preprocessing["columns"] if n not in one_hot]
     blocks = [_numeric_column(table, n, fill_values.get(n))[:, None] for n in numeric]
     blocks += [_one_hot_column(table, n, one_hot[n], fill_values.get(n)) for n in one_hot]
-    x = np.concatenate(blocks, axis=1).astype(np.float32)
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def _examples(table: _Table, preprocessing: dict[str, Any], target: str, task: str,
+              names: tuple[str, ...] | None) -> ArrayExamples:
+    x = _features(table, preprocessing)
     where = [(table, i) for i in range(len(table.rows))]
     labels = table.columns[target]
     if task == "regression":
