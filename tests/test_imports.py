@@ -7,8 +7,8 @@ import json
 import subprocess
 import sys
 
-CORE = ("trainer", "step", "compiled", "state", "distribute", "checkpoint", "stopping", "schedules",
-        "optimizer_kernels", "losses", "release", "summaries", "progress", "lr_range")
+CORE = ("trainer", "inference", "step", "compiled", "state", "distribute", "checkpoint", "stopping", "schedules",
+        "optimizer_kernels", "release", "summaries", "progress", "lr_range")
 SHARED = ("gradloop", "gradloop.errors", "gradloop.atomic")  # what the core and the application both use
 
 

@@ -280,6 +280,17 @@ def test_validation_freq_validates_the_epochs_keras_validates(validation_freq):
     assert_same_history(history, reference)
 
 
+
+def test_the_history_figure_draws_validation_at_the_validated_epochs():
+    from gradloop import plots
+
+    ds = tf.data.Dataset.from_tensor_slices(data()[:2]).batch(16)
+    fitted = Trainer(mlp(), optimizer="adam", loss=sparse_ce()).fit(ds, validation_data=ds, epochs=4, validation_freq=2, verbose=0)
+    figure = plots.history_figure(fitted)
+    lines = {line.get_label(): list(line.get_xdata()) for ax in figure.axes for line in ax.lines}
+    assert lines == {"train_loss": [1, 2, 3, 4], "val_loss": [2, 4]}
+
+
 @pytest.mark.parametrize("bad", [0, -1, True, [0, 2], "2"])
 def test_a_bad_validation_freq_is_refused(bad):
     with pytest.raises(ValueError, match="validation_freq must be"):
@@ -332,7 +343,9 @@ ds = two_in_two_out_data().unbatch().batch(25)  # 120 = 4 x 25 + 20: the last ba
 weights = tf.data.Dataset.from_tensor_slices(data()[2]).batch(25)
 ds = tf.data.Dataset.zip(ds, weights).map(lambda xy, w: (*xy, w))
 results = {}
-for name, strategy in [("one", tf.distribute.get_strategy()), ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+# One strategy object for both parts: a second MirroredStrategy in a process can reuse the first's collective keys.
+strategies = [("one", tf.distribute.get_strategy()), ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]
+for name, strategy in strategies:
     with strategy.scope():
         trainer = Trainer(two_in_two_out(), optimizer=keras.optimizers.Adam(1e-2), strategy=strategy,
                           loss={"kind": sparse_ce(), "size": "mse"}, metrics={"kind": ["accuracy"]},
@@ -340,6 +353,17 @@ for name, strategy in [("one", tf.distribute.get_strategy()), ("two", tf.distrib
     history = trainer.fit(ds, validation_data=ds, epochs=2, verbose=0).history
     predicted = trainer.predict(ds)
     results[name] = {"history": history, "kind": predicted["kind"].tolist(), "replicas": strategy.num_replicas_in_sync}
+# One output with class weights; predict before any fit (Keras' metrics are built on the first batch with labels).
+from test_keras_contract import mlp, data as table
+x, y, _ = table()
+plain_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(25)
+for name, strategy in strategies:
+    with strategy.scope():
+        trainer = Trainer(mlp(), optimizer=keras.optimizers.Adam(1e-2), strategy=strategy, loss=sparse_ce(),
+                          weighted_metrics=["accuracy"], options=CompileOptions(fused_optimizer=False, steps_per_execution=3))
+    before = trainer.predict(x, batch_size=25)
+    history = trainer.fit(plain_ds, validation_data=plain_ds, epochs=2, class_weight={0: 3.0, 1: 0.5, 2: 1.0}, verbose=0).history
+    results[name]["weighted"] = {"history": history, "before": before.tolist()}
 print(json.dumps(results))
 """
 
@@ -365,6 +389,10 @@ def test_weighted_samples_two_outputs_and_predict_on_two_replicas_equal_one_devi
             assert two["history"][key] == pytest.approx(values, rel=1e-2 if per_output_loss else 1e-5, abs=1e-6), key
     np.testing.assert_allclose(two["kind"], one["kind"], rtol=1e-5, atol=1e-5)
     assert len(one["kind"]) == N
+    for key, values in one["weighted"]["history"].items():
+        if key != "train_time":
+            assert two["weighted"]["history"][key] == pytest.approx(values, rel=1e-5, abs=1e-6), key
+    np.testing.assert_allclose(two["weighted"]["before"], one["weighted"]["before"], rtol=1e-5, atol=1e-6)
 
 
 def test_class_weights_with_gradient_accumulation_match_keras():
@@ -382,3 +410,77 @@ def test_class_weights_with_gradient_accumulation_match_keras():
     theirs.compile(optimizer=sgd(), loss=sparse_ce())
     assert_same_history(history, theirs.fit(ds, epochs=2, class_weight=class_weight, verbose=0).history)
     assert_same_weights(ours, theirs)
+
+
+def test_ema_with_early_stopping_restoring_the_best_weights_ends_as_keras_does():
+    x, y, _ = data()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    val = tf.data.Dataset.from_tensor_slices((x[::-1], y[::-1])).batch(16)
+    ours, theirs = twins(ema_model)
+
+    def setup():
+        return (keras.optimizers.Adam(5e-2, use_ema=True, ema_momentum=0.5),
+                [keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True, start_from_epoch=0)])
+
+    optimizer, callbacks = setup()
+    Trainer(ours, optimizer=optimizer, loss=sparse_ce(), options=KERAS_UPDATE).fit(
+        ds, validation_data=val, epochs=6, callbacks=callbacks, verbose=0)
+    optimizer, callbacks = setup()
+    theirs.compile(optimizer=optimizer, loss=sparse_ce())
+    theirs.fit(ds, validation_data=val, epochs=6, callbacks=callbacks, verbose=0)
+    assert_same_weights(ours, theirs)
+
+
+def test_predict_before_fit_takes_a_tuple_as_several_inputs_and_outputs_of_another_length():
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((None, 2)), keras.Input((None, 2))
+    model = keras.Model((a, b), keras.layers.Dense(3)(keras.layers.Add()([a, b])))
+    trainer = Trainer(model, optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    short = (rng.normal(size=(8, 10, 2)).astype("float32"), rng.normal(size=(8, 10, 2)).astype("float32"))
+    np.testing.assert_array_equal(trainer.predict(short), model.predict(short, verbose=0))
+    longer = (rng.normal(size=(8, 12, 2)).astype("float32"), rng.normal(size=(8, 12, 2)).astype("float32"))
+    assert trainer.predict(longer).shape == (8, 12, 3)
+    target = rng.normal(size=(8, 10, 3)).astype("float32")
+    history = trainer.fit(tf.data.Dataset.from_tensor_slices((short, target)).batch(4), epochs=2, verbose=0).history
+    assert len(history["loss"]) == 2 and trainer.metric_names == []
+
+
+def test_a_step_taking_sample_weight_by_keyword_gets_the_weights():
+    x, y, w = data()
+    seen = []
+
+    def keyword_step(trainer, xb, yb, *, sample_weight=None):
+        seen.append(sample_weight is not None)
+        with tf.GradientTape() as tape:
+            y_pred = trainer.model(xb, training=True)
+            loss = trainer.compute_loss(yb, y_pred, sample_weight)
+        variables = trainer.model.trainable_variables
+        trainer.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss, y_pred
+
+    ours, theirs = twins()
+    history = Trainer(ours, optimizer="sgd", loss=sparse_ce(), train_step=keyword_step, options=KERAS_UPDATE).fit(
+        tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16), epochs=1, verbose=0).history
+    theirs.compile(optimizer="sgd", loss=sparse_ce())
+    assert_same_history(history, theirs.fit(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16), epochs=1, verbose=0).history)
+    assert seen == [True]  # traced once, with the weights
+
+
+def test_arrays_where_a_dataset_belongs_are_one_sentence():
+    x, y, _ = data()
+    trainer = Trainer(mlp(), optimizer="adam", loss=sparse_ce())
+    with pytest.raises(TypeError, match=r"validation_data must be a tf.data.Dataset of batches, got tuple; for arrays"):
+        trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), validation_data=(x, y), verbose=0)
+    with pytest.raises(TypeError, match=r"train must be a tf.data.Dataset of batches, got ndarray"):
+        trainer.fit(x, verbose=0)
+
+
+def test_a_models_own_train_step_is_named_as_unused():
+    class Custom(keras.Model):
+        def train_step(self, data):
+            raise AssertionError("not called")
+
+    inputs = keras.Input((DIM,))
+    with pytest.warns(UserWarning, match="Custom.train_step is not used: gradloop runs its own step"):
+        Trainer(Custom(inputs, keras.layers.Dense(CLASSES)(inputs)), optimizer="adam", loss=sparse_ce())

@@ -19,7 +19,7 @@ model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
 trainer = gradloop.Trainer(model, optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                            metrics=["accuracy"], options=gradloop.CompileOptions(steps_per_execution=2))""",
     "history = trainer.fit(data, validation_data=data, epochs=2)",
-    "plots.history_figure(history.history)",
+    "plots.history_figure(history)",
 ]
 WIDGET = "application/vnd.jupyter.widget-view+json"
 

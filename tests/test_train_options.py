@@ -71,7 +71,8 @@ def test_validation_every_2_leaves_null_entries_and_a_resume_keeps_them_in_place
     rows = list(csv.reader((whole / "history.csv").open()))
     assert rows[1][rows[0].index("val_loss")] == "" and rows[2][rows[0].index("val_loss")] != ""
     info = json.loads((whole / "run.json").read_text())
-    assert info["best"]["epoch"] in (2, 4)
+    best = 2 if h["val_accuracy"][1] >= h["val_accuracy"][3] else 4  # the highest val_accuracy, first on ties
+    assert (info["best"]["metric"], info["best"]["epoch"]) == ("val_accuracy", best)
     # Two epochs, then two more by --resume: the same files as one run of four.
     part = train(tmp_path, "part", epochs=2, validation_every=2)
     config = TrainConfig(run_dir=str(part), epochs=4, validation_every=2, **QUICK)
@@ -122,3 +123,19 @@ def test_val_fraction_0_trains_on_every_sample_without_validation(tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["n_val"] == 0 and info["n_train"] == 1500
     assert set(history(run)) == {"train_loss", "train_accuracy", "train_time"}
+
+
+def test_validation_every_with_early_stop_counts_patience_in_validations_and_names_the_epoch(tmp_path):
+    run = train(tmp_path, "stop", epochs=12, validation_every=2, early_stop=1, lr=0.5)  # overshoots soon
+    info, h = json.loads((run / "run.json").read_text()), history(run)
+    validated = [(i + 1, v) for i, v in enumerate(h["val_loss"]) if v is not None]
+    assert [epoch for epoch, _ in validated] == list(range(2, len(h["train_loss"]) + 1, 2))
+    # Keras' rule on the validated epochs: stop at the first validation not below the best so far.
+    best, expected = float("inf"), None
+    for epoch, value in validated:
+        if value >= best:
+            expected = epoch
+            break
+        best = value
+    assert expected is not None and expected < 12, "the run was meant to stop early"
+    assert info["stopped_early"] == expected == info["epochs_done"] == len(h["train_loss"])

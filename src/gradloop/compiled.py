@@ -14,8 +14,9 @@ and hands ``model`` to the callbacks.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import keras
 import tensorflow as tf
@@ -99,6 +100,8 @@ class CompiledModel:
         self._class_weight: dict[int, float] | None = None
         self._train_fn = self._test_fn = self._predict_fn = None
         self._outputs = None  # the model's output structure, of tf.TensorSpec with an unknown batch size
+        self._metrics_built = False
+        _warn_if_steps_are_overridden(model)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -121,17 +124,20 @@ class CompiledModel:
         """The results' names besides ``loss`` (known once ``build`` has seen a batch)."""
         return [name for name in self.results() if name != "loss"]
 
-    def compute_loss(self, y: Any, y_pred: Any, sample_weight: Any = None) -> tf.Tensor:
+    def compute_loss(
+        self, y: Any, y_pred: Any, sample_weight: Any = None, *, x: Any = None, training: bool = True
+    ) -> tf.Tensor:
         """Keras' loss of the batch (``model.compute_loss``: each output's loss, ``loss_weights``,
-        sample weights, ``model.losses``); under a strategy, this replica's share of the
-        global batch's loss (the gradient all-reduce sums shares)."""
-        loss = self.model.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
+        sample weights, ``model.losses``; a model's own ``compute_loss`` too); under a strategy,
+        this replica's share of the global batch's loss (the gradient all-reduce sums shares),
+        exact for losses that average over the batch (Keras' default reduction)."""
+        loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             # Keras divides each replica's batch mean by the replica count, which is the global
             # mean only when the batch splits evenly; weigh it by the replica's share of the batch.
-            local = _batch_size(y)
-            loss *= tf.cast(context.num_replicas_in_sync * local / distribute.global_batch_size(_first(y)), loss.dtype)
+            local = _batch_size(y_pred)
+            loss *= tf.cast(context.num_replicas_in_sync * local / distribute.global_batch_size(_first(y_pred)), loss.dtype)
         return loss
 
     def build(self, data: tf.data.Dataset) -> None:
@@ -139,25 +145,31 @@ class CompiledModel:
 
         ``fit`` calls it; call it first to restore a checkpoint into the variables.
         """
-        if self._outputs is not None:
+        has_targets = keras.utils.unpack_x_y_sample_weight(data.element_spec)[1] is not None
+        if self._outputs is not None and (self._metrics_built or not has_targets):
             return
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iter(data.take(1))))
         with self.strategy.scope():
             y_pred = self.model(x)
-            distribute.check_in_scope(self.strategy, self.model.trainable_variables, "model")
-            self.optimizer.build(self.model.trainable_variables)
-            if self.options.fused_optimizer:
-                optimizer_kernels.use_fused_kernels(self.optimizer)
+            if self._outputs is None:
+                distribute.check_in_scope(self.strategy, self.model.trainable_variables, "model")
+                self.optimizer.build(self.model.trainable_variables)
+                if self.options.fused_optimizer:
+                    optimizer_kernels.use_fused_kernels(self.optimizer)
             if y is not None:
-                # Keras makes its loss's and metrics' variables on their first batch: here, in scope and
-                # outside any compiled function, so that they are made once and mirrored.
-                self.model.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
+                # Keras makes its loss's and metrics' variables on their first batch (with targets: a
+                # predict may come first): here, in scope and outside any compiled function, so that
+                # they are made once and mirrored.
+                self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
                 self.model.compute_metrics(x, y, y_pred, sample_weight)
                 self.reset_metrics()
-        self._outputs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), y_pred)
-        self._train_fn = self.make_train_function()
-        self._test_fn = self.make_test_function()
-        self._predict_fn = self.make_predict_function()
+                self._metrics_built = True
+        if self._outputs is None:
+            # Only the rank is fixed: a model of variable-length sequences predicts other lengths too.
+            self._outputs = tf.nest.map_structure(lambda t: tf.TensorSpec([None] * len(t.shape), t.dtype), y_pred)
+            self._train_fn = self.make_train_function()
+            self._test_fn = self.make_test_function()
+            self._predict_fn = self.make_predict_function()
 
     def set_class_weight(self, class_weight: Mapping[int, float] | None) -> None:
         """Weigh each training sample by its class (``fit(class_weight=...)``), as Keras does;
@@ -193,6 +205,8 @@ class CompiledModel:
         weigh = None if class_weight is None else _class_weights(class_weight)
 
         def one_step(x: Any, y: Any, sample_weight: Any) -> None:
+            if weigh is not None:  # on each replica's part of the batch, its own labels
+                sample_weight = weigh(y, sample_weight)
             loss, y_pred = step_lib.call_step(step_fn, self, x, y, sample_weight)
             self.update_metrics(loss, y, y_pred, sample_weight, x=x)
 
@@ -203,10 +217,7 @@ class CompiledModel:
             one_step = lambda x, y, w: self.strategy.run(replica_step, args=(x, y, w))  # noqa: E731
 
         def train_on(batch: Any, done: tf.Tensor, carry: tuple) -> tuple:
-            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-            if weigh is not None:
-                sample_weight = weigh(y, sample_weight)
-            one_step(x, y, sample_weight)
+            one_step(*keras.utils.unpack_x_y_sample_weight(batch))
             return carry
 
         @tf.function
@@ -257,8 +268,8 @@ class CompiledModel:
         ``loss`` is this replica's share of the global-batch mean, so the tracker
         adds ``loss * global`` to its total and the local sample count to its count;
         summed over replicas that is exactly the global batch's mean."""
-        local = _batch_size(y)
-        share = tf.cast(loss, tf.float32) * distribute.global_batch_size(_first(y))
+        local = _batch_size(y_pred)
+        share = tf.cast(loss, tf.float32) * distribute.global_batch_size(_first(y_pred))
         self.loss_tracker.update_state(tf.math.divide_no_nan(share, local), sample_weight=local)
         self.model.compute_metrics(x, y, y_pred, sample_weight)
 
@@ -291,6 +302,16 @@ def _for_batches(iterator, num_steps: tf.Tensor, body: Callable, carry: Any) -> 
         carry = body(batch.get_value(), done, carry)
         done += 1
     return done, carry
+
+
+def _warn_if_steps_are_overridden(model: keras.Model) -> None:
+    """A model's own ``train_step``/``test_step`` is ``model.fit``'s; here the step is ``train_step=``."""
+    for name in ("train_step", "test_step"):
+        if getattr(type(model), name, None) is not getattr(keras.Model, name, None):
+            warnings.warn(
+                f"{type(model).__name__}.{name} is not used: gradloop runs its own step; pass yours as "
+                "Trainer(train_step=step_fn) (see gradloop.step)", stacklevel=3,
+            )
 
 
 def _listed(metrics: MetricsSpec) -> Any:

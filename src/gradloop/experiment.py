@@ -28,15 +28,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, atomic, build, checkpoint, cpu, distribute, losses, models, plots, progress, rundir, stopping, summaries
+from gradloop import __version__, atomic, build, checkpoint, cpu, distribute, models, plots, progress, rundir, stopping, summaries
 from gradloop import step as step_lib
 from gradloop.config import MODELS, TrainConfig
 from gradloop.data import examples
 from gradloop.data.run_data import RunData
 from gradloop.data.sources import describe_change
 from gradloop.errors import ConfigError, DataError, DiskFullError, RunDirError, TrainingError
-from gradloop.state import LoopState
-from gradloop.trainer import TrainData, Trainer, validates
+from gradloop.state import LoopState, validates
+from gradloop.trainer import TrainData, Trainer
 
 # What the library's errors advise when a run cannot go on: the CLI's way to do it.
 _START_OVER = "start the run again with --overwrite"
@@ -382,7 +382,7 @@ def new_run_info(
 def best_measure(config: TrainConfig, data: RunData, trainer: Trainer) -> dict:
     """What run.json's ``best`` epoch is judged by: the first metric on validation data, highest or lowest
     as Keras' own callbacks read its direction, else the lowest val_loss (see :func:`gradloop.rundir.progress`)."""
-    first = losses.resolve_metric(build.build_metrics(config, data.task)[0], trainer.loss)  # a fresh one, as check_fits'
+    first = next(iter(trainer.flat_metrics), None)  # Keras' own, built by check_fits: named as the history names it
     direction = getattr(first, "_direction", None)
     if direction not in ("up", "down"):
         return dict(rundir.BEST)

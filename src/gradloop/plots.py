@@ -8,10 +8,11 @@ Each ``plot_*`` writes one PNG, whole or not at all (:func:`gradloop.atomic.writ
 
 from __future__ import annotations
 
+import functools
 import io
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -23,7 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from gradloop.atomic import write_atomically  # noqa: E402
-from gradloop.rundir import tutorial_history  # noqa: E402
+from gradloop.rundir import aligned_history, tutorial_history  # noqa: E402
+from gradloop.state import validates  # noqa: E402
 
 _NOT_METRICS = ("loss", "time")  # history columns that are not the model's metrics
 _TITLES = {"accuracy": "Accuracy values", "loss": "Loss values"}  # the tutorial's
@@ -41,11 +43,15 @@ def top_metric(history: Mapping[str, list[float]], metric: str | None = None) ->
     return next((name for name in names if name not in _NOT_METRICS), None)
 
 
-def history_figure(history: Mapping[str, list[float]], *, metric: str | None = None) -> Figure:
+def history_figure(history: "Mapping[str, list[float]] | Any", *, metric: str | None = None) -> Figure:
     """The history's panels sharing the epoch axis: :func:`top_metric` on top (when there is one),
     loss below, each with its train and val curves. The caller closes the figure (in Jupyter, a
-    cell ending in ``history_figure(trainer.fit(...).history)`` shows it). Keras' names (``loss``)
-    or the tutorial's (``train_loss``) both do."""
+    cell ending in ``history_figure(trainer.fit(...))`` shows it). ``history``: lists by Keras' names
+    (``loss``) or the tutorial's (``train_loss``), or the History ``fit`` returns, whose shorter
+    ``val_`` lists (``validation_freq``) are drawn at the epochs they were measured."""
+    if hasattr(history, "history"):
+        validated = functools.partial(validates, validation_freq=getattr(history, "validation_freq", 1))
+        history = aligned_history(history.history, validated)
     history = tutorial_history(history)
     top = top_metric(history, metric)
     names = [top, "loss"] if top else ["loss"]

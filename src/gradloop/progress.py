@@ -71,3 +71,12 @@ class Progress(keras.callbacks.Callback):
             file=self.stream,
             flush=True,
         )
+
+
+def for_verbose(verbose: int | str) -> list[keras.callbacks.Callback]:
+    """``fit``'s own progress display, as Keras' ``verbose`` chooses it: 1 (``"auto"``) a bar, 2 a line per epoch, 0 none."""
+    if verbose == "auto":
+        verbose = 1
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+    return [Progress()] if verbose == 1 else [Progress(bar=False, lines_per_epoch=0)] if verbose == 2 else []

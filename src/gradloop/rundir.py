@@ -115,6 +115,19 @@ def _history_csv(history: Mapping[str, list[float]]) -> str:
     return out.getvalue()
 
 
+def aligned_history(keras_history: Mapping[str, list[float]], validated: Callable[[int], bool]) -> dict[str, list]:
+    """Keras' history with every list one entry per epoch: its ``val_`` lists, which hold the
+    validated epochs only (``validated(epoch)``, from 0), get None for the others."""
+    epochs = max((len(v) for k, v in keras_history.items() if not k.startswith("val_")), default=0)
+    aligned = {}
+    for key, values in keras_history.items():
+        if key.startswith("val_") and len(values) < epochs:
+            entries = iter(values)
+            values = [next(entries, None) if validated(e) else None for e in range(epochs)]
+        aligned[key] = list(values)
+    return aligned
+
+
 BEST = {"metric": "val_loss", "mode": "min"}  # what a run's best epoch is when run.json names nothing else
 
 
@@ -217,14 +230,8 @@ class RunDir:
         self, keras_history: Mapping[str, list[float]], *, validated: Callable[[int], bool] = lambda epoch: True
     ) -> None:
         """The epochs a resumed run already has (Keras names): ``record_epoch`` appends to them.
-        Keras' ``val_`` lists hold the validated epochs only; ``validated(epoch)`` (from 0) says which."""
-        epochs = max((len(v) for k, v in keras_history.items() if not k.startswith("val_")), default=0)
-        self._epochs = {}
-        for key, values in keras_history.items():
-            if key.startswith("val_") and len(values) < epochs:
-                entries = iter(values)
-                values = [next(entries, None) if validated(e) else None for e in range(epochs)]
-            self._epochs[key] = list(values)
+        ``validated(epoch)`` (from 0) says which epochs Keras' shorter ``val_`` lists hold."""
+        self._epochs = aligned_history(keras_history, validated)
 
     # status --------------------------------------------------------------
 

@@ -7,7 +7,7 @@ saves it with the variables and rebuilds it on restore.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass
@@ -26,3 +26,10 @@ class LoopState:
     iterator: Any = None
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+def validates(epoch: int, validation_freq: int | Sequence[int]) -> bool:
+    """Whether 0-based ``epoch`` is validated: Keras' rule, on 1-based epochs."""
+    if isinstance(validation_freq, int):
+        return (epoch + 1) % validation_freq == 0
+    return epoch + 1 in validation_freq

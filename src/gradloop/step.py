@@ -49,10 +49,19 @@ def takes_sample_weight(step_fn: StepFn) -> bool:
             or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters))
 
 
+def _fourth_positional(step_fn: StepFn) -> bool:
+    parameters = inspect.signature(step_fn).parameters.values()
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 4 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
 def call_step(step_fn: StepFn, trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None):
-    """``step_fn(trainer, x, y[, sample_weight])``: the weights go to a step that takes them."""
+    """``step_fn(trainer, x, y[, sample_weight])``: the weights go to a step that takes them
+    (as its fourth argument, or by keyword when that is how it takes them)."""
     if takes_sample_weight(step_fn):
-        return step_fn(trainer, x, y, sample_weight)
+        if _fourth_positional(step_fn):
+            return step_fn(trainer, x, y, sample_weight)
+        return step_fn(trainer, x, y, sample_weight=sample_weight)
     if sample_weight is not None:
         name = getattr(step_fn, "__name__", repr(step_fn))
         raise TypeError(
@@ -67,7 +76,7 @@ def train_step(trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = No
     variables = trainer.model.trainable_variables
     with tf.GradientTape() as tape:
         y_pred = trainer.model(x, training=True)
-        loss = trainer.compute_loss(y, y_pred, sample_weight)
+        loss = trainer.compute_loss(y, y_pred, sample_weight, x=x)
         # Keras 3: a no-op unless the optimizer is a LossScaleOptimizer (mixed precision).
         scaled_loss = trainer.optimizer.scale_loss(loss)
     grads = tape.gradient(scaled_loss, variables)
@@ -78,4 +87,4 @@ def train_step(trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = No
 def test_step(trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None) -> tuple[tf.Tensor, Any]:
     """Forward pass and loss in inference mode (dropout off, BatchNorm frozen)."""
     y_pred = trainer.model(x, training=False)
-    return trainer.compute_loss(y, y_pred, sample_weight), y_pred
+    return trainer.compute_loss(y, y_pred, sample_weight, x=x, training=False), y_pred

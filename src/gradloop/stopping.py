@@ -46,7 +46,8 @@ class BestModelEarlyStopping(keras.callbacks.Callback):
         best_epoch = int(np.argmin(values)) if values else -1
         self.best = values[best_epoch] if values else math.inf
         self.wait = len(values) - 1 - best_epoch if values else 0
-        self._stop_if_out_of_patience(len(values) - 1)  # a run killed just after deciding to stop
+        epochs = len(self.model.history.history.get("loss", values))  # validated or not
+        self._stop_if_out_of_patience(epochs - 1)  # a run killed just after deciding to stop
 
     def _stop_if_out_of_patience(self, epoch: int) -> None:
         if self.patience and self.wait >= self.patience:
@@ -69,13 +70,16 @@ class BestModelEarlyStopping(keras.callbacks.Callback):
         if not self.averaged:
             save_model(self.model, self.path)
             return
-        swap = keras.callbacks.SwapEMAWeights()  # the averages into the model for the save, and back
-        swap.set_model(self.model)
-        swap.on_test_begin()
+        # The averages copied in for the save and the trained weights put back exactly (a swap by
+        # additions, as SwapEMAWeights does, would change them in the last bits).
+        variables = self.model.trainable_variables
+        trained = [v.numpy() for v in variables]
+        self.model.optimizer.finalize_variable_values(variables)
         try:
             save_model(self.model, self.path)
         finally:
-            swap.on_test_end()
+            for variable, value in zip(variables, trained):
+                variable.assign(value)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

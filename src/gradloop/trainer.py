@@ -13,27 +13,24 @@ here; what one step does in :mod:`gradloop.step`, what it works with in
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from gradloop import release
-from gradloop.compiled import CompiledModel, CompileOptions, LossSpec, MetricsSpec
-from gradloop.progress import Progress
-from gradloop.state import LoopState
+from gradloop import progress, release
+from gradloop.compiled import CompileOptions, LossSpec, MetricsSpec
+from gradloop.inference import InferenceModel, check_dataset, floats, steps_per_epoch
+from gradloop.state import LoopState, validates
 from gradloop.step import StepFn
 
 # A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
 # dataset`` (gradloop.data.shuffled_epochs): then every epoch's order can be rebuilt exactly on resume.
 TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
-Callbacks = Union[Iterable[keras.callbacks.Callback], keras.callbacks.CallbackList, None]
 
 
-class Trainer(CompiledModel):
+class Trainer(InferenceModel):
     """Train a Keras model with a compiled custom loop.
 
     >>> trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-4),
@@ -76,20 +73,24 @@ class Trainer(CompiledModel):
         ``initial_state`` continues a run where it stood (a restored checkpoint, mid-epoch
         included). ``end_groups_every=N`` also ends a step group at every N-th step of an epoch,
         so batch callbacks (a checkpoint every N steps) see those steps. With an optimizer built
-        with ``use_ema=True``, the model holds the moving averages when ``fit`` returns, as in
-        Keras (after ``on_train_end``, so a checkpoint saved there keeps the trained weights).
+        with ``use_ema=True``, the model holds the moving averages from ``on_train_end`` on, as in
+        Keras (a checkpoint of the last epoch's end was saved before, with the trained weights).
         """
         _check_validation_freq(validation_freq)
+        check_dataset("validation_data", validation_data, optional=True)
+        if not callable(train):
+            check_dataset("train", train)
         epoch_data = train if callable(train) else lambda epoch: train
         first = epoch_data(0)
         self.build(first)
         self.set_class_weight(class_weight)
-        steps = _steps_per_epoch(first)
+        steps = steps_per_epoch(first)
         self._advance(initial_state or LoopState(iterator=self.make_iterator(first)))
         history = keras.callbacks.History()  # first in the list: callbacks see this epoch in model.history
         history.history = self.state.history
+        history.validation_freq = validation_freq  # which epochs Keras' shorter val_ lists belong to
         callbacks = keras.callbacks.CallbackList(
-            [history, *_progress(verbose), *(callbacks or [])], model=self.model, epochs=epochs, steps=steps, verbose=0
+            [history, *progress.for_verbose(verbose), *(callbacks or [])], model=self.model, epochs=epochs, steps=steps, verbose=0
         )
         self.model.stop_training = False
         callbacks.on_train_begin()
@@ -105,9 +106,9 @@ class Trainer(CompiledModel):
             next_epoch = self.make_iterator(epoch_data(epoch + 1))
             self._advance(LoopState(epoch + 1, iterator=next_epoch, history=self.state.history))
             callbacks.on_epoch_end(epoch, logs)
-        callbacks.on_train_end(logs)
         if self.state.epoch > start_epoch:
             self.optimizer.finalize_variable_values(self.model.trainable_variables)  # EMA weights, if any
+        callbacks.on_train_end(logs)
         return history
 
     def _train_epoch(self, steps: int | None, callbacks, end_groups_every: int | None) -> dict[str, float]:
@@ -120,7 +121,7 @@ class Trainer(CompiledModel):
             callbacks.on_train_batch_begin(state.step)
             n = self._group_size(state.step, steps, end_groups_every)
             done, logs = self._train_fn(state.iterator, tf.constant(n, tf.int32))
-            done, logs = int(done), _floats(logs)
+            done, logs = int(done), floats(logs)
             if done == 0:
                 break
             state.step += done
@@ -128,7 +129,7 @@ class Trainer(CompiledModel):
             callbacks.on_train_batch_end(state.step - 1, logs)
             if done < n:  # data of unknown length ran out
                 break
-        return {**(logs or _floats(self.results())), "train_time": time.perf_counter() - start}
+        return {**(logs or floats(self.results())), "train_time": time.perf_counter() - start}
 
     def _group_size(self, step: int, steps: int | None, end_groups_every: int | None) -> int:
         """Steps in the next compiled call: at most ``steps_per_execution``,
@@ -140,68 +141,6 @@ class Trainer(CompiledModel):
             n = min(n, end_groups_every - step % end_groups_every)
         return n
 
-    def evaluate(self, data: tf.data.Dataset, *, callbacks: Callbacks = None) -> dict[str, float]:
-        """Loss (mean over every sample of ``data``) and metrics, in inference mode.
-
-        ``callbacks`` get ``on_test_begin``, ``on_test_batch_begin/end`` (once per compiled
-        call) and ``on_test_end(logs)``, as in ``model.evaluate``."""
-        self.build(data)
-        callbacks = self._callback_list(callbacks, data)
-        self.reset_metrics()
-        callbacks.on_test_begin()
-        groups = self._run_groups(self._test_fn, data, callbacks.on_test_batch_begin, callbacks.on_test_batch_end, _floats)
-        logs = groups[-1] if groups else _floats(self.results())
-        callbacks.on_test_end(logs)
-        return logs
-
-    def predict(self, data: Any, *, batch_size: int = 32, callbacks: Callbacks = None) -> Any:
-        """The model's outputs for every example of ``data``, in order, as numpy (``model.predict``).
-
-        ``data``: a ``tf.data.Dataset`` of batches (``x``, or ``(x, y)`` whose ``y`` is
-        ignored), or arrays (a dict or tuple of them for several inputs), batched by
-        ``batch_size``. Runs ``steps_per_execution`` batches per compiled call; ``callbacks``
-        get ``on_predict_begin``, ``on_predict_batch_begin/end`` and ``on_predict_end``."""
-        if not isinstance(data, tf.data.Dataset):
-            data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
-        self.build(data)
-        callbacks = self._callback_list(callbacks, data)
-        callbacks.on_predict_begin()
-        pack = functools.partial(tf.nest.pack_sequence_as, self._outputs)
-        pieces = self._run_groups(
-            self._predict_fn, data, callbacks.on_predict_batch_begin,
-            lambda step, arrays: callbacks.on_predict_batch_end(step, {"outputs": pack(arrays)}),
-            lambda outputs: [o.numpy() for o in outputs],
-        )
-        callbacks.on_predict_end()
-        if not pieces:
-            raise ValueError("predict: the data holds no batches")
-        return pack([np.concatenate(parts) for parts in zip(*pieces)])
-
-    def _run_groups(self, function, data: tf.data.Dataset, begin: Callable, end: Callable, read: Callable) -> list:
-        """``function`` (a compiled test or predict function) over all of ``data``, a group of
-        ``steps_per_execution`` steps per call, ``begin(first step)`` and ``end(last step, results)``
-        around each; returns each group's ``read(outputs)``."""
-        iterator = self.make_iterator(data)
-        group, step, results = self.options.steps_per_execution, 0, []
-        try:
-            while True:
-                begin(step)
-                done, outputs = function(iterator, tf.constant(group, tf.int32))
-                done = int(done)
-                if done:
-                    step += done
-                    results.append(read(outputs))
-                    end(step - 1, results[-1])
-                if done < group:
-                    return results
-        finally:
-            release.release_iterator(iterator)
-
-    def _callback_list(self, callbacks: Callbacks, data: tf.data.Dataset) -> keras.callbacks.CallbackList:
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            return callbacks
-        return keras.callbacks.CallbackList(list(callbacks or []), model=self.model, steps=_steps_per_epoch(data), verbose=0)
-
     def _advance(self, state: LoopState) -> None:
         """Continue from ``state``; the finished one's iterator is deleted off this thread."""
         finished, self.state = self.state, state
@@ -210,34 +149,9 @@ class Trainer(CompiledModel):
             release.release_iterator(iterator)
 
 
-def _progress(verbose: int | str) -> list[keras.callbacks.Callback]:
-    """``fit``'s own progress display, as Keras' ``verbose`` chooses it."""
-    if verbose == "auto":
-        verbose = 1
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
-    return [Progress()] if verbose == 1 else [Progress(bar=False, lines_per_epoch=0)] if verbose == 2 else []
-
-
 def _check_validation_freq(validation_freq: int | Sequence[int]) -> None:
     if isinstance(validation_freq, bool) or not (
         (isinstance(validation_freq, int) and validation_freq >= 1)
         or (isinstance(validation_freq, (list, tuple)) and all(isinstance(e, int) and e >= 1 for e in validation_freq))
     ):
         raise ValueError(f"validation_freq must be a positive integer or a list of epochs (from 1), got {validation_freq!r}")
-
-
-def validates(epoch: int, validation_freq: int | Sequence[int]) -> bool:
-    """Whether 0-based ``epoch`` is validated: Keras' rule, on 1-based epochs."""
-    if isinstance(validation_freq, int):
-        return (epoch + 1) % validation_freq == 0
-    return epoch + 1 in validation_freq
-
-
-def _floats(results: dict[str, tf.Tensor]) -> dict[str, float]:
-    return {name: float(value) for name, value in results.items()}
-
-
-def _steps_per_epoch(data: tf.data.Dataset) -> int | None:
-    n = int(data.cardinality())
-    return n if n >= 0 else None  # INFINITE (-1) and UNKNOWN (-2): run until the data ends
