@@ -49,7 +49,7 @@ def main() -> None:
                                   keras.layers.Dense(3)])
         trainers[mode] = Trainer(model, optimizer=keras.optimizers.Adam(1e-4),
                                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-        trainers[mode].fit(train, validation_data=val, epochs=1)  # trace outside the timing
+        trainers[mode].fit(train, validation_data=val, epochs=1, verbose=0)  # trace outside the timing
 
     wall: dict[str, list[float]] = {mode: [] for mode in trainers}
     training: dict[str, list[float]] = {mode: [] for mode in trainers}
@@ -58,7 +58,7 @@ def main() -> None:
             for mode in trainers if r % 2 == 0 else reversed(list(trainers)):
                 release.release_iterator = release_thread if mode == "release thread" else on_this_thread
                 start = time.perf_counter()
-                history = trainers[mode].fit(train, validation_data=val, epochs=args.epochs).history
+                history = trainers[mode].fit(train, validation_data=val, epochs=args.epochs, verbose=0).history
                 wall[mode].append(time.perf_counter() - start)
                 training[mode].append(sum(history["train_time"]))
     finally:

@@ -64,7 +64,7 @@ def main() -> None:
     h_theirs: dict[str, list[float]] = {}
     for epoch in range(config.epochs):
         for history, logs in (
-            (h_ours, trainer.fit(epoch_data(epoch), validation_data=val, epochs=1).history),
+            (h_ours, trainer.fit(epoch_data(epoch), validation_data=val, epochs=1, verbose=0).history),
             (h_theirs, theirs.fit(epoch_data(epoch), validation_data=val, epochs=1, verbose=0).history),
         ):
             for key, values in logs.items():

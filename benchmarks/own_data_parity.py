@@ -245,7 +245,7 @@ def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
                                fused_optimizer=fused),
     )
     history = trainer.fit(examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
-                          validation_data=data.val.batches(None, config.batch_size), epochs=config.epochs)
+                          validation_data=data.val.batches(None, config.batch_size), epochs=config.epochs, verbose=0)
     return rundir.tutorial_history({k: v for k, v in history.history.items() if k != "train_time"})
 
 

@@ -360,3 +360,150 @@ def test_load_npz_reads_the_member_whose_header_it_checked(scratch):
     with bounded(MEMORY_SLACK):
         raw = data.load_npz(path)
     np.testing.assert_array_equal(raw.x_train, np.ones((2, 28, 28), np.uint8))
+
+
+# --------------------------------------------------------------------- CSV
+
+
+def reference_csv(content: bytes) -> tuple[list[str], list[list[str]]] | None:
+    """An independent, naive reading of a table of numbers: header and rows of stripped cells, or None when
+    the bytes are not plain comma-separated UTF-8 text of equal rows (quotes and blank rows left aside)."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if '"' in text or "\0" in text or "\r" in text or text.startswith("\ufeff"):
+        return None
+    lines = [line.split(",") for line in text.split("\n") if line.strip(", \t\f\v")]
+    if len(lines) < 2 or any(len(line) != len(lines[0]) for line in lines):
+        return None
+    return [c.strip() for c in lines[0]], [[c.strip() for c in line] for line in lines[1:]]
+
+
+def check_csv(path: Path, content: bytes, *, target: str = "label", **options) -> None:
+    """``table.load`` gives a valid table or one DataError/ConfigError line naming the file, in bounded time
+    and memory; a table of numbers with whole-number labels is read as the reference reads it."""
+    from gradloop.data import table
+    from gradloop.data.sources import DataSpec
+    from gradloop.errors import ConfigError
+
+    path.write_bytes(content)
+    with bounded(16 * len(content) + MEMORY_SLACK):
+        try:
+            loaded = table.load(DataSpec(str(path), target=target, **options))
+        except (DataError, ConfigError) as exc:
+            assert "\n" not in str(exc) and (path.stem in str(exc) or target in str(exc) or "task" in str(exc)), str(exc)
+            return
+    x, y = loaded.train.x, loaded.train.y
+    assert x.dtype == np.float32 and x.ndim == 2 and len(x) == len(y) > 0 and np.isfinite(x).all()
+    if loaded.task == "classification":
+        assert y.dtype == np.int64 and 0 <= y.min() and y.max() < len(loaded.class_names)
+    else:
+        assert loaded.class_names is None and np.isfinite(y).all()
+    reference = reference_csv(content)
+    if reference is None or options or loaded.preprocessing["one_hot"] or loaded.task != "classification":
+        return
+    header, rows = reference
+    label = header.index(target)
+    if not all(row[label].lstrip("+-").isdigit() and row[label].isascii() for row in rows):
+        return  # text labels: the reference reads whole numbers only
+    features = [[float(c) for i, c in enumerate(row) if i != label] for row in rows]
+    np.testing.assert_array_equal(x, np.array(features, dtype=np.float64).astype(np.float32))
+    names = sorted({str(int(row[label])) for row in rows}, key=int)
+    np.testing.assert_array_equal(y, [names.index(str(int(row[label]))) for row in rows])
+
+
+CELLS = st.one_of(
+    st.integers(-9, 9).map(str),
+    st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
+    st.sampled_from(["", "NA", "nan", "?", "inf", "-inf", "1e39", "1_0", "0x1", " 7 ", "007", "+3", "1e-320", "abc"]),
+    st.integers(10**300, 10**400).map(str),  # a digit string float64 cannot hold, or holds as inf
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=5),
+)
+
+
+@st.composite
+def csv_tables(draw) -> bytes:
+    """Tables with a header naming 'label', cells of every sort, now and then a row of another width."""
+    width = draw(st.integers(1, 4))
+    header = [f"f{i}" for i in range(width)] + ["label"]
+    rows = draw(st.lists(st.lists(CELLS, min_size=width + 1, max_size=width + 1), min_size=0, max_size=8))
+    if draw(st.integers(0, 4)) == 0:
+        rows.append(draw(st.lists(CELLS, max_size=width + 3)))
+    newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    return newline.join(",".join(row) for row in [header, *rows]).encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def numeric_tables(draw) -> bytes:
+    """Valid tables of numbers with whole-number labels of at least two classes: the reference reads them too."""
+    width = draw(st.integers(1, 3))
+    n = draw(st.integers(2, 12))
+    values = st.floats(-1e6, 1e6, allow_nan=False, width=32).map(lambda v: f"{v:.6g}")
+    rows = [[*draw(st.lists(values, min_size=width, max_size=width)), str(i % 2 + draw(st.integers(0, 2)) * 2)]
+            for i in range(n)]
+    return "\n".join(",".join(row) for row in [[f"f{i}" for i in range(width)] + ["label"], *rows]).encode()
+
+
+@FUZZ
+@given(content=st.one_of(st.binary(max_size=600), st.binary(max_size=600).map(lambda b: b"f0,label\n" + b)))
+def test_read_csv_arbitrary_bytes(scratch, content):
+    check_csv(scratch / "arbitrary.csv", content)
+
+
+@settings(FUZZ, max_examples=600)
+@given(content=csv_tables(), fill=st.sampled_from([None, "mean", "zero", "drop"]),
+       task=st.sampled_from([None, "classification", "regression"]))
+def test_read_csv_tables_of_every_sort_of_cell(scratch, content, fill, task):
+    options = {k: v for k, v in (("fill", fill), ("task", task)) if v is not None}
+    check_csv(scratch / "cells.csv", content, **options)
+
+
+@settings(FUZZ, max_examples=500)
+@given(data_=st.data())
+def test_read_csv_mutated_valid_tables(scratch, data_):
+    """Valid tables of numbers, read exactly as the reference reads them, then with bytes flipped, cut or added."""
+    original = data_.draw(numeric_tables())
+    content = data_.draw(mutated(st.just(original))) if data_.draw(st.integers(0, 4)) else original
+    check_csv(scratch / "mutated.csv", content)
+
+
+@settings(FUZZ, max_examples=200)
+@given(train=numeric_tables(), test=st.one_of(csv_tables(), mutated(numeric_tables())))
+def test_read_csv_with_a_damaged_test_file_beside_it(scratch, train, test):
+    (scratch / "pair.test.csv").write_bytes(test)
+    try:
+        check_csv(scratch / "pair.csv", train)
+    finally:
+        (scratch / "pair.test.csv").unlink()
+
+
+@settings(FUZZ, max_examples=300)
+@given(train=numeric_tables(), new=st.one_of(csv_tables(), mutated(numeric_tables()), st.binary(max_size=300)))
+def test_read_csv_features_for_predict(scratch, train, new):
+    """What ``gradloop predict`` reads: a table checked against the run's columns, or one error line."""
+    from gradloop.data import table
+    from gradloop.data.sources import DataSpec
+    from gradloop.errors import ConfigError
+
+    (scratch / "fitted.csv").write_bytes(train)
+    fitted = table.load(DataSpec(str(scratch / "fitted.csv"), target="label")).preprocessing
+    path = scratch / "new.csv"
+    path.write_bytes(new)
+    with bounded(16 * len(new) + MEMORY_SLACK):
+        try:
+            x, rows, _ = table.read_features(path, fitted)
+        except (DataError, ConfigError) as exc:
+            assert "\n" not in str(exc) and path.name in str(exc), str(exc)
+            return
+    assert x.dtype == np.float32 and x.shape == (len(rows), len(fitted["columns"])) and np.isfinite(x).all()
+
+
+def test_read_csv_cell_beyond_the_csv_modules_limit_is_one_line(scratch):
+    check_csv(scratch / "wide.csv", b"f0,label\n" + b"1" * 200_000 + b",0\n2,1\n")
+
+
+def test_read_csv_label_of_more_digits_than_python_converts(scratch):
+    """int('9' * 5000) raises ValueError in Python >= 3.11: a label of so many digits is one line, never that."""
+    check_csv(scratch / "digits.csv", b"f0,label\n1," + b"9" * 5000 + b"\n2,1\n3,1\n", task="classification")
+    check_csv(scratch / "digits.csv", b"f0,label\n1," + b"9" * 300 + b"\n2,1\n3,1\n")

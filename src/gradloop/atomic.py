@@ -28,6 +28,8 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     ``path`` as it was."""
     path = Path(path)
     tmp = path.with_name(f"{path.stem}.partial{path.suffix}")
+    if tmp.is_symlink():  # planted in a run folder from elsewhere: writing through it would write outside the folder
+        tmp.unlink()
     try:
         write(tmp)
         sync(tmp)

@@ -73,6 +73,13 @@ def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
                         help="show the traceback of an error instead of one line")
 
 
+def _add_trust_code(parser: argparse.ArgumentParser) -> None:
+    # One definition for every command that loads a run's model or data: a run folder may come from someone else.
+    parser.add_argument(rundir.TRUST_CODE, dest="trust_code", action="store_true",
+                        help="run the run's own code if its model or data needs it (its model_source.py, a custom "
+                             "layer, a Lambda layer, a data function); only for runs from people you trust")
+
+
 # What a flag turns its text into, by the type of its field; a bool field is a switch instead.
 _READERS = {int: _integer, float: _number, str: None, tuple: None}  # the config parses tuples: "512,256,128"
 
@@ -142,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "or its test split with --split test")
     evaluate.add_argument("--split", choices=SPLITS, default="test", help="default test")
     evaluate.add_argument("--json", action="store_true", help="print JSON for machines")
+    _add_trust_code(evaluate)
 
     launch = commands.add_parser("launch", help="run a multi-worker job as N local processes")
     launch.add_argument("--workers", type=_integer, required=True, help="number of worker processes")
@@ -172,10 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--split", choices=SPLITS, default="val",
                         help="split for per-class accuracy and the confusion matrix (default val: the run's own held-out data)")
     report.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/report)")
+    _add_trust_code(report)
 
     export = commands.add_parser("export", help="export a run's model as a TensorFlow SavedModel for serving")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/saved_model); must not exist")
+    _add_trust_code(export)
 
     predict = commands.add_parser("predict", help="a run's model on new inputs: a CSV row per input with the predicted "
                                                   "class and each class's probability, or the predicted values")
@@ -185,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", metavar="FILE.csv", help="write the CSV there (default: standard output)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     predict.add_argument("--batch-size", type=_integer, default=256, help="inputs per batch (default 256)")
+    _add_trust_code(predict)
 
     runs = commands.add_parser("runs", help="list the runs in a folder, one line each, oldest first")
     runs.add_argument("dir", metavar="DIR", nargs="?", default="runs",
@@ -281,7 +292,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     result = evaluation.evaluate_run(
         args.run_dir, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data, split=args.split,
-        notify=lambda line: print(line, file=sys.stderr),
+        notify=lambda line: print(line, file=sys.stderr), trust_code=args.trust_code,
     )
     print(json.dumps(result, indent=2) if args.json else evaluation.format_report(result))
     return 0
@@ -376,7 +387,7 @@ def _report(args: argparse.Namespace) -> int:
 
     path = report.write_report(
         args.run_dir, out=args.out, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data, split=args.split,
-        notify=lambda line: print(line, file=sys.stderr),
+        notify=lambda line: print(line, file=sys.stderr), trust_code=args.trust_code,
     )
     print(f"gradloop: wrote {path}")
     return 0
@@ -386,7 +397,7 @@ def _export(args: argparse.Namespace) -> int:
     cpu.import_tensorflow()
     from gradloop import export
 
-    path = export.export_saved_model(args.run_dir, out=args.out)
+    path = export.export_saved_model(args.run_dir, out=args.out, trust_code=args.trust_code)
     print(f"gradloop: wrote SavedModel {path} (signature serving_default)")
     return 0
 
@@ -400,7 +411,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError("--overwrite replaces an existing --out file; drop it, or pass --out FILE.csv")
     cpu.import_tensorflow()
     predictions = predict.predict_run(args.run_dir, args.inputs, batch_size=args.batch_size,
-                                      notify=lambda line: print(line, file=sys.stderr))
+                                      notify=lambda line: print(line, file=sys.stderr), trust_code=args.trust_code)
     try:
         predict.write_predictions(predictions, args.out, overwrite=args.overwrite)
     except BrokenPipeError:  # the reader of standard output stopped (| head): what it read is what it wanted

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import keras
 import numpy as np
 import sklearn.metrics
 
-from gradloop import build, data, models, rundir
+from gradloop import build, data, models, rundir, user_code
 from gradloop.config import TrainConfig, build_config
 from gradloop.data import sources
 from gradloop.data.examples import Examples
@@ -33,14 +35,46 @@ def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> T
     return dataclasses.replace(config, **overrides)
 
 
-def load_model(run_dir: str | Path) -> keras.Model:
-    path = Path(run_dir) / rundir.MODEL
+_NEEDS_CODE = re.compile(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'")
+
+
+def load_model(run_dir: str | Path, *, trust_code: bool = False) -> keras.Model:
+    """RUN_DIR/model.keras, loaded in Keras' safe mode with Keras' own classes only: no code from the
+    run runs. A model that needs its own (a Lambda layer's, a custom layer of model_source.py) is
+    refused, unless ``trust_code``: then the run's model_source.py (or package.module) is imported
+    for its classes and functions, and Lambda layers are allowed."""
+    path = rundir.own_path(run_dir, rundir.MODEL)
     if not path.exists():
         raise RunDirError(f"{run_dir} has no model.keras; the run did not finish (train it again or resume it)")
+    custom = _run_code_objects(run_dir) if trust_code else None
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False, safe_mode=not trust_code, custom_objects=custom)
     except Exception as exc:  # Keras raises many types for a damaged archive
-        raise RunDirError(f"cannot load {path}: {type(exc).__name__}; the file is damaged") from None
+        needs = "a Lambda layer's Python code" if "safe_mode" in str(exc) else None
+        if (match := _NEEDS_CODE.search(str(exc))) is not None:
+            needs = f"{match[1]}, which Keras does not have"
+        if needs is None:
+            raise RunDirError(f"cannot load {path}: {type(exc).__name__}; the file is damaged") from None
+        if trust_code:
+            raise RunDirError(f"cannot load {path}: it needs {needs}, and the run's own code does not define it; "
+                              "the run directory is incomplete") from None
+        raise RunDirError(f"{path} needs {needs}: code from the run directory, which gradloop runs only if you "
+                          f"trust where the run came from; then pass {rundir.TRUST_CODE}") from None
+
+
+def _run_code_objects(run_dir: str | Path) -> dict[str, Any]:
+    """The classes and functions of the module the run's model came from (run.json's model_source:
+    the run's copy model_source.py, or an installed package.module), by name: Keras finds a model's
+    own layers among them. Importing it runs it: only with ``--trust-code``."""
+    source = rundir.RunDir.open(run_dir).info.get("model_source")
+    if not isinstance(source, str) or ":" not in source:
+        return {}
+    target, _, name = source.rpartition(":")
+    if target == rundir.MODEL_SOURCE:
+        source = f"{rundir.own_path(run_dir, rundir.MODEL_SOURCE)}:{name}"
+    fn = user_code.load_function(source, what=f"{Path(run_dir) / rundir.RUN_JSON}'s model_source")
+    module = sys.modules.get(getattr(fn, "__module__", ""), None)
+    return {k: v for k, v in vars(module).items() if callable(v) and not k.startswith("_")} if module else {}
 
 
 def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Path) -> bool:
@@ -74,21 +108,27 @@ def split_arrays(config: TrainConfig, split: str, *, notify=print) -> tuple[np.n
 
 def evaluate_run(
     run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None, data_path: str | None = None,
-    split: str = "test", notify=print, keep_predictions: bool = False,
+    split: str = "test", notify=print, keep_predictions: bool = False, trust_code: bool = False,
 ) -> dict[str, Any]:
     """The run's model on ``split`` of its data (or of other data: a built-in ``dataset``/``data_dir``,
     or ``data_path`` of the kind the run trained on, read with the run's preprocessing).
-    ``keep_predictions``: a regression's result also holds ``predicted`` and ``true`` (for plots)."""
+    ``keep_predictions``: a regression's result also holds ``predicted`` and ``true`` (for plots).
+    ``trust_code``: the run's own code may run (:func:`load_model`, and a data function run.json names)."""
     info = rundir.RunDir.open(run_dir).info
     config = run_config(info, run_dir)
     if config.data is None and data_path is None:
-        return _evaluate_builtin(run_dir, info, dataset=dataset, data_dir=data_dir, split=split, notify=notify)
+        return _evaluate_builtin(run_dir, info, dataset=dataset, data_dir=data_dir, split=split, notify=notify,
+                                 trust_code=trust_code)
     if dataset or data_dir:
         raise ConfigError(f"run {run_dir} trained on --data {config.data}; evaluate it on --data PATH, not --dataset/--data-dir")
     if config.data is None:
         raise ConfigError(f"run {run_dir} trained on a built-in data set; evaluate it with --dataset/--data-dir, not --data")
+    if data_path is None and (info.get("data") or {}).get("kind") == "function" and not trust_code:
+        raise RunDirError(f"run {run_dir} trained on the data function {config.data}, which reading its data runs: code "
+                          f"run.json names, which gradloop runs only if you trust where the run came from; then pass "
+                          f"{rundir.TRUST_CODE}, or score data of yours with --data PATH")
     examples, source, split = _own_data(config, info, run_dir, data_path=data_path, split=split, notify=notify)
-    model = load_model(run_dir)
+    model = load_model(run_dir, trust_code=trust_code)
     models.check_model_fits(model, input_shape=examples.element_shape, n_outputs=info.get("n_outputs") or len(info["classes"]),
                             task=info.get("task"))
     labels, outputs = predictions(model, examples)
@@ -178,12 +218,13 @@ def regression_scores(y: np.ndarray, outputs: np.ndarray, loss: keras.losses.Los
 
 
 def _evaluate_builtin(
-    run_dir: str | Path, info: dict[str, Any], *, dataset: str | None, data_dir: str | None, split: str, notify
+    run_dir: str | Path, info: dict[str, Any], *, dataset: str | None, data_dir: str | None, split: str, notify,
+    trust_code: bool,
 ) -> dict[str, Any]:
     # A new data set replaces the run's data entirely: --dataset alone must not read the run's --data-dir.
     overrides = {"dataset": dataset, "data_dir": data_dir} if (dataset or data_dir) else {}
     config = run_config(info, run_dir, **overrides)
-    model = load_model(run_dir)
+    model = load_model(run_dir, trust_code=trust_code)
     flatten = _check_model_fits(model, config, run_dir)
     x, y, source = split_arrays(config, split, notify=notify)
     if len(y) == 0:

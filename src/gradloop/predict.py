@@ -105,9 +105,11 @@ class Predictions:
 
 
 def predict_run(
-    run_dir: str | Path, inputs: Sequence[str], *, batch_size: int = BATCH_SIZE, notify: Callable[[str], object] = print
+    run_dir: str | Path, inputs: Sequence[str], *, batch_size: int = BATCH_SIZE, notify: Callable[[str], object] = print,
+    trust_code: bool = False,
 ) -> Predictions:
-    """The run's model on ``inputs`` (paths), read as the module docstring says."""
+    """The run's model on ``inputs`` (paths), read as the module docstring says; ``trust_code``: the
+    run's own code may run (:func:`gradloop.evaluation.load_model`)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     from gradloop import build, evaluation, models
@@ -118,7 +120,7 @@ def predict_run(
     config = evaluation.run_config(info, run_dir)
     task = info.get("task", "classification")
     new = read_inputs(info, inputs, run_dir=run_dir, flatten=config.model == "mlp")
-    model = evaluation.load_model(run_dir)
+    model = evaluation.load_model(run_dir, trust_code=trust_code)
     _check_takes(model, new)
     classes = None if task == "regression" else [str(c) for c in info["classes"]]
     models.check_model_fits(model, input_shape=new.element_shape, n_outputs=info.get("n_outputs") or len(classes),

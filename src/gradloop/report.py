@@ -41,14 +41,17 @@ def write_report(
     data_path: str | None = None,
     split: str = "val",
     notify: Callable[[str], None] = print,
+    trust_code: bool = False,
 ) -> Path:
-    """Evaluate the run's model on ``split``, draw the figures, write the page; return its path."""
+    """Evaluate the run's model on ``split``, draw the figures, write the page; return its path.
+    ``trust_code``: the run's own code may run (:func:`gradloop.evaluation.load_model`)."""
     run = rundir.RunDir.open(run_dir)
     run_dir, info, history = run.path, run.info, run.read_history()
     result = evaluation.evaluate_run(
-        run_dir, dataset=dataset, data_dir=data_dir, data_path=data_path, split=split, notify=notify, keep_predictions=True
+        run_dir, dataset=dataset, data_dir=data_dir, data_path=data_path, split=split, notify=notify, keep_predictions=True,
+        trust_code=trust_code,
     )
-    out_dir = Path(out) if out else run / rundir.REPORT
+    out_dir = Path(out) if out else rundir.own_path(run.path, rundir.REPORT)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

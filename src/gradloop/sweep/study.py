@@ -78,8 +78,13 @@ class Storage:
         """Open a database now (it is not the sweep folder's to write), or check that a journal file can be
         made; returns the open database storage, or None for a journal."""
         if self.url is not None:
+            import sqlalchemy  # with optuna's RDB storage; a journal sweep never needs it
+
             try:
-                return optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
+                try:
+                    return optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
+                except sqlalchemy.exc.IntegrityError:  # another process made Optuna's tables at the same moment
+                    return optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
             except Exception as exc:  # the driver's own errors: no server, refused login, a missing driver
                 reason = " ".join(str(exc).split())[:200]
                 raise ConfigError(
