@@ -114,15 +114,23 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_ends_bit_identical(runs, t
     assert_bit_identical(run, unstopped)
 
 
-def test_a_garbage_state_file_finds_the_checkpoints_by_name(runs, tmp_path, capsys):
+@pytest.mark.parametrize("state, why", [
+    (b"\x00garbage{{", "cannot be read"),
+    ('model_checkpoint_path: "ckpt-\xff"\n'.encode("latin-1"), "cannot be read"),  # not UTF-8: TensorFlow raises
+    (None, "is missing"),
+], ids=["garbage", "not utf-8", "missing"])
+def test_a_garbage_or_missing_state_file_finds_the_checkpoints_by_name(runs, tmp_path, capsys, state, why):
     unstopped, one = runs
     run = tmp_path / "run"
     shutil.copytree(one, run)
-    (run / "checkpoints" / "checkpoint").write_bytes(b"\x00garbage{{")
+    if state is None:
+        (run / "checkpoints" / "checkpoint").unlink()
+    else:
+        (run / "checkpoints" / "checkpoint").write_bytes(state)
     capsys.readouterr()
     assert main(["train", "--resume", "--epochs", "2", "--run-dir", str(run)]) == 0
     err = capsys.readouterr().err
-    assert (f"gradloop: note: {run}/checkpoints/checkpoint cannot be read, so the checkpoints were found by their names; "
+    assert (f"gradloop: note: {run}/checkpoints/checkpoint {why}, so the checkpoints were found by their names; "
             f"resuming from {checkpoints(one)[0].name}, the newest checkpoint that reads correctly (epoch 2 step 0)") in err
     assert_bit_identical(run, unstopped)
 

@@ -342,3 +342,16 @@ def test_sigterm_stops_a_sweep_after_a_checkpoint_and_says_how_to_continue(tmp_p
     assert json.loads((folder / "trial-000" / "run.json").read_text())["status"] == "interrupted"
     code, out, err = finish(gradloop("sweep", str(spec), "--out", str(folder), cwd=tmp_path))
     assert code == 0 and "resuming trial 0 " in out and "1 of 1 trials (1 complete)" in out, err[-2000:]
+
+
+def test_a_trial_whose_last_epoch_is_not_validated_reports_its_last_validation(tmp_path, capsys):
+    spec = tmp_path / "every2.yaml"
+    spec.write_text("trials: 1\nmetric: val_accuracy\ndirection: maximize\n"
+                    "train: {dataset: mnist-sample, epochs: 3, validation_every: 2, hidden: [8], batch_size: 128}\n"
+                    "space: {lr: [1.0e-3]}\n")
+    assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "s")]) == 0
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    (trial,) = results["trials"]
+    history = json.loads((Path(trial["run_dir"]) / "history.json").read_text())
+    assert history["val_accuracy"][2] is None and trial["state"] == "complete"
+    assert trial["value"] == history["val_accuracy"][1]

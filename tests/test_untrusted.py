@@ -337,3 +337,30 @@ def test_what_run_json_holds_is_what_a_real_run_writes(tiny_run):
     info = json.loads((tiny_run / "run.json").read_text())
     rundir.check_info(info, tiny_run / "run.json")
     assert evaluation.load_model(tiny_run).count_params() == info["parameters"]
+
+
+def test_a_run_lock_linked_out_of_the_folder_is_never_written(run, tmp_path, capsys):
+    victim = tmp_path / "outside" / "precious.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious data")
+    lock = run / "run.lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(victim)
+    refused(capsys, ["train", "--resume", "--epochs", "3", "--run-dir", str(run)], match="cannot lock run directory")
+    assert victim.read_text() == "precious data"
+
+
+def test_a_fifo_for_run_lock_does_not_hang_runs(run, tmp_path, capsys):
+    edit_info(run, status="running")
+    (run / "run.lock").unlink(missing_ok=True)
+    os.mkfifo(run / "run.lock")
+    assert main(["runs", str(run.parent), "--json"]) == 0
+    (listed,) = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "run"]
+    assert listed["status"] == "killed"
+
+
+def test_a_checkpoints_folder_linked_out_is_not_resumed_into(run, tmp_path, capsys):
+    outside = tmp_path / "outside-checkpoints"
+    shutil.move(run / "checkpoints", outside)
+    (run / "checkpoints").symlink_to(outside)
+    refused(capsys, ["train", "--resume", "--epochs", "3", "--run-dir", str(run)], match="leads out of the run directory")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,6 +64,19 @@ def disk_full(path: str | os.PathLike, code: int = errno.ENOSPC, *, kind: str = 
     quota (EDQUOT) left."""
     what = "no space left" if code != errno.EDQUOT else "no space left (disk quota exceeded)"
     return DiskFullError(f"{what} on {mount_point(path)} while writing {kind + ' ' if kind else ''}{path}", path=str(path))
+
+
+# How TensorFlow's C++ file writers say ENOSPC / EDQUOT in an error message (it names the file first).
+_NO_SPACE_MESSAGE = re.compile(r"(?:(\S+); )?(No space left on device|Disk quota exceeded)")
+
+
+def no_space_in(message: str) -> tuple[str | None, int] | None:
+    """(the file it names, if any, and ENOSPC or EDQUOT) when ``message`` (TensorFlow's) says a
+    write found the disk or quota full; else None."""
+    found = _NO_SPACE_MESSAGE.search(message)
+    if found is None:
+        return None
+    return found[1], errno.EDQUOT if found[2].startswith("Disk") else errno.ENOSPC
 
 
 def mount_point(path: str | os.PathLike) -> str:

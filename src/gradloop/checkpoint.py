@@ -35,9 +35,9 @@ or signals say.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -93,13 +93,14 @@ class RunCheckpoint:
             seconds=self._seconds,
             history=self._history,
         )
+        self._state_set_aside = _set_aside_unreadable_state(Path(directory))
         self.manager = tf.train.CheckpointManager(self._bundle, str(directory), max_to_keep=max_to_keep, checkpoint_name=_NAME)
 
     @property
     def latest(self) -> str | None:
         """The checkpoint :meth:`restore` loads: the path prefix of the newest
         complete one in ``restore_from``, or None."""
-        return tf.train.latest_checkpoint(self.restore_from)
+        return next(iter(self.checkpoints()), None)
 
     def save(self, state: LoopState) -> str:
         if isinstance(state.iterator, tf.__internal__.tracking.Trackable):  # else distributed: see restore
@@ -131,14 +132,16 @@ class RunCheckpoint:
         return [v for m in (self.trainer.loss_tracker, *self.trainer.metrics) for v in m.variables]
 
     def checkpoints(self) -> list[str]:
-        """The checkpoints in ``restore_from``, newest first: those its state file records, or
-        (the state file unreadable) those whose index is there."""
-        recorded = self._recorded()
-        if recorded is not None:
-            older = [p for p in reversed(recorded.all_model_checkpoint_paths) if p != recorded.model_checkpoint_path]
-            return [recorded.model_checkpoint_path, *older]
+        """The checkpoints in ``restore_from``, newest first: those its state file records, then
+        any other whose index is there (all of those, the state file unreadable)."""
         numbered = (p.with_suffix("") for p in Path(self.restore_from).glob(f"{_NAME}-*.index"))
-        return [str(p) for p in sorted(numbered, key=lambda p: _number(p.name), reverse=True) if _number(p.name) >= 0]
+        by_name = [str(p) for p in sorted(numbered, key=lambda p: _number(p.name), reverse=True) if _number(p.name) >= 0]
+        recorded = self._recorded()
+        if recorded is None:
+            return by_name
+        older = [p for p in reversed(recorded.all_model_checkpoint_paths) if p != recorded.model_checkpoint_path]
+        listed = [recorded.model_checkpoint_path, *older]
+        return listed + [p for p in by_name if p not in listed]  # a state file naming lost checkpoints: the rest by name
 
     def _recorded(self) -> Any:
         """The state file's record (a ``CheckpointState``), or None when it is missing or unreadable."""
@@ -171,8 +174,9 @@ class RunCheckpoint:
                 continue
             notes = [f"skipped {_listed(skipped)}, which cannot be read"] if skipped else []
             state_file = Path(self.restore_from) / "checkpoint"
-            if state_file.exists() and self._recorded() is None:
-                notes.insert(0, f"{state_file} cannot be read, so the checkpoints were found by their names")
+            if self._recorded() is None:
+                why = "cannot be read" if state_file.exists() or self._state_set_aside else "is missing"
+                notes.insert(0, f"{state_file} {why}, so the checkpoints were found by their names")
             if notes and notify is not None:
                 notify(f"{'; '.join(notes)}; resuming from {Path(path).name}, the newest checkpoint that reads "
                        f"correctly (epoch {state.epoch + 1} step {state.step})")
@@ -244,15 +248,15 @@ def _no_space(exc: Exception) -> bool:
     """Whether a write failed for a full disk or quota: an OSError, or TensorFlow's own error for it."""
     if isinstance(exc, OSError):
         return exc.errno in atomic.NO_SPACE
-    return isinstance(exc, tf.errors.OpError) and bool(re.search(_NO_SPACE_TEXT, exc.message))
-
-
-_NO_SPACE_TEXT = r"No space left on device|Disk quota exceeded"
+    return isinstance(exc, tf.errors.OpError) and atomic.no_space_in(exc.message) is not None
 
 
 def _disk_full(exc: Exception, prefix: Path) -> DiskFullError:
-    quota = "Disk quota exceeded" in str(exc) or getattr(exc, "errno", None) == errno.EDQUOT
-    return atomic.disk_full(prefix, errno.EDQUOT if quota else errno.ENOSPC, kind="checkpoint")
+    if isinstance(exc, OSError):
+        code = exc.errno
+    else:
+        code = atomic.no_space_in(exc.message)[1]
+    return atomic.disk_full(prefix, code, kind="checkpoint")
 
 
 def _remove_partial(prefix: Path) -> None:
@@ -275,6 +279,18 @@ class _Unreadable(Exception):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _set_aside_unreadable_state(directory: Path) -> bool:
+    """CheckpointManager parses the state file as it is made: an unreadable one is renamed
+    ``checkpoint.unreadable`` (returns True), and the checkpoints are then found by their names."""
+    try:
+        tf.train.get_checkpoint_state(str(directory))
+    except (tf.errors.OpError, ValueError):  # UnicodeDecodeError is a ValueError
+        state = directory / "checkpoint"
+        os.replace(state, state.with_name("checkpoint.unreadable"))
+        return True
+    return False
 
 
 def _damaged(skipped: list[tuple[str, Exception]], hint: str) -> RunDirError:

@@ -22,6 +22,10 @@ class RunDirError(GradloopError):
     """A run directory cannot be created, read or resumed."""
 
 
+class RunInUseError(RunDirError):
+    """Another live process holds the run directory's lock."""
+
+
 class TrainingError(GradloopError):
     """Training cannot go on: the loss is no longer finite."""
 

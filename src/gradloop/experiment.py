@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import functools
 import math
 import platform
@@ -86,6 +85,8 @@ def _train(
     held.enter_context(_naming_full_disk(config, path, chief=chief))
     if resume and chief:  # a new run is locked as it is created (_start)
         held.enter_context(rundir.lock(path))
+        # Read again under the lock: a writer that ended meanwhile may have moved the run on.
+        resumed = rundir.check_resumable(path, epochs=config.epochs, workers=distribute.worker_count(strategy), writer=False)
 
     data = build.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
     feed = Feed.of(config, data)
@@ -290,10 +291,10 @@ def _naming_full_disk(config: TrainConfig, path: Path, *, chief: bool) -> Iterat
     try:
         yield
     except tf.errors.OpError as exc:
-        full = re.search(r"(\S+); (No space left on device|Disk quota exceeded)", exc.message)
-        if full is None:
+        full = atomic.no_space_in(exc.message)
+        if full is None or full[0] is None:
             raise
-        error = atomic.disk_full(full[1], errno.EDQUOT if full[2].startswith("Disk") else errno.ENOSPC)
+        error = atomic.disk_full(*full)
         error.run_dir = str(config.run_dir or path) if chief else None
         raise error from None
     except DiskFullError as exc:
@@ -309,9 +310,9 @@ def _naming_damaged_files(data: RunData) -> Iterator[None]:
     try:
         yield
     except tf.errors.InvalidArgumentError:
-        for examples in (data.train, data.val):
-            if hasattr(examples, "check_decodable"):
-                examples.check_decodable()  # raises DataError naming the file
+        for split in (data.train, data.val):
+            if hasattr(split, "check_decodable"):
+                split.check_decodable()  # raises DataError naming the file
         raise
 
 

@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from gradloop.atomic import save_model, write_atomically  # noqa: F401  (rundir.save_model: a run's model files)
-from gradloop.errors import ConfigError, RunDirError
+from gradloop.errors import ConfigError, RunDirError, RunInUseError
 
 FORMAT = 1  # run.json's layout; 0 is a run.json written before it had a format
 RUN_JSON = "run.json"
@@ -85,6 +85,8 @@ TENSORBOARD = "tensorboard"
 REPORT = "report"
 SAVED_MODEL = "saved_model"
 LOCK = "run.lock"  # held (flock) by the one process writing the run; it holds "PID HOST"
+# The files a run writes as it goes (besides checkpoints/ and tensorboard/).
+_WRITTEN_FILES = (RUN_JSON, HISTORY_JSON, HISTORY_CSV, HISTORY_PNG, MODEL, BEST_MODEL, MODEL_SUMMARY)
 STATUSES = ("running", "interrupted", "finished", "failed")
 TRUST_CODE = "--trust-code"  # the flag that lets a command run a run's own code (cli adds it to each)
 MAX_JSON_BYTES = 64 * 2**20  # run.json and history.json: far above any run's, far below what exhausts memory
@@ -502,9 +504,13 @@ def lock(path: str | os.PathLike) -> RunLock:
     holder's pid, while another process holds it."""
     file = Path(path) / LOCK
     try:
-        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Not through a link, and only a regular file: a crafted run.lock must not make us write elsewhere.
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:
         raise RunDirError(f"cannot lock run directory {path}: {exc.strerror or exc}; choose a writable --run-dir") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunDirError(f"cannot lock run directory {path}: its {LOCK} is not a regular file; the run directory is damaged")
     deadline = time.monotonic() + _PROBE_SECONDS
     while True:
         try:
@@ -535,8 +541,11 @@ def lock_holder(path: str | os.PathLike) -> int | None:
 def _holder(file: Path) -> tuple[int, str] | None:
     """(pid, host) of the holder of the lock ``file``, or None when it is free or missing."""
     try:
-        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO must not hang a reader
     except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         return None
     try:
         deadline = time.monotonic() + _PROBE_SECONDS
@@ -565,10 +574,10 @@ def _parse_holder(content: bytes) -> tuple[int, str] | None:
     return (int(pid), host or "an unknown host") if pid.isdigit() and int(pid) > 0 else None
 
 
-def _in_use(path: Path, holder: tuple[int, str]) -> RunDirError:
+def _in_use(path: Path, holder: tuple[int, str]) -> RunInUseError:
     pid, host = holder
     who, stop = (f" (pid {pid} on {host})", f", stop it (kill {pid})") if pid else ("", "")  # never advise `kill 0`
-    return RunDirError(
+    return RunInUseError(
         f"run directory {path} is in use by another gradloop process{who}; wait for it to end{stop}, or choose another --run-dir"
     )
 
@@ -683,7 +692,11 @@ def check_resumable(path: str | os.PathLike, *, epochs: int, workers: int = 1, w
     path, info = run.path, run.info
     if writer:
         check_not_in_use(path)
-    if not (path / CHECKPOINTS / "checkpoint").is_file():
+    for name in (CHECKPOINTS, TENSORBOARD, *_WRITTEN_FILES):  # what a resume writes stays in the folder
+        own_path(path, name)
+    checkpoints = path / CHECKPOINTS
+    # The state file, or any checkpoint by its name: a lost state file leaves the checkpoints resumable.
+    if not ((checkpoints / "checkpoint").is_file() or any(checkpoints.glob("ckpt-*.index"))):
         raise RunDirError(f"run {path} has no checkpoint to resume from; start it again with --overwrite")
     done, status = info.get("epochs_done", 0), info.get("status")
     if status == "failed":

@@ -24,8 +24,7 @@ is the final val_accuracy), so ``tensorboard --logdir runs/`` compares every run
 below runs/. No run writes an experiment summary (``hparams_config``): TensorBoard
 would take one run's at random and hide what the others have (another task's
 metrics); without one it gathers the hyperparameters and metrics of all runs,
-and types them (a choice of the texts seen, or a number). A sweep, which knows
-its search space, is the one place to write one, in its own folder.
+and types them (a choice of the texts seen, or a number).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ A trial whose run had already ended when its process died is told from its run.j
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ import optuna
 from gradloop import build, experiment, rundir
 from gradloop.checkpoint import StopSignals
 from gradloop.config import resumed_config
-from gradloop.errors import ConfigError, DataError, GradloopError, RunDirError, TrainingError
+from gradloop.state import validates
+from gradloop.errors import ConfigError, DataError, GradloopError, RunDirError, RunInUseError, TrainingError
 from gradloop.sweep import page
 from gradloop.sweep.spec import Range, SweepSpec
 from gradloop.sweep.study import Claim, Storage, Sweep, check_folder
@@ -117,10 +119,12 @@ def run_trial(
         return _fail(sweep, trial, run.info.get("error", "the run failed"), notify)
     if status != "finished":
         config = resumed_config(run.info["config"], run_dir=str(path)) if resume else spec.config(params, run_dir=str(path))
-        pruning = PruneOnMetric(trial, spec.metric, epochs=config.epochs)
+        pruning = PruneOnMetric(trial, spec.metric, epochs=config.epochs, validation_every=config.validation_every)
         try:
             experiment.train(config, resume=resume, overwrite=not resume and path.exists(), stop=stop, out=stream,
                              notify=notify, callbacks=[pruning])
+        except RunInUseError:  # another process holds the trial's run: not the trial's fault
+            raise
         except (TrainingError, ConfigError, DataError, RunDirError) as exc:  # this trial's options or run, not the sweep's
             return _fail(sweep, trial, str(exc), notify)
     run = rundir.RunDir.open(path)
@@ -128,16 +132,20 @@ def run_trial(
 
 
 def _tell(sweep: Sweep, trial: optuna.Trial, run: rundir.RunDir, stream: TextIO) -> None:
-    """Complete with the last epoch's metric, or pruned when the run stopped before its epochs
-    without an early stop of its own (only the pruner stops it so)."""
+    """Complete with the metric of the last validated epoch (the model.keras that ``evaluate``
+    reads), or pruned when the run stopped before its epochs without an early stop of its own
+    (only the pruner stops it so)."""
     metric = sweep.spec.metric
-    values = run.read_history().get(metric) or []
-    done, epochs = run.info.get("epochs_done", len(values)), run.info["config"]["epochs"]
+    history = run.read_history()
+    values = [v for v in history.get(metric) or [] if v is not None]  # epochs without validation hold null
+    done, epochs = run.info.get("epochs_done", len(history.get("train_loss", values))), run.info["config"]["epochs"]
     if done < epochs and run.info.get("stopped_early") is None:
         sweep.study.tell(trial, state=TrialState.PRUNED)
-        print(f"gradloop: sweep: trial {trial.number} pruned after epoch {done}: {metric} {values[-1]:.4f}",
-              file=stream, flush=True)
+        last = f": {metric} {values[-1]:.4f}" if values else ""
+        print(f"gradloop: sweep: trial {trial.number} pruned after epoch {done}{last}", file=stream, flush=True)
         return
+    if not values:
+        return _fail(sweep, trial, f"the run recorded no {metric}", lambda line: print(line, file=stream, flush=True))
     sweep.study.tell(trial, values[-1])
     print(f"gradloop: sweep: trial {trial.number} complete: {metric} {values[-1]:.4f}", file=stream, flush=True)
 
@@ -162,16 +170,18 @@ class PruneOnMetric(keras.callbacks.Callback):
     ``epochs``, where nothing is left to save. A resumed trial first reports the epochs of its
     checkpoint that the study has not heard of (its process died between the two)."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, *, epochs: int) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, *, epochs: int, validation_every: int = 1) -> None:
         super().__init__()
-        self.trial, self.epochs = trial, epochs
+        self.trial, self.epochs, self.validation_every = trial, epochs, validation_every
         self.key = metric.removeprefix("train_")  # the Keras name in the logs: loss, accuracy, val_loss, ...
 
     def on_train_begin(self, logs=None) -> None:
-        values = self.model.history.history.get(self.key, [])
+        validated = functools.partial(validates, validation_freq=self.validation_every)
+        history = rundir.aligned_history(self.model.history.history, validated)  # val_ lists: validated epochs only
+        values = history.get(self.key, [])
         frozen = next(t for t in self.trial.study.get_trials(deepcopy=False) if t.number == self.trial.number)
         for epoch, value in enumerate(values):
-            if epoch not in frozen.intermediate_values:
+            if value is not None and epoch not in frozen.intermediate_values:
                 self.trial.report(float(value), epoch)
         self._prune_after(len(values))
 
