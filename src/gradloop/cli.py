@@ -427,8 +427,8 @@ def _runs(args: argparse.Namespace) -> int:
 
     found, empty = runs.list_runs(args.dir)
     if empty:
-        print(f"gradloop: note: {', '.join(str(p) for p in empty)} hold{'s' * (len(empty) == 1)} no gradloop run; "
-              "left out", file=sys.stderr)
+        named = ", ".join(str(p) for p in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        print(f"gradloop: note: {named} hold{'s' * (len(empty) == 1)} no gradloop run; left out", file=sys.stderr)
     if args.json:
         print(json.dumps(runs.as_json(found), indent=2))
     elif found:

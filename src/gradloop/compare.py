@@ -182,7 +182,9 @@ def config_differences(compared: Sequence[Run]) -> list[tuple[str, ...]]:
 
 
 def _last(values: Any) -> Any:
-    return values[-1] if isinstance(values, list) and values else None
+    """The last measured value: an epoch without validation holds null."""
+    measured = [v for v in values if v is not None] if isinstance(values, list) else []
+    return measured[-1] if measured else None
 
 
 def _known(value: Any) -> Any:
