@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,14 @@ class Storage:
             import sqlalchemy  # with optuna's RDB storage; a journal sweep never needs it
 
             try:
-                try:
-                    return optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
-                except sqlalchemy.exc.IntegrityError:  # another process made Optuna's tables at the same moment
-                    return optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
+                for attempt in range(10):
+                    try:
+                        return optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
+                    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                        # Another process is making Optuna's tables at the same moment: wait for it to finish.
+                        if attempt == 9:
+                            raise
+                        time.sleep(0.5)
             except Exception as exc:  # the driver's own errors: no server, refused login, a missing driver
                 reason = " ".join(str(exc).split())[:200]
                 raise ConfigError(
