@@ -96,7 +96,8 @@ def _train(
     if resumed is not None:
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
-        run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held)
+        run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held,
+                                   class_weight=class_weight)
     _announce(config, data, trainer, state, path, out=out)
     if profile:
         from gradloop.profile import format_profile, profile_phases
@@ -159,11 +160,11 @@ def _trainer(
 def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed) -> None:
     """The loss and metrics on one batch, before anything is written: a loss or metric that does not fit
     the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step."""
-    x, y = next(iter(feed.train(0).take(1)))
-    y_pred = trainer.model(x, training=False)
     try:
         trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
     except (ValueError, TypeError, tf.errors.OpError) as exc:
+        x, y = next(iter(feed.train(0).take(1)))  # for the message: the model itself fits (models.check_model_fits)
+        y_pred = trainer.model(x, training=False)
         reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", " ".join(str(getattr(exc, "message", exc)).split()))[:200]
         raise ConfigError(
             f"the loss {describe_loss(trainer.loss)} or the metrics {', '.join(build.build_metrics(config, data.task))} do not fit "
@@ -174,7 +175,7 @@ def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed)
 
 def _start(
     config: TrainConfig, data: RunData, path: Path, trainer: Trainer, strategy: tf.distribute.Strategy, *,
-    overwrite: bool, held: contextlib.ExitStack,
+    overwrite: bool, held: contextlib.ExitStack, class_weight: dict[int, float] | None,
 ) -> tuple[rundir.RunDir, checkpoint.RunCheckpoint, None]:
     """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written,
     its lock kept in ``held``."""
@@ -185,7 +186,7 @@ def _start(
     held.enter_context(run.lock)
     saver = checkpoint.RunCheckpoint(run / rundir.CHECKPOINTS, trainer, hint=_START_OVER)  # after the old run is gone
     model_source = models.copy_model_source(config.model, run.path) if config.model not in MODELS else None
-    run.start(new_run_info(config, data, strategy, trainer, model_source=model_source))
+    run.start(new_run_info(config, data, strategy, trainer, model_source=model_source, class_weight=class_weight))
     rundir.write_text(run / rundir.MODEL_SUMMARY, models.summary_text(trainer.model))
     return run, saver, None
 
@@ -348,7 +349,8 @@ def _record_finished(
 
 
 def new_run_info(
-    config: TrainConfig, data: RunData, strategy: tf.distribute.Strategy, trainer: Trainer, *, model_source: str | None
+    config: TrainConfig, data: RunData, strategy: tf.distribute.Strategy, trainer: Trainer, *, model_source: str | None,
+    class_weight: dict[int, float] | None,
 ) -> dict:
     """run.json of a new run: its resolved config, data, model and versions."""
     classification = data.class_names is not None
@@ -369,7 +371,7 @@ def new_run_info(
         "model_source": model_source,
         "parameters": int(trainer.model.count_params()),
         "loss": describe_loss(trainer.loss),
-        "class_weight": _named(build.class_weights(config, data), data.class_names),
+        "class_weight": _named(class_weight, data.class_names),
         "metrics": trainer.metric_names,
         "best": best_measure(config, data, trainer),
         "strategy": config.strategy,

@@ -38,29 +38,28 @@ if TYPE_CHECKING:
 StepFn = Callable[..., "tuple[tf.Tensor, Any]"]
 
 
-def takes_sample_weight(step_fn: StepFn) -> bool:
-    """Whether ``step_fn`` has a fourth parameter (or ``sample_weight``, or ``*args``/``**kwargs``)."""
+def _sample_weight_passing(step_fn: StepFn) -> str | None:
+    """How ``step_fn`` takes sample weights: ``"position"`` (a fourth parameter, or ``*args``),
+    ``"keyword"`` (``sample_weight=``, or ``**kwargs``), or None (the three-argument contract)."""
     try:
         parameters = inspect.signature(step_fn).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable: assume the three-argument contract
-        return False
+        return None
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return (len(positional) >= 4 or any(p.name == "sample_weight" for p in parameters)
-            or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters))
-
-
-def _fourth_positional(step_fn: StepFn) -> bool:
-    parameters = inspect.signature(step_fn).parameters.values()
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 4 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    if len(positional) >= 4 or any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return "position"
+    if any(p.name == "sample_weight" or p.kind == p.VAR_KEYWORD for p in parameters):
+        return "keyword"
+    return None
 
 
 def call_step(step_fn: StepFn, trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None):
     """``step_fn(trainer, x, y[, sample_weight])``: the weights go to a step that takes them
     (as its fourth argument, or by keyword when that is how it takes them)."""
-    if takes_sample_weight(step_fn):
-        if _fourth_positional(step_fn):
-            return step_fn(trainer, x, y, sample_weight)
+    passing = _sample_weight_passing(step_fn)
+    if passing == "position":
+        return step_fn(trainer, x, y, sample_weight)
+    if passing == "keyword":
         return step_fn(trainer, x, y, sample_weight=sample_weight)
     if sample_weight is not None:
         name = getattr(step_fn, "__name__", repr(step_fn))
