@@ -165,6 +165,7 @@ FLAG_ROWS = {
     "clip norm word": Row(["train", "--clip-norm", "tight"], ARGPARSE, "--clip-norm: expected a number"),
     "accumulate 0": Row(["train", "--accumulate-steps", "0"], ConfigError, "accumulate_steps must be an integer >= 1"),
     "precision unknown": Row(["train", "--precision", "float8"], ARGPARSE, "invalid choice: 'float8'"),
+    "image cache unknown": Row(["train", "--image-cache", "ram"], ARGPARSE, "invalid choice: 'ram'"),
     "summary every 0": Row(["train", "--summary-every", "0"], ConfigError, "summary_every must be an integer >= 1"),
     "strategy unknown": Row(["train", "--strategy", "horovod"], ConfigError, "strategy must be one of default"),
     "replicas 0": Row(["train", "--strategy", "mirrored", "--replicas", "0"], ConfigError, "replicas must be an integer"),

@@ -24,7 +24,7 @@ def test_every_field_describes_its_flag_and_what_its_default_means():
     for field in dataclasses.fields(TrainConfig):
         flag = field.metadata["flag"]
         assert flag.help and (field.default is not None or flag.unset), field.name
-    resumable = ["--epochs", "--checkpoint-every", "--checkpoint-seconds", "--summary-every"]
+    resumable = ["--epochs", "--checkpoint-every", "--checkpoint-seconds", "--summary-every", "--image-cache"]
     assert [flag_name(key) for key in RESUMABLE] == resumable
     assert flag_name("jit_compile") == "--jit"
 

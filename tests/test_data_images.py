@@ -369,7 +369,7 @@ def test_a_restored_iterator_checkpoint_continues_exactly(tmp_path, digits):
 def test_image_files_hold_paths_and_read_pixels_only_when_iterated(tmp_path, digits):
     written = write_classes(tmp_path, digits, per_class=500, classes=NAMES)  # 2,000 images
     files = load(tmp_path).train
-    assert set(vars(files)) == {"paths", "y", "image_size", "color_mode", "uniform"}
+    assert set(vars(files)) == {"paths", "y", "image_size", "color_mode", "uniform", "decoded"} and files.decoded is None
     assert files.paths.dtype.kind == "U" and files.y.dtype == np.int64
     dataset = files.batches(None, 100)
     first = Path(files.paths[0])

@@ -262,6 +262,7 @@ class Processes:
     before: dict[str, dict]  # run.json of each killed run, as the kill left it
     resumed: dict[str, tuple[int, str]]  # exit status and output of each resume
     model_file_bytes: bytes  # the model file, deleted before the resumes
+    cached: dict[str, list[str]]  # the files in each killed image run's cache/ folder, as the kill left it
 
     def run(self, name: str) -> Path:
         return self.root / name.replace(" ", "_")
@@ -277,12 +278,14 @@ def processes(files, tmp_path_factory) -> Processes:
     root = tmp_path_factory.mktemp("processes")
     flags = process_flags(files)
     mirrored = [*flags["csv"][:-2], "--strategy", "mirrored", "--replicas", "2"]  # no mid-epoch checkpoints
-    argv = {**{f"{name} killed": f for name, f in flags.items()}, "csv mirrored": mirrored}
+    # "images off": killed with its images decoded into cache/, resumed with --image-cache off (from the files)
+    argv = {**{f"{name} killed": f for name, f in flags.items()}, "images off killed": flags["images"],
+            "csv mirrored": mirrored}
     procs = {name: start("train", *a, "--run-dir", str(root / name.replace(" ", "_")),
                          log=root / f"{name.replace(' ', '_')}.log") for name, a in argv.items()}
     try:
         # Not in a thread beside the runs here: their tracing holds the GIL long enough for a kill to miss epoch 1.
-        killed = {name: (procs[f"{name} killed"], root / f"{name}_killed") for name in flags}
+        killed = {name: (procs[f"{name} killed"], root / f"{name.replace(' ', '_')}_killed") for name in [*flags, "images off"]}
         kill_each_after_checkpoint(killed, KILL_AFTER)
         for name, f in flags.items():
             train_here(*f, "--run-dir", str(root / name))
@@ -292,10 +295,13 @@ def processes(files, tmp_path_factory) -> Processes:
             if proc.poll() is None:  # this fixture failed: leave no process behind
                 proc.kill()
     before = {name: json.loads((root / f"{name}_killed" / "run.json").read_text()) for name in flags}
+    cached = {name: sorted(p.name for p in (root / f"{name}_killed" / "cache").iterdir()) for name in ("images", "images_off")}
     model_file_bytes = files.model_file.read_bytes()
     files.model_file.unlink()  # the resume must build the model from the run's own copy
     again = {name: start("train", "--resume", "--run-dir", str(root / f"{name}_killed"),
                          log=root / f"{name}_resumed.log") for name in flags}
+    again["images off"] = start("train", "--resume", "--run-dir", str(root / "images_off_killed"), "--image-cache", "off",
+                                log=root / "images off_resumed.log")
     try:
         resumed = {name: (proc.wait(timeout=900), (root / f"{name}_resumed.log").read_text())
                    for name, proc in again.items()}
@@ -303,7 +309,7 @@ def processes(files, tmp_path_factory) -> Processes:
         for proc in again.values():
             if proc.poll() is None:
                 proc.kill()
-    return Processes(root, first, before, resumed, model_file_bytes)
+    return Processes(root, first, before, resumed, model_file_bytes, cached)
 
 
 def train_here(*argv: str) -> None:
@@ -488,6 +494,21 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_bit_identical_to_an_unstopped_o
         assert got[key] == expected[key], key
     info = json.loads((resumed / "run.json").read_text())
     assert info["status"] == "finished" and info["epochs_done"] == info["config"]["epochs"]
+
+
+@SLOW
+def test_an_image_run_reads_its_decoded_copy_until_it_finishes_and_resumes_exactly_from_the_files(processes):
+    for name in ("images", "images_off"):  # killed mid-epoch 1: each split decoded once, into a file of its own
+        assert [re.sub("-[0-9a-f]{16}", "-KEY", f) for f in processes.cached[name]] == ["train-KEY.npy", "val-KEY.npy"]
+    assert processes.resumed["images off"][0] == 0, processes.resumed["images off"][1]
+    unstopped, resumed = processes.run("images"), processes.run("images off killed")
+    for run in (unstopped, resumed, processes.run("images killed")):
+        assert not (run / "cache").exists()  # gone when the run finished
+    for model_file in ("model.keras", "model.best.keras"):  # the copy's pixels before the kill, the files' after it
+        assert all(np.array_equal(a, b) for a, b in zip(weights(unstopped / model_file), weights(resumed / model_file)))
+    expected, got = history(unstopped), history(resumed)
+    assert all(got[key] == expected[key] for key in set(expected) - {"train_time"})
+    assert json.loads((resumed / "run.json").read_text())["config"]["image_cache"] == "off"  # the resume's own
 
 
 # ----------------------------------------------------------------------------------- 4. evaluate, report, export

@@ -359,6 +359,14 @@ def test_a_fifo_for_run_lock_does_not_hang_runs(run, tmp_path, capsys):
     assert listed["status"] == "killed"
 
 
+def test_a_cache_folder_linked_out_is_not_resumed_into(run, tmp_path, capsys):
+    outside = tmp_path / "outside-cache"
+    outside.mkdir()
+    (run / "cache").symlink_to(outside)  # where a resume would decode an image folder's pixels
+    refused(capsys, ["train", "--resume", "--epochs", "3", "--run-dir", str(run)], match="leads out of the run directory")
+    assert list(outside.iterdir()) == []
+
+
 def test_a_checkpoints_folder_linked_out_is_not_resumed_into(run, tmp_path, capsys):
     outside = tmp_path / "outside-checkpoints"
     shutil.move(run / "checkpoints", outside)

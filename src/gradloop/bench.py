@@ -436,7 +436,8 @@ def run_data_bench(config: TrainConfig, *, seconds: float = 3.0, rounds: int = 3
         "variants": {
             name: {"samples_per_s": statistics.median(all_rounds[name]), "all_rounds": all_rounds[name],
                    "peak_rss_mib": finished[name]["peak_rss_mib"],
-                   "setup_peak_rss_mib": described[name]["peak_rss_mib"]}  # data read, model built, not trained
+                   "setup_peak_rss_mib": described[name]["peak_rss_mib"],  # data read, model built, not trained
+                   "decode_seconds": described[name]["decode_seconds"]}  # reading the images before training
             for name in DATA_VARIANTS
         },
         "ratios": {STREAMED_RATIO: paired_ratio(all_rounds["streamed"], all_rounds["in memory"])},
@@ -464,6 +465,8 @@ def format_data_table(result: dict) -> str:
           f"{v[name]['setup_peak_rss_mib']:>17.0f}{_streamed_is(result, name):>13}" for name in DATA_VARIANTS),
         f"{'baseline':<12}{'':>12}{result['baseline_rss_mib']:>14.0f}"
         "   (TensorFlow imported and the model built, no data)",
+        f"decoding before training: streamed {v['streamed']['decode_seconds']:.1f} s (into a copy on disk, "
+        f"unless --image-cache off), in memory {v['in memory']['decode_seconds']:.1f} s (into an array)",
         f"decoded images: {result['n_train']:,} x {' x '.join(map(str, shape))} x {FLOAT32_BYTES} bytes = "
         f"{result['decoded_mib']:.1f} MiB; "
         f"model footprint (weights + optimizer state): {result['footprint_mib']:.1f} MiB",

@@ -14,7 +14,8 @@ variants in turn, never two at once:
 
 The variants (``VARIANTS``):
 
-    streamed     the image folder as ``gradloop train --data DIR`` reads it: ImageFiles, decoded as batches are drawn
+    streamed     the image folder as ``gradloop train --data DIR`` reads it: ImageFiles, decoded once into a
+                 scratch folder's copy (as into a run's cache/; from the files every epoch with --image-cache off)
     in memory    the same images decoded once into a float32 array (ArrayExamples), as a built-in data set is
     baseline     TensorFlow imported and the model built, no data: what any training process holds anyway
 
@@ -26,13 +27,17 @@ from the same initial weights and optimizer state, on the same batches (epoch
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -74,6 +79,7 @@ class Run:
         # epoch -> its batches, drawn as train draws them (the baseline has none)
         self.epochs = None if variant == "baseline" else examples.epochs(data.train, batch_size=batch_size, seed=seed)
         self.initial: list[np.ndarray] = []
+        self.decode_seconds: float | None = None  # reading the data before training: decoding it into memory or a copy
 
     @classmethod
     def start(cls, variant: str, values: dict[str, Any]) -> "Run":
@@ -87,10 +93,12 @@ class Run:
         from gradloop import build
         from gradloop import step as step_lib
         from gradloop.config import build_config
+        from gradloop.data import image_cache
         from gradloop.data.examples import ArrayExamples
         from gradloop.errors import ConfigError
 
         config = build_config(values["config"])
+        decode_seconds = None
         if variant == "baseline":
             data = no_examples(tuple(values["element_shape"]), tuple(values["class_names"]))
         else:
@@ -99,12 +107,19 @@ class Run:
                 raise ConfigError(f"bench --data times images streamed from disk against held in memory, and "
                                   f"{config.data} is {data.kind} data, read into memory anyway; pass a folder with "
                                   "a sub-folder of images per class")
+            started = time.perf_counter()
             if variant == "in memory":
                 data = dataclasses.replace(data, train=ArrayExamples(decode(data.train), data.train.y))
+            elif config.image_cache != "off":  # as train reads a folder: decoded once into the run's folder
+                scratch = tempfile.mkdtemp(prefix="gradloop-bench-")
+                atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+                data = image_cache.decode_once(data, Path(scratch), notify=lambda line: print(line, file=sys.stderr))
+            decode_seconds = time.perf_counter() - started
         keras.utils.set_random_seed(config.seed)  # the same initial weights in every process
         steps_per_epoch = max(1, -(-data.train.n // config.batch_size))
         trainer = build.build_trainer(config, tf.distribute.get_strategy(), data, step_lib.train_step, steps_per_epoch)
         run = cls(variant, trainer, data, batch_size=config.batch_size, seed=config.seed)
+        run.decode_seconds = decode_seconds
         if variant != "baseline":
             trainer.build(run.epochs(0))  # the variables, before any training: each timed run starts from them
             run.initial = [v.numpy() for v in run.variables()]
@@ -120,6 +135,7 @@ class Run:
             "description": self.data.description, "model": model.name, "parameters": model.count_params(),
             "onednn_kernels": cpu.onednn_kernels(),
             "peak_rss_mib": peak_rss_mib(),  # set up, before any training: the baseline's figure
+            "decode_seconds": self.decode_seconds,
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:

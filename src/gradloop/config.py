@@ -30,6 +30,7 @@ REFERENCE_CLASSES = (0, 1, 2)  # the tutorial's digits, when no --data (which ke
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "step")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+IMAGE_CACHE = ("auto", "off")  # gradloop.data.image_cache: decode an image folder once, or every epoch
 # --model: a built-in, FILE.py:FUNCTION or package.module:FUNCTION, or a saved FILE.keras
 MODEL_SPEC = re.compile(r"(?:.+\.keras|.+:[A-Za-z_][A-Za-z0-9_]*)")
 MAX_SEED = 2**32 - 1  # numpy's legacy seed, which keras.utils.set_random_seed sets, takes no more
@@ -96,6 +97,11 @@ class TrainConfig:
     )
     color_mode: str | None = _option(
         None, "image channels", choices=COLOR_MODES, parser_checks_choices=False, unset="what the images are",
+    )
+    image_cache: str = _option(
+        "auto", "an image folder's pixels: auto decodes them once into the run's cache/ folder (when half the free "
+        "disk holds them; deleted when the run finishes) and reads them from there every epoch; off decodes the "
+        "files every epoch", choices=IMAGE_CACHE,
     )
     fill: str | None = _option(
         None, "missing CSV cells: the training column's mean, zero, or drop the row", choices=FILLS,
@@ -188,6 +194,7 @@ class TrainConfig:
         if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
             raise ConfigError(f"clip_norm must be a finite number > 0 (a global gradient norm), got {_short(self.clip_norm)}")
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("image_cache", self.image_cache, IMAGE_CACHE)
         if not _is_number(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0 such as 1e-4, got {_short(self.lr)}")
         if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
@@ -446,8 +453,8 @@ def _parse_float(name: str, text: str) -> float:
         raise ConfigError(f"{name} must be a number, got {_short(text)}") from None
 
 
-# What a resumed run may change: when it stops and how often it saves, never what it computes.
-RESUMABLE = ("epochs", "checkpoint_every", "checkpoint_seconds", "summary_every")
+# What a resumed run may change: when it stops, how often it saves and where it reads its images from, never what it computes.
+RESUMABLE = ("epochs", "checkpoint_every", "checkpoint_seconds", "summary_every", "image_cache")
 
 
 def resumed_config(saved: Mapping[str, Any], file_values: Mapping[str, Any] | None = None, **flags: Any) -> TrainConfig:

@@ -30,7 +30,7 @@ import tensorflow as tf
 from gradloop import __version__, atomic, build, checkpoint, cpu, distribute, models, plots, progress, rundir, stopping, summaries
 from gradloop import step as step_lib
 from gradloop.config import MODELS, TrainConfig
-from gradloop.data import examples
+from gradloop.data import examples, image_cache
 from gradloop.data.run_data import RunData
 from gradloop.data.sources import describe_change
 from gradloop.errors import ConfigError, DataError, DiskFullError, RunDirError, TrainingError
@@ -94,10 +94,14 @@ def _train(
     check_fits(config, data, trainer, feed)
     class_weight = build.class_weights(config, data)
     if resumed is not None:
+        check_same_data(config, resumed, data)
+        feed = Feed.of(config, _decoded_once(config, data, path, notify))  # before the restore: it reads the copy
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
         run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held,
                                    class_weight=class_weight)
+        with _ending_recorded(run, config, chief=chief):
+            feed = Feed.of(config, _decoded_once(config, data, path, notify))
     _announce(config, data, trainer, state, path, out=out)
     if profile:
         from gradloop.profile import format_profile, profile_phases
@@ -252,6 +256,23 @@ def _model_spec(resumed: rundir.RunDir | None) -> str | None:
     return source  # package.module:FUNCTION, importable as it was
 
 
+def check_same_data(config: TrainConfig, resumed: rundir.RunDir, data: RunData) -> None:
+    """A resume needs the data its run started on (run.json's fingerprint)."""
+    then = resumed.info.get("data", {}).get("fingerprint")
+    if then and then != data.fingerprint:
+        raise RunDirError(
+            f"the data in {config.data} changed since run {config.run_dir} started ({describe_change(then, data.fingerprint)}); "
+            "a resume needs the same data: put it back, or start a new run"
+        )
+
+
+def _decoded_once(config: TrainConfig, data: RunData, path: Path, notify: Callable[[str], None]) -> RunData:
+    """An image folder's training and validation images decoded once into the run's cache/ (--image-cache)."""
+    if config.image_cache == "off" or data.kind != "images":
+        return data
+    return image_cache.decode_once(data, rundir.own_path(path, rundir.CACHE), notify=notify)
+
+
 def _resume(
     config: TrainConfig, resumed: rundir.RunDir, data: RunData, path: Path, trainer: Trainer, feed: Feed, *,
     notify: Callable[[str], None],
@@ -260,12 +281,6 @@ def _resume(
     the chief's checkpoint (on a file system they share); the others save to scratch (``path``,
     whose own RunDir then holds the chief's run.json). A resume on other kernels than the run's
     last is said, since it cannot end bit-identical to an unstopped run."""
-    then = resumed.info.get("data", {}).get("fingerprint")
-    if then and then != data.fingerprint:
-        raise RunDirError(
-            f"the data in {config.data} changed since run {config.run_dir} started ({describe_change(then, data.fingerprint)}); "
-            "a resume needs the same data: put it back, or start a new run"
-        )
     saver = checkpoint.RunCheckpoint(
         path / rundir.CHECKPOINTS, trainer, restore_from=resumed / rundir.CHECKPOINTS, hint=_START_OVER
     )
@@ -329,6 +344,7 @@ def _ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) ->
         raise
     except (TrainingError, DataError) as exc:
         run.failed(str(exc))
+        image_cache.remove(run / rundir.CACHE)  # a failed run does not resume, so nothing reads the copy again
         raise
 
 
@@ -337,6 +353,7 @@ def _record_finished(
 ) -> None:
     """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
     (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""
+    image_cache.remove(run / rundir.CACHE)  # nothing reads the decoded images any more
     rundir.save_model(trainer.model, run / rundir.MODEL)
     tutorial = run.write_history(run.recorded_history())  # Keras' val_ lists skip unvalidated epochs; these do not
     plots.plot_history(tutorial, run / rundir.HISTORY_PNG, metric=next(iter(trainer.metric_names), None))

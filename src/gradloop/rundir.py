@@ -81,6 +81,7 @@ BEST_MODEL = "model.best.keras"
 MODEL_SOURCE = "model_source.py"  # a copy of --model FILE.py, which a resume builds the model from
 MODEL_SUMMARY = "model_summary.txt"  # Keras' model.summary(): layers, output shapes, parameter counts
 CHECKPOINTS = "checkpoints"
+CACHE = "cache"  # an unfinished run's image folder, decoded once (gradloop.data.image_cache)
 TENSORBOARD = "tensorboard"
 REPORT = "report"
 SAVED_MODEL = "saved_model"
@@ -692,7 +693,7 @@ def check_resumable(path: str | os.PathLike, *, epochs: int, workers: int = 1, w
     path, info = run.path, run.info
     if writer:
         check_not_in_use(path)
-    for name in (CHECKPOINTS, TENSORBOARD, *_WRITTEN_FILES):  # what a resume writes stays in the folder
+    for name in (CHECKPOINTS, TENSORBOARD, CACHE, *_WRITTEN_FILES):  # what a resume writes stays in the folder
         own_path(path, name)
     checkpoints = path / CHECKPOINTS
     # The state file, or any checkpoint by its name: a lost state file leaves the checkpoints resumable.

@@ -30,6 +30,7 @@ Both are the run's ``preprocessing``; evaluate passes it back as
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -62,10 +63,14 @@ class ImageFiles:
     Each example is ``load_image(path)``: a float32 ``image_size + (channels,)`` array
     in [0, 1]. ``batches(order, b)`` reads the files in ``order`` on tf.data's
     threads, in that order, and its iterator checkpoints as a position alone.
+    ``decoded``: a ``.npy`` file holding every example already decoded, row ``i``
+    for ``paths[i]`` (:mod:`gradloop.data.image_cache` makes it); batches then
+    gather their rows from it instead of decoding files, to the very same pixels.
     """
 
     def __init__(
-        self, *, paths: np.ndarray, y: np.ndarray, image_size: tuple[int, int], color_mode: str, uniform: bool = False
+        self, *, paths: np.ndarray, y: np.ndarray, image_size: tuple[int, int], color_mode: str, uniform: bool = False,
+        decoded: str | None = None,
     ) -> None:
         paths, y = np.asarray(paths, dtype=str), np.asarray(y)
         if paths.ndim != 1 or y.shape != paths.shape:
@@ -79,6 +84,7 @@ class ImageFiles:
         # image is then decoded as it is and the batch converted to float once (what a 2-core machine
         # spends per image counts: docs/performance.md), with the very same pixels.
         self.uniform = uniform
+        self.decoded = decoded
 
     @property
     def n(self) -> int:
@@ -88,6 +94,11 @@ class ImageFiles:
     def element_shape(self) -> tuple[int, ...]:
         return (*self.image_size, CHANNELS[self.color_mode])
 
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """What a decoded copy holds per pixel: the files' own uint8 when they need no conversion, else the float32 result."""
+        return np.dtype(np.uint8 if self.uniform else np.float32)
+
     def subset(self, rows: np.ndarray) -> ImageFiles:
         return ImageFiles(paths=self.paths[rows], y=self.y[rows], image_size=self.image_size,
                           color_mode=self.color_mode, uniform=self.uniform)
@@ -95,11 +106,13 @@ class ImageFiles:
     def batches(self, order: np.ndarray | None, batch_size: int) -> tf.data.Dataset:
         """The (images, labels) batches of the examples in ``order`` (None: the natural order).
 
-            from_tensor_slices(paths[order], y[order]) -> map(load_image) -> batch -> prefetch
+            from_tensor_slices(paths[order] or order, y[order]) -> batch -> map(read the batch) -> prefetch
 
-        Decoding runs in parallel but hands the images on in order. The
-        iterator's checkpoint is symbolic (its position, not the decoded images
-        buffered ahead): a restored iterator decodes them again.
+        A batch is read by decoding its files, or by gathering its rows from
+        ``decoded``; both pipelines have the same stages, so an iterator checkpoint
+        of one restores into the other. Reading runs in parallel but hands the
+        batches on in order. The iterator's checkpoint is symbolic (its position,
+        not the images buffered ahead): a restored iterator reads them again.
         """
         import tensorflow as tf
 
@@ -108,32 +121,68 @@ class ImageFiles:
         rows = np.arange(self.n) if order is None else np.asarray(order, dtype=np.int64)
         if len(rows) == 0:
             raise DataError("cannot build a pipeline over 0 images; pass a non-empty split")
-        image_size, color_mode = self.image_size, self.color_mode
-        examples = tf.data.Dataset.from_tensor_slices((self.paths[rows], self.y[rows]))
+        sources = rows if self.decoded is not None else self.paths[rows]
+        read = self._gather_batch() if self.decoded is not None else self._decode_batch(as_stored=False)
+        batches = (
+            tf.data.Dataset.from_tensor_slices((sources, self.y[rows])).batch(int(batch_size))
+            .map(lambda batch, labels: (read(batch), labels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+            .apply(tf.data.experimental.assert_cardinality(math.ceil(len(rows) / batch_size)))
+        )
+        options = tf.data.Options()
+        options.experimental_symbolic_checkpoint = True
+        return batches.with_options(options)
+
+    def stored_batches(self, batch_size: int) -> tf.data.Dataset:
+        """Every example in the natural order, decoded, as a decoded copy stores them (``stored_dtype``), in batches."""
+        import tensorflow as tf
+
+        read = self._decode_batch(as_stored=True)
+        return (tf.data.Dataset.from_tensor_slices(self.paths).batch(int(batch_size))
+                .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(1))
+
+    def _decode_batch(self, *, as_stored: bool):
+        """``paths -> images`` of a batch: float32 in [0, 1], or ``stored_dtype`` (``as_stored``)."""
+        import tensorflow as tf
+
+        shape, image_size, color_mode = self.element_shape, self.image_size, self.color_mode
         if self.uniform:
-            shape = (*image_size, CHANNELS[color_mode])
 
             def decode(path: tf.Tensor) -> tf.Tensor:
                 image = tf.io.decode_image(tf.io.read_file(path), channels=shape[-1], expand_animations=False)
                 return tf.ensure_shape(image, shape)
 
-            def load_batch(paths: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            def read(paths: tf.Tensor) -> tf.Tensor:
                 images = tf.map_fn(decode, paths, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
-                return tf.cast(images, tf.float32) / 255.0, labels
-
-            batches = examples.batch(int(batch_size)).map(load_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                return images if as_stored else _to_float(images)
         else:
 
-            def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                return load_image(path, image_size=image_size, color_mode=color_mode), label
+            def read(paths: tf.Tensor) -> tf.Tensor:
+                return tf.map_fn(lambda path: load_image(path, image_size=image_size, color_mode=color_mode), paths,
+                                 fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
-            batches = examples.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(int(batch_size))
-        batches = batches.prefetch(tf.data.AUTOTUNE).apply(
-            tf.data.experimental.assert_cardinality(math.ceil(len(rows) / batch_size))
-        )
-        options = tf.data.Options()
-        options.experimental_symbolic_checkpoint = True
-        return batches.with_options(options)
+        return read
+
+    @functools.cached_property
+    def _stored(self) -> np.ndarray:
+        """The decoded copy, mapped read-only, once: the operating system keeps what fits of it in memory and
+        reads the rest from disk (a mapping per epoch would count its pages in the RSS once per epoch)."""
+        return np.load(self.decoded, mmap_mode="r", allow_pickle=False)
+
+    def _gather_batch(self):
+        """``rows -> images`` of a batch, gathered from the decoded copy."""
+        import tensorflow as tf
+
+        stored, shape, dtype = self._stored, self.element_shape, self.stored_dtype
+
+        def read(rows: tf.Tensor) -> tf.Tensor:
+            # stateful=False: the copy never changes, so tf.data may checkpoint and restore the pipeline.
+            images = tf.numpy_function(lambda r: stored[r], [rows],
+                                       tf.as_dtype(dtype), stateful=False)
+            images = tf.ensure_shape(images, (None, *shape))
+            return _to_float(images) if dtype == np.uint8 else images
+
+        return read
 
     def check_decodable(self) -> None:
         """Raise a one-line DataError naming the first file TensorFlow cannot decode; return if all decode.
@@ -158,6 +207,13 @@ def load_image(path: tf.Tensor, *, image_size: tuple[int, int], color_mode: str)
     same_size = tf.reduce_all(tf.shape(image)[:2] == size)
     image = tf.cond(same_size, lambda: image, lambda: tf.image.resize(image, size, "bilinear"))
     return tf.ensure_shape(image, (*image_size, CHANNELS[color_mode]))
+
+
+def _to_float(images: tf.Tensor) -> tf.Tensor:
+    """uint8 pixels as float32 in [0, 1], as MNIST's are scaled."""
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32) / 255.0
 
 
 def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
