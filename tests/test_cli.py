@@ -175,6 +175,7 @@ CONFIG_SAMPLES = {
 # The keys of your own data (--data excludes --dataset and --data-dir, and reads classes by name).
 OWN_DATA_SAMPLES = {
     "data": (["--data", "/data/table.csv"], "/data/table.csv"),
+    "image_cache": (["--image-cache", "off"], "off"),
     "target": (["--target", "species"], "species"),
     "task": (["--task", "regression"], "regression"),
     "image_size": (["--image-size", "32,48"], [32, 48]),
@@ -235,12 +236,12 @@ def test_the_train_help_states_each_default_of_the_config():
             assert config.build_config(**{field.name: value}) == config.TrainConfig(), field.name
 
 
-def test_argparse_checks_the_choices_of_lr_schedule_and_precision_and_the_config_the_others():
+def test_argparse_checks_the_choices_of_lr_schedule_precision_and_image_cache_and_the_config_the_others():
     """Which check refuses a value decides the message: argparse's "invalid choice" or the config's "must be one of".
     --model takes files and modules too, so the config checks it."""
     train = command_parser("train")
     checked = {a.dest: a.choices for a in train._actions if a.choices is not None}
-    assert checked == {"lr_schedule": config.LR_SCHEDULES, "precision": config.PRECISIONS}
+    assert checked == {"lr_schedule": config.LR_SCHEDULES, "precision": config.PRECISIONS, "image_cache": config.IMAGE_CACHE}
     listed = {a.dest: a.metavar for a in train._actions if a.dest in ("dataset", "strategy", "task", "color_mode", "fill")}
     assert listed == {"dataset": "{mnist,fashion_mnist,mnist-sample}", "strategy": "{default,mirrored,multi_worker}",
                       "task": "{classification,regression}", "color_mode": "{grayscale,rgb,rgba}",

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-CORE = ("trainer", "inference", "step", "compiled", "state", "distribute", "checkpoint", "stopping", "schedules",
+CORE = ("trainer", "inference", "in_memory", "step", "compiled", "state", "distribute", "checkpoint", "stopping", "schedules",
         "optimizer_kernels", "release", "summaries", "progress", "lr_range")
 SHARED = ("gradloop", "gradloop.errors", "gradloop.atomic")  # what the core and the application both use
 

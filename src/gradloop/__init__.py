@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 from gradloop.errors import ConfigError, DataError, DiskFullError, GradloopError, RunDirError, TrainingError
 
 __version__ = "0.1.0"
-__all__ = ["Trainer", "CompileOptions", "ConfigError", "DataError", "DiskFullError", "GradloopError", "RunDirError",
+__all__ = ["Trainer", "CompileOptions", "InMemory", "ConfigError", "DataError", "DiskFullError", "GradloopError", "RunDirError",
            "TrainingError", "__version__"]
 
 if TYPE_CHECKING:
     from gradloop.compiled import CompileOptions
+    from gradloop.in_memory import InMemory
     from gradloop.trainer import Trainer
 
 
@@ -30,4 +31,8 @@ def __getattr__(name: str) -> Any:
         from gradloop.compiled import CompileOptions
 
         return CompileOptions
+    if name == "InMemory":
+        from gradloop.in_memory import InMemory
+
+        return InMemory
     raise AttributeError(f"module 'gradloop' has no attribute {name!r}")

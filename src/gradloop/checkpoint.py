@@ -9,9 +9,10 @@ A checkpoint (``RUN_DIR/checkpoints/ckpt-N``) is this bundle:
     iterator   the data's position: the rest of this epoch's order (or the next epoch's)
     epoch, step, seconds, history   the trainer's LoopState, history as JSON
 
-A distributed iterator (``tf.distribute``) cannot be saved; then the position
-is rebuilt on restore as ``train(epoch).skip(step)``, which is exact for
-training data given as ``epoch -> dataset``.
+A distributed iterator (``tf.distribute``) cannot be saved, and in-memory data
+(:class:`gradloop.in_memory.InMemory`) has none; then the position is rebuilt on
+restore as ``train(epoch).skip(step)``, which is exact for training data given
+as ``epoch -> dataset`` or ``InMemory``.
 
 so that a run stopped after any step group and resumed computes what it would
 have computed without the stop: bit for bit under ``--deterministic``, given
@@ -48,7 +49,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from gradloop import atomic, distribute
+from gradloop import atomic, distribute, in_memory
 from gradloop.errors import DiskFullError, RunDirError
 from gradloop.state import LoopState
 from gradloop.trainer import TrainData, Trainer
@@ -196,7 +197,10 @@ class RunCheckpoint:
             raise _Unreadable(exc) from None
         data = train(epoch) if callable(train) else train  # the saved epoch's order
         self.trainer.build(data)  # the variables must exist to be restored into
-        if saved.has_tensor("iterator/.ATTRIBUTES/ITERATOR_STATE"):
+        # In-memory data's position is its step: an epoch's order comes from the seed and the epoch alone
+        # (a dataset's saved position, from before it was held in memory, says the same).
+        restore_position = saved.has_tensor("iterator/.ATTRIBUTES/ITERATOR_STATE") and not isinstance(data, in_memory.Epoch)
+        if restore_position:
             iterator = self._bundle.iterator = self.trainer.make_iterator(data)  # the position is restored into it
         else:
             iterator = self.trainer.make_iterator(data.skip(step))
@@ -209,7 +213,11 @@ class RunCheckpoint:
                 stand_in = keras.metrics.Mean(name="loss")  # as they were saved, split over replicas alike
             self._bundle.metrics = [*stand_in.variables, *metrics[len(tracker.variables):]]
         try:
-            self._bundle.restore(path).assert_consumed()
+            restored = self._bundle.restore(path)
+            if isinstance(data, in_memory.Epoch):
+                restored.assert_existing_objects_matched()  # a saved dataset position, if any, is left unread
+            else:
+                restored.assert_consumed()
             history = json.loads(self._history.numpy().decode("utf-8"))
         except _DAMAGED as exc:
             raise _Unreadable(exc) from None

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import keras
 import tensorflow as tf
 
-from gradloop import distribute, optimizer_kernels
+from gradloop import distribute, in_memory, optimizer_kernels
 from gradloop import step as step_lib
 
 # run(iterator, num_steps) -> (steps done, {metric name: running result})
@@ -32,6 +32,12 @@ LossSpec = Any
 MetricsSpec = "Sequence[keras.metrics.Metric | str] | Mapping[str, Any] | None"
 
 
+# Compiling a group with XLA costs seconds once (1-3 s for the reference MLP, a partial last batch's
+# shape again) and saves a fraction of a millisecond per step: by default a fit shorter than this
+# stays on the graph (docs/performance.md).
+XLA_AUTO_MIN_STEPS = 2048
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     """Choices that change the compiled function; changing one means a new trace.
@@ -39,13 +45,19 @@ class CompileOptions:
     ``steps_per_execution``: steps run inside one compiled call (a
     ``tf.while_loop`` over the iterator), like Keras' ``steps_per_execution``
     and Orbit's ``steps_per_loop``. Callbacks' batch hooks run once per call.
-    ``jit_compile``: XLA-compile the step (loss, gradients, update, metrics).
+    ``jit_compile``: XLA. None (the default): in a ``fit`` of at least
+    ``XLA_AUTO_MIN_STEPS`` steps, a group of steps on in-memory data
+    (:class:`gradloop.in_memory.InMemory`) is one XLA computation, gathers
+    included, falling back to TensorFlow's graph, with a warning, when XLA
+    cannot compile it (an op it lacks); shorter fits, and steps on datasets,
+    run on the graph. True: XLA for every in-memory group and for each step on
+    a dataset, no fall-back. False: no XLA.
     ``fused_optimizer``: run Keras Adam's and SGD-with-momentum's update on
     TensorFlow's fused kernels (same formula; see :mod:`gradloop.optimizer_kernels`).
     """
 
     steps_per_execution: int = 32
-    jit_compile: bool = False
+    jit_compile: bool | None = None
     fused_optimizer: bool = True
 
     def __post_init__(self) -> None:
@@ -53,6 +65,8 @@ class CompileOptions:
         # The count travels as an int32 tensor, and tf.constant(2**32, tf.int32) silently wraps to 0.
         if isinstance(spe, bool) or not isinstance(spe, int) or not 1 <= spe < 2**31:
             raise ValueError(f"steps_per_execution must be an integer from 1 to {2**31 - 1}, got {spe!r}")
+        if self.jit_compile not in (None, True, False):
+            raise ValueError(f"jit_compile must be None (XLA where it compiles), True or False, got {self.jit_compile!r}")
 
 
 class CompiledModel:
@@ -101,7 +115,17 @@ class CompiledModel:
         self._train_fn = self._test_fn = self._predict_fn = None
         self._outputs = None  # the model's output structure, of tf.TensorSpec with an unknown batch size
         self._metrics_built = False
+        self._xla_groups = options.jit_compile is True  # in-memory groups on XLA (fit decides for None)
         _warn_if_steps_are_overridden(model)
+
+    def plan_steps(self, total_steps: int | None) -> None:
+        """Before a fit of ``total_steps`` steps: with ``jit_compile=None``, whether its in-memory step
+        groups run on XLA: in a long fit (where the compile pays off) of a model without convolutions
+        (XLA's CPU convolutions are far slower than oneDNN's). Decided on the fit's whole length, a
+        resumed fit's too, so that a resume computes on what the unstopped run did."""
+        if self.options.jit_compile is None:
+            long_fit = total_steps is not None and total_steps >= XLA_AUTO_MIN_STEPS
+            self._xla_groups = long_fit and not _has_convolutions(self.model)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -145,6 +169,7 @@ class CompiledModel:
 
         ``fit`` calls it; call it first to restore a checkpoint into the variables.
         """
+        data = in_memory.as_dataset(data)
         has_targets = keras.utils.unpack_x_y_sample_weight(data.element_spec)[1] is not None
         if self._outputs is not None and (self._metrics_built or not has_targets):
             return
@@ -181,8 +206,21 @@ class CompiledModel:
                 self._train_fn = self.make_train_function()
 
     def make_train_function(self) -> MultiStepFn:
-        """``run(iterator, num_steps)`` over the training step (see :meth:`_make_multi_step`)."""
-        return self._make_multi_step(self._train_step, class_weight=self._class_weight)
+        """``run(iterator, num_steps)`` over the training step (see :meth:`_make_multi_step`); on
+        in-memory data (an :class:`~gradloop.in_memory.Position` for an iterator), the group of steps
+        gathers its batches by index and is XLA-compiled (see :meth:`_make_in_memory_steps`)."""
+        on_dataset = self._make_multi_step(self._train_step, class_weight=self._class_weight)
+        in_memory_steps = self._make_in_memory_steps(self._train_step, class_weight=self._class_weight)
+
+        def run(iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+            if isinstance(iterator, in_memory.Position):
+                return in_memory_steps(iterator, int(num_steps))
+            return on_dataset(iterator, num_steps)
+
+        # Traces of every compiled function behind it (tf.function's counter, as for the other functions).
+        run.experimental_get_tracing_count = lambda: (
+            on_dataset.experimental_get_tracing_count() + in_memory_steps.experimental_get_tracing_count())
+        return run
 
     def make_test_function(self) -> MultiStepFn:
         """``run(iterator, num_steps)`` over the inference step: forward pass and loss, no update."""
@@ -202,14 +240,7 @@ class CompiledModel:
         element spec, so that batch runs through the same trace. The results come back with
         the count, so reporting them costs no further call per group of steps.
         """
-        weigh = None if class_weight is None else _class_weights(class_weight)
-
-        def one_step(x: Any, y: Any, sample_weight: Any) -> None:
-            if weigh is not None:  # on each replica's part of the batch, its own labels
-                sample_weight = weigh(y, sample_weight)
-            loss, y_pred = step_lib.call_step(step_fn, self, x, y, sample_weight)
-            self.update_metrics(loss, y, y_pred, sample_weight, x=x)
-
+        one_step = self._one_step(step_fn, class_weight)
         if self.options.jit_compile:
             one_step = tf.function(one_step, jit_compile=True)
         if distribute.is_distributed(self.strategy):
@@ -225,6 +256,83 @@ class CompiledModel:
             done, _ = _for_batches(iterator, num_steps, train_on, ())
             return done, self.results()
 
+        return run
+
+    def _one_step(self, step_fn: step_lib.StepFn, class_weight: Mapping[int, float] | None) -> Callable:
+        """``one_step(x, y, sample_weight)``: the step, then the metrics; class weights applied first."""
+        weigh = None if class_weight is None else _class_weights(class_weight)
+
+        def one_step(x: Any, y: Any, sample_weight: Any) -> None:
+            if weigh is not None:  # on each replica's part of the batch, its own labels
+                sample_weight = weigh(y, sample_weight)
+            loss, y_pred = step_lib.call_step(step_fn, self, x, y, sample_weight)
+            self.update_metrics(loss, y, y_pred, sample_weight, x=x)
+
+        return one_step
+
+    def _make_in_memory_steps(self, step_fn: step_lib.StepFn, class_weight: Mapping[int, float] | None) -> Callable:
+        """``run(position, num_steps) -> (steps done, metric results)`` on in-memory data, the
+        TensorFlow counterpart of a ``jax.lax.scan`` over steps:
+
+            for i in range(num_steps):     # one compiled call; XLA compiles it whole
+                x, y, w = gather batch (first + i) of the epoch's order from the tensors
+                one_step(x, y, w)
+
+        A batch's shape is static (XLA compiles one shape), so the full batches run in one
+        call and a partial last batch in a call compiled for its size. Without XLA (``jit_compile=False``,
+        or XLA failing to compile a group under the default) the same function runs on the graph.
+        """
+        one_step = self._one_step(step_fn, class_weight)
+        xla_refused = False
+        groups: dict[tuple[int, int, bool], Callable] = {}
+
+        def group(batch_size: int, size: int, xla: bool) -> Callable:
+            """The compiled steps over batches of ``size`` rows (``batch_size`` but in a partial last batch)."""
+            if (batch_size, size, xla) not in groups:
+
+                def steps(tensors: Any, order: tf.Tensor, first: tf.Tensor, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+                    step = first
+                    while step < first + num_steps:  # not tf.range: XLA would compile once per count
+                        batch = in_memory.gather_batch(tensors, order, step, batch_size, size)
+                        one_step(*keras.utils.unpack_x_y_sample_weight(batch))
+                        step += 1
+                    return self.results()
+
+                groups[batch_size, size, xla] = tf.function(steps, jit_compile=xla)
+            return groups[batch_size, size, xla]
+
+        def call(size: int, position: in_memory.Position, num_steps: int) -> dict[str, tf.Tensor]:
+            nonlocal xla_refused
+            epoch = position.epoch
+            b = epoch.data.batch_size
+            args = (epoch.data.tensors, epoch.order, tf.constant(position.step, tf.int32), tf.constant(num_steps, tf.int32))
+            if not self._xla_groups or xla_refused:
+                return group(b, size, False)(*args)
+            try:
+                return group(b, size, True)(*args)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
+                if self.options.jit_compile or not _xla_refused(exc):
+                    raise
+                xla_refused = True  # nothing ran: XLA refuses to compile before the first step
+                warnings.warn(f"XLA cannot compile this training step ({_first_line(exc)}); it runs on TensorFlow's "
+                              "graph instead (CompileOptions(jit_compile=False) says so up front)", stacklevel=2)
+                return group(b, size, False)(*args)
+
+        def run(position: in_memory.Position, num_steps: int) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+            epoch, results, done = position.epoch, None, 0
+            b = epoch.data.batch_size
+            full = min(position.step + num_steps, epoch.stop, epoch.data.n // b) - position.step  # steps of whole batches
+            if full > 0:
+                results = call(b, position, full)
+                position.step += full
+                done += full
+            if done < num_steps and position.step < epoch.stop:  # the epoch's partial last batch
+                results = call(epoch.batch_size_at(position.step), position, 1)
+                position.step += 1
+                done += 1
+            return tf.constant(done), results if results is not None else self.results()
+
+        run.experimental_get_tracing_count = lambda: sum(g.experimental_get_tracing_count() for g in groups.values())
         return run
 
     def make_predict_function(self) -> Callable[[Any, tf.Tensor], "tuple[tf.Tensor, list[tf.Tensor]]"]:
@@ -273,10 +381,13 @@ class CompiledModel:
         self.loss_tracker.update_state(tf.math.divide_no_nan(share, local), sample_weight=local)
         self.model.compute_metrics(x, y, y_pred, sample_weight)
 
-    def make_iterator(self, data: tf.data.Dataset):
+    def make_iterator(self, data: tf.data.Dataset | in_memory.Epoch):
         """An iterator over ``data``, distributed over the strategy's replicas:
-        what ``fit`` runs on, and what a checkpoint restores a position into."""
-        return distribute.make_iterator(self.strategy, data)
+        what ``fit`` runs on, and what a checkpoint restores a position into.
+        In-memory data on one replica: a :class:`~gradloop.in_memory.Position` in it."""
+        if isinstance(data, in_memory.Epoch) and not distribute.is_distributed(self.strategy):
+            return in_memory.Position(data)
+        return distribute.make_iterator(self.strategy, in_memory.as_dataset(data))
 
     def reset_metrics(self) -> None:
         for metric in (self.loss_tracker, *self.metrics):
@@ -302,6 +413,22 @@ def _for_batches(iterator, num_steps: tf.Tensor, body: Callable, carry: Any) -> 
         carry = body(batch.get_value(), done, carry)
         done += 1
     return done, carry
+
+
+def _has_convolutions(model: keras.Model) -> bool:
+    """Whether any of the model's layers (nested ones too) is one of Keras' convolutions."""
+    convolutions = tuple(getattr(keras.layers, name) for name in dir(keras.layers) if "Conv" in name and name[0].isupper())
+    return any(isinstance(layer, convolutions) for layer in model._flatten_layers(include_self=False))
+
+
+def _xla_refused(exc: tf.errors.OpError) -> bool:
+    """Whether TensorFlow's error says XLA could not compile the function (not that a step failed)."""
+    return any(words in exc.message for words in ("XLA", "xla", "compile", "Compil"))
+
+
+def _first_line(exc: tf.errors.OpError) -> str:
+    lines = [line.strip() for line in exc.message.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _warn_if_steps_are_overridden(model: keras.Model) -> None:

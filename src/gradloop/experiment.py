@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, atomic, build, checkpoint, cpu, distribute, models, plots, progress, rundir, stopping, summaries
+from gradloop import __version__, atomic, build, checkpoint, cpu, distribute, in_memory, models, plots, progress, rundir, stopping, summaries
 from gradloop import step as step_lib
 from gradloop.config import MODELS, TrainConfig
 from gradloop.data import examples, image_cache
@@ -106,7 +106,7 @@ def _train(
     if profile:
         from gradloop.profile import format_profile, profile_phases
 
-        print(format_profile(profile_phases(trainer, feed.train(0)), config.batch_size), file=out, flush=True)
+        print(format_profile(profile_phases(trainer, in_memory.as_dataset(feed.train(0))), config.batch_size), file=out, flush=True)
 
     best = stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
     start = time.perf_counter()
@@ -167,7 +167,7 @@ def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed)
     try:
         trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
     except (ValueError, TypeError, tf.errors.OpError) as exc:
-        x, y = next(iter(feed.train(0).take(1)))  # for the message: the model itself fits (models.check_model_fits)
+        x, y = next(iter(in_memory.as_dataset(feed.train(0)).take(1)))  # for the message: the model itself fits (models.check_model_fits)
         y_pred = trainer.model(x, training=False)
         reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", " ".join(str(getattr(exc, "message", exc)).split()))[:200]
         raise ConfigError(

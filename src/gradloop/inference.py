@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import release
+from gradloop import in_memory, release
 from gradloop.compiled import CompiledModel
 
 Callbacks = Union[Iterable[keras.callbacks.Callback], keras.callbacks.CallbackList, None]
@@ -94,7 +94,7 @@ def check_dataset(name: str, data: Any, *, optional: bool = False) -> None:
     if not isinstance(data, tf.data.Dataset) and not (optional and data is None):
         raise TypeError(
             f"{name} must be a tf.data.Dataset of batches, got {type(data).__name__}; for arrays, pass "
-            "tf.data.Dataset.from_tensor_slices((x, y)).batch(32)"
+            "gradloop.InMemory(x, y, batch_size=32) to fit, or tf.data.Dataset.from_tensor_slices((x, y)).batch(32)"
         )
 
 
@@ -102,6 +102,8 @@ def floats(results: dict[str, tf.Tensor]) -> dict[str, float]:
     return {name: float(value) for name, value in results.items()}
 
 
-def steps_per_epoch(data: tf.data.Dataset) -> int | None:
+def steps_per_epoch(data: tf.data.Dataset | in_memory.Epoch) -> int | None:
+    if isinstance(data, in_memory.Epoch):
+        return data.steps
     n = int(data.cardinality())
     return n if n >= 0 else None  # INFINITE (-1) and UNKNOWN (-2): run until the data ends

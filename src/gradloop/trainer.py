@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import keras
 import tensorflow as tf
 
-from gradloop import progress, release
+from gradloop import in_memory, progress, release
 from gradloop.compiled import CompileOptions, LossSpec, MetricsSpec
 from gradloop.inference import InferenceModel, check_dataset, floats, steps_per_epoch
 from gradloop.state import LoopState, validates
@@ -27,7 +27,8 @@ from gradloop.step import StepFn
 
 # A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
 # dataset`` (gradloop.data.shuffled_epochs): then every epoch's order can be rebuilt exactly on resume.
-TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
+# Arrays in memory: gradloop.InMemory (epoch -> Epoch), whose step groups gather batches by index.
+TrainData = Union[tf.data.Dataset, in_memory.Epoch, Callable[[int], Union[tf.data.Dataset, in_memory.Epoch]]]
 
 
 class Trainer(InferenceModel):
@@ -78,13 +79,14 @@ class Trainer(InferenceModel):
         """
         _check_validation_freq(validation_freq)
         check_dataset("validation_data", validation_data, optional=True)
-        if not callable(train):
+        if not callable(train) and not isinstance(train, in_memory.Epoch):
             check_dataset("train", train)
         epoch_data = train if callable(train) else lambda epoch: train
         first = epoch_data(0)
         self.build(first)
         self.set_class_weight(class_weight)
         steps = steps_per_epoch(first)
+        self.plan_steps(epochs * steps if steps is not None else None)
         self._advance(initial_state or LoopState(iterator=self.make_iterator(first)))
         history = keras.callbacks.History()  # first in the list: callbacks see this epoch in model.history
         history.history = self.state.history

@@ -23,6 +23,8 @@ from gradloop.data import pipeline
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from gradloop.in_memory import InMemory
+
 
 class Examples(Protocol):
     y: np.ndarray
@@ -61,9 +63,14 @@ class ArrayExamples:
         return pipeline.batches_in_order(self.x, self.y, order, batch_size=batch_size)
 
 
-def epochs(examples: Examples, *, batch_size: int, seed: int) -> Callable[[int], "tf.data.Dataset"]:
+def epochs(examples: Examples, *, batch_size: int, seed: int) -> Callable[[int], "tf.data.Dataset | InMemory"]:
     """Training data as ``epoch -> that epoch's batches``, epoch ``e`` in the order
-    ``numpy.random.default_rng((seed, e)).permutation(n)`` (as :func:`pipeline.shuffled_epochs`)."""
-    if isinstance(examples, ArrayExamples):  # the tensors converted once, shared by every epoch
-        return pipeline.shuffled_epochs(examples.x, examples.y, batch_size=batch_size, seed=seed)
+    ``numpy.random.default_rng((seed, e)).permutation(n)`` (as :func:`pipeline.shuffled_epochs`).
+    In memory: :class:`gradloop.in_memory.InMemory`, whose step groups gather their batches themselves."""
+    if isinstance(examples, ArrayExamples):
+        from gradloop.in_memory import InMemory
+
+        pipeline.check_arrays(examples.x, examples.y, batch_size)
+        targets = np.asarray(examples.y, dtype=np.float32 if examples.y.dtype.kind == "f" else np.int64)
+        return InMemory(examples.x, targets, batch_size=batch_size, seed=seed)
     return lambda epoch: examples.batches(np.random.default_rng((seed, epoch)).permutation(examples.n), batch_size)

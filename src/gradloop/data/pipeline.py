@@ -75,6 +75,13 @@ def batches_in_order(x: np.ndarray, y: np.ndarray, order: np.ndarray, *, batch_s
 def _pipeline_tensors(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     import tensorflow as tf
 
+    check_arrays(x, y, batch_size)
+    targets = np.asarray(y, dtype=np.float32 if np.asarray(y).dtype.kind == "f" else np.int64)  # regression, or labels
+    return tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(targets)
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+    """Images (float32, already scaled) and as many labels, a positive batch size: else a one-line error."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if np.asarray(x).dtype.kind != "f":
@@ -83,8 +90,6 @@ def _pipeline_tensors(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[tf
         raise DataError(f"{len(x)} images but {len(y)} labels; pass matching arrays")
     if len(x) == 0:
         raise DataError("cannot build a pipeline over 0 samples; pass a non-empty split")
-    targets = np.asarray(y, dtype=np.float32 if np.asarray(y).dtype.kind == "f" else np.int64)  # regression, or labels
-    return tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(targets)
 
 
 def _batches_in_order(
