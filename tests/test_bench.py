@@ -36,18 +36,35 @@ def test_flops_per_sample_of_the_reference_mlp():
     assert work.flops_per_sample() == 2 * forward + input_gradients
 
 
+def test_flops_per_sample_of_bench_cnn():
+    work = bench.Workload(np.zeros((1, 28, 28, 1), "float32"), np.zeros(1, "int64"), 128, (), 10, kind="cnn")
+    assert [(i, o) for _, i, o in work.shapes()][-2:] == [((5, 5, 64), (1600,)), ((1600,), (10,))]
+    forward = [2 * 26 * 26 * 32 * 3 * 3 * 1, 2 * 11 * 11 * 64 * 3 * 3 * 32, 2 * 1600 * 10]  # conv, conv, dense
+    assert work.flops_per_sample() == 2 * sum(forward) + sum(forward[1:])  # no input gradient for the first conv
+
+
+def test_run_bench_times_bench_cnn_against_its_matmuls_and_convolutions():
+    rng = np.random.default_rng(0)
+    work = bench.Workload(rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 64), batch_size=16,
+                          hidden=(), n_classes=10, kind="cnn")
+    result = bench.run_bench(work, variants=("keras spe=32", "gradloop"), seconds=0.05, rounds=1)
+    assert result["model"] == "CNN conv32-pool-conv64-pool -> 10" and result["limit_of"] == "matmuls and convolutions"
+    assert all(0 < v["share_of_limit"] for v in result["variants"].values())
+    assert "MFLOP/sample in matmuls and convolutions" in bench.format_table(result)
+
+
 def test_ratios_are_paired_by_round():
     rates = {"gradloop": [10.0, 20.0, 30.0], "keras spe=32": [5.0, 20.0, 10.0]}
     assert bench.paired_ratios(rates) == {"gradloop / keras spe=32": 2.0}  # median of 2, 1, 3
 
 
-@pytest.mark.parametrize("name", bench.VARIANTS)
+@pytest.mark.parametrize("name", bench.IN_PROCESS)
 def test_every_variant_trains_the_same_model(name):
     work = tiny_workload()
     start = work.model().get_weights()
     variant = bench.build_variant(name, work)
     assert all(np.array_equal(a, b) for a, b in zip(start, variant.model.get_weights()))  # same initial weights
-    variant.run(work.dataset(5))
+    variant.run(variant.data(work, 5))  # gradloop: its in-memory source; the others: the dataset
     assert all(not np.array_equal(a, b) for a, b in zip(start, variant.model.get_weights()))  # and it trained
 
 
@@ -79,10 +96,11 @@ def test_bench_cli_refuses_unknown_variants(capsys):
 
 
 def test_the_cli_offers_benchs_variants_and_its_defaults(capsys):
-    assert bench.DEFAULT_VARIANTS == tuple(v for v in bench.VARIANTS if v != "gradloop --jit")
+    assert bench.DEFAULT_VARIANTS == tuple(v for v in bench.IN_PROCESS if v != "gradloop --jit")
+    assert bench.VARIANTS == (*bench.IN_PROCESS, *bench.PEERS)
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
-    help_text = " ".join(capsys.readouterr().out.split())
+    help_text = " ".join(capsys.readouterr().out.split()).replace("keras- jax", "keras-jax")  # argparse's wrapping
     assert f"subset of: {', '.join(bench.VARIANTS)} (default: {', '.join(bench.DEFAULT_VARIANTS)})" in help_text
     assert main(["bench", "--variants", "gradloop,nope"]) == 2
     assert capsys.readouterr().err.endswith(f"choose from {', '.join(bench.VARIANTS)}\n")
@@ -170,12 +188,13 @@ def test_bench_data_reports_both_ways_their_ratio_memory_and_the_decoded_size(di
 
 def test_both_ways_train_the_same_batches_from_the_same_start(digit_folder):
     from gradloop import bench_worker
+    from gradloop.in_memory import as_dataset
     from gradloop.config import TrainConfig
 
     request = {"config": TrainConfig(data=str(digit_folder), model="cnn", batch_size=64).to_dict()}
     streamed, in_memory = (bench_worker.Run.start(v, request) for v in ("streamed", "in memory"))
     assert all(np.array_equal(a, b) for a, b in zip(streamed.initial, in_memory.initial))
-    batches = list(zip(streamed.epochs(3), in_memory.epochs(3)))
+    batches = list(zip(streamed.epochs(3), as_dataset(in_memory.epochs(3))))  # in memory: an InMemory epoch
     assert len(batches) == 4  # 250 images: 3 of 64 and one of 58
     for (x_streamed, y_streamed), (x_memory, y_memory) in batches:
         assert np.array_equal(x_streamed, x_memory) and np.array_equal(y_streamed, y_memory)
@@ -208,8 +227,8 @@ def test_bench_data_passes_on_the_workers_error_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--model", "cnn"], "bench times the reference MLP unless given --data; add --data DIR to time --model cnn"),
-    (["--data", "DIR", "--variants", "gradloop"], "--variants picks among the MLP bench's ways to train"),
+    (["--data", "DIR", "--variants", "gradloop"], "--variants picks among the bench's ways to train"),
+    (["--data", "DIR", "--peers"], "--peers picks among the bench's ways to train"),
     (["--data", "DIR", "--dataset", "mnist"], "--data reads your own data and --dataset/--data-dir a built-in"),
 ])
 def test_bench_data_refuses_flags_of_the_other_bench(argv, says, capsys):

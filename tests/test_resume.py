@@ -53,23 +53,27 @@ def stop_when_saved(stops: list[tuple[subprocess.Popen, Path, int]], *, after: i
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A: never stopped. B: SIGKILLed, resumed. C: SIGTERMed, resumed. D: 1 epoch, extended to 2."""
+    """A: never stopped. B: SIGKILLed, resumed. C: SIGTERMed, resumed. D: 1 epoch, extended to 2.
+    E and F: as A and B with --jit, the in-memory step groups XLA-compiled."""
     root = tmp_path_factory.mktemp("resume")
-    a, b, c, d = (root / name for name in "ABCD")
+    a, b, c, d, e, f = (root / name for name in "ABCDEF")
     first = {
         "A": gradloop("train", *RUN, "--epochs", "2", "--run-dir", str(a)),
         "B": gradloop("train", *RUN, "--epochs", "2", "--run-dir", str(b)),
         "C": gradloop("train", *RUN, "--epochs", "2", "--run-dir", str(c)),
         "D": gradloop("train", *RUN, "--epochs", "1", "--run-dir", str(d)),
+        "E": gradloop("train", *RUN, "--jit", "--epochs", "2", "--run-dir", str(e)),
+        "F": gradloop("train", *RUN, "--jit", "--epochs", "2", "--run-dir", str(f)),
     }
     # Saved before training, then after steps 10, 20: both stop mid-epoch 1.
-    stop_when_saved([(first["B"], b, signal.SIGKILL), (first["C"], c, signal.SIGTERM)], after=3)
+    stop_when_saved([(first["B"], b, signal.SIGKILL), (first["C"], c, signal.SIGTERM), (first["F"], f, signal.SIGKILL)], after=3)
     done = {name: (proc.wait(timeout=600), *proc.communicate()) for name, proc in first.items()}
-    before = {name: json.loads((root / name / "run.json").read_text()) for name in "BC"}
+    before = {name: json.loads((root / name / "run.json").read_text()) for name in "BCF"}
     second = {
         "B": gradloop("train", "--resume", "--run-dir", str(b)),
         "C": gradloop("train", "--resume", "--run-dir", str(c)),
         "D": gradloop("train", "--resume", "--run-dir", str(d), "--epochs", "2"),
+        "F": gradloop("train", "--resume", "--run-dir", str(f)),
     }
     resumed = {name: (proc.wait(timeout=600), *proc.communicate()) for name, proc in second.items()}
     return root, done, before, resumed
@@ -81,8 +85,8 @@ def weights(path: Path) -> list[np.ndarray]:
 
 def test_the_first_processes_ended_as_intended(runs):
     root, done, before, _ = runs
-    assert done["A"][0] == 0 and done["D"][0] == 0, (done["A"][2], done["D"][2])
-    assert done["B"][0] == -signal.SIGKILL
+    assert done["A"][0] == 0 and done["D"][0] == 0 and done["E"][0] == 0, (done["A"][2], done["D"][2], done["E"][2])
+    assert done["B"][0] == done["F"][0] == -signal.SIGKILL
     assert before["B"]["status"] == "running"  # killed: it could not say more
     assert done["C"][0] == 143, done["C"][2]
     epoch, step = before["C"]["interrupted_at"]["epoch"], before["C"]["interrupted_at"]["step"]
@@ -93,16 +97,16 @@ def test_the_first_processes_ended_as_intended(runs):
     )
 
 
-@pytest.mark.parametrize("name", ["B", "C", "D"])
-def test_a_stopped_and_resumed_run_is_bit_identical_to_an_unstopped_one(runs, name):
+@pytest.mark.parametrize(("name", "unstopped"), [("B", "A"), ("C", "A"), ("D", "A"), ("F", "E")])
+def test_a_stopped_and_resumed_run_is_bit_identical_to_an_unstopped_one(runs, name, unstopped):
     root, _, _, resumed = runs
     code, out, err = resumed[name]
     assert code == 0, err
     assert out.startswith("gradloop: resuming mlp at epoch ")
     for model_file in ("model.keras", "model.best.keras"):
-        expected, got = weights(root / "A" / model_file), weights(root / name / model_file)
+        expected, got = weights(root / unstopped / model_file), weights(root / name / model_file)
         assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got)), model_file
-    expected, got = (json.loads((root / run / "history.json").read_text()) for run in ("A", name))
+    expected, got = (json.loads((root / run / "history.json").read_text()) for run in (unstopped, name))
     assert set(got) == set(expected) and len(got["val_loss"]) == 2
     for key in set(expected) - {"train_time"}:  # train_time is the clock, which no resume can repeat
         assert got[key] == expected[key], key
@@ -111,9 +115,16 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_an_unstopped_one(runs, na
     assert len(info["resumed"]) == 1 and info["resumed"][0]["onednn_kernels"] is info["onednn_kernels"] is cpu.onednn_kernels() is not None
 
 
+def test_the_jit_runs_step_groups_ran_on_xla_and_trained_as_the_graphs(runs):
+    root = runs[0]
+    graph, xla = weights(root / "A" / "model.keras"), weights(root / "E" / "model.keras")
+    assert not all(np.array_equal(a, b) for a, b in zip(graph, xla))  # XLA rounds otherwise: it did run
+    assert all(np.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(graph, xla))
+
+
 def test_the_kills_landed_mid_epoch(runs):
     root, _, _, _ = runs
-    positions = [json.loads((root / name / "run.json").read_text())["resumed"][0] for name in "BC"]
+    positions = [json.loads((root / name / "run.json").read_text())["resumed"][0] for name in "BCF"]
     assert all(p["epoch"] in (1, 2) for p in positions), positions
     assert any(p["step"] % STEPS != 0 for p in positions), positions  # at least one inside an epoch
 

@@ -48,24 +48,24 @@ DECODE_BATCH = 1024  # images per batch when decoding the folder into memory
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    replies = _protocol_stream()
+    replies = protocol_stream()
     try:
         variant, values = argv[0], json.loads(argv[1])
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
         run = Run.start(variant, values)
-        _reply(replies, run.describe())
+        reply(replies, run.describe())
         for line in sys.stdin:
             request = json.loads(line)
             if request.get("stop"):
                 break
-            _reply(replies, run.handle(request))
-        _reply(replies, run.finish())
+            reply(replies, run.handle(request))
+        reply(replies, run.finish())
         return 0
     except Exception as exc:  # sent to the bench, which raises it in the CLI's process
         if not _is_user_error(exc):
             traceback.print_exc()
-        _reply(replies, {"error": str(exc), "kind": type(exc).__name__})
+        reply(replies, {"error": str(exc), "kind": type(exc).__name__})
         return 1
 
 
@@ -208,7 +208,7 @@ def _is_user_error(exc: Exception) -> bool:
     return isinstance(exc, (GradloopError, OSError))
 
 
-def _protocol_stream() -> IO[str]:
+def protocol_stream() -> IO[str]:
     """The replies' own channel: the original stdout. Anything else printed to stdout goes to stderr."""
     replies = os.fdopen(os.dup(1), "w")
     sys.stdout.flush()
@@ -216,7 +216,7 @@ def _protocol_stream() -> IO[str]:
     return replies
 
 
-def _reply(replies: IO[str], message: dict[str, Any]) -> None:
+def reply(replies: IO[str], message: dict[str, Any]) -> None:
     replies.write(json.dumps(message) + "\n")
     replies.flush()
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Sequence
 
 from gradloop import __version__, cpu, rundir
-from gradloop.bench import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, VARIANTS as BENCH_VARIANTS
+from gradloop.bench import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, PEERS as BENCH_PEERS
+from gradloop.bench import PEERS_INSTALL as BENCH_PEERS_INSTALL, VARIANTS as BENCH_VARIANTS
 from gradloop.config import CONFIG_KEYS, TrainConfig, build_config, flag_name, load_yaml, parse_int_list, resumed_config
 from gradloop.data.splits import SPLITS
 from gradloop.errors import ConfigError, DiskFullError, GradloopError, TrainingError
@@ -155,21 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--workers", type=_integer, required=True, help="number of worker processes")
     launch.add_argument("train_argv", nargs=argparse.REMAINDER, metavar="-- train ...", help="the train command to run")
 
-    bench = commands.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop; "
-                                              "or, with --data, images streamed from disk against held in memory")
+    bench = commands.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop and, "
+                                              "with --peers, Keras on JAX, JAX and PyTorch loops; or, with --data, "
+                                              "images streamed from disk against held in memory")
     _add_config_flags(bench, ("dataset", "data_dir", "classes", "hidden"))  # as for train
     from gradloop.config import MODELS  # the built-in models: bench builds no model of the user's
 
     bench.add_argument("--data", metavar="DIR", help="a folder of class folders of images: time training on them "
                                                      "streamed from disk and decoded into memory, each in its own process")
     bench.add_argument("--model", choices=MODELS, default="mlp",
-                       help="with --data: the model both ways train (default mlp); without, bench times the MLP")
+                       help="the model (default mlp: the MLP of --hidden); cnn: without --data, bench's CNN (conv 32, "
+                            "pool, conv 64, pool, dense), with --data, train's")
     bench.add_argument("--batch-size", default=str(TrainConfig.batch_size),
                        help="one or more, e.g. 32,256 (default %(default)s)")
     bench.add_argument("--seconds", type=_number, default=3.0, help="timed seconds per variant per round (default 3)")
     bench.add_argument("--rounds", type=_integer, default=3, help="interleaved rounds; the median counts (default 3)")
     bench.add_argument("--variants", help=f"comma-separated subset of: {', '.join(BENCH_VARIANTS)} "
                                           f"(default: {', '.join(DEFAULT_BENCH_VARIANTS)})")
+    bench.add_argument("--peers", action="store_true",
+                       help=f"also time every peer whose package is installed ({', '.join(BENCH_PEERS)}), each in a "
+                            f"process of its own; the others are listed as skipped ({BENCH_PEERS_INSTALL})")
     bench.add_argument("--json", action="store_true", help="print JSON for machines")
 
     report = commands.add_parser("report", help="write a self-contained HTML report of a run")
@@ -299,29 +305,33 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from gradloop import bench
+
     batch_sizes = parse_int_list("batch-size", args.batch_size)
-    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else DEFAULT_BENCH_VARIANTS
-    unknown = [v for v in variants if v not in BENCH_VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(BENCH_VARIANTS)}")
+    names = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    variants, skipped = bench.choose_variants(names, peers=args.peers)
     if not 0 < args.seconds < float("inf") or args.rounds < 1:  # nan fails the comparison too
         raise ConfigError("--seconds must be > 0 and --rounds >= 1")
     if args.data is not None:
         return _bench_data(args, batch_sizes)
-    if args.model != "mlp":
-        raise ConfigError(f"bench times the reference MLP unless given --data; add --data DIR to time --model {args.model}")
+    if args.model == "cnn" and args.hidden is not None:
+        raise ConfigError("--hidden sizes the MLP's layers, and bench's CNN has fixed ones; drop --hidden or "
+                          "--model cnn")
     configs = [
-        build_config(dataset=args.dataset, data_dir=args.data_dir, classes=args.classes, hidden=args.hidden, batch_size=b)
+        build_config(dataset=args.dataset, data_dir=args.data_dir, classes=args.classes, hidden=args.hidden,
+                     model=args.model, batch_size=b)
         for b in batch_sizes
     ]
     cpu.import_tensorflow()
-    from gradloop import bench, build
+    from gradloop import build
 
     prepared = build.prepare_data(configs[0], notify=lambda line: print(line, file=sys.stderr))
     works = (bench.Workload(*prepared.train, batch_size=config.batch_size, hidden=config.hidden,
-                            n_classes=len(config.classes), lr=config.lr, seed=config.seed) for config in configs)
+                            n_classes=len(config.classes), lr=config.lr, seed=config.seed, kind=config.model)
+             for config in configs)
     return _print_bench((bench.run_bench(work, variants=variants, seconds=args.seconds, rounds=args.rounds,
-                                         progress=_bench_progress) for work in works), bench.format_table, args.json)
+                                         skipped=skipped, progress=_bench_progress) for work in works),
+                        bench.format_table, args.json)
 
 
 def _bench_progress(line: str) -> None:
@@ -342,8 +352,9 @@ def _print_bench(results: Iterable[dict], format_table: Callable[[dict], str], a
 
 def _bench_data(args: argparse.Namespace, batch_sizes: tuple[int, ...]) -> int:
     """``bench --data``: streamed against in memory. Its processes import TensorFlow; this one need not."""
-    if args.variants:
-        raise ConfigError("--variants picks among the MLP bench's ways to train; with --data, bench times "
+    if args.variants or args.peers:
+        flag = "--variants" if args.variants else "--peers"
+        raise ConfigError(f"{flag} picks among the bench's ways to train; with --data, bench times "
                           "streamed and in-memory data; drop one of them")
     from gradloop.data import sources
 

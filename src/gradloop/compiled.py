@@ -124,8 +124,7 @@ class CompiledModel:
         (XLA's CPU convolutions are far slower than oneDNN's). Decided on the fit's whole length, a
         resumed fit's too, so that a resume computes on what the unstopped run did."""
         if self.options.jit_compile is None:
-            long_fit = total_steps is not None and total_steps >= XLA_AUTO_MIN_STEPS
-            self._xla_groups = long_fit and not _has_convolutions(self.model)
+            self._xla_groups = xla_by_default(self.model, total_steps)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -413,6 +412,12 @@ def _for_batches(iterator, num_steps: tf.Tensor, body: Callable, carry: Any) -> 
         carry = body(batch.get_value(), done, carry)
         done += 1
     return done, carry
+
+
+def xla_by_default(model: keras.Model, total_steps: int | None) -> bool:
+    """Whether ``jit_compile=None`` runs a fit of ``total_steps`` steps of ``model`` on in-memory data on XLA."""
+    long_fit = total_steps is not None and total_steps >= XLA_AUTO_MIN_STEPS
+    return long_fit and not _has_convolutions(model)
 
 
 def _has_convolutions(model: keras.Model) -> bool:
