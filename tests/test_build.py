@@ -74,3 +74,10 @@ def test_metrics_and_optimizer_by_name():
     assert isinstance(sgd, keras.optimizers.SGD) and float(sgd.learning_rate) == 0.5 and sgd.global_clipnorm == 1.0
     with pytest.raises(ConfigError, match="--optimizer adamx is not a Keras optimizer"):
         build.build_optimizer(TrainConfig(optimizer="adamx"), steps_per_epoch=10)
+
+
+@pytest.mark.parametrize(("jit", "expected"), [(False, None), (True, True)])
+def test_without_jit_the_trainer_takes_the_librarys_xla_default(jit, expected):
+    config = TrainConfig(data="x.npz", hidden=(8,), jit_compile=jit)
+    trainer = build.build_trainer(config, tf.distribute.get_strategy(), TABLE, None, 1)
+    assert trainer.options.jit_compile is expected  # None: XLA for long in-memory runs without convolutions

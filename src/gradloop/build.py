@@ -272,7 +272,9 @@ def build_trainer(
             loss=build_loss(config, data.task, model),
             metrics=build_metrics(config, data.task),
             train_step=train_step,
-            options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile),
+            # Without --jit, the library's default: XLA where it pays (long in-memory runs, no convolutions).
+            options=CompileOptions(steps_per_execution=config.steps_per_execution,
+                                   jit_compile=True if config.jit_compile else None),
             strategy=strategy,
         )
 

@@ -151,7 +151,10 @@ class TrainConfig:
     val_fraction: float = _option(1 / 6, "share of the training data held out for validation", metavar="F")
     seed: int = _option(42, "seed for the split, shuffling and initial weights", metavar="N")
     steps_per_execution: int = _option(32, "training steps per compiled call", metavar="N")
-    jit_compile: bool = _option(False, "XLA-compile the step", name="--jit")
+    jit_compile: bool = _option(
+        False, "XLA-compile every group of steps (and each step on streamed data); without it, only long runs "
+        "on in-memory data of models without convolutions", name="--jit",
+    )
     strategy: str = _option(
         "default",
         "default: one device; mirrored: all GPUs, or --replicas CPU devices; multi_worker: TF_CONFIG's cluster",
