@@ -123,9 +123,11 @@ class ImageFiles:
             raise DataError("cannot build a pipeline over 0 images; pass a non-empty split")
         sources = rows if self.decoded is not None else self.paths[rows]
         read = self._gather_batch() if self.decoded is not None else self._decode_batch(as_stored=False)
+        # Decoding wants the cores; gathering rows is cheap, and more threads would only compete with the step.
+        parallel = 1 if self.decoded is not None else tf.data.AUTOTUNE
         batches = (
             tf.data.Dataset.from_tensor_slices((sources, self.y[rows])).batch(int(batch_size))
-            .map(lambda batch, labels: (read(batch), labels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .map(lambda batch, labels: (read(batch), labels), num_parallel_calls=parallel, deterministic=True)
             .prefetch(tf.data.AUTOTUNE)
             .apply(tf.data.experimental.assert_cardinality(math.ceil(len(rows) / batch_size)))
         )
