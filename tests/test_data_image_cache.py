@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 from test_data_images import collect, digits, load, write_classes  # noqa: F401  (digits: a fixture)
+from test_disk_full import mounted_tmpfs
 
 from gradloop.data import image_cache, run_data
 from gradloop.data.sources import DataSpec
@@ -109,14 +109,9 @@ def test_a_damaged_image_found_while_decoding_is_named_and_leaves_no_copy(tmp_pa
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 1 MB tmpfs, unmounted afterwards; skipped where this process may not mount one."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs ({done.stderr.strip() or 'mount failed'}): needs root with CAP_SYS_ADMIN")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    """A real 1 MB tmpfs."""
+    with mounted_tmpfs(tmp_path / "disk", "1m") as mount:
+        yield mount
 
 
 def test_a_copy_larger_than_half_the_free_disk_is_not_made(tmp_path, small_disk, digits):

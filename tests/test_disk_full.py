@@ -4,6 +4,7 @@ a final name, and once space is freed the resume ends bit-identical to a run nev
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
@@ -27,16 +28,25 @@ RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batc
        "--checkpoint-every", "10", "--epochs", "2"]
 
 
-@pytest.fixture
-def disk(tmp_path) -> Path:
-    """An empty 8 MB tmpfs, unmounted afterwards; skipped where this process may not mount one."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """An empty tmpfs of ``size`` (``8m``) at the new folder ``mount``, unmounted afterwards; the test is
+    skipped where this process may not mount one."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill ({done.stderr.strip() or 'mount failed'}): needs root with CAP_SYS_ADMIN")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def disk(tmp_path) -> Iterator[Path]:
+    """An empty 8 MB tmpfs."""
+    with mounted_tmpfs(tmp_path / "disk", "8m") as mount:
+        yield mount
 
 
 def fill(disk: Path) -> Path:
