@@ -6,9 +6,8 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
-from test_data_images import collect, digits, load, write_classes  # noqa: F401  (digits: a fixture)
+from test_data_images import assert_restores_exactly, collect, digits, load, write_classes  # noqa: F401  (digits: a fixture)
 from test_disk_full import mounted_tmpfs
 
 from gradloop.data import image_cache, run_data
@@ -80,19 +79,8 @@ def test_an_iterator_checkpoint_restores_across_the_copy_and_the_files(tmp_path,
     files = load(tmp_path / "data").train
     copy = cached(files, tmp_path / "cache")
     order = np.random.default_rng(5).permutation(files.n)
-    for saved_from, restored_into in ((files, copy), (copy, files)):
-        iterator = iter(saved_from.batches(order, 8))
-        for _ in range(4):
-            next(iterator)
-        saved = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / "ckpt" / "it"))
-        rest = [(x.numpy(), y.numpy()) for x, y in iterator]
-        restored = iter(restored_into.batches(order, 8))  # a resumed process may read the other way
-        tf.train.Checkpoint(iterator=restored).read(saved).assert_consumed()
-        again = [(x.numpy(), y.numpy()) for x, y in restored]
-        assert len(again) == len(rest) == 12 - 4
-        for (x0, y0), (x1, y1) in zip(rest, again):
-            np.testing.assert_array_equal(x0, x1)
-            np.testing.assert_array_equal(y0, y1)
+    for saved_from, restored_into in ((files, copy), (copy, files)):  # a resumed process may read the other way
+        assert_restores_exactly(saved_from, restored_into, order, tmp_path / "ckpt")
 
 
 def test_a_damaged_image_found_while_decoding_is_named_and_leaves_no_copy(tmp_path, digits):

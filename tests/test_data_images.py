@@ -345,23 +345,27 @@ def test_load_run_data_selects_classes_and_splits_image_files(tmp_path, digits):
     np.testing.assert_array_equal(y, chosen.train.y)  # the assigned labels are the ones batched
 
 
-def test_a_restored_iterator_checkpoint_continues_exactly(tmp_path, digits):
-    write_classes(tmp_path, digits, per_class=30)
-    files = load(tmp_path).train
-    order = np.random.default_rng(5).permutation(files.n)
-    iterator = iter(files.batches(order, 8))
+def assert_restores_exactly(saved_from, restored_into, order, folder: Path) -> None:
+    """An iterator of ``saved_from`` checkpointed after 4 of its 12 batches of 8, restored into a new
+    pipeline of ``restored_into`` (as a resumed process builds), gives the very same 8 batches after."""
+    iterator = iter(saved_from.batches(order, 8))
     for _ in range(4):
         next(iterator)
-    saved = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / "ckpt" / "it"))
+    saved = tf.train.Checkpoint(iterator=iterator).write(str(folder / "it"))
     rest = [(x.numpy(), y.numpy()) for x, y in iterator]
-
-    restored = iter(files.batches(order, 8))  # a new pipeline, as a resumed process builds
+    restored = iter(restored_into.batches(order, 8))
     tf.train.Checkpoint(iterator=restored).read(saved).assert_consumed()
     again = [(x.numpy(), y.numpy()) for x, y in restored]
     assert len(again) == len(rest) == 12 - 4
     for (x0, y0), (x1, y1) in zip(rest, again):
         np.testing.assert_array_equal(x0, x1)
         np.testing.assert_array_equal(y0, y1)
+
+
+def test_a_restored_iterator_checkpoint_continues_exactly(tmp_path, digits):
+    write_classes(tmp_path, digits, per_class=30)
+    files = load(tmp_path).train
+    assert_restores_exactly(files, files, np.random.default_rng(5).permutation(files.n), tmp_path / "ckpt")
     size = sum(f.stat().st_size for f in (tmp_path / "ckpt").iterdir())
     assert size < 8 * 28 * 28 * 4  # a position, not decoded images buffered ahead
 

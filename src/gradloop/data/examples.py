@@ -70,7 +70,6 @@ def epochs(examples: Examples, *, batch_size: int, seed: int) -> Callable[[int],
     if isinstance(examples, ArrayExamples):
         from gradloop.in_memory import InMemory
 
-        pipeline.check_arrays(examples.x, examples.y, batch_size)
-        targets = np.asarray(examples.y, dtype=np.float32 if examples.y.dtype.kind == "f" else np.int64)
-        return InMemory(examples.x, targets, batch_size=batch_size, seed=seed)
+        x, targets = pipeline.checked_arrays(examples.x, examples.y, batch_size)
+        return InMemory(x, targets, batch_size=batch_size, seed=seed)
     return lambda epoch: examples.batches(np.random.default_rng((seed, epoch)).permutation(examples.n), batch_size)

@@ -75,9 +75,15 @@ def batches_in_order(x: np.ndarray, y: np.ndarray, order: np.ndarray, *, batch_s
 def _pipeline_tensors(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     import tensorflow as tf
 
-    check_arrays(x, y, batch_size)
-    targets = np.asarray(y, dtype=np.float32 if np.asarray(y).dtype.kind == "f" else np.int64)  # regression, or labels
+    x, targets = checked_arrays(x, y, batch_size)
     return tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(targets)
+
+
+def checked_arrays(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and its targets as training takes them (float32 for regression, else int64 labels), once
+    :func:`check_arrays` passes them."""
+    check_arrays(x, y, batch_size)
+    return x, np.asarray(y, dtype=np.float32 if np.asarray(y).dtype.kind == "f" else np.int64)
 
 
 def check_arrays(x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
