@@ -3,6 +3,8 @@ or TensorFlow's graph, against the same batches from a tf.data pipeline; exact r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -193,3 +195,40 @@ def test_a_long_fit_of_a_model_with_convolutions_stays_on_the_graph():
         warnings.simplefilter("error")
         history = trainer.fit(InMemory(x, y, batch_size=1, seed=0), epochs=epochs).history
     assert len(history["loss"]) == epochs
+
+
+def test_fit_on_one_device_never_makes_the_epochs_dataset(monkeypatch):
+    # tf.data captures tensors by value: a dataset of the epoch would hold another copy of the arrays.
+    monkeypatch.setattr(Epoch, "dataset", lambda self: pytest.fail("Epoch.dataset() made on one device"))
+    x, y = arrays()
+    val = data.make_dataset(x[:40], y[:40], batch_size=16, shuffle=False)
+    history = trainer_for(False).fit(InMemory(x, y, batch_size=16, seed=3), validation_data=val, epochs=2).history
+    assert len(history["loss"]) == len(history["val_loss"]) == 2
+
+
+MEMORY_SCRIPT = """
+import re, numpy as np, keras, gradloop
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+def trainer():
+    return gradloop.Trainer(keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)]), optimizer="sgd",
+                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                            options=gradloop.CompileOptions(jit_compile=False))
+x = np.random.default_rng(0).random((100_000, 784), dtype=np.float32)  # 314 MB
+y = np.random.default_rng(1).integers(0, 10, 100_000)
+trainer().fit(gradloop.InMemory(x[:64], y[:64], batch_size=32), epochs=1, verbose=0)  # TensorFlow's own start-up
+before = rss()
+data = gradloop.InMemory(x, y, batch_size=1000)
+made = rss()
+trainer().fit(data, epochs=1, verbose=0)
+print((made - before) / x.nbytes, (rss() - before) / x.nbytes)
+"""
+
+
+def test_in_memory_data_and_its_fit_hold_one_copy_of_the_arrays():
+    """Measured in a fresh process: ``InMemory`` keeps one tensor copy of the arrays (not the two a numpy
+    conversion leaves for a while), and its fit adds none (a dataset of them would hold another)."""
+    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    made, fitted = map(float, result.stdout.split()[-2:])
+    assert 0.8 < made < 1.4 and 0.8 < fitted < 1.4, f"copies of the arrays: {made:.2f} when made, {fitted:.2f} after fit"

@@ -168,11 +168,10 @@ class CompiledModel:
 
         ``fit`` calls it; call it first to restore a checkpoint into the variables.
         """
-        data = in_memory.as_dataset(data)
-        has_targets = keras.utils.unpack_x_y_sample_weight(data.element_spec)[1] is not None
+        has_targets = keras.utils.unpack_x_y_sample_weight(in_memory.element_structure(data))[1] is not None
         if self._outputs is not None and (self._metrics_built or not has_targets):
             return
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iter(data.take(1))))
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(in_memory.first_batch(data))
         with self.strategy.scope():
             y_pred = self.model(x)
             if self._outputs is None:

@@ -167,7 +167,7 @@ def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed)
     try:
         trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
     except (ValueError, TypeError, tf.errors.OpError) as exc:
-        x, y = next(iter(in_memory.as_dataset(feed.train(0)).take(1)))  # for the message: the model itself fits (models.check_model_fits)
+        x, y = in_memory.first_batch(feed.train(0))[:2]  # for the message: the model itself fits (models.check_model_fits)
         y_pred = trainer.model(x, training=False)
         reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", " ".join(str(getattr(exc, "message", exc)).split()))[:200]
         raise ConfigError(

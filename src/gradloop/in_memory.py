@@ -98,6 +98,20 @@ class Position:
         self.epoch, self.step = epoch, epoch.start
 
 
+def element_structure(data: Any) -> Any:
+    """The structure of ``data``'s batches: an :class:`Epoch`'s tensors (whole), a dataset's ``element_spec``."""
+    return data.data.tensors if isinstance(data, Epoch) else data.element_spec
+
+
+def first_batch(data: Any) -> Any:
+    """``data``'s first batch: an :class:`Epoch`'s gathered here (its dataset would hold a copy of the
+    arrays: tf.data captures tensors by value), a dataset's from an iterator."""
+    if isinstance(data, Epoch):
+        return gather_batch(data.data.tensors, data.order, tf.constant(data.start), data.data.batch_size,
+                            data.batch_size_at(data.start))
+    return next(iter(data.take(1)))
+
+
 def as_dataset(data: Any) -> Any:
     """``data`` as a ``tf.data.Dataset``: an :class:`Epoch`'s batches, or a dataset as it is."""
     return data.dataset() if isinstance(data, Epoch) else data
@@ -115,4 +129,6 @@ def _as_tensor(array: Any) -> tf.Tensor:
     array = array if isinstance(array, tf.Tensor) else np.asarray(array)
     if isinstance(array, np.ndarray) and array.dtype == np.float64:
         array = array.astype(np.float32)  # Keras' floatx, as model.fit converts
-    return tf.convert_to_tensor(array)
+    # A tensor converted from a numpy array leaves a second copy of it alive until a later trace frees
+    # it; the identity's output owns one copy (tests/test_in_memory.py measures both).
+    return tf.identity(tf.convert_to_tensor(array))
