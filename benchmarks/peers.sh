@@ -2,9 +2,10 @@
 # gradloop against its peers (issue 19): Keras fit on TensorFlow and on JAX, a jax.jit step, the same step run 32 at
 # a time by jax.lax.scan, and a PyTorch loop, on Fashion-MNIST's 50,000 training images (all ten classes): the
 # reference MLP at batch 32 and 256, bench's CNN at batch 128. The peers need their packages: pip install -e '.[peers]'.
+# The CNN's rounds are longer (10 s): its rate swings most from round to round on this machine.
 # Usage: bash benchmarks/peers.sh [extra gradloop bench flags, e.g. --json]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-common=(--dataset fashion_mnist --classes all --variants "keras spe=1,keras spe=32,gradloop" --peers --seconds 3 --rounds 5)
-.venv/bin/gradloop bench "${common[@]}" --batch-size 32,256 "$@"
-.venv/bin/gradloop bench "${common[@]}" --model cnn --batch-size 128 "$@"
+common=(--dataset fashion_mnist --classes all --variants "keras spe=1,keras spe=32,gradloop" --peers --rounds 5)
+.venv/bin/gradloop bench "${common[@]}" --seconds 3 --batch-size 32,256 "$@"
+.venv/bin/gradloop bench "${common[@]}" --seconds 10 --model cnn --batch-size 128 "$@"
