@@ -35,7 +35,7 @@ MetricsSpec = "Sequence[keras.metrics.Metric | str] | Mapping[str, Any] | None"
 # Compiling a group with XLA costs seconds once (1-3 s for the reference MLP, a partial last batch's
 # shape again) and saves a fraction of a millisecond per step: by default a fit shorter than this
 # stays on the graph (docs/performance.md).
-XLA_AUTO_MIN_STEPS = 2048
+XLA_AUTO_MIN_STEPS = 4096
 
 
 @dataclass(frozen=True)
