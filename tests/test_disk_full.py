@@ -109,6 +109,24 @@ def test_a_checkpoint_that_finds_no_space_leaves_the_latest_one_and_no_part_of_i
     assert (ckpt.restore(train).epoch, ckpt.restore(train).step) == (1, 3)
 
 
+def test_a_checkpoint_whose_record_finds_no_space_leaves_no_part_of_itself(disk, monkeypatch):
+    """The disk fills after the checkpoint's files are written, as the state file that records it is
+    written: the files go too, since the state file on disk does not name them."""
+    from gradloop import checkpoint
+
+    trainer, train = toy_trainer()
+    ckpt = RunCheckpoint(disk / "checkpoints", trainer)
+    ckpt.save(LoopState(epoch=1, step=3, iterator=trainer.make_iterator(train(1)), history={"loss": [0.5]}))
+    latest, before = ckpt.latest, snapshot(disk / "checkpoints")
+    written = checkpoint._sync_checkpoint
+    monkeypatch.setattr(checkpoint, "_sync_checkpoint", lambda save_path: (written(save_path), fill(disk)))
+    with pytest.raises(DiskFullError, match=f"while writing checkpoint {disk}/checkpoints/ckpt-2$"):
+        ckpt.save(LoopState(epoch=1, step=4, iterator=trainer.make_iterator(train(1)), history={"loss": [0.5]}))
+    assert not (disk / "checkpoints" / "ckpt-2.index").exists() and snapshot(disk / "checkpoints") == before
+    no_partial_files(disk)
+    assert ckpt.latest == latest
+
+
 def test_a_model_that_finds_no_space_leaves_the_earlier_file(disk):
     trainer, _ = toy_trainer()
     rundir.save_model(trainer.model, disk / rundir.MODEL)

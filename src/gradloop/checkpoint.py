@@ -122,7 +122,10 @@ class RunCheckpoint:
             if not _no_space(exc):
                 raise
             prefix = directory / f"{_NAME}-{int(self._bundle.save_counter.numpy())}"
-            if prefix.name not in {Path(p).name for p in self.manager.checkpoints}:  # whole ones it recorded stay
+            # Whole ones the state file records stay: the file on disk, as the manager lists a checkpoint
+            # before it writes the record, and that write may be the one that found no space.
+            recorded = self._recorded(directory)
+            if recorded is None or prefix.name not in {Path(p).name for p in recorded.all_model_checkpoint_paths}:
                 _remove_partial(prefix)
             for leftover in directory.glob("checkpoint.tmp*"):  # the state file's half-written temporary
                 leftover.unlink()
@@ -144,10 +147,11 @@ class RunCheckpoint:
         listed = [recorded.model_checkpoint_path, *older]
         return listed + [p for p in by_name if p not in listed]  # a state file naming lost checkpoints: the rest by name
 
-    def _recorded(self) -> Any:
-        """The state file's record (a ``CheckpointState``), or None when it is missing or unreadable."""
+    def _recorded(self, directory: str | Path | None = None) -> Any:
+        """The state file's record (a ``CheckpointState``) in ``directory`` (``restore_from`` by default),
+        or None when it is missing or unreadable."""
         try:
-            recorded = tf.train.get_checkpoint_state(self.restore_from)
+            recorded = tf.train.get_checkpoint_state(str(directory or self.restore_from))
         except (tf.errors.OpError, ValueError):
             return None
         return recorded if recorded is not None and recorded.model_checkpoint_path else None
