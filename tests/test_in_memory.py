@@ -14,6 +14,7 @@ import tensorflow as tf
 from test_checkpoint import StopAt, variables
 
 from gradloop import CompileOptions, InMemory, Trainer, data
+from gradloop import step as step_lib
 from gradloop.checkpoint import Checkpointing, RunCheckpoint
 from gradloop.compiled import XLA_AUTO_MIN_STEPS
 from gradloop.in_memory import Epoch, Position
@@ -150,6 +151,26 @@ def test_a_short_fit_runs_on_the_graph_without_trying_xla():
         warnings.simplefilter("error")  # no XLA attempt, so no fall-back warning
         history = trainer.fit(InMemory(x, y, batch_size=16, seed=3), epochs=2).history
     assert history["loss"][1] < history["loss"][0]
+
+
+def numpy_step_on_partial_batches(trainer, x, y, sample_weight=None):
+    """XLA compiles this step for full batches of 16 rows and cannot for any other size."""
+    return (numpy_step if x.shape[0] != 16 else step_lib.train_step)(trainer, x, y, sample_weight)
+
+
+def test_by_default_a_long_fit_runs_its_partial_last_batches_on_the_graph():
+    # Each epoch ends with a batch of 6: compiling it with XLA would fail, warn and move the run to the graph.
+    x, y = arrays()
+    epochs = -(-XLA_AUTO_MIN_STEPS // 10)
+    trainer = trainer_for(None, step=numpy_step_on_partial_batches, dropout=0.0, steps_per_execution=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = trainer.fit(InMemory(x, y, batch_size=16, seed=3), epochs=epochs).history
+    assert history["loss"][-1] < history["loss"][0]
+    assert trainer._xla_groups  # the full batches' groups stayed on XLA
+    trainer = trainer_for(True, step=numpy_step_on_partial_batches, dropout=0.0, steps_per_execution=10)
+    with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)):  # XLA everywhere
+        trainer.fit(InMemory(x, y, batch_size=16, seed=3), epochs=1)
 
 
 def test_xla_asked_for_does_not_fall_back():

@@ -290,13 +290,14 @@ def gradloop_fit(work: Workload, *, jit_compile: bool | None = None) -> Variant:
     import keras
 
     from gradloop import CompileOptions, Trainer
-    from gradloop.compiled import xla_by_default
+
+    class TrainerOfTheRun(Trainer):
+        def plan_steps(self, total_steps: int | None) -> None:
+            super().plan_steps(TRAIN_EPOCHS * work.in_memory.steps)
 
     model = work.model()
-    if jit_compile is None:
-        jit_compile = xla_by_default(model, TRAIN_EPOCHS * work.in_memory.steps)
-    trainer = Trainer(model, optimizer=keras.optimizers.Adam(work.lr), loss=keras_loss(), metrics=["accuracy"],
-                      options=CompileOptions(jit_compile=jit_compile))
+    trainer = TrainerOfTheRun(model, optimizer=keras.optimizers.Adam(work.lr), loss=keras_loss(), metrics=["accuracy"],
+                              options=CompileOptions(jit_compile=jit_compile))
     return Variant(lambda data: trainer.fit(data[0], epochs=data[1], verbose=0), model, data=Workload.in_memory_epochs)
 
 

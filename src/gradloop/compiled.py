@@ -32,10 +32,10 @@ LossSpec = Any
 MetricsSpec = "Sequence[keras.metrics.Metric | str] | Mapping[str, Any] | None"
 
 
-# Compiling a group with XLA costs seconds once (1-3 s for the reference MLP, a partial last batch's
-# shape again) and saves a fraction of a millisecond per step: by default a fit shorter than this
+# Compiling a group with XLA costs about half a second more than tracing it for the graph (the
+# reference MLP) and saves a fraction of a millisecond per step: by default a fit shorter than this
 # stays on the graph (docs/performance.md).
-XLA_AUTO_MIN_STEPS = 4096
+XLA_AUTO_MIN_STEPS = 1536
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,10 @@ class CompileOptions:
     ``XLA_AUTO_MIN_STEPS`` steps, a group of steps on in-memory data
     (:class:`gradloop.in_memory.InMemory`) is one XLA computation, gathers
     included, falling back to TensorFlow's graph, with a warning, when XLA
-    cannot compile it (an op it lacks); shorter fits, and steps on datasets,
-    run on the graph. True: XLA for every in-memory group and for each step on
-    a dataset, no fall-back. False: no XLA.
+    cannot compile it (an op it lacks); an epoch's partial last batch, shorter
+    fits, and steps on datasets run on the graph. True: XLA for every in-memory
+    group, the partial batch's too, and for each step on a dataset, no
+    fall-back. False: no XLA.
     ``fused_optimizer``: run Keras Adam's and SGD-with-momentum's update on
     TensorFlow's fused kernels (same formula; see :mod:`gradloop.optimizer_kernels`).
     """
@@ -277,8 +278,9 @@ class CompiledModel:
                 one_step(x, y, w)
 
         A batch's shape is static (XLA compiles one shape), so the full batches run in one
-        call and a partial last batch in a call compiled for its size. Without XLA (``jit_compile=False``,
-        or XLA failing to compile a group under the default) the same function runs on the graph.
+        call and a partial last batch in a call compiled for its size (under the default, on the
+        graph). Without XLA (``jit_compile=False``, or XLA failing to compile a group under the
+        default) the same function runs on the graph.
         """
         one_step = self._one_step(step_fn, class_weight)
         xla_refused = False
@@ -304,7 +306,10 @@ class CompiledModel:
             epoch = position.epoch
             b = epoch.data.batch_size
             args = (epoch.data.tensors, epoch.order, tf.constant(position.step, tf.int32), tf.constant(num_steps, tf.int32))
-            if not self._xla_groups or xla_refused:
+            # A partial last batch is one step an epoch: by default it runs on the graph, whose trace
+            # costs a fraction of XLA's compile for its shape.
+            partial_on_graph = size != b and self.options.jit_compile is None
+            if not self._xla_groups or xla_refused or partial_on_graph:
                 return group(b, size, False)(*args)
             try:
                 return group(b, size, True)(*args)
