@@ -129,11 +129,11 @@ def test_a_default_run_long_enough_for_xla_stopped_and_resumed_is_bit_identical(
     x, y = arrays(151)
     epochs = -(-XLA_AUTO_MIN_STEPS // 76)  # of 75 batches of 2 and one of 1
 
-    def fit(directory, *callbacks, initial_state=None, train=None, steps_per_execution=5):
+    def fit(directory, *callbacks, resume=False, steps_per_execution=5):
         trainer = trainer_for(None, steps_per_execution=steps_per_execution)
         ckpt = RunCheckpoint(directory, trainer)
-        train = train or InMemory(x, y, batch_size=2, seed=3)
-        history = trainer.fit(train, epochs=epochs, initial_state=initial_state and ckpt.restore(train), end_groups_every=19,
+        train = InMemory(x, y, batch_size=2, seed=3)
+        history = trainer.fit(train, epochs=epochs, initial_state=ckpt.restore(train) if resume else None, end_groups_every=19,
                               callbacks=[Checkpointing(ckpt, every_steps=19), *(c(trainer) for c in callbacks)]).history
         assert trainer._xla_groups
         return history, variables(trainer)
@@ -142,7 +142,7 @@ def test_a_default_run_long_enough_for_xla_stopped_and_resumed_is_bit_identical(
     for stop_at in [(0, 29), (1, 76)]:  # mid-epoch (a group ends there); after the partial batch
         with pytest.raises(KeyboardInterrupt):
             fit(tmp_path / str(stop_at), lambda trainer: StopAt(trainer, *stop_at))
-        history, got = fit(tmp_path / str(stop_at), initial_state=True, steps_per_execution=7)
+        history, got = fit(tmp_path / str(stop_at), resume=True, steps_per_execution=7)
         assert all(np.array_equal(a, b) for a, b in zip(got, expected_variables)), stop_at
         assert history["loss"] == expected_history["loss"], stop_at
 
