@@ -28,14 +28,13 @@ def train(way: str, batch_size: int, epochs: int) -> None:
     import keras
 
     import gradloop
-    from gradloop import data
+    from gradloop import data, models
 
     raw = data.load_dataset("fashion_mnist", notify=lambda line: None)
     x = (raw.x_train[:50000].reshape(50000, -1) / 255).astype("float32")
     y = raw.y_train[:50000].astype("int64")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((784,)), *[keras.layers.Dense(u, activation="relu") for u in (512, 256, 128)],
-                              keras.layers.Dense(10)])
+    model = models.build_mlp(784, (512, 256, 128), 10)  # gradloop train's reference MLP
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if way == "keras":
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"], steps_per_execution=32)
