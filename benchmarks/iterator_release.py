@@ -5,7 +5,7 @@ thread (what Keras' fit and a hand-written loop do), in one process, alternating
     .venv/bin/python benchmarks/iterator_release.py [--epochs 8] [--rounds 6]
 
 Deleting an autotuned iterator can wait for tf.data's tuner thread (see
-gradloop.release); the wait is intermittent, so compare medians.
+gradloop.loop.release); the wait is intermittent, so compare medians.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 import keras
 import tensorflow as tf
 
-from gradloop import Trainer, data, release
+from gradloop import Trainer, data
+from gradloop.loop import release
 
 
 def main() -> None:

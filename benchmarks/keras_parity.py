@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 
 import gradloop  # noqa: E402
 from gradloop import Trainer, data  # noqa: E402
-from gradloop.build import build_model, prepare_data  # noqa: E402
-from gradloop.config import TrainConfig  # noqa: E402
+from gradloop.app.assemble import build_model, prepare_data  # noqa: E402
+from gradloop.app.config import TrainConfig  # noqa: E402
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 

@@ -54,7 +54,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from gradloop import cpu  # noqa: E402  (imports no TensorFlow)
+from gradloop.app import cpu  # noqa: E402  (imports no TensorFlow)
 
 SOURCES = ("images", "breast_cancer", "diabetes")
 IMAGES_DEFAULT = Path("/tmp/fashion-png")
@@ -165,8 +165,8 @@ def arrays(examples) -> tuple[np.ndarray, np.ndarray]:
 def reproduce(case: Case, run: Path, *, diagnose: bool) -> None:
     """The run's data read again with gradloop's readers, then Keras fit on it (and, with ``diagnose``, the
     gradloop library in this process, fused and not, and Keras fit in another order); histories into ``case``."""
-    from gradloop import build
-    from gradloop.config import build_config
+    from gradloop.app import assemble as build
+    from gradloop.app.config import build_config
 
     info = json.loads((run / "run.json").read_text())
     config = build_config({k: v for k, v in info["config"].items() if k != "run_dir"})
@@ -194,7 +194,7 @@ def seeded_model(config, data):
     import keras
     import tensorflow as tf
 
-    from gradloop import build
+    from gradloop.app import assemble as build
 
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -205,7 +205,8 @@ def seeded_model(config, data):
 def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, list[float]]:
     """Keras fit epoch by epoch on the training arrays in the order ``default_rng((order_seed, e))`` gives epoch e,
     compiled with the run's optimizer, loss, metrics and steps per execution; its history in the run's names."""
-    from gradloop import build, rundir
+    from gradloop.app import assemble as build
+    from gradloop.run import folder as rundir
 
     x, y = train
     model = seeded_model(config, data)
@@ -229,10 +230,11 @@ def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, li
 def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
     """gradloop's Trainer in this process on the run's own feed (``examples.epochs``), built as ``build_trainer``
     builds it; ``fused=False``: Keras' own Adam update instead of TensorFlow's fused kernel."""
-    from gradloop import build, rundir
-    from gradloop.compiled import CompileOptions
+    from gradloop.app import assemble as build
+    from gradloop.run import folder as rundir
+    from gradloop.loop.compiled import CompileOptions
     from gradloop.data import examples
-    from gradloop.trainer import Trainer
+    from gradloop.loop.trainer import Trainer
 
     steps_per_epoch = math.ceil(data.train.n / config.batch_size)
     model = seeded_model(config, data)

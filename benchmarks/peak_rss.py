@@ -22,13 +22,14 @@ WAYS = ("keras", "gradloop xla", "gradloop graph")
 
 
 def train(way: str, batch_size: int, epochs: int) -> None:
-    from gradloop import cpu
+    from gradloop.app import cpu
 
     cpu.import_tensorflow()
     import keras
 
     import gradloop
-    from gradloop import data, models
+    from gradloop import data
+    from gradloop.app import models
 
     raw = data.load_dataset("fashion_mnist", notify=lambda line: None)
     x = (raw.x_train[:50000].reshape(50000, -1) / 255).astype("float32")

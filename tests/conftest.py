@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from gradloop import cpu  # noqa: E402
+from gradloop.app import cpu  # noqa: E402
 
 cpu.use_onednn()  # the kernels the CLI runs, here too, before any test imports TensorFlow
 
@@ -31,8 +31,8 @@ def tiny_run(tmp_path_factory) -> Path:
     Tests write their outputs elsewhere (``out=tmp_path``) or into their own subfolder of it."""
     import io
 
-    from gradloop import experiment
-    from gradloop.config import TrainConfig
+    from gradloop.app import train as experiment
+    from gradloop.app.config import TrainConfig
 
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     config = TrainConfig(dataset="mnist-sample", hidden=(64,), epochs=2, run_dir=str(run_dir))

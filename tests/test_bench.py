@@ -12,9 +12,11 @@ import keras
 import numpy as np
 import pytest
 
-from gradloop import bench, cpu, profile
+from gradloop.bench import runner as bench
+from gradloop.app import cpu
+from gradloop.loop import profiler as profile
 from gradloop.cli import main
-from gradloop.trainer import Trainer
+from gradloop.loop.trainer import Trainer
 
 
 def tiny_workload(batch_size: int = 32) -> bench.Workload:
@@ -187,9 +189,9 @@ def test_bench_data_reports_both_ways_their_ratio_memory_and_the_decoded_size(di
 
 
 def test_both_ways_train_the_same_batches_from_the_same_start(digit_folder):
-    from gradloop import bench_worker
-    from gradloop.in_memory import as_dataset
-    from gradloop.config import TrainConfig
+    from gradloop.bench import worker as bench_worker
+    from gradloop.loop.in_memory import as_dataset
+    from gradloop.app.config import TrainConfig
 
     request = {"config": TrainConfig(data=str(digit_folder), model="cnn", batch_size=64).to_dict()}
     streamed, in_memory = (bench_worker.Run.start(v, request) for v in ("streamed", "in memory"))
@@ -207,8 +209,8 @@ def test_both_ways_train_the_same_batches_from_the_same_start(digit_folder):
 def test_decoding_into_memory_gives_the_pixels_over_255(digit_folder):
     from PIL import Image
 
-    from gradloop.bench_worker import decode
-    from gradloop.data import images
+    from gradloop.bench.worker import decode
+    from gradloop.data.sources import images
     from gradloop.data.sources import DataSpec
 
     files = images.load(DataSpec(path=str(digit_folder))).train

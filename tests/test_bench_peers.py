@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from gradloop import bench, errors
+from gradloop import errors
+from gradloop.bench import runner as bench
 from gradloop.cli import main
 from gradloop.data import load_mnist_sample
 
@@ -147,7 +148,7 @@ def test_the_cli_refuses_a_missing_peer_in_one_line():
 def test_a_peer_process_without_its_package_answers_the_same_error(tmp_path):
     request = json.dumps({"folder": str(tmp_path), "workload": digits(32).settings()})
     done = subprocess.run([sys.executable, "-c", HIDE.format(packages=["jax"]) +
-                           "from gradloop.bench_peers import main; sys.exit(main())", "jax jit", request],
+                           "from gradloop.bench.peers import main; sys.exit(main())", "jax jit", request],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr == ""  # no traceback: the bench raises the reply as the CLI's error
     assert json.loads(done.stdout) == {

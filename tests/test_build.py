@@ -7,10 +7,10 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
-from gradloop import build
-from gradloop.config import TrainConfig
+from gradloop.app import assemble as build
+from gradloop.app.config import TrainConfig
 from gradloop.data.examples import ArrayExamples
-from gradloop.data.run_data import RunData
+from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError
 from gradloop import Trainer
 

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from gradloop import CompileOptions, RunDirError, Trainer, data
-from gradloop.checkpoint import Checkpointing, Interrupted, RunCheckpoint, StopSignals
+from gradloop.loop.checkpoint import Checkpointing, Interrupted, RunCheckpoint, StopSignals
 
 N, DIM = 150, 8  # 10 batches of 16 per epoch, the last one partial (6)
 
@@ -212,8 +212,8 @@ SAVER = """
 import os, sys
 import keras, numpy as np, tensorflow as tf
 from gradloop import Trainer, data
-from gradloop.checkpoint import RunCheckpoint
-from gradloop.state import LoopState
+from gradloop.loop.checkpoint import RunCheckpoint
+from gradloop.loop.state import LoopState
 ds = data.make_dataset(np.zeros((64, 1000), np.float32), np.zeros(64, np.int64), batch_size=8, shuffle=True, seed=1)
 trainer = Trainer(keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000), keras.layers.Dense(2)]),
                   optimizer="adam", loss="sparse_categorical_crossentropy")

@@ -13,7 +13,8 @@ from fractions import Fraction
 import keras
 import pytest
 
-from gradloop import config, cpu
+from gradloop.app import config
+from gradloop.app import cpu
 from gradloop.cli import build_parser, main
 
 
@@ -114,7 +115,7 @@ def test_errors_stay_one_line_where_tensorflow_announces_its_onednn_kernels(argv
 
 # What the CLI's TensorFlow does with a NaN: a Keras Dense ReLU layer in a compiled function, as in every step.
 KERNELS_AND_NANS = """
-from gradloop import cpu
+from gradloop.app import cpu
 cpu.import_tensorflow()
 import keras, numpy as np, tensorflow as tf
 layer = keras.layers.Dense(3, activation="relu")
@@ -198,7 +199,7 @@ def train_flag_destinations() -> set[str]:
 
 
 def test_every_train_flag_is_a_config_file_key():
-    from gradloop.config import CONFIG_KEYS
+    from gradloop.app.config import CONFIG_KEYS
 
     assert train_flag_destinations() == set(CONFIG_KEYS) - FILE_ONLY_KEYS
     assert set(CONFIG_SAMPLES) | set(OWN_DATA_SAMPLES) | FILE_ONLY_KEYS == set(CONFIG_KEYS), "add a sample for each new key"
@@ -258,7 +259,7 @@ parser.parse_args(["bench", "--variants", "gradloop --jit"])
 for argv in (["--help"], ["train", "--help"], ["bench", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
         parser.parse_args(argv)
-import gradloop.bench
+import gradloop.bench.runner
 print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
 """
 

@@ -323,7 +323,7 @@ def edit_config(**changes) -> Callable[[Path], None]:
 
 
 def save_other_model(run: Path) -> None:
-    from gradloop import models
+    from gradloop.app import models
 
     models.build_mlp(784, (4,), 10).save(run / "model.keras")
 
@@ -912,7 +912,7 @@ def test_bad_run_directories(row, tmp_path, earlier, capsys):
 def test_a_run_directory_taken_meanwhile_is_not_shared(tmp_path):
     """Two runs checking the same runs/<timestamp> in the same second: the second to create it stops
     and the first one's files stay as they are."""
-    from gradloop import rundir
+    from gradloop.run import folder as rundir
 
     path = rundir.check_new(tmp_path / "runs" / "same-second")
     rundir.claim(path)  # the first run claims it ...
@@ -974,7 +974,7 @@ def test_evaluate_dataset_replaces_the_runs_data_dir(earlier, capsys):
 
 
 def test_config_nulls_that_mean_default_are_accepted(tmp_path):
-    from gradloop.config import build_config, load_yaml
+    from gradloop.app.config import build_config, load_yaml
 
     (tmp_path / "c.yaml").write_text("dataset: null\ndata_dir: ~\nrun_dir:\nepochs: 2\n")
     config = build_config(load_yaml(tmp_path / "c.yaml"))

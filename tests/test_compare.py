@@ -15,9 +15,11 @@ from tensorboard_events import read_hparams
 from test_imports import loaded_after
 from test_report import CHROMIUM, Page, check_screenshot, png_size, rendered_dom
 
-from gradloop import compare, plots, runs
+from gradloop.commands import compare
+from gradloop.pages import plots
+from gradloop.commands import runs
 from gradloop.cli import main
-from gradloop.summaries import hparam_values
+from gradloop.loop.summaries import hparam_values
 
 
 def read(run: Path, name: str):
@@ -162,7 +164,7 @@ def test_comparing_imports_no_tensorflow(tmp_path):
     a, b = (handmade(tmp_path / name, {"lr": lr}, history) for name, lr in (("a", 0.1), ("b", 0.2)))
     modules = loaded_after(f"from gradloop import cli\nassert cli.main(['compare', {str(a)!r}, {str(b)!r}, "
                            f"'--out', {str(tmp_path / 'c.html')!r}]) == 0")
-    assert "gradloop.compare" in modules and not {"tensorflow", "keras"} & modules
+    assert "gradloop.commands.compare" in modules and not {"tensorflow", "keras"} & modules
     assert Page((tmp_path / "c.html").read_text()).tables["config"] == [["key", "a", "b"], ["lr", "0.1", "0.2"]]
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradloop.compiled import CompiledModel
+from gradloop.loop.compiled import CompiledModel
 
 DIM, CLASSES = 4, 3
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradloop.config import RESUMABLE, TrainConfig, build_config, flag_name, load_yaml, resumed_config
+from gradloop.app.config import RESUMABLE, TrainConfig, build_config, flag_name, load_yaml, resumed_config
 from gradloop.data import parse_classes
 from gradloop.errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""Tests of gradloop.data.builtin and keras_download: the named data sets, the Keras cache and downloads.
+"""Tests of gradloop.data.builtin.sets and keras_download: the named data sets, the Keras cache and downloads.
 
 No test touches the user's Keras cache or the real network: downloads come
 from a local file server.
@@ -19,7 +19,8 @@ import pytest
 from test_data_idx import make_idx_dir, random_split
 
 from gradloop import data
-from gradloop.data import builtin, keras_download
+from gradloop.data.builtin import sets as builtin
+from gradloop.data.builtin import keras_download
 from gradloop.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------- helpers

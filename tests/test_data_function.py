@@ -1,4 +1,4 @@
-"""``--data FILE.py:FUNCTION`` (gradloop.data.function): a function returning arrays is read as an
+"""``--data FILE.py:FUNCTION`` (gradloop.data.sources.function): a function returning arrays is read as an
 ``.npz`` is; one returning tf.data datasets of (x, y) batches is used as given.
 
 The functions are real files in tmp_path over real digits (``gradloop.data.load_mnist_sample``)."""
@@ -16,10 +16,11 @@ import tensorflow as tf
 
 from gradloop import data
 from gradloop.data import examples as examples_lib
-from gradloop.data import function, sources
-from gradloop.data.run_data import load_run_data
+from gradloop.data import sources
+from gradloop.data.sources import function
+from gradloop.data.sources.prepared import load_run_data
 from gradloop.errors import ConfigError, DataError
-from gradloop.trainer import Trainer
+from gradloop.loop.trainer import Trainer
 
 DIGITS = """
 import numpy as np

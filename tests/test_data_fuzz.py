@@ -383,7 +383,7 @@ def reference_csv(content: bytes) -> tuple[list[str], list[list[str]]] | None:
 def check_csv(path: Path, content: bytes, *, target: str = "label", **options) -> None:
     """``table.load`` gives a valid table or one DataError/ConfigError line naming the file, in bounded time
     and memory; a table of numbers with whole-number labels is read as the reference reads it."""
-    from gradloop.data import table
+    from gradloop.data.sources import table
     from gradloop.data.sources import DataSpec
     from gradloop.errors import ConfigError
 
@@ -482,7 +482,7 @@ def test_read_csv_with_a_damaged_test_file_beside_it(scratch, train, test):
 @given(train=numeric_tables(), new=st.one_of(csv_tables(), mutated(numeric_tables()), st.binary(max_size=300)))
 def test_read_csv_features_for_predict(scratch, train, new):
     """What ``gradloop predict`` reads: a table checked against the run's columns, or one error line."""
-    from gradloop.data import table
+    from gradloop.data.sources import table
     from gradloop.data.sources import DataSpec
     from gradloop.errors import ConfigError
 

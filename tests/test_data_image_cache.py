@@ -1,4 +1,4 @@
-"""Tests of gradloop.data.image_cache: an image folder decoded once into a run's folder, on real MNIST digits."""
+"""Tests of gradloop.data.sources.image_cache: an image folder decoded once into a run's folder, on real MNIST digits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from PIL import Image
 from test_data_images import assert_restores_exactly, collect, digits, load, write_classes  # noqa: F401  (digits: a fixture)
 from test_disk_full import mounted_tmpfs
 
-from gradloop.data import image_cache, run_data
+from gradloop.data.sources import image_cache
+from gradloop.data.sources import prepared as run_data
 from gradloop.data.sources import DataSpec
 from gradloop.errors import DataError
 

@@ -1,4 +1,4 @@
-"""Tests of gradloop.data.images: class folders of real MNIST digits written here as PNG (and JPEG, BMP, GIF)."""
+"""Tests of gradloop.data.sources.images: class folders of real MNIST digits written here as PNG (and JPEG, BMP, GIF)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import tensorflow as tf
 from PIL import Image
 
 from gradloop import data
-from gradloop.data import examples, images, run_data, sources
+from gradloop.data import examples, sources
+from gradloop.data.sources import images
+from gradloop.data.sources import prepared as run_data
 from gradloop.data.sources import DataSpec
 from gradloop.errors import ConfigError, DataError
 

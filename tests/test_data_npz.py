@@ -1,4 +1,4 @@
-"""Tests of gradloop.data.npz: the Keras-style .npz reader on small archives made here."""
+"""Tests of gradloop.data.builtin.npz: the Keras-style .npz reader on small archives made here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from test_data_idx import random_split
 
 from gradloop import data
-from gradloop.data import arrays, sources
+from gradloop.data import sources
+from gradloop.data.sources import arrays
 from gradloop.errors import ConfigError, DataError
 
 
@@ -92,7 +93,7 @@ def test_load_npz_rejects_non_archives_and_lying_headers(tmp_path):
         data.load_npz(liar)
 
 
-# --------------------------------------------------------------------- --data arrays (gradloop.data.arrays)
+# --------------------------------------------------------------------- --data arrays (gradloop.data.sources.arrays)
 
 
 def load_arrays(path, **options) -> sources.Loaded:

@@ -1,4 +1,4 @@
-"""Tests of gradloop.data.prepare: class selection, scaling and the train/validation split."""
+"""Tests of gradloop.data.builtin.prepare: class selection, scaling and the train/validation split."""
 
 from __future__ import annotations
 

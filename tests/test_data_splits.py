@@ -1,4 +1,4 @@
-"""Tests of gradloop.data.splits: a run's splits are exactly the ones training and evaluation built themselves."""
+"""Tests of gradloop.data.builtin.splits: a run's splits are exactly the ones training and evaluation built themselves."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of gradloop.data.table, the CSV source, on scikit-learn's bundled real tables written here as CSV."""
+"""Tests of gradloop.data.sources.table, the CSV source, on scikit-learn's bundled real tables written here as CSV."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradloop.data import run_data, table
+from gradloop.data.sources import prepared as run_data
+from gradloop.data.sources import table
 from gradloop.data.sources import DataSpec
 from gradloop.errors import ConfigError, DataError
 

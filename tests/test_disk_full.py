@@ -19,10 +19,11 @@ import keras
 import numpy as np
 import pytest
 
-from gradloop import Trainer, data, rundir
-from gradloop.checkpoint import RunCheckpoint
+from gradloop import Trainer, data
+from gradloop.run import folder as rundir
+from gradloop.loop.checkpoint import RunCheckpoint
 from gradloop.errors import DiskFullError
-from gradloop.state import LoopState
+from gradloop.loop.state import LoopState
 
 RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batch-size", "16", "--deterministic",
        "--checkpoint-every", "10", "--epochs", "2"]
@@ -112,7 +113,7 @@ def test_a_checkpoint_that_finds_no_space_leaves_the_latest_one_and_no_part_of_i
 def test_a_checkpoint_whose_record_finds_no_space_leaves_no_part_of_itself(disk, monkeypatch):
     """The disk fills after the checkpoint's files are written, as the state file that records it is
     written: the files go too, since the state file on disk does not name them."""
-    from gradloop import checkpoint
+    from gradloop.loop import checkpoint
 
     trainer, train = toy_trainer()
     ckpt = RunCheckpoint(disk / "checkpoints", trainer)

@@ -22,7 +22,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradloop import Trainer, build, distribute, launch
+from gradloop import Trainer
+from gradloop.app import assemble as build
+from gradloop.loop import distribute
+from gradloop.commands import launch
 
 TOLERANCE = dict(rel=1e-4, abs=1e-5)  # float32 sums in a different order across replicas
 TRAIN = ["train", "--dataset", "mnist-sample", "--epochs", "3", "--hidden", "32", "--batch-size", "32", "--seed", "3",
@@ -294,7 +297,7 @@ import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from gradloop.compiled import CompiledModel
+from gradloop.loop.compiled import CompiledModel
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 losses = tf.constant([[1.7263578176498413, 1.0829224586486816, 0.5994237661361694, 0.8453744649887085],
                       [0.05663934350013733, 0.24856655299663544, 1.341248869895935, 1.2943789958953857]])

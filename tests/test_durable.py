@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gradloop import rundir
+from gradloop.run import folder as rundir
 
 SYSCALL = re.compile(r"^\d+ +(?P<call>\w+)\((?P<args>.*?)(?:\) += |\s*<unfinished)")
 

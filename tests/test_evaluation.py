@@ -1,4 +1,4 @@
-"""gradloop.evaluation: a saved run's model on its val, train and test splits, and on another folder.
+"""gradloop.commands.evaluate: a saved run's model on its val, train and test splits, and on another folder.
 
 One small run trains (a second or two) on gzipped IDX files this module writes from the real digits
 of mnist-sample, on classes 7,1,3 (not sorted, so the run's order shows). The test split's expected
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gradloop import cli, data
-from gradloop.evaluation import SPLITS, evaluate_run, format_report
+from gradloop.commands.evaluate import SPLITS, evaluate_run, format_report
 
 CLASSES = [7, 1, 3]
 

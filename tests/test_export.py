@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from gradloop import data
 from gradloop.cli import main
-from gradloop.config import build_config
-from gradloop.evaluation import split_arrays
-from gradloop.export import export_saved_model
-from gradloop.rundir import RunDir
+from gradloop.app.config import build_config
+from gradloop.commands.evaluate import split_arrays
+from gradloop.commands.export import export_saved_model
+from gradloop.run.folder import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from gradloop import CompileOptions, Trainer
-from gradloop.progress import Progress
+from gradloop.loop.progress import Progress
 
 N, DIM, CLASSES = 120, 6, 3
 KERAS_UPDATE = CompileOptions(fused_optimizer=False, steps_per_execution=4)
@@ -282,7 +282,7 @@ def test_validation_freq_validates_the_epochs_keras_validates(validation_freq):
 
 
 def test_the_history_figure_draws_validation_at_the_validated_epochs():
-    from gradloop import plots
+    from gradloop.pages import plots
 
     ds = tf.data.Dataset.from_tensor_slices(data()[:2]).batch(16)
     fitted = Trainer(mlp(), optimizer="adam", loss=sparse_ce()).fit(ds, validation_data=ds, epochs=4, validation_freq=2, verbose=0)

@@ -1,4 +1,4 @@
-"""gradloop.launch: free ports, the workers' command, each worker's TF_CONFIG, failing fast, signals.
+"""gradloop.commands.launch: free ports, the workers' command, each worker's TF_CONFIG, failing fast, signals.
 
 Most tests launch stand-in workers: ``sys.executable`` becomes a small script that records what it
 was started with (argv, TF_CONFIG, pid), waits for the other workers' records, then exits with the
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from gradloop.errors import ConfigError
-from gradloop.launch import MAX_WORKERS, WORKERS_ENV, WorkerFailed, free_ports, launch, train_argv, worker_env
+from gradloop.commands.launch import MAX_WORKERS, WORKERS_ENV, WorkerFailed, free_ports, launch, train_argv, worker_env
 
 STAND_IN = """#!{python}
 import json, os, signal, sys, time

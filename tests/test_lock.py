@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gradloop import rundir
+from gradloop.run import folder as rundir
 from gradloop.cli import main
 from gradloop.errors import RunDirError
 

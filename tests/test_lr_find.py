@@ -1,4 +1,4 @@
-"""The learning-rate range test: its arithmetic (gradloop.lr_range), the rate it sets at every
+"""The learning-rate range test: its arithmetic (gradloop.loop.lr_range), the rate it sets at every
 step of a compiled call, and ``gradloop lr-find`` on real data, whose suggestion trains the
 reference MLP at least as well as the default rate."""
 
@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradloop import Trainer, cli, experiment
-from gradloop import step as step_lib
-from gradloop.config import TrainConfig
-from gradloop.lr_range import LearningRateRangeTest, smooth, suggest_lr
+from gradloop import Trainer, cli
+from gradloop.app import train as experiment
+from gradloop.loop import step as step_lib
+from gradloop.app.config import TrainConfig
+from gradloop.loop.lr_range import LearningRateRangeTest, smooth, suggest_lr
 
 
 def test_the_rates_grow_exponentially_from_start_to_end():

@@ -10,7 +10,7 @@ nbformat = pytest.importorskip("nbformat")
 CELLS = [
     """import keras, numpy as np, tensorflow as tf
 import gradloop
-from gradloop import plots
+from gradloop.pages import plots
 rng = np.random.default_rng(0)
 x = rng.normal(size=(256, 4)).astype("float32")
 y = (x[:, 0] > 0).astype("int64")

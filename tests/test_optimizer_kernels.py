@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradloop import optimizer_kernels
+from gradloop.loop import optimizer_kernels
 
 
 def train_three_steps(optimizer, fused: bool) -> list[np.ndarray]:

@@ -39,7 +39,7 @@ from PIL import Image
 from test_resume import latest_number
 
 from gradloop import data as gradloop_data
-from gradloop import models
+from gradloop.app import models
 from gradloop.cli import main
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")

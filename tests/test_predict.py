@@ -168,7 +168,7 @@ def test_a_bad_out_is_refused_before_tensorflow_is_imported(tmp_path):
     (tmp_path / "p.csv").write_text("earlier results")
     modules = loaded_after(f"from gradloop import cli\n"
                            f"assert cli.main(['predict', 'run', 'x.csv', '--out', {str(tmp_path / 'p.csv')!r}]) == 2")
-    assert "gradloop.predict" in modules and not {"tensorflow", "keras"} & modules
+    assert "gradloop.commands.predict" in modules and not {"tensorflow", "keras"} & modules
     assert (tmp_path / "p.csv").read_text() == "earlier results"
 
 

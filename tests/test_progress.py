@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from gradloop import progress
+from gradloop.loop import progress
 
 
 def test_a_line_shows_the_loss_first_and_validation_last_but_not_the_training_time():

@@ -208,10 +208,13 @@ def _state(run: Path) -> dict:
 
 def drive(root: Path, seed: int, kills: int) -> dict:
     """The kills of the module docstring; returns what each found and left."""
-    from gradloop import cpu
+    from gradloop.app import cpu
 
     cpu.import_tensorflow()  # as the CLI does, once: the children inherit it
-    from gradloop import checkpoint, cli, evaluation, experiment  # noqa: F401  (imported here, not in each child)
+    from gradloop import cli
+    from gradloop.loop import checkpoint
+    from gradloop.commands import evaluate as evaluation
+    from gradloop.app import train as experiment  # noqa: F401  (imported here, not in each child)
 
     rng = random.Random(seed)
     records, runs, run = [], [], None

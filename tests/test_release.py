@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 
-from gradloop import release
+from gradloop.loop import release
 
 
 def test_release_iterator_deletes_on_its_thread_once_nothing_else_holds_it():

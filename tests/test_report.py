@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradloop import report
+from gradloop.commands import report
 from gradloop.cli import main
-from gradloop.evaluation import evaluate_run
+from gradloop.commands.evaluate import evaluate_run
 
 
 class Page(HTMLParser):
@@ -220,7 +220,7 @@ def test_a_regression_page_embeds_its_two_figures_and_writes_them_beside_it(regr
 
 
 def test_the_history_plot_of_a_regression_run_has_mae_on_top(regression_run, regression_page, tmp_path):
-    from gradloop import plots
+    from gradloop.pages import plots
 
     history = json.loads((regression_run / "history.json").read_text())
     assert plots.plot_history(history, tmp_path / "history.png") == "mae"
@@ -246,7 +246,7 @@ def test_the_history_plot_of_a_regression_run_has_mae_on_top(regression_run, reg
     ({"train_loss": [1.0], "train_time": [2.0], "val_loss": [1.0]}, "mae", None),  # no metric: the loss alone
 ])
 def test_the_history_plots_top_panel_is_the_named_metric_else_the_historys_first(history, metric, top):
-    from gradloop import plots
+    from gradloop.pages import plots
 
     assert plots.top_metric(history, metric) == top
     figure = plots.history_figure(history, metric=metric)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from gradloop import cpu
+from gradloop.app import cpu
 from gradloop.cli import main
 
 # Small and fast: 833 training digits (0 and 1) in 53 batches of 16 per epoch, a checkpoint every 10 steps.

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from gradloop import rundir
+from gradloop.run import folder as rundir
 from gradloop.errors import ConfigError, RunDirError
-from gradloop.rundir import RunDir
+from gradloop.run.folder import RunDir
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_partial_file(tmp_path):

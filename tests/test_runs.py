@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from test_imports import loaded_after
 
-from gradloop import rundir, runs
+from gradloop.run import folder as rundir
+from gradloop.commands import runs
 from gradloop.cli import main
 
 
@@ -185,7 +186,7 @@ def test_hundreds_of_runs_list_from_run_json_alone(tmp_path):
 
 def test_listing_runs_imports_no_tensorflow(folder):
     modules = loaded_after(f"from gradloop import cli\nassert cli.main(['runs', {str(folder)!r}, '--json']) == 0")
-    assert "gradloop.runs" in modules
+    assert "gradloop.commands.runs" in modules
     assert not {"tensorflow", "keras", "matplotlib"} & modules
 
 

@@ -11,8 +11,8 @@ import tensorflow as tf
 from test_trainer import batches, make_trainer, toy_data, toy_model
 
 from gradloop import CompileOptions
-from gradloop.config import LR_SCHEDULES
-from gradloop.schedules import NAMES, LinearWarmUp, learning_rate
+from gradloop.app.config import LR_SCHEDULES
+from gradloop.loop.schedules import NAMES, LinearWarmUp, learning_rate
 
 LR, W, D = 0.1, 5, 8
 

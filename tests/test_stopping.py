@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from gradloop import CompileOptions, Trainer, TrainingError, data
-from gradloop.checkpoint import Checkpointing, RunCheckpoint
-from gradloop.state import LoopState
-from gradloop.step import train_step
-from gradloop.stopping import BestModelEarlyStopping, StopOnNonFiniteLoss
+from gradloop.loop.checkpoint import Checkpointing, RunCheckpoint
+from gradloop.loop.state import LoopState
+from gradloop.loop.step import train_step
+from gradloop.loop.callbacks.stopping import BestModelEarlyStopping, StopOnNonFiniteLoss
 
 DIM = 8
 

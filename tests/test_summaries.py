@@ -8,7 +8,7 @@ from tensorboard_events import read_scalars
 from test_trainer import batches, make_trainer, toy_data, toy_model
 
 from gradloop import CompileOptions
-from gradloop.summaries import TensorBoardSummaries, current_learning_rate
+from gradloop.loop.summaries import TensorBoardSummaries, current_learning_rate
 
 
 def test_epoch_and_batch_scalars_match_the_history_and_the_schedule(tmp_path):

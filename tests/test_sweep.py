@@ -24,10 +24,11 @@ import optuna
 import pytest
 import tensorflow as tf
 
-from gradloop import Trainer, cli, experiment
-from gradloop.config import TrainConfig, build_config, load_yaml
+from gradloop import Trainer, cli
+from gradloop.app import train as experiment
+from gradloop.app.config import TrainConfig, build_config, load_yaml
 from gradloop.sweep import spec as sweep_spec
-from gradloop.sweep.run import PruneOnMetric, suggest
+from gradloop.sweep.trials import PruneOnMetric, suggest
 from gradloop.sweep.study import STUDY_JOURNAL
 
 SPEC = """\

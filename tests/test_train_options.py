@@ -14,8 +14,9 @@ import pytest
 import sklearn.datasets
 import sklearn.utils.class_weight
 
-from gradloop import build, experiment
-from gradloop.config import TrainConfig
+from gradloop.app import assemble as build
+from gradloop.app import train as experiment
+from gradloop.app.config import TrainConfig
 
 QUICK = dict(dataset="mnist-sample", hidden=(32,), batch_size=64, seed=3)
 

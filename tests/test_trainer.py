@@ -207,7 +207,7 @@ def test_evaluate_is_the_mean_over_the_whole_set():
 
 
 def test_finished_iterators_are_deleted_off_the_training_thread():
-    # Deleting an autotuned tf.data iterator can wait seconds (see gradloop.release).
+    # Deleting an autotuned tf.data iterator can wait seconds (see gradloop.loop.release).
     x, y = toy_data()
     trainer = make_trainer(toy_model())
     deleted_on, made = [], []

@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from gradloop import evaluation, rundir
+from gradloop.commands import evaluate as evaluation
+from gradloop.run import folder as rundir
 from gradloop.cli import main
 
 READERS = ("evaluate", "report", "export", "predict")  # the commands that load a run's model

@@ -14,9 +14,9 @@ import tensorflow as tf
 from test_trainer import CLASSES, DIM, batches, make_trainer, toy_data, toy_model
 
 from gradloop import CompileOptions
-from gradloop.config import TrainConfig
-from gradloop.build import build_model, build_optimizer
-from gradloop.schedules import LinearWarmUp
+from gradloop.app.config import TrainConfig
+from gradloop.app.assemble import build_model, build_optimizer
+from gradloop.loop.schedules import LinearWarmUp
 
 
 def gradient(model, x, y) -> list[np.ndarray]:

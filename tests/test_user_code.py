@@ -1,5 +1,5 @@
 """The user's own model: ``--model FILE.py:FUNCTION``, ``package.module:FUNCTION`` or ``FILE.keras``
-(gradloop.user_code, and gradloop.models' user_model, check_model_fits, copy_model_source).
+(gradloop.app.user_code, and gradloop.app.models' user_model, check_model_fits, copy_model_source).
 
 The user files are real files written into tmp_path; every way they can be wrong is a row of
 one table, with the typed error and a phrase its one-line message must carry."""
@@ -16,7 +16,9 @@ import keras
 import numpy as np
 import pytest
 
-from gradloop import models, rundir, user_code
+from gradloop.app import models
+from gradloop.run import folder as rundir
+from gradloop.app import user_code
 from gradloop.errors import ConfigError
 
 MODEL = """

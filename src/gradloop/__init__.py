@@ -17,22 +17,22 @@ __all__ = ["Trainer", "CompileOptions", "InMemory", "ConfigError", "DataError", 
            "TrainingError", "__version__"]
 
 if TYPE_CHECKING:
-    from gradloop.compiled import CompileOptions
-    from gradloop.in_memory import InMemory
-    from gradloop.trainer import Trainer
+    from gradloop.loop.compiled import CompileOptions
+    from gradloop.loop.in_memory import InMemory
+    from gradloop.loop.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:
     if name == "Trainer":
-        from gradloop.trainer import Trainer
+        from gradloop.loop.trainer import Trainer
 
         return Trainer
     if name == "CompileOptions":
-        from gradloop.compiled import CompileOptions
+        from gradloop.loop.compiled import CompileOptions
 
         return CompileOptions
     if name == "InMemory":
-        from gradloop.in_memory import InMemory
+        from gradloop.loop.in_memory import InMemory
 
         return InMemory
     raise AttributeError(f"module 'gradloop' has no attribute {name!r}")

@@ -3,9 +3,9 @@ over the final one, and the rename itself flushed.
 
 A process killed, or a machine losing power, at any instant leaves the old file
 or the new, never half of one; a full disk fails the write (:class:`DiskFullError`),
-never the file. Shared by the run directory (:mod:`gradloop.rundir`), the library's
+never the file. Shared by the run directory (:mod:`gradloop.run.folder`), the library's
 callbacks that write files (the best model) and the checkpoints
-(:mod:`gradloop.checkpoint`, which fsyncs TensorFlow's files); no TensorFlow here.
+(:mod:`gradloop.loop.checkpoint`, which fsyncs TensorFlow's files); no TensorFlow here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ``gradloop`` command line: argument parsing and error reporting only.
 
 ``build_parser()`` knows the flags (train's options come from the fields of
-:class:`gradloop.config.TrainConfig`); the commands call the library. Exit status:
+:class:`gradloop.app.config.TrainConfig`); the commands call the library. Exit status:
 
     0    done
     2    a user error: one line, ``gradloop: error: <what is wrong and how to fix it>``
@@ -28,11 +28,13 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Sequence
 
-from gradloop import __version__, cpu, rundir
-from gradloop.bench import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, PEERS as BENCH_PEERS
-from gradloop.bench import PEERS_INSTALL as BENCH_PEERS_INSTALL, VARIANTS as BENCH_VARIANTS
-from gradloop.config import CONFIG_KEYS, TrainConfig, build_config, flag_name, load_yaml, parse_int_list, resumed_config
-from gradloop.data.splits import SPLITS
+from gradloop import __version__
+from gradloop.app import cpu
+from gradloop.run import folder as rundir
+from gradloop.bench.runner import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, PEERS as BENCH_PEERS
+from gradloop.bench.runner import PEERS_INSTALL as BENCH_PEERS_INSTALL, VARIANTS as BENCH_VARIANTS
+from gradloop.app.config import CONFIG_KEYS, TrainConfig, build_config, flag_name, load_yaml, parse_int_list, resumed_config
+from gradloop.data.builtin.splits import SPLITS
 from gradloop.errors import ConfigError, DiskFullError, GradloopError, TrainingError
 
 
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "with --peers, Keras on JAX, JAX and PyTorch loops; or, with --data, "
                                               "images streamed from disk against held in memory")
     _add_config_flags(bench, ("dataset", "data_dir", "classes", "hidden"))  # as for train
-    from gradloop.config import MODELS  # the built-in models: bench builds no model of the user's
+    from gradloop.app.config import MODELS  # the built-in models: bench builds no model of the user's
 
     bench.add_argument("--data", metavar="DIR", help="a folder of class folders of images: time training on them "
                                                      "streamed from disk and decoded into memory, each in its own process")
@@ -256,7 +258,8 @@ def _train(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     cpu.import_tensorflow()  # here, after the cheap checks
-    from gradloop import checkpoint, experiment
+    from gradloop.loop import checkpoint
+    from gradloop.app import train as experiment
 
     try:
         with checkpoint.StopSignals() as stop:
@@ -281,7 +284,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def resume_command(config, run_dir: str | None) -> str:
     """How to continue an interrupted run; a multi-worker run resumes on all its workers at once."""
-    from gradloop.launch import WORKERS_ENV
+    from gradloop.commands.launch import WORKERS_ENV
 
     where = shlex.quote(str(run_dir)) if run_dir else "<the chief's run directory>"
     train = f"train --resume --run-dir {where}"
@@ -294,7 +297,7 @@ def resume_command(config, run_dir: str | None) -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     cpu.import_tensorflow()
-    from gradloop import evaluation
+    from gradloop.commands import evaluate as evaluation
 
     result = evaluation.evaluate_run(
         args.run_dir, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data, split=args.split,
@@ -305,7 +308,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gradloop import bench
+    from gradloop.bench import runner as bench
 
     batch_sizes = parse_int_list("batch-size", args.batch_size)
     names = [v.strip() for v in args.variants.split(",")] if args.variants else None
@@ -323,7 +326,7 @@ def _bench(args: argparse.Namespace) -> int:
         for b in batch_sizes
     ]
     cpu.import_tensorflow()
-    from gradloop import build
+    from gradloop.app import assemble as build
 
     prepared = build.prepare_data(configs[0], notify=lambda line: print(line, file=sys.stderr))
     works = (bench.Workload(*prepared.train, batch_size=config.batch_size, hidden=config.hidden,
@@ -370,7 +373,7 @@ def _bench_data(args: argparse.Namespace, batch_sizes: tuple[int, ...]) -> int:
                      hidden=args.hidden, model=args.model, batch_size=b)
         for b in batch_sizes
     ]
-    from gradloop import bench
+    from gradloop.bench import runner as bench
 
     results = (bench.run_data_bench(config, seconds=args.seconds, rounds=args.rounds, progress=_bench_progress)
                for config in configs)
@@ -378,7 +381,7 @@ def _bench_data(args: argparse.Namespace, batch_sizes: tuple[int, ...]) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from gradloop.launch import WorkerFailed, launch, train_argv
+    from gradloop.commands.launch import WorkerFailed, launch, train_argv
 
     # The workers' own checks would report a bad flag N times, after start-up: check it once, now.
     train_args = build_parser().parse_args([*train_argv(args.workers, args.train_argv), "--strategy", "multi_worker"])
@@ -394,7 +397,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     cpu.import_tensorflow()
-    from gradloop import report
+    from gradloop.commands import report
 
     path = report.write_report(
         args.run_dir, out=args.out, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data, split=args.split,
@@ -406,7 +409,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     cpu.import_tensorflow()
-    from gradloop import export
+    from gradloop.commands import export
 
     path = export.export_saved_model(args.run_dir, out=args.out, trust_code=args.trust_code)
     print(f"gradloop: wrote SavedModel {path} (signature serving_default)")
@@ -414,7 +417,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from gradloop import predict  # TensorFlow only once predict_run runs: a bad --out is refused at once
+    from gradloop.commands import predict  # TensorFlow only once predict_run runs: a bad --out is refused at once
 
     if args.out is not None:
         predict.check_out(args.out, overwrite=args.overwrite)
@@ -434,7 +437,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from gradloop import runs
+    from gradloop.commands import runs
 
     found, empty = runs.list_runs(args.dir)
     if empty:
@@ -450,7 +453,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from gradloop import compare
+    from gradloop.commands import compare
 
     print(f"gradloop: wrote {compare.write_compare(args.run_dirs, out=args.out)}")
     return 0
@@ -460,7 +463,7 @@ def _lr_find(args: argparse.Namespace) -> int:
     file_values = load_yaml(args.config) if args.config else {}
     config = build_config(file_values, **{k: v for k, v in vars(args).items() if k in CONFIG_KEYS})
     cpu.import_tensorflow()
-    from gradloop import lr_find
+    from gradloop.commands import lr_find
 
     result, out = lr_find.find_lr(config, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
                                   notify=lambda line: print(line, file=sys.stderr))
@@ -475,8 +478,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     spec = sweep_spec.read_spec(args.spec)  # before TensorFlow: a bad SPEC is one line at once
     cpu.import_tensorflow()
-    from gradloop import checkpoint
-    from gradloop.sweep import run
+    from gradloop.loop import checkpoint
+    from gradloop.sweep import trials as run
 
     try:
         with checkpoint.StopSignals() as stop:

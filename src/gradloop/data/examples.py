@@ -23,7 +23,7 @@ from gradloop.data import pipeline
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from gradloop.in_memory import InMemory
+    from gradloop.loop.in_memory import InMemory
 
 
 class Examples(Protocol):
@@ -66,9 +66,9 @@ class ArrayExamples:
 def epochs(examples: Examples, *, batch_size: int, seed: int) -> Callable[[int], "tf.data.Dataset | InMemory"]:
     """Training data as ``epoch -> that epoch's batches``, epoch ``e`` in the order
     ``numpy.random.default_rng((seed, e)).permutation(n)`` (as :func:`pipeline.shuffled_epochs`).
-    In memory: :class:`gradloop.in_memory.InMemory`, whose step groups gather their batches themselves."""
+    In memory: :class:`gradloop.loop.in_memory.InMemory`, whose step groups gather their batches themselves."""
     if isinstance(examples, ArrayExamples):
-        from gradloop.in_memory import InMemory
+        from gradloop.loop.in_memory import InMemory
 
         x, targets = pipeline.checked_arrays(examples.x, examples.y, batch_size)
         return InMemory(x, targets, batch_size=batch_size, seed=seed)

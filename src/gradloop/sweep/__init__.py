@@ -2,7 +2,7 @@
 
     spec.py      SPEC.yaml, read and checked (no TensorFlow)
     study.py     the sweep folder, the Optuna study and its storage, and which process runs which trial
-    run.py       the loop: claim a trial, train it (gradloop.experiment.train), tell the study
+    run.py       the loop: claim a trial, train it (gradloop.app.train.train), tell the study
     page.py      the end: best.yaml, results.json and the sweep page
 
     SWEEP/

@@ -2,8 +2,8 @@
 
     results.json   every trial: state, metric, options, run directory; the best; the importances
     best.yaml      the best complete trial's config: gradloop train --config best.yaml trains it again
-    sweep.html     one self-contained page (gradloop.pages): the trials' learning curves overlaid
-                   (gradloop.plots.compare_figure, as gradloop compare draws them), the metric of
+    sweep.html     one self-contained page (gradloop.pages.html): the trials' learning curves overlaid
+                   (gradloop.pages.plots.compare_figure, as gradloop compare draws them), the metric of
                    each trial, the options' importances (optuna.importance, fANOVA) and a table
 
 Trials still running in another process are listed as running; that process writes the
@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
-from gradloop import pages, plots, rundir
-from gradloop.config import build_config
+from gradloop.pages import html as pages
+from gradloop.pages import plots
+from gradloop.run import folder as rundir
+from gradloop.app.config import build_config
 from gradloop.errors import GradloopError
 from gradloop.sweep.spec import Choices
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-from gradloop.config import TrainConfig, build_config, config_values, read_yaml_mapping
+from gradloop.app.config import TrainConfig, build_config, config_values, read_yaml_mapping
 from gradloop.errors import ConfigError
 
 DIRECTIONS = ("maximize", "minimize")

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 import optuna
 
-from gradloop import rundir
+from gradloop.run import folder as rundir
 from gradloop.errors import ConfigError, RunDirError
 from gradloop.sweep.spec import SweepSpec
 

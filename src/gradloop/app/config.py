@@ -1,0 +1,491 @@
+"""The experiment's configuration: one typed, frozen dataclass, validated once.
+
+Precedence is ``defaults < --config FILE.yaml < command-line flags``. The
+defaults are the reference experiment of the tutorial (MNIST classes 0, 1, 2;
+MLP 512-256-128; Adam 1e-4; batch 32; 10 epochs; 1/6 held out).
+
+Each field is also a ``gradloop train`` flag, described once, on the field
+(:class:`Flag`); the CLI builds the flag from the field's name, type, default
+and that description, so a default or a choice is never written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from gradloop.data import DATASETS, parse_classes
+from gradloop.data.sources import COLOR_MODES, FILLS, TASKS
+from gradloop.errors import ConfigError
+
+MODELS = ("mlp", "cnn")  # built in; also FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras
+REFERENCE_CLASSES = (0, 1, 2)  # the tutorial's digits, when no --data (which keeps all its classes)
+STRATEGIES = ("default", "mirrored", "multi_worker")
+LR_SCHEDULES = ("constant", "cosine", "exponential", "step")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+IMAGE_CACHE = ("auto", "off")  # gradloop.data.sources.image_cache: decode an image folder once, or every epoch
+# --model: a built-in, FILE.py:FUNCTION or package.module:FUNCTION, or a saved FILE.keras
+MODEL_SPEC = re.compile(r"(?:.+\.keras|.+:[A-Za-z_][A-Za-z0-9_]*)")
+MAX_SEED = 2**32 - 1  # numpy's legacy seed, which keras.utils.set_random_seed sets, takes no more
+MAX_INT32 = 2**31 - 1  # steps per call travel as an int32 tensor
+# 0.4 GB of float32 weights, 1.6 GB with gradients and Adam's slots: far more than MNIST needs, and a
+# typo one digit longer would exhaust memory (or meet the OOM killer, which leaves no message at all).
+MAX_MLP_WEIGHTS = 10**8
+# Each CPU replica traces the step again, so start-up grows with their number: past a few per core, a
+# run can spend minutes tracing before its first step.
+MAX_CPU_REPLICAS = 16
+# null means "the default" for these keys; for the others it is a mistake
+_NULLABLE = ("dataset", "data_dir", "run_dir", "replicas", "decay_steps", "clip_norm", "classes", "data", "target",
+             "task", "image_size", "color_mode", "fill", "loss", "metrics", "optimizer", "model_args", "class_weight", "ema")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a :class:`TrainConfig` field reads as a ``gradloop train`` flag.
+
+    The CLI takes the rest from the field: the flag ``--field-name``, its type
+    (int, float, text; a bool is a switch that turns the option on) and the
+    help's "(default: ...)" from the field's default.
+    """
+
+    help: str
+    name: str = ""  # the flag, where it is not --field-name
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+    # True: argparse refuses any other value ("invalid choice: ..."); False: the config's own check does
+    # ("... must be one of ..."), as for a value from a --config file.
+    parser_checks_choices: bool = True
+    unset: str = ""  # what a default of None means, for the help
+    cli: bool = True  # False: a --config file key only (a mapping has no flag syntax)
+
+
+def _option(default: Any, help: str, **flag: Any) -> Any:
+    """A field with its flag: ``seed: int = _option(42, "the random seed", metavar="N")``."""
+    return dataclasses.field(default=default, metadata={"flag": Flag(help, **flag)})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a ``gradloop train`` run computes.
+
+    Each field's help, beside it, says what it means (``gradloop train --help``
+    shows them all); steps count batches. ``classes`` are kept in the user's
+    order: ``classes[i]`` becomes label ``i``. The training options are used
+    by :mod:`gradloop.loop.schedules` and :func:`gradloop.app.assemble.build_optimizer`;
+    checkpoints by step or by time add to those at each epoch's end.
+    """
+
+    data: str | None = _option(
+        None, "your own data: a CSV file (with --target), an .npz or a folder of .npy files, a folder with a "
+        "sub-folder of images per class, or FILE.py:FUNCTION / package.module:FUNCTION", metavar="PATH",
+        unset="a built-in --dataset",
+    )
+    target: str | None = _option(None, "the CSV column to predict", metavar="COLUMN", unset="none; required for a CSV")
+    task: str | None = _option(
+        None, "what the model predicts", choices=TASKS, parser_checks_choices=False,
+        unset="classification, or regression for targets with non-integer numbers",
+    )
+    image_size: tuple[int, ...] | None = _option(
+        None, "resize images to H,W pixels", metavar="H,W", unset="the images' own size when they all agree",
+    )
+    color_mode: str | None = _option(
+        None, "image channels", choices=COLOR_MODES, parser_checks_choices=False, unset="what the images are",
+    )
+    image_cache: str = _option(
+        "auto", "an image folder's pixels: auto decodes them once into the run's cache/ folder (when half the free "
+        "disk holds them; deleted when the run finishes) and reads them from there every epoch; off decodes the "
+        "files every epoch", choices=IMAGE_CACHE,
+    )
+    fill: str | None = _option(
+        None, "missing CSV cells: the training column's mean, zero, or drop the row", choices=FILLS,
+        parser_checks_choices=False, unset="an error naming the row and column",
+    )
+    dataset: str | None = _option(
+        None, "the data set to train on", choices=DATASETS, parser_checks_choices=False,
+        unset="full MNIST if cached or downloadable, else the bundled mnist-sample",
+    )
+    data_dir: str | None = _option(
+        None, "folder of the four IDX files (.gz or not) or a Keras-style mnist.npz", metavar="DIR",
+        unset="the data set's own files, cached or downloaded",
+    )
+    classes: tuple[int | str, ...] | None = _option(
+        None, "classes to keep, e.g. 0,1,2, 0-4 or all (of --data: names or indices); in this order they become "
+        "labels 0, 1, ...", unset="0,1,2 of a built-in --dataset, all of --data",
+    )
+    model: str = _option(
+        "mlp", "the network: mlp, cnn (sized from the data), FILE.py:FUNCTION or package.module:FUNCTION "
+        "returning a keras.Model, or a saved FILE.keras", metavar="MODEL",
+    )
+    model_args: dict | None = _option(None, "keyword arguments for a --model FUNCTION", cli=False, unset="none")
+    loss: str | None = _option(
+        None, "a Keras loss by name", metavar="NAME",
+        unset="sparse categorical cross-entropy on logits, or mean squared error for regression",
+    )
+    metrics: tuple[str, ...] | None = _option(
+        None, "Keras metrics by name, comma-separated", metavar="NAMES", unset="accuracy, or mae for regression",
+    )
+    optimizer: str = _option("adam", "a Keras optimizer by name (with --lr and the schedule)", metavar="NAME")
+    hidden: tuple[int, ...] = _option((512, 256, 128), "MLP hidden layer sizes", metavar="SIZES")
+    epochs: int = _option(10, "passes over the training data", metavar="N")
+    batch_size: int = _option(32, "samples per step", metavar="N")
+    lr: float = _option(1e-4, "Adam learning rate; the peak rate of a schedule")
+    lr_schedule: str = _option("constant", "how the rate changes as training goes on", choices=LR_SCHEDULES)
+    warmup_steps: int = _option(0, "ramp the rate up linearly over N steps first", metavar="N")
+    decay_steps: int | None = _option(
+        None, "cosine: steps to decay to 0; exponential/step: steps per --decay-rate", metavar="N",
+        unset="the rest of training for cosine, an epoch for exponential/step",
+    )
+    decay_rate: float = _option(0.9, "factor per --decay-steps for exponential/step", metavar="R")
+    clip_norm: float | None = _option(None, "clip the gradient to global norm C", metavar="C", unset="no clipping")
+    accumulate_steps: int = _option(1, "average the gradients of N batches per update", metavar="N")
+    precision: str = _option(
+        "float32", "Keras dtype policy; mixed_float16 uses dynamic loss scaling", choices=PRECISIONS
+    )
+    val_fraction: float = _option(1 / 6, "share of the training data held out for validation", metavar="F")
+    seed: int = _option(42, "seed for the split, shuffling and initial weights", metavar="N")
+    steps_per_execution: int = _option(32, "training steps per compiled call", metavar="N")
+    jit_compile: bool = _option(
+        False, "XLA-compile every group of steps (and each step on streamed data); without it, only long runs "
+        "on in-memory data of models without convolutions", name="--jit",
+    )
+    strategy: str = _option(
+        "default",
+        "default: one device; mirrored: all GPUs, or --replicas CPU devices; multi_worker: TF_CONFIG's cluster",
+        choices=STRATEGIES, parser_checks_choices=False,
+    )
+    replicas: int | None = _option(
+        None, "with --strategy mirrored and no GPU: split the CPU into N devices", metavar="N",
+        unset="the CPU as one device",
+    )
+    summary_every: int = _option(32, "TensorBoard batch summaries every N steps", metavar="N")
+    run_dir: str | None = _option(None, "output folder", metavar="DIR", unset="runs/<timestamp>")
+    deterministic: bool = _option(False, "op determinism: reruns and resumes are bit-identical")
+    checkpoint_every: int = _option(1000, "also checkpoint every STEPS steps of an epoch; 0: off", metavar="STEPS")
+    checkpoint_seconds: float = _option(300.0, "also checkpoint every S seconds; 0: off", metavar="S")
+    early_stop: int = _option(0, "stop after PATIENCE epochs without a lower val_loss; 0: off", metavar="PATIENCE")
+    validation_every: int = _option(1, "validate every N-th epoch (Keras' validation_freq)", metavar="N")
+    class_weight: str | dict | None = _option(
+        None, "weigh training samples by their class: balanced (n_samples / (n_classes * count), as scikit-learn's); "
+        "a --config file may map classes (names or indices) to weights instead", metavar="balanced",
+        unset="every sample weighs 1",
+    )
+    ema: float | None = _option(
+        None, "keep an exponential moving average of the weights with this decay, e.g. 0.999: validation, "
+        "model.keras and model.best.keras use the averaged weights", metavar="DECAY", unset="off",
+    )
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, minimum=1)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("steps_per_execution", self.steps_per_execution, minimum=1, maximum=MAX_INT32)
+        _check_int("summary_every", self.summary_every, minimum=1)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        _check_int("warmup_steps", self.warmup_steps, minimum=0)
+        _check_int("accumulate_steps", self.accumulate_steps, minimum=1)
+        if self.decay_steps is not None:
+            _check_int("decay_steps", self.decay_steps, minimum=1)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not _is_number(self.decay_rate) or not 0 < self.decay_rate <= 1:
+            raise ConfigError(f"decay_rate must be a number in (0, 1], got {_short(self.decay_rate)}")
+        if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
+            raise ConfigError(f"clip_norm must be a finite number > 0 (a global gradient norm), got {_short(self.clip_norm)}")
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("image_cache", self.image_cache, IMAGE_CACHE)
+        if not _is_number(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a finite number > 0 such as 1e-4, got {_short(self.lr)}")
+        if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), got {_short(self.val_fraction)}")
+        if self.dataset is not None:
+            _check_choice("dataset", self.dataset, DATASETS)
+        if self.model not in MODELS and not (isinstance(self.model, str) and MODEL_SPEC.fullmatch(self.model)):
+            raise ConfigError(
+                f"model must be mlp, cnn, FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras, got {_short(self.model)}"
+            )
+        self._check_own_data()
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden must be one or more positive layer sizes like 512,256,128, got {_short(self.hidden)}")
+        if self.model == "mlp" and self.data is None and (weights := mlp_weights(self.hidden)) > MAX_MLP_WEIGHTS:
+            raise ConfigError(
+                f"hidden {','.join(map(str, self.hidden))} makes an MLP of {weights:,} weights, over the "
+                f"limit of {MAX_MLP_WEIGHTS:,} (memory would run out); use smaller layers"
+            )
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        if self.replicas is not None:
+            _check_int("replicas", self.replicas, minimum=1, maximum=MAX_CPU_REPLICAS)
+            if self.strategy != "mirrored":
+                raise ConfigError("replicas applies to --strategy mirrored only; add --strategy mirrored or drop --replicas")
+        for name in ("jit_compile", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {_short(getattr(self, name))}")
+        _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        _check_int("early_stop", self.early_stop, minimum=0)
+        if not _is_number(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
+            raise ConfigError(f"checkpoint_seconds must be a number >= 0 (0: off), got {_short(self.checkpoint_seconds)}")
+        _check_int("validation_every", self.validation_every, minimum=1)
+        if self.ema is not None and (not _is_number(self.ema) or not 0 < self.ema < 1):
+            raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999, got {_short(self.ema)}")
+        _check_class_weight(self.class_weight)
+        if self.early_stop and not self.val_fraction:
+            raise ConfigError("early_stop watches val_loss, but val_fraction is 0; hold out data or drop early_stop")
+        for name in ("dataset", "data_dir", "run_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, value := os.fspath(value))  # kept as str: run.json is JSON
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a non-empty name or path, got {_short(value)}")
+
+    def _check_own_data(self) -> None:
+        """The --data options: only with --data, and each of its kind."""
+        if self.data is None:
+            given = [flag_name(k) for k in ("target", "task", "image_size", "color_mode", "fill") if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"{given[0]} applies to --data only; add --data PATH or drop {given[0]}")
+            if self.classes is None:
+                object.__setattr__(self, "classes", REFERENCE_CLASSES)
+        else:
+            if isinstance(self.data, os.PathLike):
+                object.__setattr__(self, "data", os.fspath(self.data))
+            if not isinstance(self.data, str) or not self.data.strip():
+                raise ConfigError(f"data must be a path, got {_short(self.data)}")
+            object.__setattr__(self, "data", _absolute(self.data))  # run.json's data is found from any folder
+            if self.dataset is not None or self.data_dir is not None:
+                raise ConfigError("--data reads your own data and --dataset/--data-dir a built-in data set; pass one of them")
+        if self.task is not None:
+            _check_choice("task", self.task, TASKS)
+        if self.color_mode is not None:
+            _check_choice("color_mode", self.color_mode, COLOR_MODES)
+        if self.fill is not None:
+            _check_choice("fill", self.fill, FILLS)
+        if self.image_size is not None and (
+            len(self.image_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 8192 for v in self.image_size)
+        ):
+            raise ConfigError(f"image_size must be two sizes H,W from 1 to 8192 pixels, got {_short(self.image_size)}")
+        for name in ("target", "loss", "optimizer"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a non-empty name, got {_short(value)}")
+        if self.metrics is not None and (not isinstance(self.metrics, tuple) or not all(isinstance(m, str) and m for m in self.metrics)):
+            raise ConfigError(f"metrics must be Keras metric names like accuracy,auc, got {_short(self.metrics)}")
+        if self.model_args is not None and (
+            not isinstance(self.model_args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in self.model_args)
+        ):
+            raise ConfigError(f"model_args must be a mapping of argument names to values, got {_short(self.model_args)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-friendly dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_yaml(self) -> str:
+        """The config as a ``--config`` file: ``gradloop train --config`` on it gives this config back."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _check_class_weight(value: Any) -> None:
+    """``balanced``, or a mapping of class (name or index) to a finite weight >= 0."""
+    if value is None or value == "balanced":
+        return
+    if not isinstance(value, dict) or not value or not all(
+        isinstance(k, (int, str)) and not isinstance(k, bool) and _is_number(v) and v >= 0 for k, v in value.items()
+    ):
+        raise ConfigError(
+            "class_weight must be balanced, or (in a --config file) a mapping of classes to weights >= 0 such as "
+            f"{{cat: 2.0, dog: 0.5}}, got {_short(value)}"
+        )
+
+
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
+        rule = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ConfigError(f"{name} must be an integer {rule}, got {_short(value)}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {_short(value)}")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (a 400-digit YAML integer overflows a float, so it is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def mlp_weights(hidden: tuple[int, ...], n_inputs: int = 28 * 28, n_classes: int = 10) -> int:
+    """Weights and biases of the MLP that ``hidden`` describes (at most ``n_classes`` logits)."""
+    sizes = (n_inputs, *hidden, n_classes)
+    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+
+
+def parse_int_list(name: str, value: Any) -> tuple[int, ...]:
+    """``"512,256,128"`` or ``[512, 256, 128]`` -> ``(512, 256, 128)``."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, int) and not isinstance(items, bool):
+        items = [items]
+    try:
+        return tuple(_as_int(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be comma-separated integers like 512,256,128, got {_short(value)}") from None
+
+
+def _as_int(v: Any) -> int:
+    if isinstance(v, bool) or isinstance(v, float):
+        raise ValueError(v)
+    return int(str(v).strip())
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CONFIG_KEYS = frozenset(_FIELDS)  # the --config file's keys, and the train flags' destinations
+
+
+def flag_name(key: str) -> str:
+    """The ``gradloop train`` flag of a config key: ``--batch-size`` for batch_size, ``--jit`` for jit_compile."""
+    return _FIELDS[key].metadata["flag"].name or "--" + key.replace("_", "-")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into a dict of known keys (dashes or underscores)."""
+    return config_values(read_yaml_mapping(path), where=str(path))
+
+
+def read_yaml_mapping(path: str | Path, *, what: str = "config file") -> dict[Any, Any]:
+    """The mapping a YAML file holds (an empty file: ``{}``); ``what`` names the file in errors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text; pass a YAML file like 'epochs: 5'") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None)
+        why = f" ({_short(problem, 120)[1:-1]})" if problem else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{at}{why}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of keys to values, like 'epochs: 5'")
+    return data
+
+
+def config_values(data: Mapping[Any, Any], *, where: str) -> dict[str, Any]:
+    """``data`` as config values: each key known (dashes or underscores), null only where it means the default."""
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown key {_short(key)} in {where}; known keys: {', '.join(sorted(_FIELDS))}")
+        if value is None and name not in _NULLABLE:
+            raise ConfigError(f"{_short(key)} in {where} is empty (null); give it a value or delete the line")
+        out[name] = value
+    return out
+
+
+def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> TrainConfig:
+    """Merge file values and flags (flags that are None are 'not given') into a checked config."""
+    values: dict[str, Any] = dict(file_values or {})
+    values.update({k: v for k, v in flags.items() if v is not None})
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    if values.get("classes") is not None:
+        values["classes"] = parse_class_names(values["classes"]) if values.get("data") else parse_classes(values["classes"])
+    for key in ("image_size", "metrics"):
+        if values.get(key) is not None:
+            values[key] = parse_int_list(key, values[key]) if key == "image_size" else _names(key, values[key])
+    if "hidden" in values:
+        values["hidden"] = parse_int_list("hidden", values["hidden"])
+    for key in ("lr", "val_fraction", "decay_rate", "clip_norm", "checkpoint_seconds", "ema"):  # YAML reads 1e-4 (no dot) as a string
+        if isinstance(values.get(key), str):
+            values[key] = _parse_float(key, values[key])
+    for key in ("data_dir", "run_dir", "dataset"):  # a number in YAML is a name too
+        if isinstance(values.get(key), int) and not isinstance(values[key], bool):
+            values[key] = str(values[key])
+    return TrainConfig(**values)
+
+
+def _absolute(data: str) -> str:
+    """``--data`` with its file made absolute (``FILE.py:FUNCTION`` too); ``package.module:FUNCTION`` as it is."""
+    target, _, name = data.rpartition(":")
+    if target and name.isidentifier() and not os.path.exists(data):
+        return f"{os.path.abspath(target)}:{name}" if target.endswith(".py") else data
+    return os.path.abspath(data)
+
+
+def parse_class_names(spec: Any) -> tuple[int | str, ...] | None:
+    """``--classes`` of your own data: names or indices (checked against the data when it is read); None for all."""
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return None
+    items = spec.split(",") if isinstance(spec, str) else spec
+    if isinstance(items, (int, str)) and not isinstance(items, bool):
+        items = [items]
+    if not isinstance(items, (list, tuple)) or not items or any(isinstance(c, bool) or not isinstance(c, (int, str)) for c in items):
+        raise ConfigError(f"classes must be class names or indices like cat,dog or 0,1, got {_short(spec)}")
+    return tuple(c.strip() if isinstance(c, str) else c for c in items)
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in items) or not items:
+        raise ConfigError(f"{key} must be names like accuracy,auc, got {_short(value)}")
+    return tuple(v.strip() for v in items)
+
+
+def _parse_float(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {_short(text)}") from None
+
+
+# What a resumed run may change: when it stops, how often it saves and where it reads its images from, never what it computes.
+RESUMABLE = ("epochs", "checkpoint_every", "checkpoint_seconds", "summary_every", "image_cache")
+
+
+def resumed_config(saved: Mapping[str, Any], file_values: Mapping[str, Any] | None = None, **flags: Any) -> TrainConfig:
+    """The config of a run to resume: its saved config, with only ``RESUMABLE`` keys changed.
+
+    A flag that repeats the saved value is fine; one that changes the model,
+    the data or the training is refused, naming it.
+    """
+    run_dir = flags.get("run_dir")
+    base = build_config({k: v for k, v in saved.items() if k != "run_dir"}, run_dir=run_dir)
+    asked = build_config({**base.to_dict(), **(file_values or {})}, **flags)
+    for name in _FIELDS:
+        mine, theirs = getattr(asked, name), getattr(base, name)
+        if name not in RESUMABLE and mine != theirs:
+            raise ConfigError(
+                f"{flag_name(name)} {_show(mine)} differs from the run's {_show(theirs)}; a resumed run keeps its "
+                f"model, data and training settings (only {', '.join(map(flag_name, RESUMABLE))} may "
+                "change): drop the flag, or start a new run"
+            )
+    if asked.epochs != base.epochs and base.lr_schedule == "cosine" and base.decay_steps is None:
+        raise ConfigError(
+            f"--epochs {asked.epochs} would change the run's cosine schedule, which decays over its "
+            f"{base.epochs} epochs; keep --epochs {base.epochs} (runs meant to be extended set --decay-steps)"
+        )
+    return asked
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "unset" if value is None else _short(value).strip("'")

@@ -1,0 +1,449 @@
+"""``gradloop train`` as a function: config in, run directory out.
+
+    data     the run's splits, scaled, as tf.data pipelines       (gradloop.app.assemble, gradloop.data)
+    trainer  model, optimizer, loss, metrics, NaN guard            (gradloop.app.assemble, gradloop.loop.callbacks.stopping)
+    start    a new run directory, or resume one from its checkpoint (gradloop.run.folder, gradloop.loop.checkpoint)
+    fit      Trainer.fit with progress, history files, TensorBoard, early stop and checkpoints
+    record   model.keras, history.json/.csv/.png, run.json finished  (gradloop.run.folder, gradloop.pages.plots)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import math
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, TextIO
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gradloop import __version__, atomic
+from gradloop.app import assemble as build
+from gradloop.loop import checkpoint
+from gradloop.app import cpu
+from gradloop.loop import distribute
+from gradloop.loop import in_memory
+from gradloop.app import models
+from gradloop.pages import plots
+from gradloop.loop import progress
+from gradloop.run import folder as rundir
+from gradloop.loop.callbacks import stopping
+from gradloop.loop import summaries
+from gradloop.loop import step as step_lib
+from gradloop.app.config import MODELS, TrainConfig
+from gradloop.data import examples
+from gradloop.data.sources import image_cache
+from gradloop.data.sources.prepared import RunData
+from gradloop.data.sources import describe_change
+from gradloop.errors import ConfigError, DataError, DiskFullError, RunDirError, TrainingError
+from gradloop.loop.state import LoopState, validates
+from gradloop.loop.trainer import TrainData, Trainer
+
+# What the library's errors advise when a run cannot go on: the CLI's way to do it.
+_START_OVER = "start the run again with --overwrite"
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop: checkpoint.StopSignals | None = None,
+    out: TextIO | None = None,
+    notify: Callable[[str], None] | None = None,
+    profile: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> Path:
+    """Run one experiment, or continue one (``resume``), and return its run directory.
+
+    With ``stop`` (the CLI's :class:`~gradloop.loop.checkpoint.StopSignals`), SIGTERM
+    and SIGINT end the run after a checkpoint by raising ``checkpoint.Interrupted``.
+    ``profile`` first prints where a step's time goes (on a copy of the model:
+    the run is unaffected). The chief holds the run directory's lock
+    (:func:`gradloop.run.folder.lock`) from before it changes anything until it returns.
+    ``callbacks`` (a sweep's pruning, say) run after gradloop's own, so an epoch's
+    checkpoint and history are written before they see the epoch end.
+    """
+    with contextlib.ExitStack() as held:  # the run's lock, dropped however training ends
+        return _train(config, held, resume=resume, overwrite=overwrite, stop=stop, out=out, notify=notify, profile=profile,
+                      callbacks=callbacks)
+
+
+def _train(
+    config: TrainConfig, held: contextlib.ExitStack, *, resume: bool, overwrite: bool,
+    stop: checkpoint.StopSignals | None, out: TextIO | None, notify: Callable[[str], None] | None, profile: bool,
+    callbacks: Sequence[keras.callbacks.Callback],
+) -> Path:
+    out = out or sys.stdout
+    notify = notify or (lambda line: print(line, file=sys.stderr))
+    strategy = build.make_strategy(config)  # a multi-worker strategy must exist before any other TensorFlow work
+    if stop is not None and config.strategy == "multi_worker":
+        stop.catch()  # take SIGTERM back from TensorFlow's coordination service
+    chief = distribute.is_chief(strategy)
+    resumed = _check_resumable(config, strategy) if resume else None
+    if resumed is None and config.model not in MODELS:
+        models.check_model_source(config.model)
+    path = _run_path(config, chief=chief, resume=resume, overwrite=overwrite)
+    held.enter_context(_naming_full_disk(config, path, chief=chief))
+    if resume and chief:  # a new run is locked as it is created (_start)
+        held.enter_context(rundir.lock(path))
+        # Read again under the lock: a writer that ended meanwhile may have moved the run on.
+        resumed = rundir.check_resumable(path, epochs=config.epochs, workers=distribute.worker_count(strategy), writer=False)
+
+    data = build.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
+    feed = Feed.of(config, data)
+    trainer, guard = _trainer(config, strategy, data, feed, model_spec=_model_spec(resumed))
+    check_fits(config, data, trainer, feed)
+    class_weight = build.class_weights(config, data)
+    if resumed is not None:
+        check_same_data(config, resumed, data)
+        feed = Feed.of(config, _decoded_once(config, data, path, notify))  # before the restore: it reads the copy
+        run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
+    else:
+        run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held,
+                                   class_weight=class_weight)
+        with _ending_recorded(run, config, chief=chief):
+            feed = Feed.of(config, _decoded_once(config, data, path, notify))
+    _announce(config, data, trainer, state, path, out=out)
+    if profile:
+        from gradloop.loop.profiler import format_profile, profile_phases
+
+        print(format_profile(profile_phases(trainer, in_memory.as_dataset(feed.train(0))), config.batch_size), file=out, flush=True)
+
+    best = stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
+    start = time.perf_counter()
+    with _ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
+        history = trainer.fit(
+            feed.train, validation_data=feed.val, epochs=config.epochs, initial_state=state,
+            callbacks=[*_callbacks(config, run, saver, guard, best, state, feed, stop, out), *callbacks],
+            end_groups_every=config.checkpoint_every or None, verbose=0,  # its own Progress is among the callbacks
+            class_weight=class_weight, validation_freq=config.validation_every,
+        )
+    _record_finished(run, trainer, history.history, best, started=start)
+    if not chief:
+        return Path(config.run_dir) if config.run_dir else path
+    files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in path.iterdir()))
+    print(f"gradloop: wrote {path}/ ({files})", file=out)
+    return path
+
+
+@dataclass(frozen=True)
+class Feed:
+    """The run's data as the loop takes it: training batches by epoch (each epoch's order rebuilt
+    exactly on resume), the validation batches, and the steps of an epoch."""
+
+    train: TrainData
+    val: tf.data.Dataset | None
+    steps_per_epoch: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, data: RunData) -> "Feed":
+        batched = hasattr(data.train, "num_batches")  # a function's own datasets come batched as it batched them
+        if config.batch_size > data.train.n and not batched:
+            raise ConfigError(
+                f"batch_size {config.batch_size} is larger than the {data.train.n:,} training samples; lower --batch-size"
+            )
+        val = data.val.batches(None, config.batch_size) if data.val is not None and data.val.n else None
+        return cls(
+            train=examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
+            val=val,
+            steps_per_epoch=data.train.num_batches if batched else math.ceil(data.train.n / config.batch_size),
+        )
+
+
+def _trainer(
+    config: TrainConfig, strategy: tf.distribute.Strategy, data: RunData, feed: Feed, *, model_spec: str | None
+) -> tuple[Trainer, stopping.StopOnNonFiniteLoss]:
+    """The seeded trainer, its step watched by the NaN guard."""
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
+    watched = guard.watch(step_lib.train_step)
+    return build.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
+
+
+def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed) -> None:
+    """The loss and metrics on one batch, before anything is written: a loss or metric that does not fit
+    the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step."""
+    try:
+        trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
+    except (ValueError, TypeError, tf.errors.OpError) as exc:
+        x, y = in_memory.first_batch(feed.train(0))[:2]  # for the message: the model itself fits (models.check_model_fits)
+        y_pred = trainer.model(x, training=False)
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", " ".join(str(getattr(exc, "message", exc)).split()))[:200]
+        raise ConfigError(
+            f"the loss {describe_loss(trainer.loss)} or the metrics {', '.join(build.build_metrics(config, data.task))} do not fit "
+            f"labels of shape {tuple(y.shape)} ({y.dtype.name}) and outputs of shape {tuple(y_pred.shape)} ({reason}); "
+            f"choose a --loss and --metrics for {data.task}"
+        ) from None
+
+
+def _start(
+    config: TrainConfig, data: RunData, path: Path, trainer: Trainer, strategy: tf.distribute.Strategy, *,
+    overwrite: bool, held: contextlib.ExitStack, class_weight: dict[int, float] | None,
+) -> tuple[rundir.RunDir, checkpoint.RunCheckpoint, None]:
+    """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written,
+    its lock kept in ``held``."""
+    earlier = held.enter_context(rundir.lock(path)) if overwrite and path.exists() else None  # before deleting a thing
+    if earlier is not None:
+        rundir.clear(path)
+    run = rundir.claim(path, held=earlier)
+    held.enter_context(run.lock)
+    saver = checkpoint.RunCheckpoint(run / rundir.CHECKPOINTS, trainer, hint=_START_OVER)  # after the old run is gone
+    model_source = models.copy_model_source(config.model, run.path) if config.model not in MODELS else None
+    run.start(new_run_info(config, data, strategy, trainer, model_source=model_source, class_weight=class_weight))
+    rundir.write_text(run / rundir.MODEL_SUMMARY, models.summary_text(trainer.model))
+    return run, saver, None
+
+
+def _announce(
+    config: TrainConfig, data: RunData, trainer: Trainer, state: LoopState | None, path: Path, *, out: TextIO
+) -> None:
+    action = f"resuming {trainer.model.name} at epoch {state.epoch + 1} step {state.step}" if state else f"training {trainer.model.name}"
+    classes = f"classes {list(_recorded_classes(config, data))}" if data.class_names is not None else f"{data.n_outputs} outputs"
+    print(
+        f"gradloop: {action} ({trainer.model.count_params():,} parameters) on {data.description}: {classes}, "
+        f"{data.train.n:,} train / {data.val.n if data.val is not None else 0:,} val samples, {config.epochs} epoch{'s' * (config.epochs != 1)} -> {path}",
+        file=out,
+        flush=True,
+    )
+
+
+def _callbacks(
+    config: TrainConfig, run: rundir.RunDir, saver: checkpoint.RunCheckpoint, guard: stopping.StopOnNonFiniteLoss,
+    best: stopping.BestModelEarlyStopping, state: LoopState | None, feed: Feed, stop: checkpoint.StopSignals | None,
+    out: TextIO,
+) -> list[keras.callbacks.Callback]:
+    return [  # the guard first: a diverged state must stop before Checkpointing could save it
+        guard,
+        *([keras.callbacks.SwapEMAWeights()] if config.ema is not None else []),  # validate on the averages
+        progress.Progress(batch_size=config.batch_size, stream=out),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: run.record_epoch(logs or {})),
+        summaries.TensorBoardSummaries(
+            run / rundir.TENSORBOARD, every_steps=config.summary_every,
+            initial_step=state.epoch * feed.steps_per_epoch if state else 0,
+            hparams=config.to_dict(), trial_id=str(run.path),
+        ),
+        best,
+        checkpoint.Checkpointing(
+            saver, every_steps=config.checkpoint_every or None, every_seconds=config.checkpoint_seconds or None, stop=stop
+        ),
+    ]
+
+
+def _check_resumable(config: TrainConfig, strategy: tf.distribute.Strategy) -> rundir.RunDir:
+    if not config.run_dir:
+        raise ConfigError("--resume needs --run-dir DIR, the run to continue")
+    return rundir.check_resumable(config.run_dir, epochs=config.epochs, workers=distribute.worker_count(strategy),
+                                  writer=distribute.is_chief(strategy))  # the other workers read it as the chief locks it
+
+
+def _run_path(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool) -> Path:
+    """Only the chief writes the run directory; other workers write to a scratch folder, gone when they exit."""
+    if not chief:
+        scratch = Path(tempfile.mkdtemp(prefix="gradloop-worker-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        return scratch
+    if resume:
+        return Path(config.run_dir)
+    return rundir.check_new(Path(config.run_dir) if config.run_dir else rundir.default_path(), overwrite=overwrite)
+
+
+def _model_spec(resumed: rundir.RunDir | None) -> str | None:
+    """Where a resumed run's own model comes from: the copy of the user's file in its folder."""
+    source = resumed.info.get("model_source") if resumed is not None else None
+    if source == models.MODEL_INITIAL or str(source).startswith(f"{rundir.MODEL_SOURCE}:"):
+        return str(resumed / source)
+    return source  # package.module:FUNCTION, importable as it was
+
+
+def check_same_data(config: TrainConfig, resumed: rundir.RunDir, data: RunData) -> None:
+    """A resume needs the data its run started on (run.json's fingerprint)."""
+    then = resumed.info.get("data", {}).get("fingerprint")
+    if then and then != data.fingerprint:
+        raise RunDirError(
+            f"the data in {config.data} changed since run {config.run_dir} started ({describe_change(then, data.fingerprint)}); "
+            "a resume needs the same data: put it back, or start a new run"
+        )
+
+
+def _decoded_once(config: TrainConfig, data: RunData, path: Path, notify: Callable[[str], None]) -> RunData:
+    """An image folder's training and validation images decoded once into the run's cache/ (--image-cache)."""
+    if config.image_cache == "off" or data.kind != "images":
+        return data
+    return image_cache.decode_once(data, rundir.own_path(path, rundir.CACHE), notify=notify)
+
+
+def _resume(
+    config: TrainConfig, resumed: rundir.RunDir, data: RunData, path: Path, trainer: Trainer, feed: Feed, *,
+    notify: Callable[[str], None],
+) -> tuple[rundir.RunDir, checkpoint.RunCheckpoint, LoopState]:
+    """Restore the run's last checkpoint and note the resume in its run.json. Every worker restores
+    the chief's checkpoint (on a file system they share); the others save to scratch (``path``,
+    whose own RunDir then holds the chief's run.json). A resume on other kernels than the run's
+    last is said, since it cannot end bit-identical to an unstopped run."""
+    saver = checkpoint.RunCheckpoint(
+        path / rundir.CHECKPOINTS, trainer, restore_from=resumed / rundir.CHECKPOINTS, hint=_START_OVER
+    )
+    state = saver.restore(feed.train, notify=lambda line: notify(f"gradloop: note: {line}"))
+    if state.epoch > config.epochs:
+        raise ConfigError(f"run {config.run_dir} has done {state.epoch} epochs; pass --epochs {state.epoch} or more")
+    kernels = cpu.onednn_kernels()
+    before = [resumed.info, *resumed.info.get("resumed", [])][-1].get("onednn_kernels")  # where the run last trained
+    if None not in (kernels, before) and kernels != before:
+        names = cpu.KERNEL_NAMES
+        notify(f"gradloop: note: this run trained on TensorFlow's {names[before]} kernels and resumes on its "
+               f"{names[kernels]} kernels, so its numbers will differ in the last bits from a run never stopped; "
+               f"set TF_ENABLE_ONEDNN_OPTS={int(before)} to resume on {names[before]}'s")
+    run = rundir.RunDir(path, resumed.info)
+    run.continue_history(state.history, validated=functools.partial(validates, validation_freq=config.validation_every))
+    run.resume(config=config.to_dict(), epoch=state.epoch + 1, step=state.step, onednn_kernels=kernels)
+    return run, saver, state
+
+
+@contextlib.contextmanager
+def _naming_full_disk(config: TrainConfig, path: Path, *, chief: bool) -> Iterator[None]:
+    """A write that found the disk full is one DiskFullError naming the run to resume (without --run-dir:
+    the runs/<timestamp> chosen), TensorFlow's own (an event file's) included."""
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        full = atomic.no_space_in(exc.message)
+        if full is None or full[0] is None:
+            raise
+        error = atomic.disk_full(*full)
+        error.run_dir = str(config.run_dir or path) if chief else None
+        raise error from None
+    except DiskFullError as exc:
+        if chief:
+            exc.run_dir = str(config.run_dir or path)
+        raise
+
+
+@contextlib.contextmanager
+def _naming_damaged_files(data: RunData) -> Iterator[None]:
+    """An image that fails to decode mid-epoch (its header looked fine) is named in one line:
+    TensorFlow's error names no file."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError:
+        for split in (data.train, data.val):
+            if hasattr(split, "check_decodable"):
+                split.check_decodable()  # raises DataError naming the file
+        raise
+
+
+@contextlib.contextmanager
+def _ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) -> Iterator[None]:
+    """run.json says why a run ended before its last epoch: ``interrupted`` (resumable) or ``failed``."""
+    try:
+        yield
+    except checkpoint.Interrupted as exc:
+        run.interrupted(epoch=exc.epoch + 1, step=exc.step)
+        if chief:  # without --run-dir: the runs/<timestamp> it chose (another worker's own folder is scratch)
+            exc.run_dir = str(config.run_dir or run.path)
+        raise
+    except (TrainingError, DataError) as exc:
+        run.failed(str(exc))
+        image_cache.remove(run / rundir.CACHE)  # a failed run does not resume, so nothing reads the copy again
+        raise
+
+
+def _record_finished(
+    run: rundir.RunDir, trainer: Trainer, history: dict, best: stopping.BestModelEarlyStopping, *, started: float
+) -> None:
+    """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
+    (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""
+    image_cache.remove(run / rundir.CACHE)  # nothing reads the decoded images any more
+    rundir.save_model(trainer.model, run / rundir.MODEL)
+    tutorial = run.write_history(run.recorded_history())  # Keras' val_ lists skip unvalidated epochs; these do not
+    plots.plot_history(tutorial, run / rundir.HISTORY_PNG, metric=next(iter(trainer.metric_names), None))
+    run.finished(
+        epochs_done=len(history.get("loss", [])),
+        stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,
+        seconds=round(run.info.get("seconds", 0) + time.perf_counter() - started, 3),
+        final={k: v[-1] for k, v in tutorial.items()},
+    )
+
+
+def new_run_info(
+    config: TrainConfig, data: RunData, strategy: tf.distribute.Strategy, trainer: Trainer, *, model_source: str | None,
+    class_weight: dict[int, float] | None,
+) -> dict:
+    """run.json of a new run: its resolved config, data, model and versions."""
+    classification = data.class_names is not None
+    return {
+        "config": config.to_dict(),
+        "data_source": data.description,
+        "task": data.task,
+        "classes": list(_recorded_classes(config, data)) if classification else None,
+        "n_classes": len(data.class_names) if classification else None,
+        "n_outputs": data.n_outputs,
+        "n_train": data.train.n,
+        "n_val": data.val.n if data.val is not None else 0,
+        "data": {
+            "kind": data.kind, "fingerprint": data.fingerprint, "preprocessing": data.preprocessing,
+            "source_classes": list(data.source_class_names) if data.source_class_names else None,
+        },
+        "model": trainer.model.name,
+        "model_source": model_source,
+        "parameters": int(trainer.model.count_params()),
+        "loss": describe_loss(trainer.loss),
+        "class_weight": _named(class_weight, data.class_names),
+        "metrics": trainer.metric_names,
+        "best": best_measure(config, data, trainer),
+        "strategy": config.strategy,
+        "workers": distribute.worker_count(strategy),
+        "num_replicas": strategy.num_replicas_in_sync,
+        "versions": versions(),
+        "onednn_kernels": cpu.onednn_kernels(),
+    }
+
+
+def best_measure(config: TrainConfig, data: RunData, trainer: Trainer) -> dict:
+    """What run.json's ``best`` epoch is judged by: the first metric on validation data, highest or lowest
+    as Keras' own callbacks read its direction, else the lowest val_loss (see :func:`gradloop.run.folder.progress`)."""
+    first = next(iter(trainer.flat_metrics), None)  # Keras' own, built by check_fits: named as the history names it
+    direction = getattr(first, "_direction", None)
+    if direction not in ("up", "down"):
+        return dict(rundir.BEST)
+    return {"metric": f"val_{first.name}", "mode": "max" if direction == "up" else "min"}
+
+
+def _named(class_weight: dict[int, float] | None, names: tuple[str, ...] | None) -> dict[str, float] | None:
+    """run.json's class weights, by class name."""
+    return None if class_weight is None else {names[c]: w for c, w in sorted(class_weight.items())}
+
+
+def _recorded_classes(config: TrainConfig, data: RunData) -> tuple:
+    """The classes as run.json lists them: a built-in data set's digits, or your data's class names."""
+    return config.classes if data.kind == "builtin" else data.class_names
+
+
+def describe_loss(loss: keras.losses.Loss) -> str:
+    """``SparseCategoricalCrossentropy(from_logits=True)``: the loss and the options that differ from its defaults."""
+    config = {k: v for k, v in loss.get_config().items() if k not in ("name", "reduction", "dtype")}
+    options = ", ".join(f"{k}={v}" for k, v in config.items() if v is not None and v is not False)
+    name = "".join(part.capitalize() for part in loss.name.split("_")) if loss.name else type(loss).__name__
+    return f"{name}({options})"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "gradloop": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,50 @@
+"""``gradloop export RUN_DIR``: the run's model as a TensorFlow SavedModel for serving.
+
+    model = keras.models.load_model(RUN_DIR/model.keras)
+    model.export(OUT)        # Keras 3: inference only, endpoint ``serve``, signature ``serving_default``
+
+The SavedModel holds the forward pass in inference mode (dropout off,
+BatchNorm frozen) and no training state, which is what TensorFlow Serving,
+``tf.saved_model.load`` and TFLite converters want. It returns the model's
+logits; apply softmax for probabilities. A table's standardisation is built in
+(the model takes raw feature values); images are taken as the run read them:
+its size and colour mode, pixels scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from gradloop.commands import evaluate as evaluation
+from gradloop.run import folder as rundir
+from gradloop.errors import RunDirError
+
+
+def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None, trust_code: bool = False) -> Path:
+    """Export ``RUN_DIR/model.keras`` to ``out`` (default ``RUN_DIR/saved_model``), which must not exist yet.
+    ``trust_code``: the run's own code may run (:func:`gradloop.commands.evaluate.load_model`)."""
+    info = rundir.RunDir.open(run_dir).info
+    out_dir = Path(out) if out else rundir.own_path(run_dir, rundir.SAVED_MODEL)
+    model = with_standardization(evaluation.load_model(run_dir, trust_code=trust_code), info)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise RunDirError(f"{out_dir} already exists and is not empty; remove it or pass another --out")
+    try:
+        model.export(str(out_dir), format="tf_saved_model", verbose=False)
+    except OSError as exc:
+        raise RunDirError(f"cannot write SavedModel to {out_dir}: {exc.strerror or exc}; pass another --out") from None
+    return out_dir
+
+
+def with_standardization(model: keras.Model, info: dict) -> keras.Model:
+    """A table's run standardises its features with the training split's statistics: the exported
+    model does it first, so that it serves raw feature values (text columns one-hot encoded)."""
+    stats = ((info.get("data") or {}).get("preprocessing") or {}).get("standardize")
+    if not isinstance(stats, dict):
+        return model
+    inputs = keras.Input(model.input_shape[1:], name="features")
+    std = np.asarray(stats["std"], dtype=np.float64)
+    standardized = keras.layers.Normalization(mean=stats["mean"], variance=(std**2).tolist(), name="standardize")(inputs)
+    return keras.Model(inputs, model(standardized), name=f"{model.name}_standardized")
