@@ -40,7 +40,7 @@ from gradloop.data.examples import ArrayExamples, Examples
 from gradloop.data.builtin.prepare import prepare_images
 from gradloop.data.sources.prepared import standardize
 from gradloop.data.sources import IMAGE_SUFFIXES
-from gradloop.errors import ConfigError, DataError, RunDirError
+from gradloop.errors import ConfigError, DataError, RunDirError, listed
 
 BATCH_SIZE = 256
 _IDX_NAME = re.compile(r".*-idx[1-9]-ubyte(\.gz)?", re.IGNORECASE)  # an MNIST download: t10k-images-idx3-ubyte.gz
@@ -232,7 +232,7 @@ def _image_inputs(paths: Sequence[str], fitted: dict[str, Any], *, flatten: bool
 
 def _table_inputs(path: str, fitted: dict[str, Any]) -> Inputs:
     x, rows, left_out = table.read_features(path, fitted)
-    named = ", ".join(repr(c) for c in left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+    named = listed([repr(c) for c in left_out], 10)
     notes = (f"gradloop: note: {path}: {named} {'is no feature' if len(left_out) == 1 else 'are no features'} "
              "of the run; left out",) if left_out else ()
     examples = ArrayExamples(x, np.zeros(len(x), np.int64))
