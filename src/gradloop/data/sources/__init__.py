@@ -104,7 +104,7 @@ def _is_module_name(text: str) -> bool:
 def load_source(spec: DataSpec) -> Loaded:
     """Read ``spec.path`` with the module of its kind."""
     kind = kind_of(spec.path)
-    module = importlib.import_module(f"gradloop.data.{_MODULES[kind]}")
+    module = importlib.import_module(f"gradloop.data.sources.{_MODULES[kind]}")
     return module.load(spec)
 
 
