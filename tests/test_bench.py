@@ -14,7 +14,7 @@ import pytest
 
 from gradloop.bench import runner as bench
 from gradloop.app import cpu
-from gradloop.loop import profiler as profile
+from gradloop.loop import profiler
 from gradloop.cli import main
 from gradloop.loop.trainer import Trainer
 
@@ -114,11 +114,11 @@ def test_profile_times_every_phase_on_a_copy():
     trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-3),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     before = [w.copy() for w in model.get_weights()]
-    phases = profile.profile_phases(trainer, work.dataset(4), steps=10, repeats=1)
-    assert list(phases) == list(profile.PHASES) and all(s >= 0 for s in phases.values())
+    phases = profiler.profile_phases(trainer, work.dataset(4), steps=10, repeats=1)
+    assert list(phases) == list(profiler.PHASES) and all(s >= 0 for s in phases.values())
     assert sum(phases.values()) > 0
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    assert "samples/s" in profile.format_profile(phases, 32)
+    assert "samples/s" in profiler.format_profile(phases, 32)
 
 
 def test_peak_rss_sees_a_freed_allocation():

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
-from gradloop.app import assemble as build
+from gradloop.app import assemble
 from gradloop.app.config import TrainConfig
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources.prepared import RunData
@@ -31,53 +31,53 @@ TARGETS = run_data(np.zeros((4, 7), np.float32), np.zeros((4, 2), np.float32), c
 
 
 def test_the_built_in_models_are_sized_from_the_data():
-    mlp = build.build_model(TrainConfig(data="x.npz", hidden=(8,)), *shape_of(IMAGES))
+    mlp = assemble.build_model(TrainConfig(data="x.npz", hidden=(8,)), *shape_of(IMAGES))
     assert (mlp.input_shape, mlp.output_shape) == ((None, 12, 10, 3), (None, 3))  # images flattened inside
-    cnn = build.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(IMAGES))
+    cnn = assemble.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(IMAGES))
     assert (cnn.input_shape, cnn.output_shape) == ((None, 12, 10, 3), (None, 3))
-    regression = build.build_model(TrainConfig(data="x.npz", hidden=(8,)), *shape_of(TARGETS), task="regression")
+    regression = assemble.build_model(TrainConfig(data="x.npz", hidden=(8,)), *shape_of(TARGETS), task="regression")
     assert regression.output_shape == (None, 2)  # one output per target column
     with pytest.raises(ConfigError, match=r"--model cnn takes images .* examples of shape \(7,\)"):
-        build.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(TABLE))
+        assemble.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(TABLE))
     tiny = run_data(np.zeros((4, 6, 5, 1), np.float32), np.arange(4) % 3)
     with pytest.raises(ConfigError, match="needs images of at least 10x10 pixels, but the data's are 6x5"):
-        build.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(tiny))
+        assemble.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(tiny))
     wide = run_data(np.zeros((2, 100_000), np.float32), np.arange(2))
     with pytest.raises(ConfigError, match="makes an MLP of 2,000,"):
-        build.build_model(TrainConfig(data="x.npz", hidden=(20_000, 10)), *shape_of(wide))
+        assemble.build_model(TrainConfig(data="x.npz", hidden=(20_000, 10)), *shape_of(wide))
 
 
 def test_the_loss_follows_the_task_and_reads_logits_unless_the_model_ends_in_a_softmax():
     logits = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)])
     probabilities = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, activation="softmax")])
     y, scores = np.array([0, 2]), np.array([[2.0, 1.0, 0.1], [0.2, 0.3, 3.0]], np.float32)
-    default = build.build_loss(TrainConfig(), "classification", logits)
+    default = assemble.build_loss(TrainConfig(), "classification", logits)
     expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, scores)
     assert float(default(y, scores)) == pytest.approx(float(expected))
-    named = build.build_loss(TrainConfig(loss="sparse_categorical_crossentropy"), "classification", probabilities)
+    named = assemble.build_loss(TrainConfig(loss="sparse_categorical_crossentropy"), "classification", probabilities)
     assert named.get_config()["from_logits"] is False
-    mse = build.build_loss(TrainConfig(), "regression", logits)
+    mse = assemble.build_loss(TrainConfig(), "regression", logits)
     assert float(mse(np.array([[1.0]]), np.array([[3.0]]))) == pytest.approx(4.0)
-    assert isinstance(build.build_loss(TrainConfig(loss="huber"), "regression", logits), keras.losses.Loss)
+    assert isinstance(assemble.build_loss(TrainConfig(loss="huber"), "regression", logits), keras.losses.Loss)
 
 
 def test_metrics_and_optimizer_by_name():
-    assert build.build_metrics(TrainConfig(), "classification") == ["accuracy"]
-    assert build.build_metrics(TrainConfig(), "regression") == ["mae"]
+    assert assemble.build_metrics(TrainConfig(), "classification") == ["accuracy"]
+    assert assemble.build_metrics(TrainConfig(), "regression") == ["mae"]
     # "mae" by name, as Keras compiles it: named as given in the history.
     trainer = Trainer(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]), optimizer="sgd", loss="mse",
-                      metrics=build.build_metrics(TrainConfig(), "regression"))
+                      metrics=assemble.build_metrics(TrainConfig(), "regression"))
     trainer.build(tf.data.Dataset.from_tensor_slices((np.ones((2, 1), "float32"), np.ones((2, 1), "float32"))).batch(2))
     trainer.update_metrics(tf.constant(0.0), tf.constant([[1.0], [2.0]]), tf.constant([[2.0], [4.0]]))
     assert {k: float(v) for k, v in trainer.results().items() if k != "loss"} == {"mae": pytest.approx(1.5)}
-    sgd = build.build_optimizer(TrainConfig(optimizer="sgd", lr=0.5, clip_norm=1.0), steps_per_epoch=10)
+    sgd = assemble.build_optimizer(TrainConfig(optimizer="sgd", lr=0.5, clip_norm=1.0), steps_per_epoch=10)
     assert isinstance(sgd, keras.optimizers.SGD) and float(sgd.learning_rate) == 0.5 and sgd.global_clipnorm == 1.0
     with pytest.raises(ConfigError, match="--optimizer adamx is not a Keras optimizer"):
-        build.build_optimizer(TrainConfig(optimizer="adamx"), steps_per_epoch=10)
+        assemble.build_optimizer(TrainConfig(optimizer="adamx"), steps_per_epoch=10)
 
 
 @pytest.mark.parametrize(("jit", "expected"), [(False, None), (True, True)])
 def test_without_jit_the_trainer_takes_the_librarys_xla_default(jit, expected):
     config = TrainConfig(data="x.npz", hidden=(8,), jit_compile=jit)
-    trainer = build.build_trainer(config, tf.distribute.get_strategy(), TABLE, None, 1)
+    trainer = assemble.build_trainer(config, tf.distribute.get_strategy(), TABLE, None, 1)
     assert trainer.options.jit_compile is expected  # None: XLA for long in-memory runs without convolutions

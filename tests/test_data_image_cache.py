@@ -11,7 +11,7 @@ from test_data_images import assert_restores_exactly, collect, digits, load, wri
 from test_disk_full import mounted_tmpfs
 
 from gradloop.data.sources import image_cache
-from gradloop.data.sources import prepared as run_data
+from gradloop.data.sources import prepared
 from gradloop.data.sources import DataSpec
 from gradloop.errors import DataError
 
@@ -67,7 +67,7 @@ def test_a_copy_cut_short_is_made_again(tmp_path, digits):
 def test_only_the_runs_splits_of_images_are_decoded(tmp_path, digits):
     write_classes(tmp_path / "data", digits, per_class=20)
     write_classes(tmp_path / "data" / "test", digits, per_class=5, start=100)
-    data = run_data.load_run_data(DataSpec(str(tmp_path / "data")), classes=None, val_fraction=0.25, seed=0)
+    data = prepared.load_run_data(DataSpec(str(tmp_path / "data")), classes=None, val_fraction=0.25, seed=0)
     decoded = image_cache.decode_once(data, tmp_path / "cache", notify=[].append)
     assert decoded.train.decoded and decoded.val.decoded and decoded.test.decoded is None  # evaluate reads test once
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["train", "val"]

@@ -13,7 +13,7 @@ from PIL import Image
 from gradloop import data
 from gradloop.data import examples, sources
 from gradloop.data.sources import images
-from gradloop.data.sources import prepared as run_data
+from gradloop.data.sources import prepared
 from gradloop.data.sources import DataSpec
 from gradloop.errors import ConfigError, DataError
 
@@ -330,7 +330,7 @@ def test_a_payload_damaged_mid_file_is_named_by_check_decodable(tmp_path, digits
 def test_load_run_data_selects_classes_and_splits_image_files(tmp_path, digits):
     written = write_classes(tmp_path, digits, per_class=25, classes=NAMES)
     write_classes(tmp_path / "test", digits, per_class=5, classes=NAMES, start=200)
-    run = run_data.load_run_data(DataSpec(str(tmp_path)), classes=None, val_fraction=0.2, seed=0)
+    run = prepared.load_run_data(DataSpec(str(tmp_path)), classes=None, val_fraction=0.2, seed=0)
     assert run.class_names == ("one", "three", "two", "zero") and run.kind == "images"
     assert (run.train.n, run.val.n, run.test.n) == (80, 20, 20)
     assert isinstance(run.train, images.ImageFiles) and isinstance(run.val, images.ImageFiles)
@@ -339,7 +339,7 @@ def test_load_run_data_selects_classes_and_splits_image_files(tmp_path, digits):
     np.testing.assert_array_equal(x, pixels_of(run.val.paths, written))
     np.testing.assert_array_equal(y, [run.class_names.index(p.rsplit("/", 2)[1]) for p in run.val.paths])
 
-    chosen = run_data.load_run_data(DataSpec(str(tmp_path)), classes=["zero", "one"], val_fraction=0.2, seed=0)
+    chosen = prepared.load_run_data(DataSpec(str(tmp_path)), classes=["zero", "one"], val_fraction=0.2, seed=0)
     assert chosen.class_names == ("zero", "one") and (chosen.train.n, chosen.val.n, chosen.test.n) == (40, 10, 10)
     for split in (chosen.train, chosen.val, chosen.test):
         np.testing.assert_array_equal(split.y, [chosen.class_names.index(p.rsplit("/", 2)[1]) for p in split.paths])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradloop.data.sources import prepared as run_data
+from gradloop.data.sources import prepared
 from gradloop.data.sources import table
 from gradloop.data.sources import DataSpec
 from gradloop.errors import ConfigError, DataError
@@ -71,7 +71,7 @@ def test_iris_with_class_names_is_a_3_class_classification(tmp_path, monkeypatch
 def test_run_data_standardises_with_the_training_split_statistics_only(tmp_path):
     write_iris(tmp_path / "iris.csv", slice(0, 150, 1))
     write_iris(tmp_path / "iris.test.csv", slice(0, 150, 7))  # every 7th row again, as a test split
-    run = run_data.load_run_data(spec(tmp_path / "iris.csv"), classes=None, val_fraction=0.2, seed=3)
+    run = prepared.load_run_data(spec(tmp_path / "iris.csv"), classes=None, val_fraction=0.2, seed=3)
     x = iris()[0].astype(np.float32)
     order = np.random.default_rng(3).permutation(150)
     train_rows, val_rows = order[:120], order[120:]
@@ -132,7 +132,7 @@ def test_text_column_is_one_hot_and_not_standardised(tmp_path):
     np.testing.assert_array_equal(loaded.train.x[:, :4], iris()[0].astype(np.float32))
     np.testing.assert_array_equal(loaded.train.x[:, 4:], expected)
 
-    run = run_data.load_run_data(spec(tmp_path / "iris.csv"), classes=None, val_fraction=0.2, seed=0)
+    run = prepared.load_run_data(spec(tmp_path / "iris.csv"), classes=None, val_fraction=0.2, seed=0)
     train_rows = np.random.default_rng(0).permutation(150)[:120]
     np.testing.assert_array_equal(run.train.x[:, 4:], expected[train_rows])  # 0 and 1, exactly
     np.testing.assert_array_equal(run.train.x[:, :4], standardised(loaded.train.x[train_rows, :4], loaded.train.x[train_rows, :4]))
@@ -142,7 +142,7 @@ def test_text_column_is_one_hot_and_not_standardised(tmp_path):
 
 def test_classes_by_name_through_load_run_data(tmp_path):
     write_iris(tmp_path / "iris.csv")
-    run = run_data.load_run_data(spec(tmp_path / "iris.csv"), classes="virginica,setosa", val_fraction=0.2, seed=0)
+    run = prepared.load_run_data(spec(tmp_path / "iris.csv"), classes="virginica,setosa", val_fraction=0.2, seed=0)
     assert run.class_names == ("virginica", "setosa")
     labels = np.concatenate([run.train.y, run.val.y])
     assert len(labels) == 100 and np.bincount(labels).tolist() == [50, 50]
@@ -238,10 +238,10 @@ def test_fitted_reading_reproduces_the_runs_x_for_the_same_rows(tmp_path):
     header = IRIS_COLUMNS + ["species", "colour"]
     write_csv(tmp_path / "iris.csv", header, body)
     first_loaded = table.load(spec(tmp_path / "iris.csv", fill="mean"))
-    first = run_data.load_run_data(spec(tmp_path / "iris.csv", fill="mean"), classes=None, val_fraction=0.2, seed=1)
+    first = prepared.load_run_data(spec(tmp_path / "iris.csv", fill="mean"), classes=None, val_fraction=0.2, seed=1)
 
     # the whole file again, as evaluate reads it: identical splits
-    again = run_data.load_run_data(
+    again = prepared.load_run_data(
         spec(tmp_path / "iris.csv", fill="mean", fitted=first.preprocessing, class_names=first_loaded.class_names),
         classes=None, val_fraction=0.2, seed=1,
     )
@@ -258,7 +258,7 @@ def test_fitted_reading_reproduces_the_runs_x_for_the_same_rows(tmp_path):
     new = table.load(spec(tmp_path / "new.csv", fitted=first.preprocessing, class_names=first_loaded.class_names))
     assert new.preprocessing is first.preprocessing and new.class_names == first_loaded.class_names
     stats = first.preprocessing["standardize"]
-    np.testing.assert_array_equal(run_data.standardize(new.train, stats).x, run_data.standardize(first_loaded.train, stats).x[rows])
+    np.testing.assert_array_equal(prepared.standardize(new.train, stats).x, prepared.standardize(first_loaded.train, stats).x[rows])
     np.testing.assert_array_equal(new.train.y, first_loaded.train.y[rows])
 
 

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 from gradloop import Trainer
-from gradloop.app import assemble as build
+from gradloop.app import assemble
 from gradloop.loop import distribute
 from gradloop.commands import launch
 
@@ -287,7 +287,7 @@ def test_a_model_built_outside_the_scope_is_refused():
 def test_chief_is_worker_zero_without_a_chief(monkeypatch):
     cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
-    assert build.tf_config()["task"]["index"] == 1
+    assert assemble.tf_config()["task"]["index"] == 1
     assert distribute.is_chief(tf.distribute.get_strategy())  # not multi-worker: this process writes
 
 

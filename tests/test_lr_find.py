@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from gradloop import Trainer, cli
-from gradloop.app import train as experiment
+from gradloop.app.train import train
 from gradloop.loop import step as step_lib
 from gradloop.app.config import TrainConfig
 from gradloop.loop.lr_range import LearningRateRangeTest, smooth, suggest_lr
@@ -125,7 +125,7 @@ def test_the_suggested_lr_trains_the_reference_mlp_at_least_as_well_as_the_defau
     accuracy = {}
     for name, lr in (("suggested", suggested), ("default", TrainConfig.lr)):
         config = TrainConfig(dataset="mnist-sample", epochs=2, lr=lr, run_dir=str(tmp_path / name))
-        run = experiment.train(config, out=io.StringIO(), notify=lambda line: None)
+        run = train(config, out=io.StringIO(), notify=lambda line: None)
         accuracy[name] = json.loads((run / "history.json").read_text())["val_accuracy"][-1]
     print(f"suggested lr {suggested:.3g}: val_accuracy {accuracy}")
     assert suggested != TrainConfig.lr and accuracy["suggested"] >= accuracy["default"]

@@ -214,7 +214,7 @@ def drive(root: Path, seed: int, kills: int) -> dict:
     from gradloop import cli
     from gradloop.loop import checkpoint
     from gradloop.commands import evaluate as evaluation
-    from gradloop.app import train as experiment  # noqa: F401  (imported here, not in each child)
+    from gradloop.app import train  # noqa: F401  (imported here, not in each child)
 
     rng = random.Random(seed)
     records, runs, run = [], [], None

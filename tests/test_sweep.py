@@ -25,7 +25,7 @@ import pytest
 import tensorflow as tf
 
 from gradloop import Trainer, cli
-from gradloop.app import train as experiment
+from gradloop.app.train import train
 from gradloop.app.config import TrainConfig, build_config, load_yaml
 from gradloop.sweep import spec as sweep_spec
 from gradloop.sweep.trials import PruneOnMetric, suggest
@@ -189,7 +189,7 @@ def test_the_killed_trial_resumed_exactly(killed_sweep, tmp_path):
     info = json.loads((killed / "run.json").read_text())
     assert info["status"] == "finished" and len(info["resumed"]) == 1 and info["resumed"][0]["step"] > 0
     config = build_config({**info["config"], "run_dir": str(tmp_path / "ref"), "epochs": info["epochs_done"]})
-    reference = experiment.train(config, out=io.StringIO(), notify=lambda line: None)
+    reference = train(config, out=io.StringIO(), notify=lambda line: None)
     for a, b in zip(weights(killed / "model.keras"), weights(reference / "model.keras")):
         np.testing.assert_array_equal(a, b)
     history, expected = (json.loads((p / "history.json").read_text()) for p in (killed, reference))

@@ -14,8 +14,8 @@ import pytest
 import sklearn.datasets
 import sklearn.utils.class_weight
 
-from gradloop.app import assemble as build
-from gradloop.app import train as experiment
+from gradloop.app import assemble
+from gradloop.app import train as training
 from gradloop.app.config import TrainConfig
 
 QUICK = dict(dataset="mnist-sample", hidden=(32,), batch_size=64, seed=3)
@@ -23,7 +23,7 @@ QUICK = dict(dataset="mnist-sample", hidden=(32,), batch_size=64, seed=3)
 
 def train(tmp_path: Path, name: str, **options) -> Path:
     config = TrainConfig(run_dir=str(tmp_path / name), **{**QUICK, **options})
-    return experiment.train(config, out=io.StringIO(), notify=lambda line: None)
+    return training.train(config, out=io.StringIO(), notify=lambda line: None)
 
 
 def history(run: Path) -> dict:
@@ -48,18 +48,18 @@ def cancer_csv(tmp_path_factory) -> Path:
 
 def test_class_weight_balanced_is_scikit_learns_on_the_training_split_and_recorded_by_name(cancer_csv, tmp_path):
     options = dict(data=str(cancer_csv), target="diagnosis", epochs=2, batch_size=32, seed=3)
-    run = experiment.train(TrainConfig(run_dir=str(tmp_path / "balanced"), class_weight="balanced", **options),
+    run = training.train(TrainConfig(run_dir=str(tmp_path / "balanced"), class_weight="balanced", **options),
                            out=io.StringIO(), notify=lambda line: None)
-    data = build.load_data(TrainConfig(**options), notify=lambda line: None)
+    data = assemble.load_data(TrainConfig(**options), notify=lambda line: None)
     expected = sklearn.utils.class_weight.compute_class_weight("balanced", classes=np.arange(2), y=data.train.y)
     recorded = json.loads((run / "run.json").read_text())["class_weight"]
     assert recorded == pytest.approx(dict(zip(data.class_names, expected)), rel=1e-12)
     assert recorded["malignant"] > 1 > recorded["benign"]  # the rarer class weighs more
-    plain = experiment.train(TrainConfig(run_dir=str(tmp_path / "plain"), **options), out=io.StringIO(), notify=lambda line: None)
+    plain = training.train(TrainConfig(run_dir=str(tmp_path / "plain"), **options), out=io.StringIO(), notify=lambda line: None)
     assert json.loads((plain / "run.json").read_text())["class_weight"] is None
     assert history(run)["train_loss"] != pytest.approx(history(plain)["train_loss"], rel=1e-4)
     # A mapping names the classes; weights of 1 train exactly as no weights.
-    ones = experiment.train(TrainConfig(run_dir=str(tmp_path / "ones"), class_weight={"malignant": 1, "benign": 1.0}, **options),
+    ones = training.train(TrainConfig(run_dir=str(tmp_path / "ones"), class_weight={"malignant": 1, "benign": 1.0}, **options),
                             out=io.StringIO(), notify=lambda line: None)
     assert without_time(history(ones)) == without_time(history(plain))
 
@@ -77,7 +77,7 @@ def test_validation_every_2_leaves_null_entries_and_a_resume_keeps_them_in_place
     # Two epochs, then two more by --resume: the same files as one run of four.
     part = train(tmp_path, "part", epochs=2, validation_every=2)
     config = TrainConfig(run_dir=str(part), epochs=4, validation_every=2, **QUICK)
-    experiment.train(config, resume=True, out=io.StringIO(), notify=lambda line: None)
+    training.train(config, resume=True, out=io.StringIO(), notify=lambda line: None)
     assert without_time(history(part)) == without_time(h)
 
 
@@ -87,7 +87,7 @@ def test_ema_validates_and_saves_the_moving_average(tmp_path):
     h, p = history(run), history(plain)
     assert h["train_loss"] == pytest.approx(p["train_loss"], rel=1e-6)  # the average does not change training
     assert h["val_loss"] != pytest.approx(p["val_loss"], rel=1e-3)  # validation ran on other weights
-    data = build.load_data(TrainConfig(**QUICK), notify=lambda line: None)
+    data = assemble.load_data(TrainConfig(**QUICK), notify=lambda line: None)
     x, y = data.val.x, data.val.y
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -110,7 +110,7 @@ def test_an_ema_run_resumed_ends_with_the_averages_of_one_never_stopped(tmp_path
     whole = train(tmp_path, "whole", epochs=3, ema=0.9, lr=1e-3)
     part = train(tmp_path, "part", epochs=1, ema=0.9, lr=1e-3)
     config = TrainConfig(run_dir=str(part), epochs=3, ema=0.9, lr=1e-3, **QUICK)
-    experiment.train(config, resume=True, out=io.StringIO(), notify=lambda line: None)
+    training.train(config, resume=True, out=io.StringIO(), notify=lambda line: None)
     assert without_time(history(part)) == without_time(history(whole))
     for name in ("model.keras", "model.best.keras"):
         ours = keras.models.load_model(part / name, compile=False).get_weights()

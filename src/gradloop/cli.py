@@ -35,7 +35,7 @@ from gradloop.bench.runner import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, PE
 from gradloop.bench.runner import PEERS_INSTALL as BENCH_PEERS_INSTALL, VARIANTS as BENCH_VARIANTS
 from gradloop.app.config import CONFIG_KEYS, TrainConfig, build_config, flag_name, load_yaml, parse_int_list, resumed_config
 from gradloop.data.builtin.splits import SPLITS
-from gradloop.errors import ConfigError, DiskFullError, GradloopError, TrainingError
+from gradloop.errors import ConfigError, DiskFullError, GradloopError, TrainingError, listed, shortened
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +52,7 @@ def one_line(text: object) -> str:
 
 
 def _quoted(text: str) -> str:
-    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+    return repr(shortened(text, 40))
 
 
 def _integer(text: str) -> int:
@@ -441,7 +441,7 @@ def _runs(args: argparse.Namespace) -> int:
 
     found, empty = runs.list_runs(args.dir)
     if empty:
-        named = ", ".join(str(p) for p in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        named = listed([str(p) for p in empty], 5)
         print(f"gradloop: note: {named} hold{'s' * (len(empty) == 1)} no gradloop run; left out", file=sys.stderr)
     if args.json:
         print(json.dumps(runs.as_json(found), indent=2))

@@ -15,6 +15,7 @@ modules it uses) takes these objects and knows no config, flag or file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,12 +25,12 @@ import numpy as np
 import sklearn.utils.class_weight
 import tensorflow as tf
 
-from gradloop import data
+from gradloop import data, errors
 from gradloop.loop import distribute
 from gradloop.app import models
 from gradloop.loop import schedules
 from gradloop.loop.compiled import CompileOptions
-from gradloop.app.config import MAX_MLP_WEIGHTS, STRATEGIES, TrainConfig
+from gradloop.app.config import MAX_MLP_WEIGHTS, STRATEGIES, TrainConfig, mlp_weights
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources.prepared import RunData, load_run_data
 from gradloop.data.sources import DataSpec
@@ -64,10 +65,7 @@ def prepare_data(config: TrainConfig, *, notify: Callable[[str], object]) -> Pre
         raise DataError(f"{splits.source} has no training split; point --data-dir at a folder with the train-* files")
     flatten = config.model == "mlp"
     train, val = ((data.prepare_images(x, flatten=flatten), y) for x, y in (splits.train, splits.val))
-    if config.batch_size > len(train[0]):
-        raise ConfigError(
-            f"batch_size {config.batch_size} is larger than the {len(train[0]):,} training samples; lower --batch-size"
-        )
+    errors.check_batch_size(config.batch_size, len(train[0]))
     return PreparedData(train=train, val=val, source=splits.source, classes=config.classes)
 
 
@@ -167,7 +165,7 @@ def build_model(
                               f"shape {shape}; use --model mlp or a model of your own")
         return models.build_cnn(shape, n, dtype=config.precision)
     if config.model == "mlp":
-        weights = config_mlp_weights(config, shape, n)
+        weights = mlp_weights(config.hidden, math.prod(shape), n)
         if weights > MAX_MLP_WEIGHTS:
             raise ConfigError(f"hidden {','.join(map(str, config.hidden))} on examples of shape {shape} makes an MLP of "
                               f"{weights:,} weights, over the limit of {MAX_MLP_WEIGHTS:,}; use smaller layers")
@@ -179,11 +177,6 @@ def build_model(
     )
     models.check_model_fits(model, input_shape=shape, n_outputs=n, task=task)
     return model
-
-
-def config_mlp_weights(config: TrainConfig, shape: tuple[int, ...], n_outputs: int) -> int:
-    sizes = (int(np.prod(shape, dtype=np.int64)), *config.hidden, n_outputs)
-    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
 
 
 def build_loss(config: TrainConfig, task: str, model: keras.Model) -> keras.losses.Loss:

@@ -23,18 +23,18 @@ import yaml
 
 from gradloop.data import DATASETS, parse_classes
 from gradloop.data.sources import COLOR_MODES, FILLS, TASKS
-from gradloop.errors import ConfigError
+from gradloop.errors import ConfigError, shortened
+from gradloop.loop.accepted import LR_SCHEDULES, MAX_INT32  # the library's own, read without TensorFlow
 
 MODELS = ("mlp", "cnn")  # built in; also FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras
 REFERENCE_CLASSES = (0, 1, 2)  # the tutorial's digits, when no --data (which keeps all its classes)
 STRATEGIES = ("default", "mirrored", "multi_worker")
-LR_SCHEDULES = ("constant", "cosine", "exponential", "step")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 IMAGE_CACHE = ("auto", "off")  # gradloop.data.sources.image_cache: decode an image folder once, or every epoch
 # --model: a built-in, FILE.py:FUNCTION or package.module:FUNCTION, or a saved FILE.keras
 MODEL_SPEC = re.compile(r"(?:.+\.keras|.+:[A-Za-z_][A-Za-z0-9_]*)")
+DEFAULT_EPOCHS = 10  # also the run whose XLA choice bench's "gradloop" variant makes
 MAX_SEED = 2**32 - 1  # numpy's legacy seed, which keras.utils.set_random_seed sets, takes no more
-MAX_INT32 = 2**31 - 1  # steps per call travel as an int32 tensor
 # 0.4 GB of float32 weights, 1.6 GB with gradients and Adam's slots: far more than MNIST needs, and a
 # typo one digit longer would exhaust memory (or meet the OOM killer, which leaves no message at all).
 MAX_MLP_WEIGHTS = 10**8
@@ -133,7 +133,7 @@ class TrainConfig:
     )
     optimizer: str = _option("adam", "a Keras optimizer by name (with --lr and the schedule)", metavar="NAME")
     hidden: tuple[int, ...] = _option((512, 256, 128), "MLP hidden layer sizes", metavar="SIZES")
-    epochs: int = _option(10, "passes over the training data", metavar="N")
+    epochs: int = _option(DEFAULT_EPOCHS, "passes over the training data", metavar="N")
     batch_size: int = _option(32, "samples per step", metavar="N")
     lr: float = _option(1e-4, "Adam learning rate; the peak rate of a schedule")
     lr_schedule: str = _option("constant", "how the rate changes as training goes on", choices=LR_SCHEDULES)
@@ -322,13 +322,13 @@ def _is_number(value: Any) -> bool:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shortened(repr(value), limit)
 
 
-def mlp_weights(hidden: tuple[int, ...], n_inputs: int = 28 * 28, n_classes: int = 10) -> int:
-    """Weights and biases of the MLP that ``hidden`` describes (at most ``n_classes`` logits)."""
-    sizes = (n_inputs, *hidden, n_classes)
+def mlp_weights(hidden: tuple[int, ...], n_inputs: int = 28 * 28, n_outputs: int = 10) -> int:
+    """Weights and biases of the MLP that ``hidden`` describes, from ``n_inputs`` features (a flat 28x28
+    image by default) to ``n_outputs`` logits or values: the one count the config and the model builder check."""
+    sizes = (n_inputs, *hidden, n_outputs)
     return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
 
 

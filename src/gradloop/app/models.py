@@ -9,6 +9,7 @@ The user's own model (``--model``):
     user_model("model.py:build", input_shape=(28, 28), num_classes=10)   build(...), or keras.models.load_model("m.keras")
     check_model_fits(model, input_shape=(28, 28), n_outputs=10)           refused before training when it does not fit
     copy_model_source("model.py:build", run_dir) -> "model_source.py:build"   the copy a resume builds it from
+    labels, outputs = run_over(model, batches)                           a run's model on data: evaluate, predict
 """
 
 from __future__ import annotations
@@ -248,3 +249,27 @@ def summary_text(model: keras.Model) -> str:
     parts: list[str] = []
     model.summary(print_fn=lambda text, *args, **kwargs: parts.append(text), line_length=110)
     return "".join(part if part.endswith("\n") else part + "\n" for part in parts)
+
+
+def run_over(model: keras.Model, batches: Any) -> tuple[np.ndarray | None, np.ndarray]:
+    """The model over every batch of ``batches`` (a tf.data.Dataset of ``(x, y)`` or of ``x`` alone), in
+    inference mode and in order: the labels (None without them) and the outputs, as numpy. This is how
+    evaluate and predict run a run's model.
+
+        for x, y in batches: labels += y; outputs += model(x, training=False)     (compiled)
+
+    Labels and outputs come from one pass: a data function's dataset may give its examples in another
+    order each pass. The forward pass is traced once for every batch shape (the last batch is shorter)."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    labelled = isinstance(batches.element_spec, tuple)
+    labels, outputs = [], []
+    for batch in batches:
+        x, y = batch if labelled else (batch, None)
+        outputs.append(np.asarray(forward(x)))
+        if labelled:
+            labels.append(y.numpy())
+    if not outputs:
+        raise ValueError("run_over: the data holds no batches; give it at least one example")
+    return (np.concatenate(labels) if labelled else None), np.concatenate(outputs)

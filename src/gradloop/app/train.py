@@ -1,10 +1,10 @@
 """``gradloop train`` as a function: config in, run directory out.
 
-    data     the run's splits, scaled, as tf.data pipelines       (gradloop.app.assemble, gradloop.data)
-    trainer  model, optimizer, loss, metrics, NaN guard            (gradloop.app.assemble, gradloop.loop.callbacks.stopping)
+    data     the run's splits, scaled, as tf.data pipelines       (gradloop.app.assemble, gradloop.app.feed)
+    trainer  model, optimizer, loss, metrics, NaN guard; checked on one batch (gradloop.app.assemble, .feed)
     start    a new run directory, or resume one from its checkpoint (gradloop.run.folder, gradloop.loop.checkpoint)
     fit      Trainer.fit with progress, history files, TensorBoard, early stop and checkpoints
-    record   model.keras, history.json/.csv/.png, run.json finished  (gradloop.run.folder, gradloop.pages.plots)
+    record   run.json, model.keras, history.json/.csv/.png         (gradloop.app.run_record)
 """
 
 from __future__ import annotations
@@ -12,42 +12,30 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import math
-import platform
-import re
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__, atomic
-from gradloop.app import assemble as build
-from gradloop.loop import checkpoint
-from gradloop.app import cpu
-from gradloop.loop import distribute
-from gradloop.loop import in_memory
-from gradloop.app import models
-from gradloop.pages import plots
-from gradloop.loop import progress
-from gradloop.run import folder as rundir
-from gradloop.loop.callbacks import stopping
-from gradloop.loop import summaries
-from gradloop.loop import step as step_lib
+from gradloop import atomic
+from gradloop.app import assemble, cpu, models
 from gradloop.app.config import MODELS, TrainConfig
-from gradloop.data import examples
-from gradloop.data.sources import image_cache
+from gradloop.app.feed import Feed, check_fits
+from gradloop.app.run_record import ending_recorded, new_run_info, record_finished, recorded_classes
+from gradloop.data.sources import describe_change, image_cache
 from gradloop.data.sources.prepared import RunData
-from gradloop.data.sources import describe_change
-from gradloop.errors import ConfigError, DataError, DiskFullError, RunDirError, TrainingError
+from gradloop.errors import ConfigError, DiskFullError, RunDirError
+from gradloop.loop import checkpoint, distribute, in_memory, progress, summaries
+from gradloop.loop import step as step_lib
+from gradloop.loop.callbacks import stopping
 from gradloop.loop.state import LoopState, validates
-from gradloop.loop.trainer import TrainData, Trainer
+from gradloop.loop.trainer import Trainer
+from gradloop.run import folder as rundir
 
 # What the library's errors advise when a run cannot go on: the CLI's way to do it.
 _START_OVER = "start the run again with --overwrite"
@@ -86,7 +74,7 @@ def _train(
 ) -> Path:
     out = out or sys.stdout
     notify = notify or (lambda line: print(line, file=sys.stderr))
-    strategy = build.make_strategy(config)  # a multi-worker strategy must exist before any other TensorFlow work
+    strategy = assemble.make_strategy(config)  # a multi-worker strategy must exist before any other TensorFlow work
     if stop is not None and config.strategy == "multi_worker":
         stop.catch()  # take SIGTERM back from TensorFlow's coordination service
     chief = distribute.is_chief(strategy)
@@ -100,11 +88,11 @@ def _train(
         # Read again under the lock: a writer that ended meanwhile may have moved the run on.
         resumed = rundir.check_resumable(path, epochs=config.epochs, workers=distribute.worker_count(strategy), writer=False)
 
-    data = build.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
+    data = assemble.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
     feed = Feed.of(config, data)
     trainer, guard = _trainer(config, strategy, data, feed, model_spec=_model_spec(resumed))
     check_fits(config, data, trainer, feed)
-    class_weight = build.class_weights(config, data)
+    class_weight = assemble.class_weights(config, data)
     if resumed is not None:
         check_same_data(config, resumed, data)
         feed = Feed.of(config, _decoded_once(config, data, path, notify))  # before the restore: it reads the copy
@@ -112,7 +100,7 @@ def _train(
     else:
         run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held,
                                    class_weight=class_weight)
-        with _ending_recorded(run, config, chief=chief):
+        with ending_recorded(run, config, chief=chief):
             feed = Feed.of(config, _decoded_once(config, data, path, notify))
     _announce(config, data, trainer, state, path, out=out)
     if profile:
@@ -122,43 +110,19 @@ def _train(
 
     best = stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
     start = time.perf_counter()
-    with _ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
+    with ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
             feed.train, validation_data=feed.val, epochs=config.epochs, initial_state=state,
             callbacks=[*_callbacks(config, run, saver, guard, best, state, feed, stop, out), *callbacks],
             end_groups_every=config.checkpoint_every or None, verbose=0,  # its own Progress is among the callbacks
             class_weight=class_weight, validation_freq=config.validation_every,
         )
-    _record_finished(run, trainer, history.history, best, started=start)
+    record_finished(run, trainer, history.history, best, started=start)
     if not chief:
         return Path(config.run_dir) if config.run_dir else path
     files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in path.iterdir()))
     print(f"gradloop: wrote {path}/ ({files})", file=out)
     return path
-
-
-@dataclass(frozen=True)
-class Feed:
-    """The run's data as the loop takes it: training batches by epoch (each epoch's order rebuilt
-    exactly on resume), the validation batches, and the steps of an epoch."""
-
-    train: TrainData
-    val: tf.data.Dataset | None
-    steps_per_epoch: int
-
-    @classmethod
-    def of(cls, config: TrainConfig, data: RunData) -> "Feed":
-        batched = hasattr(data.train, "num_batches")  # a function's own datasets come batched as it batched them
-        if config.batch_size > data.train.n and not batched:
-            raise ConfigError(
-                f"batch_size {config.batch_size} is larger than the {data.train.n:,} training samples; lower --batch-size"
-            )
-        val = data.val.batches(None, config.batch_size) if data.val is not None and data.val.n else None
-        return cls(
-            train=examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
-            val=val,
-            steps_per_epoch=data.train.num_batches if batched else math.ceil(data.train.n / config.batch_size),
-        )
 
 
 def _trainer(
@@ -170,23 +134,7 @@ def _trainer(
     keras.utils.set_random_seed(config.seed)
     guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
     watched = guard.watch(step_lib.train_step)
-    return build.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
-
-
-def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed) -> None:
-    """The loss and metrics on one batch, before anything is written: a loss or metric that does not fit
-    the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step."""
-    try:
-        trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
-    except (ValueError, TypeError, tf.errors.OpError) as exc:
-        x, y = in_memory.first_batch(feed.train(0))[:2]  # for the message: the model itself fits (models.check_model_fits)
-        y_pred = trainer.model(x, training=False)
-        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", " ".join(str(getattr(exc, "message", exc)).split()))[:200]
-        raise ConfigError(
-            f"the loss {describe_loss(trainer.loss)} or the metrics {', '.join(build.build_metrics(config, data.task))} do not fit "
-            f"labels of shape {tuple(y.shape)} ({y.dtype.name}) and outputs of shape {tuple(y_pred.shape)} ({reason}); "
-            f"choose a --loss and --metrics for {data.task}"
-        ) from None
+    return assemble.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
 
 
 def _start(
@@ -211,7 +159,7 @@ def _announce(
     config: TrainConfig, data: RunData, trainer: Trainer, state: LoopState | None, path: Path, *, out: TextIO
 ) -> None:
     action = f"resuming {trainer.model.name} at epoch {state.epoch + 1} step {state.step}" if state else f"training {trainer.model.name}"
-    classes = f"classes {list(_recorded_classes(config, data))}" if data.class_names is not None else f"{data.n_outputs} outputs"
+    classes = f"classes {list(recorded_classes(config, data))}" if data.class_names is not None else f"{data.n_outputs} outputs"
     print(
         f"gradloop: {action} ({trainer.model.count_params():,} parameters) on {data.description}: {classes}, "
         f"{data.train.n:,} train / {data.val.n if data.val is not None else 0:,} val samples, {config.epochs} epoch{'s' * (config.epochs != 1)} -> {path}",
@@ -342,108 +290,3 @@ def _naming_damaged_files(data: RunData) -> Iterator[None]:
             if hasattr(split, "check_decodable"):
                 split.check_decodable()  # raises DataError naming the file
         raise
-
-
-@contextlib.contextmanager
-def _ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) -> Iterator[None]:
-    """run.json says why a run ended before its last epoch: ``interrupted`` (resumable) or ``failed``."""
-    try:
-        yield
-    except checkpoint.Interrupted as exc:
-        run.interrupted(epoch=exc.epoch + 1, step=exc.step)
-        if chief:  # without --run-dir: the runs/<timestamp> it chose (another worker's own folder is scratch)
-            exc.run_dir = str(config.run_dir or run.path)
-        raise
-    except (TrainingError, DataError) as exc:
-        run.failed(str(exc))
-        image_cache.remove(run / rundir.CACHE)  # a failed run does not resume, so nothing reads the copy again
-        raise
-
-
-def _record_finished(
-    run: rundir.RunDir, trainer: Trainer, history: dict, best: stopping.BestModelEarlyStopping, *, started: float
-) -> None:
-    """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
-    (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""
-    image_cache.remove(run / rundir.CACHE)  # nothing reads the decoded images any more
-    rundir.save_model(trainer.model, run / rundir.MODEL)
-    tutorial = run.write_history(run.recorded_history())  # Keras' val_ lists skip unvalidated epochs; these do not
-    plots.plot_history(tutorial, run / rundir.HISTORY_PNG, metric=next(iter(trainer.metric_names), None))
-    run.finished(
-        epochs_done=len(history.get("loss", [])),
-        stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,
-        seconds=round(run.info.get("seconds", 0) + time.perf_counter() - started, 3),
-        final={k: v[-1] for k, v in tutorial.items()},
-    )
-
-
-def new_run_info(
-    config: TrainConfig, data: RunData, strategy: tf.distribute.Strategy, trainer: Trainer, *, model_source: str | None,
-    class_weight: dict[int, float] | None,
-) -> dict:
-    """run.json of a new run: its resolved config, data, model and versions."""
-    classification = data.class_names is not None
-    return {
-        "config": config.to_dict(),
-        "data_source": data.description,
-        "task": data.task,
-        "classes": list(_recorded_classes(config, data)) if classification else None,
-        "n_classes": len(data.class_names) if classification else None,
-        "n_outputs": data.n_outputs,
-        "n_train": data.train.n,
-        "n_val": data.val.n if data.val is not None else 0,
-        "data": {
-            "kind": data.kind, "fingerprint": data.fingerprint, "preprocessing": data.preprocessing,
-            "source_classes": list(data.source_class_names) if data.source_class_names else None,
-        },
-        "model": trainer.model.name,
-        "model_source": model_source,
-        "parameters": int(trainer.model.count_params()),
-        "loss": describe_loss(trainer.loss),
-        "class_weight": _named(class_weight, data.class_names),
-        "metrics": trainer.metric_names,
-        "best": best_measure(config, data, trainer),
-        "strategy": config.strategy,
-        "workers": distribute.worker_count(strategy),
-        "num_replicas": strategy.num_replicas_in_sync,
-        "versions": versions(),
-        "onednn_kernels": cpu.onednn_kernels(),
-    }
-
-
-def best_measure(config: TrainConfig, data: RunData, trainer: Trainer) -> dict:
-    """What run.json's ``best`` epoch is judged by: the first metric on validation data, highest or lowest
-    as Keras' own callbacks read its direction, else the lowest val_loss (see :func:`gradloop.run.folder.progress`)."""
-    first = next(iter(trainer.flat_metrics), None)  # Keras' own, built by check_fits: named as the history names it
-    direction = getattr(first, "_direction", None)
-    if direction not in ("up", "down"):
-        return dict(rundir.BEST)
-    return {"metric": f"val_{first.name}", "mode": "max" if direction == "up" else "min"}
-
-
-def _named(class_weight: dict[int, float] | None, names: tuple[str, ...] | None) -> dict[str, float] | None:
-    """run.json's class weights, by class name."""
-    return None if class_weight is None else {names[c]: w for c, w in sorted(class_weight.items())}
-
-
-def _recorded_classes(config: TrainConfig, data: RunData) -> tuple:
-    """The classes as run.json lists them: a built-in data set's digits, or your data's class names."""
-    return config.classes if data.kind == "builtin" else data.class_names
-
-
-def describe_loss(loss: keras.losses.Loss) -> str:
-    """``SparseCategoricalCrossentropy(from_logits=True)``: the loss and the options that differ from its defaults."""
-    config = {k: v for k, v in loss.get_config().items() if k not in ("name", "reduction", "dtype")}
-    options = ", ".join(f"{k}={v}" for k, v in config.items() if v is not None and v is not False)
-    name = "".join(part.capitalize() for part in loss.name.split("_")) if loss.name else type(loss).__name__
-    return f"{name}({options})"
-
-
-def versions() -> dict[str, str]:
-    return {
-        "gradloop": __version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }

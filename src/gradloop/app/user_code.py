@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gradloop.errors import ConfigError
+from gradloop.errors import ConfigError, shortened
 
 _FORMS = "FILE.py:FUNCTION or package.module:FUNCTION"
 _module_numbers = itertools.count()
@@ -117,8 +117,7 @@ def describe(value: Any) -> str:
 
 def exception_line(exc: BaseException, limit: int = 300) -> str:
     """``ValueError: the message`` on one line, cut at ``limit`` characters (``--debug`` shows it all)."""
-    text = " ".join(str(exc).split())
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    text = shortened(" ".join(str(exc).split()), limit)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

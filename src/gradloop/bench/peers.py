@@ -118,9 +118,7 @@ def read_workload(request: dict[str, Any]) -> tuple[bench.Workload, list[np.ndar
 
 def build_peer(name: str, work: bench.Workload, weights: list[np.ndarray]) -> Any:
     """The peer's model, optimizer and data, ready to train: ``logits(x)`` and ``train(steps)``."""
-    if work.batch_size > len(work.x):
-        raise errors.ConfigError(f"batch size {work.batch_size} is larger than the {len(work.x):,} training samples; "
-                                 "lower --batch-size")
+    errors.check_batch_size(work.batch_size, len(work.x))
     if name.startswith("keras-jax"):
         return KerasFit(work, weights, steps_per_execution=int(name.rsplit("=", 1)[1]))
     if name.startswith("jax"):

@@ -64,6 +64,7 @@ import numpy as np
 
 from gradloop import data, errors
 from gradloop.app import cpu
+from gradloop.app.config import DEFAULT_EPOCHS
 
 if TYPE_CHECKING:
     import keras
@@ -79,7 +80,7 @@ PEERS_INSTALL = "pip install 'gradloop[peers]'"  # the extra that brings every p
 # Every variant bench can time; it times the in-process ones but XLA's unless told otherwise.
 VARIANTS = (*IN_PROCESS, *PEERS)
 DEFAULT_VARIANTS = tuple(v for v in IN_PROCESS if v != "gradloop --jit")
-TRAIN_EPOCHS = 10  # gradloop train's default: the run whose XLA choice bench's "gradloop" makes
+TRAIN_EPOCHS = DEFAULT_EPOCHS  # gradloop train's default: the run whose XLA choice bench's "gradloop" makes
 
 
 def choose_variants(names: Sequence[str] | None, *, peers: bool = False) -> tuple[tuple[str, ...], dict[str, str]]:

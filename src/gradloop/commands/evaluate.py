@@ -150,11 +150,7 @@ def evaluate_run(
 def predictions(model: keras.Model, examples: Examples) -> tuple[np.ndarray, np.ndarray]:
     """Labels and the model's outputs, batch by batch from one pass: a data function's dataset may
     give its examples in another order each pass."""
-    labels, outputs = [], []
-    for x, y in examples.batches(None, 256):
-        labels.append(y.numpy())
-        outputs.append(np.asarray(model(x, training=False)))
-    return np.concatenate(labels), np.concatenate(outputs)
+    return models.run_over(model, examples.batches(None, 256))
 
 
 def _own_data(
@@ -234,7 +230,7 @@ def _evaluate_builtin(
     if len(y) == 0:
         raise DataError(f"the {split} split of {source} is empty (the run held out no validation data); use --split test")
     x = data.prepare_images(x, flatten=flatten)
-    logits = model.predict(x, batch_size=1024, verbose=0)
+    _, logits = models.run_over(model, data.make_dataset(x, y, batch_size=1024, shuffle=False))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     scores = classification_scores(y, logits, loss, list(config.classes))
     return {"run_dir": str(run_dir), "split": split, "source": source, "n_samples": int(len(y)),

@@ -17,7 +17,7 @@ from typing import Callable
 import keras
 
 from gradloop.app import assemble as build
-from gradloop.app import train as experiment
+from gradloop.app.feed import Feed, check_fits
 from gradloop.pages import plots
 from gradloop.run import folder as rundir
 from gradloop.loop import step as step_lib
@@ -45,10 +45,10 @@ def find_lr(
                                  strategy="default", replicas=None)
     strategy = build.make_strategy(config)
     data = build.load_data(config, notify=notify)
-    feed = experiment.Feed.of(config, data)
+    feed = Feed.of(config, data)
     keras.utils.set_random_seed(config.seed)
     trainer = build.build_trainer(config, strategy, data, test.watch(step_lib.train_step), feed.steps_per_epoch)
-    experiment.check_fits(config, data, trainer, feed)
+    check_fits(config, data, trainer, feed)
     trainer.fit(feed.train, epochs=test.epochs_for(feed.steps_per_epoch), callbacks=[test], verbose=0)
     result = test.result()
     if result.suggestion is None:

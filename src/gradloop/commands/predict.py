@@ -2,7 +2,7 @@
 
     inputs  = INPUT read as the run read its training data     the data package's readers, with the
                                                                 run's preprocessing from run.json
-    outputs = Trainer.predict(batches of inputs)               compiled; image files decoded per batch
+    outputs = models.run_over(batches of inputs)               compiled; image files decoded per batch
     rows    = id, predicted class, p_<class> for each class    softmax of the logits (classification)
             | id, predicted value(s)                           (regression)
 
@@ -40,7 +40,7 @@ from gradloop.data.examples import ArrayExamples, Examples
 from gradloop.data.builtin.prepare import prepare_images
 from gradloop.data.sources.prepared import standardize
 from gradloop.data.sources import IMAGE_SUFFIXES
-from gradloop.errors import ConfigError, DataError, RunDirError
+from gradloop.errors import ConfigError, DataError, RunDirError, listed
 
 BATCH_SIZE = 256
 _IDX_NAME = re.compile(r".*-idx[1-9]-ubyte(\.gz)?", re.IGNORECASE)  # an MNIST download: t10k-images-idx3-ubyte.gz
@@ -119,8 +119,6 @@ def predict_run(
     from gradloop.app import assemble as build
     from gradloop.commands import evaluate as evaluation
     from gradloop.app import models
-    from gradloop.loop.compiled import CompileOptions
-    from gradloop.loop.trainer import Trainer
 
     info = rundir.RunDir.open(run_dir).info
     config = evaluation.run_config(info, run_dir)
@@ -132,9 +130,7 @@ def predict_run(
     models.check_model_fits(model, input_shape=new.element_shape, n_outputs=info.get("n_outputs") or len(classes),
                             task=task)
     loss = build.build_loss(config, task, model)  # as training chose it: does the model give logits?
-    # Trainer.predict is the compiled, many-batches-per-call loop; the optimizer is required but never used.
-    trainer = Trainer(model, optimizer="sgd", loss=loss, options=CompileOptions(fused_optimizer=False))
-    outputs = np.asarray(trainer.predict(new.batches(batch_size)), dtype=np.float32).reshape(len(new.ids), -1)
+    outputs = models.run_over(model, new.batches(batch_size))[1].astype(np.float32).reshape(len(new.ids), -1)
     for note in new.notes:
         notify(note)
     if classes is None:
@@ -232,7 +228,7 @@ def _image_inputs(paths: Sequence[str], fitted: dict[str, Any], *, flatten: bool
 
 def _table_inputs(path: str, fitted: dict[str, Any]) -> Inputs:
     x, rows, left_out = table.read_features(path, fitted)
-    named = ", ".join(repr(c) for c in left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+    named = listed([repr(c) for c in left_out], 10)
     notes = (f"gradloop: note: {path}: {named} {'is no feature' if len(left_out) == 1 else 'are no features'} "
              "of the run; left out",) if left_out else ()
     examples = ArrayExamples(x, np.zeros(len(x), np.int64))

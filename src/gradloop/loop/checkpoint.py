@@ -52,7 +52,7 @@ import tensorflow as tf
 from gradloop import atomic
 from gradloop.loop import distribute
 from gradloop.loop import in_memory
-from gradloop.errors import DiskFullError, RunDirError
+from gradloop.errors import DiskFullError, RunDirError, shortened, tensorflow_reason
 from gradloop.loop.state import LoopState
 from gradloop.loop.trainer import TrainData, Trainer
 
@@ -321,10 +321,9 @@ def _damaged(skipped: list[tuple[str, Exception]], hint: str) -> RunDirError:
 def _reason(exc: Exception, path: str) -> str:
     """Why checkpoint ``path`` did not restore, in a few words: the exception's type and first line,
     without TensorFlow's op names, naming the checkpoint by its name, and cut before the checksums' digits."""
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", str(getattr(exc, "message", exc))).strip()
-    text = re.sub(r": stored \d+ vs\. calculated.*", "", text.splitlines()[0] if text else "no detail")
+    text = re.sub(r": stored \d+ vs\. calculated.*", "", tensorflow_reason(exc, first_line=True) or "no detail")
     text = text.replace(str(path), Path(path).name)
-    return f"{type(exc).__name__}: {text if len(text) <= 160 else text[:157].rsplit(' ', 1)[0] + '...'}"
+    return f"{type(exc).__name__}: {shortened(text, 160, at_word=True)}"
 
 
 def _listed(skipped: list[tuple[str, Exception]]) -> str:

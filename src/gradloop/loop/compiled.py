@@ -25,6 +25,8 @@ from gradloop.loop import distribute
 from gradloop.loop import in_memory
 from gradloop.loop import optimizer_kernels
 from gradloop.loop import step as step_lib
+from gradloop.loop.accepted import MAX_INT32
+from gradloop.errors import tensorflow_reason
 
 # run(iterator, num_steps) -> (steps done, {metric name: running result})
 MultiStepFn = Callable[[Any, tf.Tensor], "tuple[tf.Tensor, dict[str, tf.Tensor]]"]
@@ -65,9 +67,8 @@ class CompileOptions:
 
     def __post_init__(self) -> None:
         spe = self.steps_per_execution
-        # The count travels as an int32 tensor, and tf.constant(2**32, tf.int32) silently wraps to 0.
-        if isinstance(spe, bool) or not isinstance(spe, int) or not 1 <= spe < 2**31:
-            raise ValueError(f"steps_per_execution must be an integer from 1 to {2**31 - 1}, got {spe!r}")
+        if isinstance(spe, bool) or not isinstance(spe, int) or not 1 <= spe <= MAX_INT32:  # an int32 tensor
+            raise ValueError(f"steps_per_execution must be an integer from 1 to {MAX_INT32}, got {spe!r}")
         if self.jit_compile not in (None, True, False):
             raise ValueError(f"jit_compile must be None (XLA where it compiles), True or False, got {self.jit_compile!r}")
 
@@ -438,8 +439,7 @@ def _xla_refused(exc: tf.errors.OpError) -> bool:
 
 
 def _first_line(exc: tf.errors.OpError) -> str:
-    lines = [line.strip() for line in exc.message.strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
+    return (tensorflow_reason(exc, first_line=True) or type(exc).__name__)[:200]
 
 
 def _warn_if_steps_are_overridden(model: keras.Model) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-NAMES = ("constant", "cosine", "exponential", "step")  # gradloop.app.config.LR_SCHEDULES, checked equal by a test
+from gradloop.loop.accepted import LR_SCHEDULES as NAMES  # the names, written once where the config reads them
 
 
 @keras.saving.register_keras_serializable(package="gradloop")

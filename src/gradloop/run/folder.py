@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from gradloop.atomic import save_model, write_atomically  # noqa: F401  (rundir.save_model: a run's model files)
-from gradloop.errors import ConfigError, RunDirError, RunInUseError
+from gradloop.errors import ConfigError, RunDirError, RunInUseError, shortened
 
 FORMAT = 1  # run.json's layout; 0 is a run.json written before it had a format
 RUN_JSON = "run.json"
@@ -451,7 +451,7 @@ def check_data_record(data: Mapping[str, Any], file: Path) -> None:
 def _shown(value: Any) -> str:
     """A value from a run's file, for a one-line message: its repr cut short."""
     text = repr(value)
-    return " ".join((text if len(text) <= 60 else text[:57] + "...").split())
+    return " ".join(shortened(text, 60).split())
 
 
 def _process() -> dict[str, Any]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -42,7 +41,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gradloop.data.sources import COLOR_MODES, IMAGE_SUFFIXES, DataSpec, Loaded, file_fingerprint
-from gradloop.errors import ConfigError, DataError
+from gradloop.errors import ConfigError, DataError, tensorflow_reason
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -418,9 +417,7 @@ def _decode_failure(path: str) -> str | None:
     try:
         tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
     except tf.errors.OpError as exc:
-        message = exc.message.strip().splitlines()[0] if exc.message.strip() else type(exc).__name__
-        message = message.split("}} ", 1)[-1]  # past "{{function_node ...}}"
-        return re.sub(r"\s*\[Op:\w+\].*", "", message).strip().rstrip(".")
+        return (tensorflow_reason(exc, first_line=True) or type(exc).__name__).rstrip(".")
     return None
 
 

@@ -58,13 +58,13 @@ def load_run_data(
         raise DataError(f"--data {spec.path} has no training data; give it x and y (or x_train and y_train)")
     train, test, val, names = loaded.train, loaded.test, loaded.val, loaded.class_names
     if loaded.task == "classification":
-        keep = select_classes(names, classes, spec.path)
+        keep = chosen_class_indices(names, classes, spec.path)
         train, test, val = (_relabel(e, keep, spec.path, split) for e, split in ((train, "training"), (test, "test"), (val, "validation")))
         names = tuple(names[c] for c in keep)
     elif classes is not None:
         raise ConfigError("--classes picks classes of a classification task; drop it for regression")
     if val is None:
-        train, val = split_train_val(train, val_fraction=val_fraction, seed=seed)
+        train, val = split_examples(train, val_fraction=val_fraction, seed=seed)
     preprocessing = dict(loaded.preprocessing if spec.fitted is None else spec.fitted)
     if isinstance(preprocessing.get("standardize"), list):  # column names: statistics of the training split, kept
         preprocessing["standardize"] = fit_standardization(train, preprocessing["standardize"])
@@ -77,7 +77,7 @@ def load_run_data(
     )
 
 
-def select_classes(names: Sequence[str], classes: Sequence[str | int] | None, path: str) -> list[int]:
+def chosen_class_indices(names: Sequence[str], classes: Sequence[str | int] | None, path: str) -> list[int]:
     """Indices into ``names`` of the chosen classes, in the user's order: names, or indices into the
     sorted class names; all of them by default."""
     if classes is None or (isinstance(classes, str) and classes.strip().lower() == "all"):
@@ -115,7 +115,7 @@ def _relabel(examples: Examples | None, keep: list[int], path: str, split: str) 
     return chosen
 
 
-def split_train_val(examples: Examples, *, val_fraction: float, seed: int) -> tuple[Examples, Examples]:
+def split_examples(examples: Examples, *, val_fraction: float, seed: int) -> tuple[Examples, Examples]:
     """The examples split as :func:`gradloop.data.builtin.prepare.split_rows` splits every source."""
     train, val = split_rows(examples.n, val_fraction=val_fraction, seed=seed)
     return examples.subset(train), examples.subset(val)

@@ -35,7 +35,7 @@ from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources import (
     FILLS, TASKS, DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of, combined_fingerprint, content_fingerprint,
 )
-from gradloop.errors import ConfigError, DataError
+from gradloop.errors import ConfigError, DataError, listed, shortened
 
 MISSING = frozenset({"", "na", "nan", "?"})  # compared stripped and lower-cased
 MAX_CATEGORIES = 1000  # one-hot features per text column: more is an id or free text, not a category
@@ -429,12 +429,11 @@ def _first_text(cells: list[str]) -> str:
 
 def _quote(text: str) -> str:
     """A file's text, shown in a one-line message: quoted, escaped, cut short."""
-    return repr(text if len(text) <= 40 else text[:37] + "...")
+    return repr(shortened(text, 40))
 
 
 def _listing(names: list[str], most: int = 20) -> str:
-    shown = ", ".join(_quote(n) for n in names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+    return listed([_quote(n) for n in names], most)
 
 
 def _fingerprint(paths: list[Path]) -> dict[str, Any]:
