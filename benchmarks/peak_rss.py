@@ -2,8 +2,9 @@
 Keras ``fit`` on TensorFlow against gradloop (``Trainer.fit`` on ``InMemory``, on XLA and on the graph).
 
 Each way runs in a fresh process of its own (this file with ``--way``), from the same arrays and initial
-weights, for 2 epochs at batch 32, and reports ``ru_maxrss``: everything the process held at its peak
-(Python, TensorFlow, the data, the model, compiled code). Rounds alternate the ways.
+weights, for 2 epochs at batch 32, and reports ``ru_maxrss`` (``gradloop.bench.memory.process_peak_rss_mib``,
+as bench's ``--data`` workers do): everything the process held at its peak (Python, TensorFlow, the data, the
+model, compiled code). Rounds alternate the ways.
 
     .venv/bin/python benchmarks/peak_rss.py [--rounds 3] [--batch-size 32] [--epochs 2]
 
@@ -13,7 +14,6 @@ Needs Debian's dataset-fashion-mnist (as bench's --dataset fashion_mnist).
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +30,7 @@ def train(way: str, batch_size: int, epochs: int) -> None:
     import gradloop
     from gradloop import data
     from gradloop.app import models
+    from gradloop.bench.memory import process_peak_rss_mib
 
     raw = data.load_dataset("fashion_mnist", notify=lambda line: None)
     x = (raw.x_train[:50000].reshape(50000, -1) / 255).astype("float32")
@@ -44,7 +45,7 @@ def train(way: str, batch_size: int, epochs: int) -> None:
         trainer = gradloop.Trainer(model, optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"],
                                    options=gradloop.CompileOptions(jit_compile=way == "gradloop xla"))
         trainer.fit(gradloop.InMemory(x, y, batch_size=batch_size, seed=0), epochs=epochs, verbose=0)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # KiB on Linux
+    print(int(process_peak_rss_mib()))  # whole MiB, rounded down
 
 
 def main() -> None:

@@ -12,17 +12,22 @@ import keras
 import numpy as np
 import pytest
 
-from gradloop.bench import runner as bench
+from gradloop.bench.data_bench import DATA_VARIANTS, format_data_table
+from gradloop.bench.memory import PeakRSS
+from gradloop.bench.names import DEFAULT_VARIANTS, IN_PROCESS, PEERS, VARIANTS
+from gradloop.bench.runner import format_table, paired_ratios, run_bench
+from gradloop.bench.variants import build_variant
+from gradloop.bench.workload import Workload
 from gradloop.app import cpu
 from gradloop.loop import profiler
 from gradloop.cli import main
 from gradloop.loop.trainer import Trainer
 
 
-def tiny_workload(batch_size: int = 32) -> bench.Workload:
+def tiny_workload(batch_size: int = 32) -> Workload:
     rng = np.random.default_rng(0)
     x = rng.random((100, 8), dtype=np.float32)
-    return bench.Workload(x, (x[:, 0] > 0.5).astype("int64"), batch_size=batch_size, hidden=(16,), n_classes=2)
+    return Workload(x, (x[:, 0] > 0.5).astype("int64"), batch_size=batch_size, hidden=(16,), n_classes=2)
 
 
 def test_samples_count_the_partial_batch_of_each_pass():
@@ -32,14 +37,14 @@ def test_samples_count_the_partial_batch_of_each_pass():
 
 
 def test_flops_per_sample_of_the_reference_mlp():
-    work = bench.Workload(np.zeros((1, 784), "float32"), np.zeros(1, "int64"), 32, (512, 256, 128), 3)
+    work = Workload(np.zeros((1, 784), "float32"), np.zeros(1, "int64"), 32, (512, 256, 128), 3)
     forward = 2 * (784 * 512 + 512 * 256 + 256 * 128 + 128 * 3)
     input_gradients = 2 * (512 * 256 + 256 * 128 + 128 * 3)  # none for the data
     assert work.flops_per_sample() == 2 * forward + input_gradients
 
 
 def test_flops_per_sample_of_bench_cnn():
-    work = bench.Workload(np.zeros((1, 28, 28, 1), "float32"), np.zeros(1, "int64"), 128, (), 10, kind="cnn")
+    work = Workload(np.zeros((1, 28, 28, 1), "float32"), np.zeros(1, "int64"), 128, (), 10, kind="cnn")
     assert [(i, o) for _, i, o in work.shapes()][-2:] == [((5, 5, 64), (1600,)), ((1600,), (10,))]
     forward = [2 * 26 * 26 * 32 * 3 * 3 * 1, 2 * 11 * 11 * 64 * 3 * 3 * 32, 2 * 1600 * 10]  # conv, conv, dense
     assert work.flops_per_sample() == 2 * sum(forward) + sum(forward[1:])  # no input gradient for the first conv
@@ -47,40 +52,40 @@ def test_flops_per_sample_of_bench_cnn():
 
 def test_run_bench_times_bench_cnn_against_its_matmuls_and_convolutions():
     rng = np.random.default_rng(0)
-    work = bench.Workload(rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 64), batch_size=16,
-                          hidden=(), n_classes=10, kind="cnn")
-    result = bench.run_bench(work, variants=("keras spe=32", "gradloop"), seconds=0.05, rounds=1)
+    work = Workload(rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 64), batch_size=16,
+                    hidden=(), n_classes=10, kind="cnn")
+    result = run_bench(work, variants=("keras spe=32", "gradloop"), seconds=0.05, rounds=1)
     assert result["model"] == "CNN conv32-pool-conv64-pool -> 10" and result["limit_of"] == "matmuls and convolutions"
     assert all(0 < v["share_of_limit"] for v in result["variants"].values())
-    assert "MFLOP/sample in matmuls and convolutions" in bench.format_table(result)
+    assert "MFLOP/sample in matmuls and convolutions" in format_table(result)
 
 
 def test_ratios_are_paired_by_round():
     rates = {"gradloop": [10.0, 20.0, 30.0], "keras spe=32": [5.0, 20.0, 10.0]}
-    assert bench.paired_ratios(rates) == {"gradloop / keras spe=32": 2.0}  # median of 2, 1, 3
+    assert paired_ratios(rates) == {"gradloop / keras spe=32": 2.0}  # median of 2, 1, 3
 
 
-@pytest.mark.parametrize("name", bench.IN_PROCESS)
+@pytest.mark.parametrize("name", IN_PROCESS)
 def test_every_variant_trains_the_same_model(name):
     work = tiny_workload()
     start = work.model().get_weights()
-    variant = bench.build_variant(name, work)
+    variant = build_variant(name, work)
     assert all(np.array_equal(a, b) for a, b in zip(start, variant.model.get_weights()))  # same initial weights
     variant.run(variant.data(work, 5))  # gradloop: its in-memory source; the others: the dataset
     assert all(not np.array_equal(a, b) for a, b in zip(start, variant.model.get_weights()))  # and it trained
 
 
 def test_run_bench_reports_medians_shares_and_ratios():
-    result = bench.run_bench(tiny_workload(), variants=("keras spe=32", "gradloop"), seconds=0.05, rounds=3)
+    result = run_bench(tiny_workload(), variants=("keras spe=32", "gradloop"), seconds=0.05, rounds=3)
     for v in result["variants"].values():
         assert len(v["all_rounds"]) == 3 and v["samples_per_s"] == pytest.approx(np.median(v["all_rounds"]))
         assert v["share_of_limit"] == pytest.approx(v["samples_per_s"] / result["limit_samples_per_s"])
     ours, theirs = (result["variants"][k]["all_rounds"] for k in ("gradloop", "keras spe=32"))
     assert result["ratios"]["gradloop / keras spe=32"] == pytest.approx(np.median(np.divide(ours, theirs)))
     assert result["onednn_kernels"] is cpu.onednn_kernels() is not None
-    assert "gradloop" in bench.format_table(result)
+    assert "gradloop" in format_table(result)
     for kernels, named in [(True, "; oneDNN kernels\n"), (False, "; Eigen kernels\n"), (None, "; kernels unknown\n")]:
-        assert named in bench.format_table({**result, "onednn_kernels": kernels})
+        assert named in format_table({**result, "onednn_kernels": kernels})
 
 
 def test_bench_cli_json_for_two_batch_sizes(capsys):
@@ -98,14 +103,14 @@ def test_bench_cli_refuses_unknown_variants(capsys):
 
 
 def test_the_cli_offers_benchs_variants_and_its_defaults(capsys):
-    assert bench.DEFAULT_VARIANTS == tuple(v for v in bench.IN_PROCESS if v != "gradloop --jit")
-    assert bench.VARIANTS == (*bench.IN_PROCESS, *bench.PEERS)
+    assert DEFAULT_VARIANTS == tuple(v for v in IN_PROCESS if v != "gradloop --jit")
+    assert VARIANTS == (*IN_PROCESS, *PEERS)
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     help_text = " ".join(capsys.readouterr().out.split()).replace("keras- jax", "keras-jax")  # argparse's wrapping
-    assert f"subset of: {', '.join(bench.VARIANTS)} (default: {', '.join(bench.DEFAULT_VARIANTS)})" in help_text
+    assert f"subset of: {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)})" in help_text
     assert main(["bench", "--variants", "gradloop,nope"]) == 2
-    assert capsys.readouterr().err.endswith(f"choose from {', '.join(bench.VARIANTS)}\n")
+    assert capsys.readouterr().err.endswith(f"choose from {', '.join(VARIANTS)}\n")
 
 
 def test_profile_times_every_phase_on_a_copy():
@@ -122,9 +127,9 @@ def test_profile_times_every_phase_on_a_copy():
 
 
 def test_peak_rss_sees_a_freed_allocation():
-    with bench.PeakRSS() as before:
+    with PeakRSS() as before:
         pass
-    with bench.PeakRSS() as peak:
+    with PeakRSS() as peak:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         del block
     if peak.mib is None:
@@ -168,7 +173,7 @@ def test_bench_data_reports_both_ways_their_ratio_memory_and_the_decoded_size(di
     assert main(argv) == 0
     [result] = json.loads(capsys.readouterr().out)
     streamed, in_memory = (result["variants"][k] for k in ("streamed", "in memory"))
-    assert list(result["variants"]) == list(bench.DATA_VARIANTS)
+    assert list(result["variants"]) == list(DATA_VARIANTS)
     for v in (streamed, in_memory):
         assert len(v["all_rounds"]) == 1 and v["samples_per_s"] == v["all_rounds"][0] > 0
         assert 0 < v["setup_peak_rss_mib"] <= v["peak_rss_mib"]  # a high-water mark, read before and after training
@@ -183,7 +188,7 @@ def test_bench_data_reports_both_ways_their_ratio_memory_and_the_decoded_size(di
     bound = result["decoded_mib"] + result["footprint_mib"] + result["baseline_rss_mib"]
     assert result["rss_bound_mib"] == pytest.approx(bound)
     assert result["streamed_rss_below_bound"] == (streamed["peak_rss_mib"] < bound)
-    table = bench.format_data_table(result)
+    table = format_data_table(result)
     assert f"decoded images: {n} x 28 x 28 x 1 x 4 bytes = {result['decoded_mib']:.1f} MiB" in table
     assert f"= {bound:.0f} MiB" in table and f"{result['ratios']['streamed / in memory']:.2f}x" in table
 

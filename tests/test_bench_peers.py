@@ -10,23 +10,25 @@ import numpy as np
 import pytest
 
 from gradloop import errors
-from gradloop.bench import runner as bench
+from gradloop.bench.names import PEERS, choose_variants
+from gradloop.bench.runner import PeerFiles, PeerProcess, format_table
+from gradloop.bench.workload import Workload
 from gradloop.cli import main
 from gradloop.data import load_mnist_sample
 
 
-def digits(n: int, *, images: bool = False, batch_size: int = 32, hidden=(32,)) -> bench.Workload:
+def digits(n: int, *, images: bool = False, batch_size: int = 32, hidden=(32,)) -> Workload:
     """``n`` real MNIST digits of all ten classes, shuffled, for the MLP (or, ``images``, bench's CNN)."""
     raw = load_mnist_sample()
     rows = np.random.default_rng(0).permutation(len(raw.y_train))[:n]
     x = raw.x_train[rows].astype(np.float32) / 255
     x = x[..., np.newaxis] if images else x.reshape(n, -1)
-    return bench.Workload(x, raw.y_train[rows].astype(np.int64), batch_size=batch_size, hidden=hidden, n_classes=10,
-                          kind="cnn" if images else "mlp")
+    return Workload(x, raw.y_train[rows].astype(np.int64), batch_size=batch_size, hidden=hidden, n_classes=10,
+                    kind="cnn" if images else "mlp")
 
 
-def start_peer(name: str, work: bench.Workload, files: bench.PeerFiles) -> bench.PeerProcess:
-    peer = bench.PeerProcess(name, work, files)
+def start_peer(name: str, work: Workload, files: PeerFiles) -> PeerProcess:
+    peer = PeerProcess(name, work, files)
     peer.check(files.first_logits)  # the same logits as bench's Keras model from the same weights, or it raises
     return peer
 
@@ -34,12 +36,12 @@ def start_peer(name: str, work: bench.Workload, files: bench.PeerFiles) -> bench
 @pytest.fixture(scope="module")
 def mlp_files():
     work = digits(1024)
-    files = bench.PeerFiles(work)
+    files = PeerFiles(work)
     yield work, files
     files.remove()
 
 
-@pytest.mark.parametrize("name", bench.PEERS)
+@pytest.mark.parametrize("name", PEERS)
 def test_each_peer_trains_the_bench_model_and_reports_its_rate_and_memory(name, mlp_files):
     work, files = mlp_files
     peer = start_peer(name, work, files)
@@ -61,7 +63,7 @@ def test_a_keras_jax_peer_imports_neither_tensorflow_nor_torch(mlp_files):
     """Keras' own seeding imports TensorFlow wherever it is installed: the JAX peer must not seed through it."""
     work, files = mlp_files
     code = ("import json, sys\n"
-            "from gradloop import bench_peers\n"
+            "from gradloop.bench import peers as bench_peers\n"
             "bench_peers.import_framework('keras-jax spe=32')\n"
             "work, weights = bench_peers.read_workload(json.loads(sys.argv[1]))\n"
             "bench_peers.build_peer('keras-jax spe=32', work, weights).train(32)\n"
@@ -77,7 +79,7 @@ def test_the_layout_sensitive_peers_build_bench_cnn(name):
     """JAX and torch rebuild the CNN from Keras' weights (torch in its own layouts); the set-up's logits check
     proves the same function, and a few steps run."""
     work = digits(64, images=True, batch_size=16)
-    files = bench.PeerFiles(work)
+    files = PeerFiles(work)
     try:
         peer = start_peer(name, work, files)
         try:
@@ -90,7 +92,7 @@ def test_the_layout_sensitive_peers_build_bench_cnn(name):
 
 def test_a_peer_whose_model_differs_is_refused(mlp_files):
     work, files = mlp_files
-    peer = bench.PeerProcess("jax jit", work, files)
+    peer = PeerProcess("jax jit", work, files)
     try:
         with pytest.raises(RuntimeError, match="jax jit peer computes other logits than bench's Keras model"):
             peer.check(files.first_logits + 0.01)
@@ -109,7 +111,7 @@ def test_bench_times_the_peers_beside_gradloop_with_paired_ratios(capsys):
                                                                                         peer["all_rounds"])))
     assert ours["process_peak_rss_mib"] is None and peer["process_peak_rss_mib"] > peer["peak_rss_mib"] > 0
     assert peer["framework"].startswith("jax ") and result["skipped"] == {}
-    table = bench.format_table(result)
+    table = format_table(result)
     assert "jax scan" in table and f"{result['ratios']['gradloop / jax scan']:.2f}x" in table
     assert "peers, each in a process of its own, on the CPU: jax scan: jax " in table
 
@@ -121,18 +123,18 @@ def test_a_missing_peer_named_is_one_line_and_the_others_are_skipped(monkeypatch
     for package in ("jax", "torch"):
         monkeypatch.setitem(sys.modules, package, None)  # hidden: importing it fails, as if not installed
     with pytest.raises(errors.ConfigError) as refused:
-        bench.choose_variants(["gradloop", "torch"])
+        choose_variants(["gradloop", "torch"])
     assert str(refused.value) == ("bench variant 'torch' needs torch, which is not installed; install the peers "
                                   "with: pip install 'gradloop[peers]'")
-    variants, skipped = bench.choose_variants(["gradloop"], peers=True)
+    variants, skipped = choose_variants(["gradloop"], peers=True)
     assert variants == ("gradloop",)
     assert skipped == {name: f"{package} is not installed (pip install 'gradloop[peers]')"
-                       for name, package in bench.PEERS.items()}
-    table = bench.format_table({"model": "MLP", "batch_size": 32, "n_train": 1, "limit_samples_per_s": 1.0,
-                                "flops_per_sample": 1, "limit_of": "matmuls", "onednn_kernels": True, "ratios": {},
-                                "variants": {"gradloop": {"samples_per_s": 1.0, "all_rounds": [1.0],
-                                                          "share_of_limit": 1.0, "peak_rss_mib": 1.0}},
-                                "skipped": skipped})
+                       for name, package in PEERS.items()}
+    table = format_table({"model": "MLP", "batch_size": 32, "n_train": 1, "limit_samples_per_s": 1.0,
+                          "flops_per_sample": 1, "limit_of": "matmuls", "onednn_kernels": True, "ratios": {},
+                          "variants": {"gradloop": {"samples_per_s": 1.0, "all_rounds": [1.0],
+                                                    "share_of_limit": 1.0, "peak_rss_mib": 1.0}},
+                          "skipped": skipped})
     assert "skipped: keras-jax spe=1: jax is not installed (pip install 'gradloop[peers]'); " in table
 
 

@@ -5,7 +5,8 @@
 A process of its own keeps the frameworks from colliding (each brings its own
 threads, allocator and compiler) and gives each peer its own peak RSS. As
 :mod:`gradloop.bench.worker`, the process sets itself up, then answers requests,
-one JSON line in and one out, until its input ends; it trains only when asked:
+one JSON line in and one out (:mod:`gradloop.bench.protocol`), until its input ends; it trains only
+when asked:
 
     set up                     -> {"first_logits": [...], "framework": "..."}
     {"steps": n}               -> {"steps", "samples", "seconds", "loss", "accuracy"}   the next n batches (at least)
@@ -14,7 +15,7 @@ one JSON line in and one out, until its input ends; it trains only when asked:
 
 REQUEST_JSON names a folder holding the data (``x.npy``, ``y.npy``) and the initial
 weights of bench's Keras model (``weights.npz``), and the workload's settings. The
-peers (``bench.PEERS``):
+peers (``gradloop.bench.names.PEERS``):
 
     keras-jax spe=1, spe=32   Keras ``model.fit`` on the JAX backend (the bench sets KERAS_BACKEND=jax)
     jax jit                   a hand-written step (forward, loss, gradients, Keras' Adam) under ``jax.jit``,
@@ -42,12 +43,15 @@ from typing import Any
 import numpy as np
 
 from gradloop import errors
-from gradloop.bench import runner as bench
-from gradloop.bench.worker import protocol_stream, reply
+from gradloop.bench.memory import PeakRSS, peak_rss_since_reset_mib
+from gradloop.bench.names import PEERS, PEERS_INSTALL
+from gradloop.bench.protocol import protocol_stream, reply
+from gradloop.bench.workload import Layer, Workload, keras_loss
 
 # Keras' Adam defaults, which the hand-written JAX update and torch's Adam use too.
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7
 SCAN_STEPS = 32  # steps per call of the jax scan peer, as gradloop's default steps per call
+CHECKED_SAMPLES = 8  # the samples whose logits, from the initial weights, each peer must reproduce
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     replies = protocol_stream()
     try:
         name, request = argv[0], json.loads(argv[1])
-        if name not in bench.PEERS:
-            raise ValueError(f"unknown peer {name!r}; one of {', '.join(bench.PEERS)}")
+        if name not in PEERS:
+            raise ValueError(f"unknown peer {name!r}; one of {', '.join(PEERS)}")
         framework = import_framework(name)
         work, weights = read_workload(request)
-        set_up_peak = bench.peak_rss_mib()  # the framework imported and the data read
-        with bench.PeakRSS() as rss:
+        set_up_peak = peak_rss_since_reset_mib()  # the framework imported and the data read
+        with PeakRSS() as rss:
             peer = build_peer(name, work, weights)
-            reply(replies, {"first_logits": peer.logits(work.x[:bench.CHECKED_SAMPLES]).tolist(),
+            reply(replies, {"first_logits": peer.logits(work.x[:CHECKED_SAMPLES]).tolist(),
                              "framework": framework})
             for line in sys.stdin:
                 asked = json.loads(line)
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def import_framework(name: str) -> str:
     """Import the peer's framework; its name and version, as the table names it. A missing one is a ConfigError."""
-    package = bench.PEERS[name]
+    package = PEERS[name]
     try:
         if name.startswith("keras-jax"):
             os.environ.setdefault("KERAS_BACKEND", "jax")  # as the bench does, for a process started by hand
@@ -103,20 +107,20 @@ def import_framework(name: str) -> str:
         if exc.name != package:
             raise
         raise errors.ConfigError(f"bench variant {name!r} needs {package}, which is not installed; install the "
-                                 f"peers with: {bench.PEERS_INSTALL}") from None
+                                 f"peers with: {PEERS_INSTALL}") from None
 
 
-def read_workload(request: dict[str, Any]) -> tuple[bench.Workload, list[np.ndarray]]:
+def read_workload(request: dict[str, Any]) -> tuple[Workload, list[np.ndarray]]:
     """The bench's data and settings, and the initial weights of its Keras model, in Keras' order."""
     folder = Path(request["folder"])
     settings = {**request["workload"], "hidden": tuple(request["workload"]["hidden"])}
-    work = bench.Workload(np.load(folder / "x.npy"), np.load(folder / "y.npy"), **settings)
+    work = Workload(np.load(folder / "x.npy"), np.load(folder / "y.npy"), **settings)
     with np.load(folder / "weights.npz") as saved:
         weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     return work, weights
 
 
-def build_peer(name: str, work: bench.Workload, weights: list[np.ndarray]) -> Any:
+def build_peer(name: str, work: Workload, weights: list[np.ndarray]) -> Any:
     """The peer's model, optimizer and data, ready to train: ``logits(x)`` and ``train(steps)``."""
     errors.check_batch_size(work.batch_size, len(work.x))
     if name.startswith("keras-jax"):
@@ -136,7 +140,7 @@ class KerasFit:
     """Keras ``model.fit`` on the JAX backend, on the arrays, shuffled by Keras: bench's Keras model compiled
     as its ``keras spe=N`` variants compile it. Each ``fit`` call trains at most an epoch's full batches."""
 
-    def __init__(self, work: bench.Workload, weights: list[np.ndarray], *, steps_per_execution: int) -> None:
+    def __init__(self, work: Workload, weights: list[np.ndarray], *, steps_per_execution: int) -> None:
         import keras
 
         self.work, self.x, self.y = work, work.x, work.y
@@ -146,7 +150,7 @@ class KerasFit:
         full_batches = len(work.x) // work.batch_size
         self.steps_per_execution = min(steps_per_execution, full_batches)  # no call runs past an epoch's end
         self.per_fit = full_batches // self.steps_per_execution * self.steps_per_execution
-        self.model.compile(optimizer=keras.optimizers.Adam(work.lr), loss=bench.keras_loss(), metrics=["accuracy"],
+        self.model.compile(optimizer=keras.optimizers.Adam(work.lr), loss=keras_loss(), metrics=["accuracy"],
                            steps_per_execution=self.steps_per_execution)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -177,7 +181,7 @@ class JaxLoop:
         for each call: state = step(state, batch) for each of its steps_per_call batches
     """
 
-    def __init__(self, work: bench.Workload, weights: list[np.ndarray], *, steps_per_call: int) -> None:
+    def __init__(self, work: Workload, weights: list[np.ndarray], *, steps_per_call: int) -> None:
         import jax
         import jax.numpy as jnp
 
@@ -228,7 +232,7 @@ class JaxLoop:
         return _timed_result(calls * self.per_call, self.work.batch_size, seconds, loss_sum, correct)
 
 
-def _jax_forward(layers: tuple[bench.Layer, ...]) -> Any:
+def _jax_forward(layers: tuple[Layer, ...]) -> Any:
     """``forward(params, x) -> logits`` for ``layers``, with ``params`` a (kernel, bias) pair per dense or conv layer,
     in Keras' layouts (dense: in x out; conv: height x width x in x out, on NHWC images)."""
     import jax
@@ -282,7 +286,7 @@ class TorchLoop:
     """A plain PyTorch loop: for each batch, forward, cross-entropy, backward, ``torch.optim.Adam`` step.
     Images are NCHW, as torch's convolutions take them; the weights are Keras' in torch's layouts."""
 
-    def __init__(self, work: bench.Workload, weights: list[np.ndarray]) -> None:
+    def __init__(self, work: Workload, weights: list[np.ndarray]) -> None:
         import torch
 
         self.torch, self.work = torch, work
@@ -320,7 +324,7 @@ class TorchLoop:
         return _timed_result(steps, b, time.perf_counter() - start, loss_sum, correct)
 
 
-def _torch_model(work: bench.Workload, weights: list[np.ndarray]) -> Any:
+def _torch_model(work: Workload, weights: list[np.ndarray]) -> Any:
     """``work.layers()`` as a ``torch.nn.Sequential``, with Keras' weights moved to torch's layouts: a dense
     kernel transposed, a conv kernel from HWIO to OIHW, and the rows of a dense layer after a flatten
     reordered from Keras' height-width-channel order to torch's channel-height-width."""

@@ -1,9 +1,9 @@
 """One variant of ``gradloop bench --data`` in a process of its own, so that its peak RSS is its own.
 
-    python -m gradloop.bench.worker VARIANT CONFIG_JSON    (started by gradloop.bench.runner, not by hand)
+    python -m gradloop.bench.worker VARIANT CONFIG_JSON    (started by gradloop.bench.data_bench, not by hand)
 
-The process sets itself up, then answers requests, one JSON line in and one out,
-until its input ends; it trains only when asked, so the bench can time the
+The process sets itself up, then answers requests, one JSON line in and one out
+(:mod:`gradloop.bench.protocol`), until its input ends; it trains only when asked, so the bench can time the
 variants in turn, never two at once:
 
     set up                        -> {"n", "element_shape", "class_names", "parameters", "peak_rss_mib", ...}
@@ -30,17 +30,18 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
-import os
-import resource
 import shutil
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from gradloop.bench.memory import process_peak_rss_mib
+from gradloop.bench.protocol import protocol_stream, reply
 
 VARIANTS = ("streamed", "in memory", "baseline")
 DECODE_BATCH = 1024  # images per batch when decoding the folder into memory
@@ -134,7 +135,7 @@ class Run:
             "n": train.n, "element_shape": list(train.element_shape), "class_names": list(self.data.class_names),
             "description": self.data.description, "model": model.name, "parameters": model.count_params(),
             "onednn_kernels": cpu.onednn_kernels(),
-            "peak_rss_mib": peak_rss_mib(),  # set up, before any training: the baseline's figure
+            "peak_rss_mib": process_peak_rss_mib(),  # set up, before any training: the baseline's figure
             "decode_seconds": self.decode_seconds,
         }
 
@@ -167,7 +168,7 @@ class Run:
             variable.assign(value)
 
     def finish(self) -> dict[str, Any]:
-        return {"peak_rss_mib": peak_rss_mib(), "footprint_bytes": sum(_nbytes(v) for v in self.variables()),
+        return {"peak_rss_mib": process_peak_rss_mib(), "footprint_bytes": sum(_nbytes(v) for v in self.variables()),
                 "weights_bytes": sum(_nbytes(v) for v in self.trainer.model.weights)}
 
 
@@ -192,12 +193,6 @@ def no_examples(element_shape: tuple[int, ...], class_names: tuple[str, ...]) ->
                    class_names=class_names, source_class_names=None, fingerprint={}, preprocessing={})
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far (the kernel's high-water mark, whole process), in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
-
-
 def _nbytes(variable: Any) -> int:
     return int(np.prod(variable.shape, dtype=np.int64)) * np.dtype(variable.dtype).itemsize
 
@@ -206,19 +201,6 @@ def _is_user_error(exc: Exception) -> bool:
     from gradloop.errors import GradloopError
 
     return isinstance(exc, (GradloopError, OSError))
-
-
-def protocol_stream() -> IO[str]:
-    """The replies' own channel: the original stdout. Anything else printed to stdout goes to stderr."""
-    replies = os.fdopen(os.dup(1), "w")
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    return replies
-
-
-def reply(replies: IO[str], message: dict[str, Any]) -> None:
-    replies.write(json.dumps(message) + "\n")
-    replies.flush()
 
 
 if __name__ == "__main__":

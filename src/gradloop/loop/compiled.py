@@ -59,11 +59,13 @@ class CompileOptions:
     fall-back. False: no XLA.
     ``fused_optimizer``: run Keras Adam's and SGD-with-momentum's update on
     TensorFlow's fused kernels (same formula; see :mod:`gradloop.loop.optimizer_kernels`).
+    ``planned_steps``: the number of steps the XLA default decides for; None: the fit's own.
     """
 
     steps_per_execution: int = 32
     jit_compile: bool | None = None
     fused_optimizer: bool = True
+    planned_steps: int | None = None
 
     def __post_init__(self) -> None:
         spe = self.steps_per_execution
@@ -71,6 +73,9 @@ class CompileOptions:
             raise ValueError(f"steps_per_execution must be an integer from 1 to {MAX_INT32}, got {spe!r}")
         if self.jit_compile not in (None, True, False):
             raise ValueError(f"jit_compile must be None (XLA where it compiles), True or False, got {self.jit_compile!r}")
+        planned = self.planned_steps
+        if planned is not None and (isinstance(planned, bool) or not isinstance(planned, int) or planned < 1):
+            raise ValueError(f"planned_steps must be None (the fit's own steps) or an integer >= 1, got {planned!r}")
 
 
 class CompiledModel:
@@ -128,7 +133,8 @@ class CompiledModel:
         (XLA's CPU convolutions are far slower than oneDNN's). Decided on the fit's whole length, a
         resumed fit's too, so that a resume computes on what the unstopped run did."""
         if self.options.jit_compile is None:
-            self._xla_groups = xla_by_default(self.model, total_steps)
+            planned = self.options.planned_steps
+            self._xla_groups = xla_by_default(self.model, planned if planned is not None else total_steps)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
