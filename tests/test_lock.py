@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import lock as run_lock
+from gradloop.run import start as run_start
 from gradloop.cli import main
 from gradloop.errors import RunDirError
 
@@ -27,7 +29,7 @@ RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batc
 def holder(run_dir: Path) -> subprocess.Popen:
     """Another process holding the run's lock as ``gradloop train`` does (rundir.lock), until killed."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from gradloop import rundir; held = rundir.lock({str(run_dir)!r}); print('held', flush=True); "
+        [sys.executable, "-c", f"from gradloop.run import lock as run_lock; held = run_lock.lock({str(run_dir)!r}); print('held', flush=True); "
                                "import time; time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
     )
@@ -46,35 +48,35 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def test_lock_holder_is_the_live_holders_pid_and_none_once_it_is_killed(tmp_path):
-    assert rundir.lock_holder(tmp_path) is None
+    assert run_lock.lock_holder(tmp_path) is None
     assert list(tmp_path.iterdir()) == []  # reading creates nothing
     proc = holder(tmp_path)
     try:
-        assert rundir.lock_holder(tmp_path) == proc.pid
-        assert (tmp_path / rundir.LOCK).read_text() == f"{proc.pid} {socket.gethostname()}\n"
+        assert run_lock.lock_holder(tmp_path) == proc.pid
+        assert (tmp_path / run_files.LOCK).read_text() == f"{proc.pid} {socket.gethostname()}\n"
     finally:
         kill(proc)
-    assert rundir.lock_holder(tmp_path) is None  # no stale lock: the kernel dropped it with the process
-    assert [p.name for p in tmp_path.iterdir()] == [rundir.LOCK]
-    with rundir.lock(tmp_path):  # and it can be taken again
-        assert rundir.lock_holder(tmp_path) == os.getpid()
-    assert rundir.lock_holder(tmp_path) is None
+    assert run_lock.lock_holder(tmp_path) is None  # no stale lock: the kernel dropped it with the process
+    assert [p.name for p in tmp_path.iterdir()] == [run_files.LOCK]
+    with run_lock.lock(tmp_path):  # and it can be taken again
+        assert run_lock.lock_holder(tmp_path) == os.getpid()
+    assert run_lock.lock_holder(tmp_path) is None
 
 
 def test_a_second_lock_is_refused_naming_the_holder_even_in_the_same_process(tmp_path):
-    first = rundir.lock(tmp_path)
+    first = run_lock.lock(tmp_path)
     with pytest.raises(RunDirError, match=rf"is in use by another gradloop process \(pid {os.getpid()} on .*kill {os.getpid()}"):
-        rundir.lock(tmp_path)
+        run_lock.lock(tmp_path)
     first.release()
-    rundir.lock(tmp_path).release()
+    run_lock.lock(tmp_path).release()
 
 
 def test_a_lone_free_lock_file_does_not_make_a_folder_taken(tmp_path):
     """A start that died between locking and creating run.json leaves only run.lock: the folder is still new."""
-    rundir.lock(tmp_path).release()
-    assert rundir.check_new(tmp_path) == tmp_path
-    run = rundir.claim(tmp_path)
-    assert rundir.lock_holder(tmp_path) == os.getpid()
+    run_lock.lock(tmp_path).release()
+    assert run_start.check_new(tmp_path) == tmp_path
+    run = run_start.claim(tmp_path)
+    assert run_lock.lock_holder(tmp_path) == os.getpid()
     run.lock.release()
 
 
@@ -84,7 +86,7 @@ def finished(tmp_path_factory) -> Path:
     assert main(["train", *RUN, "--epochs", "1", "--run-dir", str(run_dir)]) == 0
     info = json.loads((run_dir / "run.json").read_text())
     assert (info["pid"], info["host"]) == (os.getpid(), socket.gethostname())  # who wrote it, for `gradloop runs`
-    assert rundir.lock_holder(run_dir) is None  # released when train returned
+    assert run_lock.lock_holder(run_dir) is None  # released when train returned
     return run_dir
 
 
@@ -109,7 +111,7 @@ def test_a_second_writer_that_passed_the_check_is_still_stopped_by_the_lock(fini
     proc = holder(finished)
     try:
         with pytest.raises(RunDirError, match=f"pid {proc.pid}"):
-            rundir.claim(finished, held=None)
+            run_start.claim(finished, held=None)
         assert (finished / "run.json").stat().st_size > 0
     finally:
         kill(proc)
@@ -125,7 +127,7 @@ def test_a_running_train_is_locked_readable_and_free_once_killed(finished, tmp_p
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while rundir.lock_holder(run_dir) != proc.pid or json.loads((run_dir / "run.json").read_text()).get("pid") != proc.pid:
+        while run_lock.lock_holder(run_dir) != proc.pid or json.loads((run_dir / "run.json").read_text()).get("pid") != proc.pid:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
             time.sleep(0.1)
         assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
@@ -139,7 +141,7 @@ def test_a_running_train_is_locked_readable_and_free_once_killed(finished, tmp_p
         assert json.loads(capsys.readouterr().out)["n_samples"] > 0
     finally:
         kill(proc)
-    assert rundir.lock_holder(run_dir) is None
+    assert run_lock.lock_holder(run_dir) is None
     assert main(["train", "--resume", "--epochs", "2", "--run-dir", str(run_dir)]) == 0
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
 
@@ -156,7 +158,7 @@ def test_under_multi_worker_the_chief_holds_the_run_and_the_others_resume_beside
     proc = launch(*RUN, "--epochs", "1")
     deadline, holder = time.monotonic() + 300, None
     while holder is None and proc.poll() is None and time.monotonic() < deadline:
-        holder = rundir.lock_holder(run_dir)
+        holder = run_lock.lock_holder(run_dir)
         time.sleep(0.05)
     assert proc.wait(timeout=300) == 0, err.read_text()
     pids = dict((int(w), int(p)) for w, p in re.findall(r"launched worker (\d+) \(pid (\d+)\)", err.read_text()))
