@@ -27,10 +27,10 @@ RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batc
 
 
 def holder(run_dir: Path) -> subprocess.Popen:
-    """Another process holding the run's lock as ``gradloop train`` does (rundir.lock), until killed."""
+    """Another process holding the run's lock as ``gradloop train`` does (run_lock.lock), until killed."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from gradloop.run import lock as run_lock; held = run_lock.lock({str(run_dir)!r}); print('held', flush=True); "
-                               "import time; time.sleep(600)"],
+        [sys.executable, "-c", f"from gradloop.run import lock as run_lock; held = run_lock.lock({str(run_dir)!r}); "
+                               "print('held', flush=True); import time; time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout.readline() == "held\n"
@@ -38,8 +38,9 @@ def holder(run_dir: Path) -> subprocess.Popen:
 
 
 def files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file's sha256 and every folder, by path in ``folder``: equal only if nothing was written."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(folder.rglob("*"))}
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -119,8 +120,8 @@ def test_a_second_writer_that_passed_the_check_is_still_stopped_by_the_lock(fini
 
 def test_a_running_train_is_locked_readable_and_free_once_killed(finished, tmp_path, capsys):
     """The real thing: `gradloop train --resume` running in another process holds the run; a second
-    resume and an --overwrite are refused naming its pid, evaluate still reads the run, and once the
-    process is SIGKILLed the run resumes."""
+    resume, an --overwrite and a new run in its folder are refused naming its pid and leave every file
+    byte-identical, evaluate still reads the run, and once the process is SIGKILLed the run resumes."""
     run_dir = tmp_path / "run"
     subprocess.run(["cp", "-a", str(finished), str(run_dir)], check=True)
     proc = subprocess.Popen([sys.executable, "-m", "gradloop", "train", "--resume", "--epochs", "500", "--run-dir", str(run_dir)],
@@ -132,10 +133,15 @@ def test_a_running_train_is_locked_readable_and_free_once_killed(finished, tmp_p
             time.sleep(0.1)
         assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
         capsys.readouterr()
-        for argv in (["--resume", "--epochs", "600"], [*RUN, "--overwrite"]):
+        # Frozen, the training process still holds the lock but writes nothing: any change is the refused one's.
+        proc.send_signal(signal.SIGSTOP)
+        for argv in (["--resume", "--epochs", "600"], [*RUN, "--overwrite"], RUN):
+            before = files(run_dir)
             assert main(["train", *argv, "--run-dir", str(run_dir)]) == 2
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and f"in use by another gradloop process (pid {proc.pid} on" in err, err
+            assert files(run_dir) == before, argv  # not a byte changed, not a file added or removed
+        proc.send_signal(signal.SIGCONT)
         assert (run_dir / "model.keras").is_file() and (run_dir / "checkpoints" / "checkpoint").is_file()
         assert main(["evaluate", str(run_dir), "--split", "val", "--json"]) == 0  # a running run is still read
         assert json.loads(capsys.readouterr().out)["n_samples"] > 0
