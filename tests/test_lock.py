@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from gradloop.cli import main
+from gradloop.errors import RunDirError
 from gradloop.run import files as run_files
 from gradloop.run import lock as run_lock
 from gradloop.run import start as run_start
-from gradloop.cli import main
-from gradloop.errors import RunDirError
 
 RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batch-size", "16", "--deterministic"]
 

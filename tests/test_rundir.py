@@ -8,10 +8,10 @@ import json
 import pytest
 
 from gradloop import atomic
+from gradloop.errors import ConfigError, RunDirError
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 from gradloop.run import start as run_start
-from gradloop.errors import ConfigError, RunDirError
 from gradloop.run.folder import RunDir
 
 

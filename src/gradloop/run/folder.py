@@ -60,13 +60,15 @@ class RunDir:
         if not path.is_dir():
             state = "is not a folder" if path.exists() else "does not exist"
             raise RunDirError(f"run directory {path} {state}; pass a folder made by gradloop train")
-        missing = missing or f"{path} is not a gradloop run directory (no run.json); pass a folder made by gradloop train"
+        missing = missing or (f"{path} is not a gradloop run directory (no run.json); "
+                              "pass a folder made by gradloop train")
         return cls(path, read_info(path, missing=missing))
 
     def read_history(self) -> dict[str, list[float]]:
         """history.json: per-epoch lists in the tutorial's names."""
         path = own_path(self.path, HISTORY_JSON)
-        history = read_json(path, missing=f"{self.path} has no history.json; the run did not finish an epoch (train it again)")
+        missing = f"{self.path} has no history.json; the run did not finish an epoch (train it again)"
+        history = read_json(path, missing=missing)
         check_history(history, path)
         return history
 
@@ -108,7 +110,8 @@ class RunDir:
     # status --------------------------------------------------------------
 
     def start(self, info: dict[str, Any]) -> None:
-        self.info = {"status": "running", **info, **_process(), "started": now()}  # status first: `head run.json` shows it
+        # status first: `head run.json` shows it
+        self.info = {"status": "running", **info, **_process(), "started": now()}
         self.write_info()
 
     def resume(self, *, config: dict[str, Any], epoch: int, step: int, **facts: Any) -> None:
@@ -142,11 +145,14 @@ def read_info(path: Path, *, missing: str) -> dict[str, Any]:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise RunDirError(f"{file} has format {version!r}, not a version number; the run directory is damaged")
     if version > FORMAT:
-        raise RunDirError(f"{file} has format {version}, newer than this gradloop's {FORMAT}; upgrade gradloop to read it")
+        raise RunDirError(
+            f"{file} has format {version}, newer than this gradloop's {FORMAT}; upgrade gradloop to read it"
+        )
     if version == 0:  # before format 1 run.json had no "workers": a multi-worker run had a replica per worker
         info.setdefault("workers", info.get("num_replicas", 1) if info.get("strategy") == "multi_worker" else 1)
     if "status" in info and info["status"] not in STATUSES:
-        raise RunDirError(f"{file} has status {info['status']!r}, not one of {', '.join(STATUSES)}; the run directory is damaged")
+        raise RunDirError(f"{file} has status {info['status']!r}, not one of {', '.join(STATUSES)}; "
+                          "the run directory is damaged")
     if isinstance(info.get("workers", 1), bool) or not isinstance(info.get("workers", 1), int):
         raise RunDirError(f"{file} has workers {info['workers']!r}, not a count; the run directory is damaged")
     check_info(info, file)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 def tutorial_history(history: Mapping[str, list[float]]) -> dict[str, list[float]]:
     """Keras names -> the tutorial's: ``loss`` -> ``train_loss``, ``val_*`` unchanged."""
     return {
-        (k if k.startswith("val_") or k.startswith("train_") else f"train_{k}"): [None if v is None else float(v) for v in vs]
+        (k if k.startswith(("val_", "train_")) else f"train_{k}"): [None if v is None else float(v) for v in vs]
         for k, vs in history.items()
     }
 

@@ -58,10 +58,14 @@ def lock(path: str | os.PathLike) -> RunLock:
         # Not through a link, and only a regular file: a crafted run.lock must not make us write elsewhere.
         fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:
-        raise RunDirError(f"cannot lock run directory {path}: {exc.strerror or exc}; choose a writable --run-dir") from None
+        raise RunDirError(
+            f"cannot lock run directory {path}: {exc.strerror or exc}; choose a writable --run-dir"
+        ) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise RunDirError(f"cannot lock run directory {path}: its {LOCK} is not a regular file; the run directory is damaged")
+        raise RunDirError(
+            f"cannot lock run directory {path}: its {LOCK} is not a regular file; the run directory is damaged"
+        )
     deadline = time.monotonic() + _PROBE_SECONDS
     while True:
         try:
@@ -129,7 +133,8 @@ def _in_use(path: Path, holder: tuple[int, str]) -> RunInUseError:
     pid, host = holder
     who, stop = (f" (pid {pid} on {host})", f", stop it (kill {pid})") if pid else ("", "")  # never advise `kill 0`
     return RunInUseError(
-        f"run directory {path} is in use by another gradloop process{who}; wait for it to end{stop}, or choose another --run-dir"
+        f"run directory {path} is in use by another gradloop process{who}; wait for it to end{stop}, "
+        "or choose another --run-dir"
     )
 
 

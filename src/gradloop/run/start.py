@@ -45,7 +45,9 @@ def check_new(path: Path, *, overwrite: bool = False) -> Path:
                 "continue it with --resume, or replace it with --overwrite"
             )
         if not (path / RUN_JSON).is_file():
-            raise RunDirError(f"{path} is not a gradloop run (no run.json), so --overwrite leaves it alone; choose another --run-dir")
+            raise RunDirError(
+                f"{path} is not a gradloop run (no run.json), so --overwrite leaves it alone; choose another --run-dir"
+            )
     _check_creatable(path)
     return path
 
@@ -85,7 +87,9 @@ def claim(path: Path, *, held: RunLock | None = None) -> RunDir:
         if held is None:
             taken.release()
         if isinstance(exc, FileExistsError):
-            raise RunDirError(f"run directory {path} was taken by another run meanwhile; choose another --run-dir") from None
+            raise RunDirError(
+                f"run directory {path} was taken by another run meanwhile; choose another --run-dir"
+            ) from None
         raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
     run = RunDir(path)
     run.lock = taken
@@ -108,12 +112,13 @@ def open_to_resume(path: str | os.PathLike) -> RunDir:
     """The run in ``path``, to resume; refused when it is no run."""
     path = Path(path)
     if not path.is_dir():
-        raise RunDirError(f"run directory {path} does not exist, so there is nothing to resume; drop --resume to start it")
+        raise RunDirError(
+            f"run directory {path} does not exist, so there is nothing to resume; drop --resume to start it"
+        )
     if not any(path.iterdir()):
         raise RunDirError(f"run directory {path} is empty, so there is nothing to resume; drop --resume to start it")
-    return RunDir(
-        path, read_info(path, missing=f"{path} is not a gradloop run (no run.json); pass --run-dir the folder of a gradloop train")
-    )
+    missing = f"{path} is not a gradloop run (no run.json); pass --run-dir the folder of a gradloop train"
+    return RunDir(path, read_info(path, missing=missing))
 
 
 def check_resumable(path: str | os.PathLike, *, epochs: int, workers: int = 1, writer: bool = True) -> RunDir:
@@ -135,10 +140,13 @@ def check_resumable(path: str | os.PathLike, *, epochs: int, workers: int = 1, w
     if status == "failed":
         raise RunDirError(f"run {path} failed, so there is nothing to resume: {info.get('error', 'see run.json')}")
     if status == "finished" and info.get("stopped_early") is not None:
-        raise RunDirError(f"run {path} stopped early after {done} epochs (val_loss stopped improving); nothing to resume")
+        raise RunDirError(
+            f"run {path} stopped early after {done} epochs (val_loss stopped improving); nothing to resume"
+        )
     if status == "finished" and epochs <= done:
         raise RunDirError(
-            f"run {path} already finished {done} epochs; nothing to resume (pass --epochs above {done} to train it further)"
+            f"run {path} already finished {done} epochs; nothing to resume "
+            f"(pass --epochs above {done} to train it further)"
         )
     # Another worker count would see the same global batches (DATA sharding) but sum them in another
     # order, untested: refused, so that a resume stays exact.
