@@ -206,7 +206,7 @@ def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, li
     """Keras fit epoch by epoch on the training arrays in the order ``default_rng((order_seed, e))`` gives epoch e,
     compiled with the run's optimizer, loss, metrics and steps per execution; its history in the run's names."""
     from gradloop.app import assemble as build
-    from gradloop.run import folder as rundir
+    from gradloop.run import history as run_history
 
     x, y = train
     model = seeded_model(config, data)
@@ -224,14 +224,14 @@ def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, li
                          shuffle=False, validation_data=val, verbose=0).history
         for key, values in logs.items():
             history.setdefault(key, []).extend(float(v) for v in values)
-    return rundir.tutorial_history(history)
+    return run_history.tutorial_history(history)
 
 
 def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
     """gradloop's Trainer in this process on the run's own feed (``examples.epochs``), built as ``build_trainer``
     builds it; ``fused=False``: Keras' own Adam update instead of TensorFlow's fused kernel."""
     from gradloop.app import assemble as build
-    from gradloop.run import folder as rundir
+    from gradloop.run import history as run_history
     from gradloop.loop.compiled import CompileOptions
     from gradloop.data import examples
     from gradloop.loop.trainer import Trainer
@@ -248,7 +248,7 @@ def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
     )
     history = trainer.fit(examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
                           validation_data=data.val.batches(None, config.batch_size), epochs=config.epochs, verbose=0)
-    return rundir.tutorial_history({k: v for k, v in history.history.items() if k != "train_time"})
+    return run_history.tutorial_history({k: v for k, v in history.history.items() if k != "train_time"})
 
 
 # ----------------------------------------------------------------------------------- the table

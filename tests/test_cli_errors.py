@@ -912,13 +912,13 @@ def test_bad_run_directories(row, tmp_path, earlier, capsys):
 def test_a_run_directory_taken_meanwhile_is_not_shared(tmp_path):
     """Two runs checking the same runs/<timestamp> in the same second: the second to create it stops
     and the first one's files stay as they are."""
-    from gradloop.run import folder as rundir
+    from gradloop.run import start as run_start
 
-    path = rundir.check_new(tmp_path / "runs" / "same-second")
-    rundir.claim(path)  # the first run claims it ...
+    path = run_start.check_new(tmp_path / "runs" / "same-second")
+    run_start.claim(path)  # the first run claims it ...
     (path / "run.json").write_text('{"status": "running"}')
     with pytest.raises(RunDirError, match="was taken by another run meanwhile"):
-        rundir.claim(path)  # ... the second, past its own check already, must not join it
+        run_start.claim(path)  # ... the second, past its own check already, must not join it
     assert (path / "run.json").read_text() == '{"status": "running"}'
 
 

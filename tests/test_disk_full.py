@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from gradloop import Trainer, data
-from gradloop.run import folder as rundir
+from gradloop import atomic
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
 from gradloop.loop.checkpoint import RunCheckpoint
 from gradloop.errors import DiskFullError
 from gradloop.loop.state import LoopState
@@ -130,17 +132,17 @@ def test_a_checkpoint_whose_record_finds_no_space_leaves_no_part_of_itself(disk,
 
 def test_a_model_that_finds_no_space_leaves_the_earlier_file(disk):
     trainer, _ = toy_trainer()
-    rundir.save_model(trainer.model, disk / rundir.MODEL)
-    before = (disk / rundir.MODEL).read_bytes()
+    atomic.save_model(trainer.model, disk / run_files.MODEL)
+    before = (disk / run_files.MODEL).read_bytes()
     fill(disk)
     with pytest.raises(DiskFullError, match=rf"^no space left on {disk} while writing {disk}/model.keras$"):
-        rundir.save_model(trainer.model, disk / rundir.MODEL)
-    assert (disk / rundir.MODEL).read_bytes() == before
+        atomic.save_model(trainer.model, disk / run_files.MODEL)
+    assert (disk / run_files.MODEL).read_bytes() == before
     assert sorted(p.name for p in disk.iterdir()) == ["ballast", "model.keras"]
 
 
 def test_a_history_that_finds_no_space_leaves_the_earlier_file(disk):
-    run = rundir.RunDir(disk)
+    run = run_folder.RunDir(disk)
     run.record_epoch({"loss": 0.5, "val_loss": 0.6})
     before = snapshot(disk)
     ballast = fill(disk)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
 
 SYSCALL = re.compile(r"^\d+ +(?P<call>\w+)\((?P<args>.*?)(?:\) += |\s*<unfinished)")
 
@@ -37,7 +37,7 @@ def traced(tmp_path: Path, *argv: str) -> list[tuple[str, list[str]]]:
 
 def test_write_atomically_syncs_the_file_renames_it_and_syncs_the_folder(tmp_path):
     path = tmp_path / "run.json"
-    calls = traced(tmp_path, sys.executable, "-c", f"from gradloop import rundir; rundir.write_json({str(path)!r}, {{'a': 1}})")
+    calls = traced(tmp_path, sys.executable, "-c", f"from gradloop.run import files as run_files; run_files.write_json({str(path)!r}, {{'a': 1}})")
     assert [c for c in calls if any(str(tmp_path) in p for p in c[1])] == [
         ("fsync", [str(tmp_path / "run.partial.json")]),
         ("rename", [str(tmp_path / "run.partial.json"), str(path)]),
@@ -75,7 +75,7 @@ def test_every_file_a_run_writes_is_durable_before_it_counts(tmp_path):
             assert source in synced, f"{source} renamed to {target} before an fsync"
             synced.discard(source)
     assert len(written) >= 3, written
-    assert {rundir.RUN_JSON, rundir.HISTORY_JSON, rundir.HISTORY_CSV, rundir.HISTORY_PNG, rundir.MODEL, rundir.BEST_MODEL,
+    assert {run_files.RUN_JSON, run_files.HISTORY_JSON, run_files.HISTORY_CSV, run_files.HISTORY_PNG, run_files.MODEL, run_files.BEST_MODEL,
             "checkpoint"} <= finals, finals
     for prefix in (p.with_suffix("") for p in (run / "checkpoints").glob("ckpt-*.index")):
         assert {f"{prefix}.index", f"{prefix}.data-00000-of-00001"} <= synced, prefix

@@ -17,18 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from gradloop.run import folder as rundir
 from gradloop.cli import main
 from gradloop.errors import RunDirError
+from gradloop.run import files as run_files
+from gradloop.run import lock as run_lock
+from gradloop.run import start as run_start
 
 RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batch-size", "16", "--deterministic"]
 
 
 def holder(run_dir: Path) -> subprocess.Popen:
-    """Another process holding the run's lock as ``gradloop train`` does (rundir.lock), until killed."""
+    """Another process holding the run's lock as ``gradloop train`` does (run_lock.lock), until killed."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from gradloop import rundir; held = rundir.lock({str(run_dir)!r}); print('held', flush=True); "
-                               "import time; time.sleep(600)"],
+        [sys.executable, "-c", f"from gradloop.run import lock as run_lock; held = run_lock.lock({str(run_dir)!r}); "
+                               "print('held', flush=True); import time; time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout.readline() == "held\n"
@@ -36,8 +38,9 @@ def holder(run_dir: Path) -> subprocess.Popen:
 
 
 def files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file's sha256 and every folder, by path in ``folder``: equal only if nothing was written."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(folder.rglob("*"))}
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -46,35 +49,35 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def test_lock_holder_is_the_live_holders_pid_and_none_once_it_is_killed(tmp_path):
-    assert rundir.lock_holder(tmp_path) is None
+    assert run_lock.lock_holder(tmp_path) is None
     assert list(tmp_path.iterdir()) == []  # reading creates nothing
     proc = holder(tmp_path)
     try:
-        assert rundir.lock_holder(tmp_path) == proc.pid
-        assert (tmp_path / rundir.LOCK).read_text() == f"{proc.pid} {socket.gethostname()}\n"
+        assert run_lock.lock_holder(tmp_path) == proc.pid
+        assert (tmp_path / run_files.LOCK).read_text() == f"{proc.pid} {socket.gethostname()}\n"
     finally:
         kill(proc)
-    assert rundir.lock_holder(tmp_path) is None  # no stale lock: the kernel dropped it with the process
-    assert [p.name for p in tmp_path.iterdir()] == [rundir.LOCK]
-    with rundir.lock(tmp_path):  # and it can be taken again
-        assert rundir.lock_holder(tmp_path) == os.getpid()
-    assert rundir.lock_holder(tmp_path) is None
+    assert run_lock.lock_holder(tmp_path) is None  # no stale lock: the kernel dropped it with the process
+    assert [p.name for p in tmp_path.iterdir()] == [run_files.LOCK]
+    with run_lock.lock(tmp_path):  # and it can be taken again
+        assert run_lock.lock_holder(tmp_path) == os.getpid()
+    assert run_lock.lock_holder(tmp_path) is None
 
 
 def test_a_second_lock_is_refused_naming_the_holder_even_in_the_same_process(tmp_path):
-    first = rundir.lock(tmp_path)
+    first = run_lock.lock(tmp_path)
     with pytest.raises(RunDirError, match=rf"is in use by another gradloop process \(pid {os.getpid()} on .*kill {os.getpid()}"):
-        rundir.lock(tmp_path)
+        run_lock.lock(tmp_path)
     first.release()
-    rundir.lock(tmp_path).release()
+    run_lock.lock(tmp_path).release()
 
 
 def test_a_lone_free_lock_file_does_not_make_a_folder_taken(tmp_path):
     """A start that died between locking and creating run.json leaves only run.lock: the folder is still new."""
-    rundir.lock(tmp_path).release()
-    assert rundir.check_new(tmp_path) == tmp_path
-    run = rundir.claim(tmp_path)
-    assert rundir.lock_holder(tmp_path) == os.getpid()
+    run_lock.lock(tmp_path).release()
+    assert run_start.check_new(tmp_path) == tmp_path
+    run = run_start.claim(tmp_path)
+    assert run_lock.lock_holder(tmp_path) == os.getpid()
     run.lock.release()
 
 
@@ -84,7 +87,7 @@ def finished(tmp_path_factory) -> Path:
     assert main(["train", *RUN, "--epochs", "1", "--run-dir", str(run_dir)]) == 0
     info = json.loads((run_dir / "run.json").read_text())
     assert (info["pid"], info["host"]) == (os.getpid(), socket.gethostname())  # who wrote it, for `gradloop runs`
-    assert rundir.lock_holder(run_dir) is None  # released when train returned
+    assert run_lock.lock_holder(run_dir) is None  # released when train returned
     return run_dir
 
 
@@ -109,7 +112,7 @@ def test_a_second_writer_that_passed_the_check_is_still_stopped_by_the_lock(fini
     proc = holder(finished)
     try:
         with pytest.raises(RunDirError, match=f"pid {proc.pid}"):
-            rundir.claim(finished, held=None)
+            run_start.claim(finished, held=None)
         assert (finished / "run.json").stat().st_size > 0
     finally:
         kill(proc)
@@ -117,29 +120,34 @@ def test_a_second_writer_that_passed_the_check_is_still_stopped_by_the_lock(fini
 
 def test_a_running_train_is_locked_readable_and_free_once_killed(finished, tmp_path, capsys):
     """The real thing: `gradloop train --resume` running in another process holds the run; a second
-    resume and an --overwrite are refused naming its pid, evaluate still reads the run, and once the
-    process is SIGKILLed the run resumes."""
+    resume, an --overwrite and a new run in its folder are refused naming its pid and leave every file
+    byte-identical, evaluate still reads the run, and once the process is SIGKILLed the run resumes."""
     run_dir = tmp_path / "run"
     subprocess.run(["cp", "-a", str(finished), str(run_dir)], check=True)
     proc = subprocess.Popen([sys.executable, "-m", "gradloop", "train", "--resume", "--epochs", "500", "--run-dir", str(run_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while rundir.lock_holder(run_dir) != proc.pid or json.loads((run_dir / "run.json").read_text()).get("pid") != proc.pid:
+        while run_lock.lock_holder(run_dir) != proc.pid or json.loads((run_dir / "run.json").read_text()).get("pid") != proc.pid:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
             time.sleep(0.1)
         assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
         capsys.readouterr()
-        for argv in (["--resume", "--epochs", "600"], [*RUN, "--overwrite"]):
+        # Frozen, the training process still holds the lock but writes nothing: any change is the refused one's.
+        proc.send_signal(signal.SIGSTOP)
+        for argv in (["--resume", "--epochs", "600"], [*RUN, "--overwrite"], RUN):
+            before = files(run_dir)
             assert main(["train", *argv, "--run-dir", str(run_dir)]) == 2
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and f"in use by another gradloop process (pid {proc.pid} on" in err, err
+            assert files(run_dir) == before, argv  # not a byte changed, not a file added or removed
+        proc.send_signal(signal.SIGCONT)
         assert (run_dir / "model.keras").is_file() and (run_dir / "checkpoints" / "checkpoint").is_file()
         assert main(["evaluate", str(run_dir), "--split", "val", "--json"]) == 0  # a running run is still read
         assert json.loads(capsys.readouterr().out)["n_samples"] > 0
     finally:
         kill(proc)
-    assert rundir.lock_holder(run_dir) is None
+    assert run_lock.lock_holder(run_dir) is None
     assert main(["train", "--resume", "--epochs", "2", "--run-dir", str(run_dir)]) == 0
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
 
@@ -156,7 +164,7 @@ def test_under_multi_worker_the_chief_holds_the_run_and_the_others_resume_beside
     proc = launch(*RUN, "--epochs", "1")
     deadline, holder = time.monotonic() + 300, None
     while holder is None and proc.poll() is None and time.monotonic() < deadline:
-        holder = rundir.lock_holder(run_dir)
+        holder = run_lock.lock_holder(run_dir)
         time.sleep(0.05)
     assert proc.wait(timeout=300) == 0, err.read_text()
     pids = dict((int(w), int(p)) for w, p in re.findall(r"launched worker (\d+) \(pid (\d+)\)", err.read_text()))

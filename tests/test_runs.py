@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from test_imports import loaded_after
 
-from gradloop.run import folder as rundir
+from gradloop.run import folder as run_folder
+from gradloop.run import lock as run_lock
 from gradloop.commands import runs
 from gradloop.cli import main
 
@@ -98,7 +99,7 @@ def test_every_status_damaged_and_foreign_folders(tmp_path):
     (root / "starting" / "run.json").touch()  # claimed, then killed before its run.json was written
     (root / "garbled").mkdir()
     (root / "garbled" / "run.json").write_text("{not json")
-    handmade(root, "future", format=rundir.FORMAT + 1)
+    handmade(root, "future", format=run_folder.FORMAT + 1)
     (root / "nostatus").mkdir()
     (root / "nostatus" / "run.json").write_text(json.dumps({"config": {}}))
     (root / "notes").mkdir()
@@ -106,11 +107,11 @@ def test_every_status_damaged_and_foreign_folders(tmp_path):
     (root / ".hidden" / "run").mkdir(parents=True)  # passed over: no note either
     (root / "README.txt").write_text("a file beside the runs")
 
-    with rundir.lock(live):  # this process is the live run's writer
+    with run_lock.lock(live):  # this process is the live run's writer
         listed, empty = runs.list_runs(root)
         statuses = {run.name: run.status for run in listed}
         assert runs.summarize(root / "starting").status == "killed"
-        with rundir.lock(root / "starting"):
+        with run_lock.lock(root / "starting"):
             assert runs.summarize(root / "starting").status == "running"
     assert statuses == {"done": "finished", "stopped": "interrupted", "diverged": "failed", "live": "running",
                         "gone": "killed", "starting": "killed", "garbled": "unreadable", "future": "unreadable",

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from gradloop.commands import evaluate as evaluation
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import schema as run_schema
 from gradloop.cli import main
 
 READERS = ("evaluate", "report", "export", "predict")  # the commands that load a run's model
@@ -224,7 +225,7 @@ BAD_INFO = {
     "config epochs text": ({"config": "CONFIG:epochs=x"}, "invalid config"),
     "config hidden huge": ({"config": "CONFIG:hidden=[1000000000]"}, "invalid config"),
     "config not a dict": ({"config": [1]}, "has no config"),
-    "classes too many": ({"classes": list(range(rundir.MAX_ITEMS + 1))}, "has classes"),
+    "classes too many": ({"classes": list(range(run_schema.MAX_ITEMS + 1))}, "has classes"),
 }
 
 
@@ -259,7 +260,7 @@ def test_a_crafted_run_json_is_one_line(run, other, tmp_path, capsys, case):
 
 
 BAD_FILES = {
-    "run.json too large": ("run.json", lambda: b'{"config": {}, "pad": "' + b"x" * rundir.MAX_JSON_BYTES + b'"}', "larger than"),
+    "run.json too large": ("run.json", lambda: b'{"config": {}, "pad": "' + b"x" * run_files.MAX_JSON_BYTES + b'"}', "larger than"),
     "run.json nested deep": ("run.json", lambda: DEEP.encode(), "cannot read"),
     "run.json not UTF-8": ("run.json", lambda: b'{"config": {"\xff": 1}}', "cannot read"),
     "history values text": ("history.json", lambda: json.dumps({"train_loss": ["x", "y"]}).encode(), "not a list of at most"),
@@ -336,7 +337,7 @@ def test_a_run_reached_through_a_link_is_fine(run, tmp_path, capsys):
 def test_what_run_json_holds_is_what_a_real_run_writes(tiny_run):
     """The checks accept every field a finished run writes (a stricter check would refuse real runs)."""
     info = json.loads((tiny_run / "run.json").read_text())
-    rundir.check_info(info, tiny_run / "run.json")
+    run_schema.check_info(info, tiny_run / "run.json")
     assert evaluation.load_model(tiny_run).count_params() == info["parameters"]
 
 

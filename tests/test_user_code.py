@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gradloop.app import models
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
 from gradloop.app import user_code
 from gradloop.errors import ConfigError
 
@@ -331,8 +331,8 @@ def test_copy_model_source_copies_the_file_and_its_helpers_and_builds_from_the_c
     source, run = write(tmp_path / "src", {"model.py": WITH_HELPER, "blocks.py": BLOCKS.format(width=6)}), tmp_path / "run"
     run.mkdir()
     spec = models.copy_model_source(f"{source}/model.py:build", run)
-    assert spec == f"{rundir.MODEL_SOURCE}:build"
-    assert (run / rundir.MODEL_SOURCE).read_text() == (source / "model.py").read_text()
+    assert spec == f"{run_files.MODEL_SOURCE}:build"
+    assert (run / run_files.MODEL_SOURCE).read_text() == (source / "model.py").read_text()
     assert sorted(p.name for p in run.iterdir()) == ["blocks.py", "model_source.py"]  # no temporary file left
     for file in source.iterdir():
         file.unlink()

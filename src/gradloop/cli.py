@@ -30,7 +30,9 @@ from typing import Any, Callable, Collection, Iterable, Sequence
 
 from gradloop import __version__
 from gradloop.app import cpu
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import schema as run_schema
+from gradloop.run import start as run_start
 from gradloop.bench.runner import DEFAULT_VARIANTS as DEFAULT_BENCH_VARIANTS, PEERS as BENCH_PEERS
 from gradloop.bench.runner import PEERS_INSTALL as BENCH_PEERS_INSTALL, VARIANTS as BENCH_VARIANTS
 from gradloop.app.config import CONFIG_KEYS, TrainConfig, build_config, flag_name, load_yaml, parse_int_list, resumed_config
@@ -78,7 +80,7 @@ def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
 
 def _add_trust_code(parser: argparse.ArgumentParser) -> None:
     # One definition for every command that loads a run's model or data: a run folder may come from someone else.
-    parser.add_argument(rundir.TRUST_CODE, dest="trust_code", action="store_true",
+    parser.add_argument(run_schema.TRUST_CODE, dest="trust_code", action="store_true",
                         help="run the run's own code if its model or data needs it (its model_source.py, a custom "
                              "layer, a Lambda layer, a data function); only for runs from people you trust")
 
@@ -249,7 +251,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     if not args.resume:
         return build_config(file_values, **flags)
     return resumed_config(  # the run's own config, changed only where a resume may
-        rundir.open_to_resume(args.run_dir).info["config"], file_values, **flags)
+        run_start.open_to_resume(args.run_dir).info["config"], file_values, **flags)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -275,7 +277,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         run_dir = exc.run_dir or config.run_dir
-        resumable = run_dir is not None and (Path(run_dir) / rundir.CHECKPOINTS / "checkpoint").is_file()
+        resumable = run_dir is not None and (Path(run_dir) / run_files.CHECKPOINTS / "checkpoint").is_file()
         advice = f"resume with: {resume_command(config, run_dir)}" if resumable else "start the run again with --overwrite"
         print(f"gradloop: error: {one_line(exc)}; free space and {advice}", file=sys.stderr)
         return 1
@@ -387,7 +389,7 @@ def _launch(args: argparse.Namespace) -> int:
     train_args = build_parser().parse_args([*train_argv(args.workers, args.train_argv), "--strategy", "multi_worker"])
     config = _train_config(train_args)
     if train_args.resume:
-        rundir.check_resumable(config.run_dir, epochs=config.epochs, workers=args.workers)
+        run_start.check_resumable(config.run_dir, epochs=config.epochs, workers=args.workers)
     try:
         return launch(args.workers, args.train_argv)
     except WorkerFailed as exc:  # not the user's input: the job failed

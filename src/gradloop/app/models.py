@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from gradloop.run import folder as rundir
+from gradloop import atomic
+from gradloop.run import files as run_files
 from gradloop.app import user_code
 from gradloop.errors import ConfigError
 
@@ -194,8 +195,8 @@ def copy_model_source(spec: str, run_dir: str | os.PathLike) -> str | None:
             copy = run_dir / file.relative_to(path.parent)
             copy.parent.mkdir(parents=True, exist_ok=True)
             _copy(file, copy)
-    _copy(path, run_dir / rundir.MODEL_SOURCE)
-    return f"{rundir.MODEL_SOURCE}:{name}"
+    _copy(path, run_dir / run_files.MODEL_SOURCE)
+    return f"{run_files.MODEL_SOURCE}:{name}"
 
 
 def check_model_source(spec: str) -> None:
@@ -206,7 +207,7 @@ def check_model_source(spec: str) -> None:
     target, _ = user_code.split_spec(spec, what="--model")
     if not target.endswith(".py"):
         return
-    own = {rundir.MODEL_SOURCE, rundir.CHECKPOINTS, rundir.TENSORBOARD, rundir.REPORT, rundir.SAVED_MODEL}
+    own = {run_files.MODEL_SOURCE, run_files.CHECKPOINTS, run_files.TENSORBOARD, run_files.REPORT, run_files.SAVED_MODEL}
     for module in _sibling_modules(Path(target)):
         if module.name in own:
             raise ConfigError(f"--model {spec}: it imports {module.name} from its folder, whose copy would mix with the run "
@@ -216,7 +217,7 @@ def check_model_source(spec: str) -> None:
 def _copy(source: Path, destination: Path) -> None:
     if not source.is_file():
         raise ConfigError(f"--model {source}: the file is gone; it must stay until the run has copied it")
-    rundir.write_atomically(destination, lambda tmp: shutil.copyfile(source, tmp))
+    atomic.write_atomically(destination, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def _sibling_modules(path: Path) -> list[Path]:

@@ -26,7 +26,10 @@ from gradloop.loop import checkpoint, distribute
 from gradloop.loop.callbacks import stopping
 from gradloop.loop.trainer import Trainer
 from gradloop.pages import plots
-from gradloop.run import folder as rundir
+from gradloop import atomic
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import history as run_history
 
 
 def new_run_info(
@@ -65,11 +68,11 @@ def new_run_info(
 
 def best_measure(config: TrainConfig, data: RunData, trainer: Trainer) -> dict:
     """What run.json's ``best`` epoch is judged by: the first metric on validation data, highest or lowest
-    as Keras' own callbacks read its direction, else the lowest val_loss (see :func:`gradloop.run.folder.progress`)."""
+    as Keras' own callbacks read its direction, else the lowest val_loss (see :func:`gradloop.run.history.progress`)."""
     first = next(iter(trainer.flat_metrics), None)  # Keras' own, built by check_fits: named as the history names it
     direction = getattr(first, "_direction", None)
     if direction not in ("up", "down"):
-        return dict(rundir.BEST)
+        return dict(run_history.BEST)
     return {"metric": f"val_{first.name}", "mode": "max" if direction == "up" else "min"}
 
 
@@ -102,7 +105,7 @@ def versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) -> Iterator[None]:
+def ending_recorded(run: run_folder.RunDir, config: TrainConfig, *, chief: bool) -> Iterator[None]:
     """run.json says why a run ended before its last epoch: ``interrupted`` (resumable) or ``failed``."""
     try:
         yield
@@ -113,19 +116,19 @@ def ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) -> 
         raise
     except (TrainingError, DataError) as exc:
         run.failed(str(exc))
-        image_cache.remove(run / rundir.CACHE)  # a failed run does not resume, so nothing reads the copy again
+        image_cache.remove(run / run_files.CACHE)  # a failed run does not resume, so nothing reads the copy again
         raise
 
 
 def record_finished(
-    run: rundir.RunDir, trainer: Trainer, history: dict, best: stopping.BestModelEarlyStopping, *, started: float
+    run: run_folder.RunDir, trainer: Trainer, history: dict, best: stopping.BestModelEarlyStopping, *, started: float
 ) -> None:
     """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
     (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""
-    image_cache.remove(run / rundir.CACHE)  # nothing reads the decoded images any more
-    rundir.save_model(trainer.model, run / rundir.MODEL)
+    image_cache.remove(run / run_files.CACHE)  # nothing reads the decoded images any more
+    atomic.save_model(trainer.model, run / run_files.MODEL)
     tutorial = run.write_history(run.recorded_history())  # Keras' val_ lists skip unvalidated epochs; these do not
-    plots.plot_history(tutorial, run / rundir.HISTORY_PNG, metric=next(iter(trainer.metric_names), None))
+    plots.plot_history(tutorial, run / run_files.HISTORY_PNG, metric=next(iter(trainer.metric_names), None))
     run.finished(
         epochs_done=len(history.get("loss", [])),
         stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,

@@ -35,7 +35,10 @@ from gradloop.loop import step as step_lib
 from gradloop.loop.callbacks import stopping
 from gradloop.loop.state import LoopState, validates
 from gradloop.loop.trainer import Trainer
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import lock as run_lock
+from gradloop.run import start as run_start
 
 # What the library's errors advise when a run cannot go on: the CLI's way to do it.
 _START_OVER = "start the run again with --overwrite"
@@ -58,7 +61,7 @@ def train(
     and SIGINT end the run after a checkpoint by raising ``checkpoint.Interrupted``.
     ``profile`` first prints where a step's time goes (on a copy of the model:
     the run is unaffected). The chief holds the run directory's lock
-    (:func:`gradloop.run.folder.lock`) from before it changes anything until it returns.
+    (:func:`gradloop.run.lock.lock`) from before it changes anything until it returns.
     ``callbacks`` (a sweep's pruning, say) run after gradloop's own, so an epoch's
     checkpoint and history are written before they see the epoch end.
     """
@@ -84,9 +87,9 @@ def _train(
     path = _run_path(config, chief=chief, resume=resume, overwrite=overwrite)
     held.enter_context(_naming_full_disk(config, path, chief=chief))
     if resume and chief:  # a new run is locked as it is created (_start)
-        held.enter_context(rundir.lock(path))
+        held.enter_context(run_lock.lock(path))
         # Read again under the lock: a writer that ended meanwhile may have moved the run on.
-        resumed = rundir.check_resumable(path, epochs=config.epochs, workers=distribute.worker_count(strategy), writer=False)
+        resumed = run_start.check_resumable(path, epochs=config.epochs, workers=distribute.worker_count(strategy), writer=False)
 
     data = assemble.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
     feed = Feed.of(config, data)
@@ -108,7 +111,7 @@ def _train(
 
         print(format_profile(profile_phases(trainer, in_memory.as_dataset(feed.train(0))), config.batch_size), file=out, flush=True)
 
-    best = stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
+    best = stopping.BestModelEarlyStopping(run / run_files.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
     start = time.perf_counter()
     with ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
@@ -140,18 +143,18 @@ def _trainer(
 def _start(
     config: TrainConfig, data: RunData, path: Path, trainer: Trainer, strategy: tf.distribute.Strategy, *,
     overwrite: bool, held: contextlib.ExitStack, class_weight: dict[int, float] | None,
-) -> tuple[rundir.RunDir, checkpoint.RunCheckpoint, None]:
+) -> tuple[run_folder.RunDir, checkpoint.RunCheckpoint, None]:
     """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written,
     its lock kept in ``held``."""
-    earlier = held.enter_context(rundir.lock(path)) if overwrite and path.exists() else None  # before deleting a thing
+    earlier = held.enter_context(run_lock.lock(path)) if overwrite and path.exists() else None  # before deleting a thing
     if earlier is not None:
-        rundir.clear(path)
-    run = rundir.claim(path, held=earlier)
+        run_start.clear(path)
+    run = run_start.claim(path, held=earlier)
     held.enter_context(run.lock)
-    saver = checkpoint.RunCheckpoint(run / rundir.CHECKPOINTS, trainer, hint=_START_OVER)  # after the old run is gone
+    saver = checkpoint.RunCheckpoint(run / run_files.CHECKPOINTS, trainer, hint=_START_OVER)  # after the old run is gone
     model_source = models.copy_model_source(config.model, run.path) if config.model not in MODELS else None
     run.start(new_run_info(config, data, strategy, trainer, model_source=model_source, class_weight=class_weight))
-    rundir.write_text(run / rundir.MODEL_SUMMARY, models.summary_text(trainer.model))
+    run_files.write_text(run / run_files.MODEL_SUMMARY, models.summary_text(trainer.model))
     return run, saver, None
 
 
@@ -169,7 +172,7 @@ def _announce(
 
 
 def _callbacks(
-    config: TrainConfig, run: rundir.RunDir, saver: checkpoint.RunCheckpoint, guard: stopping.StopOnNonFiniteLoss,
+    config: TrainConfig, run: run_folder.RunDir, saver: checkpoint.RunCheckpoint, guard: stopping.StopOnNonFiniteLoss,
     best: stopping.BestModelEarlyStopping, state: LoopState | None, feed: Feed, stop: checkpoint.StopSignals | None,
     out: TextIO,
 ) -> list[keras.callbacks.Callback]:
@@ -179,7 +182,7 @@ def _callbacks(
         progress.Progress(batch_size=config.batch_size, stream=out),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: run.record_epoch(logs or {})),
         summaries.TensorBoardSummaries(
-            run / rundir.TENSORBOARD, every_steps=config.summary_every,
+            run / run_files.TENSORBOARD, every_steps=config.summary_every,
             initial_step=state.epoch * feed.steps_per_epoch if state else 0,
             hparams=config.to_dict(), trial_id=str(run.path),
         ),
@@ -190,10 +193,10 @@ def _callbacks(
     ]
 
 
-def _check_resumable(config: TrainConfig, strategy: tf.distribute.Strategy) -> rundir.RunDir:
+def _check_resumable(config: TrainConfig, strategy: tf.distribute.Strategy) -> run_folder.RunDir:
     if not config.run_dir:
         raise ConfigError("--resume needs --run-dir DIR, the run to continue")
-    return rundir.check_resumable(config.run_dir, epochs=config.epochs, workers=distribute.worker_count(strategy),
+    return run_start.check_resumable(config.run_dir, epochs=config.epochs, workers=distribute.worker_count(strategy),
                                   writer=distribute.is_chief(strategy))  # the other workers read it as the chief locks it
 
 
@@ -205,18 +208,18 @@ def _run_path(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool
         return scratch
     if resume:
         return Path(config.run_dir)
-    return rundir.check_new(Path(config.run_dir) if config.run_dir else rundir.default_path(), overwrite=overwrite)
+    return run_start.check_new(Path(config.run_dir) if config.run_dir else run_start.default_path(), overwrite=overwrite)
 
 
-def _model_spec(resumed: rundir.RunDir | None) -> str | None:
+def _model_spec(resumed: run_folder.RunDir | None) -> str | None:
     """Where a resumed run's own model comes from: the copy of the user's file in its folder."""
     source = resumed.info.get("model_source") if resumed is not None else None
-    if source == models.MODEL_INITIAL or str(source).startswith(f"{rundir.MODEL_SOURCE}:"):
+    if source == models.MODEL_INITIAL or str(source).startswith(f"{run_files.MODEL_SOURCE}:"):
         return str(resumed / source)
     return source  # package.module:FUNCTION, importable as it was
 
 
-def check_same_data(config: TrainConfig, resumed: rundir.RunDir, data: RunData) -> None:
+def check_same_data(config: TrainConfig, resumed: run_folder.RunDir, data: RunData) -> None:
     """A resume needs the data its run started on (run.json's fingerprint)."""
     then = resumed.info.get("data", {}).get("fingerprint")
     if then and then != data.fingerprint:
@@ -230,19 +233,19 @@ def _decoded_once(config: TrainConfig, data: RunData, path: Path, notify: Callab
     """An image folder's training and validation images decoded once into the run's cache/ (--image-cache)."""
     if config.image_cache == "off" or data.kind != "images":
         return data
-    return image_cache.decode_once(data, rundir.own_path(path, rundir.CACHE), notify=notify)
+    return image_cache.decode_once(data, run_files.own_path(path, run_files.CACHE), notify=notify)
 
 
 def _resume(
-    config: TrainConfig, resumed: rundir.RunDir, data: RunData, path: Path, trainer: Trainer, feed: Feed, *,
+    config: TrainConfig, resumed: run_folder.RunDir, data: RunData, path: Path, trainer: Trainer, feed: Feed, *,
     notify: Callable[[str], None],
-) -> tuple[rundir.RunDir, checkpoint.RunCheckpoint, LoopState]:
+) -> tuple[run_folder.RunDir, checkpoint.RunCheckpoint, LoopState]:
     """Restore the run's last checkpoint and note the resume in its run.json. Every worker restores
     the chief's checkpoint (on a file system they share); the others save to scratch (``path``,
     whose own RunDir then holds the chief's run.json). A resume on other kernels than the run's
     last is said, since it cannot end bit-identical to an unstopped run."""
     saver = checkpoint.RunCheckpoint(
-        path / rundir.CHECKPOINTS, trainer, restore_from=resumed / rundir.CHECKPOINTS, hint=_START_OVER
+        path / run_files.CHECKPOINTS, trainer, restore_from=resumed / run_files.CHECKPOINTS, hint=_START_OVER
     )
     state = saver.restore(feed.train, notify=lambda line: notify(f"gradloop: note: {line}"))
     if state.epoch > config.epochs:
@@ -254,7 +257,7 @@ def _resume(
         notify(f"gradloop: note: this run trained on TensorFlow's {names[before]} kernels and resumes on its "
                f"{names[kernels]} kernels, so its numbers will differ in the last bits from a run never stopped; "
                f"set TF_ENABLE_ONEDNN_OPTS={int(before)} to resume on {names[before]}'s")
-    run = rundir.RunDir(path, resumed.info)
+    run = run_folder.RunDir(path, resumed.info)
     run.continue_history(state.history, validated=functools.partial(validates, validation_freq=config.validation_every))
     run.resume(config=config.to_dict(), epoch=state.epoch + 1, step=state.step, onednn_kernels=kernels)
     return run, saver, state

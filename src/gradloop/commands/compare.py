@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gradloop.pages import plots
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import history as run_history
 from gradloop.commands import runs
 from gradloop.errors import ConfigError, RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
@@ -50,7 +52,7 @@ def write_compare(run_dirs: Sequence[str | os.PathLike], *, out: str | os.PathLi
     html = render(compared)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_text(target, html)
+        run_files.write_text(target, html)
     except OSError as exc:
         raise RunDirError(f"cannot write the compare page {target}: {exc.strerror or exc}; pass another --out") from None
     return target
@@ -101,7 +103,7 @@ def read_runs(paths: Sequence[Path]) -> list[Run]:
     labels = short_labels(paths)
     compared = []
     for path, label in zip(paths, labels):
-        run = rundir.RunDir.open(path)
+        run = run_folder.RunDir.open(path)
         compared.append(Run(label, runs.summarize(path, name=label), run.info, run.read_history()))
     return compared
 
@@ -124,7 +126,7 @@ def short_labels(paths: Sequence[Path]) -> list[str]:
 def render(compared: Sequence[Run]) -> str:
     labels = [run.label for run in compared]
     histories = {run.label: run.history for run in compared}
-    metrics = plots.compared_metrics(list(histories.values()), [rundir.first_metric(run.info) for run in compared])
+    metrics = plots.compared_metrics(list(histories.values()), [run_history.first_metric(run.info) for run in compared])
     curves = data_uri(plots.png_bytes(plots.compare_figure(histories, metrics)))
     differing = config_differences(compared)
     body = [
@@ -162,7 +164,7 @@ def _metric_rows(compared: Sequence[Run]) -> list[tuple[Any, ...]]:
     """The best epoch by each run's own measure, the lowest val_loss (model.best.keras's epoch), then
     every history column's last value, validation first."""
     keys = sorted({k for run in compared for k in run.history if k != "train_time"}, key=lambda k: (not k.startswith("val_"), k))
-    lowest = [rundir.progress(run.history)["best"] for run in compared]
+    lowest = [run_history.progress(run.history)["best"] for run in compared]
     return [
         ("best epoch", *(runs.describe_best(run.summary.best) for run in compared)),
         ("lowest val_loss", *(runs.describe_best(best) for best in lowest)),

@@ -21,7 +21,9 @@ import sklearn.metrics
 from gradloop import data
 from gradloop.app import assemble as build
 from gradloop.app import models
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import schema as run_schema
 from gradloop.app import user_code
 from gradloop.app.config import TrainConfig, build_config
 from gradloop.data import sources
@@ -35,7 +37,7 @@ def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> T
     try:
         config = build_config(info["config"])
     except ConfigError as exc:
-        raise RunDirError(f"{Path(run_dir) / rundir.RUN_JSON} holds an invalid config ({exc}); the run directory is damaged") from None
+        raise RunDirError(f"{Path(run_dir) / run_files.RUN_JSON} holds an invalid config ({exc}); the run directory is damaged") from None
     return dataclasses.replace(config, **overrides)
 
 
@@ -47,7 +49,7 @@ def load_model(run_dir: str | Path, *, trust_code: bool = False) -> keras.Model:
     run runs. A model that needs its own (a Lambda layer's, a custom layer of model_source.py) is
     refused, unless ``trust_code``: then the run's model_source.py (or package.module) is imported
     for its classes and functions, and Lambda layers are allowed."""
-    path = rundir.own_path(run_dir, rundir.MODEL)
+    path = run_files.own_path(run_dir, run_files.MODEL)
     if not path.exists():
         raise RunDirError(f"{run_dir} has no model.keras; the run did not finish (train it again or resume it)")
     custom = _run_code_objects(run_dir) if trust_code else None
@@ -63,20 +65,20 @@ def load_model(run_dir: str | Path, *, trust_code: bool = False) -> keras.Model:
             raise RunDirError(f"cannot load {path}: it needs {needs}, and the run's own code does not define it; "
                               "the run directory is incomplete") from None
         raise RunDirError(f"{path} needs {needs}: code from the run directory, which gradloop runs only if you "
-                          f"trust where the run came from; then pass {rundir.TRUST_CODE}") from None
+                          f"trust where the run came from; then pass {run_schema.TRUST_CODE}") from None
 
 
 def _run_code_objects(run_dir: str | Path) -> dict[str, Any]:
     """The classes and functions of the module the run's model came from (run.json's model_source:
     the run's copy model_source.py, or an installed package.module), by name: Keras finds a model's
     own layers among them. Importing it runs it: only with ``--trust-code``."""
-    source = rundir.RunDir.open(run_dir).info.get("model_source")
+    source = run_folder.RunDir.open(run_dir).info.get("model_source")
     if not isinstance(source, str) or ":" not in source:
         return {}
     target, _, name = source.rpartition(":")
-    if target == rundir.MODEL_SOURCE:
-        source = f"{rundir.own_path(run_dir, rundir.MODEL_SOURCE)}:{name}"
-    fn = user_code.load_function(source, what=f"{Path(run_dir) / rundir.RUN_JSON}'s model_source")
+    if target == run_files.MODEL_SOURCE:
+        source = f"{run_files.own_path(run_dir, run_files.MODEL_SOURCE)}:{name}"
+    fn = user_code.load_function(source, what=f"{Path(run_dir) / run_files.RUN_JSON}'s model_source")
     module = sys.modules.get(getattr(fn, "__module__", ""), None)
     return {k: v for k, v in vars(module).items() if callable(v) and not k.startswith("_")} if module else {}
 
@@ -90,7 +92,7 @@ def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Pa
     flat, image = (None, math.prod(data.IMAGE_SHAPE)), (None, *data.IMAGE_SHAPE, 1)
     if inputs not in (flat, image) or outputs != (None, len(config.classes)):
         raise RunDirError(
-            f"{Path(run_dir) / rundir.MODEL} maps {inputs} to {outputs}, but run.json describes {len(config.classes)} "
+            f"{Path(run_dir) / run_files.MODEL} maps {inputs} to {outputs}, but run.json describes {len(config.classes)} "
             f"classes of 28x28 images; the model and run.json come from different runs"
         )
     return inputs == flat
@@ -118,7 +120,7 @@ def evaluate_run(
     or ``data_path`` of the kind the run trained on, read with the run's preprocessing).
     ``keep_predictions``: a regression's result also holds ``predicted`` and ``true`` (for plots).
     ``trust_code``: the run's own code may run (:func:`load_model`, and a data function run.json names)."""
-    info = rundir.RunDir.open(run_dir).info
+    info = run_folder.RunDir.open(run_dir).info
     config = run_config(info, run_dir)
     if config.data is None and data_path is None:
         return _evaluate_builtin(run_dir, info, dataset=dataset, data_dir=data_dir, split=split, notify=notify,
@@ -130,7 +132,7 @@ def evaluate_run(
     if data_path is None and (info.get("data") or {}).get("kind") == "function" and not trust_code:
         raise RunDirError(f"run {run_dir} trained on the data function {config.data}, which reading its data runs: code "
                           f"run.json names, which gradloop runs only if you trust where the run came from; then pass "
-                          f"{rundir.TRUST_CODE}, or score data of yours with --data PATH")
+                          f"{run_schema.TRUST_CODE}, or score data of yours with --data PATH")
     examples, source, split = _own_data(config, info, run_dir, data_path=data_path, split=split, notify=notify)
     model = load_model(run_dir, trust_code=trust_code)
     models.check_model_fits(model, input_shape=examples.element_shape, n_outputs=info.get("n_outputs") or len(info["classes"]),

@@ -19,15 +19,16 @@ import keras
 import numpy as np
 
 from gradloop.commands import evaluate as evaluation
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
 from gradloop.errors import RunDirError
 
 
 def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None, trust_code: bool = False) -> Path:
     """Export ``RUN_DIR/model.keras`` to ``out`` (default ``RUN_DIR/saved_model``), which must not exist yet.
     ``trust_code``: the run's own code may run (:func:`gradloop.commands.evaluate.load_model`)."""
-    info = rundir.RunDir.open(run_dir).info
-    out_dir = Path(out) if out else rundir.own_path(run_dir, rundir.SAVED_MODEL)
+    info = run_folder.RunDir.open(run_dir).info
+    out_dir = Path(out) if out else run_files.own_path(run_dir, run_files.SAVED_MODEL)
     model = with_standardization(evaluation.load_model(run_dir, trust_code=trust_code), info)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RunDirError(f"{out_dir} already exists and is not empty; remove it or pass another --out")

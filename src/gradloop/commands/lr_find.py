@@ -19,7 +19,8 @@ import keras
 from gradloop.app import assemble as build
 from gradloop.app.feed import Feed, check_fits
 from gradloop.pages import plots
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import start as run_start
 from gradloop.loop import step as step_lib
 from gradloop.app.config import TrainConfig
 from gradloop.errors import ConfigError, TrainingError
@@ -39,7 +40,7 @@ def find_lr(
         test = LearningRateRangeTest(start_lr=start_lr, end_lr=end_lr, steps=steps)
     except ValueError as exc:
         raise ConfigError(f"lr-find: {exc}") from None
-    out = rundir.check_new(Path(config.run_dir)) if config.run_dir else None
+    out = run_start.check_new(Path(config.run_dir)) if config.run_dir else None
     # The rate is the test's to set; the global batch, and so the answer, is the same on one device.
     config = dataclasses.replace(config, lr_schedule="constant", warmup_steps=0, decay_steps=None,
                                  strategy="default", replicas=None)
@@ -60,7 +61,7 @@ def find_lr(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         plots.plot_lr_range(result.lrs, result.losses, result.smoothed, out / PLOT, suggestion=result.suggestion)
-        rundir.write_json(out / JSON, summary(result, config, start_lr=start_lr, end_lr=end_lr, steps=steps))
+        run_files.write_json(out / JSON, summary(result, config, start_lr=start_lr, end_lr=end_lr, steps=steps))
     return result, out
 
 

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 import numpy as np
 
 from gradloop import atomic
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
 from gradloop.data.sources import arrays
 from gradloop.data.builtin import idx
 from gradloop.data.sources import images
@@ -120,7 +121,7 @@ def predict_run(
     from gradloop.commands import evaluate as evaluation
     from gradloop.app import models
 
-    info = rundir.RunDir.open(run_dir).info
+    info = run_folder.RunDir.open(run_dir).info
     config = evaluation.run_config(info, run_dir)
     task = info.get("task", "classification")
     new = read_inputs(info, inputs, run_dir=run_dir, flatten=config.model == "mlp")
@@ -185,7 +186,7 @@ def read_inputs(info: dict[str, Any], paths: Sequence[str], *, run_dir: str | Pa
     recorded = info.get("data") or {}
     run_kind = recorded.get("kind") or ("builtin" if info["config"].get("data") is None else None)
     if run_kind not in ACCEPTS:
-        raise RunDirError(f"{Path(run_dir) / rundir.RUN_JSON} records no kind of data the run trained on; "
+        raise RunDirError(f"{Path(run_dir) / run_files.RUN_JSON} records no kind of data the run trained on; "
                           "the run directory is damaged")
     kind = input_kind(paths)
     if kind not in ACCEPTS[run_kind]:

@@ -22,10 +22,11 @@ from typing import Any, Callable, Mapping
 
 from gradloop.commands import evaluate as evaluation
 from gradloop.pages import plots
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
 from gradloop.errors import RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
-from gradloop.run.folder import first_metric
+from gradloop.run.history import first_metric
 
 FIGURES_BY_TASK = {
     "classification": ("history.png", "per_class_accuracy.png", "confusion_matrix.png"),
@@ -47,13 +48,13 @@ def write_report(
 ) -> Path:
     """Evaluate the run's model on ``split``, draw the figures, write the page; return its path.
     ``trust_code``: the run's own code may run (:func:`gradloop.commands.evaluate.load_model`)."""
-    run = rundir.RunDir.open(run_dir)
+    run = run_folder.RunDir.open(run_dir)
     run_dir, info, history = run.path, run.info, run.read_history()
     result = evaluation.evaluate_run(
         run_dir, dataset=dataset, data_dir=data_dir, data_path=data_path, split=split, notify=notify, keep_predictions=True,
         trust_code=trust_code,
     )
-    out_dir = Path(out) if out else rundir.own_path(run.path, rundir.REPORT)
+    out_dir = Path(out) if out else run_files.own_path(run.path, run_files.REPORT)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -67,7 +68,7 @@ def write_report(
         plots.plot_confusion_matrix(result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png")
     images = {name: data_uri(out_dir / name) for name in FIGURES_BY_TASK[result["task"]]}
     html_file = out_dir / "report.html"
-    rundir.write_text(html_file, render(run_dir, info, history, result, images))
+    run_files.write_text(html_file, render(run_dir, info, history, result, images))
     return html_file
 
 

@@ -7,14 +7,14 @@
 A run is a folder with a run.json. They are looked for down to ``DEPTH`` levels
 below DIR (DIR/run, DIR/sweep/run, DIR/group/sweep/run), never inside a run, and
 each is read from its run.json alone, which says after every epoch how far the
-run got (:func:`gradloop.run.folder.progress`); only a run from before that, or one
+run got (:func:`gradloop.run.history.progress`); only a run from before that, or one
 stopped before its first epoch ended, has its history.json read as well. So a
 folder of hundreds of runs lists at once, and nothing imports TensorFlow.
 
 Statuses are run.json's (running, interrupted, finished, failed) and:
 
     killed       run.json says running, but no process holds the run's lock
-                 (:func:`gradloop.run.folder.lock_holder`): its process is gone
+                 (:func:`gradloop.run.lock.lock_holder`): its process is gone
     unreadable   run.json is damaged, or of a newer gradloop; ``problem`` says which
 
 A folder directly in DIR that holds no run at any depth is left out, and named
@@ -30,7 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import history as run_history
+from gradloop.run import lock as run_lock
 from gradloop.errors import RunDirError
 
 DEPTH = 3  # DIR/group/sweep/trial: a sweep's trials inside a folder of sweeps are still found
@@ -68,7 +71,7 @@ def list_runs(root: str | os.PathLike) -> tuple[list[RunSummary], list[Path]]:
 def find(root: Path, depth: int = DEPTH) -> tuple[list[Path], list[Path]]:
     """The run directories in ``root`` down to ``depth`` levels, and the folders directly in ``root``
     holding none. Hidden folders (``.git``) are passed over."""
-    if (root / rundir.RUN_JSON).is_file():
+    if (root / run_files.RUN_JSON).is_file():
         return [root], []
     runs: list[Path] = []
     empty: list[Path] = []
@@ -81,7 +84,7 @@ def find(root: Path, depth: int = DEPTH) -> tuple[list[Path], list[Path]]:
 
 
 def _runs_below(folder: Path, depth: int) -> Iterator[Path]:
-    if (folder / rundir.RUN_JSON).is_file():
+    if (folder / run_files.RUN_JSON).is_file():
         yield folder  # a run's own folders (checkpoints/, tensorboard/) hold no runs
     elif depth > 0:
         for sub in _subfolders(folder):
@@ -100,16 +103,16 @@ def summarize(path: Path, *, name: str | None = None) -> RunSummary:
     """The run in ``path`` as one line: run.json, the status checked against the run's lock,
     and history.json only when run.json does not say how far the run got."""
     name = name or path.name
-    if _is_empty(path / rundir.RUN_JSON):  # claimed, its run.json not yet written: starting, or killed starting
-        return RunSummary(name, str(path), "running" if rundir.lock_holder(path) is not None else "killed")
+    if _is_empty(path / run_files.RUN_JSON):  # claimed, its run.json not yet written: starting, or killed starting
+        return RunSummary(name, str(path), "running" if run_lock.lock_holder(path) is not None else "killed")
     try:
-        info = rundir.read_info(path, missing=f"{path} has no run.json")
+        info = run_folder.read_info(path, missing=f"{path} has no run.json")
     except RunDirError as exc:
         return RunSummary(name, str(path), "unreadable", problem=str(exc))
     config, status = info["config"], info.get("status")
     if status is None:  # RunDir.start writes it first of all: this run.json is not gradloop's
-        return RunSummary(name, str(path), "unreadable", problem=f"{path / rundir.RUN_JSON} has no status; the run directory is damaged")
-    if status == "running" and rundir.lock_holder(path) is None:
+        return RunSummary(name, str(path), "unreadable", problem=f"{path / run_files.RUN_JSON} has no status; the run directory is damaged")
+    if status == "running" and run_lock.lock_holder(path) is None:
         status = "killed"
     done = _progress(path, info)
     return RunSummary(
@@ -126,10 +129,10 @@ def _progress(path: Path, info: dict[str, Any]) -> dict[str, Any]:
     (a run from before gradloop recorded them, or one stopped before its first epoch ended)."""
     if all(key in info for key in ("epochs_done", "train_seconds", "best")):
         return info
-    if not (path / rundir.HISTORY_JSON).is_file():  # written at every epoch's end: none ended
-        return rundir.progress({}, info.get("best"))
+    if not (path / run_files.HISTORY_JSON).is_file():  # written at every epoch's end: none ended
+        return run_history.progress({}, info.get("best"))
     try:
-        return rundir.progress(rundir.RunDir(path, info).read_history(), info.get("best"))
+        return run_history.progress(run_folder.RunDir(path, info).read_history(), info.get("best"))
     except RunDirError:  # a damaged history.json: how far the run got is unknown
         return {}
 

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from gradloop.atomic import write_atomically  # noqa: E402
-from gradloop.run.folder import aligned_history, tutorial_history  # noqa: E402
+from gradloop.run.history import aligned_history, tutorial_history  # noqa: E402
 from gradloop.loop.state import validates  # noqa: E402
 
 _NOT_METRICS = ("loss", "time")  # history columns that are not the model's metrics

@@ -20,7 +20,8 @@ import optuna
 
 from gradloop.pages import html as pages
 from gradloop.pages import plots
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
 from gradloop.app.config import build_config
 from gradloop.errors import GradloopError
 from gradloop.sweep.spec import Choices
@@ -43,7 +44,7 @@ def write_results(sweep: "Sweep") -> dict[str, Any]:
     if complete:
         pick = max if spec.direction == "maximize" else min
         best = pick(complete, key=lambda t: t["value"])
-        rundir.write_text(sweep.folder / BEST_YAML, _best_yaml(best, spec.metric, sweep.folder))
+        run_files.write_text(sweep.folder / BEST_YAML, _best_yaml(best, spec.metric, sweep.folder))
     results = {
         "metric": spec.metric, "direction": spec.direction, "trials_asked": spec.trials,
         "study": study.study_name, "storage": sweep.storage.shown,
@@ -52,15 +53,15 @@ def write_results(sweep: "Sweep") -> dict[str, Any]:
         "importances": importances(study) if len(complete) >= 2 else None,
         "trials": trials,
     }
-    rundir.write_json(sweep.folder / RESULTS_JSON, results)
-    rundir.write_text(sweep.folder / PAGE, render(results, sweep.folder))
+    run_files.write_json(sweep.folder / RESULTS_JSON, results)
+    run_files.write_text(sweep.folder / PAGE, render(results, sweep.folder))
     return results
 
 
 def _trial(sweep: "Sweep", frozen: optuna.trial.FrozenTrial) -> dict[str, Any]:
     path = sweep.trial_dir(frozen.number)
     try:
-        curves = rundir.RunDir.open(path).read_history()
+        curves = run_folder.RunDir.open(path).read_history()
     except GradloopError:  # a trial that failed before its first epoch has no history
         curves = {}
     space = sweep.spec.space
@@ -77,7 +78,7 @@ def _trial(sweep: "Sweep", frozen: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 def _best_yaml(best: Mapping[str, Any], metric: str, folder: Path) -> str:
     """The best trial's config as --config takes it: its run.json's, without its run directory."""
-    info = rundir.RunDir.open(best["run_dir"]).info
+    info = run_folder.RunDir.open(best["run_dir"]).info
     config = build_config({k: v for k, v in info["config"].items() if k != "run_dir"})
     return (f"# the best trial of the sweep {folder}: trial {best['number']}, {metric} {best['value']:.6g}\n"
             f"# train it again with: gradloop train --config {folder / BEST_YAML}\n" + config.to_yaml())

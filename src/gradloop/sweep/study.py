@@ -37,7 +37,9 @@ from typing import Any, Iterator
 
 import optuna
 
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import start as run_start
 from gradloop.errors import ConfigError, RunDirError
 from gradloop.sweep.spec import SweepSpec
 
@@ -123,14 +125,14 @@ def check_folder(folder: Path, spec: SweepSpec, storage: Storage) -> dict | None
     if folder.exists() and not folder.is_dir():
         raise RunDirError(f"sweep folder {folder} is a file; pass another --out")
     if not folder.exists() or not any(folder.iterdir()):
-        rundir.check_new(folder)  # can it be made
+        run_start.check_new(folder)  # can it be made
         return None
     record = folder / SWEEP_JSON
     if not record.is_file():
         if (folder / LOCKS).is_dir():  # another process is creating it this instant
             return None
         raise RunDirError(f"{folder} exists and is not a sweep folder (no {SWEEP_JSON}); pass another --out")
-    info = rundir.read_json(record, missing=f"{record} is missing")
+    info = run_files.read_json(record, missing=f"{record} is missing")
     check_same_sweep(info, spec, storage, folder)
     return info
 
@@ -164,12 +166,12 @@ class Sweep:
         with _locked(folder / LOCKS / "sweep.lock"):
             record = folder / SWEEP_JSON
             if record.is_file():
-                info = rundir.read_json(record, missing=f"{record} is missing")
+                info = run_files.read_json(record, missing=f"{record} is missing")
                 check_same_sweep(info, spec, storage, folder)
             else:
                 info = {"format": FORMAT, "spec": spec.raw, "study": f"gradloop-sweep-{uuid.uuid4().hex[:12]}",
-                        "storage": storage.shown, "created": rundir.now()}
-                rundir.write_json(record, info)
+                        "storage": storage.shown, "created": run_folder.now()}
+                run_files.write_json(record, info)
             pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.pruning.startup_trials,
                                                   n_warmup_steps=spec.pruning.warmup_epochs)
                       if spec.pruning else optuna.pruners.NopPruner())

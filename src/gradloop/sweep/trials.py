@@ -23,7 +23,9 @@ import optuna
 
 from gradloop.app import assemble as build
 from gradloop.app import train as experiment
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import history as run_history
 from gradloop.loop.checkpoint import StopSignals
 from gradloop.app.config import resumed_config
 from gradloop.loop.state import validates
@@ -114,7 +116,7 @@ def run_trial(
     shown = "  ".join(f"{k}={page.format_value(v)}" for k, v in params.items())
     run = _read_run(path)
     status = run.info.get("status") if run else None
-    resume = status in ("running", "interrupted") and (path / rundir.CHECKPOINTS / "checkpoint").is_file()
+    resume = status in ("running", "interrupted") and (path / run_files.CHECKPOINTS / "checkpoint").is_file()
     doing = "resuming" if resume else "continuing" if status in ("finished", "failed") else "starting"
     print(f"gradloop: sweep: {doing} trial {trial.number} ({path}): {shown}", file=stream, flush=True)
     if status == "failed":  # its process died after the run failed, before the study heard
@@ -129,11 +131,11 @@ def run_trial(
             raise
         except (TrainingError, ConfigError, DataError, RunDirError) as exc:  # this trial's options or run, not the sweep's
             return _fail(sweep, trial, str(exc), notify)
-    run = rundir.RunDir.open(path)
+    run = run_folder.RunDir.open(path)
     _tell(sweep, trial, run, stream)
 
 
-def _tell(sweep: Sweep, trial: optuna.Trial, run: rundir.RunDir, stream: TextIO) -> None:
+def _tell(sweep: Sweep, trial: optuna.Trial, run: run_folder.RunDir, stream: TextIO) -> None:
     """Complete with the metric of the last validated epoch (the model.keras that ``evaluate``
     reads), or pruned when the run stopped before its epochs without an early stop of its own
     (only the pruner stops it so)."""
@@ -158,10 +160,10 @@ def _fail(sweep: Sweep, trial: optuna.Trial, error: str, notify: Callable[[str],
     notify(f"gradloop: sweep: trial {trial.number} failed: {error}")
 
 
-def _read_run(path: Path) -> rundir.RunDir | None:
+def _read_run(path: Path) -> run_folder.RunDir | None:
     """The trial's run, if it got as far as writing its run.json."""
     try:
-        return rundir.RunDir.open(path)
+        return run_folder.RunDir.open(path)
     except GradloopError:
         return None
 
@@ -179,7 +181,7 @@ class PruneOnMetric(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         validated = functools.partial(validates, validation_freq=self.validation_every)
-        history = rundir.aligned_history(self.model.history.history, validated)  # val_ lists: validated epochs only
+        history = run_history.aligned_history(self.model.history.history, validated)  # val_ lists: validated epochs only
         values = history.get(self.key, [])
         frozen = next(t for t in self.trial.study.get_trials(deepcopy=False) if t.number == self.trial.number)
         for epoch, value in enumerate(values):
