@@ -21,7 +21,9 @@ TensorFlow is imported by :func:`predict_run` alone, so that a bad ``--out`` is 
 
 from __future__ import annotations
 
+import argparse
 import csv
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -30,7 +32,8 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from gradloop import atomic
+from gradloop import atomic, cli
+from gradloop.app import cpu
 from gradloop.run import folder as rundir
 from gradloop.data.sources import arrays
 from gradloop.data.builtin import idx
@@ -52,6 +55,39 @@ _RUN_KINDS = {"images": "a folder of images", "csv": "a CSV table", "arrays": "a
               "builtin": "a built-in data set of 28x28 images"}
 MNIST_IMAGES = {"image_size": [28, 28], "color_mode": "grayscale"}  # how a built-in data set's images are read
 _IMAGE_KINDS = "PNG, JPEG, BMP or GIF"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("predict", help="a run's model on new inputs: a CSV row per input with the "
+                                                   "predicted class and each class's probability, or the predicted "
+                                                   "values")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="of the kind the run trained on: image files or a "
+                                                                    "folder of them, a CSV table, an .npz or .npy of x")
+    parser.add_argument("--out", metavar="FILE.csv", help="write the CSV there (default: standard output)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--batch-size", type=cli.integer, default=BATCH_SIZE, help="inputs per batch (default 256)")
+    cli.add_trust_code(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    # TensorFlow only once predict_run runs: a bad --out is refused at once
+    if args.out is not None:
+        check_out(args.out, overwrite=args.overwrite)
+    elif args.overwrite:
+        raise ConfigError("--overwrite replaces an existing --out file; drop it, or pass --out FILE.csv")
+    cpu.import_tensorflow()
+    predictions = predict_run(args.run_dir, args.inputs, batch_size=args.batch_size, notify=cli.to_stderr,
+                              trust_code=args.trust_code)
+    try:
+        write_predictions(predictions, args.out, overwrite=args.overwrite)
+    except BrokenPipeError:  # the reader of standard output stopped (| head): what it read is what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush fails no more
+        return 0
+    if args.out is not None:
+        print(f"gradloop: wrote {args.out} ({len(predictions.ids):,} rows)")
+    return 0
 
 
 @dataclass(frozen=True, eq=False)
