@@ -16,11 +16,11 @@ and val fraction) and then by Keras in this process:
     diabetes       scikit-learn's diabetes table as CSV, the target a decimal (151.0), so a regression:
                    --epochs 30 --lr 1e-2
 
-The Keras side reads the data with gradloop's own readers (``build.load_data`` with the run's config from
+The Keras side reads the data with gradloop's own readers (``assemble.load_data`` with the run's config from
 run.json: the very split and preprocessing the run had, its fingerprint checked against run.json's), builds
-the model as gradloop's experiment does (``keras.utils.set_random_seed(seed)``, then ``build.build_model``; op
-determinism first with --deterministic), with ``build.build_optimizer``, ``build.build_loss`` and
-``build.build_metrics``, compiles with the run's ``steps_per_execution`` (32) and fits epoch by epoch
+the model as gradloop's experiment does (``keras.utils.set_random_seed(seed)``, then ``assemble.build_model``; op
+determinism first with --deterministic), with ``assemble.build_optimizer``, ``assemble.build_loss`` and
+``assemble.build_metrics``, compiles with the run's ``steps_per_execution`` (32) and fits epoch by epoch
 (``initial_epoch=e, epochs=e + 1``, ``shuffle=False``) on the training arrays in the run's order for that epoch,
 ``numpy.random.default_rng((seed, e)).permutation(n_train)``, validating on the val split each epoch. Both
 sides run on the same TensorFlow kernels (``cpu.import_tensorflow``, as the CLI).
@@ -165,18 +165,18 @@ def arrays(examples) -> tuple[np.ndarray, np.ndarray]:
 def reproduce(case: Case, run: Path, *, diagnose: bool) -> None:
     """The run's data read again with gradloop's readers, then Keras fit on it (and, with ``diagnose``, the
     gradloop library in this process, fused and not, and Keras fit in another order); histories into ``case``."""
-    from gradloop.app import assemble as build
+    from gradloop.app import assemble
     from gradloop.app.config import build_config
 
     info = json.loads((run / "run.json").read_text())
     config = build_config({k: v for k, v in info["config"].items() if k != "run_dir"})
-    data = build.load_data(config, notify=lambda line: print(line, file=sys.stderr))
+    data = assemble.load_data(config, notify=lambda line: print(line, file=sys.stderr))
     fingerprint = json.loads(json.dumps(data.fingerprint))  # as run.json holds it
     if fingerprint != info["data"]["fingerprint"] or (data.train.n, data.val.n) != (info["n_train"], info["n_val"]):
         sys.exit(f"{case.name}: the data read here is not the run's ({config.data} changed?)")
     train, val = arrays(data.train), arrays(data.val)
     case.n_train, case.n_val = len(train[1]), len(val[1])
-    case.metric = build.build_metrics(config, data.task)[0]
+    case.metric = assemble.build_metrics(config, data.task)[0]
     case.ours = json.loads((run / "history.json").read_text())
     case.run_seconds = float(info.get("seconds", 0.0))
 
@@ -194,26 +194,26 @@ def seeded_model(config, data):
     import keras
     import tensorflow as tf
 
-    from gradloop.app import assemble as build
+    from gradloop.app import assemble
 
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    return build.build_model(config, data.train.element_shape, data.n_outputs, task=data.task)
+    return assemble.build_model(config, data.train.element_shape, data.n_outputs, task=data.task)
 
 
 def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, list[float]]:
     """Keras fit epoch by epoch on the training arrays in the order ``default_rng((order_seed, e))`` gives epoch e,
     compiled with the run's optimizer, loss, metrics and steps per execution; its history in the run's names."""
-    from gradloop.app import assemble as build
+    from gradloop.app import assemble
     from gradloop.run import history as run_history
 
     x, y = train
     model = seeded_model(config, data)
     model.compile(
-        optimizer=build.build_optimizer(config, steps_per_epoch=math.ceil(len(y) / config.batch_size)),
-        loss=build.build_loss(config, data.task, model),
-        metrics=build.build_metrics(config, data.task),
+        optimizer=assemble.build_optimizer(config, steps_per_epoch=math.ceil(len(y) / config.batch_size)),
+        loss=assemble.build_loss(config, data.task, model),
+        metrics=assemble.build_metrics(config, data.task),
         steps_per_execution=config.steps_per_execution,
         jit_compile=config.jit_compile,
     )
@@ -230,7 +230,7 @@ def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, li
 def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
     """gradloop's Trainer in this process on the run's own feed (``examples.epochs``), built as ``build_trainer``
     builds it; ``fused=False``: Keras' own Adam update instead of TensorFlow's fused kernel."""
-    from gradloop.app import assemble as build
+    from gradloop.app import assemble
     from gradloop.run import history as run_history
     from gradloop.loop.compiled import CompileOptions
     from gradloop.data import examples
@@ -240,9 +240,9 @@ def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
     model = seeded_model(config, data)
     trainer = Trainer(
         model,
-        optimizer=build.build_optimizer(config, steps_per_epoch=steps_per_epoch),
-        loss=build.build_loss(config, data.task, model),
-        metrics=build.build_metrics(config, data.task),
+        optimizer=assemble.build_optimizer(config, steps_per_epoch=steps_per_epoch),
+        loss=assemble.build_loss(config, data.task, model),
+        metrics=assemble.build_metrics(config, data.task),
         options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile,
                                fused_optimizer=fused),
     )

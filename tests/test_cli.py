@@ -192,7 +192,7 @@ def command_parser(name: str):
 
 
 def train_flag_destinations() -> set[str]:
-    from gradloop.cli import NON_CONFIG_TRAIN_FLAGS
+    from gradloop.commands.train import NON_CONFIG_TRAIN_FLAGS
 
     train = command_parser("train")
     return {a.dest for a in train._actions if a.dest != "help" and a.dest not in NON_CONFIG_TRAIN_FLAGS}

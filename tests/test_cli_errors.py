@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 
 from gradloop import ConfigError, DataError, RunDirError, cli
+from gradloop.commands import evaluate as evaluate_command
+from gradloop.commands import train as train_command
 
 ARGPARSE = SystemExit  # argparse errors exit before the library is called
 TINY_TRAIN, TINY_TEST = 60, 30  # labels cycle through 0..8: class 9 has no samples
@@ -1000,7 +1002,7 @@ def test_an_internal_error_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys)
     def buggy(args):
         raise ZeroDivisionError("division by zero\nsecond line")
 
-    monkeypatch.setattr(cli, "_train", buggy)
+    monkeypatch.setattr(train_command, "run", buggy)
     code, out, err = run_main(["train"], capsys)
     assert code == 1 and out == ""
     assert err == "gradloop: internal error: ZeroDivisionError: division by zero second line; " \
@@ -1013,7 +1015,7 @@ def test_an_os_error_names_the_file_and_exits_2(monkeypatch, capsys):
     def full_disk(args):
         raise OSError(28, "No space left on device", "runs/x/history.json")
 
-    monkeypatch.setattr(cli, "_train", full_disk)
+    monkeypatch.setattr(train_command, "run", full_disk)
     code, _, err = run_main(["train"], capsys)
     assert (code, err) == (2, "gradloop: error: runs/x/history.json: No space left on device; "
                               "check the path and free space\n")
@@ -1023,7 +1025,7 @@ def test_interrupt_is_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_evaluate", interrupted)
+    monkeypatch.setattr(evaluate_command, "run", interrupted)
     code, _, err = run_main(["evaluate", "x"], capsys)
     assert (code, err) == (130, "gradloop: interrupted\n")
 

@@ -19,7 +19,7 @@ The variants (``VARIANTS``):
     in memory    the same images decoded once into a float32 array (ArrayExamples), as a built-in data set is
     baseline     TensorFlow imported and the model built, no data: what any training process holds anyway
 
-Both trainers are ``gradloop train``'s (``build.build_trainer``: the config's model,
+Both trainers are ``gradloop train``'s (``assemble.build_trainer``: the config's model,
 optimizer, loss, metrics, steps per call), seeded alike, and each timed run starts
 from the same initial weights and optimizer state, on the same batches (epoch
 ``e``'s order from the seed, as training draws it).
@@ -91,7 +91,7 @@ class Run:
         import keras
         import tensorflow as tf
 
-        from gradloop.app import assemble as build
+        from gradloop.app import assemble
         from gradloop.loop import step as step_lib
         from gradloop.app.config import build_config
         from gradloop.data.sources import image_cache
@@ -103,7 +103,7 @@ class Run:
         if variant == "baseline":
             data = no_examples(tuple(values["element_shape"]), tuple(values["class_names"]))
         else:
-            data = build.load_data(config, notify=lambda line: print(line, file=sys.stderr))
+            data = assemble.load_data(config, notify=lambda line: print(line, file=sys.stderr))
             if data.kind != "images":
                 raise ConfigError(f"bench --data times images streamed from disk against held in memory, and "
                                   f"{config.data} is {data.kind} data, read into memory anyway; pass a folder with "
@@ -118,7 +118,7 @@ class Run:
             decode_seconds = time.perf_counter() - started
         keras.utils.set_random_seed(config.seed)  # the same initial weights in every process
         steps_per_epoch = max(1, -(-data.train.n // config.batch_size))
-        trainer = build.build_trainer(config, tf.distribute.get_strategy(), data, step_lib.train_step, steps_per_epoch)
+        trainer = assemble.build_trainer(config, tf.distribute.get_strategy(), data, step_lib.train_step, steps_per_epoch)
         run = cls(variant, trainer, data, batch_size=config.batch_size, seed=config.seed)
         run.decode_seconds = decode_seconds
         if variant != "baseline":

@@ -17,23 +17,34 @@ the runs' files are all it reads.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from gradloop.pages import plots
-from gradloop.run import files as run_files
-from gradloop.run import folder as run_folder
-from gradloop.run import history as run_history
 from gradloop.commands import runs
 from gradloop.errors import ConfigError, RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
+from gradloop.run import folder as rundir
 
 DEFAULT_OUT = "compare.html"
 GENERATOR = '<meta name="generator" content="gradloop compare">\n'  # how an earlier compare page is told apart
 NOT_COMPARED = ("run_dir",)  # config keys that differ between any two runs by nature
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("compare", help="write one HTML page comparing runs: curves, metrics, config")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more runs, or folders of runs")
+    parser.add_argument("--out", metavar="FILE", help="the page (default compare.html in the current folder); "
+                                                      "replaces only an earlier compare page")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"gradloop: wrote {write_compare(args.run_dirs, out=args.out)}")
+    return 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,8 @@ def short_labels(paths: Sequence[Path]) -> list[str]:
 
 
 def render(compared: Sequence[Run]) -> str:
+    from gradloop.pages import plots  # matplotlib: not for the parser
+
     labels = [run.label for run in compared]
     histories = {run.label: run.history for run in compared}
     metrics = plots.compared_metrics(list(histories.values()), [run_history.first_metric(run.info) for run in compared])

@@ -3,33 +3,57 @@
 Reports loss (mean over every sample), accuracy, per-class accuracy and the
 confusion matrix (rows: true class, columns: predicted class), with classes
 in the run's own order so that label ``i`` means ``classes[i]``.
+
+The parser imports this module: Keras, scikit-learn and the model builders are imported by the
+functions that use them, after ``run`` has imported TensorFlow (:func:`gradloop.app.cpu.import_tensorflow`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import sklearn.metrics
 
-from gradloop import data
-from gradloop.app import assemble as build
-from gradloop.app import models
-from gradloop.run import files as run_files
+from gradloop import cli, data
+from gradloop.app import cpu
 from gradloop.run import folder as run_folder
-from gradloop.run import schema as run_schema
 from gradloop.app import user_code
 from gradloop.app.config import TrainConfig, build_config
 from gradloop.data import sources
 from gradloop.data.examples import Examples
 from gradloop.data.builtin.splits import SPLITS
 from gradloop.errors import ConfigError, DataError, RunDirError
+
+if TYPE_CHECKING:
+    import keras
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("evaluate", help="evaluate a run's model on a data split")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
+    parser.add_argument("--data", metavar="PATH", help="other data of the kind the run trained on (--data): all of it, "
+                                                       "or its test split with --split test")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="default test")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    cli.add_trust_code(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    cpu.import_tensorflow()
+    result = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data,
+                          split=args.split, notify=cli.to_stderr, trust_code=args.trust_code)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
 
 
 def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> TrainConfig:
@@ -52,6 +76,8 @@ def load_model(run_dir: str | Path, *, trust_code: bool = False) -> keras.Model:
     path = run_files.own_path(run_dir, run_files.MODEL)
     if not path.exists():
         raise RunDirError(f"{run_dir} has no model.keras; the run did not finish (train it again or resume it)")
+    import keras
+
     custom = _run_code_objects(run_dir) if trust_code else None
     try:
         return keras.models.load_model(path, compile=False, safe_mode=not trust_code, custom_objects=custom)
@@ -101,9 +127,11 @@ def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Pa
 def split_arrays(config: TrainConfig, split: str, *, notify=print) -> tuple[np.ndarray, np.ndarray, str]:
     """Images and labels of one split, with the run's classes selected and remapped: the
     splits training made (:func:`gradloop.app.assemble.load_splits`)."""
+    from gradloop.app import assemble
+
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    splits = build.load_splits(config, notify=notify)
+    splits = assemble.load_splits(config, notify=notify)
     arrays = splits.get(split)
     if arrays is None and split == "test":
         raise DataError(f"{splits.source} has no test split; pass --data-dir with the t10k-* files or --split val")
@@ -120,6 +148,9 @@ def evaluate_run(
     or ``data_path`` of the kind the run trained on, read with the run's preprocessing).
     ``keep_predictions``: a regression's result also holds ``predicted`` and ``true`` (for plots).
     ``trust_code``: the run's own code may run (:func:`load_model`, and a data function run.json names)."""
+    from gradloop.app import assemble
+    from gradloop.app import models
+
     info = run_folder.RunDir.open(run_dir).info
     config = run_config(info, run_dir)
     if config.data is None and data_path is None:
@@ -138,7 +169,7 @@ def evaluate_run(
     models.check_model_fits(model, input_shape=examples.element_shape, n_outputs=info.get("n_outputs") or len(info["classes"]),
                             task=info.get("task"))
     labels, outputs = predictions(model, examples)
-    loss = build.build_loss(config, info.get("task", "classification"), model)
+    loss = assemble.build_loss(config, info.get("task", "classification"), model)
     result = {"run_dir": str(run_dir), "split": split, "source": source,
               "n_samples": int(examples.n), "task": info.get("task", "classification")}
     if result["task"] == "regression":
@@ -160,6 +191,8 @@ def _own_data(
 ) -> tuple[Examples, str, str]:
     """``split`` of the run's own data (refused when it changed since training), or all of
     ``data_path`` (its test split with ``split="test"``, when it has one); and which it was."""
+    from gradloop.app import assemble
+
     if data_path is not None and sources.kind_of(data_path) != (info.get("data") or {}).get("kind"):
         raise ConfigError(f"run {run_dir} trained on {(info.get('data') or {}).get('kind')} data and --data {data_path} "
                           f"holds {sources.kind_of(data_path)} data; evaluate it on data of the run's kind")
@@ -168,7 +201,7 @@ def _own_data(
                           f"drop --split {split}, which picks a split of the run's own data")
     recorded = info.get("data") or {}
     other = dataclasses.replace(config, data=data_path, val_fraction=0.0) if data_path else config
-    data = build.load_data(
+    data = assemble.load_data(
         other, notify=notify, fitted=recorded.get("preprocessing"),
         class_names=tuple(recorded["source_classes"]) if recorded.get("source_classes") else None,
     )
@@ -192,6 +225,8 @@ def _own_data(
 def classification_scores(y: np.ndarray, outputs: np.ndarray, loss: keras.losses.Loss, classes: list) -> dict[str, Any]:
     """Loss (mean over every sample), accuracy, per-class accuracy and the confusion matrix (rows
     true, columns predicted), classes in the run's order."""
+    import sklearn.metrics
+
     k = len(classes)
     confusion = sklearn.metrics.confusion_matrix(y, outputs.argmax(axis=1), labels=np.arange(k))
     support = confusion.sum(axis=1)
@@ -208,6 +243,8 @@ def classification_scores(y: np.ndarray, outputs: np.ndarray, loss: keras.losses
 
 def regression_scores(y: np.ndarray, outputs: np.ndarray, loss: keras.losses.Loss) -> dict[str, Any]:
     """Loss, mean absolute error, root mean squared error and R^2 (scikit-learn's, over all outputs)."""
+    import sklearn.metrics
+
     predicted = outputs.reshape(y.shape) if outputs.size == y.size else outputs
     return {
         "loss": float(loss(y, outputs)),
@@ -223,6 +260,8 @@ def _evaluate_builtin(
     run_dir: str | Path, info: dict[str, Any], *, dataset: str | None, data_dir: str | None, split: str, notify,
     trust_code: bool,
 ) -> dict[str, Any]:
+    import keras
+
     # A new data set replaces the run's data entirely: --dataset alone must not read the run's --data-dir.
     overrides = {"dataset": dataset, "data_dir": data_dir} if (dataset or data_dir) else {}
     config = run_config(info, run_dir, **overrides)

@@ -13,15 +13,35 @@ its size and colour mode, pixels scaled to [0, 1].
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
+from gradloop import cli
+from gradloop.app import cpu
 from gradloop.commands import evaluate as evaluation
-from gradloop.run import files as run_files
-from gradloop.run import folder as run_folder
 from gradloop.errors import RunDirError
+from gradloop.run import folder as rundir
+
+if TYPE_CHECKING:
+    import keras
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("export", help="export a run's model as a TensorFlow SavedModel for serving")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/saved_model); must not exist")
+    cli.add_trust_code(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    cpu.import_tensorflow()
+    path = export_saved_model(args.run_dir, out=args.out, trust_code=args.trust_code)
+    print(f"gradloop: wrote SavedModel {path} (signature serving_default)")
+    return 0
 
 
 def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None, trust_code: bool = False) -> Path:
@@ -42,6 +62,8 @@ def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None, tr
 def with_standardization(model: keras.Model, info: dict) -> keras.Model:
     """A table's run standardises its features with the training split's statistics: the exported
     model does it first, so that it serves raw feature values (text columns one-hot encoded)."""
+    import keras
+
     stats = ((info.get("data") or {}).get("preprocessing") or {}).get("standardize")
     if not isinstance(stats, dict):
         return model

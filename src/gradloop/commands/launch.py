@@ -14,6 +14,7 @@ launch exits as they do (143, 130), after the chief printed how to resume.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -25,11 +26,35 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from gradloop import cli
+from gradloop.commands.train import train_config
 from gradloop.errors import ConfigError, GradloopError
+from gradloop.run import start as run_start
 
 
 class WorkerFailed(GradloopError):
     """A worker of a launched job exited with an error."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("launch", help="run a multi-worker job as N local processes")
+    parser.add_argument("--workers", type=cli.integer, required=True, help="number of worker processes")
+    parser.add_argument("train_argv", nargs=argparse.REMAINDER, metavar="-- train ...", help="the train command to run")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    # The workers' own checks would report a bad flag N times, after start-up: check it once, now.
+    argv = [*train_argv(args.workers, args.train_argv), "--strategy", "multi_worker"]
+    train_args = cli.build_parser().parse_args(argv)
+    config = train_config(train_args)
+    if train_args.resume:
+        run_start.check_resumable(config.run_dir, epochs=config.epochs, workers=args.workers)
+    try:
+        return launch(args.workers, args.train_argv)
+    except WorkerFailed as exc:  # not the user's input: the job failed
+        print(f"gradloop: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def free_ports(n: int) -> list[int]:

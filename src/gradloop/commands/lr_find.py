@@ -10,24 +10,48 @@ The model trained here is a throwaway copy: the rates near the end wreck it on p
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import keras
-
-from gradloop.app import assemble as build
-from gradloop.app.feed import Feed, check_fits
-from gradloop.pages import plots
-from gradloop.run import files as run_files
-from gradloop.run import start as run_start
-from gradloop.loop import step as step_lib
-from gradloop.app.config import TrainConfig
+from gradloop import cli
+from gradloop.app import cpu
+from gradloop.app.config import TrainConfig, build_config, load_yaml
 from gradloop.errors import ConfigError, TrainingError
-from gradloop.loop.lr_range import LearningRateRangeTest, RangeTestResult
+from gradloop.run import folder as rundir
+
+if TYPE_CHECKING:
+    from gradloop.loop.lr_range import RangeTestResult
 
 PLOT = "lr_find.png"
 JSON = "lr_find.json"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("lr-find", help="suggest a learning rate: the range test on train's data and model")
+    parser.add_argument("--config", metavar="FILE.yaml", help="config file, as for train; flags override its values")
+    cli.add_config_flags(parser.add_argument_group(
+        "the experiment, as for train (--run-dir DIR: write lr_find.png and lr_find.json there; "
+        "else nothing is written)"))
+    parser.add_argument("--start-lr", type=cli.number, default=1e-7, metavar="LR",
+                        help="the first step's rate (default 1e-7)")
+    parser.add_argument("--end-lr", type=cli.number, default=10.0, metavar="LR",
+                        help="the last step's rate (default 10)")
+    parser.add_argument("--steps", type=cli.integer, default=300, metavar="N",
+                        help="steps from --start-lr to --end-lr (default 300)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    file_values = load_yaml(args.config) if args.config else {}
+    config = build_config(file_values, **cli.config_flags(args))
+    cpu.import_tensorflow()
+    result, out = find_lr(config, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, notify=cli.to_stderr)
+    print(format_result(result))
+    if out is not None:
+        print(f"gradloop: wrote {out / PLOT} and {out / JSON}")
+    return 0
 
 
 def find_lr(
@@ -36,6 +60,14 @@ def find_lr(
 ) -> tuple[RangeTestResult, Path | None]:
     """Run the range test on ``config``'s data and model; with ``config.run_dir``, write the plot
     and the json there (a new or empty folder). Returns the result and that folder."""
+    import keras
+
+    from gradloop.app import assemble
+    from gradloop.app.feed import Feed, check_fits
+    from gradloop.loop import step as step_lib
+    from gradloop.loop.lr_range import LearningRateRangeTest
+    from gradloop.pages import plots
+
     try:
         test = LearningRateRangeTest(start_lr=start_lr, end_lr=end_lr, steps=steps)
     except ValueError as exc:
@@ -44,11 +76,11 @@ def find_lr(
     # The rate is the test's to set; the global batch, and so the answer, is the same on one device.
     config = dataclasses.replace(config, lr_schedule="constant", warmup_steps=0, decay_steps=None,
                                  strategy="default", replicas=None)
-    strategy = build.make_strategy(config)
-    data = build.load_data(config, notify=notify)
+    strategy = assemble.make_strategy(config)
+    data = assemble.load_data(config, notify=notify)
     feed = Feed.of(config, data)
     keras.utils.set_random_seed(config.seed)
-    trainer = build.build_trainer(config, strategy, data, test.watch(step_lib.train_step), feed.steps_per_epoch)
+    trainer = assemble.build_trainer(config, strategy, data, test.watch(step_lib.train_step), feed.steps_per_epoch)
     check_fits(config, data, trainer, feed)
     trainer.fit(feed.train, epochs=test.epochs_for(feed.steps_per_epoch), callbacks=[test], verbose=0)
     result = test.result()

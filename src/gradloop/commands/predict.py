@@ -21,7 +21,9 @@ TensorFlow is imported by :func:`predict_run` alone, so that a bad ``--out`` is 
 
 from __future__ import annotations
 
+import argparse
 import csv
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -30,9 +32,9 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from gradloop import atomic
-from gradloop.run import files as run_files
-from gradloop.run import folder as run_folder
+from gradloop import atomic, cli
+from gradloop.app import cpu
+from gradloop.run import folder as rundir
 from gradloop.data.sources import arrays
 from gradloop.data.builtin import idx
 from gradloop.data.sources import images
@@ -53,6 +55,39 @@ _RUN_KINDS = {"images": "a folder of images", "csv": "a CSV table", "arrays": "a
               "builtin": "a built-in data set of 28x28 images"}
 MNIST_IMAGES = {"image_size": [28, 28], "color_mode": "grayscale"}  # how a built-in data set's images are read
 _IMAGE_KINDS = "PNG, JPEG, BMP or GIF"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("predict", help="a run's model on new inputs: a CSV row per input with the "
+                                                   "predicted class and each class's probability, or the predicted "
+                                                   "values")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="of the kind the run trained on: image files or a "
+                                                                    "folder of them, a CSV table, an .npz or .npy of x")
+    parser.add_argument("--out", metavar="FILE.csv", help="write the CSV there (default: standard output)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--batch-size", type=cli.integer, default=BATCH_SIZE, help="inputs per batch (default 256)")
+    cli.add_trust_code(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    # TensorFlow only once predict_run runs: a bad --out is refused at once
+    if args.out is not None:
+        check_out(args.out, overwrite=args.overwrite)
+    elif args.overwrite:
+        raise ConfigError("--overwrite replaces an existing --out file; drop it, or pass --out FILE.csv")
+    cpu.import_tensorflow()
+    predictions = predict_run(args.run_dir, args.inputs, batch_size=args.batch_size, notify=cli.to_stderr,
+                              trust_code=args.trust_code)
+    try:
+        write_predictions(predictions, args.out, overwrite=args.overwrite)
+    except BrokenPipeError:  # the reader of standard output stopped (| head): what it read is what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush fails no more
+        return 0
+    if args.out is not None:
+        print(f"gradloop: wrote {args.out} ({len(predictions.ids):,} rows)")
+    return 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,7 +152,7 @@ def predict_run(
     run's own code may run (:func:`gradloop.commands.evaluate.load_model`)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    from gradloop.app import assemble as build
+    from gradloop.app import assemble
     from gradloop.commands import evaluate as evaluation
     from gradloop.app import models
 
@@ -130,7 +165,7 @@ def predict_run(
     classes = None if task == "regression" else [str(c) for c in info["classes"]]
     models.check_model_fits(model, input_shape=new.element_shape, n_outputs=info.get("n_outputs") or len(classes),
                             task=task)
-    loss = build.build_loss(config, task, model)  # as training chose it: does the model give logits?
+    loss = assemble.build_loss(config, task, model)  # as training chose it: does the model give logits?
     outputs = models.run_over(model, new.batches(batch_size))[1].astype(np.float32).reshape(len(new.ids), -1)
     for note in new.notes:
         notify(note)

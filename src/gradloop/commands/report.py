@@ -17,15 +17,17 @@ the history's last ``val_accuracy``).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from gradloop import cli
+from gradloop.app import cpu
 from gradloop.commands import evaluate as evaluation
-from gradloop.pages import plots
-from gradloop.run import files as run_files
-from gradloop.run import folder as run_folder
+from gradloop.data.builtin.splits import SPLITS
 from gradloop.errors import RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
+from gradloop.run import folder as run_folder
 from gradloop.run.history import first_metric
 
 FIGURES_BY_TASK = {
@@ -33,6 +35,28 @@ FIGURES_BY_TASK = {
     "regression": ("history.png", "predicted_vs_true.png", "residuals.png"),
 }
 FIGURES = FIGURES_BY_TASK["classification"]  # the built-in runs' (the tutorial's) figures
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("report", help="write a self-contained HTML report of a run")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
+    parser.add_argument("--data", metavar="PATH", help="other data of the kind the run trained on")
+    parser.add_argument("--split", choices=SPLITS, default="val",
+                        help="split for per-class accuracy and the confusion matrix "
+                             "(default val: the run's own held-out data)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/report)")
+    cli.add_trust_code(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    cpu.import_tensorflow()
+    path = write_report(args.run_dir, out=args.out, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data,
+                        split=args.split, notify=cli.to_stderr, trust_code=args.trust_code)
+    print(f"gradloop: wrote {path}")
+    return 0
 
 
 def write_report(
@@ -48,6 +72,8 @@ def write_report(
 ) -> Path:
     """Evaluate the run's model on ``split``, draw the figures, write the page; return its path.
     ``trust_code``: the run's own code may run (:func:`gradloop.commands.evaluate.load_model`)."""
+    from gradloop.pages import plots  # matplotlib: not for the parser
+
     run = run_folder.RunDir.open(run_dir)
     run_dir, info, history = run.path, run.info, run.read_history()
     result = evaluation.evaluate_run(
@@ -76,6 +102,8 @@ def render(
     run_dir: Path, info: Mapping[str, Any], history: Mapping[str, list], result: Mapping[str, Any], images: Mapping[str, str]
 ) -> str:
     """The page's HTML: headings, tables and the embedded figures."""
+    from gradloop.pages import plots
+
     epochs = len(next(iter(history.values()), []))
     history_keys = list(history)
     top = plots.top_metric(history, first_metric(info))

@@ -23,20 +23,42 @@ in a note.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from gradloop.run import files as run_files
-from gradloop.run import folder as run_folder
-from gradloop.run import history as run_history
-from gradloop.run import lock as run_lock
-from gradloop.errors import RunDirError
+from gradloop.errors import RunDirError, listed
+from gradloop.run import folder as rundir
 
 DEPTH = 3  # DIR/group/sweep/trial: a sweep's trials inside a folder of sweeps are still found
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("runs", help="list the runs in a folder, one line each, oldest first")
+    parser.add_argument("dir", metavar="DIR", nargs="?", default="runs",
+                        help="the folder of runs, searched 3 levels deep (default runs)")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    found, empty = list_runs(args.dir)
+    if empty:
+        named = listed([str(p) for p in empty], 5)
+        print(f"gradloop: note: {named} hold{'s' * (len(empty) == 1)} no gradloop run; left out", file=sys.stderr)
+    if args.json:
+        print(json.dumps(as_json(found), indent=2))
+    elif found:
+        print(format_table(found))
+    else:
+        print(f"gradloop: no runs in {args.dir} (looked {DEPTH} levels deep)", file=sys.stderr)
+    return 0
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from typing import Any, Callable, TextIO
 import keras
 import optuna
 
-from gradloop.app import assemble as build
-from gradloop.app import train as experiment
+from gradloop.app import assemble
+from gradloop.app.train import train
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 from gradloop.run import history as run_history
@@ -74,10 +74,10 @@ def check_metric(spec: SweepSpec, *, notify: Callable[[str], None]) -> None:
     if spec.metric.startswith("val_") and min(fractions) == 0:
         raise ConfigError(f"metric {spec.metric} in sweep spec {spec.path} is not recorded by runs whose val_fraction "
                           "is 0 (they hold out no validation data); hold out data or use a train_ metric")
-    data = build.load_data(config, notify=notify)
-    metrics = [_history_name(m) for m in build.build_metrics(config, data.task)]
+    data = assemble.load_data(config, notify=notify)
+    metrics = [_history_name(m) for m in assemble.build_metrics(config, data.task)]
     if "metrics" in spec.space:  # each choice records its own
-        listed = [build.build_metrics(spec.config({**_first(spec), "metrics": c}), data.task) for c in spec.space["metrics"].values]
+        listed = [assemble.build_metrics(spec.config({**_first(spec), "metrics": c}), data.task) for c in spec.space["metrics"].values]
         metrics = [m for m in metrics if all(m in map(_history_name, names) for names in listed)]
     recorded = [f"{split}_{name}" for split in ("train", "val") for name in ("loss", *metrics)]
     if spec.metric not in recorded:
@@ -125,7 +125,7 @@ def run_trial(
         config = resumed_config(run.info["config"], run_dir=str(path)) if resume else spec.config(params, run_dir=str(path))
         pruning = PruneOnMetric(trial, spec.metric, epochs=config.epochs, validation_every=config.validation_every)
         try:
-            experiment.train(config, resume=resume, overwrite=not resume and path.exists(), stop=stop, out=stream,
+            train(config, resume=resume, overwrite=not resume and path.exists(), stop=stop, out=stream,
                              notify=notify, callbacks=[pruning])
         except RunInUseError:  # another process holds the trial's run: not the trial's fault
             raise

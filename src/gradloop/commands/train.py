@@ -1,0 +1,93 @@
+"""``gradloop train``: one experiment, new or resumed, as :func:`gradloop.app.train.train` runs it.
+
+Its flags are :class:`gradloop.app.config.TrainConfig`'s fields (``cli.add_config_flags``), over a
+``--config`` file's values; the other flags (``NON_CONFIG_TRAIN_FLAGS``) say what to do with the config.
+Every check that needs no TensorFlow (the flags, the config, the run to resume) runs before it is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from gradloop import cli
+from gradloop.app import cpu
+from gradloop.app.config import TrainConfig, build_config, load_yaml, resumed_config
+from gradloop.errors import ConfigError, DiskFullError
+from gradloop.run import files as run_files
+from gradloop.run import start as run_start
+
+# Train flags that are not config values: they say what to do with the config.
+NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile", "debug", "resume", "overwrite")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("train", help="train a model (default: the reference experiment)")
+    parser.add_argument("--config", metavar="FILE.yaml", help="config file; flags override its values")
+    cli.add_config_flags(parser.add_argument_group("the experiment (flags override the same keys in a --config file)"))
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the earlier run in --run-dir")
+    parser.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The config ``gradloop train`` runs: the flags over the --config file, or, with --resume, the run's own
+    config changed only where a resume may. Refuses a --resume without --run-dir, or with --overwrite."""
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --run-dir and --overwrite replaces it; pass one of them")
+    if args.resume and not args.run_dir:
+        raise ConfigError("--resume needs --run-dir DIR, the run to continue")
+    file_values = load_yaml(args.config) if args.config else {}
+    flags = cli.config_flags(args)
+    if not args.resume:
+        return build_config(file_values, **flags)
+    return resumed_config(  # the run's own config, changed only where a resume may
+        run_start.open_to_resume(args.run_dir).info["config"], file_values, **flags)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = train_config(args)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    cpu.import_tensorflow()  # here, after the cheap checks
+    from gradloop.app.train import train
+    from gradloop.loop import checkpoint
+
+    try:
+        with checkpoint.StopSignals() as stop:
+            train(config, resume=args.resume, overwrite=args.overwrite, stop=stop, profile=args.profile)
+    except checkpoint.Interrupted as exc:
+        print(
+            f"gradloop: interrupted at epoch {exc.epoch + 1} step {exc.step}; "
+            f"resume with: {resume_command(config, exc.run_dir or config.run_dir)}",
+            file=sys.stderr,
+        )
+        return exc.exit_code
+    except DiskFullError as exc:  # the job failed, not the input: exit 1, with the way to go on
+        if args.debug:
+            raise
+        run_dir = exc.run_dir or config.run_dir
+        resumable = run_dir is not None and (Path(run_dir) / run_files.CHECKPOINTS / "checkpoint").is_file()
+        advice = f"resume with: {resume_command(config, run_dir)}" if resumable else "start the run again with --overwrite"
+        print(f"gradloop: error: {cli.one_line(exc)}; free space and {advice}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def resume_command(config: TrainConfig, run_dir: str | None) -> str:
+    """How to continue an interrupted run; a multi-worker run resumes on all its workers at once."""
+    from gradloop.commands.launch import WORKERS_ENV
+
+    where = shlex.quote(str(run_dir)) if run_dir else "<the chief's run directory>"
+    train = f"train --resume --run-dir {where}"
+    if config.strategy != "multi_worker":
+        return f"gradloop {train}"
+    if workers := os.environ.get(WORKERS_ENV):  # started by gradloop launch, which starts them all again
+        return f"gradloop launch --workers {workers} -- {train}"
+    return f"gradloop {train} on every worker, with its TF_CONFIG"
