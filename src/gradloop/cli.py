@@ -29,7 +29,7 @@ from typing import Any, Collection, Sequence
 
 from gradloop import __version__
 from gradloop.app.config import CONFIG_KEYS, TrainConfig, flag_name
-from gradloop.errors import DiskFullError, GradloopError, TrainingError
+from gradloop.errors import DiskFullError, GradloopError, TrainingError, shortened
 from gradloop.run import schema as run_schema
 
 

@@ -27,7 +27,9 @@ from typing import Any, Sequence
 from gradloop.commands import runs
 from gradloop.errors import ConfigError, RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import history as run_history
 
 DEFAULT_OUT = "compare.html"
 GENERATOR = '<meta name="generator" content="gradloop compare">\n'  # how an earlier compare page is told apart

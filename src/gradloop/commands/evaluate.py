@@ -30,6 +30,8 @@ from gradloop.data import sources
 from gradloop.data.examples import Examples
 from gradloop.data.builtin.splits import SPLITS
 from gradloop.errors import ConfigError, DataError, RunDirError
+from gradloop.run import files as run_files
+from gradloop.run import schema as run_schema
 
 if TYPE_CHECKING:
     import keras
@@ -183,6 +185,8 @@ def evaluate_run(
 def predictions(model: keras.Model, examples: Examples) -> tuple[np.ndarray, np.ndarray]:
     """Labels and the model's outputs, batch by batch from one pass: a data function's dataset may
     give its examples in another order each pass."""
+    from gradloop.app import models
+
     return models.run_over(model, examples.batches(None, 256))
 
 
@@ -271,6 +275,8 @@ def _evaluate_builtin(
     if len(y) == 0:
         raise DataError(f"the {split} split of {source} is empty (the run held out no validation data); use --split test")
     x = data.prepare_images(x, flatten=flatten)
+    from gradloop.app import models
+
     _, logits = models.run_over(model, data.make_dataset(x, y, batch_size=1024, shuffle=False))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     scores = classification_scores(y, logits, loss, list(config.classes))

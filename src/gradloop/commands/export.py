@@ -23,7 +23,8 @@ from gradloop import cli
 from gradloop.app import cpu
 from gradloop.commands import evaluate as evaluation
 from gradloop.errors import RunDirError
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
 
 if TYPE_CHECKING:
     import keras

@@ -19,7 +19,8 @@ from gradloop import cli
 from gradloop.app import cpu
 from gradloop.app.config import TrainConfig, build_config, load_yaml
 from gradloop.errors import ConfigError, TrainingError
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import start as run_start
 
 if TYPE_CHECKING:
     from gradloop.loop.lr_range import RangeTestResult

@@ -34,7 +34,8 @@ import numpy as np
 
 from gradloop import atomic, cli
 from gradloop.app import cpu
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
 from gradloop.data.sources import arrays
 from gradloop.data.builtin import idx
 from gradloop.data.sources import images

@@ -29,6 +29,7 @@ from gradloop.errors import RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
 from gradloop.run import folder as run_folder
 from gradloop.run.history import first_metric
+from gradloop.run import files as run_files
 
 FIGURES_BY_TASK = {
     "classification": ("history.png", "per_class_accuracy.png", "confusion_matrix.png"),

@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gradloop.errors import RunDirError, listed
-from gradloop.run import folder as rundir
+from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
+from gradloop.run import history as run_history
+from gradloop.run import lock as run_lock
 
 DEPTH = 3  # DIR/group/sweep/trial: a sweep's trials inside a folder of sweeps are still found
 
