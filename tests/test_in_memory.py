@@ -15,7 +15,8 @@ from test_checkpoint import StopAt, variables
 
 from gradloop import CompileOptions, InMemory, Trainer, data
 from gradloop.loop import step as step_lib
-from gradloop.loop.checkpoint import Checkpointing, RunCheckpoint
+from gradloop.loop.callbacks.checkpointing import Checkpointing
+from gradloop.loop.checkpoint import RunCheckpoint
 from gradloop.loop.xla import XLA_AUTO_MIN_STEPS
 from gradloop.loop.in_memory import Epoch, Position
 

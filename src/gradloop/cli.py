@@ -258,19 +258,20 @@ def _train(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     cpu.import_tensorflow()  # here, after the cheap checks
-    from gradloop.loop import checkpoint
+    from gradloop.loop.signals import StopSignals
+    from gradloop.app.interrupted import RunInterrupted
     from gradloop.app import train as experiment
 
     try:
-        with checkpoint.StopSignals() as stop:
+        with StopSignals() as stop:
             experiment.train(config, resume=args.resume, overwrite=args.overwrite, stop=stop, profile=args.profile)
-    except checkpoint.Interrupted as exc:
+    except RunInterrupted as exc:
         print(
             f"gradloop: interrupted at epoch {exc.epoch + 1} step {exc.step}; "
             f"resume with: {resume_command(config, exc.run_dir or config.run_dir)}",
             file=sys.stderr,
         )
-        return exc.exit_code
+        return _signal_exit_code(exc.signum)
     except DiskFullError as exc:  # the job failed, not the input: exit 1, with the way to go on
         if args.debug:
             raise
@@ -478,20 +479,26 @@ def _sweep(args: argparse.Namespace) -> int:
 
     spec = sweep_spec.read_spec(args.spec)  # before TensorFlow: a bad SPEC is one line at once
     cpu.import_tensorflow()
-    from gradloop.loop import checkpoint
+    from gradloop.loop.signals import StopSignals
+    from gradloop.app.interrupted import RunInterrupted
     from gradloop.sweep import trials as run
 
     try:
-        with checkpoint.StopSignals() as stop:
+        with StopSignals() as stop:
             run.run_sweep(spec, out=args.out, storage=args.storage, stop=stop,
                           notify=lambda line: print(line, file=sys.stderr))
-    except checkpoint.Interrupted as exc:
+    except RunInterrupted as exc:
         again = " ".join(shlex.quote(a) for a in ("gradloop", "sweep", args.spec, *(("--out", args.out) if args.out else ()),
                                                   *(("--storage", args.storage) if args.storage else ())))
         print(f"gradloop: sweep interrupted in {exc.run_dir} at epoch {exc.epoch + 1} step {exc.step}; "
               f"continue it with: {again}", file=sys.stderr)
-        return exc.exit_code
+        return _signal_exit_code(exc.signum)
     return 0
+
+
+def _signal_exit_code(signum: int) -> int:
+    """128 + the signal number, as a shell reports a process the signal ended: 143, 130."""
+    return 128 + signum
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """``gradloop train`` as a function: config in, run directory out.
 
     data     the run's splits, scaled, as tf.data pipelines       (gradloop.app.assemble, gradloop.data)
-    trainer  model, optimizer, loss, metrics, NaN guard            (gradloop.app.assemble, gradloop.loop.callbacks.stopping)
+    trainer  model, optimizer, loss, metrics, NaN guard            (gradloop.app.assemble, gradloop.loop.callbacks)
     start    a new run directory, or resume one from its checkpoint (gradloop.run.folder, gradloop.loop.checkpoint)
     fit      Trainer.fit with progress, history files, TensorBoard, early stop and checkpoints
     record   model.keras, history.json/.csv/.png, run.json finished  (gradloop.run.folder, gradloop.pages.plots)
@@ -29,7 +29,8 @@ import tensorflow as tf
 
 from gradloop import __version__, atomic
 from gradloop.app import assemble as build
-from gradloop.loop import checkpoint
+from gradloop.loop import checkpoint, signals
+from gradloop.app.interrupted import RunInterrupted
 from gradloop.app import cpu
 from gradloop.loop import distribute
 from gradloop.loop import in_memory
@@ -37,7 +38,7 @@ from gradloop.app import models
 from gradloop.pages import plots
 from gradloop.loop import progress
 from gradloop.run import folder as rundir
-from gradloop.loop.callbacks import stopping
+from gradloop.loop.callbacks import checkpointing, early_stopping, nan_guard
 from gradloop.loop import summaries
 from gradloop.loop import step as step_lib
 from gradloop.app.config import MODELS, TrainConfig
@@ -58,7 +59,7 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    stop: checkpoint.StopSignals | None = None,
+    stop: signals.StopSignals | None = None,
     out: TextIO | None = None,
     notify: Callable[[str], None] | None = None,
     profile: bool = False,
@@ -66,8 +67,8 @@ def train(
 ) -> Path:
     """Run one experiment, or continue one (``resume``), and return its run directory.
 
-    With ``stop`` (the CLI's :class:`~gradloop.loop.checkpoint.StopSignals`), SIGTERM
-    and SIGINT end the run after a checkpoint by raising ``checkpoint.Interrupted``.
+    With ``stop`` (the CLI's :class:`~gradloop.loop.signals.StopSignals`), SIGTERM
+    and SIGINT end the run after a checkpoint by raising :class:`~gradloop.app.interrupted.RunInterrupted`.
     ``profile`` first prints where a step's time goes (on a copy of the model:
     the run is unaffected). The chief holds the run directory's lock
     (:func:`gradloop.run.folder.lock`) from before it changes anything until it returns.
@@ -81,7 +82,7 @@ def train(
 
 def _train(
     config: TrainConfig, held: contextlib.ExitStack, *, resume: bool, overwrite: bool,
-    stop: checkpoint.StopSignals | None, out: TextIO | None, notify: Callable[[str], None] | None, profile: bool,
+    stop: signals.StopSignals | None, out: TextIO | None, notify: Callable[[str], None] | None, profile: bool,
     callbacks: Sequence[keras.callbacks.Callback],
 ) -> Path:
     out = out or sys.stdout
@@ -120,7 +121,7 @@ def _train(
 
         print(format_profile(profile_phases(trainer, in_memory.as_dataset(feed.train(0))), config.batch_size), file=out, flush=True)
 
-    best = stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
+    best = early_stopping.BestModelEarlyStopping(run / rundir.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
     start = time.perf_counter()
     with _ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
@@ -163,12 +164,12 @@ class Feed:
 
 def _trainer(
     config: TrainConfig, strategy: tf.distribute.Strategy, data: RunData, feed: Feed, *, model_spec: str | None
-) -> tuple[Trainer, stopping.StopOnNonFiniteLoss]:
+) -> tuple[Trainer, nan_guard.StopOnNonFiniteLoss]:
     """The seeded trainer, its step watched by the NaN guard."""
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
+    guard = nan_guard.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
     watched = guard.watch(step_lib.train_step)
     return build.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
 
@@ -221,8 +222,8 @@ def _announce(
 
 
 def _callbacks(
-    config: TrainConfig, run: rundir.RunDir, saver: checkpoint.RunCheckpoint, guard: stopping.StopOnNonFiniteLoss,
-    best: stopping.BestModelEarlyStopping, state: LoopState | None, feed: Feed, stop: checkpoint.StopSignals | None,
+    config: TrainConfig, run: rundir.RunDir, saver: checkpoint.RunCheckpoint, guard: nan_guard.StopOnNonFiniteLoss,
+    best: early_stopping.BestModelEarlyStopping, state: LoopState | None, feed: Feed, stop: signals.StopSignals | None,
     out: TextIO,
 ) -> list[keras.callbacks.Callback]:
     return [  # the guard first: a diverged state must stop before Checkpointing could save it
@@ -236,7 +237,7 @@ def _callbacks(
             hparams=config.to_dict(), trial_id=str(run.path),
         ),
         best,
-        checkpoint.Checkpointing(
+        checkpointing.Checkpointing(
             saver, every_steps=config.checkpoint_every or None, every_seconds=config.checkpoint_seconds or None, stop=stop
         ),
     ]
@@ -349,11 +350,10 @@ def _ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) ->
     """run.json says why a run ended before its last epoch: ``interrupted`` (resumable) or ``failed``."""
     try:
         yield
-    except checkpoint.Interrupted as exc:
+    except signals.Interrupted as exc:
         run.interrupted(epoch=exc.epoch + 1, step=exc.step)
-        if chief:  # without --run-dir: the runs/<timestamp> it chose (another worker's own folder is scratch)
-            exc.run_dir = str(config.run_dir or run.path)
-        raise
+        # without --run-dir: the runs/<timestamp> it chose (another worker's own folder is scratch)
+        raise RunInterrupted(exc, run_dir=str(config.run_dir or run.path) if chief else None) from exc
     except (TrainingError, DataError) as exc:
         run.failed(str(exc))
         image_cache.remove(run / rundir.CACHE)  # a failed run does not resume, so nothing reads the copy again
@@ -361,7 +361,7 @@ def _ending_recorded(run: rundir.RunDir, config: TrainConfig, *, chief: bool) ->
 
 
 def _record_finished(
-    run: rundir.RunDir, trainer: Trainer, history: dict, best: stopping.BestModelEarlyStopping, *, started: float
+    run: rundir.RunDir, trainer: Trainer, history: dict, best: early_stopping.BestModelEarlyStopping, *, started: float
 ) -> None:
     """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
     (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""

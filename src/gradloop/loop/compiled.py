@@ -217,7 +217,8 @@ class CompiledModel:
         batches by index and is XLA-compiled (see :func:`~gradloop.loop.compiled_steps.make_in_memory_steps`)."""
         one_step = compiled_steps.make_one_step(self._train_step, self, self.update_metrics, self._class_weight)
         jit_compile = self.options.jit_compile
-        on_dataset = compiled_steps.make_multi_step(one_step, self.results, jit_compile=jit_compile, strategy=self.strategy)
+        on_dataset = compiled_steps.make_multi_step(
+            one_step, self.results, jit_compile=jit_compile, strategy=self.strategy)
         in_memory_steps = compiled_steps.make_in_memory_steps(
             one_step, self.results, jit_compile=jit_compile, xla_groups=lambda: self._xla_groups)
 

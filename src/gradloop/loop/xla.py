@@ -52,7 +52,8 @@ def falls_back(exc: tf.errors.OpError, jit_compile: bool | None) -> bool:
 
 def _has_convolutions(model: keras.Model) -> bool:
     """Whether any of the model's layers (nested ones too) is one of Keras' convolutions."""
-    convolutions = tuple(getattr(keras.layers, name) for name in dir(keras.layers) if "Conv" in name and name[0].isupper())
+    names = (name for name in dir(keras.layers) if "Conv" in name and name[0].isupper())
+    convolutions = tuple(getattr(keras.layers, name) for name in names)
     return any(isinstance(layer, convolutions) for layer in model._flatten_layers(include_self=False))
 
 

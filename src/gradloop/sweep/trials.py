@@ -24,10 +24,12 @@ import optuna
 from gradloop.app import assemble as build
 from gradloop.app import train as experiment
 from gradloop.run import folder as rundir
-from gradloop.loop.checkpoint import StopSignals
+from gradloop.loop.signals import StopSignals
 from gradloop.app.config import resumed_config
 from gradloop.loop.state import validates
-from gradloop.errors import ConfigError, DataError, GradloopError, RunDirError, RunInUseError, TrainingError
+from gradloop.errors import (
+    CheckpointError, ConfigError, DataError, GradloopError, RunDirError, RunInUseError, TrainingError,
+)
 from gradloop.sweep import page
 from gradloop.sweep.spec import Range, SweepSpec
 from gradloop.sweep.study import Claim, Storage, Sweep, check_folder
@@ -127,7 +129,7 @@ def run_trial(
                              notify=notify, callbacks=[pruning])
         except RunInUseError:  # another process holds the trial's run: not the trial's fault
             raise
-        except (TrainingError, ConfigError, DataError, RunDirError) as exc:  # this trial's options or run, not the sweep's
+        except (TrainingError, ConfigError, DataError, RunDirError, CheckpointError) as exc:  # this trial's options or run, not the sweep's
             return _fail(sweep, trial, str(exc), notify)
     run = rundir.RunDir.open(path)
     _tell(sweep, trial, run, stream)
