@@ -129,7 +129,8 @@ def run_trial(
                              notify=notify, callbacks=[pruning])
         except RunInUseError:  # another process holds the trial's run: not the trial's fault
             raise
-        except (TrainingError, ConfigError, DataError, RunDirError, CheckpointError) as exc:  # this trial's options or run, not the sweep's
+        # this trial's options or run, not the sweep's
+        except (TrainingError, ConfigError, DataError, RunDirError, CheckpointError) as exc:
             return _fail(sweep, trial, str(exc), notify)
     run = rundir.RunDir.open(path)
     _tell(sweep, trial, run, stream)
