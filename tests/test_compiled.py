@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradloop.loop.compiled import CompiledModel
+from gradloop import InMemory, Trainer
+from gradloop.loop.compiled import CompiledModel, CompileOptions
+from gradloop.loop.xla import XLA_AUTO_MIN_STEPS
 
 DIM, CLASSES = 4, 3
 
@@ -64,3 +66,22 @@ def test_build_makes_the_variables_and_the_compiled_functions_once():
     assert int(done) == 2 and float(compiled.loss_tracker.count) == 8 and set(results) == {"loss", "accuracy"}
     assert results["loss"].dtype == tf.float32 and compiled.loss_tracker.dtype == "float64"  # float64 sums
     assert float(results["loss"]) == float(np.float32(compiled.loss_tracker.result())) > 0
+
+
+@pytest.mark.parametrize("planned, on_xla", [(XLA_AUTO_MIN_STEPS, True), (XLA_AUTO_MIN_STEPS - 1, False), (None, False)])
+def test_planned_steps_is_the_fit_length_the_xla_default_decides_for(planned, on_xla):
+    # A 2-step fit: only planned_steps makes it count as a fit long enough for XLA.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((DIM,))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(inputs))
+    trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                      options=CompileOptions(planned_steps=planned))
+    x, y = np.random.default_rng(0).normal(size=(8, DIM)).astype("float32"), np.arange(8) % CLASSES
+    history = trainer.fit(InMemory(x, y, batch_size=4, seed=1), epochs=1, verbose=0).history
+    assert trainer._xla_groups is on_xla and len(history["loss"]) == 1
+
+
+@pytest.mark.parametrize("planned", [0, -3, 2.5, True, "1536"])
+def test_planned_steps_must_be_none_or_a_positive_integer(planned):
+    with pytest.raises(ValueError, match=f"planned_steps must be None .* or an integer >= 1, got {planned!r}"):
+        CompileOptions(planned_steps=planned)

@@ -15,8 +15,9 @@ from test_checkpoint import StopAt, variables
 
 from gradloop import CompileOptions, InMemory, Trainer, data
 from gradloop.loop import step as step_lib
-from gradloop.loop.checkpoint import Checkpointing, RunCheckpoint
-from gradloop.loop.compiled import XLA_AUTO_MIN_STEPS
+from gradloop.loop.callbacks.checkpointing import Checkpointing
+from gradloop.loop.checkpoint import RunCheckpoint
+from gradloop.loop.xla import XLA_AUTO_MIN_STEPS
 from gradloop.loop.in_memory import Epoch, Position
 
 N, DIM = 150, 8  # 10 batches of 16 per epoch, the last one partial (6)

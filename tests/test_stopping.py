@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from gradloop import CompileOptions, Trainer, TrainingError, data
-from gradloop.loop.checkpoint import Checkpointing, RunCheckpoint
+from gradloop.loop.callbacks.checkpointing import Checkpointing
+from gradloop.loop.checkpoint import RunCheckpoint
 from gradloop.loop.state import LoopState
 from gradloop.loop.step import train_step
-from gradloop.loop.callbacks.stopping import BestModelEarlyStopping, StopOnNonFiniteLoss
+from gradloop.loop.callbacks.early_stopping import BestModelEarlyStopping
+from gradloop.loop.callbacks.nan_guard import StopOnNonFiniteLoss
 
 DIM = 8
 

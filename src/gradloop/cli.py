@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def signal_exit_code(signum: int) -> int:
+    """128 + the signal number, as a shell reports a process the signal ended: 143, 130."""
+    return 128 + signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)

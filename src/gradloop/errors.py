@@ -36,6 +36,11 @@ class RunInUseError(RunDirError):
     """Another live process holds the run directory's lock."""
 
 
+class CheckpointError(GradloopError):
+    """No checkpoint can be restored: there is none, or each is damaged or from another model.
+    The message ends with the caller's ``hint``: how to start over."""
+
+
 class TrainingError(GradloopError):
     """Training cannot go on: the loss is no longer finite."""
 

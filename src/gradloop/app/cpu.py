@@ -10,7 +10,7 @@ also on a CPU where TensorFlow picks Eigen (docs/performance.md).
 One oneDNN kernel hides divergence: the MatMul or Conv2D fused with BiasAdd and
 ReLU, which Grappler's remapper builds, turns NaN into 0. A layer whose weights
 went NaN then leaves the loss finite, and neither the loss nor the NaN guard
-(:class:`gradloop.loop.callbacks.stopping.StopOnNonFiniteLoss`) sees it. With the remapper off,
+(:class:`gradloop.loop.callbacks.nan_guard.StopOnNonFiniteLoss`) sees it. With the remapper off,
 NaN propagates as on Eigen, and the unfused oneDNN kernels measured as fast as
 the fused ones (docs/performance.md). So wherever oneDNN runs, :func:`use_onednn`
 turns the remapper off, where TensorFlow chose oneDNN too.

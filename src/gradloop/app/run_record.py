@@ -22,8 +22,9 @@ from gradloop.app.config import TrainConfig
 from gradloop.data.sources import image_cache
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import DataError, TrainingError
-from gradloop.loop import checkpoint, distribute
-from gradloop.loop.callbacks import stopping
+from gradloop.app.interrupted import RunInterrupted
+from gradloop.loop import distribute, signals
+from gradloop.loop.callbacks import early_stopping
 from gradloop.loop.trainer import Trainer
 from gradloop.pages import plots
 from gradloop import atomic
@@ -109,11 +110,10 @@ def ending_recorded(run: run_folder.RunDir, config: TrainConfig, *, chief: bool)
     """run.json says why a run ended before its last epoch: ``interrupted`` (resumable) or ``failed``."""
     try:
         yield
-    except checkpoint.Interrupted as exc:
+    except signals.Interrupted as exc:
         run.interrupted(epoch=exc.epoch + 1, step=exc.step)
-        if chief:  # without --run-dir: the runs/<timestamp> it chose (another worker's own folder is scratch)
-            exc.run_dir = str(config.run_dir or run.path)
-        raise
+        # without --run-dir: the runs/<timestamp> it chose (another worker's own folder is scratch)
+        raise RunInterrupted(exc, run_dir=str(config.run_dir or run.path) if chief else None) from exc
     except (TrainingError, DataError) as exc:
         run.failed(str(exc))
         image_cache.remove(run / run_files.CACHE)  # a failed run does not resume, so nothing reads the copy again
@@ -121,7 +121,7 @@ def ending_recorded(run: run_folder.RunDir, config: TrainConfig, *, chief: bool)
 
 
 def record_finished(
-    run: run_folder.RunDir, trainer: Trainer, history: dict, best: stopping.BestModelEarlyStopping, *, started: float
+    run: run_folder.RunDir, trainer: Trainer, history: dict, best: early_stopping.BestModelEarlyStopping, *, started: float
 ) -> None:
     """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
     (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""

@@ -30,9 +30,9 @@ from gradloop.app.run_record import ending_recorded, new_run_info, record_finish
 from gradloop.data.sources import describe_change, image_cache
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError, DiskFullError, RunDirError
-from gradloop.loop import checkpoint, distribute, in_memory, progress, summaries
+from gradloop.loop import checkpoint, distribute, in_memory, progress, signals, summaries
 from gradloop.loop import step as step_lib
-from gradloop.loop.callbacks import stopping
+from gradloop.loop.callbacks import checkpointing, early_stopping, nan_guard
 from gradloop.loop.state import LoopState, validates
 from gradloop.loop.trainer import Trainer
 from gradloop.run import files as run_files
@@ -49,7 +49,7 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    stop: checkpoint.StopSignals | None = None,
+    stop: signals.StopSignals | None = None,
     out: TextIO | None = None,
     notify: Callable[[str], None] | None = None,
     profile: bool = False,
@@ -57,8 +57,8 @@ def train(
 ) -> Path:
     """Run one experiment, or continue one (``resume``), and return its run directory.
 
-    With ``stop`` (the CLI's :class:`~gradloop.loop.checkpoint.StopSignals`), SIGTERM
-    and SIGINT end the run after a checkpoint by raising ``checkpoint.Interrupted``.
+    With ``stop`` (the CLI's :class:`~gradloop.loop.signals.StopSignals`), SIGTERM
+    and SIGINT end the run after a checkpoint by raising :class:`~gradloop.app.interrupted.RunInterrupted`.
     ``profile`` first prints where a step's time goes (on a copy of the model:
     the run is unaffected). The chief holds the run directory's lock
     (:func:`gradloop.run.lock.lock`) from before it changes anything until it returns.
@@ -72,7 +72,7 @@ def train(
 
 def _train(
     config: TrainConfig, held: contextlib.ExitStack, *, resume: bool, overwrite: bool,
-    stop: checkpoint.StopSignals | None, out: TextIO | None, notify: Callable[[str], None] | None, profile: bool,
+    stop: signals.StopSignals | None, out: TextIO | None, notify: Callable[[str], None] | None, profile: bool,
     callbacks: Sequence[keras.callbacks.Callback],
 ) -> Path:
     out = out or sys.stdout
@@ -111,7 +111,7 @@ def _train(
 
         print(format_profile(profile_phases(trainer, in_memory.as_dataset(feed.train(0))), config.batch_size), file=out, flush=True)
 
-    best = stopping.BestModelEarlyStopping(run / run_files.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
+    best = early_stopping.BestModelEarlyStopping(run / run_files.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
     start = time.perf_counter()
     with ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
@@ -130,12 +130,12 @@ def _train(
 
 def _trainer(
     config: TrainConfig, strategy: tf.distribute.Strategy, data: RunData, feed: Feed, *, model_spec: str | None
-) -> tuple[Trainer, stopping.StopOnNonFiniteLoss]:
+) -> tuple[Trainer, nan_guard.StopOnNonFiniteLoss]:
     """The seeded trainer, its step watched by the NaN guard."""
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    guard = stopping.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
+    guard = nan_guard.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
     watched = guard.watch(step_lib.train_step)
     return assemble.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
 
@@ -172,8 +172,8 @@ def _announce(
 
 
 def _callbacks(
-    config: TrainConfig, run: run_folder.RunDir, saver: checkpoint.RunCheckpoint, guard: stopping.StopOnNonFiniteLoss,
-    best: stopping.BestModelEarlyStopping, state: LoopState | None, feed: Feed, stop: checkpoint.StopSignals | None,
+    config: TrainConfig, run: run_folder.RunDir, saver: checkpoint.RunCheckpoint, guard: nan_guard.StopOnNonFiniteLoss,
+    best: early_stopping.BestModelEarlyStopping, state: LoopState | None, feed: Feed, stop: signals.StopSignals | None,
     out: TextIO,
 ) -> list[keras.callbacks.Callback]:
     return [  # the guard first: a diverged state must stop before Checkpointing could save it
@@ -187,7 +187,7 @@ def _callbacks(
             hparams=config.to_dict(), trial_id=str(run.path),
         ),
         best,
-        checkpoint.Checkpointing(
+        checkpointing.Checkpointing(
             saver, every_steps=config.checkpoint_every or None, every_seconds=config.checkpoint_seconds or None, stop=stop
         ),
     ]

@@ -137,7 +137,7 @@ def launch(workers: int, argv: Sequence[str], *, poll_seconds: float = 0.2) -> i
 class ForwardSignals:
     """While active, SIGTERM and SIGINT sent to the launch are sent on to each
     running worker: the first makes them save and stop together (see
-    gradloop.loop.checkpoint.StopSignals), a second stops them at once. Signals can
+    gradloop.loop.signals.StopSignals), a second stops them at once. Signals can
     only be handled in the main thread, so elsewhere this does nothing."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -26,16 +26,17 @@ def run(args: argparse.Namespace) -> int:
 
     spec = sweep_spec.read_spec(args.spec)  # before TensorFlow: a bad SPEC is one line at once
     cpu.import_tensorflow()
-    from gradloop.loop import checkpoint
+    from gradloop.app.interrupted import RunInterrupted
+    from gradloop.loop.signals import StopSignals
     from gradloop.sweep import trials
 
     try:
-        with checkpoint.StopSignals() as stop:
+        with StopSignals() as stop:
             trials.run_sweep(spec, out=args.out, storage=args.storage, stop=stop, notify=cli.to_stderr)
-    except checkpoint.Interrupted as exc:
+    except RunInterrupted as exc:
         print(f"gradloop: sweep interrupted in {exc.run_dir} at epoch {exc.epoch + 1} step {exc.step}; "
               f"continue it with: {_again(args)}", file=sys.stderr)
-        return exc.exit_code
+        return cli.signal_exit_code(exc.signum)
     return 0
 
 

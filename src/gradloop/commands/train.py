@@ -57,18 +57,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cpu.import_tensorflow()  # here, after the cheap checks
     from gradloop.app.train import train
-    from gradloop.loop import checkpoint
+    from gradloop.app.interrupted import RunInterrupted
+    from gradloop.loop.signals import StopSignals
 
     try:
-        with checkpoint.StopSignals() as stop:
+        with StopSignals() as stop:
             train(config, resume=args.resume, overwrite=args.overwrite, stop=stop, profile=args.profile)
-    except checkpoint.Interrupted as exc:
+    except RunInterrupted as exc:
         print(
             f"gradloop: interrupted at epoch {exc.epoch + 1} step {exc.step}; "
             f"resume with: {resume_command(config, exc.run_dir or config.run_dir)}",
             file=sys.stderr,
         )
-        return exc.exit_code
+        return cli.signal_exit_code(exc.signum)
     except DiskFullError as exc:  # the job failed, not the input: exit 1, with the way to go on
         if args.debug:
             raise

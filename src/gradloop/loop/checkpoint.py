@@ -1,4 +1,5 @@
-"""Checkpoints: what a resume restores, named in one place, and when it is saved.
+"""Checkpoints: what a resume restores, named in one place (when one is saved:
+:mod:`gradloop.loop.callbacks.checkpointing`).
 
 A checkpoint (``RUN_DIR/checkpoints/ckpt-N``) is this bundle:
 
@@ -30,19 +31,16 @@ Under a multi-worker strategy every worker saves at the same steps (the save
 reads replica-summed metrics by collectives): the chief into the run
 directory, the others into scratch folders; on resume all of them restore the
 chief's checkpoint (``restore_from``). Whether to save or stop is decided
-together (:func:`gradloop.loop.distribute.any_worker`), whatever one worker's clock
-or signals say.
+together (:class:`~gradloop.loop.callbacks.checkpointing.Checkpointing`), whatever one
+worker's clock or signals say.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
-import signal
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,9 +48,8 @@ import keras
 import tensorflow as tf
 
 from gradloop import atomic
-from gradloop.loop import distribute
 from gradloop.loop import in_memory
-from gradloop.errors import DiskFullError, RunDirError, shortened, tensorflow_reason
+from gradloop.errors import CheckpointError, DiskFullError, shortened, tensorflow_reason
 from gradloop.loop.state import LoopState
 from gradloop.loop.trainer import TrainData, Trainer
 
@@ -70,7 +67,8 @@ class RunCheckpoint:
     ``restore_from`` is where :meth:`restore` and :attr:`latest` look when that
     is not ``directory``: a multi-worker run's other workers resume from the
     chief's checkpoints and save into their own scratch folders. ``hint`` ends
-    the error when no checkpoint can be restored: how the caller starts over.
+    the error (:class:`~gradloop.errors.CheckpointError`) when no checkpoint can be restored:
+    how the caller starts over.
     ``max_to_keep`` checkpoints are kept, so that a damaged latest one has older
     ones to fall back to (:meth:`restore`).
     """
@@ -171,7 +169,7 @@ class RunCheckpoint:
         """
         candidates = self.checkpoints()
         if not candidates:
-            raise RunDirError(f"{self.restore_from} holds no checkpoint; {self.hint}")
+            raise CheckpointError(f"{self.restore_from} holds no checkpoint; {self.hint}")
         skipped: list[tuple[str, Exception]] = []
         for path in candidates:
             try:
@@ -307,12 +305,12 @@ def _set_aside_unreadable_state(directory: Path) -> bool:
     return False
 
 
-def _damaged(skipped: list[tuple[str, Exception]], hint: str) -> RunDirError:
+def _damaged(skipped: list[tuple[str, Exception]], hint: str) -> CheckpointError:
     """None of the checkpoints (newest first) restores: the newest named in full, the older ones by name."""
     (path, exc), older = skipped[0], skipped[1:]
     same = lambda p, e: _reason(e, p) == _reason(exc, path).replace(Path(path).name, Path(p).name)  # noqa: E731
     reasons = ", ".join(f"{Path(p).name} ({'the same' if same(p, e) else _reason(e, p)})" for p, e in older)
-    return RunDirError(
+    return CheckpointError(
         f"cannot restore checkpoint {path} ({_reason(exc, path)}){f' nor the older {reasons}' if older else ''}; "
         f"{'they are' if older else 'it is'} damaged or from another model: {hint}"
     )
@@ -334,145 +332,3 @@ def _number(name: str) -> int:
     """N of ``ckpt-N``; -1 for another name."""
     number = name.rpartition("-")[2]
     return int(number) if number.isdigit() else -1
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after writing a checkpoint; resume continues it."""
-
-    def __init__(self, signum: int, epoch: int, step: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} in epoch {epoch + 1} after step {step}")
-        self.signum, self.epoch, self.step = signum, epoch, step
-        self.run_dir: str | None = None  # the run to resume, once known (the caller may fill it in)
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number, as a shell reports a process the signal ended: 143, 130."""
-        return 128 + self.signum
-
-
-class StopSignals:
-    """While active, SIGTERM and SIGINT only set ``signum``, so the loop can finish
-    its step group, checkpoint and stop (see :class:`Checkpointing`).
-
-    The first signal also restores the previous handlers: a second one acts as
-    usual (Ctrl-C twice still stops at once; the checkpoints stay consistent).
-    Signals can only be handled in the main thread, so elsewhere this does nothing.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        self.catch()
-        return self
-
-    def catch(self) -> None:
-        """Make the signals (again) only set ``signum``, unless one came already.
-
-        Call it again after creating a multi-worker strategy: TensorFlow's
-        coordination service then installs a SIGTERM handler of its own, which
-        would swallow the signal.
-        """
-        if self.signum is not None:
-            return
-        try:
-            for s in self.SIGNALS:
-                self._previous.setdefault(s, signal.signal(s, self._handle))  # the handler from before the first call
-        except ValueError:  # not the main thread
-            pass
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._restore()
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
-        self._restore()
-
-    def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-
-class Checkpointing(keras.callbacks.Callback):
-    """When to save: once before training (so a run can always be resumed), after
-    every ``every_steps`` steps of an epoch, when ``every_seconds`` have passed
-    since the last save, at each epoch's end and at the end of training.
-
-    Saves happen at step-group ends; pass the same ``every_steps`` to
-    ``Trainer.fit(end_groups_every=...)`` so its multiples are group ends. When
-    ``stop`` (a :class:`StopSignals`) has caught a signal, it saves and raises
-    :class:`Interrupted`. A state whose loss is no longer finite is never saved.
-
-    Under a multi-worker strategy the time and the signals are one decision of
-    all workers, taken at each group end and epoch start (one small collective):
-    every worker saves when any one's ``every_seconds`` have passed, and all save
-    and stop at the same step when any one caught a signal (SIGTERM first).
-    """
-
-    def __init__(
-        self,
-        checkpoint: RunCheckpoint,
-        *,
-        every_steps: int | None = None,
-        every_seconds: float | None = None,
-        stop: StopSignals | None = None,
-    ) -> None:
-        super().__init__()
-        self.checkpoint = checkpoint
-        self.every_steps, self.every_seconds, self.stop = every_steps, every_seconds, stop
-        self._saved_at: tuple[int, int] | None = None
-        self._last_save = time.monotonic()
-
-    def on_train_begin(self, logs=None) -> None:
-        if self.checkpoint.latest is None:  # in restore_from: a resuming worker's own folder may be empty
-            self._save()
-        else:
-            self._saved_at = self._position()  # resumed from it
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self._stop_if_asked(self._agree(due_time=False)[1])
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        if not math.isfinite((logs or {}).get("loss", 0.0)):  # the same loss, all-reduced, on every worker
-            return
-        step = self.checkpoint.trainer.state.step
-        due_steps = self.every_steps and step % self.every_steps == 0
-        due_time, signum = self._agree(
-            due_time=bool(self.every_seconds) and time.monotonic() - self._last_save >= self.every_seconds
-        )
-        if due_steps or due_time:
-            self._save()
-        self._stop_if_asked(signum)
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self._save()
-
-    def on_train_end(self, logs=None) -> None:
-        self._save()
-
-    def _position(self) -> tuple[int, int]:
-        state = self.checkpoint.trainer.state
-        return state.epoch, state.step
-
-    def _save(self) -> None:
-        if self._position() != self._saved_at:
-            self.checkpoint.save(self.checkpoint.trainer.state)
-            self._saved_at, self._last_save = self._position(), time.monotonic()
-
-    def _agree(self, *, due_time: bool) -> tuple[bool, int | None]:
-        """(whether the time to save has come, the signal to stop on): this process's
-        own view, or under a multi-worker strategy that of any worker."""
-        signum = self.stop.signum if self.stop is not None else None
-        signals = StopSignals.SIGNALS
-        flags = [due_time, *(signum == s for s in signals)]
-        due_time, *caught = distribute.any_worker(self.checkpoint.trainer.strategy, flags)
-        return due_time, next((s for s, c in zip(signals, caught) if c), None)
-
-    def _stop_if_asked(self, signum: int | None) -> None:
-        if signum is not None:
-            self._save()
-            raise Interrupted(signum, *self._position())

@@ -19,7 +19,7 @@ gradient accumulation (``gradient_accumulation_steps``), global-norm clipping
 ``optimizer.scale_loss`` and ``apply_gradients`` as the default does gets them all.
 
 A user's own step keeps that signature and gets everything else for free:
-:meth:`gradloop.loop.compiled.CompiledModel.make_train_function` wraps it, updates
+:mod:`gradloop.loop.compiled_steps` (through ``CompiledModel.make_train_function``) wraps it, updates
 the metrics, runs many steps per compiled call and optionally XLA-compiles it.
 The step runs inside ``tf.function``, so it must be TensorFlow code (no numpy,
 no Python side effects per step).
@@ -28,14 +28,25 @@ no Python side effects per step).
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
+import keras
 import tensorflow as tf
 
-if TYPE_CHECKING:
-    from gradloop.loop.compiled import CompiledModel
-
 StepFn = Callable[..., "tuple[tf.Tensor, Any]"]
+
+
+class StepContext(Protocol):
+    """What a step may use of its ``trainer`` (a :class:`gradloop.loop.compiled.CompiledModel`)."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+
+    def compute_loss(
+        self, y: Any, y_pred: Any, sample_weight: Any = None, *, x: Any = None, training: bool = True
+    ) -> tf.Tensor:
+        """The batch's loss, as Keras' ``model.compute_loss`` gives it (this replica's share under a strategy)."""
+        ...
 
 
 def _sample_weight_passing(step_fn: StepFn) -> str | None:
@@ -53,7 +64,7 @@ def _sample_weight_passing(step_fn: StepFn) -> str | None:
     return None
 
 
-def call_step(step_fn: StepFn, trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None):
+def call_step(step_fn: StepFn, trainer: StepContext, x: Any, y: Any, sample_weight: Any = None):
     """``step_fn(trainer, x, y[, sample_weight])``: the weights go to a step that takes them
     (as its fourth argument, or by keyword when that is how it takes them)."""
     passing = _sample_weight_passing(step_fn)
@@ -70,7 +81,7 @@ def call_step(step_fn: StepFn, trainer: "CompiledModel", x: Any, y: Any, sample_
     return step_fn(trainer, x, y)
 
 
-def train_step(trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None) -> tuple[tf.Tensor, Any]:
+def train_step(trainer: StepContext, x: Any, y: Any, sample_weight: Any = None) -> tuple[tf.Tensor, Any]:
     """The tutorial's step: forward pass, loss, gradients, update."""
     variables = trainer.model.trainable_variables
     with tf.GradientTape() as tape:
@@ -83,7 +94,7 @@ def train_step(trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = No
     return loss, y_pred
 
 
-def test_step(trainer: "CompiledModel", x: Any, y: Any, sample_weight: Any = None) -> tuple[tf.Tensor, Any]:
+def test_step(trainer: StepContext, x: Any, y: Any, sample_weight: Any = None) -> tuple[tf.Tensor, Any]:
     """Forward pass and loss in inference mode (dropout off, BatchNorm frozen)."""
     y_pred = trainer.model(x, training=False)
     return trainer.compute_loss(y, y_pred, sample_weight, x=x, training=False), y_pred

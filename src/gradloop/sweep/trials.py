@@ -26,10 +26,12 @@ from gradloop.app.train import train
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 from gradloop.run import history as run_history
-from gradloop.loop.checkpoint import StopSignals
+from gradloop.loop.signals import StopSignals
 from gradloop.app.config import resumed_config
 from gradloop.loop.state import validates
-from gradloop.errors import ConfigError, DataError, GradloopError, RunDirError, RunInUseError, TrainingError
+from gradloop.errors import (
+    CheckpointError, ConfigError, DataError, GradloopError, RunDirError, RunInUseError, TrainingError,
+)
 from gradloop.sweep import page
 from gradloop.sweep.spec import Range, SweepSpec
 from gradloop.sweep.study import Claim, Storage, Sweep, check_folder
@@ -129,7 +131,8 @@ def run_trial(
                              notify=notify, callbacks=[pruning])
         except RunInUseError:  # another process holds the trial's run: not the trial's fault
             raise
-        except (TrainingError, ConfigError, DataError, RunDirError) as exc:  # this trial's options or run, not the sweep's
+        # this trial's options or run, not the sweep's
+        except (TrainingError, ConfigError, DataError, RunDirError, CheckpointError) as exc:
             return _fail(sweep, trial, str(exc), notify)
     run = run_folder.RunDir.open(path)
     _tell(sweep, trial, run, stream)
