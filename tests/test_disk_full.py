@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import keras
 import numpy as np
 import pytest
+from conftest import missing
 
 from gradloop import Trainer, data
 from gradloop.run import folder as rundir
@@ -36,7 +37,7 @@ def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill ({done.stderr.strip() or 'mount failed'}): needs root with CAP_SYS_ADMIN")
+        missing("tmpfs", f"cannot mount a tmpfs to fill ({done.stderr.strip() or 'mount failed'}): needs root with CAP_SYS_ADMIN")
     try:
         yield mount
     finally:
