@@ -34,8 +34,9 @@ def missing(component: str, reason: str) -> NoReturn:
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}: one of {', '.join(COMPONENTS)}")
     if component in os.environ.get(CI_EXPECTS, "").split():
-        pytest.fail(f"{reason}; CI installs {component} and expects it ({CI_EXPECTS}={os.environ[CI_EXPECTS]!r})",
-                    pytrace=False)
+        pytest.fail(
+            f"{reason}; CI installs {component} and expects it ({CI_EXPECTS}={os.environ[CI_EXPECTS]!r})", pytrace=False
+        )
     pytest.skip(reason)
 
 
