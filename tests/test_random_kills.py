@@ -4,7 +4,9 @@ bit for bit as a run never stopped (model.keras, model.best.keras, history.json)
     reference   one real ``python -m gradloop train``, never stopped
     kills       until 100 kills have counted: start the run (or resume it), wait for its start line,
                 then SIGKILL it at an instant drawn from a seeded random.Random:
-                    time        a random delay after the start line
+                    time        a random delay after its first progress line (training began)
+                    start       a random delay after the start line (in the restore or the tracing:
+                                such kills do not count, but must do no harm)
                     checkpoint  the moment a new checkpoint's files appear (mid-write)
                     write       the moment a ``.partial.`` file appears (run.json, history, model files)
                     final       a random delay after the last epoch's line (the final model/history writes)
@@ -60,7 +62,8 @@ RUN = [
     "--epochs",
     str(EPOCHS),
 ]
-MODES = {"time": 50, "checkpoint": 25, "write": 15, "final": 10}  # how often each way of aiming a kill is drawn
+# How often each way of aiming a kill is drawn.
+MODES = {"time": 40, "start": 10, "checkpoint": 25, "write": 15, "final": 10}
 STARTED = ("gradloop: training ", "gradloop: resuming ")
 RESUMED_AT = re.compile(r"gradloop: resuming \S+ at epoch (\d+) step (\d+) ")
 PROGRESS = re.compile(r"epoch \d+( step \d+/\d+ |/\d+ )")  # a progress line, or an epoch's summary line
@@ -194,12 +197,14 @@ def _read_json(path: Path):
 
 def _aim(child: Child, run: Path, mode: str, rng: random.Random) -> str:
     """Wait until the instant ``mode`` aims at, or the child's end; say what was waited for."""
-    if mode == "time":
+    if mode in ("time", "start"):
         delay = rng.uniform(0.0, 1.2)
+        while mode == "time" and child.status is None and not child.printed_progress() and not child.hung():
+            child.poll(0.002)
         until = time.monotonic() + delay
         while child.status is None and time.monotonic() < until:
             child.poll(min(0.005, max(until - time.monotonic(), 0)))
-        return f"{delay:.3f}s after the start line"
+        return f"{delay:.3f}s after the {'first progress' if mode == 'time' else 'start'} line"
     if mode == "final":
         delay = rng.uniform(0.0, 0.4)
         while child.status is None and not child.has(f"epoch {EPOCHS}/{EPOCHS} ") and not child.hung():
