@@ -47,21 +47,10 @@ KILLS = 100
 ATTEMPTS = 3 * KILLS  # kills that do not count (the process had exited, or not begun training) included
 EPOCHS, STEPS_PER_EPOCH, EVERY = 3, 27, 5
 # 833 training digits (0 and 1) in 27 batches of 32 per epoch, a checkpoint every 5 steps: 19 saves a run.
-RUN = [
-    "--dataset",
-    "mnist-sample",
-    "--classes",
-    "0,1",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "32",
-    "--deterministic",
-    "--checkpoint-every",
-    str(EVERY),
-    "--epochs",
-    str(EPOCHS),
-]
+RUN = (
+    "--dataset mnist-sample --classes 0,1 --hidden 16 --batch-size 32 --deterministic "
+    f"--checkpoint-every {EVERY} --epochs {EPOCHS}"
+).split()
 # How often each way of aiming a kill is drawn.
 MODES = {"time": 40, "start": 10, "checkpoint": 25, "write": 15, "final": 10}
 STARTED = ("gradloop: training ", "gradloop: resuming ")
