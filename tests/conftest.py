@@ -1,9 +1,11 @@
-"""Shared test set-up: quiet TensorFlow on the CLI's kernels, the real MNIST test set when present."""
+"""Shared test set-up: quiet TensorFlow on the CLI's kernels, the real MNIST test set when present, and
+:func:`missing`, which skips a test whose component is not installed, or fails it where CI installed it."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -15,6 +17,27 @@ cpu.use_onednn()  # the kernels the CLI runs, here too, before any test imports 
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+# What .ci/run installs for some tests (or, for tmpfs, needs root for), named as .ci/run names them.
+COMPONENTS = ("fashion-mnist", "chromium", "postgresql", "strace", "tmpfs")
+CI_EXPECTS = "GRADLOOP_CI_EXPECTS"  # .ci/run's list of the components it installed, separated by spaces
+
+
+def missing(component: str, reason: str) -> NoReturn:
+    """A test needs ``component`` and it is not here: skip with ``reason`` on a machine without it, fail
+    where ``GRADLOOP_CI_EXPECTS`` lists it (.ci/run installed it, so its absence is a broken install that
+    a skip would hide behind a green run).
+
+        if shutil.which("strace") is None:
+            missing("strace", "strace is not installed (apt-get install strace)")
+    """
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}: one of {', '.join(COMPONENTS)}")
+    if component in os.environ.get(CI_EXPECTS, "").split():
+        pytest.fail(
+            f"{reason}; CI installs {component} and expects it ({CI_EXPECTS}={os.environ[CI_EXPECTS]!r})", pytrace=False
+        )
+    pytest.skip(reason)
 
 
 @pytest.fixture

@@ -70,6 +70,7 @@ def test_every_variant_trains_the_same_model(name):
     work = tiny_workload()
     start = work.model().get_weights()
     variant = build_variant(name, work)
+    assert len(start) == len(variant.model.get_weights()) > 0
     assert all(np.array_equal(a, b) for a, b in zip(start, variant.model.get_weights()))  # same initial weights
     variant.run(variant.data(work, 5))  # gradloop: its in-memory source; the others: the dataset
     assert all(not np.array_equal(a, b) for a, b in zip(start, variant.model.get_weights()))  # and it trained
@@ -122,6 +123,7 @@ def test_profile_times_every_phase_on_a_copy():
     phases = profiler.profile_phases(trainer, work.dataset(4), steps=10, repeats=1)
     assert list(phases) == list(profiler.PHASES) and all(s >= 0 for s in phases.values())
     assert sum(phases.values()) > 0
+    assert len(before) == len(model.get_weights()) > 0
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     assert "samples/s" in profiler.format_profile(phases, 32)
 
@@ -200,6 +202,7 @@ def test_both_ways_train_the_same_batches_from_the_same_start(digit_folder):
 
     request = {"config": TrainConfig(data=str(digit_folder), model="cnn", batch_size=64).to_dict()}
     streamed, in_memory = (bench_worker.Run.start(v, request) for v in ("streamed", "in memory"))
+    assert len(streamed.initial) == len(in_memory.initial) > 0
     assert all(np.array_equal(a, b) for a, b in zip(streamed.initial, in_memory.initial))
     batches = list(zip(streamed.epochs(3), as_dataset(in_memory.epochs(3))))  # in memory: an InMemory epoch
     assert len(batches) == 4  # 250 images: 3 of 64 and one of 58
@@ -208,6 +211,7 @@ def test_both_ways_train_the_same_batches_from_the_same_start(digit_folder):
     assert streamed.train(1, steps=2) > 0
     assert any(not np.array_equal(v.numpy(), w) for v, w in zip(streamed.variables(), streamed.initial))  # it trained
     streamed.reset()
+    assert len(streamed.variables()) == len(streamed.initial) > 0
     assert all(np.array_equal(v.numpy(), w) for v, w in zip(streamed.variables(), streamed.initial))
 
 

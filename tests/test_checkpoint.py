@@ -87,7 +87,9 @@ def test_a_run_stopped_and_resumed_is_bit_identical(tmp_path, uninterrupted, sto
     assert len(state.history.get("loss", [])) == stop_at[0]
     history = trainer.fit(train, validation_data=val, epochs=3, initial_state=state, end_groups_every=4,
                           callbacks=[Checkpointing(ckpt, every_steps=4)]).history
-    assert all(np.array_equal(a, b) for a, b in zip(variables(trainer), expected_variables))
+    got = variables(trainer)
+    assert len(got) == len(expected_variables) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected_variables))
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert history[key] == expected_history[key], key
     assert len(history["train_time"]) == 3  # timings differ between runs; they are not compared
@@ -130,7 +132,9 @@ def test_a_distributed_run_resumes_by_skipping_to_its_step(tmp_path):
     state = ckpt.restore(train)
     assert (state.epoch, state.step) == (1, 4)
     history = trainer.fit(train, validation_data=val, epochs=2, initial_state=state).history
-    assert all(np.array_equal(a, b) for a, b in zip(variables(trainer), expected_variables))
+    got = variables(trainer)
+    assert len(got) == len(expected_variables) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected_variables))
     assert all(history[k] == expected[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
 
 
@@ -152,7 +156,9 @@ def test_a_worker_restores_the_chiefs_checkpoint_and_saves_into_its_own_folder(t
     history = trainer.fit(train, validation_data=val, epochs=3, initial_state=state, end_groups_every=4,
                           callbacks=[Checkpointing(ckpt, every_steps=4)]).history
     assert saved == [(1, 8), (2, 0), (2, 4), (2, 8), (3, 0)]  # not (1, 4) again
-    assert all(np.array_equal(a, b) for a, b in zip(variables(trainer), expected_variables))
+    got = variables(trainer)
+    assert len(got) == len(expected_variables) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected_variables))
     assert all(history[k] == expected_history[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
     assert {p: p.read_bytes() for p in (tmp_path / "chief").iterdir()} == chief  # only read
     assert tf.train.latest_checkpoint(tmp_path / "scratch") == str(tmp_path / "scratch" / "ckpt-10")

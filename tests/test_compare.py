@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing
 from tensorboard_events import read_hparams
 from test_imports import loaded_after
 from test_report import CHROMIUM, Page, check_screenshot, png_size, rendered_dom
@@ -173,8 +174,9 @@ def test_labels_are_the_shortest_path_ends_that_differ():
     assert compare.short_labels(paths) == ["x/sweep1/trial-0", "sweep2/trial-0", "a", "z/sweep1/trial-0"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
 def test_headless_chromium_renders_the_tables_and_the_curves(page, tmp_path):
+    if CHROMIUM is None:
+        missing("chromium", "Debian's chromium is not installed (apt-get install -y chromium)")
     dom = rendered_dom(page, tmp_path)
     assert len(dom.tables["runs"]) == 10 and len(dom.tables["metrics"]) == 7 and len(dom.tables["config"]) == 3
     (image,) = dom.images

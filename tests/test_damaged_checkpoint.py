@@ -73,7 +73,7 @@ def weights(path: Path) -> list[np.ndarray]:
 def assert_bit_identical(run: Path, unstopped: Path) -> None:
     for model_file in ("model.keras", "model.best.keras"):
         expected, got = weights(unstopped / model_file), weights(run / model_file)
-        assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got)), model_file
+        assert len(got) == len(expected) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got)), model_file
     expected, got = (json.loads((r / "history.json").read_text()) for r in (unstopped, run))
     assert {k: v for k, v in got.items() if k != "train_time"} == {k: v for k, v in expected.items() if k != "train_time"}
 

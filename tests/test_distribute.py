@@ -208,7 +208,7 @@ def test_a_resumed_multi_worker_run_equals_one_never_stopped(multi_worker_runs, 
     assert info["status"] == "finished" and info["epochs_done"] == 3 and len(info["resumed"]) == 1
     assert history(root / name) == history(root / "U")  # exactly, not just within TOLERANCE
     weights = [keras.models.load_model(root / run / "model.keras", compile=False).get_weights() for run in ("U", name)]
-    assert len(weights[1]) == 4 and all(np.array_equal(a, b) for a, b in zip(*weights))
+    assert len(weights[0]) == len(weights[1]) == 4 and all(np.array_equal(a, b) for a, b in zip(*weights))
     assert not list((root / f"{name}-resumed.tmp").glob("gradloop-worker-*"))
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import missing
 
 from gradloop.run import files as run_files
 
@@ -20,12 +21,12 @@ SYSCALL = re.compile(r"^\d+ +(?P<call>\w+)\((?P<args>.*?)(?:\) += |\s*<unfinishe
 def traced(tmp_path: Path, *argv: str) -> list[tuple[str, list[str]]]:
     """Run ``argv`` under strace; the fsync and rename calls in order, as (call, [paths])."""
     if shutil.which("strace") is None:
-        pytest.skip("strace is not installed (apt-get install strace)")
+        missing("strace", "strace is not installed (apt-get install strace)")
     log = tmp_path / "strace.log"
     done = subprocess.run(["strace", "-f", "-y", "-qq", "-o", str(log), "-e", "trace=fsync,fdatasync,rename,renameat,renameat2",
                            *argv], capture_output=True, text=True, timeout=600)
     if done.returncode != 0 and "PTRACE" in done.stderr.upper():
-        pytest.skip(f"strace cannot trace here: {done.stderr.strip().splitlines()[0]}")
+        missing("strace", f"strace cannot trace here: {done.stderr.strip().splitlines()[0]}")
     assert done.returncode == 0, done.stderr
     calls = []
     for line in log.read_text().splitlines():

@@ -120,7 +120,9 @@ def test_a_run_on_xla_groups_stopped_and_resumed_is_bit_identical(tmp_path, unin
     assert isinstance(state.iterator, Position) and (state.epoch, state.step) == (stop_at[0], stop_at[1] // 4 * 4)
     history = trainer.fit(train, epochs=3, initial_state=state, end_groups_every=4,
                           callbacks=[Checkpointing(ckpt, every_steps=4)]).history
-    assert all(np.array_equal(a, b) for a, b in zip(variables(trainer), expected_variables))
+    got = variables(trainer)
+    assert len(got) == len(expected_variables) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected_variables))
     for key in ("loss", "accuracy"):
         assert history[key] == expected_history[key], key
 
@@ -130,11 +132,14 @@ def test_a_default_run_long_enough_for_xla_stopped_and_resumed_is_bit_identical(
     x, y = arrays(151)
     epochs = -(-XLA_AUTO_MIN_STEPS // 76)  # of 75 batches of 2 and one of 1
 
-    def fit(directory, *callbacks, resume=False, steps_per_execution=5):
+    def fit(directory, *callbacks, resume_at=None, steps_per_execution=5):
+        """With ``resume_at`` (epoch, step), resumed from ``directory``'s checkpoint, which must stand there."""
         trainer = trainer_for(None, steps_per_execution=steps_per_execution)
         ckpt = RunCheckpoint(directory, trainer)
         train = InMemory(x, y, batch_size=2, seed=3)
-        history = trainer.fit(train, epochs=epochs, initial_state=ckpt.restore(train) if resume else None, end_groups_every=19,
+        state = ckpt.restore(train) if resume_at is not None else None
+        assert state is None or (state.epoch, state.step) == resume_at
+        history = trainer.fit(train, epochs=epochs, initial_state=state, end_groups_every=19,
                               callbacks=[Checkpointing(ckpt, every_steps=19), *(c(trainer) for c in callbacks)]).history
         assert trainer._xla_groups
         return history, variables(trainer)
@@ -142,8 +147,10 @@ def test_a_default_run_long_enough_for_xla_stopped_and_resumed_is_bit_identical(
     expected_history, expected_variables = fit(tmp_path / "unstopped")
     for stop_at in [(0, 29), (1, 76)]:  # mid-epoch (a group ends there); after the partial batch
         with pytest.raises(KeyboardInterrupt):
-            fit(tmp_path / str(stop_at), lambda trainer: StopAt(trainer, *stop_at))
-        history, got = fit(tmp_path / str(stop_at), resume=True, steps_per_execution=7)
+            fit(tmp_path / str(stop_at), lambda trainer, at=stop_at: StopAt(trainer, *at))
+        last_save = (stop_at[0], stop_at[1] // 19 * 19)  # a checkpoint every 19 steps of an epoch
+        history, got = fit(tmp_path / str(stop_at), resume_at=last_save, steps_per_execution=7)
+        assert len(got) == len(expected_variables) > 0, stop_at
         assert all(np.array_equal(a, b) for a, b in zip(got, expected_variables)), stop_at
         assert history["loss"] == expected_history["loss"], stop_at
 

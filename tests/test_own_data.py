@@ -487,7 +487,7 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_bit_identical_to_an_unstopped_o
     unstopped, resumed = processes.run(source), processes.run(f"{source} killed")
     for model_file in ("model.keras", "model.best.keras"):
         expected, got = weights(unstopped / model_file), weights(resumed / model_file)
-        assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got)), model_file
+        assert len(got) == len(expected) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got)), model_file
     expected, got = history(unstopped), history(resumed)
     assert set(got) == set(expected)
     for key in set(expected) - {"train_time"}:  # train_time is the clock, which no resume can repeat
@@ -505,7 +505,8 @@ def test_an_image_run_reads_its_decoded_copy_until_it_finishes_and_resumes_exact
     for run in (unstopped, resumed, processes.run("images killed")):
         assert not (run / "cache").exists()  # gone when the run finished
     for model_file in ("model.keras", "model.best.keras"):  # the copy's pixels before the kill, the files' after it
-        assert all(np.array_equal(a, b) for a, b in zip(weights(unstopped / model_file), weights(resumed / model_file)))
+        expected, got = weights(unstopped / model_file), weights(resumed / model_file)
+        assert len(got) == len(expected) > 0 and all(np.array_equal(a, b) for a, b in zip(expected, got)), model_file
     expected, got = history(unstopped), history(resumed)
     assert all(got[key] == expected[key] for key in set(expected) - {"train_time"})
     assert json.loads((resumed / "run.json").read_text())["config"]["image_cache"] == "off"  # the resume's own
@@ -708,7 +709,7 @@ def test_profile_prints_its_phase_table_and_leaves_the_run_as_without(processes,
     expected, got = history(processes.run("images")), history(tmp_path / "run")
     assert all(got[key] == expected[key] for key in set(expected) - {"train_time"})
     expected, got = weights(processes.run("images") / "model.keras"), weights(tmp_path / "run" / "model.keras")
-    assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got))
+    assert len(got) == len(expected) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got))
 
 
 # --------------------------------------------------------------------- what a run refuses, and finds again

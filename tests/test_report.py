@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing
 
 from gradloop.commands import report
 from gradloop.cli import main
@@ -135,8 +136,9 @@ def check_screenshot(page: Path, tmp_path: Path, *, width: int, height: int) -> 
     assert pixels.std() > 0.05
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
 def test_headless_chromium_renders_the_tables_and_decodes_every_image(page, tmp_path):
+    if CHROMIUM is None:
+        missing("chromium", "Debian's chromium is not installed (apt-get install -y chromium)")
     dom = rendered_dom(page, tmp_path)
     assert len(dom.tables["per-class"]) == 1 + 3 and len(dom.tables["confusion"]) == 1 + 3
     decoded = [img.get("data-decoded") for img in dom.images]

@@ -48,6 +48,7 @@ def test_the_best_epochs_model_is_kept_and_patience_stops(tmp_path):
         assert model.stop_training == (epoch == 3)
     assert best.stopped_epoch == 3
     saved = keras.models.load_model(tmp_path / "model.best.keras")
+    assert len(saved.get_weights()) == len(kept) > 0
     assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), kept))
     assert not list(tmp_path.glob("*.partial.keras"))
 

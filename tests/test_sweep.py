@@ -4,6 +4,7 @@ PostgreSQL server), and whose best trial, config file and page are checked."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -23,6 +24,7 @@ import numpy as np
 import optuna
 import pytest
 import tensorflow as tf
+from conftest import missing
 
 from gradloop import Trainer, cli
 from gradloop.app.train import train
@@ -268,15 +270,16 @@ def postgres_url():
     skipped where none can start."""
     bin_dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
     if not bin_dirs:
-        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'gradloop[sweep-postgres]')")
+        missing("postgresql", "PostgreSQL is not installed (apt-get install -y postgresql)")
+    if importlib.util.find_spec("psycopg") is None:
+        missing("postgresql", "psycopg is not installed (pip install 'gradloop[sweep-postgres]')")
     tools = bin_dirs[-1]
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses root
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no postgres user to run the server as")
+            missing("postgresql", "running as root and there is no postgres user to run the server as")
         as_user = ["runuser", "-u", "postgres", "--"]
     data = Path(tempfile.mkdtemp(prefix="gradloop-pg-"))
     if as_user:
@@ -293,7 +296,7 @@ def postgres_url():
                 f"-p {port} -k {data} -c listen_addresses=127.0.0.1") if init.returncode == 0 else init
     if start.returncode != 0:
         shutil.rmtree(data, ignore_errors=True)
-        pytest.skip(f"PostgreSQL did not start: {(start.stderr or start.stdout).strip()[-300:]}")
+        missing("postgresql", f"PostgreSQL did not start: {(start.stderr or start.stdout).strip()[-300:]}")
     try:
         yield f"postgresql://postgres:secret@127.0.0.1:{port}/postgres"
     finally:

@@ -84,6 +84,7 @@ def test_weights_move_and_the_loss_falls():
     model = toy_model()
     before = [w.numpy().copy() for w in model.trainable_weights]
     history = make_trainer(model).fit(batches(x, y), epochs=8).history
+    assert len(before) == len(model.trainable_weights) > 0
     assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
     assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert history["accuracy"][-1] > 0.9
