@@ -29,10 +29,10 @@ from gradloop.loop import distribute
 from gradloop.app import models
 from gradloop.loop import schedules
 from gradloop.loop.compiled import CompileOptions
-from gradloop.app.config import MAX_MLP_WEIGHTS, STRATEGIES, TrainConfig
+from gradloop.app.config import MAX_MLP_WEIGHTS, MODELS, STRATEGIES, TrainConfig
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources.prepared import RunData, load_run_data
-from gradloop.data.sources import DataSpec
+from gradloop.data.sources import UNLABELED, DataSpec
 from gradloop.errors import ConfigError, DataError
 from gradloop.loop.step import StepFn
 from gradloop.loop.trainer import Trainer
@@ -85,7 +85,31 @@ def load_data(
             source_class_names=None, fingerprint={}, preprocessing={},
         )
     spec = data_spec(config, fitted=fitted, class_names=class_names)
-    return load_run_data(spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed)
+    data = load_run_data(spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed, notify=notify)
+    if data.task == UNLABELED:
+        refuse_unlabeled(config, data, evaluating=fitted is not None)
+    return data
+
+
+_LABEL_HINTS = {  # how each kind of --data gets labels
+    "csv": "pass --target COLUMN to predict one of its columns",
+    "arrays": "save y beside x",
+    "images": "put the images in one sub-folder per class",
+    "function": "return y (or datasets of (x, y) batches)",
+}
+
+
+def refuse_unlabeled(config: TrainConfig, data: RunData, *, evaluating: bool) -> None:
+    """Data without labels trains only a model that brings its own ``train_step``; a built-in model or
+    gradloop's own step (which takes a loss of labels and outputs) is refused in one line."""
+    hint = _LABEL_HINTS.get(data.kind, "give it labels")
+    if evaluating:
+        raise ConfigError(f"{data.description} has no labels to evaluate the run's model against: {hint} "
+                          "(gradloop predict runs a model on examples alone)")
+    what = (f"--model {config.model} learns labels" if config.model in MODELS
+            else f"the {'default loss' if config.loss is None else f'loss {config.loss}'} compares labels with outputs")
+    raise ConfigError(f"the data has no labels ({data.description}), and {what}: {hint}, or train a model that "
+                      "brings its own train_step on it")
 
 
 def data_spec(
@@ -96,7 +120,7 @@ def data_spec(
     return DataSpec(
         path=path or config.data, target=config.target, task=config.task,
         image_size=tuple(config.image_size) if config.image_size else None, color_mode=config.color_mode,
-        fill=config.fill, seed=config.seed, fitted=fitted, class_names=class_names,
+        fill=config.fill, seed=config.seed, fitted=fitted, class_names=class_names, header=config.header,
     )
 
 
