@@ -91,27 +91,6 @@ def load_data(
     return data
 
 
-_LABEL_HINTS = {  # how each kind of --data gets labels
-    "csv": "pass --target COLUMN to predict one of its columns",
-    "arrays": "save y beside x",
-    "images": "put the images in one sub-folder per class",
-    "function": "return y (or datasets of (x, y) batches)",
-}
-
-
-def refuse_unlabeled(config: TrainConfig, data: RunData, *, evaluating: bool) -> None:
-    """Data without labels trains only a model that brings its own ``train_step``; a built-in model or
-    gradloop's own step (which takes a loss of labels and outputs) is refused in one line."""
-    hint = _LABEL_HINTS.get(data.kind, "give it labels")
-    if evaluating:
-        raise ConfigError(f"{data.description} has no labels to evaluate the run's model against: {hint} "
-                          "(gradloop predict runs a model on examples alone)")
-    what = (f"--model {config.model} learns labels" if config.model in MODELS
-            else f"the {'default loss' if config.loss is None else f'loss {config.loss}'} compares labels with outputs")
-    raise ConfigError(f"the data has no labels ({data.description}), and {what}: {hint}, or train a model that "
-                      "brings its own train_step on it")
-
-
 def data_spec(
     config: TrainConfig, *, path: str | None = None, fitted: dict[str, Any] | None = None,
     class_names: tuple[str, ...] | None = None,
@@ -122,6 +101,27 @@ def data_spec(
         image_size=tuple(config.image_size) if config.image_size else None, color_mode=config.color_mode,
         fill=config.fill, seed=config.seed, fitted=fitted, class_names=class_names, header=config.header,
     )
+
+
+_LABEL_HINTS = {  # why each kind of --data has no labels, and how it gets them
+    "csv": ("no --target", "pass --target COLUMN to predict one of its columns"),
+    "arrays": ("x without y", "save y beside x"),
+    "images": ("no class folders", "put the images in one sub-folder per class"),
+    "function": ("x alone", "return y too (or datasets of (x, y) batches)"),
+}
+
+
+def refuse_unlabeled(config: TrainConfig, data: RunData, *, evaluating: bool) -> None:
+    """Data without labels trains only a model that brings its own ``train_step``; a built-in model or
+    gradloop's own step (which takes a loss of labels and outputs) is refused in one line."""
+    why, hint = _LABEL_HINTS.get(data.kind, ("none given", "give it labels"))
+    if evaluating:
+        raise ConfigError(f"--data {config.data} has no labels ({why}) to evaluate the run's model against: {hint} "
+                          "(gradloop predict runs a model on examples alone)")
+    what = (f"--model {config.model} learns labels" if config.model in MODELS
+            else f"the {'default loss' if config.loss is None else f'loss {config.loss}'} compares labels with outputs")
+    raise ConfigError(f"--data {config.data} has no labels ({why}), and {what}: {hint}, or train a model that brings "
+                      "its own train_step on it")
 
 
 # --------------------------------------------------------------------- strategy
