@@ -63,8 +63,9 @@ def test_header_no_and_auto_on_a_named_table(tmp_path):
     path.write_text("a,b,label\n1,2,x\n3,4,y\n5,6,x\n")
     named = table.load(DataSpec(str(path), target="label"))
     assert named.train.n == 3 and named.preprocessing["header"] == "yes" and named.notes == ()
-    with pytest.raises(DataError, match="row 2 of .* holds '1' in column '0'|column '0'"):
-        table.load(DataSpec(str(path), target="2", header="no"))  # 'a' above numbers: a numeric column's text
+    unnamed = table.load(DataSpec(str(path), target="2", header="no"))  # row 1 as data, as asked
+    assert unnamed.train.n == 4 and unnamed.class_names == ("label", "x", "y")
+    assert unnamed.preprocessing["one_hot"] == {"0": ["1", "3", "5", "a"], "1": ["2", "4", "6", "b"]}
 
 
 @pytest.mark.parametrize("content, headerless", [
