@@ -16,7 +16,7 @@ from gradloop.app.config import build_config
 from gradloop.data import examples as examples_lib
 from gradloop.data import sources
 from gradloop.data.builtin.prepare import split_rows
-from gradloop.data.sources import DataSpec, UNLABELED, prepared, table
+from gradloop.data.sources import UNLABELED, DataSpec, prepared, table
 from gradloop.data.sources.unlabeled import UnlabeledArrays
 from gradloop.run.folder import check_data_record
 
@@ -47,8 +47,8 @@ def test_autompg_is_read_without_header_and_target_8_is_mpg(autompg):
     assert loaded.preprocessing["columns"] == [str(i) for i in range(8)]
     assert loaded.preprocessing["one_hot"].keys() == {"7"}  # the car names
     assert loaded.description.startswith(f"{autompg} (CSV: 392 rows, 8 feature columns, target 8; no header row;")
-    assert loaded.notes == (f"{autompg} has no header row (row 1 reads as data), so its columns are named by position, "
-                            "0 to 8, and --target takes that number; pass --header yes if row 1 names them",)
+    assert loaded.notes == ((f"{autompg} has no header row (row 1 reads as data), so its columns are named by position, "
+                             "0 to 8, and --target takes that number; pass --header yes if row 1 names them"),)
 
 
 def test_header_yes_reads_row_1_as_names_as_before(autompg):
@@ -255,8 +255,8 @@ def test_fingerprint_of_x_alone_changes_with_x(tmp_path):
 
 
 @pytest.mark.parametrize("argv, phrase", [
-    (["--model", "mlp"], "has no labels (x without y), and --model mlp learns labels: save y beside x, or train a "
-                         "model that brings its own train_step on it"),
+    (["--model", "mlp"], ("has no labels (x without y), and --model mlp learns labels: save y beside x, or train a "
+                          "model that brings its own train_step on it")),
     (["--model", "{tmp}/m.py:build"], "has no labels (x without y), and the default loss compares labels with outputs"),
 ])
 def test_training_on_unlabelled_data_is_refused_in_one_line(tmp_path, capsys, argv, phrase):
