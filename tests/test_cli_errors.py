@@ -379,7 +379,7 @@ OWN_DATA_ROWS = {
     "data folder of nothing known": Row(["train", "--data", "{tmp}/f"], DataError, "holds neither .npy files nor class folders",
                                         {"f/readme.md": "x"}),
     "npz not a zip": Row(["train", "--data", "{tmp}/b.npz"], DataError, "not a readable .npz archive", {"b.npz": b"PK nonsense"}),
-    "npz without y": Row(["train", "--data", "{tmp}/b.npz"], DataError, "has x but no y", npz_file("b.npz", x=FEATURES)),
+    "npz without y": Row(["train", "--data", "{tmp}/b.npz"], ConfigError, "has no labels (x without y)", npz_file("b.npz", x=FEATURES)),
     "npz of objects": Row(["train", "--data", "{tmp}/b.npz"], DataError, "holds Python objects",
                           npz_file("b.npz", x=np.array([{}, {}], dtype=object), y=np.arange(2))),
     "npz x and y apart": Row(["train", "--data", "{tmp}/b.npz"], DataError, "do not pair up",
@@ -509,7 +509,7 @@ OWN_DATA_ROWS = {
     "images: as a regression": Row(["train", "--data", "{tmp}/img", "--task", "regression"], ConfigError,
                                    "so its task is classification", png_folder("img", {"cat": 3, "dog": 3})),
     # more arrays
-    "npy folder without y": Row(["train", "--data", "{tmp}/f"], DataError, "has x but no y",
+    "npy folder without y": Row(["train", "--data", "{tmp}/f"], ConfigError, "has no labels (x without y)",
                                 {"f/x.npy": lambda p: np.save(p, FEATURES)}),
     "npy of objects": Row(["train", "--data", "{tmp}/f"], DataError, "holds Python objects, which gradloop never unpickles",
                           {"f/x.npy": lambda p: np.save(p, np.array([{}, {}], dtype=object), allow_pickle=True),
@@ -1069,3 +1069,41 @@ def test_compile_options_refuse_a_count_that_wraps_in_int32():
     for bad in (0, 2**31, 2**32, True, 1.0):
         with pytest.raises(ValueError, match="steps_per_execution must be an integer from 1 to 2147483647"):
             CompileOptions(steps_per_execution=bad)
+
+
+# --------------------------------------------------------------------- data without labels, headerless tables (issue 27, section 3)
+
+USER_MODEL = "import keras\n\ndef build(input_shape):\n    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(2)])\n"
+UNLABELED_ROWS = {
+    "x alone for the mlp": Row(["train", "--data", "{tmp}/x.npz"], ConfigError,
+                               "has no labels (x without y), and --model mlp learns labels: save y beside x, or train a "
+                               "model that brings its own train_step on it", npz_file("x.npz", x=FEATURES)),
+    "images without class folders for the cnn": Row(["train", "--data", "{tmp}/img", "--model", "cnn"], ConfigError,
+                                                    "has no labels (no class folders), and --model cnn learns labels",
+                                                    png_folder("img", {"": 4})),
+    "csv without --target, the default loss": Row(["train", "--data", "{tmp}/t.csv", "--model", "{tmp}/m.py:build"],
+                                                  ConfigError, "has no labels (no --target), and the default loss "
+                                                  "compares labels with outputs: pass --target COLUMN",
+                                                  {"t.csv": TABLE.replace(",kind", "").replace(",x\n", "\n").replace(
+                                                      ",y\n", "\n").replace(",z\n", "\n"), "m.py": USER_MODEL}),
+    "function of x alone, a loss": Row(["train", "--data", "{tmp}/fn.py:load", "--model", "{tmp}/m.py:build", "--loss",
+                                        "mse"], ConfigError, "has no labels (x alone), and the loss mse compares labels",
+                                       {"fn.py": "import numpy as np\n\ndef load():\n    return {'x': np.ones((9, 3))}\n",
+                                        "m.py": USER_MODEL}),
+    "task of x alone": Row(["train", "--data", "{tmp}/x.npz", "--task", "regression"], ConfigError,
+                           "--task regression says what to predict, but", npz_file("x.npz", x=FEATURES)),
+    "classes of x alone": Row(["train", "--data", "{tmp}/x.npz", "--classes", "0,1"], ConfigError,
+                              "--classes picks classes of labelled data", npz_file("x.npz", x=FEATURES)),
+    "header unknown": Row(["train", "--data", "{tmp}/a.npz", "--header", "maybe"], ConfigError,
+                          "header must be one of auto, yes, no, got 'maybe'"),
+    "header without --data": Row(["train", "--header", "no"], ConfigError, "--header applies to --data only"),
+    "headerless csv, a target by name": Row(["train", "--data", "{tmp}/h.csv", "--target", "kind"], ConfigError,
+                                            "it has no header row, so its columns are named by position, 0 to 2",
+                                            {"h.csv": "1.5,2.0,x\n2.5,3.0,y\n"}),
+}
+
+
+@rows(UNLABELED_ROWS)
+def test_bad_unlabeled_data(row, tmp_path, earlier, capsys):
+    check_row(Row(row.argv, row.error, row.phrase, {**npz_file("a.npz", x=FEATURES, y=THREE_CLASSES), **row.files}),
+              tmp_path, earlier, capsys)

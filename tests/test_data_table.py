@@ -298,12 +298,17 @@ def test_fitted_reading_wants_the_runs_columns(tmp_path):
 
 GOOD_HEADER = "a,b,label\n"
 BAD_INPUTS = {
-    "no target": (GOOD_HEADER + "1,2,x\n3,4,y\n", {"target": None}, ConfigError,
-                  "is a table: pass --target COLUMN, the column to predict, one of 'a', 'b', 'label'"),
+    "task without target": (GOOD_HEADER + "1,2,x\n3,4,y\n", {"target": None, "task": "classification"}, ConfigError,
+                            "--task classification says what to predict, but no --target names the column of .* "
+                            "holding it; pass --target COLUMN, one of 'a', 'b', 'label'"),
     "absent target": (GOOD_HEADER + "1,2,x\n3,4,y\n", {"target": "species"}, ConfigError,
                       "--target 'species' is not a column of .*; its columns are 'a', 'b', 'label'$"),
     "semicolons": ("a;b;label\n1;2;x\n", {}, ConfigError, "gradloop reads comma-separated files, not ';'"),
-    "no header": ("1,2,3\n4,5,6\n", {}, ConfigError, "its first row looks like data: add a header row"),
+    "no header": ("1,2,3\n4,5,6\n", {}, ConfigError, "its columns are '0', '1', '2'; it has no header row, so its "
+                  r"columns are named by position, 0 to 2 \(--header yes reads row 1 as names\)"),
+    "no header, --header yes": ("1,2,3\n4,5,6\n", {"header": "yes"}, ConfigError,
+                                "its first row looks like data: pass --header no"),
+    "ragged without header": ("1,2,x\n3,4\n", {}, DataError, "row 2 of .* has 2 cells but row 1 has 3"),
     "empty": ("", {}, DataError, "is empty; write a header row naming the columns"),
     "blank lines only": ("\n  \n\n", {}, DataError, "is empty"),
     "header only": (GOOD_HEADER, {}, DataError, "has a header row but no data rows"),

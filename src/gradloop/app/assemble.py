@@ -30,10 +30,10 @@ from gradloop.loop import distribute
 from gradloop.app import models
 from gradloop.loop import schedules
 from gradloop.loop.compiled import CompileOptions
-from gradloop.app.config import MAX_MLP_WEIGHTS, STRATEGIES, TrainConfig, mlp_weights
+from gradloop.app.config import MAX_MLP_WEIGHTS, MODELS, STRATEGIES, TrainConfig, mlp_weights
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources.prepared import RunData, load_run_data
-from gradloop.data.sources import DataSpec
+from gradloop.data.sources import UNLABELED, DataSpec
 from gradloop.errors import ConfigError, DataError
 from gradloop.loop.step import StepFn
 from gradloop.loop.trainer import Trainer
@@ -83,7 +83,10 @@ def load_data(
             source_class_names=None, fingerprint={}, preprocessing={},
         )
     spec = data_spec(config, fitted=fitted, class_names=class_names)
-    return load_run_data(spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed)
+    data = load_run_data(spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed, notify=notify)
+    if data.task == UNLABELED:
+        refuse_unlabeled(config, data, evaluating=fitted is not None)
+    return data
 
 
 def data_spec(
@@ -94,8 +97,29 @@ def data_spec(
     return DataSpec(
         path=path or config.data, target=config.target, task=config.task,
         image_size=tuple(config.image_size) if config.image_size else None, color_mode=config.color_mode,
-        fill=config.fill, seed=config.seed, fitted=fitted, class_names=class_names,
+        fill=config.fill, seed=config.seed, fitted=fitted, class_names=class_names, header=config.header,
     )
+
+
+_LABEL_HINTS = {  # why each kind of --data has no labels, and how it gets them
+    "csv": ("no --target", "pass --target COLUMN to predict one of its columns"),
+    "arrays": ("x without y", "save y beside x"),
+    "images": ("no class folders", "put the images in one sub-folder per class"),
+    "function": ("x alone", "return y too (or datasets of (x, y) batches)"),
+}
+
+
+def refuse_unlabeled(config: TrainConfig, data: RunData, *, evaluating: bool) -> None:
+    """Data without labels trains only a model that brings its own ``train_step``; a built-in model or
+    gradloop's own step (which takes a loss of labels and outputs) is refused in one line."""
+    why, hint = _LABEL_HINTS.get(data.kind, ("none given", "give it labels"))
+    if evaluating:
+        raise ConfigError(f"--data {config.data} has no labels ({why}) to evaluate the run's model against: {hint} "
+                          "(gradloop predict runs a model on examples alone)")
+    what = (f"--model {config.model} learns labels" if config.model in MODELS
+            else f"the {'default loss' if config.loss is None else f'loss {config.loss}'} compares labels with outputs")
+    raise ConfigError(f"--data {config.data} has no labels ({why}), and {what}: {hint}, or train a model that brings "
+                      "its own train_step on it")
 
 
 # --------------------------------------------------------------------- strategy

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from gradloop.data import DATASETS, parse_classes
-from gradloop.data.sources import COLOR_MODES, FILLS, TASKS
+from gradloop.data.sources import COLOR_MODES, FILLS, HEADERS, TASKS
 from gradloop.errors import ConfigError, shortened
 from gradloop.loop.accepted import LR_SCHEDULES, MAX_INT32  # the library's own, read without TensorFlow
 
@@ -87,7 +87,14 @@ class TrainConfig:
         "sub-folder of images per class, or FILE.py:FUNCTION / package.module:FUNCTION", metavar="PATH",
         unset="a built-in --dataset",
     )
-    target: str | None = _option(None, "the CSV column to predict", metavar="COLUMN", unset="none; required for a CSV")
+    target: str | None = _option(
+        None, "the CSV column to predict (by position, 0, 1, ..., in a file without a header row)", metavar="COLUMN",
+        unset="none: the table has no labels",
+    )
+    header: str = _option(
+        "auto", "whether a CSV's first row names the columns: auto reads it as data when it has a number above "
+        "every column of numbers", choices=HEADERS, parser_checks_choices=False,
+    )
     task: str | None = _option(
         None, "what the model predicts", choices=TASKS, parser_checks_choices=False,
         unset="classification, or regression for targets with non-integer numbers",
@@ -245,6 +252,7 @@ class TrainConfig:
         """The --data options: only with --data, and each of its kind."""
         if self.data is None:
             given = [flag_name(k) for k in ("target", "task", "image_size", "color_mode", "fill") if getattr(self, k) is not None]
+            given += ["--header"] * (self.header != "auto")
             if given:
                 raise ConfigError(f"{given[0]} applies to --data only; add --data PATH or drop {given[0]}")
             if self.classes is None:
@@ -263,6 +271,7 @@ class TrainConfig:
             _check_choice("color_mode", self.color_mode, COLOR_MODES)
         if self.fill is not None:
             _check_choice("fill", self.fill, FILLS)
+        _check_choice("header", self.header, HEADERS)
         if self.image_size is not None and (
             len(self.image_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 8192 for v in self.image_size)
         ):

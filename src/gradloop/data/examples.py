@@ -72,4 +72,8 @@ def epochs(examples: Examples, *, batch_size: int, seed: int) -> Callable[[int],
 
         x, targets = pipeline.checked_arrays(examples.x, examples.y, batch_size)
         return InMemory(x, targets, batch_size=batch_size, seed=seed)
+    if getattr(examples, "y", 0) is None and hasattr(examples, "x"):  # x alone in memory (sources.unlabeled)
+        from gradloop.loop.in_memory import InMemory
+
+        return InMemory(examples.x, batch_size=batch_size, seed=seed)
     return lambda epoch: examples.batches(np.random.default_rng((seed, epoch)).permutation(examples.n), batch_size)

@@ -100,7 +100,7 @@ def check_info(info: Mapping[str, Any], file: Path) -> None:
 def check_data_record(data: Mapping[str, Any], file: Path) -> None:
     """run.json's ``data``: its kind, the classes of its source, and the preprocessing evaluate and
     predict apply again, by kind (what :mod:`gradloop.data`'s readers record)."""
-    from gradloop.data.sources import COLOR_MODES, FILLS, KINDS, TASKS  # here: listing runs needs none of it
+    from gradloop.data.sources import COLOR_MODES, FILLS, KINDS, TASKS, UNLABELED  # here: listing runs needs none of it
 
     p = data.get("preprocessing") or {}
 
@@ -129,7 +129,8 @@ def check_data_record(data: Mapping[str, Any], file: Path) -> None:
         "fill": (lambda v: v in FILLS, f"one of {', '.join(FILLS)}"),
         "fill_values": (lambda v: _is_dict(v, lambda x: (_is_number(x) and math.isfinite(x)) or numbers(x)),
                         "each column's fill values"),
-        "task": (lambda v: v in TASKS, f"one of {', '.join(TASKS)}"),
+        "task": (lambda v: v in (*TASKS, UNLABELED), f"one of {', '.join((*TASKS, UNLABELED))}"),
+        "header": (lambda v: v in ("yes", "no"), "yes or no"),
         "standardize": (lambda v: names(v) or (_is_dict(v) and names(v.get("columns")) and numbers(v.get("mean"))
                                                 and numbers(v.get("std")) and len(v["mean"]) == len(v["std"])
                                                 and all(s > 0 for s in v["std"])),

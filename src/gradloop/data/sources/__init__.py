@@ -5,6 +5,10 @@
     a folder of class folders      images     one sub-folder of images per class
     FILE.py:FUNCTION, pkg.mod:FUNCTION   function   anything else (TFRecords, tensorflow-datasets)
 
+Each kind may come without labels (a CSV without --target, x alone, images
+directly in the folder, a function returning x alone): the task is then
+:data:`UNLABELED`, with no classes and no targets (:mod:`gradloop.data.sources.unlabeled`).
+
 Each kind's module has ``load(spec) -> Loaded``: the examples before the
 run picks classes and splits off validation (:mod:`gradloop.data.sources.prepared`).
 A module is imported only when its kind is asked for.
@@ -26,7 +30,9 @@ from gradloop.data.examples import Examples
 from gradloop.errors import ConfigError, DataError
 
 KINDS = ("csv", "arrays", "images", "function")
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression")  # what --task may say; labels are needed for either
+UNLABELED = "none"  # the task of data without labels: no classes, no accuracy, a model with its own train_step
+HEADERS = ("auto", "yes", "no")  # a CSV's first row: names (yes), data (no), or told from its cells (auto)
 COLOR_MODES = ("grayscale", "rgb", "rgba")
 FILLS = ("mean", "zero", "drop")  # missing CSV cells: the training column's mean, 0, or drop the row
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -51,6 +57,7 @@ class DataSpec:
     seed: int = 0
     fitted: dict[str, Any] | None = None
     class_names: tuple[str, ...] | None = None
+    header: str = "auto"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: examples hold arrays
@@ -58,7 +65,8 @@ class Loaded:
     """A source as read: ``train`` (to be split into train and validation) and ``test``, either
     possibly None; what label ``i`` means (``class_names``, classification) and what was done to
     x that new data must get too (``preprocessing``, JSON); ``fingerprint`` (JSON) changes when
-    the data does."""
+    the data does. ``task`` is :data:`UNLABELED` when the examples have no labels (their ``y`` is
+    None); ``notes`` are lines for the user about how the data was read (a CSV read without header)."""
 
     train: Examples | None
     test: Examples | None
@@ -69,6 +77,7 @@ class Loaded:
     fingerprint: dict[str, Any]
     preprocessing: dict[str, Any] = field(default_factory=dict)
     val: Examples | None = None  # a source's own validation split (a function may give one)
+    notes: tuple[str, ...] = ()
 
 
 def kind_of(path: str) -> str:
@@ -91,9 +100,9 @@ def kind_of(path: str) -> str:
     entries = [e for e in p.iterdir() if not e.name.startswith(".")]
     if any(e.is_file() and e.suffix == ".npy" for e in entries):
         return "arrays"
-    if any(e.is_dir() for e in entries):
-        return "images"
-    raise DataError(f"--data {path}: the folder holds neither .npy files nor class folders of images; "
+    if any(e.is_dir() or (e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES) for e in entries):
+        return "images"  # class folders, or images without labels
+    raise DataError(f"--data {path}: the folder holds neither .npy files nor class folders of images (nor images); "
                     "put one sub-folder of images per class in it")
 
 

@@ -2,6 +2,7 @@
 
     x, y                               one pool, split into train and validation by the run
     x_train, y_train (, x_test, y_test)   and a test split for ``evaluate``
+    x (or x_train, x_test) and no y    examples without labels: the task is "none"
 
 Read without unpickling (object arrays are refused), each array's header
 checked against the bytes really stored (:mod:`gradloop.data.builtin.npz`'s reader).
@@ -25,11 +26,15 @@ import numpy as np
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.builtin.npz import read_npz_array
 from gradloop.data.sources import (
-    DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of, combined_fingerprint, content_fingerprint,
+    UNLABELED, DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of, combined_fingerprint,
+    content_fingerprint,
 )
+from gradloop.data.sources.unlabeled import UnlabeledArrays
 from gradloop.errors import ConfigError, DataError
 
 _SPLITS = (("x", "y"), ("x_train", "y_train"), ("x_test", "y_test"))
+_KEYS = tuple(key for pair in _SPLITS for key in pair)  # what a file is read for (x_val is a function's only)
+_Y_KEYS = ("y", "y_train", "y_val", "y_test")
 _X_KEYS = ("x", "x_test", "x_train")  # what examples to predict on are looked for as, in this order
 
 
@@ -50,6 +55,8 @@ def loaded_arrays(
     description; ``give`` is how the user makes them ("save" for files, "return" for a function)."""
     if "x" in arrays and "x_train" in arrays:
         raise DataError(f"{where} has both x and x_train; keep one of them (x_train, x_test: a test split too)")
+    if not any(key in arrays for key in _Y_KEYS):
+        return _unlabeled(arrays, spec, where=where, kind=kind, fingerprint=fingerprint, give=give)
     train = _pair(arrays, where, "x", "y", give) or _pair(arrays, where, "x_train", "y_train", give)
     val = _pair(arrays, where, "x_val", "y_val", give)
     test = _pair(arrays, where, "x_test", "y_test", give)
@@ -75,6 +82,32 @@ def loaded_arrays(
     )
 
 
+def _unlabeled(
+    arrays: dict[str, np.ndarray], spec: DataSpec, *, where: str, kind: str, fingerprint: dict[str, Any], give: str,
+) -> Loaded:
+    """x alone (x or x_train; x_val, x_test): examples without labels, read as labelled ones are."""
+    if spec.task is not None:
+        raise ConfigError(f"--task {spec.task} says what to predict, but {where} has no labels (x without y); "
+                          f"{give} y beside x, or drop --task")
+    xs = {key: _checked_x(arrays[key], where, key, give) for key in ("x", "x_train", "x_val", "x_test") if key in arrays}
+    train = xs.get("x", xs.get("x_train"))
+    if train is None:
+        raise DataError(f"{where} has no x (or x_train); found {', '.join(sorted(arrays)) or 'nothing'}")
+    for name in ("x_val", "x_test"):
+        if name in xs and xs[name].shape[1:] != train.shape[1:]:
+            raise DataError(f"{where}: {name} has examples of shape {xs[name].shape[1:]}, x_train of {train.shape[1:]}; "
+                            "give both splits the same shape")
+    preprocessing = {"divide_by": 255} if train.dtype == np.uint8 else {}
+    if spec.fitted is not None:
+        preprocessing = dict(spec.fitted)
+    val, test = (None if key not in xs else UnlabeledArrays(_features(xs[key], preprocessing)) for key in ("x_val", "x_test"))
+    return Loaded(
+        train=UnlabeledArrays(_features(train, preprocessing)), val=val, test=test, kind=kind, task=UNLABELED,
+        class_names=None, description=f"{where} ({kind}: {len(train):,} examples of shape {train.shape[1:]}, no labels)",
+        fingerprint=fingerprint, preprocessing=preprocessing,
+    )
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         archive = zipfile.ZipFile(path)
@@ -82,16 +115,15 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable .npz archive ({exc}); save it with np.savez(x=..., y=...)") from None
     with archive:
         names = {n.removesuffix(".npy") for n in archive.namelist()}
-        return {key: read_npz_array(archive, path, key) for pair in _SPLITS for key in pair if key in names}
+        return {key: read_npz_array(archive, path, key) for key in _KEYS if key in names}
 
 
 def _read_folder(path: Path) -> dict[str, np.ndarray]:
     arrays = {}
-    for pair in _SPLITS:
-        for key in pair:
-            file = path / f"{key}.npy"
-            if file.is_file():
-                arrays[key] = _read_npy(file)
+    for key in _KEYS:
+        file = path / f"{key}.npy"
+        if file.is_file():
+            arrays[key] = _read_npy(file)
     return arrays
 
 
@@ -123,15 +155,23 @@ def _pair(
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise DataError(f"{path}: {x_key} of shape {x.shape} and {y_key} of shape {y.shape} do not pair up; "
                         "give one y per example of x (the first axis)")
+    _checked_x(x, path, x_key, give)
+    if y.dtype.kind not in "biufU":
+        raise DataError(f"{path}: {y_key} has dtype {y.dtype}; {give} integer or string labels, or numeric targets")
+    return x, y
+
+
+def _checked_x(x: np.ndarray, path: str, x_key: str, give: str) -> np.ndarray:
+    """``x`` once it holds examples of finite numbers; else a one-line error."""
+    if x.ndim == 0:
+        raise DataError(f"{path}: {x_key} of shape {x.shape} holds no examples; give one example per row of the first axis")
     if len(x) == 0:
         raise DataError(f"{path}: {x_key} holds no examples")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: {x_key} has dtype {x.dtype}; {give} numbers (any int, uint or float type)")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise DataError(f"{path}: {x_key} holds NaN or infinite values; fill or drop them first")
-    if y.dtype.kind not in "biufU":
-        raise DataError(f"{path}: {y_key} has dtype {y.dtype}; {give} integer or string labels, or numeric targets")
-    return x, y
+    return x
 
 
 def task_of(y: np.ndarray) -> str:

@@ -27,6 +27,10 @@ The fingerprint is the function's source file, and for arrays the arrays it
 returned too (their shapes, dtypes and bytes); datasets' content that changes
 with the same code (a download, files it reads) goes unnoticed by ``--resume``'s check.
 Datasets' integer labels of shape ``(batch, 1)`` are taken as one label each.
+
+Without labels: arrays x alone (x or x_train, and x_val, x_test), or datasets
+yielding x batches alone (a tensor, or a 1-tuple ``(x,)``, passed on as they come);
+the task is then "none" (no classes, no targets).
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ import numpy as np
 
 from gradloop.app import user_code
 from gradloop.data.sources.arrays import loaded_arrays, task_of
-from gradloop.data.sources import DataSpec, Loaded, class_names_of, content_fingerprint
-from gradloop.errors import DataError
+from gradloop.data.sources import UNLABELED, DataSpec, Loaded, class_names_of, content_fingerprint
+from gradloop.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -113,7 +117,7 @@ def _is_dataset(value: Any) -> bool:
 
 
 class DatasetExamples:
-    """The function's dataset of ``(x, y)`` batches, as :class:`~gradloop.data.examples.Examples`.
+    """The function's dataset of ``(x, y)`` batches (or of x alone: ``y`` None), as :class:`~gradloop.data.examples.Examples`.
 
     ``batches(order, batch_size)`` is the dataset itself: the function decided its order and
     batches. ``n`` and ``y`` are what one pass read (in that pass's order); ``num_batches``
@@ -122,14 +126,16 @@ class DatasetExamples:
     val_fraction 0 holds out none; anything else is refused in one line."""
 
     def __init__(
-        self, dataset: "tf.data.Dataset", y: np.ndarray, *, element_shape: tuple[int, ...], num_batches: int, where: str
+        self, dataset: "tf.data.Dataset", y: np.ndarray | None, *, element_shape: tuple[int, ...], num_batches: int,
+        where: str, n: int | None = None,
     ) -> None:
         self.dataset, self.y, self.num_batches, self.where = dataset, y, num_batches, where
         self._element_shape = element_shape
+        self._n = len(y) if y is not None else n  # without labels: the examples one pass counted
 
     @property
     def n(self) -> int:
-        return len(self.y)
+        return self._n
 
     @property
     def element_shape(self) -> tuple[int, ...]:
@@ -139,10 +145,12 @@ class DatasetExamples:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             empty = self.dataset.take(0)
-            return DatasetExamples(empty, self.y[:0], element_shape=self.element_shape, num_batches=0, where=self.where)
+            return DatasetExamples(empty, None if self.y is None else self.y[:0], element_shape=self.element_shape,
+                                   num_batches=0, where=self.where, n=0)
         if len(rows) == self.n and np.array_equal(np.sort(rows), np.arange(self.n)):
-            return DatasetExamples(self.dataset, self.y.copy(), element_shape=self.element_shape,
-                                   num_batches=self.num_batches, where=self.where)
+            return DatasetExamples(self.dataset, None if self.y is None else self.y.copy(),
+                                   element_shape=self.element_shape, num_batches=self.num_batches, where=self.where,
+                                   n=self.n)
         raise DataError(f"--data {self.where} gives tf.data datasets, and gradloop cannot take some of a pipeline's "
                         "examples (to hold out validation data or keep some classes); return a 'val' dataset too, "
                         "and keep only the classes you want in the function")
@@ -163,7 +171,15 @@ def _loaded_datasets(result: dict[str, Any], spec: DataSpec, fingerprint: dict[s
         if scan.element_shape != shape:
             raise DataError(f"--data {where}: the {key} dataset has examples of shape {scan.element_shape}, train of "
                             f"{shape}; give every split the same shape")
-    task = spec.task or task_of(scans["train"].y)
+    unlabelled = [key for key, scan in scans.items() if scan.y is None]
+    if unlabelled and len(unlabelled) < len(scans):
+        raise DataError(f"--data {where}: the {unlabelled[0]} dataset yields x alone, and the others (x, y); "
+                        "give every split labels, or none")
+    if unlabelled and (spec.task is not None or "class_names" in result):
+        given = f"--task {spec.task}" if spec.task is not None else "class_names"
+        raise ConfigError(f"--data {where} yields x alone (no labels), so {given} names nothing; drop it, or yield "
+                          "(x, y) batches")
+    task = UNLABELED if unlabelled else spec.task or task_of(scans["train"].y)
     names = None
     if task == "classification":
         scans = {key: _as_class_indices(scan, where, key) for key, scan in scans.items()}
@@ -174,7 +190,8 @@ def _loaded_datasets(result: dict[str, Any], spec: DataSpec, fingerprint: dict[s
     train = scans["train"]
     return Loaded(
         train=train, val=scans.get("val"), test=scans.get("test"), kind="function", task=task, class_names=names,
-        description=f"{where} (function: tf.data, {train.n:,} examples of shape {shape} in {train.num_batches:,} batches)",
+        description=f"{where} (function: tf.data, {train.n:,} examples of shape {shape} in {train.num_batches:,} batches"
+                    f"{', no labels' if task == UNLABELED else ''})",
         fingerprint=fingerprint, preprocessing={},
     )
 
@@ -184,9 +201,13 @@ def _scan(dataset: "tf.data.Dataset", where: str, split: str) -> DatasetExamples
     import tensorflow as tf
 
     structure = dataset.element_spec
+    if isinstance(structure, tf.TensorSpec) or (
+        isinstance(structure, tuple) and len(structure) == 1 and isinstance(structure[0], tf.TensorSpec)
+    ):
+        return _scan_unlabelled(dataset, where, split)
     if not (isinstance(structure, tuple) and len(structure) == 2 and all(isinstance(s, tf.TensorSpec) for s in structure)):
         raise DataError(f"--data {where}: the {split} dataset yields {_describe_structure(structure)}; yield (x, y) "
-                        "batches, x and y each one tensor")
+                        "batches, x and y each one tensor (or x alone, without labels)")
     x_spec, y_spec = structure
     if x_spec.shape.rank == 0 or y_spec.shape.rank == 0:
         raise DataError(f"--data {where}: the {split} dataset yields single examples (x of shape {tuple(x_spec.shape)}, "
@@ -222,6 +243,31 @@ def _scan(dataset: "tf.data.Dataset", where: str, split: str) -> DatasetExamples
         raise DataError(f"--data {where}: the {split} dataset's y are {found}; yield class indices "
                         "0, 1, 2, ... (and return class_names to name them) or numbers to predict")
     return DatasetExamples(dataset, y, element_shape=shape, num_batches=batches, where=where)
+
+
+def _scan_unlabelled(dataset: "tf.data.Dataset", where: str, split: str) -> DatasetExamples:
+    """One pass over a dataset of x batches alone (a tensor or ``(x,)``): its examples, their shape and its batches."""
+    import tensorflow as tf
+
+    x_spec = tf.nest.flatten(dataset.element_spec)[0]
+    if x_spec.shape.rank == 0:
+        raise DataError(f"--data {where}: the {split} dataset yields single numbers; batch examples: dataset.batch(32)")
+    if int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY:
+        raise DataError(f"--data {where}: the {split} dataset never ends; drop its .repeat() (gradloop makes one pass "
+                        "per epoch)")
+    shape, n, batches = None, 0, 0
+    try:
+        for x_shape in dataset.map(lambda *x: tf.shape(x[0])):
+            x_shape = tuple(int(d) for d in x_shape)
+            shape = x_shape[1:] if shape is None else shape
+            n += x_shape[0]
+            batches += 1
+    except tf.errors.OpError as exc:
+        raise DataError(f"--data {where}: reading the {split} dataset failed ({user_code.exception_line(exc)}); "
+                        "fix the function's pipeline") from exc
+    if batches == 0:
+        raise DataError(f"--data {where}: the {split} dataset yields no batches")
+    return DatasetExamples(dataset, None, element_shape=shape, num_batches=batches, where=where, n=n)
 
 
 def _as_class_indices(scan: DatasetExamples, where: str, split: str) -> DatasetExamples:

@@ -2,6 +2,7 @@
 
     DIR/<class>/.../<image>          training images, one sub-folder per class (any depth below it)
     DIR/test/<class>/.../<image>     the test split, when DIR has a ``test`` folder
+    DIR/<image>, DIR/test/<image>    images without labels (no class folders): the task is "none"
 
 The layout of ``keras.utils.image_dataset_from_directory``: class names are the
 sub-folder names, sorted (label ``i`` is the ``i``-th), files are PNG, JPEG,
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gradloop.data.sources import COLOR_MODES, IMAGE_SUFFIXES, DataSpec, Loaded, file_fingerprint
+from gradloop.data.sources import COLOR_MODES, IMAGE_SUFFIXES, UNLABELED, DataSpec, Loaded, file_fingerprint
 from gradloop.errors import ConfigError, DataError, tensorflow_reason
 
 if TYPE_CHECKING:
@@ -57,22 +58,23 @@ _KINDS = "PNG, JPEG, BMP or GIF"
 
 
 class ImageFiles:
-    """Examples on disk: ``paths`` (str) and labels ``y`` (int64) in memory, pixels read per batch.
+    """Examples on disk: ``paths`` (str) and labels ``y`` (int64; None: no labels) in memory, pixels read per batch.
 
     Each example is ``load_image(path)``: a float32 ``image_size + (channels,)`` array
     in [0, 1]. ``batches(order, b)`` reads the files in ``order`` on tf.data's
-    threads, in that order, and its iterator checkpoints as a position alone.
+    threads, in that order, and its iterator checkpoints as a position alone;
+    without labels its batches are ``(images,)``, as ``model.fit(x)`` gives them.
     ``decoded``: a ``.npy`` file holding every example already decoded, row ``i``
     for ``paths[i]`` (:mod:`gradloop.data.sources.image_cache` makes it); batches then
     gather their rows from it instead of decoding files, to the very same pixels.
     """
 
     def __init__(
-        self, *, paths: np.ndarray, y: np.ndarray, image_size: tuple[int, int], color_mode: str, uniform: bool = False,
-        decoded: str | None = None,
+        self, *, paths: np.ndarray, y: np.ndarray | None, image_size: tuple[int, int], color_mode: str,
+        uniform: bool = False, decoded: str | None = None,
     ) -> None:
-        paths, y = np.asarray(paths, dtype=str), np.asarray(y)
-        if paths.ndim != 1 or y.shape != paths.shape:
+        paths, y = np.asarray(paths, dtype=str), None if y is None else np.asarray(y)
+        if paths.ndim != 1 or (y is not None and y.shape != paths.shape):
             raise DataError(f"ImageFiles needs one label per path, got {paths.shape} paths and {y.shape} labels")
         _check_image_size(image_size)
         if color_mode not in CHANNELS:
@@ -87,7 +89,7 @@ class ImageFiles:
 
     @property
     def n(self) -> int:
-        return len(self.y)
+        return len(self.paths)
 
     @property
     def element_shape(self) -> tuple[int, ...]:
@@ -99,7 +101,7 @@ class ImageFiles:
         return np.dtype(np.uint8 if self.uniform else np.float32)
 
     def subset(self, rows: np.ndarray) -> ImageFiles:
-        return ImageFiles(paths=self.paths[rows], y=self.y[rows], image_size=self.image_size,
+        return ImageFiles(paths=self.paths[rows], y=None if self.y is None else self.y[rows], image_size=self.image_size,
                           color_mode=self.color_mode, uniform=self.uniform)
 
     def batches(self, order: np.ndarray | None, batch_size: int) -> tf.data.Dataset:
@@ -124,9 +126,15 @@ class ImageFiles:
         read = self._gather_batch() if self.decoded is not None else self._decode_batch(as_stored=False)
         # Decoding wants the cores; gathering rows is cheap, and more threads would only compete with the step.
         parallel = 1 if self.decoded is not None else tf.data.AUTOTUNE
+        if self.y is None:
+            sliced = tf.data.Dataset.from_tensor_slices(sources).batch(int(batch_size))
+            sliced = sliced.map(lambda batch: (read(batch),), num_parallel_calls=parallel, deterministic=True)
+        else:
+            sliced = tf.data.Dataset.from_tensor_slices((sources, self.y[rows])).batch(int(batch_size))
+            sliced = sliced.map(lambda batch, labels: (read(batch), labels), num_parallel_calls=parallel,
+                                deterministic=True)
         batches = (
-            tf.data.Dataset.from_tensor_slices((sources, self.y[rows])).batch(int(batch_size))
-            .map(lambda batch, labels: (read(batch), labels), num_parallel_calls=parallel, deterministic=True)
+            sliced
             .prefetch(tf.data.AUTOTUNE)
             .apply(tf.data.experimental.assert_cardinality(math.ceil(len(rows) / batch_size)))
         )
@@ -241,14 +249,21 @@ def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
 def load(spec: DataSpec) -> Loaded:
     """The folder's training (and test) images as :class:`ImageFiles`: see the module docstring."""
     root = Path(spec.path)
+    labelled = _has_class_folders(root) or not _images_in(root)  # images directly in it, and no class folder: none
+    if spec.task is not None and not labelled:
+        raise ConfigError(f"--task {spec.task} says what to predict, but {root} holds images without class folders "
+                          "(no labels); put them in one sub-folder per class, or drop --task")
     if spec.task not in (None, "classification"):
         raise ConfigError(f"{root} is a folder of class folders, so its task is classification; "
                           f"drop --task {spec.task}")
     if spec.color_mode is not None and spec.color_mode not in CHANNELS:
         raise ConfigError(f"--color-mode {spec.color_mode} is not one of {', '.join(COLOR_MODES)}")
-    train = _class_files(root, root)
-    test = _class_files(root / TEST_FOLDER, root) if (root / TEST_FOLDER).is_dir() else None
-    names = _class_names(root, train, test, spec.class_names)
+    if labelled:
+        train = _class_files(root, root)
+        test = _class_files(root / TEST_FOLDER, root) if (root / TEST_FOLDER).is_dir() else None
+        names = _class_names(root, train, test, spec.class_names)
+    else:
+        train, test, names = {"": _images_in(root)}, _unlabelled_test(root), None
     headers = {path: _read_header(path) for files in (train, test or {}) for paths in files.values() for path in paths}
     fitted = spec.fitted or {}
     image_size = tuple(fitted.get("image_size") or spec.image_size or _common_size(root, headers))
@@ -257,9 +272,10 @@ def load(spec: DataSpec) -> Loaded:
         None if files is None else _image_files(files, names, image_size, color_mode, headers) for files in (train, test)
     )
     height, width = train_files.image_size
+    classes = f"{len(train)} classes" if labelled else "no labels"
     return Loaded(
-        train=train_files, test=test_files, kind="images", task="classification", class_names=names,
-        description=f"{root} (images: {len(headers):,} files, {len(train)} classes, {height}x{width} {color_mode})",
+        train=train_files, test=test_files, kind="images", task="classification" if labelled else UNLABELED,
+        class_names=names, description=f"{root} (images: {len(headers):,} files, {classes}, {height}x{width} {color_mode})",
         fingerprint=file_fingerprint(list(headers), root),
         preprocessing={"image_size": [height, width], "color_mode": color_mode},
     )
@@ -281,19 +297,46 @@ def read_images(paths: list[Path], *, fitted: dict[str, Any]) -> ImageFiles:
 
 
 def _image_files(
-    files: dict[str, list[Path]], names: tuple[str, ...], image_size: tuple[int, ...], color_mode: str,
+    files: dict[str, list[Path]], names: tuple[str, ...] | None, image_size: tuple[int, ...], color_mode: str,
     headers: dict[Path, _Header],
 ) -> ImageFiles:
-    """The files of each class folder, labelled with the class's index in ``names``, in the natural order."""
+    """The files of each class folder, labelled with the class's index in ``names`` (None: unlabelled), in the
+    natural order."""
     uniform = all(
         headers[path].size == tuple(image_size) and headers[path].plain_channels == CHANNELS[color_mode]
         for class_paths in files.values() for path in class_paths
     )
     paths = [str(path) for class_paths in files.values() for path in class_paths]
-    index = {name: i for i, name in enumerate(names)}
-    labels = [index[name] for name, class_paths in files.items() for _ in class_paths]
-    return ImageFiles(paths=np.array(paths, dtype=str), y=np.array(labels, dtype=np.int64),
-                      image_size=image_size, color_mode=color_mode, uniform=uniform)
+    labels = None
+    if names is not None:
+        index = {name: i for i, name in enumerate(names)}
+        labels = np.array([index[name] for name, class_paths in files.items() for _ in class_paths], dtype=np.int64)
+    return ImageFiles(paths=np.array(paths, dtype=str), y=labels, image_size=image_size, color_mode=color_mode,
+                      uniform=uniform)
+
+
+def _has_class_folders(root: Path) -> bool:
+    return any(e.is_dir() and not e.name.startswith(".") and e.name != TEST_FOLDER for e in root.iterdir())
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (hidden ones skipped), sorted: unlabelled examples."""
+    return sorted(e for e in folder.iterdir()
+                  if e.is_file() and not e.name.startswith(".") and e.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _unlabelled_test(root: Path) -> dict[str, list[Path]] | None:
+    """The images directly in ``root/test``, the test split of unlabelled images; None without the folder."""
+    folder = root / TEST_FOLDER
+    if not folder.is_dir():
+        return None
+    if _has_class_folders(folder):
+        raise DataError(f"{folder} has class folders, but {root} has none (its images have no labels); "
+                        "put the test images directly in test/, or the training images in class folders")
+    images = _images_in(folder)
+    if not images:
+        raise DataError(f"{folder} holds no images ({_KINDS}); add some or remove the folder")
+    return {"": images}
 
 
 def _class_files(folder: Path, root: Path) -> dict[str, list[Path]]:

@@ -5,13 +5,15 @@
     split train / validation with the seed       (the tutorial's split: the last round(n * f) of a permutation)
     standardise features with the training split's statistics (CSV), saved for evaluate
 
+Data without labels (task ``"none"``) has no classes to choose: the split is of x alone.
+
 Evaluate calls the same function with the run's saved spec, so it sees the
 very same validation samples and the same preprocessing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 from gradloop.data import sources
 from gradloop.data.examples import ArrayExamples, Examples
 from gradloop.data.builtin.prepare import split_rows
+from gradloop.data.sources.unlabeled import UnlabeledArrays
 from gradloop.errors import ConfigError, DataError
 
 
@@ -40,9 +43,11 @@ class RunData:
 
     @property
     def n_outputs(self) -> int:
-        """Logits per example (classification) or values to predict (regression)."""
+        """Logits per example (classification) or values to predict (regression); 0 without labels."""
         if self.class_names is not None:
             return len(self.class_names)
+        if self.task == sources.UNLABELED:
+            return 0
         return int(np.prod(self.train.y.shape[1:], dtype=np.int64)) or 1
 
     def split(self, name: str) -> Examples | None:
@@ -50,10 +55,14 @@ class RunData:
 
 
 def load_run_data(
-    spec: sources.DataSpec, *, classes: Sequence[str | int] | None, val_fraction: float, seed: int
+    spec: sources.DataSpec, *, classes: Sequence[str | int] | None, val_fraction: float, seed: int,
+    notify: Callable[[str], object] | None = None,
 ) -> RunData:
-    """The run's splits of ``spec``'s data: see the module docstring."""
+    """The run's splits of ``spec``'s data: see the module docstring. ``notify`` gets the source's
+    notes on how it read the data (a CSV read without a header row), one line each."""
     loaded = sources.load_source(spec)
+    for note in loaded.notes if notify is not None else ():
+        notify(f"gradloop: note: {note}")
     if loaded.train is None:
         raise DataError(f"--data {spec.path} has no training data; give it x and y (or x_train and y_train)")
     train, test, val, names = loaded.train, loaded.test, loaded.val, loaded.class_names
@@ -61,6 +70,8 @@ def load_run_data(
         keep = chosen_class_indices(names, classes, spec.path)
         train, test, val = (_relabel(e, keep, spec.path, split) for e, split in ((train, "training"), (test, "test"), (val, "validation")))
         names = tuple(names[c] for c in keep)
+    elif classes is not None and loaded.task == sources.UNLABELED:
+        raise ConfigError(f"--classes picks classes of labelled data, and {spec.path} has no labels; drop --classes")
     elif classes is not None:
         raise ConfigError("--classes picks classes of a classification task; drop it for regression")
     if val is None:
@@ -135,9 +146,12 @@ def fit_standardization(train: Examples, columns: Sequence[str]) -> dict[str, An
     return {"columns": list(columns), "mean": mean.tolist(), "std": std.tolist()}
 
 
-def standardize(examples: ArrayExamples | None, stats: dict[str, Any]) -> ArrayExamples | None:
+def standardize(
+    examples: ArrayExamples | UnlabeledArrays | None, stats: dict[str, Any]
+) -> ArrayExamples | UnlabeledArrays | None:
     if examples is None:
         return None
     mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
-    return ArrayExamples(((examples.x - mean) / std).astype(np.float32), examples.y)
+    x = ((examples.x - mean) / std).astype(np.float32)
+    return UnlabeledArrays(x) if examples.y is None else ArrayExamples(x, examples.y)
 

@@ -1,7 +1,9 @@
-"""A table: ``--data FILE.csv --target COLUMN``, comma-separated UTF-8 text with a header row.
+"""A table: ``--data FILE.csv --target COLUMN``, comma-separated UTF-8 text, with a header row or without.
 
     header row                  the column names (row 1: rows are numbered as a spreadsheet shows them)
+    no header row               columns named by position, "0", "1", ... (--target 8: the ninth column)
     --target COLUMN             what to predict; every other column is a feature
+    no --target                 every column is a feature, and the examples have no labels (task "none")
     numeric feature columns     x's first features, in the header's order (the run standardises them)
     other feature columns       one-hot encoded after them, one 0/1 feature per value of the training file
     NAME.test.csv beside NAME.csv   a test split, read as the training file is (its categories, its fill values)
@@ -14,6 +16,15 @@ unless ``--fill`` says what to do: ``mean`` (the training file's column mean;
 for a one-hot column, each value's share), ``zero`` or ``drop`` (the row).
 Rows with nothing in any cell are skipped.
 
+Whether row 1 names the columns (``--header auto``, the default) is told from its
+cells, as mlxtend's ``autompg.csv`` (no header, a text column of car names) needs:
+row 1 is data when it has a number above every column of numbers (the cells below,
+missing ones aside, all numbers), or when all its cells are numbers; else it is
+the header (a name above numbers, or no column of numbers to tell by). Read
+without a header, the load says so in a note; ``--header yes`` or ``no`` decides
+instead, and the run records the choice (``preprocessing["header"]``), so
+evaluate and predict read their files the same way.
+
 What the training file taught (columns, categories, fill values) is the
 ``preprocessing`` run.json keeps; evaluate passes it back as
 ``spec.fitted`` and new data is read exactly so, a value the training file
@@ -22,10 +33,7 @@ never had being an error rather than a silently different encoding.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +41,23 @@ import numpy as np
 
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources import (
-    FILLS, TASKS, DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of, combined_fingerprint, content_fingerprint,
+    FILLS, HEADERS, TASKS, UNLABELED, DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of,
+    combined_fingerprint, content_fingerprint,
 )
-from gradloop.errors import ConfigError, DataError, listed, shortened
+from gradloop.data.sources.csv_file import _missing, _number, _numbers, _quote, _read_table, _Table
+from gradloop.data.sources.unlabeled import UnlabeledArrays
+from gradloop.errors import ConfigError, DataError, listed
 
-MISSING = frozenset({"", "na", "nan", "?"})  # compared stripped and lower-cased
 MAX_CATEGORIES = 1000  # one-hot features per text column: more is an id or free text, not a category
 _INTEGER = re.compile(r"[+-]?\d+")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-@dataclass(frozen=True)
-class _Table:
-    """A CSV file's cells (stripped of surrounding spaces) by column, and each data row's number."""
-
-    path: Path
-    names: list[str]
-    columns: dict[str, list[str]]
-    rows: list[int]
-
-    def subset(self, keep: list[int]) -> "_Table":
-        return _Table(self.path, self.names, {n: [c[i] for i in keep] for n, c in self.columns.items()},
-                      [self.rows[i] for i in keep])
-
-
 def load(spec: DataSpec) -> Loaded:
     """The table at ``spec.path`` and the test file beside it, if any:
 
-        read both; find the target; check that the test file has the training file's columns
+        read both (with a header row or without: the run's choice, else --header, else told from row 1)
+        find the target (none: every column a feature, no labels); check that the test file has the training file's columns
         refuse (or with fill="drop", drop) rows with missing cells
         learn from the training file which columns are numbers, the others' categories, the fill values
             (evaluate: takes them from spec.fitted instead)
@@ -68,25 +65,31 @@ def load(spec: DataSpec) -> Loaded:
     """
     path, fitted = Path(spec.path), spec.fitted
     fill = _checked_fill(spec)
-    train = _read_table(path)
+    header = _checked_header(spec)
+    train = _read_table(path, header)
     test_path = path.with_name(f"{path.stem}.test{path.suffix}")
-    test = _read_table(test_path) if test_path.is_file() else None
+    header = "no" if train.headerless else "yes"  # the test file is read as the training file was
+    test = _read_table(test_path, header) if test_path.is_file() else None
 
-    target = _target_column(train, spec.target or (fitted or {}).get("target"))
+    target = _target_column(train, spec.target or (fitted or {}).get("target"), spec.task)
+    labels = [] if target is None else [target]
     features = list(fitted["columns"]) if fitted else [n for n in train.names if n != target]
     if not features:
         raise DataError(f"{path} has no column besides the target {_quote(target)}; add the feature columns")
     if fitted:
-        _check_columns(train, features + [target], "the run's training data")
+        _check_columns(train, features + labels, "the run's training data")
     if test is not None:
-        _check_columns(test, features + [target], f"the training file {path.name}")
+        _check_columns(test, features + labels, f"the training file {path.name}")
 
     train, dropped = _complete_rows(train, features, target, fill)
     test, test_dropped = (None, 0) if test is None else _complete_rows(test, features, target, fill)
-    preprocessing = dict(fitted) if fitted else _fit(train, features, target, fill)
+    preprocessing = dict(fitted) if fitted else {**_fit(train, features, target, fill), "header": header}
     if fill in ("mean", "zero") and not (fitted and fitted.get("fill") == fill):
         preprocessing["fill_values"] = _fill_values(train, preprocessing, fill)
-    task, names = _task_and_classes(spec, preprocessing.get("task"), target, [t for t in (train, test) if t is not None])
+    if target is None:
+        task, names = UNLABELED, None
+    else:
+        task, names = _task_and_classes(spec, preprocessing.get("task"), target, [t for t in (train, test) if t is not None])
     if not fitted:
         preprocessing["task"] = task
     examples = [None if t is None else _examples(t, preprocessing, target, task, names) for t in (train, test)]
@@ -97,13 +100,30 @@ def load(spec: DataSpec) -> Loaded:
         details.append(f"{dropped + test_dropped:,} rows with missing cells dropped")
     if test is not None:
         details.append(f"test: {test_path.name}, {len(test.rows):,} rows")
+    if train.headerless:
+        details.insert(0, "no header row")
+    notes = ()
+    if train.headerless and spec.header == "auto" and not fitted:
+        notes = (f"{path} has no header row (row 1 reads as data), so its columns are named by position, 0 to "
+                 f"{len(train.names) - 1}, and --target takes that number; pass --header yes if row 1 names them"),
     return Loaded(
         train=examples[0], test=examples[1], kind="csv", task=task, class_names=names,
         description=f"{spec.path} (CSV: {len(train.rows):,} rows, {len(features)} feature column"
-                    f"{'s' if len(features) != 1 else ''}, target {target}{''.join('; ' + d for d in details)})",
+                    f"{'s' if len(features) != 1 else ''}, {'no target' if target is None else f'target {target}'}"
+                    f"{''.join('; ' + d for d in details)})",
         fingerprint=_fingerprint([path] + ([test_path] if test is not None else [])),
-        preprocessing=preprocessing if fitted is None else fitted,
+        preprocessing=preprocessing if fitted is None else fitted, notes=notes,
     )
+
+
+def _checked_header(spec: DataSpec) -> str:
+    """How to read row 1: as the run read it (``spec.fitted``; a run from before the choice had a header
+    row), else ``spec.header``."""
+    if spec.fitted is not None:
+        return spec.fitted.get("header", "yes")
+    if spec.header not in HEADERS:
+        raise ConfigError(f"header {spec.header!r} is not one of {', '.join(HEADERS)}")
+    return spec.header
 
 
 def _checked_fill(spec: DataSpec) -> str | None:
@@ -122,76 +142,23 @@ def _checked_fill(spec: DataSpec) -> str | None:
     return fill
 
 
-# --------------------------------------------------------------------- reading the file
-
-
-def _read_table(path: Path) -> _Table:
-    try:
-        content = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({exc.strerror or exc}); pass a readable CSV file") from None
-    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{path} is UTF-16 text; save it as UTF-8 (a spreadsheet's 'CSV UTF-8')")
-    if b"\0" in content:
-        raise DataError(f"{path} is not a text table (it holds NUL bytes: a binary file?); "
-                        "pass comma-separated text with a header row")
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = content.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{content[exc.start]:02x} on line {line}); "
-                        "save it as UTF-8 (a spreadsheet's 'CSV UTF-8')") from None
-    header: list[str] | None = None
-    columns: list[list[str]] = []
-    rows: list[int] = []
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # a stray quote: an error, not swallowed rows
-    row_number = 0
-    try:
-        for row_number, cells in enumerate(reader, start=1):
-            cells = [c.strip() for c in cells]
-            if not any(cells):
-                continue
-            if header is None:
-                header = _header(cells, path, row_number)
-                columns = [[] for _ in header]
-            elif len(cells) != len(header):
-                raise DataError(f"row {row_number} of {path} has {len(cells)} cells but the header has {len(header)} "
-                                "columns; give every row one cell per column (quote cells that hold commas)")
-            else:
-                for column, cell in zip(columns, cells):
-                    column.append(cell)
-                rows.append(row_number)
-    except csv.Error as exc:
-        raise DataError(f"row {row_number + 1} of {path} is not valid CSV ({exc}); fix the quoting there") from None
-    if header is None:
-        raise DataError(f"{path} is empty; write a header row naming the columns, then one row per example")
-    if not rows:
-        raise DataError(f"{path} has a header row but no data rows; add one row per example below it")
-    return _Table(path, header, dict(zip(header, columns)), rows)
-
-
-def _header(cells: list[str], path: Path, row_number: int) -> list[str]:
-    seen: dict[str, int] = {}
-    for position, name in enumerate(cells, start=1):
-        if not name:
-            raise DataError(f"column {position} of {path}'s header (row {row_number}) has no name; name every column")
-        if name in seen:
-            raise DataError(f"{path}'s header names column {_quote(name)} twice (columns {seen[name]} and {position}); "
-                            "give every column its own name")
-        seen[name] = position
-    return cells
-
-
-def _target_column(table: _Table, target: str | None) -> str:
+def _target_column(table: _Table, target: str | None, task: str | None = None) -> str | None:
+    """The column to predict, by name (a headerless table's names are positions); None: no labels."""
     columns = _listing(table.names)
     if target is None:
-        raise ConfigError(f"{table.path} is a table: pass --target COLUMN, the column to predict, one of {columns}")
+        if task is not None:
+            raise ConfigError(f"--task {task} says what to predict, but no --target names the column of {table.path} "
+                              f"holding it; pass --target COLUMN, one of {columns}")
+        return None
     if target.strip() not in table.columns:
         hint = ""
         if len(table.names) == 1 and (";" in table.names[0] or "\t" in table.names[0]):
             hint = "; its header is one column: gradloop reads comma-separated files, not ';' or tab-separated ones"
+        elif table.headerless:
+            hint = (f"; it has no header row, so its columns are named by position, 0 to {len(table.names) - 1} "
+                    "(--header yes reads row 1 as names)")
         elif all(_number(n) is not None for n in table.names):
-            hint = "; its first row looks like data: add a header row naming the columns"
+            hint = "; its first row looks like data: pass --header no (or add a header row naming the columns)"
         raise ConfigError(f"--target {_quote(target)} is not a column of {table.path}; its columns are {columns}{hint}")
     return target.strip()
 
@@ -207,7 +174,7 @@ def _check_columns(table: _Table, expected: list[str], what: str) -> None:
                         "have the same columns")
 
 
-def _complete_rows(table: _Table, features: list[str], target: str, fill: str | None) -> tuple[_Table, int]:
+def _complete_rows(table: _Table, features: list[str], target: str | None, fill: str | None) -> tuple[_Table, int]:
     """The table without its rows with missing cells (``fill="drop"``), or the table itself if every
     cell that must be there is; the first one missing (in reading order) is the error otherwise."""
     must = [n for n in table.names if n == target or (n in features and fill in (None, "drop"))]
@@ -233,8 +200,9 @@ def _complete_rows(table: _Table, features: list[str], target: str, fill: str | 
 # --------------------------------------------------------------------- what the training file teaches
 
 
-def _fit(table: _Table, features: list[str], target: str, fill: str | None) -> dict[str, Any]:
-    """Which feature columns are numbers (standardised by the run) and the categories of the others."""
+def _fit(table: _Table, features: list[str], target: str | None, fill: str | None) -> dict[str, Any]:
+    """Which feature columns are numbers (standardised by the run) and the categories of the others
+    (and the target, when there is one)."""
     numeric, one_hot = [], {}
     for name in features:
         present = [c for c in table.columns[name] if not _missing(c)]
@@ -248,6 +216,8 @@ def _fit(table: _Table, features: list[str], target: str, fill: str | None) -> d
                             f"({MAX_CATEGORIES} at most); remove the column, or make it numeric")
         one_hot[name] = categories
     preprocessing: dict[str, Any] = {"target": target, "columns": features, "one_hot": one_hot, "standardize": numeric}
+    if target is None:
+        del preprocessing["target"]
     if fill is not None:
         preprocessing["fill"] = fill
     return preprocessing
@@ -323,7 +293,7 @@ def read_features(path: str | Path, fitted: dict[str, Any]) -> tuple[np.ndarray,
     out (the target, an id). ``fitted`` is the run's preprocessing (columns, categories, fill values):
     a missing cell is filled as the run filled them, else refused, since every row gets a prediction."""
     path = Path(path)
-    table = _read_table(path)
+    table = _read_table(path, fitted.get("header", "yes"))
     features = list(fitted["columns"])
     absent = [n for n in features if n not in table.columns]
     if absent:
@@ -349,9 +319,11 @@ def _features(table: _Table, preprocessing: dict[str, Any]) -> np.ndarray:
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
-def _examples(table: _Table, preprocessing: dict[str, Any], target: str, task: str,
-              names: tuple[str, ...] | None) -> ArrayExamples:
+def _examples(table: _Table, preprocessing: dict[str, Any], target: str | None, task: str,
+              names: tuple[str, ...] | None) -> ArrayExamples | UnlabeledArrays:
     x = _features(table, preprocessing)
+    if target is None:
+        return UnlabeledArrays(x)
     where = [(table, i) for i in range(len(table.rows))]
     labels = table.columns[target]
     if task == "regression":
@@ -404,32 +376,8 @@ def _one_hot_column(table: _Table, name: str, categories: list[str], fill: list[
 # --------------------------------------------------------------------- small helpers
 
 
-def _missing(cell: str) -> bool:
-    return cell.lower() in MISSING
-
-
-def _number(cell: str) -> float | None:
-    try:
-        return float(cell)
-    except ValueError:
-        return None
-
-
-def _numbers(cells: list[str]) -> np.ndarray | None:
-    """The cells as float64, or None if any is not a number."""
-    try:
-        return np.array(cells, dtype=np.float64)
-    except ValueError:
-        return None
-
-
 def _first_text(cells: list[str]) -> str:
     return next(c for c in cells if _number(c) is None)
-
-
-def _quote(text: str) -> str:
-    """A file's text, shown in a one-line message: quoted, escaped, cut short."""
-    return repr(shortened(text, 40))
 
 
 def _listing(names: list[str], most: int = 20) -> str:
