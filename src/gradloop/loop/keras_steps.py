@@ -27,7 +27,6 @@ import warnings
 from typing import Any, Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from gradloop.errors import ConfigError
@@ -169,6 +168,7 @@ class ModelStepTrainer(Trainer):
                 self._train_fn.trace(iterator)
             finally:
                 release.release_iterator(iterator)
+            self._warn_of_unoptimized()
 
     def make_train_function(self) -> Callable:
         return self._make_steps(self.model.train_step, "train_step", class_weight=self._class_weight, train=True)
@@ -194,18 +194,19 @@ class ModelStepTrainer(Trainer):
             return super().predict(data, batch_size=batch_size, callbacks=callbacks)
 
     def _train_epoch(self, steps: int | None, callbacks, end_groups_every: int | None) -> dict[str, float]:
-        """Trainer's epoch, with the NaN guard's step count set to the epoch's first step and, in the first
-        epoch, a warning naming trainable variables that the step never changed."""
+        """Trainer's epoch, with the NaN guard's step count set to the epoch's first step."""
         self._steps_done.assign(self.state.epoch * (steps or 0) + self.state.step)
-        first = self.state.epoch == 0 and self.state.step == 0
-        before = [v.numpy() for v in self.model.trainable_variables] if first else None
-        logs = super()._train_epoch(steps, callbacks, end_groups_every)
-        if before is not None:
-            unchanged = [v.path for v, b in zip(self.model.trainable_variables, before) if np.array_equal(v.numpy(), b)]
-            if unchanged:
-                warnings.warn(f"{type(self.model).__name__}.train_step changed none of {_some(unchanged)} in the first "
-                              "epoch: apply gradients to them, or make them non-trainable", stacklevel=2)
-        return logs
+        return super()._train_epoch(steps, callbacks, end_groups_every)
+
+    def _warn_of_unoptimized(self) -> None:
+        """Once traced: name the trainable variables that no optimizer of the model updates (Keras is silent)."""
+        updated = {id(v) for o in self.optimizers.values() for v in getattr(o, "_trainable_variables", None) or []}
+        if not updated:
+            return
+        left = [v.path for v in self.model.trainable_variables if id(v) not in updated]
+        if left:
+            warnings.warn(f"{type(self.model).__name__}.train_step gives none of the model's optimizers {_some(left)}: they "
+                          "never train; apply gradients to them, or make them non-trainable", stacklevel=3)
 
     @contextlib.contextmanager
     def _for_inference(self):
