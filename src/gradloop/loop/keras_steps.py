@@ -68,13 +68,19 @@ def tracked_optimizers(model: keras.Model) -> dict[str, keras.optimizers.Optimiz
 
 
 def tracked_seed_generators(model: keras.Model) -> dict[str, keras.random.SeedGenerator]:
-    """Every ``keras.random.SeedGenerator`` of ``model`` and its layers, by its state variable's path."""
+    """Every ``keras.random.SeedGenerator`` of ``model`` and its layers, by a name that a model of the same
+    architecture built again gives it too: its attribute (``seed_generator``), in the model's n-th layer
+    ``layer_n.seed_generator`` (layers' own names carry a per-process counter)."""
     found: dict[str, keras.random.SeedGenerator] = {}
-    for layer in model._flatten_layers(include_self=True):
-        for value in vars(layer).values():
-            for item in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(item, keras.random.SeedGenerator):
-                    found.setdefault(item.state.path.replace("/", "."), item)
+    for index, layer in enumerate(model._flatten_layers(include_self=True)):
+        # Public attributes first (``self.seed_generator``), then Keras' own list of the layer's generators.
+        attributes = sorted(vars(layer).items(), key=lambda item: item[0].startswith("_"))
+        for attribute, value in attributes:
+            items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+            for position, item in items:
+                if isinstance(item, keras.random.SeedGenerator) and all(item is not g for g in found.values()):
+                    name = attribute.lstrip("_") + ("" if position is None else f".{position}")
+                    found[f"{'' if layer is model else f'layer_{index}.'}{name}"] = item
     return found
 
 
@@ -329,18 +335,24 @@ def _step_errors(where: str):
         warnings.simplefilter("always")
         try:
             yield
-        except (AttributeError, NotImplementedError, TypeError, tf.errors.OperatorNotAllowedInGraphError) as exc:
+        except Exception as exc:  # noqa: BLE001 - autograph re-raises the step's errors as its own kind
             text = str(exc)
-            if not re.search(r"numpy|symbolic|SymbolicTensor|not allowed|graph execution", text):
+            ours = re.search(r"ConfigError: (.*)", text)
+            if isinstance(exc, ConfigError) or ours:
+                raise ConfigError(ours.group(1).strip() if ours else text) from None
+            python_only = (AttributeError, NotImplementedError, TypeError, tf.errors.OperatorNotAllowedInGraphError)
+            if not isinstance(exc, python_only) or not re.search(r"numpy|symbolic|SymbolicTensor|not allowed", text):
                 raise
             raise ConfigError(
                 f"{where} runs compiled (inside tf.function, as in model.fit), where tensors have no values yet: "
-                f"{_first_line(text)}; use TensorFlow or keras.ops instead of numpy (or .numpy()) in it"
+                f"{_last_line(text)}; use TensorFlow or keras.ops instead of numpy (or .numpy()) in it"
             ) from None
     for warning in caught:
         text = str(warning.message)
         if text.startswith("Gradients do not exist for variables"):
-            names = re.findall(r"path=([^,\s>]+)", text) or [text[len("Gradients do not exist for variables "):][:120]]
+            listed = re.search(r"variables (\[.*\]) when minimizing", text, re.S)
+            names = re.findall(r"path=([^,\s>]+)|'([^']+)'", listed.group(1) if listed else text)
+            names = [a or b for a, b in names] or ["some variables"]
             raise ConfigError(f"{where}: {_some(names)} got no gradient (the loss does not depend on them): take them out "
                               "of the variables given to the optimizer, or make them non-trainable")
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -399,6 +411,7 @@ def _some(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
+    """The error's own words: autograph puts the traceback of the user's code before them."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return (lines[0] if lines else "an error")[:200]
+    return (lines[-1] if lines else "an error")[:200]
