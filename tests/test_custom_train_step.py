@@ -485,7 +485,7 @@ def test_gradloops_own_step_refuses_a_model_whose_compile_takes_other_arguments(
 def test_evaluate_and_predict_run_the_models_own_steps_as_keras_does():
     model = regressor()
     trainer = Trainer(model, options=options(4))
-    x, y = table()
+    x, _ = table()
     ours = trainer.evaluate(regression())
     assert ours == pytest.approx(model.evaluate(regression(), return_dict=True, verbose=0), rel=1e-6)
     np.testing.assert_array_equal(trainer.predict(x, batch_size=BATCH), model.predict(x, batch_size=BATCH, verbose=0))

@@ -24,7 +24,8 @@ import contextlib
 import inspect
 import re
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -224,7 +225,7 @@ class ModelStepTrainer(Trainer):
 
     # ------------------------------------------------------------------ the compiled functions
 
-    def _make_steps(self, step_method: Callable, name: str, *, class_weight=None, train: bool = False) -> "_Steps":
+    def _make_steps(self, step_method: Callable, name: str, *, class_weight=None, train: bool = False) -> _Steps:
         """``run(iterator, num_steps) -> (steps done, logs)`` over the model's ``step_method``:
 
             logs = step(next batch)                       # at least one batch
@@ -335,7 +336,7 @@ def _step_errors(where: str):
         warnings.simplefilter("always")
         try:
             yield
-        except Exception as exc:  # noqa: BLE001 - autograph re-raises the step's errors as its own kind
+        except Exception as exc:  # autograph re-raises the step's own errors as errors of its own kind
             text = str(exc)
             ours = re.search(r"ConfigError: (.*)", text)
             if isinstance(exc, ConfigError) or ours:
@@ -350,7 +351,7 @@ def _step_errors(where: str):
     for warning in caught:
         text = str(warning.message)
         if text.startswith("Gradients do not exist for variables"):
-            listed = re.search(r"variables (\[.*\]) when minimizing", text, re.S)
+            listed = re.search(r"variables (\[.*\]) when minimizing", text, re.DOTALL)
             names = re.findall(r"path=([^,\s>]+)|'([^']+)'", listed.group(1) if listed else text)
             names = [a or b for a, b in names] or ["some variables"]
             raise ConfigError(f"{where}: {_some(names)} got no gradient (the loss does not depend on them): take them out "
