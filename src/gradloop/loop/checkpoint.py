@@ -49,6 +49,7 @@ import tensorflow as tf
 
 from gradloop import atomic
 from gradloop.loop import in_memory
+from gradloop.loop import keras_steps
 from gradloop.errors import CheckpointError, DiskFullError, shortened, tensorflow_reason
 from gradloop.loop.state import LoopState
 from gradloop.loop.trainer import TrainData, Trainer
@@ -93,6 +94,7 @@ class RunCheckpoint:
             step=self._step,
             seconds=self._seconds,
             history=self._history,
+            **keras_steps.checkpoint_parts(trainer),  # a model's own step: its optimizers and seed generators by name
         )
         self._state_set_aside = _set_aside_unreadable_state(Path(directory))
         self.manager = tf.train.CheckpointManager(self._bundle, str(directory), max_to_keep=max_to_keep, checkpoint_name=_NAME)
@@ -133,7 +135,7 @@ class RunCheckpoint:
         return path
 
     def _metric_variables(self) -> list[tf.Variable]:
-        return [v for m in (self.trainer.loss_tracker, *self.trainer.metrics) for v in m.variables]
+        return [v for m in (self.trainer.loss_tracker, *self.trainer.metrics) if m is not None for v in m.variables]
 
     def checkpoints(self) -> list[str]:
         """The checkpoints in ``restore_from``, newest first: those its state file records, then
@@ -211,7 +213,7 @@ class RunCheckpoint:
         tracker, metrics = self.trainer.loss_tracker, self._metric_variables()
         self._bundle.metrics = metrics
         saved_dtype = saved.get_variable_to_dtype_map().get("metrics/0/.ATTRIBUTES/VARIABLE_VALUE")
-        float32_sums = saved_dtype == tf.float32 and tracker.dtype == "float64"  # saved before the loss summed in float64
+        float32_sums = saved_dtype == tf.float32 and tracker is not None and tracker.dtype == "float64"  # saved before the loss summed in float64
         if float32_sums:
             with self.trainer.strategy.scope():
                 stand_in = keras.metrics.Mean(name="loss")  # as they were saved, split over replicas alike

@@ -102,6 +102,9 @@ class CompiledModel:
     ) -> None:
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+        from gradloop.loop.keras_steps import refuse_own_compile  # imports this module
+
+        refuse_own_compile(model)  # a GAN's compile(d_optimizer, ...) is the user's to call
         self.model = model
         self.strategy = strategy or tf.distribute.get_strategy()
         self.optimizer = keras.optimizers.get(optimizer)

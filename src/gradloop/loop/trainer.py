@@ -44,7 +44,19 @@ class Trainer(InferenceModel):
 
     ``loss``, ``loss_weights``, ``metrics``, ``weighted_metrics``, ``train_step``,
     ``options``, ``strategy``: see :class:`gradloop.loop.compiled.CompiledModel`.
+
+    ``Trainer(model)``, without ``optimizer=`` and ``loss=``, trains a model its user compiled
+    with the model's own ``train_step``/``test_step``/``predict_step``, as ``model.fit`` does
+    (a GAN's two optimizers, its own ``compile``): see :mod:`gradloop.loop.keras_steps`.
     """
+
+    def __new__(cls, model: keras.Model = None, **kwargs: Any) -> "Trainer":
+        # Trainer(model) without optimizer= and loss=: the model's own train_step (gradloop.loop.keras_steps).
+        if cls is Trainer and kwargs.get("optimizer") is None and kwargs.get("loss") is None:
+            from gradloop.loop.keras_steps import ModelStepTrainer
+
+            return super().__new__(ModelStepTrainer)
+        return super().__new__(cls)
 
     def __init__(
         self, model: keras.Model, *, optimizer: keras.optimizers.Optimizer, loss: LossSpec,
