@@ -46,10 +46,19 @@ def main() -> None:
     trainers = {}
     for mode in ("release thread", "training thread"):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((784,)), *(keras.layers.Dense(u, activation="relu") for u in (512, 256, 128)),
-                                  keras.layers.Dense(3)])
-        trainers[mode] = Trainer(model, optimizer=keras.optimizers.Adam(1e-4),
-                                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        model = keras.Sequential(
+            [
+                keras.Input((784,)),
+                *(keras.layers.Dense(u, activation="relu") for u in (512, 256, 128)),
+                keras.layers.Dense(3),
+            ]
+        )
+        trainers[mode] = Trainer(
+            model,
+            optimizer=keras.optimizers.Adam(1e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
         trainers[mode].fit(train, validation_data=val, epochs=1, verbose=0)  # trace outside the timing
 
     wall: dict[str, list[float]] = {mode: [] for mode in trainers}
@@ -65,11 +74,15 @@ def main() -> None:
     finally:
         release.release_iterator = release_thread
     for mode in trainers:
-        print(f"{mode:16s} fit wall time median {statistics.median(wall[mode]):6.2f} s "
-              f"(training passes {statistics.median(training[mode]):5.2f} s); rounds: "
-              + " ".join(f"{w:.2f}" for w in wall[mode]))
+        print(
+            f"{mode:16s} fit wall time median {statistics.median(wall[mode]):6.2f} s "
+            f"(training passes {statistics.median(training[mode]):5.2f} s); rounds: "
+            + " ".join(f"{w:.2f}" for w in wall[mode])
+        )
     ratios = [b / a for a, b in zip(wall["release thread"], wall["training thread"])]
-    print(f"deleting on the training thread takes {statistics.median(ratios):.2f}x the wall time (median of paired rounds)")
+    print(
+        f"deleting on the training thread takes {statistics.median(ratios):.2f}x the wall time (median of paired rounds)"
+    )
 
 
 if __name__ == "__main__":

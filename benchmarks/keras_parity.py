@@ -57,8 +57,13 @@ def main() -> None:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     fused = os.environ.get("FUSED", "1") == "1"
     ours, theirs = fresh_model(), fresh_model()
-    trainer = Trainer(ours, optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=["accuracy"],
-                      options=gradloop.CompileOptions(fused_optimizer=fused))
+    trainer = Trainer(
+        ours,
+        optimizer=keras.optimizers.Adam(config.lr),
+        loss=loss,
+        metrics=["accuracy"],
+        options=gradloop.CompileOptions(fused_optimizer=fused),
+    )
     theirs.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=["accuracy"])
     h_ours: dict[str, list[float]] = {}
     h_theirs: dict[str, list[float]] = {}
@@ -72,8 +77,10 @@ def main() -> None:
 
     print(f"{'epoch':>5} {'gradloop loss':>14} {'keras loss':>11} {'gradloop val_acc':>17} {'keras val_acc':>14}")
     for e in range(config.epochs):
-        print(f"{e + 1:>5} {h_ours['loss'][e]:>14.5f} {h_theirs['loss'][e]:>11.5f} "
-              f"{h_ours['val_accuracy'][e]:>17.4f} {h_theirs['val_accuracy'][e]:>14.4f}")
+        print(
+            f"{e + 1:>5} {h_ours['loss'][e]:>14.5f} {h_theirs['loss'][e]:>11.5f} "
+            f"{h_ours['val_accuracy'][e]:>17.4f} {h_theirs['val_accuracy'][e]:>14.4f}"
+        )
     for name, model in (("gradloop", ours), ("keras fit", theirs)):
         acc = float(np.mean(model.predict(xt, verbose=0).argmax(1) == yt))
         print(f"{name}: held-out MNIST test accuracy (classes 0,1,2, {len(yt):,} digits): {acc:.4f}")

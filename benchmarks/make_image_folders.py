@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     n_train = write_split(raw.x_train[: args.limit], raw.y_train[: args.limit], args.out)
     n_test = write_split(raw.x_test[: args.limit], raw.y_test[: args.limit], args.out / "test")
     seconds = time.perf_counter() - start
-    print(f"wrote {n_train:,} training and {n_test:,} test PNGs to {args.out} in {seconds:.1f} s "
-          f"({(n_train + n_test) / seconds:,.0f} files/s)")
+    print(
+        f"wrote {n_train:,} training and {n_test:,} test PNGs to {args.out} in {seconds:.1f} s "
+        f"({(n_train + n_test) / seconds:,.0f} files/s)"
+    )
     return 0
 
 

@@ -116,17 +116,33 @@ def cases(images: Path, work: Path, only: tuple[str, ...]) -> list[Case]:
     out = []
     if "images" in only:
         if not (images / "test").is_dir():
-            sys.exit(f"{images} is not the Fashion-MNIST PNG folder; make it with "
-                     f".venv/bin/python benchmarks/make_image_folders.py {images}")
-        out.append(Case("images", images, ["--model", "cnn", "--epochs", "3", "--batch-size", "128", "--lr", "1e-3",
-                                           "--deterministic"]))
+            sys.exit(
+                f"{images} is not the Fashion-MNIST PNG folder; make it with "
+                f".venv/bin/python benchmarks/make_image_folders.py {images}"
+            )
+        out.append(
+            Case(
+                "images",
+                images,
+                ["--model", "cnn", "--epochs", "3", "--batch-size", "128", "--lr", "1e-3", "--deterministic"],
+            )
+        )
     if "breast_cancer" in only:
-        out.append(Case("breast_cancer", breast_cancer_csv(work / "breast_cancer.csv"),
-                        ["--target", "diagnosis", "--epochs", "20", "--batch-size", "32", "--lr", "1e-3",
-                         "--deterministic"]))
+        out.append(
+            Case(
+                "breast_cancer",
+                breast_cancer_csv(work / "breast_cancer.csv"),
+                ["--target", "diagnosis", "--epochs", "20", "--batch-size", "32", "--lr", "1e-3", "--deterministic"],
+            )
+        )
     if "diabetes" in only:
-        out.append(Case("diabetes", diabetes_csv(work / "diabetes.csv"),
-                        ["--target", "progression", "--epochs", "30", "--lr", "1e-2", "--deterministic"]))
+        out.append(
+            Case(
+                "diabetes",
+                diabetes_csv(work / "diabetes.csv"),
+                ["--target", "progression", "--epochs", "30", "--lr", "1e-2", "--deterministic"],
+            )
+        )
     return out
 
 
@@ -136,8 +152,18 @@ def cases(images: Path, work: Path, only: tuple[str, ...]) -> list[Case]:
 def train_with_gradloop(case: Case, work: Path) -> Path:
     """``gradloop train`` in a process of its own, its output in work/NAME.log; returns the run directory."""
     run = work / "runs" / case.name
-    case.command = [sys.executable, "-m", "gradloop", "train", "--data", str(case.data), *case.flags,
-                    "--run-dir", str(run), "--overwrite"]
+    case.command = [
+        sys.executable,
+        "-m",
+        "gradloop",
+        "train",
+        "--data",
+        str(case.data),
+        *case.flags,
+        "--run-dir",
+        str(run),
+        "--overwrite",
+    ]
     case.log = work / f"{case.name}.log"
     print(f"[{case.name}] gradloop: {shlex.join(case.command)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -220,8 +246,16 @@ def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, li
     history: dict[str, list[float]] = {}
     for epoch in range(config.epochs):
         order = np.random.default_rng((order_seed, epoch)).permutation(len(y))
-        logs = model.fit(x[order], y[order], batch_size=config.batch_size, initial_epoch=epoch, epochs=epoch + 1,
-                         shuffle=False, validation_data=val, verbose=0).history
+        logs = model.fit(
+            x[order],
+            y[order],
+            batch_size=config.batch_size,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            shuffle=False,
+            validation_data=val,
+            verbose=0,
+        ).history
         for key, values in logs.items():
             history.setdefault(key, []).extend(float(v) for v in values)
     return run_history.tutorial_history(history)
@@ -231,10 +265,10 @@ def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
     """gradloop's Trainer in this process on the run's own feed (``examples.epochs``), built as ``build_trainer``
     builds it; ``fused=False``: Keras' own Adam update instead of TensorFlow's fused kernel."""
     from gradloop.app import assemble
-    from gradloop.run import history as run_history
-    from gradloop.loop.compiled import CompileOptions
     from gradloop.data import examples
+    from gradloop.loop.compiled import CompileOptions
     from gradloop.loop.trainer import Trainer
+    from gradloop.run import history as run_history
 
     steps_per_epoch = math.ceil(data.train.n / config.batch_size)
     model = seeded_model(config, data)
@@ -243,11 +277,16 @@ def fit_with_library(config, data, *, fused: bool) -> dict[str, list[float]]:
         optimizer=assemble.build_optimizer(config, steps_per_epoch=steps_per_epoch),
         loss=assemble.build_loss(config, data.task, model),
         metrics=assemble.build_metrics(config, data.task),
-        options=CompileOptions(steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile,
-                               fused_optimizer=fused),
+        options=CompileOptions(
+            steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile, fused_optimizer=fused
+        ),
     )
-    history = trainer.fit(examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
-                          validation_data=data.val.batches(None, config.batch_size), epochs=config.epochs, verbose=0)
+    history = trainer.fit(
+        examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
+        validation_data=data.val.batches(None, config.batch_size),
+        epochs=config.epochs,
+        verbose=0,
+    )
     return run_history.tutorial_history({k: v for k, v in history.history.items() if k != "train_time"})
 
 
@@ -260,8 +299,10 @@ def relative(ours: list[float], theirs: list[float]) -> np.ndarray:
 
 def report(done: list[Case], argv: list[str], seconds: float) -> None:
     print("\nFinal val metric, gradloop vs Keras fit (same split, initial weights and per-epoch order):\n")
-    head = (f"{'data':<14} {'metric':<9} {'gradloop':>10} {'keras':>10} {'|diff|':>9} "
-            f"{'max rel val_loss':>17} {'max rel loss':>13}  split")
+    head = (
+        f"{'data':<14} {'metric':<9} {'gradloop':>10} {'keras':>10} {'|diff|':>9} "
+        f"{'max rel val_loss':>17} {'max rel loss':>13}  split"
+    )
     print(head)
     print("-" * len(head))
     for c in done:
@@ -269,19 +310,25 @@ def report(done: list[Case], argv: list[str], seconds: float) -> None:
         ours, theirs = c.ours[m][-1], c.theirs[m][-1]
         diff = abs(ours - theirs)
         examples = f" ({round(diff * c.n_val)} of {c.n_val:,})" if c.metric == "accuracy" else ""
-        print(f"{c.name:<14} {m:<9} {ours:>10.4f} {theirs:>10.4f} {diff:>9.2e} "
-              f"{relative(c.ours['val_loss'], c.theirs['val_loss']).max():>17.2e} "
-              f"{relative(c.ours['train_loss'], c.theirs['train_loss']).max():>13.2e}  "
-              f"{c.n_train:,} train / {c.n_val:,} val{examples}")
+        print(
+            f"{c.name:<14} {m:<9} {ours:>10.4f} {theirs:>10.4f} {diff:>9.2e} "
+            f"{relative(c.ours['val_loss'], c.theirs['val_loss']).max():>17.2e} "
+            f"{relative(c.ours['train_loss'], c.theirs['train_loss']).max():>13.2e}  "
+            f"{c.n_train:,} train / {c.n_val:,} val{examples}"
+        )
 
     if any(c.control for c in done):
-        print("\nDiagnosis, the largest relative difference of val_loss over the epochs (and of the final val metric,"
-              "\nabsolute) between: A the CLI run and gradloop's Trainer in this process on the same feed, fused Adam"
-              "\n(the same computation: 0 says the reproduction is the run); B that Trainer with Keras' own Adam update"
-              "\n(fused_optimizer=False) and Keras fit; C the Trainer fused and not (the fused kernel's rounding alone);"
-              "\nD Keras fit in another epoch order (seed + 1) and in the run's (what a real difference looks like):\n")
-        head = (f"{'data':<14} {'A cli / lib':>18} {'B lib unfused / keras':>22} {'C fused / unfused':>18} "
-                f"{'D keras order':>18}")
+        print(
+            "\nDiagnosis, the largest relative difference of val_loss over the epochs (and of the final val metric,"
+            "\nabsolute) between: A the CLI run and gradloop's Trainer in this process on the same feed, fused Adam"
+            "\n(the same computation: 0 says the reproduction is the run); B that Trainer with Keras' own Adam update"
+            "\n(fused_optimizer=False) and Keras fit; C the Trainer fused and not (the fused kernel's rounding alone);"
+            "\nD Keras fit in another epoch order (seed + 1) and in the run's (what a real difference looks like):\n"
+        )
+        head = (
+            f"{'data':<14} {'A cli / lib':>18} {'B lib unfused / keras':>22} {'C fused / unfused':>18} "
+            f"{'D keras order':>18}"
+        )
         print(head)
         print("-" * len(head))
         for c in done:
@@ -292,28 +339,38 @@ def report(done: list[Case], argv: list[str], seconds: float) -> None:
             def both(a: dict, b: dict) -> str:
                 return f"{relative(a['val_loss'], b['val_loss']).max():.1e} ({abs(a[m][-1] - b[m][-1]):.1e})"
 
-            print(f"{c.name:<14} {both(c.ours, c.library_fused):>18} {both(c.library_unfused, c.theirs):>22} "
-                  f"{both(c.library_fused, c.library_unfused):>18} {both(c.control, c.theirs):>18}")
+            print(
+                f"{c.name:<14} {both(c.ours, c.library_fused):>18} {both(c.library_unfused, c.theirs):>22} "
+                f"{both(c.library_fused, c.library_unfused):>18} {both(c.control, c.theirs):>18}"
+            )
 
     for c in done:
         m = f"val_{c.metric}"
         print(f"\n{c.name}: each epoch")
-        print(f"{'epoch':>5} {'gradloop val_loss':>18} {'keras val_loss':>15} {'rel diff':>9} "
-              f"{'gradloop ' + m:>21} {'keras ' + m:>18}")
+        print(
+            f"{'epoch':>5} {'gradloop val_loss':>18} {'keras val_loss':>15} {'rel diff':>9} "
+            f"{'gradloop ' + m:>21} {'keras ' + m:>18}"
+        )
         rel = relative(c.ours["val_loss"], c.theirs["val_loss"])
         for e in range(len(c.ours["val_loss"])):
-            print(f"{e + 1:>5} {c.ours['val_loss'][e]:>18.6f} {c.theirs['val_loss'][e]:>15.6f} {rel[e]:>9.2e} "
-                  f"{c.ours[m][e]:>21.6f} {c.theirs[m][e]:>18.6f}")
+            print(
+                f"{e + 1:>5} {c.ours['val_loss'][e]:>18.6f} {c.theirs['val_loss'][e]:>15.6f} {rel[e]:>9.2e} "
+                f"{c.ours[m][e]:>21.6f} {c.theirs[m][e]:>18.6f}"
+            )
 
     print("\nTime:")
     for c in done:
-        print(f"  {c.name:<14} gradloop process {c.gradloop_seconds:7.1f} s (run.json: {c.run_seconds:.1f} s); "
-              f"Keras fit {c.keras_seconds:7.1f} s")
+        print(
+            f"  {c.name:<14} gradloop process {c.gradloop_seconds:7.1f} s (run.json: {c.run_seconds:.1f} s); "
+            f"Keras fit {c.keras_seconds:7.1f} s"
+        )
     if any(c.control for c in done):
         print("  (the diagnosis trains each source three more times in this process)")
     print(f"  all, this script: {seconds:.1f} s")
-    print(f"\nKernels: {cpu.KERNEL_NAMES.get(cpu.onednn_kernels(), 'unknown')}; "
-          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
+    print(
+        f"\nKernels: {cpu.KERNEL_NAMES.get(cpu.onednn_kernels(), 'unknown')}; "
+        f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}"
+    )
     print("\nCommands:")
     print(f"  {shlex.join([sys.executable, *argv])}")
     for c in done:
@@ -322,13 +379,22 @@ def report(done: list[Case], argv: list[str], seconds: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=IMAGES_DEFAULT, help=f"the Fashion-MNIST PNG folder "
-                        f"(default {IMAGES_DEFAULT})")
-    parser.add_argument("--work", type=Path, default=WORK_DEFAULT, help="where the CSV files, runs and logs go "
-                        f"(replaced; default {WORK_DEFAULT})")
+    parser.add_argument(
+        "--images", type=Path, default=IMAGES_DEFAULT, help=f"the Fashion-MNIST PNG folder (default {IMAGES_DEFAULT})"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=WORK_DEFAULT,
+        help=f"where the CSV files, runs and logs go (replaced; default {WORK_DEFAULT})",
+    )
     parser.add_argument("--only", default=",".join(SOURCES), help=f"comma-separated, of {', '.join(SOURCES)}")
-    parser.add_argument("--no-diagnosis", dest="diagnose", action="store_false",
-                        help="skip the diagnosis (the library fused and not, Keras in another order)")
+    parser.add_argument(
+        "--no-diagnosis",
+        dest="diagnose",
+        action="store_false",
+        help="skip the diagnosis (the library fused and not, Keras in another order)",
+    )
     args = parser.parse_args(argv)
     only = tuple(s.strip() for s in args.only.split(","))
     if unknown := set(only) - set(SOURCES):
@@ -340,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu.import_tensorflow()  # the CLI's kernels, before anything imports TensorFlow
     for case in todo:
         run = train_with_gradloop(case, args.work.resolve())
-        print(f"[{case.name}] gradloop done in {case.gradloop_seconds:.1f} s; Keras fit ...", file=sys.stderr, flush=True)
+        print(
+            f"[{case.name}] gradloop done in {case.gradloop_seconds:.1f} s; Keras fit ...", file=sys.stderr, flush=True
+        )
         reproduce(case, run, diagnose=args.diagnose)
     report(todo, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)], time.perf_counter() - start)
     print(f"uptime after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")

@@ -42,8 +42,13 @@ def train(way: str, batch_size: int, epochs: int) -> None:
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"], steps_per_execution=32)
         model.fit(data.make_dataset(x, y, batch_size=batch_size, shuffle=True, seed=0), epochs=epochs, verbose=0)
     else:
-        trainer = gradloop.Trainer(model, optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"],
-                                   options=gradloop.CompileOptions(jit_compile=way == "gradloop xla"))
+        trainer = gradloop.Trainer(
+            model,
+            optimizer=keras.optimizers.Adam(1e-4),
+            loss=loss,
+            metrics=["accuracy"],
+            options=gradloop.CompileOptions(jit_compile=way == "gradloop xla"),
+        )
         trainer.fit(gradloop.InMemory(x, y, batch_size=batch_size, seed=0), epochs=epochs, verbose=0)
     print(int(process_peak_rss_mib()))  # whole MiB, rounded down
 
@@ -61,13 +66,28 @@ def main() -> None:
     peaks: dict[str, list[int]] = {way: [] for way in WAYS}
     for round_ in range(args.rounds):
         for way in WAYS if round_ % 2 == 0 else reversed(WAYS):
-            out = subprocess.run([sys.executable, __file__, "--way", way, "--batch-size", str(args.batch_size),
-                                  "--epochs", str(args.epochs)], capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--way",
+                    way,
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--epochs",
+                    str(args.epochs),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             peaks[way].append(int(out.split()[-1]))
             print(f"round {round_ + 1}/{args.rounds}: {way}: {peaks[way][-1]} MiB", file=sys.stderr, flush=True)
     keras_peak = statistics.median(peaks["keras"])
-    print(f"peak RSS of a whole process, reference MLP, Fashion-MNIST 50,000 rows, batch {args.batch_size}, "
-          f"{args.epochs} epochs (median of {args.rounds} rounds)")
+    print(
+        f"peak RSS of a whole process, reference MLP, Fashion-MNIST 50,000 rows, batch {args.batch_size}, "
+        f"{args.epochs} epochs (median of {args.rounds} rounds)"
+    )
     print(f"{'way':16s} {'MiB':>6s} {'range':>11s} {'of Keras':>9s}")
     for way in WAYS:
         peak = statistics.median(peaks[way])

@@ -54,8 +54,8 @@ def tiny_run(tmp_path_factory) -> Path:
     Tests write their outputs elsewhere (``out=tmp_path``) or into their own subfolder of it."""
     import io
 
-    from gradloop.app.train import train
     from gradloop.app.config import TrainConfig
+    from gradloop.app.train import train
 
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     config = TrainConfig(dataset="mnist-sample", hidden=(64,), epochs=2, run_dir=str(run_dir))

@@ -12,15 +12,15 @@ import keras
 import numpy as np
 import pytest
 
+from gradloop.app import cpu
 from gradloop.bench.data_bench import DATA_VARIANTS, format_data_table
 from gradloop.bench.memory import PeakRSS
 from gradloop.bench.names import DEFAULT_VARIANTS, IN_PROCESS, PEERS, VARIANTS
 from gradloop.bench.runner import format_table, paired_ratios, run_bench
 from gradloop.bench.variants import build_variant
 from gradloop.bench.workload import Workload
-from gradloop.app import cpu
-from gradloop.loop import profiler
 from gradloop.cli import main
+from gradloop.loop import profiler
 from gradloop.loop.trainer import Trainer
 
 
@@ -52,11 +52,17 @@ def test_flops_per_sample_of_bench_cnn():
 
 def test_run_bench_times_bench_cnn_against_its_matmuls_and_convolutions():
     rng = np.random.default_rng(0)
-    work = Workload(rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 64), batch_size=16,
-                    hidden=(), n_classes=10, kind="cnn")
+    work = Workload(
+        rng.random((64, 28, 28, 1), dtype=np.float32),
+        rng.integers(0, 10, 64),
+        batch_size=16,
+        hidden=(),
+        n_classes=10,
+        kind="cnn",
+    )
     result = run_bench(work, variants=("keras spe=32", "gradloop"), seconds=0.05, rounds=1)
     assert result["model"] == "CNN conv32-pool-conv64-pool -> 10" and result["limit_of"] == "matmuls and convolutions"
-    assert all(0 < v["share_of_limit"] for v in result["variants"].values())
+    assert all(v["share_of_limit"] > 0 for v in result["variants"].values())
     assert "MFLOP/sample in matmuls and convolutions" in format_table(result)
 
 
@@ -90,8 +96,22 @@ def test_run_bench_reports_medians_shares_and_ratios():
 
 
 def test_bench_cli_json_for_two_batch_sizes(capsys):
-    argv = ["bench", "--dataset", "mnist-sample", "--hidden", "16", "--batch-size", "32,64", "--seconds", "0.05",
-            "--rounds", "1", "--variants", "gradloop,keras spe=32", "--json"]
+    argv = [
+        "bench",
+        "--dataset",
+        "mnist-sample",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "32,64",
+        "--seconds",
+        "0.05",
+        "--rounds",
+        "1",
+        "--variants",
+        "gradloop,keras spe=32",
+        "--json",
+    ]
     assert main(argv) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["batch_size"] for r in results] == [32, 64]
@@ -104,8 +124,8 @@ def test_bench_cli_refuses_unknown_variants(capsys):
 
 
 def test_the_cli_offers_benchs_variants_and_its_defaults(capsys):
-    assert DEFAULT_VARIANTS == tuple(v for v in IN_PROCESS if v != "gradloop --jit")
-    assert VARIANTS == (*IN_PROCESS, *PEERS)
+    assert tuple(v for v in IN_PROCESS if v != "gradloop --jit") == DEFAULT_VARIANTS
+    assert (*IN_PROCESS, *PEERS) == VARIANTS
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     help_text = " ".join(capsys.readouterr().out.split()).replace("keras- jax", "keras-jax")  # argparse's wrapping
@@ -117,8 +137,12 @@ def test_the_cli_offers_benchs_variants_and_its_defaults(capsys):
 def test_profile_times_every_phase_on_a_copy():
     work = tiny_workload()
     model = work.model()
-    trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    trainer = Trainer(
+        model,
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     before = [w.copy() for w in model.get_weights()]
     phases = profiler.profile_phases(trainer, work.dataset(4), steps=10, repeats=1)
     assert list(phases) == list(profiler.PHASES) and all(s >= 0 for s in phases.values())
@@ -141,8 +165,9 @@ def test_peak_rss_sees_a_freed_allocation():
 
 def test_iterator_release_benchmark_runs():
     script = Path(__file__).parents[1] / "benchmarks" / "iterator_release.py"
-    done = subprocess.run([sys.executable, str(script), "--epochs", "1", "--rounds", "2"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), "--epochs", "1", "--rounds", "2"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ["release", "training"]
@@ -196,9 +221,9 @@ def test_bench_data_reports_both_ways_their_ratio_memory_and_the_decoded_size(di
 
 
 def test_both_ways_train_the_same_batches_from_the_same_start(digit_folder):
+    from gradloop.app.config import TrainConfig
     from gradloop.bench import worker as bench_worker
     from gradloop.loop.in_memory import as_dataset
-    from gradloop.app.config import TrainConfig
 
     request = {"config": TrainConfig(data=str(digit_folder), model="cnn", batch_size=64).to_dict()}
     streamed, in_memory = (bench_worker.Run.start(v, request) for v in ("streamed", "in memory"))
@@ -219,8 +244,7 @@ def test_decoding_into_memory_gives_the_pixels_over_255(digit_folder):
     from PIL import Image
 
     from gradloop.bench.worker import decode
-    from gradloop.data.sources import images
-    from gradloop.data.sources import DataSpec
+    from gradloop.data.sources import DataSpec, images
 
     files = images.load(DataSpec(path=str(digit_folder))).train
     x = decode(files)
@@ -237,11 +261,14 @@ def test_bench_data_passes_on_the_workers_error_in_one_line(tmp_path, capsys):
     assert last.startswith("gradloop: error: ") and str(tmp_path / "empty") in last and "class folders" in last
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["--data", "DIR", "--variants", "gradloop"], "--variants picks among the bench's ways to train"),
-    (["--data", "DIR", "--peers"], "--peers picks among the bench's ways to train"),
-    (["--data", "DIR", "--dataset", "mnist"], "--data reads your own data and --dataset/--data-dir a built-in"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--data", "DIR", "--variants", "gradloop"], "--variants picks among the bench's ways to train"),
+        (["--data", "DIR", "--peers"], "--peers picks among the bench's ways to train"),
+        (["--data", "DIR", "--dataset", "mnist"], "--data reads your own data and --dataset/--data-dir a built-in"),
+    ],
+)
 def test_bench_data_refuses_flags_of_the_other_bench(argv, says, capsys):
     assert main(["bench", *argv]) == 2
     assert capsys.readouterr().err.startswith(f"gradloop: error: {says}")

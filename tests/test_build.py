@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 import pytest
+import tensorflow as tf
 
+from gradloop import Trainer
 from gradloop.app import assemble
 from gradloop.app.config import TrainConfig
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError
-from gradloop import Trainer
 
 
 def run_data(x: np.ndarray, y: np.ndarray, class_names=("a", "b", "c")) -> RunData:
-    return RunData(train=ArrayExamples(x, y), val=None, test=None, kind="arrays", description="made here",
-                   task="classification" if class_names else "regression", class_names=class_names,
-                   source_class_names=class_names, fingerprint={}, preprocessing={})
+    return RunData(
+        train=ArrayExamples(x, y),
+        val=None,
+        test=None,
+        kind="arrays",
+        description="made here",
+        task="classification" if class_names else "regression",
+        class_names=class_names,
+        source_class_names=class_names,
+        fingerprint={},
+        preprocessing={},
+    )
 
 
 def shape_of(data: RunData) -> tuple:
@@ -65,8 +74,12 @@ def test_metrics_and_optimizer_by_name():
     assert assemble.build_metrics(TrainConfig(), "classification") == ["accuracy"]
     assert assemble.build_metrics(TrainConfig(), "regression") == ["mae"]
     # "mae" by name, as Keras compiles it: named as given in the history.
-    trainer = Trainer(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]), optimizer="sgd", loss="mse",
-                      metrics=assemble.build_metrics(TrainConfig(), "regression"))
+    trainer = Trainer(
+        keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]),
+        optimizer="sgd",
+        loss="mse",
+        metrics=assemble.build_metrics(TrainConfig(), "regression"),
+    )
     trainer.build(tf.data.Dataset.from_tensor_slices((np.ones((2, 1), "float32"), np.ones((2, 1), "float32"))).batch(2))
     trainer.update_metrics(tf.constant(0.0), tf.constant([[1.0], [2.0]]), tf.constant([[2.0], [4.0]]))
     assert {k: float(v) for k, v in trainer.results().items() if k != "loss"} == {"mae": pytest.approx(1.5)}

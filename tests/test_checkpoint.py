@@ -35,7 +35,12 @@ def toy_run(directory: Path, *, steps_per_execution: int = 3, strategy: tf.distr
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = keras.Sequential(
-            [keras.Input((DIM,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.3), keras.layers.Dense(3)]
+            [
+                keras.Input((DIM,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dropout(0.3),
+                keras.layers.Dense(3),
+            ]
         )
         trainer = Trainer(
             model,
@@ -67,8 +72,9 @@ def variables(trainer: Trainer) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     (train, val), trainer, ckpt = toy_run(tmp_path_factory.mktemp("a"))
-    history = trainer.fit(train, validation_data=val, epochs=3, callbacks=[Checkpointing(ckpt, every_steps=4)],
-                          end_groups_every=4)
+    history = trainer.fit(
+        train, validation_data=val, epochs=3, callbacks=[Checkpointing(ckpt, every_steps=4)], end_groups_every=4
+    )
     return history.history, variables(trainer)
 
 
@@ -78,15 +84,26 @@ def test_a_run_stopped_and_resumed_is_bit_identical(tmp_path, uninterrupted, sto
     expected_history, expected_variables = uninterrupted
     (train, val), trainer, ckpt = toy_run(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train, validation_data=val, epochs=3, end_groups_every=4,
-                    callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, *stop_at)])
+        trainer.fit(
+            train,
+            validation_data=val,
+            epochs=3,
+            end_groups_every=4,
+            callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, *stop_at)],
+        )
     # A new process would start from scratch: new data pipeline, model, optimizer, checkpoint.
     (train, val), trainer, ckpt = toy_run(tmp_path, steps_per_execution=5)  # other groups: same numbers
     state = ckpt.restore(train)
     assert (state.epoch, state.step) == (stop_at[0], stop_at[1] // 4 * 4)  # the last save before the crash
     assert len(state.history.get("loss", [])) == stop_at[0]
-    history = trainer.fit(train, validation_data=val, epochs=3, initial_state=state, end_groups_every=4,
-                          callbacks=[Checkpointing(ckpt, every_steps=4)]).history
+    history = trainer.fit(
+        train,
+        validation_data=val,
+        epochs=3,
+        initial_state=state,
+        end_groups_every=4,
+        callbacks=[Checkpointing(ckpt, every_steps=4)],
+    ).history
     got = variables(trainer)
     assert len(got) == len(expected_variables) > 0
     assert all(np.array_equal(a, b) for a, b in zip(got, expected_variables))
@@ -113,8 +130,13 @@ def test_a_checkpoint_with_float32_loss_sums_still_resumes(tmp_path, replicas):
     assert (state.epoch, state.step) == (0, 4) and trainer.loss_tracker.dtype == "float64"
     total, count = (float(v.numpy()) for v in (trainer.loss_tracker.total, trainer.loss_tracker.count))
     assert total == float(saved_total) > 0 and count == 64
-    trainer.fit(train, epochs=1, initial_state=state, callbacks=[Checkpointing(ckpt, every_steps=4)], end_groups_every=4)
-    assert tf.train.load_checkpoint(ckpt.latest).get_variable_to_dtype_map()["metrics/0/.ATTRIBUTES/VARIABLE_VALUE"] == tf.float64
+    trainer.fit(
+        train, epochs=1, initial_state=state, callbacks=[Checkpointing(ckpt, every_steps=4)], end_groups_every=4
+    )
+    assert (
+        tf.train.load_checkpoint(ckpt.latest).get_variable_to_dtype_map()["metrics/0/.ATTRIBUTES/VARIABLE_VALUE"]
+        == tf.float64
+    )
 
 
 def test_a_distributed_run_resumes_by_skipping_to_its_step(tmp_path):
@@ -125,8 +147,13 @@ def test_a_distributed_run_resumes_by_skipping_to_its_step(tmp_path):
     expected_variables = variables(trainer)
     (train, val), trainer, ckpt = toy_run(tmp_path / "b", strategy=mirrored())
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train, validation_data=val, epochs=2, end_groups_every=4,
-                    callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, 1, 7)])
+        trainer.fit(
+            train,
+            validation_data=val,
+            epochs=2,
+            end_groups_every=4,
+            callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, 1, 7)],
+        )
     assert "iterator" not in {name.split("/")[0] for name, _ in tf.train.list_variables(ckpt.latest)}
     (train, val), trainer, ckpt = toy_run(tmp_path / "b", strategy=mirrored())
     state = ckpt.restore(train)
@@ -144,8 +171,13 @@ def test_a_worker_restores_the_chiefs_checkpoint_and_saves_into_its_own_folder(t
     expected_history, expected_variables = uninterrupted
     (train, val), trainer, ckpt = toy_run(tmp_path / "chief")
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train, validation_data=val, epochs=3, end_groups_every=4,
-                    callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, 1, 7)])
+        trainer.fit(
+            train,
+            validation_data=val,
+            epochs=3,
+            end_groups_every=4,
+            callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, 1, 7)],
+        )
     chief = {p: p.read_bytes() for p in (tmp_path / "chief").iterdir()}
     (train, val), trainer, _ = toy_run(tmp_path / "scratch")
     ckpt = RunCheckpoint(tmp_path / "scratch", trainer, restore_from=tmp_path / "chief")
@@ -153,8 +185,14 @@ def test_a_worker_restores_the_chiefs_checkpoint_and_saves_into_its_own_folder(t
     assert (state.epoch, state.step) == (1, 4) and ckpt.latest == str(tmp_path / "chief" / "ckpt-5")
     saved, save = [], ckpt.save
     ckpt.save = lambda state: saved.append((state.epoch, state.step)) or save(state)
-    history = trainer.fit(train, validation_data=val, epochs=3, initial_state=state, end_groups_every=4,
-                          callbacks=[Checkpointing(ckpt, every_steps=4)]).history
+    history = trainer.fit(
+        train,
+        validation_data=val,
+        epochs=3,
+        initial_state=state,
+        end_groups_every=4,
+        callbacks=[Checkpointing(ckpt, every_steps=4)],
+    ).history
     assert saved == [(1, 8), (2, 0), (2, 4), (2, 8), (3, 0)]  # not (1, 4) again
     got = variables(trainer)
     assert len(got) == len(expected_variables) > 0
@@ -180,7 +218,9 @@ def test_a_checkpoint_holds_the_bundle_named_in_the_docstring(tmp_path):
     names = {name.split("/")[0] for name, _ in tf.train.list_variables(ckpt.latest)}
     # (each variable is stored once: the weights under the optimizer's references to them)
     assert {"optimizer", "rng", "metrics", "iterator", "epoch", "step", "seconds", "history"} <= names
-    assert len(tf.train.load_checkpoint(ckpt.latest).get_tensor("rng/0/.ATTRIBUTES/VARIABLE_VALUE")) == 2  # Dropout's seed
+    assert (
+        len(tf.train.load_checkpoint(ckpt.latest).get_tensor("rng/0/.ATTRIBUTES/VARIABLE_VALUE")) == 2
+    )  # Dropout's seed
 
 
 @pytest.mark.parametrize("signum, name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")])
@@ -197,15 +237,23 @@ def test_a_signal_stops_after_the_group_with_a_checkpoint(tmp_path, signum, name
         trainer.fit(train, epochs=3, callbacks=[SendSignal(), Checkpointing(ckpt, stop=stop)])
     assert signal.getsignal(signum) is before  # the handlers are given back
     # What the library knows; the CLI makes the exit code of it (128 + signum: 143, 130) and names the run.
-    assert (caught.value.epoch, caught.value.step, caught.value.signum, caught.value.signal_name) == (0, 6, signum, name)
+    assert (caught.value.epoch, caught.value.step, caught.value.signum, caught.value.signal_name) == (
+        0,
+        6,
+        signum,
+        name,
+    )
     assert (ckpt.restore(train).epoch, ckpt.restore(train).step) == (0, 6)
 
 
 def test_restoring_into_another_model_is_one_clear_error(tmp_path):
     (train, _), trainer, ckpt = toy_run(tmp_path)
     trainer.fit(train, epochs=1, callbacks=[Checkpointing(ckpt)])
-    other = Trainer(keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(5)]), optimizer="adam",
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    other = Trainer(
+        keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(5)]),
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     with pytest.raises(CheckpointError, match="cannot restore checkpoint .*--overwrite"):
         RunCheckpoint(tmp_path, other, hint="start the run again with --overwrite").restore(train)
     with pytest.raises(CheckpointError, match="holds no checkpoint") as no_checkpoint:
@@ -259,9 +307,14 @@ def test_sigkill_at_any_instant_leaves_a_complete_latest_checkpoint(tmp_path):
             proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=120) == -signal.SIGKILL
     for name in runs:
-        train = data.make_dataset(np.zeros((64, 1000), np.float32), np.zeros(64, np.int64), batch_size=8, shuffle=True, seed=1)
-        trainer = Trainer(keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000), keras.layers.Dense(2)]),
-                          optimizer="adam", loss="sparse_categorical_crossentropy")
+        train = data.make_dataset(
+            np.zeros((64, 1000), np.float32), np.zeros(64, np.int64), batch_size=8, shuffle=True, seed=1
+        )
+        trainer = Trainer(
+            keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000), keras.layers.Dense(2)]),
+            optimizer="adam",
+            loss="sparse_categorical_crossentropy",
+        )
         ckpt = RunCheckpoint(tmp_path / name, trainer)
         state = ckpt.restore(train)  # complete, or this raises
         i = state.epoch

@@ -13,14 +13,16 @@ from fractions import Fraction
 import keras
 import pytest
 
-from gradloop.app import config
-from gradloop.app import cpu
+from gradloop.app import config, cpu
 from gradloop.cli import build_parser, main
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gradloop", *argv], capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "gradloop", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env=None if env is None else os.environ | env,
     )
 
@@ -104,7 +106,9 @@ def test_bad_input_is_one_line_and_exit_2(argv, tmp_path):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
-@pytest.mark.parametrize("argv", [["evaluate", "/nonexistent-run"], ["train", "--resume", "--run-dir", "/nonexistent-run"]])
+@pytest.mark.parametrize(
+    "argv", [["evaluate", "/nonexistent-run"], ["train", "--resume", "--run-dir", "/nonexistent-run"]]
+)
 def test_errors_stay_one_line_where_tensorflow_announces_its_onednn_kernels(argv):
     """TensorFlow writes the notice past TF_CPP_MIN_LOG_LEVEL when its oneDNN kernels are on: the
     CLI's default, and TensorFlow's on CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX. These errors come after TensorFlow is imported."""
@@ -131,7 +135,9 @@ def test_the_cli_runs_onednn_kernels_unless_told_not_to_and_nans_stay_visible_th
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    result = subprocess.run([sys.executable, "-c", KERNELS_AND_NANS], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", KERNELS_AND_NANS], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [kernels, "True"]
     assert "oneDNN custom operations" not in result.stderr
@@ -202,7 +208,9 @@ def test_every_train_flag_is_a_config_file_key():
     from gradloop.app.config import CONFIG_KEYS
 
     assert train_flag_destinations() == set(CONFIG_KEYS) - FILE_ONLY_KEYS
-    assert set(CONFIG_SAMPLES) | set(OWN_DATA_SAMPLES) | FILE_ONLY_KEYS == set(CONFIG_KEYS), "add a sample for each new key"
+    assert set(CONFIG_SAMPLES) | set(OWN_DATA_SAMPLES) | FILE_ONLY_KEYS == set(CONFIG_KEYS), (
+        "add a sample for each new key"
+    )
 
 
 def test_each_config_field_is_exactly_one_train_flag_named_after_it():
@@ -242,11 +250,21 @@ def test_argparse_checks_the_choices_of_lr_schedule_precision_and_image_cache_an
     --model takes files and modules too, so the config checks it."""
     train = command_parser("train")
     checked = {a.dest: a.choices for a in train._actions if a.choices is not None}
-    assert checked == {"lr_schedule": config.LR_SCHEDULES, "precision": config.PRECISIONS, "image_cache": config.IMAGE_CACHE}
-    listed = {a.dest: a.metavar for a in train._actions if a.dest in ("dataset", "strategy", "task", "color_mode", "fill")}
-    assert listed == {"dataset": "{mnist,fashion_mnist,mnist-sample}", "strategy": "{default,mirrored,multi_worker}",
-                      "task": "{classification,regression}", "color_mode": "{grayscale,rgb,rgba}",
-                      "fill": "{mean,zero,drop}"}
+    assert checked == {
+        "lr_schedule": config.LR_SCHEDULES,
+        "precision": config.PRECISIONS,
+        "image_cache": config.IMAGE_CACHE,
+    }
+    listed = {
+        a.dest: a.metavar for a in train._actions if a.dest in ("dataset", "strategy", "task", "color_mode", "fill")
+    }
+    assert listed == {
+        "dataset": "{mnist,fashion_mnist,mnist-sample}",
+        "strategy": "{default,mirrored,multi_worker}",
+        "task": "{classification,regression}",
+        "color_mode": "{grayscale,rgb,rgba}",
+        "fill": "{mean,zero,drop}",
+    }
 
 
 # Building the parser, parsing and printing help must not wait for TensorFlow.
@@ -270,8 +288,14 @@ def test_parsing_and_help_do_not_import_tensorflow():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("samples", [CONFIG_SAMPLES, {**{k: v for k, v in CONFIG_SAMPLES.items() if k not in
-                                     ("dataset", "data_dir")}, **OWN_DATA_SAMPLES}], ids=["built-in data", "own data"])
+@pytest.mark.parametrize(
+    "samples",
+    [
+        CONFIG_SAMPLES,
+        {**{k: v for k, v in CONFIG_SAMPLES.items() if k not in ("dataset", "data_dir")}, **OWN_DATA_SAMPLES},
+    ],
+    ids=["built-in data", "own data"],
+)
 def test_a_config_file_with_every_key_equals_the_flags_and_print_config_round_trips(samples, tmp_path, capsys):
     import yaml
 
@@ -300,7 +324,12 @@ def test_print_config_shows_defaults_under_file_under_flags(tmp_path, capsys):
     config_file.write_text("epochs: 4\nlr: 3.0e-4\n")
     assert main(["train", "--config", str(config_file), "--lr", "0.01", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert (printed["epochs"], printed["lr"], printed["batch_size"], printed["hidden"]) == (4, 0.01, 32, [512, 256, 128])
+    assert (printed["epochs"], printed["lr"], printed["batch_size"], printed["hidden"]) == (
+        4,
+        0.01,
+        32,
+        [512, 256, 128],
+    )
 
 
 def test_print_config_refuses_a_bad_value_in_one_line(tmp_path, capsys):

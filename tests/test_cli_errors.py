@@ -21,9 +21,9 @@ import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -109,8 +109,11 @@ FLAG_ROWS = {
     ),
     "lr 0": Row(["train", "--lr", "0"], ConfigError, "lr must be a finite number > 0"),
     "lr negative": Row(["train", "--lr=-1e-3"], ConfigError, "lr must be a finite number > 0"),
-    "lr negative without =": Row(["train", "--lr", "-1e-3"], ARGPARSE,
-                                 "--lr: expected one argument (give it a value; one starting with '-' is written --lr=VALUE)"),
+    "lr negative without =": Row(
+        ["train", "--lr", "-1e-3"],
+        ARGPARSE,
+        "--lr: expected one argument (give it a value; one starting with '-' is written --lr=VALUE)",
+    ),
     "lr nan": Row(["train", "--lr", "nan"], ConfigError, "got nan"),
     "lr inf": Row(["train", "--lr", "inf"], ConfigError, "got inf"),
     "lr -inf": Row(["train", "--lr=-inf"], ConfigError, "got -inf"),
@@ -127,7 +130,9 @@ FLAG_ROWS = {
     ),
     "val fraction 1": Row(["train", "--val-fraction", "1"], ConfigError, "val_fraction must be a number in [0, 1)"),
     "val fraction 1.5": Row(["train", "--val-fraction", "1.5"], ConfigError, "val_fraction must be a number in [0, 1)"),
-    "val fraction negative": Row(["train", "--val-fraction=-0.1"], ConfigError, "val_fraction must be a number in [0, 1)"),
+    "val fraction negative": Row(
+        ["train", "--val-fraction=-0.1"], ConfigError, "val_fraction must be a number in [0, 1)"
+    ),
     "val fraction nan": Row(["train", "--val-fraction", "nan"], ConfigError, "got nan"),
     "val fraction word": Row(["train", "--val-fraction", "half"], ARGPARSE, "--val-fraction: expected a number"),
     "val fraction leaves no validation": Row(
@@ -141,14 +146,19 @@ FLAG_ROWS = {
     "classes backwards": Row(["train", "--classes", "3-1"], ConfigError, "runs backwards; write it as 1-3"),
     "classes huge range": Row(["train", "--classes", "0-99999999999"], ConfigError, "'0-99999999999' is out of range"),
     "classes without samples": Row(["train", "--classes", "0,9"], DataError, "classes [9] have no samples"),
-    "model": Row(["train", "--model", "resnet"], ConfigError,
-                 "model must be mlp, cnn, FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras, got 'resnet'"),
+    "model": Row(
+        ["train", "--model", "resnet"],
+        ConfigError,
+        "model must be mlp, cnn, FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras, got 'resnet'",
+    ),
     "steps per execution 0": Row(["train", "--steps-per-execution", "0"], ConfigError, "steps_per_execution must be"),
     "steps per execution over int32": Row(
         ["train", "--steps-per-execution", str(2**31)], ConfigError, "steps_per_execution must be an integer from 1 to"
     ),
     "seed negative": Row(["train", "--seed=-1"], ConfigError, "seed must be an integer from 0 to 4294967295"),
-    "seed over 2**32": Row(["train", "--seed", str(2**32)], ConfigError, "seed must be an integer from 0 to 4294967295"),
+    "seed over 2**32": Row(
+        ["train", "--seed", str(2**32)], ConfigError, "seed must be an integer from 0 to 4294967295"
+    ),
     "seed word": Row(["train", "--seed", "lucky"], ARGPARSE, "--seed: expected a whole number"),
     "dataset unknown": Row(["train", "--dataset", "cifar"], ConfigError, "dataset must be one of mnist"),
     "dataset empty": Row(["train", "--dataset", ""], ConfigError, "dataset must be one of"),
@@ -161,7 +171,9 @@ FLAG_ROWS = {
     "decay steps 0": Row(["train", "--decay-steps", "0"], ConfigError, "decay_steps must be an integer >= 1"),
     "decay rate 0": Row(["train", "--decay-rate", "0"], ConfigError, "decay_rate must be a number in (0, 1]"),
     "decay rate 1.5": Row(["train", "--decay-rate", "1.5"], ConfigError, "decay_rate must be a number in (0, 1]"),
-    "decay rate nan": Row(["train", "--decay-rate", "nan"], ConfigError, "decay_rate must be a number in (0, 1], got nan"),
+    "decay rate nan": Row(
+        ["train", "--decay-rate", "nan"], ConfigError, "decay_rate must be a number in (0, 1], got nan"
+    ),
     "clip norm 0": Row(["train", "--clip-norm", "0"], ConfigError, "clip_norm must be a finite number > 0"),
     "clip norm inf": Row(["train", "--clip-norm", "inf"], ConfigError, "clip_norm must be a finite number > 0"),
     "clip norm word": Row(["train", "--clip-norm", "tight"], ARGPARSE, "--clip-norm: expected a number"),
@@ -170,14 +182,22 @@ FLAG_ROWS = {
     "image cache unknown": Row(["train", "--image-cache", "ram"], ARGPARSE, "invalid choice: 'ram'"),
     "summary every 0": Row(["train", "--summary-every", "0"], ConfigError, "summary_every must be an integer >= 1"),
     "strategy unknown": Row(["train", "--strategy", "horovod"], ConfigError, "strategy must be one of default"),
-    "replicas 0": Row(["train", "--strategy", "mirrored", "--replicas", "0"], ConfigError, "replicas must be an integer"),
-    "replicas that never start": Row(["train", "--strategy", "mirrored", "--replicas", "100000"], ConfigError,
-                                     "replicas must be an integer from 1 to 16, got 100000"),
-    "replicas without mirrored": Row(["train", "--replicas", "2"], ConfigError,
-                                     "replicas applies to --strategy mirrored only"),
+    "replicas 0": Row(
+        ["train", "--strategy", "mirrored", "--replicas", "0"], ConfigError, "replicas must be an integer"
+    ),
+    "replicas that never start": Row(
+        ["train", "--strategy", "mirrored", "--replicas", "100000"],
+        ConfigError,
+        "replicas must be an integer from 1 to 16, got 100000",
+    ),
+    "replicas without mirrored": Row(
+        ["train", "--replicas", "2"], ConfigError, "replicas applies to --strategy mirrored only"
+    ),
     "replicas word": Row(["train", "--replicas", "two"], ARGPARSE, "--replicas: expected a whole number"),
     "multi-worker without a cluster": Row(["train", "--strategy", "multi_worker"], ConfigError, "needs TF_CONFIG"),
-    "launch no workers": Row(["launch", "--workers", "0", "--", "train"], ConfigError, "--workers must be from 1 to 32"),
+    "launch no workers": Row(
+        ["launch", "--workers", "0", "--", "train"], ConfigError, "--workers must be from 1 to 32"
+    ),
     "launch workers word": Row(["launch", "--workers", "many"], ARGPARSE, "--workers: expected a whole number"),
     "launch without command": Row(["launch", "--workers", "2"], ConfigError, "give the command after --"),
     "bench seconds 0": Row(["bench", "--seconds", "0"], ConfigError, "--seconds must be > 0"),
@@ -186,49 +206,89 @@ FLAG_ROWS = {
     "bench seconds word": Row(["bench", "--seconds", "long"], ARGPARSE, "--seconds: expected a number"),
     "bench rounds 0": Row(["bench", "--rounds", "0"], ConfigError, "--rounds >= 1"),
     "bench unknown variant": Row(["bench", "--variants", "pytorch"], ConfigError, "unknown bench variant 'pytorch'"),
-    "bench peer misspelt": Row(["bench", "--variants", "gradloop,jax-jit"], ConfigError, "unknown bench variant 'jax-jit'"),
+    "bench peer misspelt": Row(
+        ["bench", "--variants", "gradloop,jax-jit"], ConfigError, "unknown bench variant 'jax-jit'"
+    ),
     "bench empty variant": Row(["bench", "--variants", "gradloop,"], ConfigError, "unknown bench variant ''"),
     "bench peers with data": Row(["bench", "--data", "DIR", "--peers"], ConfigError, "--peers picks among the bench's"),
-    "bench cnn with hidden": Row(["bench", "--model", "cnn", "--hidden", "64"], ConfigError,
-                                 "--hidden sizes the MLP's layers, and bench's CNN has fixed ones"),
+    "bench cnn with hidden": Row(
+        ["bench", "--model", "cnn", "--hidden", "64"],
+        ConfigError,
+        "--hidden sizes the MLP's layers, and bench's CNN has fixed ones",
+    ),
     "bench batch size 0": Row(["bench", "--batch-size", "8,0"], ConfigError, "batch_size must be an integer >= 1"),
     "bench batch sizes word": Row(["bench", "--batch-size", "big"], ConfigError, "batch-size must be comma-separated"),
-    "lr-find start 0": Row(["lr-find", "--start-lr", "0"], ConfigError, "lr-find: start_lr must be a finite number > 0"),
-    "lr-find end below start": Row(["lr-find", "--end-lr", "1e-8"], ConfigError, "end_lr (1e-08) must be above start_lr"),
-    "lr-find few steps": Row(["lr-find", "--steps", "5"], ConfigError, "steps must be an integer >= 10 (the smoothed loss needs a few), got 5"),
+    "lr-find start 0": Row(
+        ["lr-find", "--start-lr", "0"], ConfigError, "lr-find: start_lr must be a finite number > 0"
+    ),
+    "lr-find end below start": Row(
+        ["lr-find", "--end-lr", "1e-8"], ConfigError, "end_lr (1e-08) must be above start_lr"
+    ),
+    "lr-find few steps": Row(
+        ["lr-find", "--steps", "5"],
+        ConfigError,
+        "steps must be an integer >= 10 (the smoothed loss needs a few), got 5",
+    ),
     "lr-find steps word": Row(["lr-find", "--steps", "many"], ARGPARSE, "--steps: expected a whole number"),
-    "lr-find bad config value": Row(["lr-find", "--batch-size", "0"], ConfigError, "batch_size must be an integer >= 1"),
+    "lr-find bad config value": Row(
+        ["lr-find", "--batch-size", "0"], ConfigError, "batch_size must be an integer >= 1"
+    ),
     "lr-find into a run": Row(["lr-find", "--run-dir", "{earlier}"], RunDirError, "already exists and is not empty"),
     "class weight unknown": Row(["train", "--class-weight", "heavy"], ConfigError, "class_weight must be balanced"),
-    "validation every 0": Row(["train", "--validation-every", "0"], ConfigError, "validation_every must be an integer >= 1, got 0"),
+    "validation every 0": Row(
+        ["train", "--validation-every", "0"], ConfigError, "validation_every must be an integer >= 1, got 0"
+    ),
     "ema 1": Row(["train", "--ema", "1"], ConfigError, "ema must be a decay in (0, 1) such as 0.999, got 1.0"),
     "ema negative": Row(["train", "--ema=-0.5"], ConfigError, "ema must be a decay in (0, 1)"),
 }
 
 CONFIG_ROWS = {
     "unknown key": Row([], ConfigError, "unknown key 'epoch' in", {"c.yaml": "epoch: 3\n"}),
-    "unparsable": Row([], ConfigError, "is not valid YAML at line 2 (mapping values are not allowed here)",
-                      {"c.yaml": "epochs: 3\nlr: 0.1: 2\nseed: 1\n"}),
-    "unclosed list": Row([], ConfigError, "is not valid YAML at line 3 (expected ',' or ']', but got '<stream end>')",
-                         {"c.yaml": "epochs: 3\nlr: [0.1\n"}),
+    "unparsable": Row(
+        [],
+        ConfigError,
+        "is not valid YAML at line 2 (mapping values are not allowed here)",
+        {"c.yaml": "epochs: 3\nlr: 0.1: 2\nseed: 1\n"},
+    ),
+    "unclosed list": Row(
+        [],
+        ConfigError,
+        "is not valid YAML at line 3 (expected ',' or ']', but got '<stream end>')",
+        {"c.yaml": "epochs: 3\nlr: [0.1\n"},
+    ),
     "tab indentation": Row([], ConfigError, "is not valid YAML", {"c.yaml": "epochs:\n\t- 3\n"}),
-    "python tag": Row([], ConfigError, "could not determine a constructor for the tag", {"c.yaml": "epochs: !!python/object/apply:os.getcwd []\n"}),
+    "python tag": Row(
+        [],
+        ConfigError,
+        "could not determine a constructor for the tag",
+        {"c.yaml": "epochs: !!python/object/apply:os.getcwd []\n"},
+    ),
     "a list": Row([], ConfigError, "must be a mapping of keys to values", {"c.yaml": "- 1\n- 2\n"}),
     "a scalar": Row([], ConfigError, "must be a mapping of keys to values", {"c.yaml": "epochs\n"}),
     "not UTF-8": Row([], ConfigError, "is not UTF-8 text", {"c.yaml": b"\xff\xfe\x00e\x00p"}),
     "missing file": Row(["--config", "{tmp}/none.yaml"], ConfigError, "cannot read config file"),
     "a folder": Row(["--config", "{tmp}"], ConfigError, "cannot read config file"),
     "epochs list": Row([], ConfigError, "epochs must be an integer >= 1, got [3]", {"c.yaml": "epochs: [3]\n"}),
-    "epochs mapping": Row([], ConfigError, "epochs must be an integer >= 1, got {'a': 1}", {"c.yaml": "epochs: {a: 1}\n"}),
+    "epochs mapping": Row(
+        [], ConfigError, "epochs must be an integer >= 1, got {'a': 1}", {"c.yaml": "epochs: {a: 1}\n"}
+    ),
     "epochs null": Row([], ConfigError, "'epochs' in", {"c.yaml": "epochs:\n"}),
     "epochs float": Row([], ConfigError, "epochs must be an integer >= 1, got 2.5", {"c.yaml": "epochs: 2.5\n"}),
     "epochs string": Row([], ConfigError, "epochs must be an integer >= 1, got '5'", {"c.yaml": "epochs: '5'\n"}),
     "epochs bool": Row([], ConfigError, "epochs must be an integer >= 1, got True", {"c.yaml": "epochs: yes\n"}),
     "batch size 0": Row([], ConfigError, "batch_size must be an integer >= 1", {"c.yaml": "batch-size: 0\n"}),
-    "class weight list": Row([], ConfigError, "class_weight must be balanced, or (in a --config file) a mapping",
-                             {"c.yaml": "class_weight: [1, 2]\n"}),
-    "class weight negative": Row([], ConfigError, "a mapping of classes to weights >= 0", {"c.yaml": "class_weight: {0: -1}\n"}),
-    "class weight word": Row([], ConfigError, "a mapping of classes to weights >= 0", {"c.yaml": "class_weight: {0: heavy}\n"}),
+    "class weight list": Row(
+        [],
+        ConfigError,
+        "class_weight must be balanced, or (in a --config file) a mapping",
+        {"c.yaml": "class_weight: [1, 2]\n"},
+    ),
+    "class weight negative": Row(
+        [], ConfigError, "a mapping of classes to weights >= 0", {"c.yaml": "class_weight: {0: -1}\n"}
+    ),
+    "class weight word": Row(
+        [], ConfigError, "a mapping of classes to weights >= 0", {"c.yaml": "class_weight: {0: heavy}\n"}
+    ),
     "ema string": Row([], ConfigError, "ema must be a number", {"c.yaml": "ema: slow\n"}),
     "lr list": Row([], ConfigError, "lr must be a finite number > 0", {"c.yaml": "lr: [0.1]\n"}),
     "lr nan": Row([], ConfigError, "got nan", {"c.yaml": "lr: .nan\n"}),
@@ -251,49 +311,88 @@ CONFIG_ROWS = {
     "seed too big": Row([], ConfigError, "seed must be an integer from 0", {"c.yaml": f"seed: {2**32}\n"}),
     "steps mapping": Row([], ConfigError, "steps_per_execution must be", {"c.yaml": "steps-per-execution: {}\n"}),
     "dataset list": Row([], ConfigError, "dataset must be one of", {"c.yaml": "dataset: [mnist]\n"}),
-    "data dir list": Row([], ConfigError, "data_dir must be a non-empty name or path, got ['a']",
-                         {"c.yaml": "data_dir: [a]\n"}),
-    "run dir mapping": Row([], ConfigError, "run_dir must be a non-empty name or path",
-                           {"c.yaml": "run_dir: {a: 1}\n"}, defaults=False),
-    "flag still checked": Row(["--epochs", "0"], ConfigError, "epochs must be an integer >= 1, got 0",
-                              {"c.yaml": "epochs: 3\n"}),
+    "data dir list": Row(
+        [], ConfigError, "data_dir must be a non-empty name or path, got ['a']", {"c.yaml": "data_dir: [a]\n"}
+    ),
+    "run dir mapping": Row(
+        [], ConfigError, "run_dir must be a non-empty name or path", {"c.yaml": "run_dir: {a: 1}\n"}, defaults=False
+    ),
+    "flag still checked": Row(
+        ["--epochs", "0"], ConfigError, "epochs must be an integer >= 1, got 0", {"c.yaml": "epochs: 3\n"}
+    ),
 }
 
 DATA_ROWS = {
-    "images file missing": Row([], DataError, "train-images-idx3-ubyte[.gz] is missing",
-                               idx_files("d", train_images_idx3_ubyte=b"")),
-    "not gzip after all": Row([], DataError, "cannot read the file",
-                              {**idx_files("d"), "d/train-labels-idx1-ubyte.gz": b"\x1f\x8b" + b"\xff" * 40}),
-    "wrong magic": Row([], DataError, "not an IDX file (magic 0x12340801",
-                       idx_files("d", train_labels_idx1_ubyte=b"\x12\x34\x08\x01" + struct.pack(">I", 1) + b"\0")),
-    "images in the labels file": Row([], DataError, "not an IDX label file",
-                                     idx_files("d", train_labels_idx1_ubyte=idx(tiny_split(60, 1)[0]))),
-    "truncated": Row([], DataError, "truncated: the header declares 47,040 data bytes but only 47,039",
-                     idx_files("d", train_images_idx3_ubyte=idx(tiny_split(60, 1)[0])[:-1])),
-    "lying header": Row([], DataError, "over the 2,147,483,648-byte limit",
-                        idx_files("d", train_images_idx3_ubyte=b"\0\0\x08\x03" + struct.pack(">3I", 2**31, 28, 28))),
+    "images file missing": Row(
+        [], DataError, "train-images-idx3-ubyte[.gz] is missing", idx_files("d", train_images_idx3_ubyte=b"")
+    ),
+    "not gzip after all": Row(
+        [],
+        DataError,
+        "cannot read the file",
+        {**idx_files("d"), "d/train-labels-idx1-ubyte.gz": b"\x1f\x8b" + b"\xff" * 40},
+    ),
+    "wrong magic": Row(
+        [],
+        DataError,
+        "not an IDX file (magic 0x12340801",
+        idx_files("d", train_labels_idx1_ubyte=b"\x12\x34\x08\x01" + struct.pack(">I", 1) + b"\0"),
+    ),
+    "images in the labels file": Row(
+        [], DataError, "not an IDX label file", idx_files("d", train_labels_idx1_ubyte=idx(tiny_split(60, 1)[0]))
+    ),
+    "truncated": Row(
+        [],
+        DataError,
+        "truncated: the header declares 47,040 data bytes but only 47,039",
+        idx_files("d", train_images_idx3_ubyte=idx(tiny_split(60, 1)[0])[:-1]),
+    ),
+    "lying header": Row(
+        [],
+        DataError,
+        "over the 2,147,483,648-byte limit",
+        idx_files("d", train_images_idx3_ubyte=b"\0\0\x08\x03" + struct.pack(">3I", 2**31, 28, 28)),
+    ),
     "count mismatch": Row([], DataError, "60 images but 59 labels", idx_files("d", labels=np.arange(59) % 9)),
-    "labels outside the class range": Row([], DataError, "labels-idx1-ubyte.gz: labels range from 0 to 12, outside 0..9",
-                                          idx_files("d", labels=np.r_[np.arange(59) % 9, 12])),
-    "wrong image shape": Row([], DataError, "images have shape (60, 27, 27), expected (N, 28, 28)",
-                             idx_files("d", images=np.zeros((60, 27, 27)))),
-    "only a test split": Row([], DataError, "has no training split",
-                             {k: v for k, v in idx_files("d").items() if "t10k" in k}),
+    "labels outside the class range": Row(
+        [],
+        DataError,
+        "labels-idx1-ubyte.gz: labels range from 0 to 12, outside 0..9",
+        idx_files("d", labels=np.r_[np.arange(59) % 9, 12]),
+    ),
+    "wrong image shape": Row(
+        [],
+        DataError,
+        "images have shape (60, 27, 27), expected (N, 28, 28)",
+        idx_files("d", images=np.zeros((60, 27, 27))),
+    ),
+    "only a test split": Row(
+        [], DataError, "has no training split", {k: v for k, v in idx_files("d").items() if "t10k" in k}
+    ),
     "no data in the folder": Row([], DataError, "holds no MNIST data", {"d/readme.txt": "hello"}),
     "npz not a zip": Row([], DataError, "not a readable .npz archive", {"d/mnist.npz": b"just text"}),
     "npz lone array": Row([], DataError, "holds a single array", {"d/mnist.npz": b"\x93NUMPY\x01\x00" + b" " * 50}),
-    "npz object arrays": Row([], DataError, "holds Python objects, which gradloop never unpickles",
-                             npz("d", allow_pickle=True, **npz_split(y_train=np.array([object()] * 12)))),
-    "npz nan pixels": Row([], DataError, "contains NaN or infinite pixels",
-                          npz("d", **npz_split(x_train=np.full((12, 28, 28), np.nan)))),
-    "npz inf pixels": Row([], DataError, "contains NaN or infinite pixels",
-                          npz("d", **npz_split(x_train=np.full((12, 28, 28), np.inf)))),
-    "npz flat images": Row([], DataError, "images have shape (12, 784)",
-                           npz("d", **npz_split(x_train=np.zeros((12, 784), np.uint8)))),
-    "npz float labels": Row([], DataError, "labels must be integers",
-                            npz("d", **npz_split(y_train=np.zeros(12, np.float32)))),
-    "npz half a split": Row([], DataError, "has x_train but no y_train",
-                            npz("d", x_train=np.zeros((2, 28, 28), np.uint8))),
+    "npz object arrays": Row(
+        [],
+        DataError,
+        "holds Python objects, which gradloop never unpickles",
+        npz("d", allow_pickle=True, **npz_split(y_train=np.array([object()] * 12))),
+    ),
+    "npz nan pixels": Row(
+        [], DataError, "contains NaN or infinite pixels", npz("d", **npz_split(x_train=np.full((12, 28, 28), np.nan)))
+    ),
+    "npz inf pixels": Row(
+        [], DataError, "contains NaN or infinite pixels", npz("d", **npz_split(x_train=np.full((12, 28, 28), np.inf)))
+    ),
+    "npz flat images": Row(
+        [], DataError, "images have shape (12, 784)", npz("d", **npz_split(x_train=np.zeros((12, 784), np.uint8)))
+    ),
+    "npz float labels": Row(
+        [], DataError, "labels must be integers", npz("d", **npz_split(y_train=np.zeros(12, np.float32)))
+    ),
+    "npz half a split": Row(
+        [], DataError, "has x_train but no y_train", npz("d", x_train=np.zeros((2, 28, 28), np.uint8))
+    ),
 }
 
 
@@ -332,6 +431,7 @@ def save_other_model(run: Path) -> None:
 
 EARLIER: dict[str, Path] = {}
 
+
 def npz_file(name: str, **arrays: np.ndarray) -> dict:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -361,214 +461,493 @@ def png_folder(root: str, counts: dict[str, int]) -> dict:
 # Your own data (--data) and the options that come with it; "{tmp}/a.npz" is a good table of 40 rows.
 OWN_DATA_ROWS = {
     "target without --data": Row(["train", "--target", "y"], ConfigError, "--target applies to --data only"),
-    "image size without --data": Row(["train", "--image-size", "8,8"], ConfigError, "--image-size applies to --data only"),
-    "--data and --dataset": Row(["train", "--data", "{tmp}/a.npz", "--dataset", "mnist-sample"], ConfigError,
-                                "--data reads your own data and --dataset/--data-dir a built-in data set"),
-    "task unknown": Row(["train", "--data", "{tmp}/a.npz", "--task", "ranking"], ConfigError,
-                        "task must be one of classification, regression, got 'ranking'"),
-    "image size zero": Row(["train", "--data", "{tmp}/a.npz", "--image-size", "0,8"], ConfigError,
-                           "image_size must be two sizes H,W from 1 to 8192"),
-    "image size of three": Row(["train", "--data", "{tmp}/a.npz", "--image-size", "8,8,8"], ConfigError,
-                               "image_size must be two sizes H,W"),
-    "color mode unknown": Row(["train", "--data", "{tmp}/a.npz", "--color-mode", "cmyk"], ConfigError,
-                              "color_mode must be one of grayscale, rgb, rgba"),
-    "fill unknown": Row(["train", "--data", "{tmp}/a.npz", "--fill", "median"], ConfigError, "fill must be one of mean, zero, drop"),
+    "image size without --data": Row(
+        ["train", "--image-size", "8,8"], ConfigError, "--image-size applies to --data only"
+    ),
+    "--data and --dataset": Row(
+        ["train", "--data", "{tmp}/a.npz", "--dataset", "mnist-sample"],
+        ConfigError,
+        "--data reads your own data and --dataset/--data-dir a built-in data set",
+    ),
+    "task unknown": Row(
+        ["train", "--data", "{tmp}/a.npz", "--task", "ranking"],
+        ConfigError,
+        "task must be one of classification, regression, got 'ranking'",
+    ),
+    "image size zero": Row(
+        ["train", "--data", "{tmp}/a.npz", "--image-size", "0,8"],
+        ConfigError,
+        "image_size must be two sizes H,W from 1 to 8192",
+    ),
+    "image size of three": Row(
+        ["train", "--data", "{tmp}/a.npz", "--image-size", "8,8,8"], ConfigError, "image_size must be two sizes H,W"
+    ),
+    "color mode unknown": Row(
+        ["train", "--data", "{tmp}/a.npz", "--color-mode", "cmyk"],
+        ConfigError,
+        "color_mode must be one of grayscale, rgb, rgba",
+    ),
+    "fill unknown": Row(
+        ["train", "--data", "{tmp}/a.npz", "--fill", "median"], ConfigError, "fill must be one of mean, zero, drop"
+    ),
     "data missing": Row(["train", "--data", "{tmp}/nothing.csv"], DataError, "no such file or folder"),
-    "data of an unknown kind": Row(["train", "--data", "{tmp}/notes.txt"], DataError, "a .txt file is no data gradloop reads",
-                                   {"notes.txt": "hello"}),
-    "data folder of nothing known": Row(["train", "--data", "{tmp}/f"], DataError, "holds neither .npy files nor class folders",
-                                        {"f/readme.md": "x"}),
-    "npz not a zip": Row(["train", "--data", "{tmp}/b.npz"], DataError, "not a readable .npz archive", {"b.npz": b"PK nonsense"}),
-    "npz without y": Row(["train", "--data", "{tmp}/b.npz"], ConfigError, "has no labels (x without y)", npz_file("b.npz", x=FEATURES)),
-    "npz of objects": Row(["train", "--data", "{tmp}/b.npz"], DataError, "holds Python objects",
-                          npz_file("b.npz", x=np.array([{}, {}], dtype=object), y=np.arange(2))),
-    "npz x and y apart": Row(["train", "--data", "{tmp}/b.npz"], DataError, "do not pair up",
-                             npz_file("b.npz", x=FEATURES, y=THREE_CLASSES[:39])),
-    "npz with nan": Row(["train", "--data", "{tmp}/b.npz"], DataError, "holds NaN or infinite values",
-                        npz_file("b.npz", x=np.full((40, 3), np.nan, np.float32), y=THREE_CLASSES)),
-    "npz of one class": Row(["train", "--data", "{tmp}/b.npz"], ConfigError, "a classifier needs at least 2 classes",
-                            npz_file("b.npz", x=FEATURES, y=np.zeros(40, np.int64))),
-    "npz of decimals as classes": Row(["train", "--data", "{tmp}/b.npz", "--task", "classification"], DataError,
-                                      "classification needs whole-number or text labels, but y holds 0.5; "
-                                      "pass --task regression",
-                                      npz_file("b.npz", x=FEATURES, y=THREE_CLASSES * 0.5)),
-    "npz of prices": Row(["train", "--data", "{tmp}/b.npz"], ConfigError,
-                         "has 40 distinct labels in 40 examples, too many to be classes; pass --task regression",
-                         npz_file("b.npz", x=FEATURES, y=100 + 7 * np.arange(40))),
-    "csv of prices": Row(["train", "--data", "{tmp}/p.csv", "--target", "price"], ConfigError,
-                         "the target 'price' of", {"p.csv": "a,price\n" + "".join(f"{i},{100 + 7 * i}\n" for i in range(30))}),
-    "bench on a table": Row(["bench", "--data", "{tmp}/t.csv"], ConfigError,
-                            "bench --data times image folders;", {"t.csv": TABLE}),
+    "data of an unknown kind": Row(
+        ["train", "--data", "{tmp}/notes.txt"],
+        DataError,
+        "a .txt file is no data gradloop reads",
+        {"notes.txt": "hello"},
+    ),
+    "data folder of nothing known": Row(
+        ["train", "--data", "{tmp}/f"], DataError, "holds neither .npy files nor class folders", {"f/readme.md": "x"}
+    ),
+    "npz not a zip": Row(
+        ["train", "--data", "{tmp}/b.npz"], DataError, "not a readable .npz archive", {"b.npz": b"PK nonsense"}
+    ),
+    "npz without y": Row(
+        ["train", "--data", "{tmp}/b.npz"], ConfigError, "has no labels (x without y)", npz_file("b.npz", x=FEATURES)
+    ),
+    "npz of objects": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        DataError,
+        "holds Python objects",
+        npz_file("b.npz", x=np.array([{}, {}], dtype=object), y=np.arange(2)),
+    ),
+    "npz x and y apart": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        DataError,
+        "do not pair up",
+        npz_file("b.npz", x=FEATURES, y=THREE_CLASSES[:39]),
+    ),
+    "npz with nan": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        DataError,
+        "holds NaN or infinite values",
+        npz_file("b.npz", x=np.full((40, 3), np.nan, np.float32), y=THREE_CLASSES),
+    ),
+    "npz of one class": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        ConfigError,
+        "a classifier needs at least 2 classes",
+        npz_file("b.npz", x=FEATURES, y=np.zeros(40, np.int64)),
+    ),
+    "npz of decimals as classes": Row(
+        ["train", "--data", "{tmp}/b.npz", "--task", "classification"],
+        DataError,
+        "classification needs whole-number or text labels, but y holds 0.5; pass --task regression",
+        npz_file("b.npz", x=FEATURES, y=THREE_CLASSES * 0.5),
+    ),
+    "npz of prices": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        ConfigError,
+        "has 40 distinct labels in 40 examples, too many to be classes; pass --task regression",
+        npz_file("b.npz", x=FEATURES, y=100 + 7 * np.arange(40)),
+    ),
+    "csv of prices": Row(
+        ["train", "--data", "{tmp}/p.csv", "--target", "price"],
+        ConfigError,
+        "the target 'price' of",
+        {"p.csv": "a,price\n" + "".join(f"{i},{100 + 7 * i}\n" for i in range(30))},
+    ),
+    "bench on a table": Row(
+        ["bench", "--data", "{tmp}/t.csv"], ConfigError, "bench --data times image folders;", {"t.csv": TABLE}
+    ),
     "bench on arrays": Row(["bench", "--data", "{tmp}/a.npz"], ConfigError, "bench --data times image folders;"),
-    "class not in the data": Row(["train", "--data", "{tmp}/a.npz", "--classes", "0,cat"], ConfigError,
-                                 "class 'cat' is not in"),
-    "class index out of range": Row(["train", "--data", "{tmp}/a.npz", "--classes", "0,7"], ConfigError,
-                                    "class 7 is out of range"),
-    "class weight of no class": Row(["train", "--data", "{tmp}/a.npz", "--config", "{tmp}/c.yaml"], ConfigError,
-                                    "class_weight names a class 7 that the run does not have; its classes are 0, 1, 2",
-                                    {"c.yaml": "class_weight: {7: 2.0}\n"}),
-    "class weight of a regression": Row(["train", "--data", "{tmp}/a.npz", "--task", "regression", "--class-weight", "balanced"],
-                                        ConfigError, "--class-weight weighs the classes of a classification task"),
+    "class not in the data": Row(
+        ["train", "--data", "{tmp}/a.npz", "--classes", "0,cat"], ConfigError, "class 'cat' is not in"
+    ),
+    "class index out of range": Row(
+        ["train", "--data", "{tmp}/a.npz", "--classes", "0,7"], ConfigError, "class 7 is out of range"
+    ),
+    "class weight of no class": Row(
+        ["train", "--data", "{tmp}/a.npz", "--config", "{tmp}/c.yaml"],
+        ConfigError,
+        "class_weight names a class 7 that the run does not have; its classes are 0, 1, 2",
+        {"c.yaml": "class_weight: {7: 2.0}\n"},
+    ),
+    "class weight of a regression": Row(
+        ["train", "--data", "{tmp}/a.npz", "--task", "regression", "--class-weight", "balanced"],
+        ConfigError,
+        "--class-weight weighs the classes of a classification task",
+    ),
     "class weight balanced, a class unseen": Row(
-        ["train", "--data", "{tmp}/b.npz", "--classes", "0,1,2,3", "--class-weight", "balanced"], ConfigError,
+        ["train", "--data", "{tmp}/b.npz", "--classes", "0,1,2,3", "--class-weight", "balanced"],
+        ConfigError,
         "--class-weight balanced: class 3 has no training samples",
         npz_file("b.npz", x_train=FEATURES, y_train=THREE_CLASSES, x_test=FEATURES[:4], y_test=np.arange(4)),
     ),
-    "classes of a regression": Row(["train", "--data", "{tmp}/a.npz", "--task", "regression", "--classes", "0,1"],
-                                   ConfigError, "--classes picks classes of a classification task"),
-    "optimizer unknown": Row(["train", "--data", "{tmp}/a.npz", "--optimizer", "adamx"], ConfigError,
-                             "--optimizer adamx is not a Keras optimizer"),
-    "loss unknown": Row(["train", "--data", "{tmp}/a.npz", "--loss", "nope"], ConfigError, "--loss nope is not a Keras loss"),
-    "metric unknown": Row(["train", "--data", "{tmp}/a.npz", "--metrics", "accuracy,nope"], ConfigError,
-                          "--metrics nope is not a Keras metric"),
-    "cnn on a table": Row(["train", "--data", "{tmp}/a.npz", "--model", "cnn"], ConfigError,
-                          "--model cnn takes images (height, width, channels), but the data has examples of shape (3,)"),
-    "batch over the data": Row(["train", "--data", "{tmp}/a.npz", "--batch-size", "64"], ConfigError,
-                               "batch_size 64 is larger than the 33 training samples"),
+    "classes of a regression": Row(
+        ["train", "--data", "{tmp}/a.npz", "--task", "regression", "--classes", "0,1"],
+        ConfigError,
+        "--classes picks classes of a classification task",
+    ),
+    "optimizer unknown": Row(
+        ["train", "--data", "{tmp}/a.npz", "--optimizer", "adamx"],
+        ConfigError,
+        "--optimizer adamx is not a Keras optimizer",
+    ),
+    "loss unknown": Row(
+        ["train", "--data", "{tmp}/a.npz", "--loss", "nope"], ConfigError, "--loss nope is not a Keras loss"
+    ),
+    "metric unknown": Row(
+        ["train", "--data", "{tmp}/a.npz", "--metrics", "accuracy,nope"],
+        ConfigError,
+        "--metrics nope is not a Keras metric",
+    ),
+    "cnn on a table": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "cnn"],
+        ConfigError,
+        "--model cnn takes images (height, width, channels), but the data has examples of shape (3,)",
+    ),
+    "batch over the data": Row(
+        ["train", "--data", "{tmp}/a.npz", "--batch-size", "64"],
+        ConfigError,
+        "batch_size 64 is larger than the 33 training samples",
+    ),
     # tables
     "csv without --target": Row(["train", "--data", "{tmp}/t.csv"], ConfigError, "--target", {"t.csv": TABLE}),
-    "csv without the target column": Row(["train", "--data", "{tmp}/t.csv", "--target", "colour"], ConfigError,
-                                         "--target 'colour' is not a column of", {"t.csv": TABLE}),
-    "csv ragged": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "row 3",
-                      {"t.csv": "a,b,kind\n1,2,x\n3,y\n"}),
+    "csv without the target column": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "colour"],
+        ConfigError,
+        "--target 'colour' is not a column of",
+        {"t.csv": TABLE},
+    ),
+    "csv ragged": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "row 3", {"t.csv": "a,b,kind\n1,2,x\n3,y\n"}
+    ),
     "csv empty": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "empty", {"t.csv": ""}),
-    "csv missing cell": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                            "has a missing cell ('') in column 'length'", {"t.csv": TABLE.replace("\n1.5,", "\n,", 1)}),
+    "csv missing cell": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "has a missing cell ('') in column 'length'",
+        {"t.csv": TABLE.replace("\n1.5,", "\n,", 1)},
+    ),
     # image folders
-    "images: an empty class folder": Row(["train", "--data", "{tmp}/img"], DataError, "holds no images",
-                                        {**png_folder("img", {"cat": 3}), "img/dog/.keep": ""}),
+    "images: an empty class folder": Row(
+        ["train", "--data", "{tmp}/img"],
+        DataError,
+        "holds no images",
+        {**png_folder("img", {"cat": 3}), "img/dog/.keep": ""},
+    ),
     "images: one class": Row(["train", "--data", "{tmp}/img"], DataError, "one class", png_folder("img", {"cat": 3})),
-    "images: a corrupt file": Row(["train", "--data", "{tmp}/img"], DataError, "bad.png",
-                                  {**png_folder("img", {"cat": 3, "dog": 3}), "img/dog/bad.png": b"\x89PNG\r\n\x1a\nbroken"}),
+    "images: a corrupt file": Row(
+        ["train", "--data", "{tmp}/img"],
+        DataError,
+        "bad.png",
+        {**png_folder("img", {"cat": 3, "dog": 3}), "img/dog/bad.png": b"\x89PNG\r\n\x1a\nbroken"},
+    ),
     # your model
-    "model file missing": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/nope.py:build"], ConfigError,
-                              "does not exist"),
-    "model file that does not import": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
-                                           "SyntaxError", {"m.py": "def build(:\n"}),
-    "model function that raises": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
-                                      "raised ValueError: no", {"m.py": "def build():\n    raise ValueError('no')\n"}),
-    "model function without a model": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
-                                          "not a keras.Model", {"m.py": "def build():\n    return [1, 2]\n"}),
+    "model file missing": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/nope.py:build"], ConfigError, "does not exist"
+    ),
+    "model file that does not import": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"],
+        ConfigError,
+        "SyntaxError",
+        {"m.py": "def build(:\n"},
+    ),
+    "model function that raises": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"],
+        ConfigError,
+        "raised ValueError: no",
+        {"m.py": "def build():\n    raise ValueError('no')\n"},
+    ),
+    "model function without a model": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"],
+        ConfigError,
+        "not a keras.Model",
+        {"m.py": "def build():\n    return [1, 2]\n"},
+    ),
     "model importing a sibling named like a run's folder": Row(
         ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m/net.py:build", "--run-dir", "{earlier}", "--overwrite"],
-        ConfigError, "imports checkpoints from its folder", {"m/net.py": "import checkpoints\n\ndef build():\n    pass\n",
-                                                              "m/checkpoints/__init__.py": ""}),
-    "metric that does not fit the labels": Row(["train", "--data", "{tmp}/a.npz", "--metrics", "accuracy,auc"], ConfigError,
-                                               "do not fit labels of shape (32,) (int64) and outputs of shape (32, 3)"),
-    "loss that does not fit the labels": Row(["train", "--data", "{tmp}/a.npz", "--loss", "mse"], ConfigError,
-                                             "the loss MeanSquaredError() or the metrics accuracy do not fit labels"),
-    "model that does not fit": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
-                                   "the model takes inputs of shape (None, 5)", {"m.py": MISFIT_MODEL}),
+        ConfigError,
+        "imports checkpoints from its folder",
+        {"m/net.py": "import checkpoints\n\ndef build():\n    pass\n", "m/checkpoints/__init__.py": ""},
+    ),
+    "metric that does not fit the labels": Row(
+        ["train", "--data", "{tmp}/a.npz", "--metrics", "accuracy,auc"],
+        ConfigError,
+        "do not fit labels of shape (32,) (int64) and outputs of shape (32, 3)",
+    ),
+    "loss that does not fit the labels": Row(
+        ["train", "--data", "{tmp}/a.npz", "--loss", "mse"],
+        ConfigError,
+        "the loss MeanSquaredError() or the metrics accuracy do not fit labels",
+    ),
+    "model that does not fit": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"],
+        ConfigError,
+        "the model takes inputs of shape (None, 5)",
+        {"m.py": MISFIT_MODEL},
+    ),
     # more tables
-    "csv UTF-16": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "is UTF-16 text; save it as UTF-8",
-                      {"t.csv": TABLE.encode("utf-16")}),
-    "csv binary": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "holds NUL bytes",
-                      {"t.csv": b"a,kind\n1,\x00x\n"}),
-    "csv not UTF-8": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                         "is not UTF-8 text (byte 0xe9 on line 3)", {"t.csv": b"a,kind\n1,x\n2,caf\xe9\n"}),
-    "csv header only": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                           "has a header row but no data rows", {"t.csv": "length,width,kind\n"}),
-    "csv column named twice": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                                  "names column 'a' twice (columns 1 and 2)", {"t.csv": "a,a,kind\n1,2,x\n"}),
-    "csv column without a name": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                                     "column 2 of", {"t.csv": "a,,kind\n1,2,x\n"}),
-    "csv stray quote": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "is not valid CSV",
-                           {"t.csv": 'a,kind\n1,"x\n2,y\n'}),
-    "csv semicolons": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], ConfigError,
-                          "not ';' or tab-separated ones", {"t.csv": "a;kind\n1;x\n"}),
-    "csv target of one class": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                                   "holds one class only ('x')", {"t.csv": TABLE.replace(",y\n", ",x\n").replace(",z\n", ",x\n")}),
-    "csv text target as regression": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind", "--task", "regression"],
-                                         ConfigError, "regression needs numbers, but the target 'kind' holds 'x'",
-                                         {"t.csv": TABLE}),
-    "csv too many categories": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                                   "too many to one-hot encode (1000 at most)",
-                                   {"t.csv": "id,kind\n" + "".join(f"w{i},{'xy'[i % 2]}\n" for i in range(1001))}),
-    "csv number beyond float32": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                                     "not a finite number within float32's range", {"t.csv": TABLE.replace("\n1.5,", "\n1e39,", 1)}),
-    "csv fill drop leaves nothing": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind", "--fill", "drop"], DataError,
-                                        "--fill drop leaves nothing", {"t.csv": "a,kind\n,x\nNA,y\n"}),
-    "csv fill mean of an empty column": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind", "--fill", "mean"],
-                                            DataError, "has no values, so no mean to fill it with",
-                                            {"t.csv": "a,b,kind\n1,,x\n2,,y\n3,,x\n"}),
-    "csv test file with another column": Row(["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError,
-                                             "has a column 'extra' that the training file t.csv lacks",
-                                             {"t.csv": TABLE, "t.test.csv": "length,width,kind,extra\n1,2,x,3\n"}),
+    "csv UTF-16": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "is UTF-16 text; save it as UTF-8",
+        {"t.csv": TABLE.encode("utf-16")},
+    ),
+    "csv binary": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "holds NUL bytes",
+        {"t.csv": b"a,kind\n1,\x00x\n"},
+    ),
+    "csv not UTF-8": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "is not UTF-8 text (byte 0xe9 on line 3)",
+        {"t.csv": b"a,kind\n1,x\n2,caf\xe9\n"},
+    ),
+    "csv header only": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "has a header row but no data rows",
+        {"t.csv": "length,width,kind\n"},
+    ),
+    "csv column named twice": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "names column 'a' twice (columns 1 and 2)",
+        {"t.csv": "a,a,kind\n1,2,x\n"},
+    ),
+    "csv column without a name": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"], DataError, "column 2 of", {"t.csv": "a,,kind\n1,2,x\n"}
+    ),
+    "csv stray quote": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "is not valid CSV",
+        {"t.csv": 'a,kind\n1,"x\n2,y\n'},
+    ),
+    "csv semicolons": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        ConfigError,
+        "not ';' or tab-separated ones",
+        {"t.csv": "a;kind\n1;x\n"},
+    ),
+    "csv target of one class": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "holds one class only ('x')",
+        {"t.csv": TABLE.replace(",y\n", ",x\n").replace(",z\n", ",x\n")},
+    ),
+    "csv text target as regression": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind", "--task", "regression"],
+        ConfigError,
+        "regression needs numbers, but the target 'kind' holds 'x'",
+        {"t.csv": TABLE},
+    ),
+    "csv too many categories": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "too many to one-hot encode (1000 at most)",
+        {"t.csv": "id,kind\n" + "".join(f"w{i},{'xy'[i % 2]}\n" for i in range(1001))},
+    ),
+    "csv number beyond float32": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "not a finite number within float32's range",
+        {"t.csv": TABLE.replace("\n1.5,", "\n1e39,", 1)},
+    ),
+    "csv fill drop leaves nothing": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind", "--fill", "drop"],
+        DataError,
+        "--fill drop leaves nothing",
+        {"t.csv": "a,kind\n,x\nNA,y\n"},
+    ),
+    "csv fill mean of an empty column": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind", "--fill", "mean"],
+        DataError,
+        "has no values, so no mean to fill it with",
+        {"t.csv": "a,b,kind\n1,,x\n2,,y\n3,,x\n"},
+    ),
+    "csv test file with another column": Row(
+        ["train", "--data", "{tmp}/t.csv", "--target", "kind"],
+        DataError,
+        "has a column 'extra' that the training file t.csv lacks",
+        {"t.csv": TABLE, "t.test.csv": "length,width,kind,extra\n1,2,x,3\n"},
+    ),
     # more image folders
-    "images: a TIFF among them": Row(["train", "--data", "{tmp}/img"], DataError,
-                                     "is a TIFF image, which TensorFlow does not decode",
-                                     {**png_folder("img", {"cat": 3, "dog": 3}), "img/dog/a.png": lambda p: p.write_bytes(tiff_bytes())}),
-    "images: a file that is no image": Row(["train", "--data", "{tmp}/img"], DataError, "fake.png is not an image",
-                                           {**png_folder("img", {"cat": 3, "dog": 3}), "img/dog/fake.png": "hello"}),
-    "images: only a test folder": Row(["train", "--data", "{tmp}/img"], DataError, "holds no class folders besides test/",
-                                      png_folder("img/test", {"cat": 2, "dog": 2})),
-    "images: a test class the training lacks": Row(["train", "--data", "{tmp}/img"], DataError,
-                                                   "has class folders the training folder lacks (bird)",
-                                                   {**png_folder("img", {"cat": 3, "dog": 3}),
-                                                    **png_folder("img/test", {"cat": 1, "bird": 1})}),
-    "images: as a regression": Row(["train", "--data", "{tmp}/img", "--task", "regression"], ConfigError,
-                                   "so its task is classification", png_folder("img", {"cat": 3, "dog": 3})),
+    "images: a TIFF among them": Row(
+        ["train", "--data", "{tmp}/img"],
+        DataError,
+        "is a TIFF image, which TensorFlow does not decode",
+        {**png_folder("img", {"cat": 3, "dog": 3}), "img/dog/a.png": lambda p: p.write_bytes(tiff_bytes())},
+    ),
+    "images: a file that is no image": Row(
+        ["train", "--data", "{tmp}/img"],
+        DataError,
+        "fake.png is not an image",
+        {**png_folder("img", {"cat": 3, "dog": 3}), "img/dog/fake.png": "hello"},
+    ),
+    "images: only a test folder": Row(
+        ["train", "--data", "{tmp}/img"],
+        DataError,
+        "holds no class folders besides test/",
+        png_folder("img/test", {"cat": 2, "dog": 2}),
+    ),
+    "images: a test class the training lacks": Row(
+        ["train", "--data", "{tmp}/img"],
+        DataError,
+        "has class folders the training folder lacks (bird)",
+        {**png_folder("img", {"cat": 3, "dog": 3}), **png_folder("img/test", {"cat": 1, "bird": 1})},
+    ),
+    "images: as a regression": Row(
+        ["train", "--data", "{tmp}/img", "--task", "regression"],
+        ConfigError,
+        "so its task is classification",
+        png_folder("img", {"cat": 3, "dog": 3}),
+    ),
     # more arrays
-    "npy folder without y": Row(["train", "--data", "{tmp}/f"], ConfigError, "has no labels (x without y)",
-                                {"f/x.npy": lambda p: np.save(p, FEATURES)}),
-    "npy of objects": Row(["train", "--data", "{tmp}/f"], DataError, "holds Python objects, which gradloop never unpickles",
-                          {"f/x.npy": lambda p: np.save(p, np.array([{}, {}], dtype=object), allow_pickle=True),
-                           "f/y.npy": lambda p: np.save(p, np.arange(2))}),
-    "npy that is an npz": Row(["train", "--data", "{tmp}/f"], DataError, "is an .npz archive, not one array",
-                              {"f/x.npy": npz_file("x", x=FEATURES)["x"], "f/y.npy": lambda p: np.save(p, THREE_CLASSES)}),
-    "npz x of text": Row(["train", "--data", "{tmp}/b.npz"], DataError, "x has dtype <U1",
-                         npz_file("b.npz", x=np.array(["a"] * 40), y=THREE_CLASSES)),
-    "npz without examples": Row(["train", "--data", "{tmp}/b.npz"], DataError, "x holds no examples",
-                                npz_file("b.npz", x=np.zeros((0, 3), np.float32), y=np.zeros(0, np.int64))),
-    "npz test of another shape": Row(["train", "--data", "{tmp}/b.npz"], DataError,
-                                     "x_test has examples of shape (4,), x_train of (3,)",
-                                     npz_file("b.npz", x_train=FEATURES, y_train=THREE_CLASSES,
-                                              x_test=np.zeros((2, 4), np.float32), y_test=np.arange(2))),
-    "npz x and x_train": Row(["train", "--data", "{tmp}/b.npz"], DataError, "has both x and x_train",
-                             npz_file("b.npz", x=FEATURES, y=THREE_CLASSES, x_train=FEATURES, y_train=THREE_CLASSES)),
+    "npy folder without y": Row(
+        ["train", "--data", "{tmp}/f"],
+        ConfigError,
+        "has no labels (x without y)",
+        {"f/x.npy": lambda p: np.save(p, FEATURES)},
+    ),
+    "npy of objects": Row(
+        ["train", "--data", "{tmp}/f"],
+        DataError,
+        "holds Python objects, which gradloop never unpickles",
+        {
+            "f/x.npy": lambda p: np.save(p, np.array([{}, {}], dtype=object), allow_pickle=True),
+            "f/y.npy": lambda p: np.save(p, np.arange(2)),
+        },
+    ),
+    "npy that is an npz": Row(
+        ["train", "--data", "{tmp}/f"],
+        DataError,
+        "is an .npz archive, not one array",
+        {"f/x.npy": npz_file("x", x=FEATURES)["x"], "f/y.npy": lambda p: np.save(p, THREE_CLASSES)},
+    ),
+    "npz x of text": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        DataError,
+        "x has dtype <U1",
+        npz_file("b.npz", x=np.array(["a"] * 40), y=THREE_CLASSES),
+    ),
+    "npz without examples": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        DataError,
+        "x holds no examples",
+        npz_file("b.npz", x=np.zeros((0, 3), np.float32), y=np.zeros(0, np.int64)),
+    ),
+    "npz test of another shape": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        DataError,
+        "x_test has examples of shape (4,), x_train of (3,)",
+        npz_file(
+            "b.npz", x_train=FEATURES, y_train=THREE_CLASSES, x_test=np.zeros((2, 4), np.float32), y_test=np.arange(2)
+        ),
+    ),
+    "npz x and x_train": Row(
+        ["train", "--data", "{tmp}/b.npz"],
+        DataError,
+        "has both x and x_train",
+        npz_file("b.npz", x=FEATURES, y=THREE_CLASSES, x_train=FEATURES, y_train=THREE_CLASSES),
+    ),
     # your data function
     "data function file missing": Row(["train", "--data", "{tmp}/nope.py:load"], ConfigError, "nope.py does not exist"),
-    "data function absent": Row(["train", "--data", "{tmp}/fn.py:load"], ConfigError, "fn.py has no load; it defines make",
-                                {"fn.py": "def make():\n    return {}\n"}),
-    "data function raising": Row(["train", "--data", "{tmp}/fn.py:load"], ConfigError, "raised ValueError: no data",
-                                 {"fn.py": "def load():\n    raise ValueError('no data')\n"}),
-    "data function needing an argument": Row(["train", "--data", "{tmp}/fn.py:load"], ConfigError,
-                                             "requires path, which gradloop does not pass",
-                                             {"fn.py": "def load(path):\n    return {}\n"}),
-    "data function exiting at import": Row(["train", "--data", "{tmp}/fn.py:load"], ConfigError, "exits when imported",
-                                           {"fn.py": "import sys\nsys.exit(3)\n"}),
-    "data module missing": Row(["train", "--data", "nosuchpackage.data:load"], ConfigError, "no module named nosuchpackage"),
-    "data function returning a list": Row(["train", "--data", "{tmp}/fn.py:load"], DataError, "returned a list of 2 items",
-                                          {"fn.py": "def load():\n    return [1, 2]\n"}),
-    "data function of unknown keys": Row(["train", "--data", "{tmp}/fn.py:load"], DataError,
-                                         "returned a dict with keys 'features'",
-                                         {"fn.py": "def load():\n    return {'features': [1.0]}\n"}),
+    "data function absent": Row(
+        ["train", "--data", "{tmp}/fn.py:load"],
+        ConfigError,
+        "fn.py has no load; it defines make",
+        {"fn.py": "def make():\n    return {}\n"},
+    ),
+    "data function raising": Row(
+        ["train", "--data", "{tmp}/fn.py:load"],
+        ConfigError,
+        "raised ValueError: no data",
+        {"fn.py": "def load():\n    raise ValueError('no data')\n"},
+    ),
+    "data function needing an argument": Row(
+        ["train", "--data", "{tmp}/fn.py:load"],
+        ConfigError,
+        "requires path, which gradloop does not pass",
+        {"fn.py": "def load(path):\n    return {}\n"},
+    ),
+    "data function exiting at import": Row(
+        ["train", "--data", "{tmp}/fn.py:load"],
+        ConfigError,
+        "exits when imported",
+        {"fn.py": "import sys\nsys.exit(3)\n"},
+    ),
+    "data module missing": Row(
+        ["train", "--data", "nosuchpackage.data:load"], ConfigError, "no module named nosuchpackage"
+    ),
+    "data function returning a list": Row(
+        ["train", "--data", "{tmp}/fn.py:load"],
+        DataError,
+        "returned a list of 2 items",
+        {"fn.py": "def load():\n    return [1, 2]\n"},
+    ),
+    "data function of unknown keys": Row(
+        ["train", "--data", "{tmp}/fn.py:load"],
+        DataError,
+        "returned a dict with keys 'features'",
+        {"fn.py": "def load():\n    return {'features': [1.0]}\n"},
+    ),
     "data function without a train dataset": Row(
-        ["train", "--data", "{tmp}/fn.py:load"], DataError, "returned val but no train dataset",
-        {"fn.py": "import tensorflow as tf\n\ndef load():\n    return {'val': tf.data.Dataset.range(4).batch(2)}\n"}),
+        ["train", "--data", "{tmp}/fn.py:load"],
+        DataError,
+        "returned val but no train dataset",
+        {"fn.py": "import tensorflow as tf\n\ndef load():\n    return {'val': tf.data.Dataset.range(4).batch(2)}\n"},
+    ),
     "data function of a dataset that never ends": Row(
-        ["train", "--data", "{tmp}/fn.py:load"], DataError, "the train dataset never ends",
-        {"fn.py": "import tensorflow as tf\n\ndef load():\n    x = tf.data.Dataset.range(4).map(lambda i: (tf.zeros(3), i % 2))\n"
-                  "    return {'train': x.batch(2).repeat()}\n"}),
+        ["train", "--data", "{tmp}/fn.py:load"],
+        DataError,
+        "the train dataset never ends",
+        {
+            "fn.py": "import tensorflow as tf\n\ndef load():\n    x = tf.data.Dataset.range(4).map(lambda i: (tf.zeros(3), i % 2))\n"
+            "    return {'train': x.batch(2).repeat()}\n"
+        },
+    ),
     # your model file
-    "model .keras missing": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras"], ConfigError,
-                                "m.keras does not exist"),
-    "model .keras not a zip": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras"], ConfigError,
-                                  "not a Keras model file", {"m.keras": "hello"}),
-    "model .keras a zip of nothing": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras"], ConfigError,
-                                         "cannot load it", {"m.keras": npz_file("m", x=FEATURES)["m"]}),
-    "model .keras with a Lambda layer": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras"], ConfigError,
-                                            "it holds Python code (a Lambda layer's)", {"m.keras": lambda p: lambda_model(p)}),
-    "model .keras with model_args": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras", "--config",
-                                         "{tmp}/c.yaml"], ConfigError, "a saved model takes none; drop model_args",
-                                        {"m.keras": lambda p: lambda_model(p), "c.yaml": "model_args: {depth: 2}\n"}),
-    "model name not a function": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
-                                     "build is an int, not a function", {"m.py": "build = 3\n"}),
-    "model function needing an argument": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"],
-                                              ConfigError, "requires depth, which gradloop does not pass",
-                                              {"m.py": "def build(depth):\n    pass\n"}),
-    "model file exiting at import": Row(["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"], ConfigError,
-                                        "exits when imported", {"m.py": "raise SystemExit\n"}),
+    "model .keras missing": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras"], ConfigError, "m.keras does not exist"
+    ),
+    "model .keras not a zip": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras"],
+        ConfigError,
+        "not a Keras model file",
+        {"m.keras": "hello"},
+    ),
+    "model .keras a zip of nothing": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras"],
+        ConfigError,
+        "cannot load it",
+        {"m.keras": npz_file("m", x=FEATURES)["m"]},
+    ),
+    "model .keras with a Lambda layer": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras"],
+        ConfigError,
+        "it holds Python code (a Lambda layer's)",
+        {"m.keras": lambda p: lambda_model(p)},
+    ),
+    "model .keras with model_args": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.keras", "--config", "{tmp}/c.yaml"],
+        ConfigError,
+        "a saved model takes none; drop model_args",
+        {"m.keras": lambda p: lambda_model(p), "c.yaml": "model_args: {depth: 2}\n"},
+    ),
+    "model name not a function": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"],
+        ConfigError,
+        "build is an int, not a function",
+        {"m.py": "build = 3\n"},
+    ),
+    "model function needing an argument": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"],
+        ConfigError,
+        "requires depth, which gradloop does not pass",
+        {"m.py": "def build(depth):\n    pass\n"},
+    ),
+    "model file exiting at import": Row(
+        ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"],
+        ConfigError,
+        "exits when imported",
+        {"m.py": "raise SystemExit\n"},
+    ),
 }
 
 
@@ -583,79 +962,166 @@ def lambda_model(path: Path) -> None:
 RUN_DIR_ROWS = {
     "existing run": Row(["train", "--run-dir", "{earlier}"], RunDirError, "already exists and is not empty"),
     "a file": Row(["train", "--run-dir", "{tmp}/file"], RunDirError, "is a file", {"file": "keep me"}),
-    "parent is a file": Row(["train", "--run-dir", "{tmp}/file/run"], RunDirError, "file is not a folder", {"file": "x"}),
+    "parent is a file": Row(
+        ["train", "--run-dir", "{tmp}/file/run"], RunDirError, "file is not a folder", {"file": "x"}
+    ),
     "under /proc": Row(["train", "--run-dir", "/proc/gradloop-test/run"], RunDirError, "cannot create run directory"),
-    "broken symlink": Row(["train", "--run-dir", "{tmp}/link"], RunDirError, "link is not a folder",
-                          {"link": lambda p: p.symlink_to(p.parent / "gone")}),
+    "broken symlink": Row(
+        ["train", "--run-dir", "{tmp}/link"],
+        RunDirError,
+        "link is not a folder",
+        {"link": lambda p: p.symlink_to(p.parent / "gone")},
+    ),
     "empty name": Row(["train", "--run-dir", ""], ConfigError, "run_dir must be a non-empty"),
     "resume with every checkpoint damaged": Row(
-        ["train", "--resume", "--epochs", "2", "--run-dir", "{tmp}/r"], RunDirError,
+        ["train", "--resume", "--epochs", "2", "--run-dir", "{tmp}/r"],
+        RunDirError,
         "Checksum does not match) nor the older ckpt-1 (the same); they are damaged or from another model",
-        {"r": damaged_copy(flip_a_byte_of_every_checkpoint)}),
+        {"r": damaged_copy(flip_a_byte_of_every_checkpoint)},
+    ),
 }
 
 EVALUATE_ROWS = {
     "missing": Row(["evaluate", "{tmp}/nowhere"], RunDirError, "nowhere does not exist"),
     "a file": Row(["evaluate", "{tmp}/f"], RunDirError, "is not a folder", {"f": "x"}),
     "foreign folder": Row(["evaluate", "{tmp}/r"], RunDirError, "no run.json", {"r/notes.txt": "x"}),
-    "run.json not JSON": Row(["evaluate", "{tmp}/r"], RunDirError, "the run directory is damaged",
-                             {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))}),
-    "run.json binary": Row(["evaluate", "{tmp}/r"], RunDirError, "the run directory is damaged",
-                           {"r": damaged_copy(lambda r: (r / "run.json").write_bytes(b"\xff\xfe\x00"))}),
-    "run.json a list": Row(["evaluate", "{tmp}/r"], RunDirError, "has no config",
-                           {"r": damaged_copy(lambda r: (r / "run.json").write_text("[1, 2]"))}),
-    "run.json bad value": Row(["evaluate", "{tmp}/r"], RunDirError, "holds an invalid config (epochs must be",
-                              {"r": damaged_copy(edit_config(epochs=0))}),
-    "run.json foreign key": Row(["evaluate", "{tmp}/r"], RunDirError, "holds an invalid config (unknown config keys",
-                                {"r": damaged_copy(edit_config(momentum=0.9))}),
-    "model missing": Row(["evaluate", "{tmp}/r"], RunDirError, "has no model.keras",
-                         {"r": damaged_copy(lambda r: (r / "model.keras").unlink())}),
-    "model garbage": Row(["evaluate", "{tmp}/r"], RunDirError, "the file is damaged",
-                         {"r": damaged_copy(lambda r: (r / "model.keras").write_bytes(b"garbage" * 100))}),
-    "model truncated": Row(["evaluate", "{tmp}/r"], RunDirError, "the file is damaged", {"r": damaged_copy(
-        lambda r: (r / "model.keras").write_bytes((r / "model.keras").read_bytes()[:2000]))}),
-    "model of another run": Row(["evaluate", "{tmp}/r"], RunDirError, "come from different runs",
-                                {"r": damaged_copy(save_other_model)}),
-    "split the data lacks": Row(["evaluate", "{earlier}", "--data-dir", "{tmp}/d"], DataError, "has no test split",
-                                idx_files("d", test=False)),
-    "train split the data lacks": Row(["evaluate", "{earlier}", "--data-dir", "{tmp}/d", "--split", "train"],
-                                      DataError, "has no training split",
-                                      {k: v for k, v in idx_files("d").items() if "t10k" in k}),
-    "empty validation split": Row(["evaluate", "{tmp}/r", "--split", "val"], DataError, "the val split",
-                                  {"r": damaged_copy(edit_config(val_fraction=0))}),
+    "run.json not JSON": Row(
+        ["evaluate", "{tmp}/r"],
+        RunDirError,
+        "the run directory is damaged",
+        {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))},
+    ),
+    "run.json binary": Row(
+        ["evaluate", "{tmp}/r"],
+        RunDirError,
+        "the run directory is damaged",
+        {"r": damaged_copy(lambda r: (r / "run.json").write_bytes(b"\xff\xfe\x00"))},
+    ),
+    "run.json a list": Row(
+        ["evaluate", "{tmp}/r"],
+        RunDirError,
+        "has no config",
+        {"r": damaged_copy(lambda r: (r / "run.json").write_text("[1, 2]"))},
+    ),
+    "run.json bad value": Row(
+        ["evaluate", "{tmp}/r"],
+        RunDirError,
+        "holds an invalid config (epochs must be",
+        {"r": damaged_copy(edit_config(epochs=0))},
+    ),
+    "run.json foreign key": Row(
+        ["evaluate", "{tmp}/r"],
+        RunDirError,
+        "holds an invalid config (unknown config keys",
+        {"r": damaged_copy(edit_config(momentum=0.9))},
+    ),
+    "model missing": Row(
+        ["evaluate", "{tmp}/r"],
+        RunDirError,
+        "has no model.keras",
+        {"r": damaged_copy(lambda r: (r / "model.keras").unlink())},
+    ),
+    "model garbage": Row(
+        ["evaluate", "{tmp}/r"],
+        RunDirError,
+        "the file is damaged",
+        {"r": damaged_copy(lambda r: (r / "model.keras").write_bytes(b"garbage" * 100))},
+    ),
+    "model truncated": Row(
+        ["evaluate", "{tmp}/r"],
+        RunDirError,
+        "the file is damaged",
+        {"r": damaged_copy(lambda r: (r / "model.keras").write_bytes((r / "model.keras").read_bytes()[:2000]))},
+    ),
+    "model of another run": Row(
+        ["evaluate", "{tmp}/r"], RunDirError, "come from different runs", {"r": damaged_copy(save_other_model)}
+    ),
+    "split the data lacks": Row(
+        ["evaluate", "{earlier}", "--data-dir", "{tmp}/d"], DataError, "has no test split", idx_files("d", test=False)
+    ),
+    "train split the data lacks": Row(
+        ["evaluate", "{earlier}", "--data-dir", "{tmp}/d", "--split", "train"],
+        DataError,
+        "has no training split",
+        {k: v for k, v in idx_files("d").items() if "t10k" in k},
+    ),
+    "empty validation split": Row(
+        ["evaluate", "{tmp}/r", "--split", "val"],
+        DataError,
+        "the val split",
+        {"r": damaged_copy(edit_config(val_fraction=0))},
+    ),
     "unknown split": Row(["evaluate", "{earlier}", "--split", "dev"], ARGPARSE, "invalid choice: 'dev'"),
     "unknown dataset": Row(["evaluate", "{earlier}", "--dataset", "cifar"], ConfigError, "dataset must be one of"),
     "data dir missing": Row(["evaluate", "{earlier}", "--data-dir", "{tmp}/none"], DataError, "none does not exist"),
     "no run dir": Row(["evaluate"], ARGPARSE, "required: RUN_DIR"),
     "report on a missing run": Row(["report", "{tmp}/nowhere"], RunDirError, "nowhere does not exist"),
     "report on a foreign folder": Row(["report", "{tmp}/r"], RunDirError, "no run.json", {"r/notes.txt": "x"}),
-    "report on a damaged run.json": Row(["report", "{tmp}/r"], RunDirError, "the run directory is damaged",
-                                        {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))}),
-    "export of a damaged model": Row(["export", "{tmp}/r"], RunDirError, "the file is damaged", {"r": damaged_copy(
-        lambda r: (r / "model.keras").write_bytes(b"garbage"))}),
-    "export over the run itself": Row(["export", "{earlier}", "--out", "{earlier}"], RunDirError,
-                                      "already exists and is not empty; remove it or pass another --out"),
+    "report on a damaged run.json": Row(
+        ["report", "{tmp}/r"],
+        RunDirError,
+        "the run directory is damaged",
+        {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))},
+    ),
+    "export of a damaged model": Row(
+        ["export", "{tmp}/r"],
+        RunDirError,
+        "the file is damaged",
+        {"r": damaged_copy(lambda r: (r / "model.keras").write_bytes(b"garbage"))},
+    ),
+    "export over the run itself": Row(
+        ["export", "{earlier}", "--out", "{earlier}"],
+        RunDirError,
+        "already exists and is not empty; remove it or pass another --out",
+    ),
     "runs of a missing folder": Row(["runs", "{tmp}/nowhere"], RunDirError, "nowhere does not exist"),
     "runs of a file": Row(["runs", "{tmp}/f"], RunDirError, "f is not a folder", {"f": "x"}),
     "compare without runs": Row(["compare"], ARGPARSE, "required: RUN_DIR"),
     "compare one run": Row(["compare", "{earlier}"], ConfigError, "compare needs at least 2 runs, got 1"),
     "compare a run with itself": Row(["compare", "{earlier}", "{earlier}/."], ConfigError, "at least 2 runs, got 1"),
     "compare a missing run": Row(["compare", "{earlier}", "{tmp}/nowhere"], RunDirError, "nowhere does not exist"),
-    "compare a foreign folder": Row(["compare", "{earlier}", "{tmp}/r"], RunDirError,
-                                    "r is not a gradloop run directory (no run.json) and holds none", {"r/notes.txt": "x"}),
-    "compare a damaged run": Row(["compare", "{earlier}", "{tmp}/r"], RunDirError, "the run directory is damaged",
-                                 {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))}),
-    "compare a run without an epoch": Row(["compare", "{earlier}", "{tmp}/r"], RunDirError, "did not finish an epoch",
-                                          {"r": damaged_copy(lambda r: (r / "history.json").unlink())}),
-    "compare into a file's folder": Row(["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}/f/compare.html"], RunDirError,
-                                        "cannot write the compare page", {"f": "x", "r": damaged_copy(lambda r: None)}),
-    "compare under /proc": Row(["compare", "{earlier}", "{tmp}/r", "--out", "/proc/gradloop-test/compare.html"],
-                               RunDirError, "cannot write the compare page", {"r": damaged_copy(lambda r: None)}),
-    "compare over a file of yours": Row(["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}/notes.html"], RunDirError,
-                                        "is not a gradloop compare page, so it is left alone",
-                                        {"notes.html": "mine", "r": damaged_copy(lambda r: None)}),
-    "compare into a folder": Row(["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}"], RunDirError, "is a folder",
-                                 {"r": damaged_copy(lambda r: None)}),
+    "compare a foreign folder": Row(
+        ["compare", "{earlier}", "{tmp}/r"],
+        RunDirError,
+        "r is not a gradloop run directory (no run.json) and holds none",
+        {"r/notes.txt": "x"},
+    ),
+    "compare a damaged run": Row(
+        ["compare", "{earlier}", "{tmp}/r"],
+        RunDirError,
+        "the run directory is damaged",
+        {"r": damaged_copy(lambda r: (r / "run.json").write_text("{not json"))},
+    ),
+    "compare a run without an epoch": Row(
+        ["compare", "{earlier}", "{tmp}/r"],
+        RunDirError,
+        "did not finish an epoch",
+        {"r": damaged_copy(lambda r: (r / "history.json").unlink())},
+    ),
+    "compare into a file's folder": Row(
+        ["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}/f/compare.html"],
+        RunDirError,
+        "cannot write the compare page",
+        {"f": "x", "r": damaged_copy(lambda r: None)},
+    ),
+    "compare under /proc": Row(
+        ["compare", "{earlier}", "{tmp}/r", "--out", "/proc/gradloop-test/compare.html"],
+        RunDirError,
+        "cannot write the compare page",
+        {"r": damaged_copy(lambda r: None)},
+    ),
+    "compare over a file of yours": Row(
+        ["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}/notes.html"],
+        RunDirError,
+        "is not a gradloop compare page, so it is left alone",
+        {"notes.html": "mine", "r": damaged_copy(lambda r: None)},
+    ),
+    "compare into a folder": Row(
+        ["compare", "{earlier}", "{tmp}/r", "--out", "{tmp}"],
+        RunDirError,
+        "is a folder",
+        {"r": damaged_copy(lambda r: None)},
+    ),
 }
 
 
@@ -672,54 +1138,132 @@ def tiff_bytes() -> bytes:
 PREDICT_ROWS = {
     "no input": Row(["predict", "{csv_run}"], ARGPARSE, "required: INPUT"),
     "input missing": Row(["predict", "{csv_run}", "{tmp}/none.csv"], DataError, "none.csv: no such file or folder"),
-    "input of an unknown kind": Row(["predict", "{csv_run}", "{tmp}/notes.txt"], DataError,
-                                    "a .txt file is no input gradloop predicts on", {"notes.txt": "x"}),
-    "a table for an image run": Row(["predict", "{image_run}", "{tmp}/t.csv"], ConfigError,
-                                    "trained on a folder of images, and", {"t.csv": TABLE}),
-    "images for a table run": Row(["predict", "{csv_run}", "{tmp}/imgs"], ConfigError, "trained on a CSV table, and",
-                                  png_folder("imgs", {"sub": 1})),
-    "a table among images": Row(["predict", "{image_run}", "{tmp}/imgs/sub/0.png", "{tmp}/t.csv"], ConfigError,
-                                "t.csv is no image file", {**png_folder("imgs", {"sub": 1}), "t.csv": TABLE}),
-    "csv without a feature column": Row(["predict", "{csv_run}", "{tmp}/t.csv"], DataError,
-                                        "has no column 'width', a feature the run trained on", {"t.csv": "length,kind\n1.5,x\n"}),
-    "csv word in a number column": Row(["predict", "{csv_run}", "{tmp}/t.csv"], DataError,
-                                       "row 3 of", {"t.csv": "length,width\n1.5,2\n1.5,wide\n"}),
-    "csv missing cell": Row(["predict", "{csv_run}", "{tmp}/t.csv"], DataError,
-                            "has a missing cell ('') in column 'length', and the run trained without --fill mean or zero",
-                            {"t.csv": "width,length\n2,1.5\n2,\n"}),
-    "csv of a header only": Row(["predict", "{csv_run}", "{tmp}/t.csv"], DataError, "has a header row but no data rows",
-                                {"t.csv": "length,width\n"}),
-    "image folder without images": Row(["predict", "{image_run}", "{tmp}/e"], DataError,
-                                       "holds no images (PNG, JPEG, BMP or GIF) at any depth", {"e/notes.txt": "x"}),
-    "a damaged image": Row(["predict", "{image_run}", "{tmp}/imgs"], DataError, "bad.png: damaged image",
-                           {**png_folder("imgs", {"sub": 2}), "imgs/bad.png": b"\x89PNG\r\n\x1a\nbroken"}),
-    "not an image": Row(["predict", "{image_run}", "{tmp}/imgs/sub/0.png", "{tmp}/fake.png"], DataError,
-                        "fake.png is not an image", {**png_folder("imgs", {"sub": 1}), "fake.png": "hello"}),
-    "an image TensorFlow cannot decode": Row(["predict", "{image_run}", "{tmp}/imgs"], DataError,
-                                             "is a TIFF image, which TensorFlow does not decode",
-                                             {"imgs/a.png": tiff_bytes()}),
-    "npz of another shape": Row(["predict", "{arrays_run}", "{tmp}/b.npz"], DataError,
-                                "b.npz's x holds examples of shape (4,), but the run's model takes (3,)",
-                                npz_file("b.npz", x=np.zeros((5, 4), np.float32))),
-    "npz without x": Row(["predict", "{arrays_run}", "{tmp}/b.npz"], DataError, "has no x (nor x_test or x_train)",
-                         npz_file("b.npz", y=THREE_CLASSES)),
-    "npy with nan": Row(["predict", "{arrays_run}", "{tmp}/x.npy"], DataError, "x.npy holds NaN or infinite values",
-                        {"x.npy": lambda p: np.save(p, np.full((2, 3), np.nan, np.float32))}),
-    "npz for a built-in run, not 28x28": Row(["predict", "{earlier}", "{tmp}/b.npz"], DataError,
-                                             "and the run trained on 28x28 uint8 images", npz_file("b.npz", x=FEATURES)),
-    "run without a model": Row(["predict", "{tmp}/r", "{tmp}/imgs"], RunDirError, "has no model.keras",
-                               {"r": damaged_copy(lambda r: (r / "model.keras").unlink()), **png_folder("imgs", {"sub": 1})}),
-    "run missing": Row(["predict", "{tmp}/nowhere", "{tmp}/t.csv"], RunDirError, "nowhere does not exist", {"t.csv": TABLE}),
-    "out in a missing folder": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}/none/p.csv"], ConfigError,
-                                   "none does not exist; create the folder", {"t.csv": TABLE}),
-    "out over an earlier file": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}/p.csv"], ConfigError,
-                                    "p.csv already exists; pass --overwrite", {"t.csv": TABLE, "p.csv": "earlier results"}),
-    "out a folder": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}"], ConfigError, "is a folder",
-                        {"t.csv": TABLE}),
-    "overwrite without out": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--overwrite"], ConfigError,
-                                 "--overwrite replaces an existing --out file", {"t.csv": TABLE}),
-    "batch size 0": Row(["predict", "{csv_run}", "{tmp}/t.csv", "--batch-size", "0"], ConfigError,
-                        "batch_size must be a positive integer", {"t.csv": TABLE}),
+    "input of an unknown kind": Row(
+        ["predict", "{csv_run}", "{tmp}/notes.txt"],
+        DataError,
+        "a .txt file is no input gradloop predicts on",
+        {"notes.txt": "x"},
+    ),
+    "a table for an image run": Row(
+        ["predict", "{image_run}", "{tmp}/t.csv"], ConfigError, "trained on a folder of images, and", {"t.csv": TABLE}
+    ),
+    "images for a table run": Row(
+        ["predict", "{csv_run}", "{tmp}/imgs"],
+        ConfigError,
+        "trained on a CSV table, and",
+        png_folder("imgs", {"sub": 1}),
+    ),
+    "a table among images": Row(
+        ["predict", "{image_run}", "{tmp}/imgs/sub/0.png", "{tmp}/t.csv"],
+        ConfigError,
+        "t.csv is no image file",
+        {**png_folder("imgs", {"sub": 1}), "t.csv": TABLE},
+    ),
+    "csv without a feature column": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv"],
+        DataError,
+        "has no column 'width', a feature the run trained on",
+        {"t.csv": "length,kind\n1.5,x\n"},
+    ),
+    "csv word in a number column": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv"], DataError, "row 3 of", {"t.csv": "length,width\n1.5,2\n1.5,wide\n"}
+    ),
+    "csv missing cell": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv"],
+        DataError,
+        "has a missing cell ('') in column 'length', and the run trained without --fill mean or zero",
+        {"t.csv": "width,length\n2,1.5\n2,\n"},
+    ),
+    "csv of a header only": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv"],
+        DataError,
+        "has a header row but no data rows",
+        {"t.csv": "length,width\n"},
+    ),
+    "image folder without images": Row(
+        ["predict", "{image_run}", "{tmp}/e"],
+        DataError,
+        "holds no images (PNG, JPEG, BMP or GIF) at any depth",
+        {"e/notes.txt": "x"},
+    ),
+    "a damaged image": Row(
+        ["predict", "{image_run}", "{tmp}/imgs"],
+        DataError,
+        "bad.png: damaged image",
+        {**png_folder("imgs", {"sub": 2}), "imgs/bad.png": b"\x89PNG\r\n\x1a\nbroken"},
+    ),
+    "not an image": Row(
+        ["predict", "{image_run}", "{tmp}/imgs/sub/0.png", "{tmp}/fake.png"],
+        DataError,
+        "fake.png is not an image",
+        {**png_folder("imgs", {"sub": 1}), "fake.png": "hello"},
+    ),
+    "an image TensorFlow cannot decode": Row(
+        ["predict", "{image_run}", "{tmp}/imgs"],
+        DataError,
+        "is a TIFF image, which TensorFlow does not decode",
+        {"imgs/a.png": tiff_bytes()},
+    ),
+    "npz of another shape": Row(
+        ["predict", "{arrays_run}", "{tmp}/b.npz"],
+        DataError,
+        "b.npz's x holds examples of shape (4,), but the run's model takes (3,)",
+        npz_file("b.npz", x=np.zeros((5, 4), np.float32)),
+    ),
+    "npz without x": Row(
+        ["predict", "{arrays_run}", "{tmp}/b.npz"],
+        DataError,
+        "has no x (nor x_test or x_train)",
+        npz_file("b.npz", y=THREE_CLASSES),
+    ),
+    "npy with nan": Row(
+        ["predict", "{arrays_run}", "{tmp}/x.npy"],
+        DataError,
+        "x.npy holds NaN or infinite values",
+        {"x.npy": lambda p: np.save(p, np.full((2, 3), np.nan, np.float32))},
+    ),
+    "npz for a built-in run, not 28x28": Row(
+        ["predict", "{earlier}", "{tmp}/b.npz"],
+        DataError,
+        "and the run trained on 28x28 uint8 images",
+        npz_file("b.npz", x=FEATURES),
+    ),
+    "run without a model": Row(
+        ["predict", "{tmp}/r", "{tmp}/imgs"],
+        RunDirError,
+        "has no model.keras",
+        {"r": damaged_copy(lambda r: (r / "model.keras").unlink()), **png_folder("imgs", {"sub": 1})},
+    ),
+    "run missing": Row(
+        ["predict", "{tmp}/nowhere", "{tmp}/t.csv"], RunDirError, "nowhere does not exist", {"t.csv": TABLE}
+    ),
+    "out in a missing folder": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}/none/p.csv"],
+        ConfigError,
+        "none does not exist; create the folder",
+        {"t.csv": TABLE},
+    ),
+    "out over an earlier file": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}/p.csv"],
+        ConfigError,
+        "p.csv already exists; pass --overwrite",
+        {"t.csv": TABLE, "p.csv": "earlier results"},
+    ),
+    "out a folder": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv", "--out", "{tmp}"], ConfigError, "is a folder", {"t.csv": TABLE}
+    ),
+    "overwrite without out": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv", "--overwrite"],
+        ConfigError,
+        "--overwrite replaces an existing --out file",
+        {"t.csv": TABLE},
+    ),
+    "batch size 0": Row(
+        ["predict", "{csv_run}", "{tmp}/t.csv", "--batch-size", "0"],
+        ConfigError,
+        "batch_size must be a positive integer",
+        {"t.csv": TABLE},
+    ),
 }
 
 
@@ -727,18 +1271,28 @@ def sweep_spec(searched: dict | None = None, **changes) -> dict:
     """A sweep spec file (s.yaml): a good spec, its space ``searched``, with ``changes`` (None: drop the key)."""
     import yaml
 
-    spec = {"trials": 2, "metric": "val_accuracy", "direction": "maximize",
-            "train": {"dataset": "mnist-sample", "epochs": 1, "hidden": 8},
-            "space": searched or {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, **changes}
+    spec = {
+        "trials": 2,
+        "metric": "val_accuracy",
+        "direction": "maximize",
+        "train": {"dataset": "mnist-sample", "epochs": 1, "hidden": 8},
+        "space": searched or {"lr": {"low": 1e-4, "high": 1e-2, "log": True}},
+        **changes,
+    }
     return {"s.yaml": yaml.safe_dump({k: v for k, v in spec.items() if v is not None})}
 
 
 def another_sweep(path: Path) -> None:
     """A sweep folder of another spec (it maximised val_loss)."""
     path.mkdir()
-    raw = {"trials": 2, "metric": "val_loss", "direction": "maximize", "train": {"dataset": "mnist-sample", "epochs": 1,
-           "hidden": 8}, "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "pruning": {"startup_trials": 2,
-           "warmup_epochs": 1}}
+    raw = {
+        "trials": 2,
+        "metric": "val_loss",
+        "direction": "maximize",
+        "train": {"dataset": "mnist-sample", "epochs": 1, "hidden": 8},
+        "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}},
+        "pruning": {"startup_trials": 2, "warmup_epochs": 1},
+    }
     (path / "sweep.json").write_text(json.dumps({"format": 1, "spec": raw, "study": "s", "storage": "study.journal"}))
 
 
@@ -751,39 +1305,80 @@ SWEEP_ROWS = {
     "trials 0": Row(SWEEP, ConfigError, "trials in sweep spec", sweep_spec(trials=0)),
     "direction unknown": Row(SWEEP, ConfigError, "must be maximize or minimize, got 'up'", sweep_spec(direction="up")),
     "unknown option": Row(SWEEP, ConfigError, "unknown key 'momentum' in sweep spec", sweep_spec({"momentum": [0.9]})),
-    "unknown train option": Row(SWEEP, ConfigError, "unknown key 'epoch' in sweep spec",
-                                sweep_spec(train={"dataset": "mnist-sample", "epoch": 1})),
-    "empty range": Row(SWEEP, ConfigError, "is an empty range: low 0.01 is above high 0.0001",
-                       sweep_spec({"lr": {"low": 1e-2, "high": 1e-4}})),
+    "unknown train option": Row(
+        SWEEP,
+        ConfigError,
+        "unknown key 'epoch' in sweep spec",
+        sweep_spec(train={"dataset": "mnist-sample", "epoch": 1}),
+    ),
+    "empty range": Row(
+        SWEEP,
+        ConfigError,
+        "is an empty range: low 0.01 is above high 0.0001",
+        sweep_spec({"lr": {"low": 1e-2, "high": 1e-4}}),
+    ),
     "no choices": Row(SWEEP, ConfigError, "space hidden in sweep spec", sweep_spec({"hidden": []})),
     "a choice twice": Row(SWEEP, ConfigError, "lists a choice twice", sweep_spec({"hidden": [[8], [8]]})),
-    "a range of names": Row(SWEEP, ConfigError, "optimizer is not a number; list its choices instead",
-                            sweep_spec({"optimizer": {"low": 1, "high": 2}})),
-    "a whole-number range of decimals": Row(SWEEP, ConfigError, "takes whole numbers",
-                                            sweep_spec({"batch_size": {"low": 8.5, "high": 64}})),
-    "a log range from 0": Row(SWEEP, ConfigError, "log scale, so low must be > 0",
-                              sweep_spec({"lr": {"low": 0, "high": 1, "log": True}})),
-    "a value the option refuses": Row(SWEEP, ConfigError, "space lr in sweep spec", sweep_spec({"lr": {"low": 0, "high": 1}})),
-    "a choice the option refuses": Row(SWEEP, ConfigError, "choice 0: batch_size must be an integer >= 1",
-                                       sweep_spec({"batch_size": [16, 0]})),
-    "a scalar space": Row(SWEEP, ConfigError, "must be a range {low, high, log} or a list of choices", sweep_spec({"lr": 0.1})),
+    "a range of names": Row(
+        SWEEP,
+        ConfigError,
+        "optimizer is not a number; list its choices instead",
+        sweep_spec({"optimizer": {"low": 1, "high": 2}}),
+    ),
+    "a whole-number range of decimals": Row(
+        SWEEP, ConfigError, "takes whole numbers", sweep_spec({"batch_size": {"low": 8.5, "high": 64}})
+    ),
+    "a log range from 0": Row(
+        SWEEP, ConfigError, "log scale, so low must be > 0", sweep_spec({"lr": {"low": 0, "high": 1, "log": True}})
+    ),
+    "a value the option refuses": Row(
+        SWEEP, ConfigError, "space lr in sweep spec", sweep_spec({"lr": {"low": 0, "high": 1}})
+    ),
+    "a choice the option refuses": Row(
+        SWEEP, ConfigError, "choice 0: batch_size must be an integer >= 1", sweep_spec({"batch_size": [16, 0]})
+    ),
+    "a scalar space": Row(
+        SWEEP, ConfigError, "must be a range {low, high, log} or a list of choices", sweep_spec({"lr": 0.1})
+    ),
     "run_dir searched": Row(SWEEP, ConfigError, "run_dir cannot be searched", sweep_spec({"run_dir": ["a", "b"]})),
-    "fixed and searched": Row(SWEEP, ConfigError, "lr is both fixed (train) and searched (space)",
-                              sweep_spec(train={"dataset": "mnist-sample", "lr": 0.1})),
+    "fixed and searched": Row(
+        SWEEP,
+        ConfigError,
+        "lr is both fixed (train) and searched (space)",
+        sweep_spec(train={"dataset": "mnist-sample", "lr": 0.1}),
+    ),
     "bad pruning": Row(SWEEP, ConfigError, "pruning in sweep spec", sweep_spec(pruning={"patience": 2})),
     "metric not recorded": Row(SWEEP, ConfigError, "metric val_auc in sweep spec", sweep_spec(metric="val_auc")),
-    "metric of a split not held out": Row(SWEEP, ConfigError, "val_fraction is 0 (they hold out no validation data)",
-                                          sweep_spec(train={"dataset": "mnist-sample", "val_fraction": 0})),
-    "database that cannot be opened": Row([*SWEEP, "--storage", "postgresql://nobody:pw@127.0.0.1:1/x"], ConfigError,
-                                          "cannot open the storage postgresql://nobody:***@127.0.0.1:1/x", sweep_spec()),
-    "journal in a file's folder": Row([*SWEEP, "--storage", "{tmp}/f/study.journal"], ConfigError,
-                                      "is not a writable folder", {**sweep_spec(), "f": "x"}),
-    "out is a file": Row(["sweep", "{tmp}/s.yaml", "--out", "{tmp}/f"], RunDirError, "is a file",
-                         {**sweep_spec(), "f": "keep me"}),
-    "out is a run": Row(["sweep", "{tmp}/s.yaml", "--out", "{earlier}"], RunDirError, "is not a sweep folder", sweep_spec()),
-    "out is another spec's sweep": Row(["sweep", "{tmp}/s.yaml", "--out", "{tmp}/other"], ConfigError,
-                                       "is the sweep of another spec (metric: 'val_loss' there, 'val_accuracy' in",
-                                       {**sweep_spec(), "other": another_sweep}),
+    "metric of a split not held out": Row(
+        SWEEP,
+        ConfigError,
+        "val_fraction is 0 (they hold out no validation data)",
+        sweep_spec(train={"dataset": "mnist-sample", "val_fraction": 0}),
+    ),
+    "database that cannot be opened": Row(
+        [*SWEEP, "--storage", "postgresql://nobody:pw@127.0.0.1:1/x"],
+        ConfigError,
+        "cannot open the storage postgresql://nobody:***@127.0.0.1:1/x",
+        sweep_spec(),
+    ),
+    "journal in a file's folder": Row(
+        [*SWEEP, "--storage", "{tmp}/f/study.journal"],
+        ConfigError,
+        "is not a writable folder",
+        {**sweep_spec(), "f": "x"},
+    ),
+    "out is a file": Row(
+        ["sweep", "{tmp}/s.yaml", "--out", "{tmp}/f"], RunDirError, "is a file", {**sweep_spec(), "f": "keep me"}
+    ),
+    "out is a run": Row(
+        ["sweep", "{tmp}/s.yaml", "--out", "{earlier}"], RunDirError, "is not a sweep folder", sweep_spec()
+    ),
+    "out is another spec's sweep": Row(
+        ["sweep", "{tmp}/s.yaml", "--out", "{tmp}/other"],
+        ConfigError,
+        "is the sweep of another spec (metric: 'val_loss' there, 'val_accuracy' in",
+        {**sweep_spec(), "other": another_sweep},
+    ),
 }
 
 
@@ -809,8 +1404,19 @@ def earlier(tmp_path_factory) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(content)
     run = root / "run"
-    argv = ["train", "--data-dir", str(root / "data"), "--epochs", "1", "--hidden", "8", "--batch-size", "4",
-            "--run-dir", str(run)]
+    argv = [
+        "train",
+        "--data-dir",
+        str(root / "data"),
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "4",
+        "--run-dir",
+        str(run),
+    ]
     assert cli.main(argv) == 0
     EARLIER.update(path=run, data=root / "data")
     return run
@@ -819,7 +1425,8 @@ def earlier(tmp_path_factory) -> Path:
 def digest(folder: Path) -> dict[str, tuple[int, str]]:
     return {
         str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -896,14 +1503,19 @@ def test_bad_config_files(row, tmp_path, earlier, capsys):
 
 @rows(DATA_ROWS)
 def test_bad_data(row, tmp_path, earlier, capsys):
-    check_row(Row(["train", "--data-dir", "{tmp}/d", *row.argv], row.error, row.phrase, row.files),
-              tmp_path, earlier, capsys)
+    check_row(
+        Row(["train", "--data-dir", "{tmp}/d", *row.argv], row.error, row.phrase, row.files), tmp_path, earlier, capsys
+    )
 
 
 @rows(OWN_DATA_ROWS)
 def test_bad_own_data(row, tmp_path, earlier, capsys):
-    check_row(Row(row.argv, row.error, row.phrase, {**npz_file("a.npz", x=FEATURES, y=THREE_CLASSES), **row.files}),
-              tmp_path, earlier, capsys)
+    check_row(
+        Row(row.argv, row.error, row.phrase, {**npz_file("a.npz", x=FEATURES, y=THREE_CLASSES), **row.files}),
+        tmp_path,
+        earlier,
+        capsys,
+    )
 
 
 @rows(RUN_DIR_ROWS)
@@ -938,20 +1550,46 @@ def test_bad_sweeps(row, tmp_path, earlier, capsys):
 def own_runs(tmp_path_factory) -> dict[str, Path]:
     """Finished runs on a table, an image folder and arrays, tiny: the predict rows' runs."""
     root = tmp_path_factory.mktemp("own_runs")
-    make_files(root, {"t.csv": TABLE, **png_folder("img", {"cat": 6, "dog": 6}),
-                      **npz_file("a.npz", x=FEATURES, y=THREE_CLASSES)})
+    make_files(
+        root,
+        {"t.csv": TABLE, **png_folder("img", {"cat": 6, "dog": 6}), **npz_file("a.npz", x=FEATURES, y=THREE_CLASSES)},
+    )
     runs = {"csv_run": root / "csv", "image_run": root / "images", "arrays_run": root / "arrays"}
-    for run, data in ((runs["csv_run"], ["t.csv", "--target", "kind"]), (runs["image_run"], ["img"]),
-                      (runs["arrays_run"], ["a.npz"])):
-        assert cli.main(["train", "--data", str(root / data[0]), *data[1:], "--epochs", "1", "--hidden", "4",
-                         "--batch-size", "4", "--run-dir", str(run)]) == 0
+    for run, data in (
+        (runs["csv_run"], ["t.csv", "--target", "kind"]),
+        (runs["image_run"], ["img"]),
+        (runs["arrays_run"], ["a.npz"]),
+    ):
+        assert (
+            cli.main(
+                [
+                    "train",
+                    "--data",
+                    str(root / data[0]),
+                    *data[1:],
+                    "--epochs",
+                    "1",
+                    "--hidden",
+                    "4",
+                    "--batch-size",
+                    "4",
+                    "--run-dir",
+                    str(run),
+                ]
+            )
+            == 0
+        )
     return runs
 
 
 @rows(PREDICT_ROWS)
 def test_bad_predictions(row, tmp_path, earlier, own_runs, capsys):
-    argv = [a.replace("{csv_run}", str(own_runs["csv_run"])).replace("{image_run}", str(own_runs["image_run"]))
-            .replace("{arrays_run}", str(own_runs["arrays_run"])) for a in row.argv]
+    argv = [
+        a.replace("{csv_run}", str(own_runs["csv_run"]))
+        .replace("{image_run}", str(own_runs["image_run"]))
+        .replace("{arrays_run}", str(own_runs["arrays_run"]))
+        for a in row.argv
+    ]
     before = {name: digest(run) for name, run in own_runs.items()}
     check_row(Row(argv, row.error, row.phrase, row.files), tmp_path, earlier, capsys)
     assert {name: digest(run) for name, run in own_runs.items()} == before, "a run was changed"
@@ -1005,8 +1643,10 @@ def test_an_internal_error_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(train_command, "run", buggy)
     code, out, err = run_main(["train"], capsys)
     assert code == 1 and out == ""
-    assert err == "gradloop: internal error: ZeroDivisionError: division by zero second line; " \
-                  "rerun with --debug for the traceback and report it\n"
+    assert (
+        err == "gradloop: internal error: ZeroDivisionError: division by zero second line; "
+        "rerun with --debug for the traceback and report it\n"
+    )
     with pytest.raises(ZeroDivisionError):
         cli.main(["train", "--debug"])
 
@@ -1017,8 +1657,10 @@ def test_an_os_error_names_the_file_and_exits_2(monkeypatch, capsys):
 
     monkeypatch.setattr(train_command, "run", full_disk)
     code, _, err = run_main(["train"], capsys)
-    assert (code, err) == (2, "gradloop: error: runs/x/history.json: No space left on device; "
-                              "check the path and free space\n")
+    assert (code, err) == (
+        2,
+        "gradloop: error: runs/x/history.json: No space left on device; check the path and free space\n",
+    )
 
 
 def test_interrupt_is_exit_130(monkeypatch, capsys):
@@ -1031,13 +1673,21 @@ def test_interrupt_is_exit_130(monkeypatch, capsys):
 
 
 def gradloop_process(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gradloop", *argv], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "gradloop", *argv], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
-@pytest.mark.parametrize("table, name", [(DATA_ROWS, "truncated"), (EVALUATE_ROWS, "model garbage"),
-                                         (CONFIG_ROWS, "python tag"), (EVALUATE_ROWS, "compare over a file of yours"),
-                                         (SWEEP_ROWS, "database that cannot be opened")])
+@pytest.mark.parametrize(
+    "table, name",
+    [
+        (DATA_ROWS, "truncated"),
+        (EVALUATE_ROWS, "model garbage"),
+        (CONFIG_ROWS, "python tag"),
+        (EVALUATE_ROWS, "compare over a file of yours"),
+        (SWEEP_ROWS, "database that cannot be opened"),
+    ],
+)
 def test_real_process_prints_one_line(table, name, tmp_path, earlier):
     row = table[name]
     argv = row.argv
@@ -1075,35 +1725,66 @@ def test_compile_options_refuse_a_count_that_wraps_in_int32():
 
 USER_MODEL = "import keras\n\ndef build(input_shape):\n    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(2)])\n"
 UNLABELED_ROWS = {
-    "x alone for the mlp": Row(["train", "--data", "{tmp}/x.npz"], ConfigError,
-                               "has no labels (x without y), and --model mlp learns labels: save y beside x, or train a "
-                               "model that brings its own train_step on it", npz_file("x.npz", x=FEATURES)),
-    "images without class folders for the cnn": Row(["train", "--data", "{tmp}/img", "--model", "cnn"], ConfigError,
-                                                    "has no labels (no class folders), and --model cnn learns labels",
-                                                    png_folder("img", {"": 4})),
-    "csv without --target, the default loss": Row(["train", "--data", "{tmp}/t.csv", "--model", "{tmp}/m.py:build"],
-                                                  ConfigError, "has no labels (no --target), and the default loss "
-                                                  "compares labels with outputs: pass --target COLUMN",
-                                                  {"t.csv": TABLE.replace(",kind", "").replace(",x\n", "\n").replace(
-                                                      ",y\n", "\n").replace(",z\n", "\n"), "m.py": USER_MODEL}),
-    "function of x alone, a loss": Row(["train", "--data", "{tmp}/fn.py:load", "--model", "{tmp}/m.py:build", "--loss",
-                                        "mse"], ConfigError, "has no labels (x alone), and the loss mse compares labels",
-                                       {"fn.py": "import numpy as np\n\ndef load():\n    return {'x': np.ones((9, 3))}\n",
-                                        "m.py": USER_MODEL}),
-    "task of x alone": Row(["train", "--data", "{tmp}/x.npz", "--task", "regression"], ConfigError,
-                           "--task regression says what to predict, but", npz_file("x.npz", x=FEATURES)),
-    "classes of x alone": Row(["train", "--data", "{tmp}/x.npz", "--classes", "0,1"], ConfigError,
-                              "--classes picks classes of labelled data", npz_file("x.npz", x=FEATURES)),
-    "header unknown": Row(["train", "--data", "{tmp}/a.npz", "--header", "maybe"], ConfigError,
-                          "header must be one of auto, yes, no, got 'maybe'"),
+    "x alone for the mlp": Row(
+        ["train", "--data", "{tmp}/x.npz"],
+        ConfigError,
+        "has no labels (x without y), and --model mlp learns labels: save y beside x, or train a "
+        "model that brings its own train_step on it",
+        npz_file("x.npz", x=FEATURES),
+    ),
+    "images without class folders for the cnn": Row(
+        ["train", "--data", "{tmp}/img", "--model", "cnn"],
+        ConfigError,
+        "has no labels (no class folders), and --model cnn learns labels",
+        png_folder("img", {"": 4}),
+    ),
+    "csv without --target, the default loss": Row(
+        ["train", "--data", "{tmp}/t.csv", "--model", "{tmp}/m.py:build"],
+        ConfigError,
+        "has no labels (no --target), and the default loss compares labels with outputs: pass --target COLUMN",
+        {
+            "t.csv": TABLE.replace(",kind", "").replace(",x\n", "\n").replace(",y\n", "\n").replace(",z\n", "\n"),
+            "m.py": USER_MODEL,
+        },
+    ),
+    "function of x alone, a loss": Row(
+        ["train", "--data", "{tmp}/fn.py:load", "--model", "{tmp}/m.py:build", "--loss", "mse"],
+        ConfigError,
+        "has no labels (x alone), and the loss mse compares labels",
+        {"fn.py": "import numpy as np\n\ndef load():\n    return {'x': np.ones((9, 3))}\n", "m.py": USER_MODEL},
+    ),
+    "task of x alone": Row(
+        ["train", "--data", "{tmp}/x.npz", "--task", "regression"],
+        ConfigError,
+        "--task regression says what to predict, but",
+        npz_file("x.npz", x=FEATURES),
+    ),
+    "classes of x alone": Row(
+        ["train", "--data", "{tmp}/x.npz", "--classes", "0,1"],
+        ConfigError,
+        "--classes picks classes of labelled data",
+        npz_file("x.npz", x=FEATURES),
+    ),
+    "header unknown": Row(
+        ["train", "--data", "{tmp}/a.npz", "--header", "maybe"],
+        ConfigError,
+        "header must be one of auto, yes, no, got 'maybe'",
+    ),
     "header without --data": Row(["train", "--header", "no"], ConfigError, "--header applies to --data only"),
-    "headerless csv, a target by name": Row(["train", "--data", "{tmp}/h.csv", "--target", "kind"], ConfigError,
-                                            "it has no header row, so its columns are named by position, 0 to 2",
-                                            {"h.csv": "1.5,2.0,x\n2.5,3.0,y\n"}),
+    "headerless csv, a target by name": Row(
+        ["train", "--data", "{tmp}/h.csv", "--target", "kind"],
+        ConfigError,
+        "it has no header row, so its columns are named by position, 0 to 2",
+        {"h.csv": "1.5,2.0,x\n2.5,3.0,y\n"},
+    ),
 }
 
 
 @rows(UNLABELED_ROWS)
 def test_bad_unlabeled_data(row, tmp_path, earlier, capsys):
-    check_row(Row(row.argv, row.error, row.phrase, {**npz_file("a.npz", x=FEATURES, y=THREE_CLASSES), **row.files}),
-              tmp_path, earlier, capsys)
+    check_row(
+        Row(row.argv, row.error, row.phrase, {**npz_file("a.npz", x=FEATURES, y=THREE_CLASSES), **row.files}),
+        tmp_path,
+        earlier,
+        capsys,
+    )

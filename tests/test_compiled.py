@@ -17,7 +17,9 @@ DIM, CLASSES = 4, 3
 def parts(model=None, **kwargs) -> CompiledModel:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((DIM,))
-    model = model or keras.Model(inputs, keras.layers.Dense(CLASSES, kernel_regularizer=keras.regularizers.L2(0.5))(inputs))
+    model = model or keras.Model(
+        inputs, keras.layers.Dense(CLASSES, kernel_regularizer=keras.regularizers.L2(0.5))(inputs)
+    )
     return CompiledModel(
         model,
         optimizer=keras.optimizers.Adam(1e-3),
@@ -68,14 +70,20 @@ def test_build_makes_the_variables_and_the_compiled_functions_once():
     assert float(results["loss"]) == float(np.float32(compiled.loss_tracker.result())) > 0
 
 
-@pytest.mark.parametrize("planned, on_xla", [(XLA_AUTO_MIN_STEPS, True), (XLA_AUTO_MIN_STEPS - 1, False), (None, False)])
+@pytest.mark.parametrize(
+    "planned, on_xla", [(XLA_AUTO_MIN_STEPS, True), (XLA_AUTO_MIN_STEPS - 1, False), (None, False)]
+)
 def test_planned_steps_is_the_fit_length_the_xla_default_decides_for(planned, on_xla):
     # A 2-step fit: only planned_steps makes it count as a fit long enough for XLA.
     keras.utils.set_random_seed(0)
     inputs = keras.Input((DIM,))
     model = keras.Model(inputs, keras.layers.Dense(CLASSES)(inputs))
-    trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                      options=CompileOptions(planned_steps=planned))
+    trainer = Trainer(
+        model,
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        options=CompileOptions(planned_steps=planned),
+    )
     x, y = np.random.default_rng(0).normal(size=(8, DIM)).astype("float32"), np.arange(8) % CLASSES
     history = trainer.fit(InMemory(x, y, batch_size=4, seed=1), epochs=1, verbose=0).history
     assert trainer._xla_groups is on_xla and len(history["loss"]) == 1

@@ -53,14 +53,39 @@ def test_bad_classes_are_refused(text):
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("epochs", 0), ("epochs", -3), ("epochs", 2.5), ("epochs", True),
-        ("batch_size", 0), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")), ("lr", float("inf")), ("lr", "fast"),
-        ("val_fraction", 1.0), ("val_fraction", -0.1), ("hidden", "512,,128"), ("hidden", "0"), ("hidden", "a"),
-        ("model", "resnet"), ("steps_per_execution", 0), ("seed", -1),
-        ("lr_schedule", "linear"), ("warmup_steps", -1), ("warmup_steps", 1.5), ("decay_steps", 0),
-        ("decay_rate", 0.0), ("decay_rate", 1.5), ("decay_rate", "half"), ("clip_norm", 0), ("clip_norm", -1.0),
-        ("clip_norm", float("nan")), ("clip_norm", float("inf")), ("accumulate_steps", 0), ("accumulate_steps", True),
-        ("precision", "float16"), ("summary_every", 0),
+        ("epochs", 0),
+        ("epochs", -3),
+        ("epochs", 2.5),
+        ("epochs", True),
+        ("batch_size", 0),
+        ("lr", 0.0),
+        ("lr", -1e-3),
+        ("lr", float("nan")),
+        ("lr", float("inf")),
+        ("lr", "fast"),
+        ("val_fraction", 1.0),
+        ("val_fraction", -0.1),
+        ("hidden", "512,,128"),
+        ("hidden", "0"),
+        ("hidden", "a"),
+        ("model", "resnet"),
+        ("steps_per_execution", 0),
+        ("seed", -1),
+        ("lr_schedule", "linear"),
+        ("warmup_steps", -1),
+        ("warmup_steps", 1.5),
+        ("decay_steps", 0),
+        ("decay_rate", 0.0),
+        ("decay_rate", 1.5),
+        ("decay_rate", "half"),
+        ("clip_norm", 0),
+        ("clip_norm", -1.0),
+        ("clip_norm", float("nan")),
+        ("clip_norm", float("inf")),
+        ("accumulate_steps", 0),
+        ("accumulate_steps", True),
+        ("precision", "float16"),
+        ("summary_every", 0),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(key, value):
@@ -87,7 +112,11 @@ def test_unknown_keys_and_bad_yaml_are_refused(tmp_path):
 
 # Values as YAML or JSON can spell them: every one gives a checked config or a ConfigError, nothing else.
 _YAML_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
     | st.sampled_from(["1e-3", "nan", "0-4", "all", "512,256", "mnist-sample", "-1", "", "9" * 5000]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
@@ -138,8 +167,14 @@ def test_a_resume_may_change_only_when_to_stop_and_save():
 
 @pytest.mark.parametrize(
     "values",
-    [{"checkpoint_every": -1}, {"checkpoint_seconds": -1.0}, {"checkpoint_seconds": float("inf")},
-     {"early_stop": 1.5}, {"deterministic": "yes"}, {"early_stop": 2, "val_fraction": 0}],
+    [
+        {"checkpoint_every": -1},
+        {"checkpoint_seconds": -1.0},
+        {"checkpoint_seconds": float("inf")},
+        {"early_stop": 1.5},
+        {"deterministic": "yes"},
+        {"early_stop": 2, "val_fraction": 0},
+    ],
 )
 def test_checkpoint_and_stopping_values_are_checked(values):
     with pytest.raises(ConfigError):

@@ -31,8 +31,11 @@ def options(spe: int) -> CompileOptions:
 
 
 def discriminator(channels: int = 1, dropout: float = 0.0) -> keras.Model:
-    layers = [keras.Input((SIDE, SIDE, channels)), keras.layers.Conv2D(8, 3, strides=2, padding="same"),
-              keras.layers.LeakyReLU(negative_slope=0.2)]
+    layers = [
+        keras.Input((SIDE, SIDE, channels)),
+        keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+        keras.layers.LeakyReLU(negative_slope=0.2),
+    ]
     layers += [keras.layers.Dropout(dropout)] if dropout else []
     layers += [keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(1)]
     return keras.Sequential(layers, name="discriminator")
@@ -41,8 +44,12 @@ def discriminator(channels: int = 1, dropout: float = 0.0) -> keras.Model:
 def generator(inputs: int = LATENT, batch_norm: bool = False) -> keras.Model:
     layers = [keras.Input((inputs,)), keras.layers.Dense(4 * 4 * 8), keras.layers.LeakyReLU(negative_slope=0.2)]
     layers += [keras.layers.BatchNormalization()] if batch_norm else []
-    layers += [keras.layers.Reshape((4, 4, 8)), keras.layers.Conv2DTranspose(8, 4, strides=2, padding="same"),
-               keras.layers.LeakyReLU(negative_slope=0.2), keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")]
+    layers += [
+        keras.layers.Reshape((4, 4, 8)),
+        keras.layers.Conv2DTranspose(8, 4, strides=2, padding="same"),
+        keras.layers.LeakyReLU(negative_slope=0.2),
+        keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid"),
+    ]
     return keras.Sequential(layers, name="generator")
 
 
@@ -89,7 +96,9 @@ class GAN(keras.Model):
 def guide_gan(seed: int = 0) -> GAN:
     keras.utils.set_random_seed(seed)
     gan = GAN(discriminator(), generator())
-    gan.compile(keras.optimizers.Adam(3e-3), keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True))
+    gan.compile(
+        keras.optimizers.Adam(3e-3), keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True)
+    )
     return gan
 
 
@@ -123,8 +132,11 @@ class DCGAN(GAN):
 def dcgan(seed: int = 0) -> DCGAN:
     keras.utils.set_random_seed(seed)
     gan = DCGAN(discriminator(dropout=0.2), generator(batch_norm=True))
-    gan.compile(keras.optimizers.Adam(2e-3, beta_1=0.5), keras.optimizers.Adam(2e-3, beta_1=0.5),
-                keras.losses.BinaryCrossentropy(from_logits=True))
+    gan.compile(
+        keras.optimizers.Adam(2e-3, beta_1=0.5),
+        keras.optimizers.Adam(2e-3, beta_1=0.5),
+        keras.losses.BinaryCrossentropy(from_logits=True),
+    )
     return gan
 
 
@@ -159,7 +171,9 @@ class ConditionalGAN(GAN):
 def conditional_gan(seed: int = 0) -> ConditionalGAN:
     keras.utils.set_random_seed(seed)
     gan = ConditionalGAN(discriminator(channels=1 + CLASSES), generator(inputs=LATENT + CLASSES))
-    gan.compile(keras.optimizers.Adam(3e-3), keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True))
+    gan.compile(
+        keras.optimizers.Adam(3e-3), keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True)
+    )
     return gan
 
 
@@ -169,10 +183,18 @@ class SimSiam(keras.Model):
 
     def __init__(self):
         super().__init__()
-        self.encoder = keras.Sequential([keras.Input((SIDE, SIDE, 1)), keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-                                         keras.layers.Flatten(), keras.layers.Dense(8)], name="encoder")
-        self.predictor = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="relu"),
-                                           keras.layers.Dense(8)], name="predictor")
+        self.encoder = keras.Sequential(
+            [
+                keras.Input((SIDE, SIDE, 1)),
+                keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(8),
+            ],
+            name="encoder",
+        )
+        self.predictor = keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(8)], name="predictor"
+        )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.seed_generator = keras.random.SeedGenerator(7)
 
@@ -187,7 +209,9 @@ class SimSiam(keras.Model):
 
     def train_step(self, x):
         def distance(p, z):
-            return -tf.reduce_mean(tf.reduce_sum(tf.math.l2_normalize(p, 1) * tf.math.l2_normalize(tf.stop_gradient(z), 1), 1))
+            return -tf.reduce_mean(
+                tf.reduce_sum(tf.math.l2_normalize(p, 1) * tf.math.l2_normalize(tf.stop_gradient(z), 1), 1)
+            )
 
         one, two = self.augment(x), self.augment(x)
         with tf.GradientTape() as tape:
@@ -220,7 +244,8 @@ class WGANGP(GAN):
             with tf.GradientTape() as tape:
                 fake = self.generator(noise, training=True)
                 d_cost = tf.reduce_mean(self.discriminator(fake, training=True)) - tf.reduce_mean(
-                    self.discriminator(real_images, training=True))
+                    self.discriminator(real_images, training=True)
+                )
                 alpha = keras.random.uniform((batch_size, 1, 1, 1), seed=self.seed_generator)
                 interpolated = real_images + alpha * (fake - real_images)
                 with tf.GradientTape() as gp_tape:
@@ -242,8 +267,9 @@ class WGANGP(GAN):
 def wgan_gp(seed: int = 0) -> WGANGP:
     keras.utils.set_random_seed(seed)
     gan = WGANGP(discriminator(), generator())
-    gan.compile(keras.optimizers.Adam(2e-4, beta_1=0.5, beta_2=0.9), keras.optimizers.Adam(2e-4, beta_1=0.5, beta_2=0.9),
-                None)
+    gan.compile(
+        keras.optimizers.Adam(2e-4, beta_1=0.5, beta_2=0.9), keras.optimizers.Adam(2e-4, beta_1=0.5, beta_2=0.9), None
+    )
     return gan
 
 
@@ -374,7 +400,9 @@ def test_a_two_optimizer_gan_stopped_mid_epoch_and_resumed_into_new_objects_is_b
     state = checkpoint.restore(unlabeled())
     assert (state.epoch, state.step) == (1, 2)
     history = fit(trainer, initial_state=state, callbacks=[Checkpointing(checkpoint, every_steps=2)])
-    assert {k: v for k, v in history.items() if k != "train_time"} == {k: v for k, v in expected.items() if k != "train_time"}
+    assert {k: v for k, v in history.items() if k != "train_time"} == {
+        k: v for k, v in expected.items() if k != "train_time"
+    }
     for ours, theirs in zip(resumed.variables, straight.variables):  # weights and the seed generator's state
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     for name in ("d_optimizer", "g_optimizer"):
@@ -393,7 +421,10 @@ def test_the_checkpoint_names_every_optimizer_and_seed_generator(tmp_path):
     bundle = checkpoint._bundle  # a checkpoint stores each variable once, under its first path (model/d_optimizer/...)
     assert set(bundle.optimizers) == {"optimizer", "d_optimizer", "g_optimizer"}
     assert bundle.optimizers["d_optimizer"] is gan.d_optimizer and bundle.optimizers["g_optimizer"] is gan.g_optimizer
-    assert set(bundle.seed_generators) == {"seed_generator", "layer_4.seed_generator"}  # the GAN's, the critic's Dropout's
+    assert set(bundle.seed_generators) == {
+        "seed_generator",
+        "layer_4.seed_generator",
+    }  # the GAN's, the critic's Dropout's
     keys = set(tf.train.load_checkpoint(checkpoint.latest).get_variable_to_shape_map())
     assert any("moving_mean" in k for k in keys) and any(k.startswith("model/g_optimizer/") for k in keys)
     assert len([k for k in keys if k.startswith("metrics/")]) == 4  # the two trackers' totals and counts
@@ -440,12 +471,18 @@ def returning(result) -> Trainer:
     return Trainer(model, options=options(4))
 
 
-@pytest.mark.parametrize("result, message", [
-    ("tensor", r"^Returning.train_step returned \w*Tensor; it must return a dict of scalars by name"),
-    ("vector", r"^Returning.train_step returned 'loss' of shape \(None, 1\); its values must be scalars"),
-    ("numpy", r"^Returning.train_step runs compiled \(inside tf.function, as in model.fit\), where tensors have no values"),
-    ("no_gradient", r"^Returning.train_step: .*extra.* got no gradient"),
-])
+@pytest.mark.parametrize(
+    "result, message",
+    [
+        ("tensor", r"^Returning.train_step returned \w*Tensor; it must return a dict of scalars by name"),
+        ("vector", r"^Returning.train_step returned 'loss' of shape \(None, 1\); its values must be scalars"),
+        (
+            "numpy",
+            r"^Returning.train_step runs compiled \(inside tf.function, as in model.fit\), where tensors have no values",
+        ),
+        ("no_gradient", r"^Returning.train_step: .*extra.* got no gradient"),
+    ],
+)
 def test_a_step_of_the_wrong_shape_is_one_line(result, message):
     with pytest.raises(ConfigError, match=message) as error:
         returning(result).fit(regression(), verbose=0)
@@ -453,7 +490,9 @@ def test_a_step_of_the_wrong_shape_is_one_line(result, message):
 
 
 def test_a_variable_the_step_never_updates_is_named_in_a_warning():
-    with pytest.warns(UserWarning, match=r"train_step gives none of the model's optimizers .*extra.*: they never train"):
+    with pytest.warns(
+        UserWarning, match=r"train_step gives none of the model's optimizers .*extra.*: they never train"
+    ):
         returning("ok").fit(regression(), verbose=0)
 
 
@@ -478,7 +517,9 @@ def test_an_uncompiled_model_and_options_that_belong_in_compile_are_refused():
 
 
 def test_gradloops_own_step_refuses_a_model_whose_compile_takes_other_arguments():
-    with pytest.raises(ConfigError, match=r"^GAN.compile takes its own arguments \(d_optimizer, g_optimizer, loss_fn\)"):
+    with pytest.raises(
+        ConfigError, match=r"^GAN.compile takes its own arguments \(d_optimizer, g_optimizer, loss_fn\)"
+    ):
         Trainer(GAN(discriminator(), generator()), optimizer="adam", loss="mse")
 
 

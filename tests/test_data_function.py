@@ -90,8 +90,13 @@ def test_a_function_returning_arrays_is_read_as_an_npz_is_with_the_seed_it_decla
     loaded = load(digits_py, "arrays", seed=7)
     x, y = digits
     order = np.random.default_rng(7).permutation(len(y))
-    np.savez(tmp_path / "same.npz", x_train=x[order][:400], y_train=y[order][:400], x_test=x[order][400:],
-             y_test=y[order][400:])
+    np.savez(
+        tmp_path / "same.npz",
+        x_train=x[order][:400],
+        y_train=y[order][:400],
+        x_test=x[order][400:],
+        y_test=y[order][400:],
+    )
     npz = sources.load_source(sources.DataSpec(str(tmp_path / "same.npz")))
     assert (loaded.kind, loaded.task, loaded.class_names) == ("function", "classification", tuple("0123456789"))
     assert (loaded.task, loaded.class_names, loaded.preprocessing) == (npz.task, npz.class_names, npz.preprocessing)
@@ -192,10 +197,15 @@ def test_the_trainer_trains_on_a_function_s_datasets(digits_py):
     loaded = load(digits_py, "datasets", seed=1)
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input(loaded.train.element_shape), keras.layers.Flatten(), keras.layers.Dense(10)])
-    trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-2),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    history = trainer.fit(examples_lib.epochs(loaded.train, batch_size=32, seed=1),
-                          validation_data=loaded.val.batches(None, 32), epochs=2)
+    trainer = Trainer(
+        model,
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = trainer.fit(
+        examples_lib.epochs(loaded.train, batch_size=32, seed=1), validation_data=loaded.val.batches(None, 32), epochs=2
+    )
     assert len(history.history["val_loss"]) == 2
     assert history.history["accuracy"][1] > 0.5  # real digits, a linear model: well above chance
 
@@ -222,54 +232,113 @@ def ds(x=x, y=y):
 """
 
 ERRORS = {
-    "returns a list of arrays": Row("return [x, y]", DataError, "returned a list of 2 items; return a dict of numpy arrays"),
-    "returns nothing": Row("pass", DataError, "returned None; return a dict of numpy arrays (x, y, or x_train, y_train"),
+    "returns a list of arrays": Row(
+        "return [x, y]", DataError, "returned a list of 2 items; return a dict of numpy arrays"
+    ),
+    "returns nothing": Row(
+        "pass", DataError, "returned None; return a dict of numpy arrays (x, y, or x_train, y_train"
+    ),
     "returns an empty dict": Row("return {}", DataError, "returned a dict of 0 items; return a dict"),
-    "unknown keys": Row("return {'images': x, 'labels': y}", DataError, "returned a dict with keys 'images', 'labels'; return"),
-    "class_names with arrays": Row("return {'x': x, 'y': y, 'class_names': ['a', 'b', 'c']}", DataError,
-                                   "returned class_names with arrays, whose classes are y's distinct values"),
-    "arrays and datasets together": Row("return {'x': x, 'y': y, 'train': ds().batch(2)}", DataError,
-                                        "returned arrays (x, y) and datasets (train) together; return one or the other"),
-    "x without y beside labels": Row("return {'x_train': x, 'x_test': x, 'y_test': y}", DataError,
-                                     "--data {tmp}/make.py:make has x_train but no y_train; return both"),
+    "unknown keys": Row(
+        "return {'images': x, 'labels': y}", DataError, "returned a dict with keys 'images', 'labels'; return"
+    ),
+    "class_names with arrays": Row(
+        "return {'x': x, 'y': y, 'class_names': ['a', 'b', 'c']}",
+        DataError,
+        "returned class_names with arrays, whose classes are y's distinct values",
+    ),
+    "arrays and datasets together": Row(
+        "return {'x': x, 'y': y, 'train': ds().batch(2)}",
+        DataError,
+        "returned arrays (x, y) and datasets (train) together; return one or the other",
+    ),
+    "x without y beside labels": Row(
+        "return {'x_train': x, 'x_test': x, 'y_test': y}",
+        DataError,
+        "--data {tmp}/make.py:make has x_train but no y_train; return both",
+    ),
     "y alone": Row("return {'y': y}", DataError, "--data {tmp}/make.py:make has y but no x; return both"),
-    "arrays that do not pair up": Row("return {'x': x, 'y': y[:4]}", DataError,
-                                      "x of shape (6, 4) and y of shape (4,) do not pair up; give one y per example"),
+    "arrays that do not pair up": Row(
+        "return {'x': x, 'y': y[:4]}",
+        DataError,
+        "x of shape (6, 4) and y of shape (4,) do not pair up; give one y per example",
+    ),
     "ragged lists": Row("return {'x': [[1, 2], [3]], 'y': [0, 1]}", DataError, "x is not an array (ValueError: "),
     "object arrays": Row("return {'x': np.array([None] * 6), 'y': y}", DataError, "x has dtype object; return numbers"),
-    "val of another shape": Row("return {'x': x, 'y': y, 'x_val': x[:, :2], 'y_val': y}", DataError,
-                                "x_val has examples of shape (2,), x_train of (4,); give both splits the same shape"),
-    "a dataset among arrays": Row("return {'x_train': ds(), 'y_train': y}", DataError, "returned x_train as a tf.data dataset"),
-    "datasets without train": Row("return {'val': ds().batch(2)}", DataError, "returned val but no train dataset; return one"),
-    "train not a dataset": Row("return {'train': x, 'val': ds().batch(2)}", DataError,
-                               "returned train as a numpy.ndarray, not a tf.data dataset"),
-    "unbatched": Row("return {'train': ds()}", DataError,
-                     "the train dataset yields single examples (x of shape (4,), y of shape ()); batch it: dataset.batch(32)"),
-    "repeats forever": Row("return {'train': ds().batch(2).repeat()}", DataError,
-                           "the train dataset never ends; drop its .repeat()"),
-    "dict elements": Row("return {'train': tf.data.Dataset.from_tensor_slices({'x': x, 'y': y}).batch(2)}", DataError,
-                         "the train dataset yields dicts (keys x, y); yield (x, y) batches"),
+    "val of another shape": Row(
+        "return {'x': x, 'y': y, 'x_val': x[:, :2], 'y_val': y}",
+        DataError,
+        "x_val has examples of shape (2,), x_train of (4,); give both splits the same shape",
+    ),
+    "a dataset among arrays": Row(
+        "return {'x_train': ds(), 'y_train': y}", DataError, "returned x_train as a tf.data dataset"
+    ),
+    "datasets without train": Row(
+        "return {'val': ds().batch(2)}", DataError, "returned val but no train dataset; return one"
+    ),
+    "train not a dataset": Row(
+        "return {'train': x, 'val': ds().batch(2)}",
+        DataError,
+        "returned train as a numpy.ndarray, not a tf.data dataset",
+    ),
+    "unbatched": Row(
+        "return {'train': ds()}",
+        DataError,
+        "the train dataset yields single examples (x of shape (4,), y of shape ()); batch it: dataset.batch(32)",
+    ),
+    "repeats forever": Row(
+        "return {'train': ds().batch(2).repeat()}", DataError, "the train dataset never ends; drop its .repeat()"
+    ),
+    "dict elements": Row(
+        "return {'train': tf.data.Dataset.from_tensor_slices({'x': x, 'y': y}).batch(2)}",
+        DataError,
+        "the train dataset yields dicts (keys x, y); yield (x, y) batches",
+    ),
     "empty": Row("return {'train': ds().batch(2).take(0)}", DataError, "the train dataset yields no batches"),
     "batches of x and y that do not pair": Row(
         "return {'train': tf.data.Dataset.zip((ds().map(lambda a, b: a).batch(3), ds().map(lambda c, d: d).batch(2)))}",
-        DataError, "a batch of the train dataset has 3 x but y of shape (2,); yield (x, y) batches with one y per x"),
-    "string labels": Row("return {'train': ds(y=np.array(['a', 'b'] * 3)).batch(2)}", DataError,
-                         "the train dataset's y are strings; yield class indices 0, 1, 2"),
-    "negative labels": Row("return {'train': ds(y=np.arange(6) - 1).batch(2)}", DataError,
-                           "the train dataset has label -1; a classification's datasets yield class indices"),
-    "one-hot labels": Row("return {'train': ds(y=np.eye(3)[np.arange(6) % 3]).batch(2)}", DataError,
-                          "the train dataset has y of shape (3,) per example; a classification's datasets yield",
-                          task="classification"),
-    "too few class names": Row("return {'train': ds().batch(2), 'class_names': ['a', 'b']}", DataError,
-                               "a dataset has label 2, but there are 2 class names (a, b); label i is class_names[i]"),
-    "class names not a list": Row("return {'train': ds().batch(2), 'class_names': 'abc'}", DataError,
-                                  "returned class_names as a str; return a list of names"),
-    "val of another shape (datasets)": Row("return {'train': ds().batch(2), 'val': ds(x=x[:, :2]).batch(2)}", DataError,
-                                           "the val dataset has examples of shape (2,), train of (4,)"),
-    "a pipeline that fails": Row("return {'train': ds().batch(2).map(lambda a, b: (tf.ensure_shape(a, [3, 4]), b))}",
-                                 DataError, "reading the train dataset failed (InvalidArgumentError: "),
-    "the function raises": Row("raise FileNotFoundError('data.csv')", ConfigError,
-                               "make raised FileNotFoundError: data.csv; fix the function"),
+        DataError,
+        "a batch of the train dataset has 3 x but y of shape (2,); yield (x, y) batches with one y per x",
+    ),
+    "string labels": Row(
+        "return {'train': ds(y=np.array(['a', 'b'] * 3)).batch(2)}",
+        DataError,
+        "the train dataset's y are strings; yield class indices 0, 1, 2",
+    ),
+    "negative labels": Row(
+        "return {'train': ds(y=np.arange(6) - 1).batch(2)}",
+        DataError,
+        "the train dataset has label -1; a classification's datasets yield class indices",
+    ),
+    "one-hot labels": Row(
+        "return {'train': ds(y=np.eye(3)[np.arange(6) % 3]).batch(2)}",
+        DataError,
+        "the train dataset has y of shape (3,) per example; a classification's datasets yield",
+        task="classification",
+    ),
+    "too few class names": Row(
+        "return {'train': ds().batch(2), 'class_names': ['a', 'b']}",
+        DataError,
+        "a dataset has label 2, but there are 2 class names (a, b); label i is class_names[i]",
+    ),
+    "class names not a list": Row(
+        "return {'train': ds().batch(2), 'class_names': 'abc'}",
+        DataError,
+        "returned class_names as a str; return a list of names",
+    ),
+    "val of another shape (datasets)": Row(
+        "return {'train': ds().batch(2), 'val': ds(x=x[:, :2]).batch(2)}",
+        DataError,
+        "the val dataset has examples of shape (2,), train of (4,)",
+    ),
+    "a pipeline that fails": Row(
+        "return {'train': ds().batch(2).map(lambda a, b: (tf.ensure_shape(a, [3, 4]), b))}",
+        DataError,
+        "reading the train dataset failed (InvalidArgumentError: ",
+    ),
+    "the function raises": Row(
+        "raise FileNotFoundError('data.csv')", ConfigError, "make raised FileNotFoundError: data.csv; fix the function"
+    ),
 }
 
 

@@ -110,7 +110,9 @@ def check_idx(path: Path, content: bytes, *, max_items: int | None = None) -> No
 
 
 def valid_idx() -> st.SearchStrategy[bytes]:
-    labels = st.integers(1, 64).flatmap(lambda n: st.binary(min_size=n, max_size=n).map(lambda b: idx_bytes((len(b),), b)))
+    labels = st.integers(1, 64).flatmap(
+        lambda n: st.binary(min_size=n, max_size=n).map(lambda b: idx_bytes((len(b),), b))
+    )
     images = st.tuples(st.integers(1, 4), st.integers(1, 28), st.integers(1, 28)).flatmap(
         lambda dims: st.binary(min_size=math.prod(dims), max_size=math.prod(dims)).map(lambda b: idx_bytes(dims, b))
     )
@@ -383,8 +385,7 @@ def reference_csv(content: bytes) -> tuple[list[str], list[list[str]]] | None:
 def check_csv(path: Path, content: bytes, *, target: str = "label", **options) -> None:
     """``table.load`` gives a valid table or one DataError/ConfigError line naming the file, in bounded time
     and memory; a table of numbers with whole-number labels is read as the reference reads it."""
-    from gradloop.data.sources import table
-    from gradloop.data.sources import DataSpec
+    from gradloop.data.sources import DataSpec, table
     from gradloop.errors import ConfigError
 
     path.write_bytes(content)
@@ -392,12 +393,14 @@ def check_csv(path: Path, content: bytes, *, target: str = "label", **options) -
         try:
             loaded = table.load(DataSpec(str(path), target=target, **options))
         except (DataError, ConfigError) as exc:
-            assert "\n" not in str(exc) and (path.stem in str(exc) or target in str(exc) or "task" in str(exc)), str(exc)
+            assert "\n" not in str(exc) and (path.stem in str(exc) or target in str(exc) or "task" in str(exc)), str(
+                exc
+            )
             return
     x, y = loaded.train.x, loaded.train.y
     assert x.dtype == np.float32 and x.ndim == 2 and len(x) == len(y) > 0 and np.isfinite(x).all()
     if loaded.task == "classification":
-        assert y.dtype == np.int64 and 0 <= y.min() and y.max() < len(loaded.class_names)
+        assert y.dtype == np.int64 and y.min() >= 0 and y.max() < len(loaded.class_names)
     else:
         assert loaded.class_names is None and np.isfinite(y).all()
     reference = reference_csv(content)
@@ -440,8 +443,10 @@ def numeric_tables(draw) -> bytes:
     width = draw(st.integers(1, 3))
     n = draw(st.integers(2, 12))
     values = st.floats(-1e6, 1e6, allow_nan=False, width=32).map(lambda v: f"{v:.6g}")
-    rows = [[*draw(st.lists(values, min_size=width, max_size=width)), str(i % 2 + draw(st.integers(0, 2)) * 2)]
-            for i in range(n)]
+    rows = [
+        [*draw(st.lists(values, min_size=width, max_size=width)), str(i % 2 + draw(st.integers(0, 2)) * 2)]
+        for i in range(n)
+    ]
     return "\n".join(",".join(row) for row in [[f"f{i}" for i in range(width)] + ["label"], *rows]).encode()
 
 
@@ -452,8 +457,11 @@ def test_read_csv_arbitrary_bytes(scratch, content):
 
 
 @settings(FUZZ, max_examples=600)
-@given(content=csv_tables(), fill=st.sampled_from([None, "mean", "zero", "drop"]),
-       task=st.sampled_from([None, "classification", "regression"]))
+@given(
+    content=csv_tables(),
+    fill=st.sampled_from([None, "mean", "zero", "drop"]),
+    task=st.sampled_from([None, "classification", "regression"]),
+)
 def test_read_csv_tables_of_every_sort_of_cell(scratch, content, fill, task):
     options = {k: v for k, v in (("fill", fill), ("task", task)) if v is not None}
     check_csv(scratch / "cells.csv", content, **options)
@@ -482,8 +490,7 @@ def test_read_csv_with_a_damaged_test_file_beside_it(scratch, train, test):
 @given(train=numeric_tables(), new=st.one_of(csv_tables(), mutated(numeric_tables()), st.binary(max_size=300)))
 def test_read_csv_features_for_predict(scratch, train, new):
     """What ``gradloop predict`` reads: a table checked against the run's columns, or one error line."""
-    from gradloop.data.sources import table
-    from gradloop.data.sources import DataSpec
+    from gradloop.data.sources import DataSpec, table
     from gradloop.errors import ConfigError
 
     (scratch / "fitted.csv").write_bytes(train)

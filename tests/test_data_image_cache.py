@@ -10,9 +10,7 @@ from PIL import Image
 from test_data_images import assert_restores_exactly, collect, digits, load, write_classes  # noqa: F401  (digits: a fixture)
 from test_disk_full import mounted_tmpfs
 
-from gradloop.data.sources import image_cache
-from gradloop.data.sources import prepared
-from gradloop.data.sources import DataSpec
+from gradloop.data.sources import DataSpec, image_cache, prepared
 from gradloop.errors import DataError
 
 
@@ -42,7 +40,9 @@ def test_a_matching_copy_is_used_again_and_a_changed_file_makes_a_new_one(tmp_pa
     files = load(tmp_path / "data").train
     first = cached(files, tmp_path / "cache").decoded
     made = os.stat(first).st_mtime_ns
-    assert cached(files, tmp_path / "cache").decoded == first and os.stat(first).st_mtime_ns == made  # not decoded again
+    assert (
+        cached(files, tmp_path / "cache").decoded == first and os.stat(first).st_mtime_ns == made
+    )  # not decoded again
 
     path = next(iter(written))
     Image.fromarray(255 - written[path]).save(path)  # the same size, other pixels: a new modification time

@@ -12,9 +12,7 @@ from PIL import Image
 
 from gradloop import data
 from gradloop.data import examples, sources
-from gradloop.data.sources import images
-from gradloop.data.sources import prepared
-from gradloop.data.sources import DataSpec
+from gradloop.data.sources import DataSpec, images, prepared
 from gradloop.errors import ConfigError, DataError
 
 NAMES = ("zero", "one", "two", "three")  # sorted: one, three, two, zero
@@ -33,7 +31,7 @@ def write_classes(root, digits, *, per_class, classes=NAMES[:3], start=0, suffix
     for name in classes:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
-        rows = np.flatnonzero(y == NAMES.index(name))[start:start + per_class]
+        rows = np.flatnonzero(y == NAMES.index(name))[start : start + per_class]
         for i, row in enumerate(rows):
             path = folder / f"{start + i:04d}{suffix}"
             Image.fromarray(x[row]).save(path)
@@ -126,7 +124,10 @@ def test_a_file_rewritten_at_the_same_size_changes_the_fingerprint(tmp_path, dig
     stat = file.stat()
     os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same name, same size, rewritten later
     after = load(tmp_path).fingerprint
-    assert after["sha256"] != before["sha256"] and (after["files"], after["bytes"]) == (before["files"], before["bytes"])
+    assert after["sha256"] != before["sha256"] and (after["files"], after["bytes"]) == (
+        before["files"],
+        before["bytes"],
+    )
 
 
 @pytest.mark.parametrize(("color_mode", "channels"), [("grayscale", 1), ("rgb", 3), ("rgba", 4)])
@@ -142,7 +143,7 @@ def test_image_size_and_color_mode_give_the_shape_asked(tmp_path, digits, color_
     if image_size:
         gray = tf.image.resize(gray, image_size, "bilinear").numpy()  # as Keras resizes
     for c in range(min(channels, 3)):
-        np.testing.assert_allclose(x[..., c:c + 1], gray, atol=1e-6)
+        np.testing.assert_allclose(x[..., c : c + 1], gray, atol=1e-6)
     if channels == 4:
         np.testing.assert_array_equal(x[..., 3], 1.0)  # gray has no alpha: opaque
 
@@ -213,8 +214,13 @@ def test_images_of_different_sizes_need_image_size(tmp_path, digits):
 
 def test_fitted_preprocessing_and_a_runs_class_names_are_followed(tmp_path, digits):
     write_classes(tmp_path, digits, per_class=2, classes=("two", "zero"))
-    spec = DataSpec(str(tmp_path), image_size=(7, 7), color_mode="rgba",  # the run's fitted values win
-                    fitted={"image_size": [14, 14], "color_mode": "rgb"}, class_names=("one", "three", "two", "zero"))
+    spec = DataSpec(
+        str(tmp_path),
+        image_size=(7, 7),
+        color_mode="rgba",  # the run's fitted values win
+        fitted={"image_size": [14, 14], "color_mode": "rgb"},
+        class_names=("one", "three", "two", "zero"),
+    )
     loaded = images.load(spec)
     assert loaded.class_names == ("one", "three", "two", "zero")
     np.testing.assert_array_equal(loaded.train.y, [2, 2, 3, 3])
@@ -252,27 +258,61 @@ def only_test_folder(root):
 BAD_FOLDERS = [  # make a good folder bad; the error and what its message says
     pytest.param(lambda r: (r / "four").mkdir(), DataError, r"class folder \S+/four holds no images", id="empty class"),
     pytest.param(only_one_class, DataError, r"one class folder \(one\).*at least 2", id="one class"),
-    pytest.param(lambda r: [p.rename(p.with_suffix(".txt")) for p in r.rglob("*.png")], DataError,
-                 r"hold no images \(PNG, JPEG, BMP or GIF\)", id="no images"),
+    pytest.param(
+        lambda r: [p.rename(p.with_suffix(".txt")) for p in r.rglob("*.png")],
+        DataError,
+        r"hold no images \(PNG, JPEG, BMP or GIF\)",
+        id="no images",
+    ),
     pytest.param(only_test_folder, DataError, "holds no class folders besides test/", id="only test/"),
-    pytest.param(lambda r: add_image(r / "test" / "x.png"), DataError,
-                 "test holds no class folders; put the test images in one sub-folder per class", id="test/ flat"),
-    pytest.param(lambda r: add_image(r / "test" / "seven" / "a.png"), DataError,
-                 r"test has class folders the training folder lacks \(seven\)", id="test/ extra class"),
-    pytest.param(lambda r: (r / "one" / "notes.png").write_text("not an image\n"), DataError,
-                 "one/notes.png is not an image", id="text named .png"),
-    pytest.param(lambda r: (r / "one" / "x.png").write_bytes((r / "one" / "0000.png").read_bytes()[:20]), DataError,
-                 "one/x.png: damaged image header", id="header cut"),
-    *(pytest.param(lambda r, f=fmt, s=suffix: truncated(r / "one" / f"x{s}", f), DataError,
-                   rf"one/x{suffix}: damaged image, TensorFlow cannot decode it \(.+\); replace or delete it",
-                   id=f"truncated {fmt}")
-      for fmt, suffix in (("PNG", ".png"), ("JPEG", ".jpg"), ("GIF", ".gif"), ("BMP", ".bmp"))),
-    pytest.param(lambda r: add_image(r / "one" / "x.jpg", fmt="TIFF"), DataError,
-                 "x.jpg is a TIFF image, which TensorFlow does not decode", id="tiff named .jpg"),
-    pytest.param(lambda r: add_image(r / "one" / "p.bmp", mode="P"), DataError, "p.bmp is a palette BMP",
-                 id="palette bmp"),
-    pytest.param(lambda r: add_image(r / "one" / "z.png", size=(9, 9)), ConfigError,
-                 r"differ in size .*9x9\); pass --image-size H,W", id="sizes differ"),
+    pytest.param(
+        lambda r: add_image(r / "test" / "x.png"),
+        DataError,
+        "test holds no class folders; put the test images in one sub-folder per class",
+        id="test/ flat",
+    ),
+    pytest.param(
+        lambda r: add_image(r / "test" / "seven" / "a.png"),
+        DataError,
+        r"test has class folders the training folder lacks \(seven\)",
+        id="test/ extra class",
+    ),
+    pytest.param(
+        lambda r: (r / "one" / "notes.png").write_text("not an image\n"),
+        DataError,
+        "one/notes.png is not an image",
+        id="text named .png",
+    ),
+    pytest.param(
+        lambda r: (r / "one" / "x.png").write_bytes((r / "one" / "0000.png").read_bytes()[:20]),
+        DataError,
+        "one/x.png: damaged image header",
+        id="header cut",
+    ),
+    *(
+        pytest.param(
+            lambda r, f=fmt, s=suffix: truncated(r / "one" / f"x{s}", f),
+            DataError,
+            rf"one/x{suffix}: damaged image, TensorFlow cannot decode it \(.+\); replace or delete it",
+            id=f"truncated {fmt}",
+        )
+        for fmt, suffix in (("PNG", ".png"), ("JPEG", ".jpg"), ("GIF", ".gif"), ("BMP", ".bmp"))
+    ),
+    pytest.param(
+        lambda r: add_image(r / "one" / "x.jpg", fmt="TIFF"),
+        DataError,
+        "x.jpg is a TIFF image, which TensorFlow does not decode",
+        id="tiff named .jpg",
+    ),
+    pytest.param(
+        lambda r: add_image(r / "one" / "p.bmp", mode="P"), DataError, "p.bmp is a palette BMP", id="palette bmp"
+    ),
+    pytest.param(
+        lambda r: add_image(r / "one" / "z.png", size=(9, 9)),
+        ConfigError,
+        r"differ in size .*9x9\); pass --image-size H,W",
+        id="sizes differ",
+    ),
 ]
 
 
@@ -313,7 +353,7 @@ def test_a_payload_damaged_mid_file_is_named_by_check_decodable(tmp_path, digits
     write_classes(tmp_path, digits, per_class=3)
     path = tmp_path / "two" / "0001.png"
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2: len(raw) // 2 + 8] = bytes(8)  # the header and the end are intact
+    raw[len(raw) // 2 : len(raw) // 2 + 8] = bytes(8)  # the header and the end are intact
     path.write_bytes(bytes(raw))
     files = load(tmp_path).train  # the scan passes it
     with pytest.raises(tf.errors.InvalidArgumentError):
@@ -375,7 +415,9 @@ def test_a_restored_iterator_checkpoint_continues_exactly(tmp_path, digits):
 def test_image_files_hold_paths_and_read_pixels_only_when_iterated(tmp_path, digits):
     written = write_classes(tmp_path, digits, per_class=500, classes=NAMES)  # 2,000 images
     files = load(tmp_path).train
-    assert set(vars(files)) == {"paths", "y", "image_size", "color_mode", "uniform", "decoded"} and files.decoded is None
+    assert (
+        set(vars(files)) == {"paths", "y", "image_size", "color_mode", "uniform", "decoded"} and files.decoded is None
+    )
     assert files.paths.dtype.kind == "U" and files.y.dtype == np.int64
     dataset = files.batches(None, 100)
     first = Path(files.paths[0])

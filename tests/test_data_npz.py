@@ -14,7 +14,6 @@ from gradloop.data import sources
 from gradloop.data.sources import arrays
 from gradloop.errors import ConfigError, DataError
 
-
 # --------------------------------------------------------------------- load_npz
 
 
@@ -141,8 +140,9 @@ def test_class_names_of_is_one_naming_for_every_source():
 def test_an_inferred_classification_of_nearly_one_class_per_example_is_refused(tmp_path):
     prices = 100 + 7 * np.arange(40)
     np.savez(tmp_path / "prices.npz", x=X40, y=prices)
-    with pytest.raises(ConfigError, match="has 40 distinct labels in 40 examples, too many to be classes; "
-                                          "pass --task regression"):
+    with pytest.raises(
+        ConfigError, match="has 40 distinct labels in 40 examples, too many to be classes; pass --task regression"
+    ):
         load_arrays(tmp_path / "prices.npz")
     assert len(load_arrays(tmp_path / "prices.npz", task="classification").class_names) == 40  # insisted on
     assert load_arrays(tmp_path / "prices.npz", task="regression").task == "regression"

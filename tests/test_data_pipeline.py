@@ -8,7 +8,6 @@ import pytest
 from gradloop import data
 from gradloop.errors import ConfigError, DataError
 
-
 # --------------------------------------------------------------------- tf.data pipeline
 
 
@@ -27,15 +26,17 @@ def test_make_dataset_batches_and_values():
     assert epoch_labels(ds) == list(range(10))
     for bx, by in batches:  # each image travels with its own label, scaled to [0, 1]
         np.testing.assert_allclose(bx.numpy()[:, 0], by.numpy() * 25 / 255, rtol=1e-6)
-        assert 0.0 <= bx.numpy().min() and bx.numpy().max() <= 1.0
+        assert bx.numpy().min() >= 0.0 and bx.numpy().max() <= 1.0
 
 
 @pytest.mark.parametrize("n", [3, 8, 10])  # fewer than a batch, whole batches, a partial last batch
 def test_batches_keep_every_dimension_of_images_and_labels(n):
     x = np.arange(n * 28 * 28, dtype=np.float32).reshape(n, 28, 28, 1)
     y = np.stack([np.arange(n), -np.arange(n)], axis=1)  # two labels per sample
-    for ds in (data.make_dataset(x, y, batch_size=4, shuffle=True, seed=1),
-               data.shuffled_epochs(x, y, batch_size=4, seed=1)(0)):
+    for ds in (
+        data.make_dataset(x, y, batch_size=4, shuffle=True, seed=1),
+        data.shuffled_epochs(x, y, batch_size=4, seed=1)(0),
+    ):
         batches = list(ds)
         assert len(ds) == len(batches) == -(-n // 4)
         seen = np.concatenate([by.numpy() for _, by in batches])
@@ -58,9 +59,11 @@ def test_make_dataset_shuffles_each_epoch_deterministically():
 def test_in_memory_pipelines_run_without_the_autotuner():
     # Its thread made an iterator's deletion wait up to as long as the iterator had run (see _untuned).
     x, y = np.zeros((10, 3), np.float32), np.arange(10)
-    for ds in (data.make_dataset(x, y, batch_size=4, shuffle=False),
-               data.make_dataset(x, y, batch_size=4, shuffle=True, seed=1),
-               data.shuffled_epochs(x, y, batch_size=4, seed=1)(2)):
+    for ds in (
+        data.make_dataset(x, y, batch_size=4, shuffle=False),
+        data.make_dataset(x, y, batch_size=4, shuffle=True, seed=1),
+        data.shuffled_epochs(x, y, batch_size=4, seed=1)(2),
+    ):
         assert ds.options().autotune.enabled is False
         assert ds.options().experimental_optimization.apply_default_optimizations is False
 

@@ -8,7 +8,6 @@ import pytest
 from gradloop import data
 from gradloop.errors import ConfigError, DataError
 
-
 # --------------------------------------------------------------------- classes
 
 
@@ -96,9 +95,15 @@ def test_split_train_val_sizes_determinism_and_coverage():
     assert x_all.shape == (60, 28, 28) and x_none.shape == (0, 28, 28) and y_none.shape == (0,)
 
 
-@pytest.mark.parametrize(("n", "fraction", "message"), [
-    (60, -0.1, r"in \[0, 1\)"), (60, 1.0, r"in \[0, 1\)"), (60, 0.001, "no validation"), (10, 0.96, "no training"),
-])
+@pytest.mark.parametrize(
+    ("n", "fraction", "message"),
+    [
+        (60, -0.1, r"in \[0, 1\)"),
+        (60, 1.0, r"in \[0, 1\)"),
+        (60, 0.001, "no validation"),
+        (10, 0.96, "no training"),
+    ],
+)
 def test_split_train_val_rejects_bad_fractions(n, fraction, message):
     with pytest.raises(ConfigError, match=message):
         data.split_train_val(np.zeros((n, 2)), np.zeros(n), val_fraction=fraction, seed=0)

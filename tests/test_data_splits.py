@@ -84,7 +84,9 @@ def test_run_splits_raises_what_select_classes_and_split_train_val_raise_for_the
         data.run_splits(raw, classes=(0, 10), val_fraction=0.1, seed=0).train
     with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
         data.run_splits(raw, classes=(0, 1), val_fraction=1.0, seed=0).val
-    only_zeros_and_ones = data.RawData(raw.x_train[:4], np.array([0, 1, 0, 1]), raw.x_test, raw.y_test, source="made here")
+    only_zeros_and_ones = data.RawData(
+        raw.x_train[:4], np.array([0, 1, 0, 1]), raw.x_test, raw.y_test, source="made here"
+    )
     splits = data.run_splits(only_zeros_and_ones, classes=(0, 1, 2), val_fraction=0, seed=0)
     assert len(splits.test[1]) == (np.isin(raw.y_test, (0, 1, 2))).sum()  # the test split has every class
     with pytest.raises(DataError, match=r"classes \[2\] have no samples"):

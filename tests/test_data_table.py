@@ -10,9 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradloop.data.sources import prepared
-from gradloop.data.sources import table
-from gradloop.data.sources import DataSpec
+from gradloop.data.sources import DataSpec, prepared, table
 from gradloop.errors import ConfigError, DataError
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -81,13 +79,17 @@ def test_run_data_standardises_with_the_training_split_statistics_only(tmp_path)
     np.testing.assert_allclose(run.train.x.mean(axis=0), 0, atol=1e-6)
     np.testing.assert_allclose(run.train.x.std(axis=0), 1, atol=1e-6)
     assert run.preprocessing["standardize"]["columns"] == IRIS_COLUMNS
-    np.testing.assert_array_equal(run.preprocessing["standardize"]["mean"], x[train_rows].astype(np.float64).mean(axis=0))
+    np.testing.assert_array_equal(
+        run.preprocessing["standardize"]["mean"], x[train_rows].astype(np.float64).mean(axis=0)
+    )
 
 
 def test_diabetes_decimal_target_is_inferred_regression(tmp_path):
     bunch = sklearn_datasets.load_diabetes()
     names = list(bunch.feature_names)
-    write_csv(tmp_path / "diabetes.csv", names + ["progression"], [[*row, t] for row, t in zip(bunch.data, bunch.target)])
+    write_csv(
+        tmp_path / "diabetes.csv", names + ["progression"], [[*row, t] for row, t in zip(bunch.data, bunch.target)]
+    )
     loaded = table.load(DataSpec(str(tmp_path / "diabetes.csv"), target="progression"))
     assert loaded.task == "regression" and loaded.class_names is None
     assert loaded.train.y.dtype == np.float32 and loaded.train.x.shape == (442, 10)
@@ -97,7 +99,11 @@ def test_diabetes_decimal_target_is_inferred_regression(tmp_path):
 
 def test_integer_target_is_classification_unless_task_regression(tmp_path):
     bunch = sklearn_datasets.load_wine()
-    write_csv(tmp_path / "wine.csv", ["class"] + list(bunch.feature_names), [[t, *row] for row, t in zip(bunch.data, bunch.target)])
+    write_csv(
+        tmp_path / "wine.csv",
+        ["class"] + list(bunch.feature_names),
+        [[t, *row] for row, t in zip(bunch.data, bunch.target)],
+    )
     as_classes = table.load(DataSpec(str(tmp_path / "wine.csv"), target="class"))
     assert as_classes.task == "classification" and as_classes.class_names == ("0", "1", "2")
     np.testing.assert_array_equal(as_classes.train.y, bunch.target)
@@ -135,7 +141,9 @@ def test_text_column_is_one_hot_and_not_standardised(tmp_path):
     run = prepared.load_run_data(spec(tmp_path / "iris.csv"), classes=None, val_fraction=0.2, seed=0)
     train_rows = np.random.default_rng(0).permutation(150)[:120]
     np.testing.assert_array_equal(run.train.x[:, 4:], expected[train_rows])  # 0 and 1, exactly
-    np.testing.assert_array_equal(run.train.x[:, :4], standardised(loaded.train.x[train_rows, :4], loaded.train.x[train_rows, :4]))
+    np.testing.assert_array_equal(
+        run.train.x[:, :4], standardised(loaded.train.x[train_rows, :4], loaded.train.x[train_rows, :4])
+    )
     assert run.preprocessing["standardize"]["mean"][4:] == [0.0] * 3
     assert run.preprocessing["standardize"]["std"][4:] == [1.0] * 3
 
@@ -165,7 +173,10 @@ def test_test_file_beside_it_is_the_test_split_and_joins_the_fingerprint(tmp_pat
     np.testing.assert_array_equal(loaded.test.y, [loaded.class_names.index(s) for s in species[120:]])
     assert loaded.description.endswith("test: iris.test.csv, 30 rows)")
     assert loaded.fingerprint["files"] == 2 and loaded.fingerprint["sha256"] != alone["sha256"]
-    assert loaded.fingerprint["bytes"] == (tmp_path / "iris.csv").stat().st_size + (tmp_path / "iris.test.csv").stat().st_size
+    assert (
+        loaded.fingerprint["bytes"]
+        == (tmp_path / "iris.csv").stat().st_size + (tmp_path / "iris.test.csv").stat().st_size
+    )
     write_iris(tmp_path / "iris.test.csv", slice(121, 150))
     assert table.load(spec(tmp_path / "iris.csv")).fingerprint["sha256"] != loaded.fingerprint["sha256"]
 
@@ -183,14 +194,19 @@ def iris_with_gaps(path: Path) -> Path:
 
 def test_missing_cell_without_fill_names_row_and_column(tmp_path):
     path = iris_with_gaps(tmp_path / "gaps.csv")
-    with pytest.raises(DataError, match=r"row 2 of .*gaps.csv has a missing cell \(''\) in column 'sepal_width'; "
-                                        r"fill it in, or pass --fill mean, zero or drop"):
+    with pytest.raises(
+        DataError,
+        match=r"row 2 of .*gaps.csv has a missing cell \(''\) in column 'sepal_width'; "
+        r"fill it in, or pass --fill mean, zero or drop",
+    ):
         table.load(spec(path))
 
 
 def test_fill_mean_uses_the_training_file_means_also_for_the_test_file(tmp_path):
     path = iris_with_gaps(tmp_path / "gaps.csv")
-    write_csv(tmp_path / "gaps.test.csv", IRIS_COLUMNS + ["species"], [[1, "", 3, "NaN", "setosa"], [1, 2, 3, 4, "virginica"]])
+    write_csv(
+        tmp_path / "gaps.test.csv", IRIS_COLUMNS + ["species"], [[1, "", 3, "NaN", "setosa"], [1, 2, 3, 4, "virginica"]]
+    )
     loaded = table.load(spec(path, fill="mean"))
     x = iris()[0]
     means = [np.mean(np.delete(x[:, c], gaps)) for c, gaps in ((0, [5]), (1, [0]), (2, [3]), (3, []))]
@@ -211,7 +227,9 @@ def test_fill_zero_and_drop(tmp_path):
     np.testing.assert_array_equal(zero.train.x, expected)
     drop = table.load(spec(path, fill="drop"))
     np.testing.assert_array_equal(drop.train.x, np.delete(x, [0, 3, 5], axis=0).astype(np.float32))
-    assert drop.description.endswith("(CSV: 147 rows, 4 feature columns, target species; 3 rows with missing cells dropped)")
+    assert drop.description.endswith(
+        "(CSV: 147 rows, 4 feature columns, target species; 3 rows with missing cells dropped)"
+    )
 
 
 def test_fill_mean_of_a_one_hot_column_is_each_values_share(tmp_path):
@@ -243,7 +261,9 @@ def test_fitted_reading_reproduces_the_runs_x_for_the_same_rows(tmp_path):
     # the whole file again, as evaluate reads it: identical splits
     again = prepared.load_run_data(
         spec(tmp_path / "iris.csv", fill="mean", fitted=first.preprocessing, class_names=first_loaded.class_names),
-        classes=None, val_fraction=0.2, seed=1,
+        classes=None,
+        val_fraction=0.2,
+        seed=1,
     )
     assert again.preprocessing == first.preprocessing
     np.testing.assert_array_equal(again.train.x, first.train.x)
@@ -258,19 +278,30 @@ def test_fitted_reading_reproduces_the_runs_x_for_the_same_rows(tmp_path):
     new = table.load(spec(tmp_path / "new.csv", fitted=first.preprocessing, class_names=first_loaded.class_names))
     assert new.preprocessing is first.preprocessing and new.class_names == first_loaded.class_names
     stats = first.preprocessing["standardize"]
-    np.testing.assert_array_equal(prepared.standardize(new.train, stats).x, prepared.standardize(first_loaded.train, stats).x[rows])
+    np.testing.assert_array_equal(
+        prepared.standardize(new.train, stats).x, prepared.standardize(first_loaded.train, stats).x[rows]
+    )
     np.testing.assert_array_equal(new.train.y, first_loaded.train.y[rows])
 
 
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        (["5", "3", "1", "0.2", "setosa", "purple"], r"row 2 of .*new.csv holds 'purple' in column 'colour', a value the "
-                                                     r"training data never had \(it had 'blue', 'green', 'red'\)"),
-        (["5", "3", "1", "0.2", "tulip", "red"], r"row 2 of .*new.csv: label 'tulip' of 'species' is not among the run's "
-                                                 r"classes 'setosa', 'versicolor', 'virginica'"),
-        (["5", "three", "1", "0.2", "setosa", "red"], r"row 2 of .*new.csv holds 'three' in column 'sepal_width', a numeric "
-                                                      r"column of the training data; write a number there"),
+        (
+            ["5", "3", "1", "0.2", "setosa", "purple"],
+            r"row 2 of .*new.csv holds 'purple' in column 'colour', a value the "
+            r"training data never had \(it had 'blue', 'green', 'red'\)",
+        ),
+        (
+            ["5", "3", "1", "0.2", "tulip", "red"],
+            r"row 2 of .*new.csv: label 'tulip' of 'species' is not among the run's "
+            r"classes 'setosa', 'versicolor', 'virginica'",
+        ),
+        (
+            ["5", "three", "1", "0.2", "setosa", "red"],
+            r"row 2 of .*new.csv holds 'three' in column 'sepal_width', a numeric "
+            r"column of the training data; write a number there",
+        ),
     ],
     ids=["unseen category", "unknown label", "text in a numeric column"],
 )
@@ -298,46 +329,112 @@ def test_fitted_reading_wants_the_runs_columns(tmp_path):
 
 GOOD_HEADER = "a,b,label\n"
 BAD_INPUTS = {
-    "task without target": (GOOD_HEADER + "1,2,x\n3,4,y\n", {"target": None, "task": "classification"}, ConfigError,
-                            "--task classification says what to predict, but no --target names the column of .* "
-                            "holding it; pass --target COLUMN, one of 'a', 'b', 'label'"),
-    "absent target": (GOOD_HEADER + "1,2,x\n3,4,y\n", {"target": "species"}, ConfigError,
-                      "--target 'species' is not a column of .*; its columns are 'a', 'b', 'label'$"),
+    "task without target": (
+        GOOD_HEADER + "1,2,x\n3,4,y\n",
+        {"target": None, "task": "classification"},
+        ConfigError,
+        "--task classification says what to predict, but no --target names the column of .* "
+        "holding it; pass --target COLUMN, one of 'a', 'b', 'label'",
+    ),
+    "absent target": (
+        GOOD_HEADER + "1,2,x\n3,4,y\n",
+        {"target": "species"},
+        ConfigError,
+        "--target 'species' is not a column of .*; its columns are 'a', 'b', 'label'$",
+    ),
     "semicolons": ("a;b;label\n1;2;x\n", {}, ConfigError, "gradloop reads comma-separated files, not ';'"),
-    "no header": ("1,2,3\n4,5,6\n", {}, ConfigError, "its columns are '0', '1', '2'; it has no header row, so its "
-                  r"columns are named by position, 0 to 2 \(--header yes reads row 1 as names\)"),
-    "no header, --header yes": ("1,2,3\n4,5,6\n", {"header": "yes"}, ConfigError,
-                                "its first row looks like data: pass --header no"),
+    "no header": (
+        "1,2,3\n4,5,6\n",
+        {},
+        ConfigError,
+        "its columns are '0', '1', '2'; it has no header row, so its "
+        r"columns are named by position, 0 to 2 \(--header yes reads row 1 as names\)",
+    ),
+    "no header, --header yes": (
+        "1,2,3\n4,5,6\n",
+        {"header": "yes"},
+        ConfigError,
+        "its first row looks like data: pass --header no",
+    ),
     "ragged without header": ("1,2,x\n3,4\n", {}, DataError, "row 2 of .* has 2 cells but row 1 has 3"),
     "empty": ("", {}, DataError, "is empty; write a header row naming the columns"),
     "blank lines only": ("\n  \n\n", {}, DataError, "is empty"),
     "header only": (GOOD_HEADER, {}, DataError, "has a header row but no data rows"),
     "ragged": (GOOD_HEADER + "1,2,x\n\n3,4\n", {}, DataError, "row 4 of .* has 2 cells but the header has 3 columns"),
-    "latin-1": (GOOD_HEADER.encode() + "1,2,caf\xe9\n".encode("latin-1"), {}, DataError,
-                r"is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"),
+    "latin-1": (
+        GOOD_HEADER.encode() + "1,2,caf\xe9\n".encode("latin-1"),
+        {},
+        DataError,
+        r"is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8",
+    ),
     "utf-16": (GOOD_HEADER.encode("utf-16"), {}, DataError, "is UTF-16 text; save it as UTF-8"),
     "binary": (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", {}, DataError, "is not a text table .it holds NUL bytes"),
     "duplicate columns": ("a,b,a,label\n1,2,3,x\n", {}, DataError, "names column 'a' twice .columns 1 and 3."),
     "nameless column": ("a,,label\n1,2,x\n", {}, DataError, "column 2 of .*'s header .row 1. has no name"),
-    "single class": (GOOD_HEADER + "1,2,x\n3,4,x\n", {}, DataError, "holds one class only .'x'.; a classifier needs at least 2"),
+    "single class": (
+        GOOD_HEADER + "1,2,x\n3,4,x\n",
+        {},
+        DataError,
+        "holds one class only .'x'.; a classifier needs at least 2",
+    ),
     "only the target": ("label\nx\ny\n", {}, DataError, "has no column besides the target 'label'"),
-    "missing cell": (GOOD_HEADER + "1,2,x\n3,NA,y\n", {}, DataError, "row 3 of .* has a missing cell .'NA'. in column 'b'"),
-    "infinite": (GOOD_HEADER + "1,2,x\n3,inf,y\n", {}, DataError, "row 3 of .* holds 'inf' in column 'b', not a finite number"),
-    "beyond float32": (GOOD_HEADER + "1,2,x\n3,1e39,y\n", {}, DataError, "holds '1e39' in column 'b', not a finite number"),
-    "decimals as classes": (GOOD_HEADER + "1,2,0.5\n3,4,1.5\n", {"task": "classification"}, ConfigError,
-                            r"classification needs class labels, but the target 'label' holds '0.5' \(row 2 of .*\); pass --task regression"),
-    "decimals among whole numbers": (GOOD_HEADER + "1,2,1\n3,4,1.5\n5,6,2\n", {"task": "classification"}, ConfigError,
-                                     r"holds '1.5' \(row 3 of .*\); pass --task regression"),
-    "prices as classes": (GOOD_HEADER + "".join(f"{i},1,{100 + 7 * i}\n" for i in range(30)), {}, ConfigError,
-                          r"the target 'label' of .* has 30 distinct labels in 30 examples, too many to be classes; "
-                          r"pass --task regression"),
-    "text as regression": (GOOD_HEADER + "1,2,x\n3,4,y\n", {"task": "regression"}, ConfigError,
-                           r"regression needs numbers, but the target 'label' holds 'x' \(row 2 of .*\); pass --task classification"),
-    "drop leaves nothing": (GOOD_HEADER + "1,,x\n?,4,y\n", {"fill": "drop"}, DataError, "every row of .* has a missing cell"),
+    "missing cell": (
+        GOOD_HEADER + "1,2,x\n3,NA,y\n",
+        {},
+        DataError,
+        "row 3 of .* has a missing cell .'NA'. in column 'b'",
+    ),
+    "infinite": (
+        GOOD_HEADER + "1,2,x\n3,inf,y\n",
+        {},
+        DataError,
+        "row 3 of .* holds 'inf' in column 'b', not a finite number",
+    ),
+    "beyond float32": (
+        GOOD_HEADER + "1,2,x\n3,1e39,y\n",
+        {},
+        DataError,
+        "holds '1e39' in column 'b', not a finite number",
+    ),
+    "decimals as classes": (
+        GOOD_HEADER + "1,2,0.5\n3,4,1.5\n",
+        {"task": "classification"},
+        ConfigError,
+        r"classification needs class labels, but the target 'label' holds '0.5' \(row 2 of .*\); pass --task regression",
+    ),
+    "decimals among whole numbers": (
+        GOOD_HEADER + "1,2,1\n3,4,1.5\n5,6,2\n",
+        {"task": "classification"},
+        ConfigError,
+        r"holds '1.5' \(row 3 of .*\); pass --task regression",
+    ),
+    "prices as classes": (
+        GOOD_HEADER + "".join(f"{i},1,{100 + 7 * i}\n" for i in range(30)),
+        {},
+        ConfigError,
+        r"the target 'label' of .* has 30 distinct labels in 30 examples, too many to be classes; "
+        r"pass --task regression",
+    ),
+    "text as regression": (
+        GOOD_HEADER + "1,2,x\n3,4,y\n",
+        {"task": "regression"},
+        ConfigError,
+        r"regression needs numbers, but the target 'label' holds 'x' \(row 2 of .*\); pass --task classification",
+    ),
+    "drop leaves nothing": (
+        GOOD_HEADER + "1,,x\n?,4,y\n",
+        {"fill": "drop"},
+        DataError,
+        "every row of .* has a missing cell",
+    ),
     "no mean": ("a,b,label\n1,,x\n2,,y\n", {"fill": "mean"}, DataError, "column 'b' of .* has no values, so no mean"),
     "bad quoting": (GOOD_HEADER + '1,2,"x\n', {}, DataError, "row 2 of .* is not valid CSV .unexpected end of data."),
-    "id column": ("id,label\n" + "".join(f"x{i},{i % 2}\n" for i in range(1001)), {}, DataError,
-                  "column 'id' of .* holds 1,001 distinct values that are not all numbers .e.g. 'x0'., too many to one-hot"),
+    "id column": (
+        "id,label\n" + "".join(f"x{i},{i % 2}\n" for i in range(1001)),
+        {},
+        DataError,
+        "column 'id' of .* holds 1,001 distinct values that are not all numbers .e.g. 'x0'., too many to one-hot",
+    ),
 }
 
 
@@ -366,8 +463,11 @@ def test_breast_cancer_through_load_source_picks_this_module(tmp_path):
 
     bunch = sklearn_datasets.load_breast_cancer()
     names = [n.replace(" ", "_") for n in bunch.feature_names]
-    write_csv(tmp_path / "cancer.csv", names + ["diagnosis"],
-              [[*row, bunch.target_names[t]] for row, t in zip(bunch.data, bunch.target)])
+    write_csv(
+        tmp_path / "cancer.csv",
+        names + ["diagnosis"],
+        [[*row, bunch.target_names[t]] for row, t in zip(bunch.data, bunch.target)],
+    )
     loaded = sources.load_source(DataSpec(str(tmp_path / "cancer.csv"), target="diagnosis"))
     assert loaded.class_names == ("benign", "malignant") and loaded.train.x.shape == (569, 30)
     np.testing.assert_array_equal(loaded.train.y, 1 - bunch.target)  # sklearn: 0 malignant; sorted names: 0 benign
@@ -376,12 +476,17 @@ def test_breast_cancer_through_load_source_picks_this_module(tmp_path):
 # --------------------------------------------------------------------- fuzzing: load or a gradloop error, never a crash
 
 FUZZ = settings(
-    max_examples=300, derandomize=True, database=None, deadline=5000,
+    max_examples=300,
+    derandomize=True,
+    database=None,
+    deadline=5000,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 NUMBERS = st.one_of(st.integers(-5, 5).map(str), st.floats(-1e3, 1e3).map(lambda v: f"{v:.3g}"))
 WORDS = st.sampled_from(["x", "y", "red", "blue", "caf\u00e9", '"a,b"'])
-ODD = st.one_of(st.sampled_from(["", "NA", "nan", "?", "inf", "1e39", " 7 ", '"', '"q""q"', 'x"y']), st.text(max_size=6))
+ODD = st.one_of(
+    st.sampled_from(["", "NA", "nan", "?", "inf", "1e39", " 7 ", '"', '"q""q"', 'x"y']), st.text(max_size=6)
+)
 COLUMN_CELLS = [NUMBERS, NUMBERS, WORDS, st.one_of(NUMBERS, NUMBERS, NUMBERS, ODD), st.one_of(WORDS, WORDS, ODD), ODD]
 
 
@@ -395,7 +500,9 @@ def ragged_csv(draw) -> tuple[str, str]:
     cells = [draw(st.sampled_from(COLUMN_CELLS)) for _ in header] + [ODD]
     rows = draw(st.lists(st.tuples(*cells[:width]), max_size=8))
     if draw(st.integers(0, 3)) == 0:
-        rows.insert(draw(st.integers(0, len(rows))), draw(st.integers(0, width + 1).flatmap(lambda n: st.tuples(*cells[:n]))))
+        rows.insert(
+            draw(st.integers(0, len(rows))), draw(st.integers(0, width + 1).flatmap(lambda n: st.tuples(*cells[:n])))
+        )
     newline = draw(st.sampled_from(["\n", "\r\n"]))
     text = newline.join(",".join(row) for row in [header] + rows)
     return text, draw(st.sampled_from(["label", "label", "a", "zzz"]))
@@ -411,7 +518,7 @@ def check_loads_or_refuses(path: Path, **options) -> None:
     assert x.dtype == np.float32 and x.ndim == 2 and len(x) == len(y) > 0 and np.isfinite(x).all()
     assert (loaded.task == "classification") == (loaded.class_names is not None)
     if loaded.task == "classification":
-        assert y.dtype == np.int64 and 0 <= y.min() and y.max() < len(loaded.class_names)
+        assert y.dtype == np.int64 and y.min() >= 0 and y.max() < len(loaded.class_names)
     again = table.load(DataSpec(str(path), **options, fitted=loaded.preprocessing, class_names=loaded.class_names))
     np.testing.assert_array_equal(again.train.x, x)  # evaluate reads the training file as training did
     np.testing.assert_array_equal(again.train.y, y)
@@ -426,8 +533,11 @@ def test_arbitrary_bytes_load_or_raise_a_gradloop_error(tmp_path, content):
 
 
 @FUZZ
-@given(case=ragged_csv(), fill=st.sampled_from([None, "mean", "zero", "drop"]),
-       task=st.sampled_from([None, "classification", "regression"]))
+@given(
+    case=ragged_csv(),
+    fill=st.sampled_from([None, "mean", "zero", "drop"]),
+    task=st.sampled_from([None, "classification", "regression"]),
+)
 def test_ragged_csv_text_loads_or_raises_a_gradloop_error(tmp_path, case, fill, task):
     text, target = case
     path = tmp_path / "fuzz.csv"

@@ -12,24 +12,36 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import keras
 import numpy as np
 import pytest
 from conftest import missing
 
-from gradloop import Trainer, data
-from gradloop import atomic
+from gradloop import Trainer, atomic, data
+from gradloop.errors import DiskFullError
+from gradloop.loop.checkpoint import RunCheckpoint
+from gradloop.loop.state import LoopState
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
-from gradloop.loop.checkpoint import RunCheckpoint
-from gradloop.errors import DiskFullError
-from gradloop.loop.state import LoopState
 
-RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batch-size", "16", "--deterministic",
-       "--checkpoint-every", "10", "--epochs", "2"]
+RUN = [
+    "--dataset",
+    "mnist-sample",
+    "--classes",
+    "0,1",
+    "--hidden",
+    "8",
+    "--batch-size",
+    "16",
+    "--deterministic",
+    "--checkpoint-every",
+    "10",
+    "--epochs",
+    "2",
+]
 
 
 @contextlib.contextmanager
@@ -37,9 +49,14 @@ def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
     """An empty tmpfs of ``size`` (``8m``) at the new folder ``mount``, unmounted afterwards; the test is
     skipped where this process may not mount one."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        missing("tmpfs", f"cannot mount a tmpfs to fill ({done.stderr.strip() or 'mount failed'}): needs root with CAP_SYS_ADMIN")
+        missing(
+            "tmpfs",
+            f"cannot mount a tmpfs to fill ({done.stderr.strip() or 'mount failed'}): needs root with CAP_SYS_ADMIN",
+        )
     try:
         yield mount
     finally:
@@ -91,9 +108,11 @@ def toy_trainer() -> tuple[Trainer, Callable]:
     x = rng.normal(size=(64, 8)).astype("float32")
     y = (x[:, 0] > 0).astype("int64")
     keras.utils.set_random_seed(1)
-    trainer = Trainer(keras.Sequential([keras.Input((8,)), keras.layers.Dense(64), keras.layers.Dense(2)]),
-                      optimizer=keras.optimizers.Adam(1e-2),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer = Trainer(
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(64), keras.layers.Dense(2)]),
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     train = data.shuffled_epochs(x, y, batch_size=16, seed=3)
     trainer.build(train(0))
     return trainer, train
@@ -158,15 +177,19 @@ def test_the_error_is_an_os_error_naming_the_disk_and_the_quota():
 
     error = atomic.disk_full("/tmp/x/history.json", errno.EDQUOT)
     assert isinstance(error, OSError) and error.path == "/tmp/x/history.json"
-    assert str(error) == f"no space left (disk quota exceeded) on {atomic.mount_point('/tmp')} while writing /tmp/x/history.json"
+    assert (
+        str(error)
+        == f"no space left (disk quota exceeded) on {atomic.mount_point('/tmp')} while writing /tmp/x/history.json"
+    )
 
 
 # --------------------------------------------------------------------- gradloop train, filled mid-run
 
 
 def gradloop(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gradloop", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gradloop", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +206,11 @@ def weights(path: Path) -> list[np.ndarray]:
 
 
 def latest_number(run: Path) -> int:
-    found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', (run / "checkpoints" / "checkpoint").read_text()) \
-        if (run / "checkpoints" / "checkpoint").exists() else None
+    found = (
+        re.search(r'model_checkpoint_path: "ckpt-(\d+)"', (run / "checkpoints" / "checkpoint").read_text())
+        if (run / "checkpoints" / "checkpoint").exists()
+        else None
+    )
     return int(found[1]) if found else 0
 
 
@@ -201,8 +227,11 @@ def test_train_on_a_disk_that_fills_stops_in_one_line_and_resumes_bit_identical(
     err = proc.communicate(timeout=300)[1]
     assert proc.returncode == 1, err
     line = err.strip().splitlines()[-1]
-    assert re.fullmatch(rf"gradloop: error: no space left on {disk} while writing (checkpoint )?{run}/\S+; "
-                        rf"free space and resume with: gradloop train --resume --run-dir {run}", line), line
+    assert re.fullmatch(
+        rf"gradloop: error: no space left on {disk} while writing (checkpoint )?{run}/\S+; "
+        rf"free space and resume with: gradloop train --resume --run-dir {run}",
+        line,
+    ), line
     assert err.count("gradloop: error:") == 1 and "Traceback" not in err
     no_partial_files(run)
     latest = latest_number(run)
@@ -216,5 +245,7 @@ def test_train_on_a_disk_that_fills_stops_in_one_line_and_resumes_bit_identical(
         expected, got = weights(unstopped / model_file), weights(run / model_file)
         assert len(got) == len(expected) > 0 and all(np.array_equal(a, b) for a, b in zip(expected, got)), model_file
     expected, got = (json.loads((r / "history.json").read_text()) for r in (unstopped, run))
-    assert {k: v for k, v in got.items() if k != "train_time"} == {k: v for k, v in expected.items() if k != "train_time"}
+    assert {k: v for k, v in got.items() if k != "train_time"} == {
+        k: v for k, v in expected.items() if k != "train_time"
+    }
     assert json.loads((run / "run.json").read_text())["status"] == "finished"

@@ -24,17 +24,34 @@ import tensorflow as tf
 
 from gradloop import Trainer
 from gradloop.app import assemble
-from gradloop.loop import distribute
 from gradloop.commands import launch
+from gradloop.loop import distribute
 
 TOLERANCE = dict(rel=1e-4, abs=1e-5)  # float32 sums in a different order across replicas
-TRAIN = ["train", "--dataset", "mnist-sample", "--epochs", "3", "--hidden", "32", "--batch-size", "32", "--seed", "3",
-         "--deterministic"]  # 40 steps per epoch
+TRAIN = [
+    "train",
+    "--dataset",
+    "mnist-sample",
+    "--epochs",
+    "3",
+    "--hidden",
+    "32",
+    "--batch-size",
+    "32",
+    "--seed",
+    "3",
+    "--deterministic",
+]  # 40 steps per epoch
 
 
 def gradloop(*argv: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gradloop", *argv], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "gradloop", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def history(run_dir) -> dict:
@@ -76,7 +93,8 @@ def start_launch(run_dir, name: str, *argv: str) -> subprocess.Popen:
     (run_dir.parent / f"{name}.tmp").mkdir()
     return subprocess.Popen(
         [sys.executable, "-m", "gradloop", "launch", "--workers", "2", "--", *argv, "--run-dir", str(run_dir)],
-        stdout=subprocess.DEVNULL, stderr=(run_dir.parent / f"{name}.err").open("w"),
+        stdout=subprocess.DEVNULL,
+        stderr=(run_dir.parent / f"{name}.err").open("w"),
         env={**os.environ, "TMPDIR": str(run_dir.parent / f"{name}.tmp")},
     )
 
@@ -130,11 +148,15 @@ def multi_worker_runs(tmp_path_factory):
     resumed. T: the launch SIGTERMed, then resumed. S: worker 1 alone SIGTERMed."""
     root = tmp_path_factory.mktemp("multi_worker")
     procs = {name: start_launch(root / name, name, *RESUMABLE) for name in "UKTS"}
-    first = wait_for(root, procs, {
-        "K": lambda: os.kill(worker_pids(root / "K.err")[1], signal.SIGKILL),
-        "T": lambda: procs["T"].send_signal(signal.SIGTERM),
-        "S": lambda: os.kill(worker_pids(root / "S.err")[1], signal.SIGTERM),
-    })
+    first = wait_for(
+        root,
+        procs,
+        {
+            "K": lambda: os.kill(worker_pids(root / "K.err")[1], signal.SIGKILL),
+            "T": lambda: procs["T"].send_signal(signal.SIGTERM),
+            "S": lambda: os.kill(worker_pids(root / "S.err")[1], signal.SIGTERM),
+        },
+    )
     stopped = {name: json.loads((root / name / "run.json").read_text()) for name in "KTS"}
     saved = {name: saved_position(root / name) for name in "KTS"}  # before the resumes replace the checkpoints
     resumed = wait_for(root, {name: start_launch(root / name, f"{name}-resumed", "train", "--resume") for name in "KT"})
@@ -155,7 +177,10 @@ def test_a_killed_worker_fails_the_launch_quickly(multi_worker_runs):
     root, first, stopped, _, _ = multi_worker_runs
     code, seconds = first["K"]
     assert code == 1 and seconds < 60
-    assert f"gradloop: error: worker 1 exited with status -9 (its output is in {root / 'K.tmp'}" in (root / "K.err").read_text()
+    assert (
+        f"gradloop: error: worker 1 exited with status -9 (its output is in {root / 'K.tmp'}"
+        in (root / "K.err").read_text()
+    )
     assert stopped["K"]["status"] == "running"  # the chief was killed too: it could not say more
 
 
@@ -176,10 +201,12 @@ def test_sigterm_to_the_launch_stops_every_worker_after_one_checkpoint(multi_wor
     err = (root / "T.err").read_text()
     assert "gradloop: SIGTERM: telling 2 workers to save a checkpoint and stop" in err
     epoch, step = interrupted_at(err)  # the chief's line: the resume command, once
-    assert [line for line in err.splitlines() if "resume with" in line] == [(
-        f"gradloop: interrupted at epoch {epoch} step {step}; "
-        f"resume with: gradloop launch --workers 2 -- train --resume --run-dir {root / 'T'}"
-    )]
+    assert [line for line in err.splitlines() if "resume with" in line] == [
+        (
+            f"gradloop: interrupted at epoch {epoch} step {step}; "
+            f"resume with: gradloop launch --workers 2 -- train --resume --run-dir {root / 'T'}"
+        )
+    ]
     assert interrupted_at(worker_1_output(root, "T")) == (epoch, step)  # the same step on both workers
     assert stopped["T"]["status"] == "interrupted" and stopped["T"]["interrupted_at"] == {"epoch": epoch, "step": step}
     assert saved["T"][:2] == (epoch - 1, step)
@@ -216,16 +243,28 @@ def test_a_resumed_multi_worker_run_equals_one_never_stopped(multi_worker_runs, 
 def test_a_resume_on_another_number_of_workers_is_one_line(multi_worker_runs, argv):
     """Refused by the launch before it starts a worker, or by each worker of a TF_CONFIG cluster (here: of 1)."""
     run = multi_worker_runs[0] / "U"
-    one_worker = {"cluster": {"worker": [f"127.0.0.1:{launch.free_ports(1)[0]}"]}, "task": {"type": "worker", "index": 0}}
+    one_worker = {
+        "cluster": {"worker": [f"127.0.0.1:{launch.free_ports(1)[0]}"]},
+        "task": {"type": "worker", "index": 0},
+    }
     snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    result = gradloop(*argv, "--resume", "--run-dir", str(run), "--epochs", "4",
-                      env={"TF_CONFIG": json.dumps(one_worker)} if argv[0] == "train" else None)
+    result = gradloop(
+        *argv,
+        "--resume",
+        "--run-dir",
+        str(run),
+        "--epochs",
+        "4",
+        env={"TF_CONFIG": json.dumps(one_worker)} if argv[0] == "train" else None,
+    )
     workers = 3 if argv[0] == "launch" else 1
     assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines() == [(
-        f"gradloop: error: run {run} trained on 2 workers but this resume has {workers}; a multi-worker run "
-        "resumes on as many workers as it trained on (gradloop launch --workers 2, or a TF_CONFIG of 2)"
-    )]
+    assert result.stderr.splitlines() == [
+        (
+            f"gradloop: error: run {run} trained on 2 workers but this resume has {workers}; a multi-worker run "
+            "resumes on as many workers as it trained on (gradloop launch --workers 2, or a TF_CONFIG of 2)"
+        )
+    ]
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
 
 
@@ -260,9 +299,13 @@ def tiny(strategy):
         inputs = keras.Input((8,))
         hidden = keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01))(inputs)
         model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
-        trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-2),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=["accuracy"], strategy=strategy)
+        trainer = Trainer(
+            model,
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            strategy=strategy,
+        )
     return trainer, ds
 
 

@@ -57,8 +57,21 @@ def digits(tmp_path_factory):
 def run(digits):
     root, _ = digits
     run_dir = root / "run"
-    argv = ["train", "--data-dir", str(root / "A"), "--classes", ",".join(map(str, CLASSES)), "--hidden", "16",
-            "--epochs", "2", "--seed", "1", "--run-dir", str(run_dir)]
+    argv = [
+        "train",
+        "--data-dir",
+        str(root / "A"),
+        "--classes",
+        ",".join(map(str, CLASSES)),
+        "--hidden",
+        "16",
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+        "--run-dir",
+        str(run_dir),
+    ]
     assert cli.main(argv) == 0
     return run_dir
 
@@ -151,8 +164,14 @@ def test_the_text_output_of_the_cli_is_format_report(run, capsys):
 
 def test_format_report_prints_the_numbers_it_is_given():
     result = {
-        "run_dir": "r", "split": "test", "source": "somewhere (IDX)", "n_samples": 1234, "classes": [7, 1],
-        "loss": 0.123456, "accuracy": 0.875, "per_class_accuracy": {"7": 0.75, "1": None},
+        "run_dir": "r",
+        "split": "test",
+        "source": "somewhere (IDX)",
+        "n_samples": 1234,
+        "classes": [7, 1],
+        "loss": 0.123456,
+        "accuracy": 0.875,
+        "per_class_accuracy": {"7": 0.75, "1": None},
         "confusion_matrix": [[1000, 234], [0, 0]],
     }
     assert format_report(result).splitlines() == [

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from gradloop import data
-from gradloop.cli import main
 from gradloop.app.config import build_config
+from gradloop.cli import main
 from gradloop.commands.evaluate import split_arrays
 from gradloop.commands.export import export_saved_model
 from gradloop.run.folder import RunDir

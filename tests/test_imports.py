@@ -12,10 +12,12 @@ import gradloop
 
 SRC = Path(gradloop.__file__).parent
 # the library: every module of gradloop/loop/, found on disk so that a new one is checked too
-CORE = tuple(sorted(
-    ".".join(path.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__")
-    for path in (SRC / "loop").rglob("*.py")
-))
+CORE = tuple(
+    sorted(
+        ".".join(path.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__")
+        for path in (SRC / "loop").rglob("*.py")
+    )
+)
 SHARED = ("gradloop", "gradloop.errors", "gradloop.atomic")  # what the core and the application both use
 
 
@@ -23,7 +25,9 @@ def loaded_after(code: str) -> set[str]:
     """The modules loaded in a fresh interpreter after running ``code``."""
     out = subprocess.run(
         [sys.executable, "-c", f"import sys\n{code}\nprint('\\n'.join(sys.modules))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return set(out.split())
 
@@ -33,7 +37,9 @@ def test_the_core_imports_nothing_of_the_application():
     modules = loaded_after("\n".join(f"import {name}" for name in CORE))
     core = set(CORE)
     assert core <= modules and "tensorflow" in modules  # the imports themselves worked
-    application = sorted(m for m in modules if (m == "gradloop" or m.startswith("gradloop.")) and m not in core | set(SHARED))
+    application = sorted(
+        m for m in modules if (m == "gradloop" or m.startswith("gradloop.")) and m not in core | set(SHARED)
+    )
     assert application == []  # e.g. gradloop.app.config, gradloop.cli, gradloop.run.folder, gradloop.data.builtin.idx
 
 

@@ -17,8 +17,8 @@ from gradloop import CompileOptions, InMemory, Trainer, data
 from gradloop.loop import step as step_lib
 from gradloop.loop.callbacks.checkpointing import Checkpointing
 from gradloop.loop.checkpoint import RunCheckpoint
-from gradloop.loop.xla import XLA_AUTO_MIN_STEPS
 from gradloop.loop.in_memory import Epoch, Position
+from gradloop.loop.xla import XLA_AUTO_MIN_STEPS
 
 N, DIM = 150, 8  # 10 batches of 16 per epoch, the last one partial (6)
 
@@ -32,11 +32,21 @@ def arrays(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def trainer_for(jit_compile, *, steps_per_execution: int = 3, dropout: float = 0.3, step=None) -> Trainer:
     keras.utils.set_random_seed(1)
     model = keras.Sequential(
-        [keras.Input((DIM,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(dropout), keras.layers.Dense(3)]
+        [
+            keras.Input((DIM,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(3),
+        ]
     )
-    return Trainer(model, optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                   metrics=["accuracy"], train_step=step,
-                   options=CompileOptions(steps_per_execution=steps_per_execution, jit_compile=jit_compile))
+    return Trainer(
+        model,
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        train_step=step,
+        options=CompileOptions(steps_per_execution=steps_per_execution, jit_compile=jit_compile),
+    )
 
 
 def test_an_epoch_gives_the_batches_of_shuffled_epochs():
@@ -79,13 +89,20 @@ def test_sample_weights_and_several_inputs_are_gathered_alike():
         return keras.Model([a, b], keras.layers.Dense(3)(keras.layers.Concatenate()([a, b])))
 
     def fit(train) -> dict:
-        trainer = Trainer(model(), optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          weighted_metrics=["accuracy"], options=CompileOptions(jit_compile=True))
+        trainer = Trainer(
+            model(),
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=["accuracy"],
+            options=CompileOptions(jit_compile=True),
+        )
         return trainer.fit(train, epochs=2).history
 
     def pipeline(epoch: int) -> tf.data.Dataset:  # InMemory's order: the seed's and the epoch's permutation
         rows = np.random.default_rng((0, epoch)).permutation(64)
-        return tf.data.Dataset.from_tensor_slices(({k: v[rows] for k, v in inputs.items()}, y[rows], weight[rows])).batch(10)
+        return tf.data.Dataset.from_tensor_slices(
+            ({k: v[rows] for k, v in inputs.items()}, y[rows], weight[rows])
+        ).batch(10)
 
     expected = fit(pipeline)
     got = fit(InMemory(inputs, y, weight, batch_size=10, seed=0))
@@ -99,8 +116,12 @@ def uninterrupted(tmp_path_factory):
     x, y = arrays()
     trainer = trainer_for(True)
     ckpt = RunCheckpoint(tmp_path_factory.mktemp("a"), trainer)
-    history = trainer.fit(InMemory(x, y, batch_size=16, seed=3), epochs=3, end_groups_every=4,
-                          callbacks=[Checkpointing(ckpt, every_steps=4)])
+    history = trainer.fit(
+        InMemory(x, y, batch_size=16, seed=3),
+        epochs=3,
+        end_groups_every=4,
+        callbacks=[Checkpointing(ckpt, every_steps=4)],
+    )
     return history.history, variables(trainer)
 
 
@@ -111,15 +132,20 @@ def test_a_run_on_xla_groups_stopped_and_resumed_is_bit_identical(tmp_path, unin
     trainer = trainer_for(True)
     ckpt = RunCheckpoint(tmp_path, trainer)
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(InMemory(x, y, batch_size=16, seed=3), epochs=3, end_groups_every=4,
-                    callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, *stop_at)])
+        trainer.fit(
+            InMemory(x, y, batch_size=16, seed=3),
+            epochs=3,
+            end_groups_every=4,
+            callbacks=[Checkpointing(ckpt, every_steps=4), StopAt(trainer, *stop_at)],
+        )
     trainer = trainer_for(True, steps_per_execution=5)  # a new process: other groups, the same numbers
     ckpt = RunCheckpoint(tmp_path, trainer)
     train = InMemory(x, y, batch_size=16, seed=3)
     state = ckpt.restore(train)
     assert isinstance(state.iterator, Position) and (state.epoch, state.step) == (stop_at[0], stop_at[1] // 4 * 4)
-    history = trainer.fit(train, epochs=3, initial_state=state, end_groups_every=4,
-                          callbacks=[Checkpointing(ckpt, every_steps=4)]).history
+    history = trainer.fit(
+        train, epochs=3, initial_state=state, end_groups_every=4, callbacks=[Checkpointing(ckpt, every_steps=4)]
+    ).history
     got = variables(trainer)
     assert len(got) == len(expected_variables) > 0
     assert all(np.array_equal(a, b) for a, b in zip(got, expected_variables))
@@ -139,8 +165,13 @@ def test_a_default_run_long_enough_for_xla_stopped_and_resumed_is_bit_identical(
         train = InMemory(x, y, batch_size=2, seed=3)
         state = ckpt.restore(train) if resume_at is not None else None
         assert state is None or (state.epoch, state.step) == resume_at
-        history = trainer.fit(train, epochs=epochs, initial_state=state, end_groups_every=19,
-                              callbacks=[Checkpointing(ckpt, every_steps=19), *(c(trainer) for c in callbacks)]).history
+        history = trainer.fit(
+            train,
+            epochs=epochs,
+            initial_state=state,
+            end_groups_every=19,
+            callbacks=[Checkpointing(ckpt, every_steps=19), *(c(trainer) for c in callbacks)],
+        ).history
         assert trainer._xla_groups
         return history, variables(trainer)
 
@@ -217,18 +248,25 @@ def test_under_a_strategy_in_memory_data_runs_as_a_dataset():
     with strategy.scope():
         keras.utils.set_random_seed(1)
         model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(3)])
-        trainer = Trainer(model, optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          strategy=strategy)
+        trainer = Trainer(
+            model,
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            strategy=strategy,
+        )
     epoch = InMemory(x, y, batch_size=16, seed=3)(0)
     assert isinstance(epoch, Epoch) and not isinstance(trainer.make_iterator(epoch), Position)
     assert len(trainer.fit(InMemory(x, y, batch_size=16, seed=3), epochs=2).history["loss"]) == 2
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (dict(x=np.zeros((4, 2)), y=np.zeros(5)), "same number of rows"),
-    (dict(x=np.zeros((0, 2)), y=np.zeros(0)), "at least 1"),
-    (dict(x=np.zeros((4, 2)), y=np.zeros(4), batch_size=0), "batch_size must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (dict(x=np.zeros((4, 2)), y=np.zeros(5)), "same number of rows"),
+        (dict(x=np.zeros((0, 2)), y=np.zeros(0)), "at least 1"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros(4), batch_size=0), "batch_size must be a positive integer"),
+    ],
+)
 def test_in_memory_checks_its_arrays(args, message):
     with pytest.raises(ValueError, match=message):
         InMemory(**{"batch_size": 2, **args})
@@ -239,9 +277,16 @@ def test_a_long_fit_of_a_model_with_convolutions_stays_on_the_graph():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 6, 6, 1)).astype("float32"), rng.integers(0, 3, 40)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(3)])
-    trainer = Trainer(model, optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      train_step=numpy_step, options=CompileOptions(steps_per_execution=64))
+    model = keras.Sequential(
+        [keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    trainer = Trainer(
+        model,
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        train_step=numpy_step,
+        options=CompileOptions(steps_per_execution=64),
+    )
     epochs = -(-XLA_AUTO_MIN_STEPS // 40)  # of 40 steps
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -283,4 +328,6 @@ def test_in_memory_data_and_its_fit_hold_one_copy_of_the_arrays():
     result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     made, fitted = map(float, result.stdout.split()[-2:])
-    assert 0.8 < made < 1.4 and 0.8 < fitted < 1.4, f"copies of the arrays: {made:.2f} when made, {fitted:.2f} after fit"
+    assert 0.8 < made < 1.4 and 0.8 < fitted < 1.4, (
+        f"copies of the arrays: {made:.2f} when made, {fitted:.2f} after fit"
+    )

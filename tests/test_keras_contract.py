@@ -63,9 +63,11 @@ def test_sample_weights_weigh_the_loss_and_the_weighted_metrics_as_keras_does():
     val = tf.data.Dataset.from_tensor_slices((x[:50], y[:50], w[:50])).batch(20)
     ours, theirs = twins()
     compile_args = dict(loss=sparse_ce(), metrics=["accuracy"], weighted_metrics=["accuracy"])
-    history = Trainer(ours, optimizer=keras.optimizers.Adam(1e-2), options=KERAS_UPDATE, **compile_args).fit(
-        ds, validation_data=val, epochs=3, verbose=0
-    ).history
+    history = (
+        Trainer(ours, optimizer=keras.optimizers.Adam(1e-2), options=KERAS_UPDATE, **compile_args)
+        .fit(ds, validation_data=val, epochs=3, verbose=0)
+        .history
+    )
     theirs.compile(optimizer=keras.optimizers.Adam(1e-2), **compile_args)
     reference = theirs.fit(ds, validation_data=val, epochs=3, verbose=0).history
     assert_same_history(history, reference)
@@ -79,9 +81,11 @@ def test_class_weights_weigh_each_sample_by_its_class_as_keras_does():
     class_weight = {0: 0.5, 1: 4.0, 2: 1.0}
     ours, theirs = twins()
     compile_args = dict(loss=sparse_ce(), weighted_metrics=["accuracy"])
-    history = Trainer(ours, optimizer=keras.optimizers.Adam(1e-2), options=KERAS_UPDATE, **compile_args).fit(
-        ds, validation_data=ds, epochs=2, class_weight=class_weight, verbose=0
-    ).history
+    history = (
+        Trainer(ours, optimizer=keras.optimizers.Adam(1e-2), options=KERAS_UPDATE, **compile_args)
+        .fit(ds, validation_data=ds, epochs=2, class_weight=class_weight, verbose=0)
+        .history
+    )
     theirs.compile(optimizer=keras.optimizers.Adam(1e-2), **compile_args)
     reference = theirs.fit(ds, validation_data=ds, epochs=2, class_weight=class_weight, verbose=0).history
     assert_same_history(history, reference)
@@ -92,9 +96,9 @@ def test_a_class_without_a_weight_weighs_1_where_keras_fails():
     x, y, _ = data()
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     histories = [
-        Trainer(mlp(), optimizer="sgd", loss=sparse_ce(), options=KERAS_UPDATE).fit(
-            ds, epochs=1, class_weight=weights, verbose=0
-        ).history["loss"]
+        Trainer(mlp(), optimizer="sgd", loss=sparse_ce(), options=KERAS_UPDATE)
+        .fit(ds, epochs=1, class_weight=weights, verbose=0)
+        .history["loss"]
         for weights in ({0: 2.0}, {0: 2.0, 1: 1.0, 2: 1.0})
     ]
     assert histories[0] == histories[1]
@@ -105,9 +109,11 @@ def test_class_weights_read_one_hot_labels_by_their_largest_entry():
     ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, CLASSES))).batch(32)
     ours, theirs = twins()
     loss = keras.losses.CategoricalCrossentropy(from_logits=True)
-    history = Trainer(ours, optimizer="sgd", loss=loss, options=KERAS_UPDATE).fit(
-        ds, epochs=2, class_weight={0: 1.0, 1: 1.0, 2: 3.0}, verbose=0
-    ).history
+    history = (
+        Trainer(ours, optimizer="sgd", loss=loss, options=KERAS_UPDATE)
+        .fit(ds, epochs=2, class_weight={0: 1.0, 1: 1.0, 2: 3.0}, verbose=0)
+        .history
+    )
     theirs.compile(optimizer="sgd", loss=loss)
     assert_same_history(history, theirs.fit(ds, epochs=2, class_weight={0: 1.0, 1: 1.0, 2: 3.0}, verbose=0).history)
 
@@ -162,12 +168,15 @@ def test_several_inputs_and_outputs_with_a_loss_and_metrics_per_output_match_ker
     ds = two_in_two_out_data()
     ours, theirs = twins(two_in_two_out)
     compile_args = dict(
-        loss={"kind": sparse_ce(), "size": "mse"}, loss_weights={"kind": 1.0, "size": 0.5},
+        loss={"kind": sparse_ce(), "size": "mse"},
+        loss_weights={"kind": 1.0, "size": 0.5},
         metrics={"kind": ["accuracy"], "size": ["mae"]},
     )
-    history = Trainer(ours, optimizer=keras.optimizers.Adam(1e-2), options=KERAS_UPDATE, **compile_args).fit(
-        ds, validation_data=ds, epochs=2, verbose=0
-    ).history
+    history = (
+        Trainer(ours, optimizer=keras.optimizers.Adam(1e-2), options=KERAS_UPDATE, **compile_args)
+        .fit(ds, validation_data=ds, epochs=2, verbose=0)
+        .history
+    )
     theirs.compile(optimizer=keras.optimizers.Adam(1e-2), **compile_args)
     reference = theirs.fit(ds, validation_data=ds, epochs=2, verbose=0).history
     assert {"kind_loss", "size_loss", "kind_accuracy", "size_mae", "val_size_mae"} <= set(reference)
@@ -253,9 +262,11 @@ def test_swap_ema_weights_validates_on_the_moving_average_and_fit_ends_with_it_a
     def adam():
         return keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9)
 
-    history = Trainer(ours, optimizer=adam(), loss=sparse_ce(), metrics=["accuracy"], options=KERAS_UPDATE).fit(
-        ds, validation_data=ds, epochs=3, callbacks=[keras.callbacks.SwapEMAWeights()], verbose=0
-    ).history
+    history = (
+        Trainer(ours, optimizer=adam(), loss=sparse_ce(), metrics=["accuracy"], options=KERAS_UPDATE)
+        .fit(ds, validation_data=ds, epochs=3, callbacks=[keras.callbacks.SwapEMAWeights()], verbose=0)
+        .history
+    )
     theirs.compile(optimizer=adam(), loss=sparse_ce(), metrics=["accuracy"])
     reference = theirs.fit(ds, validation_data=ds, epochs=3, callbacks=[keras.callbacks.SwapEMAWeights()], verbose=0)
     assert_same_history(history, reference.history)
@@ -271,21 +282,24 @@ def test_validation_freq_validates_the_epochs_keras_validates(validation_freq):
     x, y, _ = data()
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     ours, theirs = twins()
-    history = Trainer(ours, optimizer="adam", loss=sparse_ce(), metrics=["accuracy"], options=KERAS_UPDATE).fit(
-        ds, validation_data=ds, epochs=4, validation_freq=validation_freq, verbose=0
-    ).history
+    history = (
+        Trainer(ours, optimizer="adam", loss=sparse_ce(), metrics=["accuracy"], options=KERAS_UPDATE)
+        .fit(ds, validation_data=ds, epochs=4, validation_freq=validation_freq, verbose=0)
+        .history
+    )
     theirs.compile(optimizer="adam", loss=sparse_ce(), metrics=["accuracy"])
     reference = theirs.fit(ds, validation_data=ds, epochs=4, validation_freq=validation_freq, verbose=0).history
     assert len(history["val_loss"]) == 2 and len(history["loss"]) == 4
     assert_same_history(history, reference)
 
 
-
 def test_the_history_figure_draws_validation_at_the_validated_epochs():
     from gradloop.pages import plots
 
     ds = tf.data.Dataset.from_tensor_slices(data()[:2]).batch(16)
-    fitted = Trainer(mlp(), optimizer="adam", loss=sparse_ce()).fit(ds, validation_data=ds, epochs=4, validation_freq=2, verbose=0)
+    fitted = Trainer(mlp(), optimizer="adam", loss=sparse_ce()).fit(
+        ds, validation_data=ds, epochs=4, validation_freq=2, verbose=0
+    )
     figure = plots.history_figure(fitted)
     lines = {line.get_label(): list(line.get_xdata()) for ax in figure.axes for line in ax.lines}
     assert lines == {"train_loss": [1, 2, 3, 4], "val_loss": [2, 4]}
@@ -374,13 +388,18 @@ def test_weighted_samples_two_outputs_and_predict_on_two_replicas_equal_one_devi
     import sys
     from pathlib import Path
 
-    done = subprocess.run([sys.executable, "-c", ON_TWO_REPLICAS, str(Path(__file__).parent)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", ON_TWO_REPLICAS, str(Path(__file__).parent)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     one, two = results["one"], results["two"]
     assert (one["replicas"], two["replicas"]) == (1, 2)
-    assert set(one["history"]) == set(two["history"]) >= {"kind_loss", "size_loss", "kind_accuracy", "size_mae", "val_size_mae"}
+    assert (
+        set(one["history"])
+        == set(two["history"])
+        >= {"kind_loss", "size_loss", "kind_accuracy", "size_mae", "val_size_mae"}
+    )
     for key, values in one["history"].items():
         # Keras averages each output's own loss over batches, not samples (each replica's part of a batch
         # counts once): those two differ by the uneven splits; the loss trained on and the metrics do not.
@@ -404,9 +423,11 @@ def test_class_weights_with_gradient_accumulation_match_keras():
         return keras.optimizers.SGD(0.1, momentum=0.9, gradient_accumulation_steps=3)
 
     class_weight = {0: 2.0, 1: 0.5, 2: 1.0}
-    history = Trainer(ours, optimizer=sgd(), loss=sparse_ce(), options=KERAS_UPDATE).fit(
-        ds, epochs=2, class_weight=class_weight, verbose=0
-    ).history
+    history = (
+        Trainer(ours, optimizer=sgd(), loss=sparse_ce(), options=KERAS_UPDATE)
+        .fit(ds, epochs=2, class_weight=class_weight, verbose=0)
+        .history
+    )
     theirs.compile(optimizer=sgd(), loss=sparse_ce())
     assert_same_history(history, theirs.fit(ds, epochs=2, class_weight=class_weight, verbose=0).history)
     assert_same_weights(ours, theirs)
@@ -419,12 +440,15 @@ def test_ema_with_early_stopping_restoring_the_best_weights_ends_as_keras_does()
     ours, theirs = twins(ema_model)
 
     def setup():
-        return (keras.optimizers.Adam(5e-2, use_ema=True, ema_momentum=0.5),
-                [keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True, start_from_epoch=0)])
+        return (
+            keras.optimizers.Adam(5e-2, use_ema=True, ema_momentum=0.5),
+            [keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True, start_from_epoch=0)],
+        )
 
     optimizer, callbacks = setup()
     Trainer(ours, optimizer=optimizer, loss=sparse_ce(), options=KERAS_UPDATE).fit(
-        ds, validation_data=val, epochs=6, callbacks=callbacks, verbose=0)
+        ds, validation_data=val, epochs=6, callbacks=callbacks, verbose=0
+    )
     optimizer, callbacks = setup()
     theirs.compile(optimizer=optimizer, loss=sparse_ce())
     theirs.fit(ds, validation_data=val, epochs=6, callbacks=callbacks, verbose=0)
@@ -460,10 +484,15 @@ def test_a_step_taking_sample_weight_by_keyword_gets_the_weights():
         return loss, y_pred
 
     ours, theirs = twins()
-    history = Trainer(ours, optimizer="sgd", loss=sparse_ce(), train_step=keyword_step, options=KERAS_UPDATE).fit(
-        tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16), epochs=1, verbose=0).history
+    history = (
+        Trainer(ours, optimizer="sgd", loss=sparse_ce(), train_step=keyword_step, options=KERAS_UPDATE)
+        .fit(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16), epochs=1, verbose=0)
+        .history
+    )
     theirs.compile(optimizer="sgd", loss=sparse_ce())
-    assert_same_history(history, theirs.fit(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16), epochs=1, verbose=0).history)
+    assert_same_history(
+        history, theirs.fit(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16), epochs=1, verbose=0).history
+    )
     assert seen == [True]  # traced once, with the weights
 
 

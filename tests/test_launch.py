@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from gradloop.errors import ConfigError
 from gradloop.commands.launch import MAX_WORKERS, WORKERS_ENV, WorkerFailed, free_ports, launch, train_argv, worker_env
+from gradloop.errors import ConfigError
 
 STAND_IN = """#!{python}
 import json, os, signal, sys, time
@@ -167,8 +167,9 @@ def test_workers_stopped_by_a_signal_end_the_launch_with_that_status(stand_in_la
 
 
 @pytest.mark.parametrize(("failing", "where"), [(0, "above"), (2, "in {logs}/worker-2.log")])
-def test_a_failing_worker_fails_the_launch_at_once_and_the_others_are_killed(stand_in_launch, monkeypatch,
-                                                                              failing, where):
+def test_a_failing_worker_fails_the_launch_at_once_and_the_others_are_killed(
+    stand_in_launch, monkeypatch, failing, where
+):
     monkeypatch.setenv("STAND_IN_EXIT", json.dumps({"0": "wait", "1": "wait", "2": "wait", str(failing): 3}))
     start = time.monotonic()
     with pytest.raises(WorkerFailed) as failed:
@@ -186,10 +187,16 @@ def test_a_failing_worker_fails_the_launch_at_once_and_the_others_are_killed(sta
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_to_the_launch_is_passed_to_every_worker_once(stand_in, tmp_path, signum, status):
     """The launch runs in its own process here: the signal goes to it, not to pytest."""
-    code = (f"import sys; sys.executable = {str(stand_in)!r}; from gradloop.cli import main; "
-            "sys.exit(main(['launch', '--workers', '2', '--', 'train']))")
-    env = {**os.environ, "STAND_IN_OUT": str(tmp_path / "out"), "STAND_IN_EXIT": '{"0": "wait", "1": "wait"}',
-           "TMPDIR": str(tmp_path / "tmp")}
+    code = (
+        f"import sys; sys.executable = {str(stand_in)!r}; from gradloop.cli import main; "
+        "sys.exit(main(['launch', '--workers', '2', '--', 'train']))"
+    )
+    env = {
+        **os.environ,
+        "STAND_IN_OUT": str(tmp_path / "out"),
+        "STAND_IN_EXIT": '{"0": "wait", "1": "wait"}',
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 30
@@ -206,7 +213,8 @@ def test_a_signal_to_the_launch_is_passed_to_every_worker_once(stand_in, tmp_pat
     assert f"gradloop: {name}: telling 2 workers to save a checkpoint and stop" in err.splitlines()
     assert err.count("telling") == 1
     assert {p.name: p.read_text() for p in (tmp_path / "out").glob("*.signal")} == {
-        "worker-0.signal": name, "worker-1.signal": name,
+        "worker-0.signal": name,
+        "worker-1.signal": name,
     }
 
 
@@ -223,16 +231,34 @@ def test_real_workers_failing_on_bad_data_fail_the_launch_in_one_line(tmp_path):
         (tmp_path / "bad" / name).write_bytes(b"not an IDX file")
     start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "gradloop", "launch", "--workers", "2", "--", "train", "--data-dir",
-         str(tmp_path / "bad"), "--epochs", "1", "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
+        [
+            sys.executable,
+            "-m",
+            "gradloop",
+            "launch",
+            "--workers",
+            "2",
+            "--",
+            "train",
+            "--data-dir",
+            str(tmp_path / "bad"),
+            "--epochs",
+            "1",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
     )
     seconds = time.monotonic() - start
     assert result.returncode == 1, result.stderr
     last = result.stderr.splitlines()[-1]
     (logs,) = (tmp_path / "tmp").glob("gradloop-launch-*")
-    match = re.fullmatch(r"gradloop: error: worker (\d) exited with status 2 \(its output is (.*)\); stopped the others",
-                         last)
+    match = re.fullmatch(
+        r"gradloop: error: worker (\d) exited with status 2 \(its output is (.*)\); stopped the others", last
+    )
     assert match, result.stderr
     worker = int(match[1])
     assert match[2] == ("above" if worker == 0 else f"in {logs / 'worker-1.log'}")

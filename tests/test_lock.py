@@ -29,9 +29,14 @@ RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--batc
 def holder(run_dir: Path) -> subprocess.Popen:
     """Another process holding the run's lock as ``gradloop train`` does (run_lock.lock), until killed."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from gradloop.run import lock as run_lock; held = run_lock.lock({str(run_dir)!r}); "
-                               "print('held', flush=True); import time; time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"from gradloop.run import lock as run_lock; held = run_lock.lock({str(run_dir)!r}); "
+            "print('held', flush=True); import time; time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline() == "held\n"
     return proc
@@ -39,8 +44,10 @@ def holder(run_dir: Path) -> subprocess.Popen:
 
 def files(folder: Path) -> dict[str, str]:
     """Every file's sha256 and every folder, by path in ``folder``: equal only if nothing was written."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -66,7 +73,9 @@ def test_lock_holder_is_the_live_holders_pid_and_none_once_it_is_killed(tmp_path
 
 def test_a_second_lock_is_refused_naming_the_holder_even_in_the_same_process(tmp_path):
     first = run_lock.lock(tmp_path)
-    with pytest.raises(RunDirError, match=rf"is in use by another gradloop process \(pid {os.getpid()} on .*kill {os.getpid()}"):
+    with pytest.raises(
+        RunDirError, match=rf"is in use by another gradloop process \(pid {os.getpid()} on .*kill {os.getpid()}"
+    ):
         run_lock.lock(tmp_path)
     first.release()
     run_lock.lock(tmp_path).release()
@@ -91,7 +100,9 @@ def finished(tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("flags", [["--resume", "--epochs", "2"], ["--overwrite"], []], ids=["resume", "overwrite", "new"])
+@pytest.mark.parametrize(
+    "flags", [["--resume", "--epochs", "2"], ["--overwrite"], []], ids=["resume", "overwrite", "new"]
+)
 def test_a_second_writer_is_refused_before_it_changes_anything(finished, capsys, flags):
     proc = holder(finished)
     try:
@@ -100,8 +111,10 @@ def test_a_second_writer_is_refused_before_it_changes_anything(finished, capsys,
         argv = ["train", *([] if "--resume" in flags else RUN), *flags, "--run-dir", str(finished)]
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err == (f"gradloop: error: run directory {finished} is in use by another gradloop process (pid {proc.pid} on "
-                       f"{socket.gethostname()}); wait for it to end, stop it (kill {proc.pid}), or choose another --run-dir\n")
+        assert err == (
+            f"gradloop: error: run directory {finished} is in use by another gradloop process (pid {proc.pid} on "
+            f"{socket.gethostname()}); wait for it to end, stop it (kill {proc.pid}), or choose another --run-dir\n"
+        )
         assert files(finished) == before  # --overwrite deleted nothing
     finally:
         kill(proc)
@@ -124,12 +137,21 @@ def test_a_running_train_is_locked_readable_and_free_once_killed(finished, tmp_p
     byte-identical, evaluate still reads the run, and once the process is SIGKILLed the run resumes."""
     run_dir = tmp_path / "run"
     subprocess.run(["cp", "-a", str(finished), str(run_dir)], check=True)
-    proc = subprocess.Popen([sys.executable, "-m", "gradloop", "train", "--resume", "--epochs", "500", "--run-dir", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradloop", "train", "--resume", "--epochs", "500", "--run-dir", str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
-        while run_lock.lock_holder(run_dir) != proc.pid or json.loads((run_dir / "run.json").read_text()).get("pid") != proc.pid:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+        while (
+            run_lock.lock_holder(run_dir) != proc.pid
+            or json.loads((run_dir / "run.json").read_text()).get("pid") != proc.pid
+        ):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read() if proc.poll() is not None else "slow"
+            )
             time.sleep(0.1)
         assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
         capsys.readouterr()
@@ -158,8 +180,23 @@ def test_under_multi_worker_the_chief_holds_the_run_and_the_others_resume_beside
     err = tmp_path / "launch.err"
 
     def launch(*argv: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "gradloop", "launch", "--workers", "2", "--", "train", *argv,
-                                 "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=err.open("w"))
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gradloop",
+                "launch",
+                "--workers",
+                "2",
+                "--",
+                "train",
+                *argv,
+                "--run-dir",
+                str(run_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err.open("w"),
+        )
 
     proc = launch(*RUN, "--epochs", "1")
     deadline, holder = time.monotonic() + 300, None

@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 from gradloop import Trainer, cli
+from gradloop.app.config import TrainConfig
 from gradloop.app.train import train
 from gradloop.loop import step as step_lib
-from gradloop.app.config import TrainConfig
 from gradloop.loop.lr_range import LearningRateRangeTest, smooth, suggest_lr
 
 
@@ -39,13 +39,16 @@ def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
     assert suggest_lr(lrs, np.linspace(1, 2, 61)) is None  # a loss that never falls suggests nothing
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"start_lr": 0.0}, "start_lr must be a finite number > 0"),
-    ({"end_lr": math.inf}, "end_lr must be a finite number > 0"),
-    ({"start_lr": 1.0, "end_lr": 0.1}, "must be above start_lr"),
-    ({"steps": 9}, "steps must be an integer >= 10"),
-    ({"smoothing": 1.0}, "smoothing must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"start_lr": 0.0}, "start_lr must be a finite number > 0"),
+        ({"end_lr": math.inf}, "end_lr must be a finite number > 0"),
+        ({"start_lr": 1.0, "end_lr": 0.1}, "must be above start_lr"),
+        ({"steps": 9}, "steps must be an integer >= 10"),
+        ({"smoothing": 1.0}, "smoothing must be in [0, 1)"),
+    ],
+)
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         LearningRateRangeTest(**kwargs)
@@ -61,16 +64,21 @@ def test_every_step_of_a_compiled_call_gets_its_own_rate():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
     test = LearningRateRangeTest(start_lr=1e-3, end_lr=1e-1, steps=20)
-    trainer = Trainer(model, optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.MeanSquaredError(),
-                      train_step=test.watch(step_lib.train_step))
-    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=test.epochs_for(8), callbacks=[test],
-                verbose=0)
+    trainer = Trainer(
+        model,
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.MeanSquaredError(),
+        train_step=test.watch(step_lib.train_step),
+    )
+    trainer.fit(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=test.epochs_for(8), callbacks=[test], verbose=0
+    )
 
     rates, w, losses = test.learning_rates(), np.zeros((3, 1)), []
     for k in range(24):
-        xb, yb = x[k % 8 * 8:(k % 8 + 1) * 8].astype(np.float64), y[k % 8 * 8:(k % 8 + 1) * 8].astype(np.float64)
+        xb, yb = x[k % 8 * 8 : (k % 8 + 1) * 8].astype(np.float64), y[k % 8 * 8 : (k % 8 + 1) * 8].astype(np.float64)
         error = xb @ w - yb
-        losses.append(float(np.mean(error ** 2)))
+        losses.append(float(np.mean(error**2)))
         w -= rates[min(k, 19)] * 2 / 8 * xb.T @ error
     result = test.result()
     assert result.losses == pytest.approx(losses[:20], rel=1e-4)
@@ -86,10 +94,15 @@ def test_a_diverging_loss_stops_the_test_at_the_end_of_its_call():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
     test = LearningRateRangeTest(start_lr=1e-4, end_lr=1e6, steps=400)
-    trainer = Trainer(model, optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.MeanSquaredError(),
-                      train_step=test.watch(step_lib.train_step))
-    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=test.epochs_for(16), callbacks=[test],
-                verbose=0)
+    trainer = Trainer(
+        model,
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.MeanSquaredError(),
+        train_step=test.watch(step_lib.train_step),
+    )
+    trainer.fit(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=test.epochs_for(16), callbacks=[test], verbose=0
+    )
     result = test.result()
     assert result.diverged and int(test.step_count.numpy()) < 400  # stopped early, within one call of 32 steps
     assert np.all(np.isfinite(result.smoothed)) and result.smoothed[-1] <= 4 * result.smoothed.min()
@@ -106,8 +119,24 @@ def test_lr_find_writes_nothing_without_run_dir(tmp_path, monkeypatch, capsys):
 
 def test_lr_find_with_run_dir_writes_the_plot_and_the_json(tmp_path, capsys):
     out = tmp_path / "lr"
-    assert cli.main(["lr-find", "--dataset", "mnist-sample", "--hidden", "32", "--steps", "100", "--run-dir", str(out),
-                     "--lr-schedule", "cosine"]) == 0
+    assert (
+        cli.main(
+            [
+                "lr-find",
+                "--dataset",
+                "mnist-sample",
+                "--hidden",
+                "32",
+                "--steps",
+                "100",
+                "--run-dir",
+                str(out),
+                "--lr-schedule",
+                "cosine",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     saved = json.loads((out / "lr_find.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["lr_find.json", "lr_find.png"]

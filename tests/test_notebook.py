@@ -27,7 +27,9 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 @pytest.mark.slow
 def test_fit_draws_a_widget_bar_and_the_history_figure_shows_inline(tmp_path):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS])
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     fit_outputs, figure_outputs = notebook.cells[1].outputs, notebook.cells[2].outputs
     assert not [o for cell in notebook.cells for o in cell.outputs if o.output_type == "error"]
     assert sum(WIDGET in o.get("data", {}) for o in fit_outputs) == 2  # one bar per epoch

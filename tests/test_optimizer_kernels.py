@@ -12,8 +12,10 @@ from gradloop.loop import optimizer_kernels
 
 def train_three_steps(optimizer, fused: bool) -> list[np.ndarray]:
     keras.utils.set_random_seed(0)
-    variables = [keras.Variable(np.random.default_rng(1).normal(size=(64, 32)).astype("float32")),
-                 keras.Variable(np.ones(32, "float32"))]
+    variables = [
+        keras.Variable(np.random.default_rng(1).normal(size=(64, 32)).astype("float32")),
+        keras.Variable(np.ones(32, "float32")),
+    ]
     optimizer.build(variables)
     if fused:
         assert optimizer_kernels.use_fused_kernels(optimizer)
@@ -50,7 +52,12 @@ def test_fused_update_equals_keras_update(make):
 
 @pytest.mark.parametrize(
     "optimizer",
-    [keras.optimizers.Adam(amsgrad=True), keras.optimizers.SGD(0.1), keras.optimizers.RMSprop(), keras.optimizers.Adagrad()],
+    [
+        keras.optimizers.Adam(amsgrad=True),
+        keras.optimizers.SGD(0.1),
+        keras.optimizers.RMSprop(),
+        keras.optimizers.Adagrad(),
+    ],
 )
 def test_other_optimizers_keep_their_own_update(optimizer):
     optimizer.build([keras.Variable(np.zeros(3, "float32"))])

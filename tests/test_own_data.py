@@ -51,7 +51,7 @@ CLASS_FOLDERS = tuple(sorted(DIGITS))  # ("one", "two", "zero"): label 0 is the 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 20
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
-MODEL_FILE = '''
+MODEL_FILE = """
 import keras
 
 
@@ -59,9 +59,9 @@ def build(input_shape, num_classes, width=32):
     return keras.Sequential([keras.Input(shape=input_shape), keras.layers.Flatten(),
                              keras.layers.Dense(width, activation="relu"), keras.layers.Dense(num_classes)],
                             name="my_digits_net")
-'''
+"""
 
-DATA_FUNCTION_FILE = '''
+DATA_FUNCTION_FILE = """
 import numpy as np
 from sklearn.datasets import load_wine
 
@@ -81,14 +81,14 @@ def load(seed):
 def held_out(seed):
     x, y, _, test = _wine(seed)
     return {"x": x[test], "y": y[test]}
-'''
+"""
 
 
 def split(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the training and validation splits of ``n`` examples, in the run's order."""
     order = np.random.default_rng(SEED).permutation(n)
     n_val = round(n / 6)
-    return order[: n - n_val], order[n - n_val:]
+    return order[: n - n_val], order[n - n_val :]
 
 
 # ----------------------------------------------------------------------------------- the sources, written here
@@ -148,15 +148,22 @@ def files(tmp_path_factory) -> Files:
     written: dict[str, list[tuple[str, np.ndarray, int]]] = {"train": [], "test": []}
     for label, name in enumerate(CLASS_FOLDERS):
         rows = np.flatnonzero(sample.y_train == DIGITS[name])
-        test_rows = rows[TRAIN_PER_CLASS:TRAIN_PER_CLASS + TEST_PER_CLASS]
-        for part, folder, chosen in (("train", images / name, rows[:TRAIN_PER_CLASS]),
-                                     ("test", images / "test" / name, test_rows)):
+        test_rows = rows[TRAIN_PER_CLASS : TRAIN_PER_CLASS + TEST_PER_CLASS]
+        for part, folder, chosen in (
+            ("train", images / name, rows[:TRAIN_PER_CLASS]),
+            ("test", images / "test" / name, test_rows),
+        ):
             folder.mkdir(parents=True)
             for i, row in enumerate(chosen):
                 Image.fromarray(sample.x_train[row]).save(folder / f"{i:04d}.png")
                 written[part].append((f"{name}/{i:04d}.png", sample.x_train[row], label))
-    pixels = {part: (np.stack([p for _, p, _ in w])[..., None].astype(np.float32) / np.float32(255),
-                     np.array([label for _, _, label in w])) for part, w in written.items()}
+    pixels = {
+        part: (
+            np.stack([p for _, p, _ in w])[..., None].astype(np.float32) / np.float32(255),
+            np.array([label for _, _, label in w]),
+        )
+        for part, w in written.items()
+    }
     train, val = split(len(written["train"]))
     images_val = root / "images_val"
     for row in val:
@@ -174,8 +181,11 @@ def files(tmp_path_factory) -> Files:
     write_csv(root / "iris.csv", IRIS_COLUMNS + ["species"], rows)
     write_csv(root / "iris_val.csv", IRIS_COLUMNS + ["species"], [rows[i] for i in val])
     x = standardised(iris.data, train)
-    arrays["csv"] = {"train": (x[train], iris.target[train]), "val": (x[val], iris.target[val]),
-                     "raw val": (iris.data[val].astype(np.float32), iris.target[val])}
+    arrays["csv"] = {
+        "train": (x[train], iris.target[train]),
+        "val": (x[val], iris.target[val]),
+        "raw val": (iris.data[val].astype(np.float32), iris.target[val]),
+    }
 
     # Diabetes: ten features and a decimal target ("151.0"), so a regression.
     diabetes = sklearn_datasets.load_diabetes()
@@ -184,8 +194,11 @@ def files(tmp_path_factory) -> Files:
     write_csv(root / "diabetes.csv", [*diabetes.feature_names, "progression"], rows)
     write_csv(root / "diabetes_val.csv", [*diabetes.feature_names, "progression"], [rows[i] for i in val])
     x, y = standardised(diabetes.data, train), diabetes.target.astype(np.float32)
-    arrays["regression"] = {"train": (x[train], y[train]), "val": (x[val], y[val]),
-                            "raw val": (diabetes.data[val].astype(np.float32), y[val])}
+    arrays["regression"] = {
+        "train": (x[train], y[train]),
+        "val": (x[val], y[val]),
+        "raw val": (diabetes.data[val].astype(np.float32), y[val]),
+    }
 
     # Digits 8x8 (scaled to [0, 1] here) as an .npz with a test split, and its test split alone as x, y.
     digits = sklearn_datasets.load_digits()
@@ -205,31 +218,87 @@ def files(tmp_path_factory) -> Files:
     loaded = import_file(data_function).load(SEED)
     train, val = split(len(loaded["y_train"]))
     x, y = loaded["x_train"], loaded["y_train"]
-    arrays["function"] = {"train": (x[train], y[train]), "val": (x[val], y[val]),
-                          "test": (loaded["x_test"], loaded["y_test"])}
+    arrays["function"] = {
+        "train": (x[train], y[train]),
+        "val": (x[val], y[val]),
+        "test": (loaded["x_test"], loaded["y_test"]),
+    }
 
     return Files(
-        root=root, images=images, images_val=images_val,
+        root=root,
+        images=images,
+        images_val=images_val,
         image_bytes=sum(p.stat().st_size for p in images.rglob("*.png")),
-        iris=root / "iris.csv", iris_val=root / "iris_val.csv", diabetes=root / "diabetes.csv",
-        diabetes_val=root / "diabetes_val.csv", digits=root / "digits.npz", digits_test=root / "digits_test.npz",
-        model_file=model_file, model_config=model_config, data_function=data_function, arrays=arrays,
+        iris=root / "iris.csv",
+        iris_val=root / "iris_val.csv",
+        diabetes=root / "diabetes.csv",
+        diabetes_val=root / "diabetes_val.csv",
+        digits=root / "digits.npz",
+        digits_test=root / "digits_test.npz",
+        model_file=model_file,
+        model_config=model_config,
+        data_function=data_function,
+        arrays=arrays,
     )
 
 
 # ----------------------------------------------------------------------------------- the runs
+
 
 # Each source trained twice: here, never stopped, and in a process SIGKILLed mid-epoch 1 and resumed in another;
 # with a checkpoint every few steps, so that one exists mid-epoch. images: 250 train / 50 val, 16 steps an epoch;
 # csv: 125 / 25, 8 steps; model: 1,250 / 250, 40 steps.
 def process_flags(files: Files) -> dict[str, list[str]]:
     return {
-        "images": ["--data", str(files.images), "--hidden", "32", "--epochs", "3", "--batch-size", "16",
-                   "--lr", "0.001", "--deterministic", "--checkpoint-every", "5"],
-        "csv": ["--data", str(files.iris), "--target", "species", "--hidden", "16", "--epochs", "20",
-                "--batch-size", "16", "--lr", "0.01", "--deterministic", "--checkpoint-every", "2"],
-        "model": ["--data", str(files.digits), "--model", f"{files.model_file}:build", "--config", str(files.model_config),
-                  "--epochs", "3", "--batch-size", "32", "--lr", "0.01", "--deterministic", "--checkpoint-every", "10"],
+        "images": [
+            "--data",
+            str(files.images),
+            "--hidden",
+            "32",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.001",
+            "--deterministic",
+            "--checkpoint-every",
+            "5",
+        ],
+        "csv": [
+            "--data",
+            str(files.iris),
+            "--target",
+            "species",
+            "--hidden",
+            "16",
+            "--epochs",
+            "20",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.01",
+            "--deterministic",
+            "--checkpoint-every",
+            "2",
+        ],
+        "model": [
+            "--data",
+            str(files.digits),
+            "--model",
+            f"{files.model_file}:build",
+            "--config",
+            str(files.model_config),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.01",
+            "--deterministic",
+            "--checkpoint-every",
+            "10",
+        ],
     }
 
 
@@ -279,13 +348,23 @@ def processes(files, tmp_path_factory) -> Processes:
     flags = process_flags(files)
     mirrored = [*flags["csv"][:-2], "--strategy", "mirrored", "--replicas", "2"]  # no mid-epoch checkpoints
     # "images off": killed with its images decoded into cache/, resumed with --image-cache off (from the files)
-    argv = {**{f"{name} killed": f for name, f in flags.items()}, "images off killed": flags["images"],
-            "csv mirrored": mirrored}
-    procs = {name: start("train", *a, "--run-dir", str(root / name.replace(" ", "_")),
-                         log=root / f"{name.replace(' ', '_')}.log") for name, a in argv.items()}
+    argv = {
+        **{f"{name} killed": f for name, f in flags.items()},
+        "images off killed": flags["images"],
+        "csv mirrored": mirrored,
+    }
+    procs = {
+        name: start(
+            "train", *a, "--run-dir", str(root / name.replace(" ", "_")), log=root / f"{name.replace(' ', '_')}.log"
+        )
+        for name, a in argv.items()
+    }
     try:
         # Not in a thread beside the runs here: their tracing holds the GIL long enough for a kill to miss epoch 1.
-        killed = {name: (procs[f"{name} killed"], root / f"{name.replace(' ', '_')}_killed") for name in [*flags, "images off"]}
+        killed = {
+            name: (procs[f"{name} killed"], root / f"{name.replace(' ', '_')}_killed")
+            for name in [*flags, "images off"]
+        }
         kill_each_after_checkpoint(killed, KILL_AFTER)
         for name, f in flags.items():
             train_here(*f, "--run-dir", str(root / name))
@@ -295,16 +374,28 @@ def processes(files, tmp_path_factory) -> Processes:
             if proc.poll() is None:  # this fixture failed: leave no process behind
                 proc.kill()
     before = {name: json.loads((root / f"{name}_killed" / "run.json").read_text()) for name in flags}
-    cached = {name: sorted(p.name for p in (root / f"{name}_killed" / "cache").iterdir()) for name in ("images", "images_off")}
+    cached = {
+        name: sorted(p.name for p in (root / f"{name}_killed" / "cache").iterdir()) for name in ("images", "images_off")
+    }
     model_file_bytes = files.model_file.read_bytes()
     files.model_file.unlink()  # the resume must build the model from the run's own copy
-    again = {name: start("train", "--resume", "--run-dir", str(root / f"{name}_killed"),
-                         log=root / f"{name}_resumed.log") for name in flags}
-    again["images off"] = start("train", "--resume", "--run-dir", str(root / "images_off_killed"), "--image-cache", "off",
-                                log=root / "images off_resumed.log")
+    again = {
+        name: start("train", "--resume", "--run-dir", str(root / f"{name}_killed"), log=root / f"{name}_resumed.log")
+        for name in flags
+    }
+    again["images off"] = start(
+        "train",
+        "--resume",
+        "--run-dir",
+        str(root / "images_off_killed"),
+        "--image-cache",
+        "off",
+        log=root / "images off_resumed.log",
+    )
     try:
-        resumed = {name: (proc.wait(timeout=900), (root / f"{name}_resumed.log").read_text())
-                   for name, proc in again.items()}
+        resumed = {
+            name: (proc.wait(timeout=900), (root / f"{name}_resumed.log").read_text()) for name, proc in again.items()
+        }
     finally:
         for proc in again.values():
             if proc.poll() is None:
@@ -319,16 +410,44 @@ def train_here(*argv: str) -> None:
 @pytest.fixture(scope="module")
 def regression_run(files, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("regression") / "run"
-    train_here("--data", str(files.diabetes), "--target", "progression", "--hidden", "32", "--epochs", "30",
-               "--batch-size", "32", "--lr", "0.05", "--deterministic", "--run-dir", str(run))
+    train_here(
+        "--data",
+        str(files.diabetes),
+        "--target",
+        "progression",
+        "--hidden",
+        "32",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--deterministic",
+        "--run-dir",
+        str(run),
+    )
     return run
 
 
 @pytest.fixture(scope="module")
 def function_run(files, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("function") / "run"
-    train_here("--data", f"{files.data_function}:load", "--hidden", "16", "--epochs", "5", "--batch-size", "16",
-               "--lr", "0.01", "--deterministic", "--run-dir", str(run))
+    train_here(
+        "--data",
+        f"{files.data_function}:load",
+        "--hidden",
+        "16",
+        "--epochs",
+        "5",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.01",
+        "--deterministic",
+        "--run-dir",
+        str(run),
+    )
     return run
 
 
@@ -347,20 +466,35 @@ class Expected:
 
 def expected(files: Files) -> dict[str, Expected]:
     return {
-        "images": Expected("images", 250, 50, list(CLASS_FOLDERS), 784 * 32 + 32 + 32 * 3 + 3,
-                           str(files.images_val), "val"),
-        "csv": Expected("csv", 125, 25, ["setosa", "versicolor", "virginica"], 4 * 16 + 16 + 16 * 3 + 3,
-                        str(files.iris_val), "val"),
+        "images": Expected(
+            "images", 250, 50, list(CLASS_FOLDERS), 784 * 32 + 32 + 32 * 3 + 3, str(files.images_val), "val"
+        ),
+        "csv": Expected(
+            "csv", 125, 25, ["setosa", "versicolor", "virginica"], 4 * 16 + 16 + 16 * 3 + 3, str(files.iris_val), "val"
+        ),
         "regression": Expected("csv", 368, 74, None, 10 * 32 + 32 + 32 + 1, str(files.diabetes_val), "val"),
-        "model": Expected("arrays", 1250, 250, [str(d) for d in range(10)], 64 * 24 + 24 + 24 * 10 + 10,
-                          str(files.digits_test), "test"),
-        "function": Expected("function", 125, 25, ["0", "1", "2"], 13 * 16 + 16 + 16 * 3 + 3,
-                             f"{files.data_function}:held_out", "test"),
+        "model": Expected(
+            "arrays",
+            1250,
+            250,
+            [str(d) for d in range(10)],
+            64 * 24 + 24 + 24 * 10 + 10,
+            str(files.digits_test),
+            "test",
+        ),
+        "function": Expected(
+            "function", 125, 25, ["0", "1", "2"], 13 * 16 + 16 + 16 * 3 + 3, f"{files.data_function}:held_out", "test"
+        ),
     }
 
 
-SOURCES = [pytest.param("images", marks=SLOW), pytest.param("csv", marks=SLOW), "regression",
-           pytest.param("model", marks=SLOW), "function"]
+SOURCES = [
+    pytest.param("images", marks=SLOW),
+    pytest.param("csv", marks=SLOW),
+    "regression",
+    pytest.param("model", marks=SLOW),
+    "function",
+]
 
 
 @pytest.fixture
@@ -393,7 +527,12 @@ def test_each_source_trains_into_a_complete_run_directory(source, finished, file
     epochs = info["config"]["epochs"]
     assert info["status"] == "finished" and info["epochs_done"] == epochs
     assert (info["data"]["kind"], info["n_train"], info["n_val"], info["classes"], info["parameters"]) == (
-        want.data_kind, want.n_train, want.n_val, want.classes, want.parameters)
+        want.data_kind,
+        want.n_train,
+        want.n_val,
+        want.classes,
+        want.parameters,
+    )
     assert info["task"] == ("regression" if source == "regression" else "classification")
     assert all(len(values) == epochs for values in history(finished).values())
     model = keras.models.load_model(finished / "model.keras", compile=False)
@@ -437,8 +576,9 @@ def fit_with_keras(source: str, files: Files, run: Path, *, order_seed: int | No
     fitted: dict[str, list[float]] = {}
     for epoch in range(config["epochs"]):
         order = np.random.default_rng((config["seed"] if order_seed is None else order_seed, epoch)).permutation(len(x))
-        logs = model.fit(x[order], y[order], batch_size=config["batch_size"], epochs=1, shuffle=False,
-                         validation_data=val, verbose=0).history
+        logs = model.fit(
+            x[order], y[order], batch_size=config["batch_size"], epochs=1, shuffle=False, validation_data=val, verbose=0
+        ).history
         for key, values in logs.items():
             fitted.setdefault(key, []).extend(values)
     return fitted
@@ -544,12 +684,21 @@ def test_evaluate_val_is_the_last_epoch_of_the_history_and_the_models_prediction
     predicted = predictions(finished, x).argmax(axis=1)
     assert result["accuracy"] == np.mean(predicted == y)
     k = len(result["classes"])
-    assert result["confusion_matrix"] == [[int(np.sum((y == t) & (predicted == p))) for p in range(k)] for t in range(k)]
+    assert result["confusion_matrix"] == [
+        [int(np.sum((y == t) & (predicted == p))) for p in range(k)] for t in range(k)
+    ]
 
 
-@pytest.mark.parametrize(("source", "split"), [pytest.param("images", "test", marks=SLOW),
-                                               pytest.param("model", "test", marks=SLOW), ("function", "test"),
-                                               pytest.param("images", "train", marks=SLOW), ("function", "train")])
+@pytest.mark.parametrize(
+    ("source", "split"),
+    [
+        pytest.param("images", "test", marks=SLOW),
+        pytest.param("model", "test", marks=SLOW),
+        ("function", "test"),
+        pytest.param("images", "train", marks=SLOW),
+        ("function", "train"),
+    ],
+)
 def test_evaluate_test_and_train_are_the_models_predictions_on_those_splits(source, split, finished, files, capsys):
     result = evaluated(capsys, finished, "--split", split)
     x, y = files.arrays[source][split]
@@ -574,12 +723,14 @@ def test_evaluate_prints_a_regressions_mae_rmse_and_r2(regression_run, files, ca
     capsys.readouterr()
     assert main(["evaluate", str(regression_run), "--split", "val"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"val split of {files.diabetes} (CSV: 442 rows, 10 feature columns, target progression): 74 samples"
+    assert (
+        out[0] == f"val split of {files.diabetes} (CSV: 442 rows, 10 feature columns, target progression): 74 samples"
+    )
     numbers = re.fullmatch(r"loss (\S+)  mae (\S+)  rmse (\S+)  r2 (\S+)", out[1])
     x, y = files.arrays["regression"]["val"]
     error = predictions(regression_run, x)[:, 0].astype(np.float64) - y
-    r2 = 1 - np.sum(error ** 2) / np.sum((y - y.mean()) ** 2)
-    mine = [np.mean(error ** 2), np.mean(np.abs(error)), np.sqrt(np.mean(error ** 2)), r2]
+    r2 = 1 - np.sum(error**2) / np.sum((y - y.mean()) ** 2)
+    mine = [np.mean(error**2), np.mean(np.abs(error)), np.sqrt(np.mean(error**2)), r2]
     assert [float(v) for v in numbers.groups()] == pytest.approx(mine, abs=1e-4, rel=1e-5)
     assert len(out) == 2
 
@@ -627,9 +778,11 @@ def test_an_image_added_to_a_class_folder_is_refused_on_resume_and_evaluate(file
     change = f"{n} files, {size:,} bytes then; {n + 1} files, {size + added.stat().st_size:,} bytes now"
     assert refused(capsys, "train", "--resume", "--run-dir", str(run), "--epochs", "2") == (
         f"the data in {images} changed since run {run} started ({change}); "
-        "a resume needs the same data: put it back, or start a new run")
+        "a resume needs the same data: put it back, or start a new run"
+    )
     assert refused(capsys, "evaluate", str(run)) == (
-        f"the data in {images} changed since run {run} trained on it ({change}); put it back, or pass --data PATH")
+        f"the data in {images} changed since run {run} trained on it ({change}); put it back, or pass --data PATH"
+    )
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
 
 
@@ -645,9 +798,11 @@ def test_a_csv_cell_edited_is_refused_on_resume_and_evaluate(files, tmp_path, ca
     change = f"the same 1 file and {table.stat().st_size:,} bytes, other content"
     assert refused(capsys, "train", "--resume", "--run-dir", str(run), "--epochs", "2") == (
         f"the data in {table} changed since run {run} started ({change}); "
-        "a resume needs the same data: put it back, or start a new run")
+        "a resume needs the same data: put it back, or start a new run"
+    )
     assert refused(capsys, "evaluate", str(run), "--split", "val") == (
-        f"the data in {table} changed since run {run} trained on it ({change}); put it back, or pass --data PATH")
+        f"the data in {table} changed since run {run} trained on it ({change}); put it back, or pass --data PATH"
+    )
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
 
 
@@ -683,11 +838,20 @@ def test_two_mirrored_cpu_replicas_train_the_csv_as_the_default_strategy_does(pr
 def test_two_launched_workers_train_the_csv_as_one_process_does(processes, files, tmp_path):
     run = tmp_path / "launched"
     flags = [*process_flags(files)["csv"][:-2], "--run-dir", str(run)]  # no mid-epoch checkpoints, as mirrored
-    result = subprocess.run([sys.executable, "-m", "gradloop", "launch", "--workers", "2", "--", "train", *flags],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "gradloop", "launch", "--workers", "2", "--", "train", *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads((run / "run.json").read_text())
-    assert (info["strategy"], info["workers"], info["status"], info["data"]["kind"]) == ("multi_worker", 2, "finished", "csv")
+    assert (info["strategy"], info["workers"], info["status"], info["data"]["kind"]) == (
+        "multi_worker",
+        2,
+        "finished",
+        "csv",
+    )
     ours, default = history(run), history(processes.run("csv"))  # each worker keeps its half of every global batch
     assert ours["val_loss"] == pytest.approx(default["val_loss"], rel=TOLERANCE)
     assert np.abs(np.array(ours["val_accuracy"]) - default["val_accuracy"]).max() <= 1 / 25 + 1e-6
@@ -733,7 +897,9 @@ def test_evaluate_on_a_few_rows_needs_no_batch_size(processes, files, tmp_path, 
 def test_a_run_given_relative_paths_is_found_from_another_folder(files, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(files.iris.parent)
     run = tmp_path / "run"
-    train_here("--data", files.iris.name, "--target", "species", "--hidden", "8", "--epochs", "1", "--run-dir", str(run))
+    train_here(
+        "--data", files.iris.name, "--target", "species", "--hidden", "8", "--epochs", "1", "--run-dir", str(run)
+    )
     assert json.loads((run / "run.json").read_text())["config"]["data"] == str(files.iris)
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "run", "--split", "val"]) == 0

@@ -68,8 +68,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def check_classes(run: Path, header: list[str], rows: list[list[str]], *, id_name: str, ids: list[str],
-                  x: np.ndarray, from_logits: bool = True) -> np.ndarray:
+def check_classes(
+    run: Path,
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    id_name: str,
+    ids: list[str],
+    x: np.ndarray,
+    from_logits: bool = True,
+) -> np.ndarray:
     """The rows are the run's model's predictions on ``x``; returns the probabilities read back."""
     classes = [str(c) for c in run_info(run)["classes"]]
     assert header == [id_name, "predicted", *(f"p_{c}" for c in classes)]
@@ -107,17 +115,41 @@ def images(tmp_path_factory) -> dict:
     (new / "notes.txt").write_text("not an image")
     Image.fromarray(raw.x_train[new_rows[0]]).save(new / ".hidden.png")
     run = root / "run"
-    assert main(["train", "--data", str(root / "train"), "--hidden", "16", "--epochs", "2", "--batch-size", "16",
-                 "--lr", "0.001", "--run-dir", str(run)]) == 0
-    pixels = (raw.x_train[new_rows][..., None].astype(np.float32) / np.float32(255))
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "train"),
+                "--hidden",
+                "16",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "16",
+                "--lr",
+                "0.001",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    pixels = raw.x_train[new_rows][..., None].astype(np.float32) / np.float32(255)
     return {"run": run, "new": new, "names": names, "x": pixels, "raw": raw.x_train[new_rows]}
 
 
 def test_a_folder_of_images_at_any_depth_gets_the_runs_classes_and_probabilities(images, capsys):
     header, rows = predicted(capsys, str(images["run"]), str(images["new"]))
     assert run_info(images["run"])["classes"] == sorted(CLASSES)
-    check_classes(images["run"], header, rows, id_name="file", ids=sorted(images["names"]), x=images["x"][
-        np.argsort(images["names"])])
+    check_classes(
+        images["run"],
+        header,
+        rows,
+        id_name="file",
+        ids=sorted(images["names"]),
+        x=images["x"][np.argsort(images["names"])],
+    )
 
 
 def test_image_files_are_predicted_in_the_order_given_with_their_paths_as_ids(images, capsys):
@@ -158,16 +190,22 @@ def assert_same_predictions(text: str, other: str) -> None:
     may depend on how many rows its batch has."""
     rows, other_rows = (list(csv.reader(io.StringIO(t))) for t in (text, other))
     assert [row[:2] for row in rows] == [row[:2] for row in other_rows] and len(rows) == 11
-    np.testing.assert_allclose(np.array([row[2:] for row in rows[1:]], dtype=np.float32),
-                               np.array([row[2:] for row in other_rows[1:]], dtype=np.float32), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        np.array([row[2:] for row in rows[1:]], dtype=np.float32),
+        np.array([row[2:] for row in other_rows[1:]], dtype=np.float32),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_a_bad_out_is_refused_before_tensorflow_is_imported(tmp_path):
     from test_imports import loaded_after
 
     (tmp_path / "p.csv").write_text("earlier results")
-    modules = loaded_after(f"from gradloop import cli\n"
-                           f"assert cli.main(['predict', 'run', 'x.csv', '--out', {str(tmp_path / 'p.csv')!r}]) == 2")
+    modules = loaded_after(
+        f"from gradloop import cli\n"
+        f"assert cli.main(['predict', 'run', 'x.csv', '--out', {str(tmp_path / 'p.csv')!r}]) == 2"
+    )
     assert "gradloop.commands.predict" in modules and not {"tensorflow", "keras"} & modules
     assert (tmp_path / "p.csv").read_text() == "earlier results"
 
@@ -181,24 +219,76 @@ def tables(tmp_path_factory) -> dict:
     same file; diabetes, a regression."""
     root = tmp_path_factory.mktemp("tables")
     iris = sklearn_datasets.load_iris()
-    rows = [[*map(float, x), GARDENS[i % 3], str(iris.target_names[t])] for i, (x, t) in enumerate(zip(iris.data, iris.target))]
+    rows = [
+        [*map(float, x), GARDENS[i % 3], str(iris.target_names[t])]
+        for i, (x, t) in enumerate(zip(iris.data, iris.target))
+    ]
     rows[4][1] = rows[9][3] = rows[20][4] = ""  # gaps: filled with the training split's means (shares, for garden)
     write_csv(root / "iris.csv", [*IRIS, "garden", "species"], rows)
     diabetes = sklearn_datasets.load_diabetes()
-    write_csv(root / "diabetes.csv", [*diabetes.feature_names, "progression"],
-              [[*map(float, x), float(t)] for x, t in zip(diabetes.data, diabetes.target)])
+    write_csv(
+        root / "diabetes.csv",
+        [*diabetes.feature_names, "progression"],
+        [[*map(float, x), float(t)] for x, t in zip(diabetes.data, diabetes.target)],
+    )
     (root / "softmax_model.py").write_text(
         "import keras\n\ndef build(input_shape, num_classes):\n"
         "    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(8, activation='relu'),\n"
-        "                             keras.layers.Dense(num_classes, activation='softmax')])\n")
+        "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
+    )
     runs = {name: root / name for name in ("iris", "softmax", "diabetes")}
     common = ["--hidden", "8", "--epochs", "3", "--batch-size", "16", "--lr", "0.01"]
-    assert main(["train", "--data", str(root / "iris.csv"), "--target", "species", "--fill", "mean", *common,
-                 "--run-dir", str(runs["iris"])]) == 0
-    assert main(["train", "--data", str(root / "iris.csv"), "--target", "species", "--fill", "mean", *common,
-                 "--model", f"{root / 'softmax_model.py'}:build", "--run-dir", str(runs["softmax"])]) == 0
-    assert main(["train", "--data", str(root / "diabetes.csv"), "--target", "progression", *common,
-                 "--run-dir", str(runs["diabetes"])]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "iris.csv"),
+                "--target",
+                "species",
+                "--fill",
+                "mean",
+                *common,
+                "--run-dir",
+                str(runs["iris"]),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "iris.csv"),
+                "--target",
+                "species",
+                "--fill",
+                "mean",
+                *common,
+                "--model",
+                f"{root / 'softmax_model.py'}:build",
+                "--run-dir",
+                str(runs["softmax"]),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "diabetes.csv"),
+                "--target",
+                "progression",
+                *common,
+                "--run-dir",
+                str(runs["diabetes"]),
+            ]
+        )
+        == 0
+    )
     return {"root": root, "iris": iris, "diabetes": diabetes, "runs": runs}
 
 
@@ -207,10 +297,14 @@ def table_x(run: Path, columns: dict[str, list[str]]) -> np.ndarray:
     its fill values, then its categories one-hot, standardised with its statistics."""
     fitted = run_info(run)["data"]["preprocessing"]
     one_hot, fill = fitted["one_hot"], fitted.get("fill_values", {})
-    blocks = [[float(c) if c else fill[name] for c in columns[name]] for name in fitted["columns"] if name not in one_hot]
+    blocks = [
+        [float(c) if c else fill[name] for c in columns[name]] for name in fitted["columns"] if name not in one_hot
+    ]
     x = np.array(blocks, dtype=np.float64).T
     for name, categories in one_hot.items():
-        x = np.concatenate([x, [[float(c == v) for v in categories] if c else fill[name] for c in columns[name]]], axis=1)
+        x = np.concatenate(
+            [x, [[float(c == v) for v in categories] if c else fill[name] for c in columns[name]]], axis=1
+        )
     stats = fitted["standardize"]
     return ((x.astype(np.float32) - np.asarray(stats["mean"])) / np.asarray(stats["std"])).astype(np.float32)
 
@@ -221,8 +315,11 @@ def new_iris(tables) -> dict:
     and a blank line after the fifth row (so the rows are numbered 2 to 6, then 8 to 22)."""
     iris = tables["iris"]
     order = np.random.default_rng(0).permutation(150)[:20]
-    columns = {"id": [f"flower-{i}" for i in order], "garden": [GARDENS[i % 3] for i in order],
-               **{name: [repr(float(v)) for v in iris.data[order, j]] for j, name in enumerate(IRIS)}}
+    columns = {
+        "id": [f"flower-{i}" for i in order],
+        "garden": [GARDENS[i % 3] for i in order],
+        **{name: [repr(float(v)) for v in iris.data[order, j]] for j, name in enumerate(IRIS)},
+    }
     columns["petal_length"][1] = ""
     header = ["id", "petal_width", "garden", "sepal_length", "petal_length", "sepal_width"]
     lines = [",".join(header)] + [",".join(columns[name][i] for name in header) for i in range(20)]
@@ -249,8 +346,9 @@ def test_a_model_ending_in_a_softmax_gives_its_own_outputs_as_probabilities(tabl
     run = tables["runs"]["softmax"]
     assert run_info(run)["loss"] == "SparseCategoricalCrossentropy()"  # trained on probabilities, not logits
     header, rows = predicted(capsys, str(run), str(new_iris["path"]))
-    check_classes(run, header, rows, id_name="row", ids=new_iris["ids"], x=table_x(run, new_iris["columns"]),
-                  from_logits=False)
+    check_classes(
+        run, header, rows, id_name="row", ids=new_iris["ids"], x=table_x(run, new_iris["columns"]), from_logits=False
+    )
 
 
 def test_a_regression_gives_the_predicted_values(tables, capsys):
@@ -281,9 +379,11 @@ def test_a_builtin_runs_model_predicts_on_image_files_arrays_and_idx_alike(tmp_p
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(idx_bytes(digits))
     x = digits.reshape(12, 784).astype(np.float32) / np.float32(255)
     results = []
-    for source, id_name, ids in (("png", "file", [f"{i:02d}.png" for i in range(12)]),
-                                 ("new.npz", "index", [str(i) for i in range(12)]),
-                                 ("t10k-images-idx3-ubyte.gz", "index", [str(i) for i in range(12)])):
+    for source, id_name, ids in (
+        ("png", "file", [f"{i:02d}.png" for i in range(12)]),
+        ("new.npz", "index", [str(i) for i in range(12)]),
+        ("t10k-images-idx3-ubyte.gz", "index", [str(i) for i in range(12)]),
+    ):
         header, rows = predicted(capsys, str(run), str(tmp_path / source))
         results.append(check_classes(run, header, rows, id_name=id_name, ids=ids, x=x))
     assert header[2:] == ["p_0", "p_1", "p_2"]

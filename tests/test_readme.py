@@ -57,14 +57,22 @@ def test_the_own_data_commands_run_as_written(tmp_path, monkeypatch, capsys):
     for argv in commands:
         assert main(argv[1:]) == 0, (argv, capsys.readouterr().err)
     out = capsys.readouterr().out
-    runs = {name: json.loads((tmp_path / "runs" / name / "run.json").read_text()) for name in ("images", "iris", "diabetes", "digits")}
+    runs = {
+        name: json.loads((tmp_path / "runs" / name / "run.json").read_text())
+        for name in ("images", "iris", "diabetes", "digits")
+    }
     assert {name: (run["task"], run["status"]) for name, run in runs.items()} == {
-        "images": ("classification", "finished"), "iris": ("classification", "finished"),
-        "diabetes": ("regression", "finished"), "digits": ("classification", "finished"),
+        "images": ("classification", "finished"),
+        "iris": ("classification", "finished"),
+        "diabetes": ("regression", "finished"),
+        "digits": ("classification", "finished"),
     }
     assert runs["images"]["classes"] == ["one", "two", "zero"] and runs["iris"]["n_classes"] == 3
     assert runs["iris"]["final"]["val_accuracy"] > 0.8  # 5 epochs of a real, easy table
-    assert runs["digits"]["model_source"] == "model_source.py:build" and (tmp_path / "runs/digits/model_source.py").is_file()
+    assert (
+        runs["digits"]["model_source"] == "model_source.py:build"
+        and (tmp_path / "runs/digits/model_source.py").is_file()
+    )
     assert "mae" in out and (tmp_path / "runs/digits/report/report.html").is_file()
 
 
@@ -91,9 +99,11 @@ def test_the_contract_example_learns_both_outputs_names_them_as_keras_and_predic
     x, rare = ns["columns"], ns["rare"]
     weighted_recall = np.mean(ns["weighted"].predict(x[rare == 1]).argmax(axis=1) == 1)
     keras.utils.set_random_seed(0)
-    plain = gradloop.Trainer(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]),
-                             optimizer=keras.optimizers.Adam(1e-2),
-                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain = gradloop.Trainer(
+        keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]),
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     plain.fit(tf.data.Dataset.from_tensor_slices((x, rare)).batch(32), epochs=5, verbose=0)
     plain_recall = np.mean(plain.predict(x[rare == 1]).argmax(axis=1) == 1)
     assert weighted_recall > plain_recall + 0.2
@@ -111,9 +121,12 @@ def test_the_cnn_example_learns_and_its_step_adds_the_penalty(capsys):
 
     import gradloop
 
-    trainer = gradloop.Trainer(ns["cnn"], optimizer=keras.optimizers.SGD(0.0),
-                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                               train_step=ns["step_with_confidence_penalty"])
+    trainer = gradloop.Trainer(
+        ns["cnn"],
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        train_step=ns["step_with_confidence_penalty"],
+    )
     x, y = ns["val_x"][:64], ns["val_y"][:64]
     reported = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(64), epochs=1).history["loss"][0]
     logits = ns["cnn"](x, training=False).numpy().astype(np.float64)
@@ -129,7 +142,10 @@ def test_the_cnn_example_learns_and_its_step_adds_the_penalty(capsys):
 def test_the_runs_and_compare_commands_run_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     commands = readme_commands("runs-compare")
-    assert [argv[:2] for argv in commands] == [["gradloop", "train"]] * 2 + [["gradloop", "runs"], ["gradloop", "compare"]]
+    assert [argv[:2] for argv in commands] == [["gradloop", "train"]] * 2 + [
+        ["gradloop", "runs"],
+        ["gradloop", "compare"],
+    ]
     for argv in commands:
         capsys.readouterr()
         assert main(argv[1:]) == 0, (argv, capsys.readouterr().err)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import missing
 
-from gradloop.commands import report
 from gradloop.cli import main
+from gradloop.commands import report
 from gradloop.commands.evaluate import evaluate_run
 
 
@@ -105,9 +105,21 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", *args],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -115,8 +127,10 @@ def rendered_dom(page: Path, tmp_path: Path) -> Page:
     """The page as headless Chromium renders it, each image marked ``data-decoded`` with its decoded size."""
     # A copy of the page, standalone in an empty folder, that records each image's decoded size once loaded.
     probe = tmp_path / "probe.html"
-    recorder = ("<script>window.addEventListener('load', () => { for (const img of document.images) "
-                "img.setAttribute('data-decoded', img.naturalWidth + 'x' + img.naturalHeight); });</script>")
+    recorder = (
+        "<script>window.addEventListener('load', () => { for (const img of document.images) "
+        "img.setAttribute('data-decoded', img.naturalWidth + 'x' + img.naturalHeight); });</script>"
+    )
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", recorder + "</body>"), encoding="utf-8")
     result = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
@@ -179,8 +193,26 @@ def regression_run(tmp_path_factory) -> Path:
     y = (diabetes.target - diabetes.target.mean()) / diabetes.target.std()
     np.savez(folder / "diabetes.npz", x=diabetes.data.astype("float32"), y=y.astype("float32"))
     run = folder / "run"
-    assert main(["train", "--data", str(folder / "diabetes.npz"), "--task", "regression",
-                 "--epochs", "2", "--lr", "0.01", "--hidden", "16", "--run-dir", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder / "diabetes.npz"),
+                "--task",
+                "regression",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.01",
+                "--hidden",
+                "16",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -240,13 +272,20 @@ def test_the_history_plot_of_a_regression_run_has_mae_on_top(regression_run, reg
         plots.plt.close(figure)
 
 
-@pytest.mark.parametrize("history, metric, top", [
-    ({"train_loss": [1.0], "train_accuracy": [0.5], "val_loss": [1.0], "val_accuracy": [0.5]}, None, "accuracy"),
-    # --metrics auc,accuracy: history files list columns alphabetically, run.json in the given order
-    ({"train_accuracy": [0.5], "train_auc": [0.6], "train_loss": [1.0], "train_time": [2.0]}, "auc", "auc"),
-    ({"train_accuracy": [0.5], "train_auc": [0.6], "train_loss": [1.0]}, None, "accuracy"),  # the history's own order
-    ({"train_loss": [1.0], "train_time": [2.0], "val_loss": [1.0]}, "mae", None),  # no metric: the loss alone
-])
+@pytest.mark.parametrize(
+    "history, metric, top",
+    [
+        ({"train_loss": [1.0], "train_accuracy": [0.5], "val_loss": [1.0], "val_accuracy": [0.5]}, None, "accuracy"),
+        # --metrics auc,accuracy: history files list columns alphabetically, run.json in the given order
+        ({"train_accuracy": [0.5], "train_auc": [0.6], "train_loss": [1.0], "train_time": [2.0]}, "auc", "auc"),
+        (
+            {"train_accuracy": [0.5], "train_auc": [0.6], "train_loss": [1.0]},
+            None,
+            "accuracy",
+        ),  # the history's own order
+        ({"train_loss": [1.0], "train_time": [2.0], "val_loss": [1.0]}, "mae", None),  # no metric: the loss alone
+    ],
+)
 def test_the_history_plots_top_panel_is_the_named_metric_else_the_historys_first(history, metric, top):
     from gradloop.pages import plots
 
@@ -275,8 +314,24 @@ def named_classes_page(tmp_path_factory) -> Path:
     labels = (x[:, 0] + x[:, 1] > 0).astype(int)
     np.savez(folder / "pets.npz", x=x, y=np.array(["cat", "dog"])[labels])
     run = folder / "run"
-    assert main(["train", "--data", str(folder / "pets.npz"), "--epochs", "2", "--lr", "0.01", "--hidden", "16",
-                 "--run-dir", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder / "pets.npz"),
+                "--epochs",
+                "2",
+                "--lr",
+                "0.01",
+                "--hidden",
+                "16",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     return report.write_report(run, out=folder / "report", notify=quiet)
 
 
@@ -295,18 +350,47 @@ def test_a_classification_page_of_your_data_names_its_classes(named_classes_page
 def test_every_value_from_the_run_folder_is_escaped():
     """A run folder may come from someone else: its names reach the page as text, never as markup."""
     evil = "<script>alert(1)</script>"
-    info = {"status": evil, "task": "classification", "data_source": evil, "classes": [evil, "b&b"],
-            "data": {"kind": evil}, "model": evil, "parameters": evil, "loss": evil, "started": evil,
-            "versions": {evil: evil}, "config": {evil: [evil]}, "metrics": [evil]}
+    info = {
+        "status": evil,
+        "task": "classification",
+        "data_source": evil,
+        "classes": [evil, "b&b"],
+        "data": {"kind": evil},
+        "model": evil,
+        "parameters": evil,
+        "loss": evil,
+        "started": evil,
+        "versions": {evil: evil},
+        "config": {evil: [evil]},
+        "metrics": [evil],
+    }
     history = {f"train_{evil}": [0.5], "train_loss": [1.0], "val_loss": [1.0]}
-    result = {"task": "classification", "split": "val", "source": evil, "n_samples": 2, "classes": [evil, "b&b"],
-              "loss": 1.0, "accuracy": 0.5, "per_class_accuracy": {evil: 1.0, "b&b": 0.0},
-              "confusion_matrix": [[1, 0], [1, 0]]}
+    result = {
+        "task": "classification",
+        "split": "val",
+        "source": evil,
+        "n_samples": 2,
+        "classes": [evil, "b&b"],
+        "loss": 1.0,
+        "accuracy": 0.5,
+        "per_class_accuracy": {evil: 1.0, "b&b": 0.0},
+        "confusion_matrix": [[1, 0], [1, 0]],
+    }
     images = dict.fromkeys(report.FIGURES, "data:image/png;base64,AAAA")
     page = report.render(Path("/runs") / evil, info, history, result, images)
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "b&amp;b" in page
-    regression = {"task": "regression", "split": "val", "source": evil, "n_samples": 2, "loss": 1.0, "mae": 0.5,
-                  "rmse": 1.0, "r2": 0.1, "predicted": [0.0, 1.0], "true": [0.0, 1.0]}
+    regression = {
+        "task": "regression",
+        "split": "val",
+        "source": evil,
+        "n_samples": 2,
+        "loss": 1.0,
+        "mae": 0.5,
+        "rmse": 1.0,
+        "r2": 0.1,
+        "predicted": [0.0, 1.0],
+        "true": [0.0, 1.0],
+    }
     images = dict.fromkeys(report.FIGURES_BY_TASK["regression"], "data:image/png;base64,AAAA")
     info = {**info, "task": "regression", "n_outputs": evil}
     page = report.render(Path("/runs") / evil, info, history, regression, images)

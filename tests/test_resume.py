@@ -20,14 +20,26 @@ from gradloop.app import cpu
 from gradloop.cli import main
 
 # Small and fast: 833 training digits (0 and 1) in 53 batches of 16 per epoch, a checkpoint every 10 steps.
-RUN = ["--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "32", "--batch-size", "16", "--deterministic",
-       "--checkpoint-every", "10"]
+RUN = [
+    "--dataset",
+    "mnist-sample",
+    "--classes",
+    "0,1",
+    "--hidden",
+    "32",
+    "--batch-size",
+    "16",
+    "--deterministic",
+    "--checkpoint-every",
+    "10",
+]
 STEPS = 53
 
 
 def gradloop(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gradloop", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gradloop", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def latest_number(run_dir: Path) -> int:
@@ -66,7 +78,9 @@ def runs(tmp_path_factory):
         "F": gradloop("train", *RUN, "--jit", "--epochs", "2", "--run-dir", str(f)),
     }
     # Saved before training, then after steps 10, 20: both stop mid-epoch 1.
-    stop_when_saved([(first["B"], b, signal.SIGKILL), (first["C"], c, signal.SIGTERM), (first["F"], f, signal.SIGKILL)], after=3)
+    stop_when_saved(
+        [(first["B"], b, signal.SIGKILL), (first["C"], c, signal.SIGTERM), (first["F"], f, signal.SIGKILL)], after=3
+    )
     done = {name: (proc.wait(timeout=600), *proc.communicate()) for name, proc in first.items()}
     before = {name: json.loads((root / name / "run.json").read_text()) for name in "BCF"}
     second = {
@@ -112,7 +126,10 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_an_unstopped_one(runs, na
         assert got[key] == expected[key], key
     info = json.loads((root / name / "run.json").read_text())
     assert info["status"] == "finished" and info["epochs_done"] == 2 and info["config"]["epochs"] == 2
-    assert len(info["resumed"]) == 1 and info["resumed"][0]["onednn_kernels"] is info["onednn_kernels"] is cpu.onednn_kernels() is not None
+    assert (
+        len(info["resumed"]) == 1
+        and info["resumed"][0]["onednn_kernels"] is info["onednn_kernels"] is cpu.onednn_kernels() is not None
+    )
 
 
 def test_the_jit_runs_step_groups_ran_on_xla_and_trained_as_the_graphs(runs):
@@ -137,7 +154,7 @@ def refused(capsys, *argv: str, code: int = 2) -> str:
     assert main(list(argv)) == code
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("gradloop: error: "), err
-    return err[len("gradloop: error: "):]
+    return err[len("gradloop: error: ") :]
 
 
 @pytest.fixture
@@ -171,8 +188,9 @@ def test_flags_that_change_the_model_or_data_are_refused(finished_run, capsys, f
 
 
 def test_repeating_the_runs_own_flags_is_fine_until_the_finished_check(finished_run, capsys):
-    err = refused(capsys, "train", "--resume", "--run-dir", str(finished_run), "--hidden", "32", "--seed", "42",
-                  "--deterministic")
+    err = refused(
+        capsys, "train", "--resume", "--run-dir", str(finished_run), "--hidden", "32", "--seed", "42", "--deterministic"
+    )
     assert err.startswith(f"run {finished_run} already finished 2 epochs")
 
 
@@ -207,8 +225,12 @@ def test_nothing_to_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "flags",
-    [["--checkpoint-every", "-1"], ["--checkpoint-seconds", "nan"], ["--early-stop", "-2"],
-     ["--early-stop", "2", "--val-fraction", "0"]],
+    [
+        ["--checkpoint-every", "-1"],
+        ["--checkpoint-seconds", "nan"],
+        ["--early-stop", "-2"],
+        ["--early-stop", "2", "--val-fraction", "0"],
+    ],
 )
 def test_bad_checkpoint_and_stopping_flags(tmp_path, capsys, flags):
     refused(capsys, "train", "--dataset", "mnist-sample", "--run-dir", str(tmp_path / "r"), *flags)
@@ -221,8 +243,25 @@ def test_bad_checkpoint_and_stopping_flags(tmp_path, capsys, flags):
 def test_overwrite_replaces_an_earlier_run(runs, tmp_path, capsys):
     run = tmp_path / "again"
     shutil.copytree(runs[0] / "D", run)
-    assert main(["train", "--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--epochs", "1",
-                 "--run-dir", str(run), "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist-sample",
+                "--classes",
+                "0,1",
+                "--hidden",
+                "8",
+                "--epochs",
+                "1",
+                "--run-dir",
+                str(run),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     info = json.loads((run / "run.json").read_text())
     assert info["config"]["hidden"] == [8] and "resumed" not in info
     assert len(json.loads((run / "history.json").read_text())["val_loss"]) == 1
@@ -231,14 +270,31 @@ def test_overwrite_replaces_an_earlier_run(runs, tmp_path, capsys):
 
 def test_a_diverging_run_stops_naming_the_step_and_cannot_be_resumed(tmp_path, capsys):
     run = tmp_path / "nan"
-    err = refused(capsys, "train", "--dataset", "mnist-sample", "--classes", "0,1", "--hidden", "8", "--lr", "1e30",
-                  "--run-dir", str(run), code=1)
+    err = refused(
+        capsys,
+        "train",
+        "--dataset",
+        "mnist-sample",
+        "--classes",
+        "0,1",
+        "--hidden",
+        "8",
+        "--lr",
+        "1e30",
+        "--run-dir",
+        str(run),
+        code=1,
+    )
     assert err.startswith("the training loss became ") and " at step " in err
-    assert err.endswith("the weights diverged, so training stopped without saving them; lower --lr (it was 1e+30) "
-                        "and start a new run")
+    assert err.endswith(
+        "the weights diverged, so training stopped without saving them; lower --lr (it was 1e+30) and start a new run"
+    )
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "failed" and info["error"] == err
-    assert refused(capsys, "train", "--resume", "--run-dir", str(run)) == f"run {run} failed, so there is nothing to resume: {err}"
+    assert (
+        refused(capsys, "train", "--resume", "--run-dir", str(run))
+        == f"run {run} failed, so there is nothing to resume: {err}"
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncate data", "garbage index"])
@@ -262,8 +318,13 @@ def test_a_damaged_checkpoint_is_one_line_and_kept(tmp_path, capsys, damage):
 
 def test_a_run_without_run_dir_names_its_own_folder_when_interrupted(tmp_path):
     """The resume line must name the runs/<timestamp> folder the run chose, not 'None'."""
-    proc = subprocess.Popen([sys.executable, "-m", "gradloop", "train", *RUN, "--epochs", "50"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradloop", "train", *RUN, "--epochs", "50"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         chosen = list((tmp_path / "runs").glob("*/checkpoints/checkpoint"))

@@ -68,7 +68,10 @@ def test_history_files_grow_an_epoch_at_a_time_in_the_tutorials_names(tmp_path):
     run = RunDir(tmp_path)
     run.continue_history({"loss": [0.5], "val_loss": [0.6]})  # a resumed run's first epoch
     run.record_epoch({"loss": 0.25, "val_loss": 0.375})
-    assert json.loads((tmp_path / run_files.HISTORY_JSON).read_text()) == {"train_loss": [0.5, 0.25], "val_loss": [0.6, 0.375]}
+    assert json.loads((tmp_path / run_files.HISTORY_JSON).read_text()) == {
+        "train_loss": [0.5, 0.25],
+        "val_loss": [0.6, 0.375],
+    }
     rows = list(csv.reader((tmp_path / run_files.HISTORY_CSV).open()))
     assert rows == [["epoch", "train_loss", "val_loss"], ["1", "0.5", "0.6"], ["2", "0.25", "0.375"]]
     assert run.read_history() == {"train_loss": [0.5, 0.25], "val_loss": [0.6, 0.375]}

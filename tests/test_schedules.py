@@ -70,8 +70,11 @@ def test_training_uses_the_scheduled_rate_at_every_step(fused):
     g0 = [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
 
     schedule = learning_rate("step", LR, total_steps=10, warmup_steps=W, decay_steps=2, decay_rate=0.5)
-    trainer = make_trainer(model, keras.optimizers.SGD(schedule, momentum=0.9),
-                           options=CompileOptions(steps_per_execution=1, fused_optimizer=fused))
+    trainer = make_trainer(
+        model,
+        keras.optimizers.SGD(schedule, momentum=0.9),
+        options=CompileOptions(steps_per_execution=1, fused_optimizer=fused),
+    )
     rates, first = [], []
 
     def on_batch_begin(batch, logs):

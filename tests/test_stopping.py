@@ -8,11 +8,11 @@ import pytest
 
 from gradloop import CompileOptions, Trainer, TrainingError, data
 from gradloop.loop.callbacks.checkpointing import Checkpointing
+from gradloop.loop.callbacks.early_stopping import BestModelEarlyStopping
+from gradloop.loop.callbacks.nan_guard import StopOnNonFiniteLoss
 from gradloop.loop.checkpoint import RunCheckpoint
 from gradloop.loop.state import LoopState
 from gradloop.loop.step import train_step
-from gradloop.loop.callbacks.early_stopping import BestModelEarlyStopping
-from gradloop.loop.callbacks.nan_guard import StopOnNonFiniteLoss
 
 DIM = 8
 
@@ -23,8 +23,13 @@ def toy_model() -> keras.Model:
 
 
 def toy_trainer(model, **kwargs) -> Trainer:
-    return Trainer(model, optimizer=keras.optimizers.Adam(1e-2),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"], **kwargs)
+    return Trainer(
+        model,
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        **kwargs,
+    )
 
 
 def with_history(model: keras.Model, history: dict) -> keras.Model:
@@ -96,7 +101,9 @@ def test_a_nan_loss_stops_at_its_step_before_a_checkpoint_of_it(tmp_path):
     y = np.zeros(150, np.int64)
     train = data.make_dataset(x, y, batch_size=16, shuffle=False)  # 10 steps per epoch
     guard = StopOnNonFiniteLoss(steps_per_epoch=10, hint="lower --lr")
-    trainer = toy_trainer(toy_model(), train_step=guard.watch(train_step), options=CompileOptions(steps_per_execution=4))
+    trainer = toy_trainer(
+        toy_model(), train_step=guard.watch(train_step), options=CompileOptions(steps_per_execution=4)
+    )
     ckpt = RunCheckpoint(tmp_path, trainer)
     with pytest.raises(TrainingError) as caught:
         trainer.fit(train, epochs=2, callbacks=[guard, Checkpointing(ckpt, every_steps=2)], end_groups_every=2)

@@ -16,7 +16,9 @@ def test_epoch_and_batch_scalars_match_the_history_and_the_schedule(tmp_path):
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
     trainer = make_trainer(toy_model(), keras.optimizers.SGD(schedule), options=CompileOptions(steps_per_execution=3))
     summaries = TensorBoardSummaries(tmp_path / "tb", every_steps=2)
-    history = trainer.fit(batches(x, y), validation_data=batches(x[:40], y[:40]), epochs=2, callbacks=[summaries]).history
+    history = trainer.fit(
+        batches(x, y), validation_data=batches(x[:40], y[:40]), epochs=2, callbacks=[summaries]
+    ).history
 
     train, val = read_scalars(tmp_path / "tb" / "train"), read_scalars(tmp_path / "tb" / "validation")
     assert set(val) == {"epoch_loss", "epoch_accuracy"}

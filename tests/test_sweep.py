@@ -27,11 +27,11 @@ import tensorflow as tf
 from conftest import missing
 
 from gradloop import Trainer, cli
-from gradloop.app.train import train
 from gradloop.app.config import TrainConfig, build_config, load_yaml
+from gradloop.app.train import train
 from gradloop.sweep import spec as sweep_spec
-from gradloop.sweep.trials import PruneOnMetric, suggest
 from gradloop.sweep.study import STUDY_JOURNAL
+from gradloop.sweep.trials import PruneOnMetric, suggest
 
 SPEC = """\
 trials: {trials}
@@ -57,8 +57,9 @@ def write_spec(folder: Path, *, trials: int, pruning: str = "{startup_trials: 1,
 
 
 def gradloop(*argv: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gradloop", *argv], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gradloop", *argv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -101,8 +102,15 @@ def test_a_spec_reads_into_typed_ranges_and_choices(tmp_path):
     assert hidden.encoded == ("[16]", "[32, 16]") and hidden.decode("[32, 16]") == [32, 16]
     assert spec.pruning == sweep_spec.Pruning(startup_trials=1, warmup_epochs=0)
     assert spec.config({"lr": 0.01, "hidden": [32, 16]}, run_dir="x") == TrainConfig(
-        dataset="mnist-sample", epochs=2, batch_size=64, deterministic=True, checkpoint_every=5, lr=0.01,
-        hidden=(32, 16), run_dir="x")
+        dataset="mnist-sample",
+        epochs=2,
+        batch_size=64,
+        deterministic=True,
+        checkpoint_every=5,
+        lr=0.01,
+        hidden=(32, 16),
+        run_dir="x",
+    )
     assert sweep_spec.number_type("batch_size") is int and sweep_spec.number_type("clip_norm") is float
     assert sweep_spec.number_type("hidden") is None and sweep_spec.number_type("jit_compile") is None
 
@@ -120,8 +128,9 @@ def test_a_trial_taken_over_gets_the_options_it_was_given(tmp_path):
 def test_the_pruning_callback_stops_a_trial_worse_than_the_median(tmp_path):
     """A real fit of a small model, against a finished trial that scored 1.0 at every epoch: worse at
     epoch 1, it stops there; a trial's last epoch is never pruned (it is complete)."""
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1,
-                                                                                        n_warmup_steps=0))
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    )
     study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0}))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 3, 64)
@@ -129,11 +138,20 @@ def test_the_pruning_callback_stops_a_trial_worse_than_the_median(tmp_path):
     for epochs, expected in ((3, 1), (1, 1)):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-        trainer = Trainer(model, optimizer=keras.optimizers.SGD(1e-3), metrics=["accuracy"],
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        trainer = Trainer(
+            model,
+            optimizer=keras.optimizers.SGD(1e-3),
+            metrics=["accuracy"],
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         trial = study.ask()
-        history = trainer.fit(data, validation_data=data, epochs=epochs, verbose=0,
-                              callbacks=[PruneOnMetric(trial, "val_accuracy", epochs=epochs)]).history
+        history = trainer.fit(
+            data,
+            validation_data=data,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[PruneOnMetric(trial, "val_accuracy", epochs=epochs)],
+        ).history
         assert len(history["val_accuracy"]) == expected and history["val_accuracy"][0] < 1.0
         assert study.get_trials()[-1].intermediate_values == {0: history["val_accuracy"][0]}
 
@@ -157,8 +175,10 @@ def killed_sweep(tmp_path_factory):
         time.sleep(0.02)
     code, out, err = finish(first)
     assert code == -signal.SIGKILL, (code, out[-2000:], err[-2000:])
-    before = {"info": json.loads((killed / "run.json").read_text()),
-              "states": {t.number: t.state for t in journal_study(folder).trials}}
+    before = {
+        "info": json.loads((killed / "run.json").read_text()),
+        "states": {t.number: t.state for t in journal_study(folder).trials},
+    }
     second = finish(gradloop("sweep", str(spec), cwd=root))
     return root, spec, folder, killed, before, second, out
 
@@ -195,7 +215,9 @@ def test_the_killed_trial_resumed_exactly(killed_sweep, tmp_path):
     for a, b in zip(weights(killed / "model.keras"), weights(reference / "model.keras")):
         np.testing.assert_array_equal(a, b)
     history, expected = (json.loads((p / "history.json").read_text()) for p in (killed, reference))
-    assert {k: v for k, v in history.items() if k != "train_time"} == {k: v for k, v in expected.items() if k != "train_time"}
+    assert {k: v for k, v in history.items() if k != "train_time"} == {
+        k: v for k, v in expected.items() if k != "train_time"
+    }
 
 
 @pytest.mark.slow
@@ -208,8 +230,15 @@ def test_the_best_trial_is_a_complete_run_with_a_ready_config(killed_sweep, caps
     run = Path(best["run_dir"])
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["epochs_done"] == 2
-    assert {"model.keras", "model.best.keras", "history.json", "history.csv", "history.png", "checkpoints",
-            "tensorboard"} <= {p.name for p in run.iterdir()}
+    assert {
+        "model.keras",
+        "model.best.keras",
+        "history.json",
+        "history.csv",
+        "history.png",
+        "checkpoints",
+        "tensorboard",
+    } <= {p.name for p in run.iterdir()}
     assert best["value"] == json.loads((run / "history.json").read_text())["val_accuracy"][-1]
     config = build_config(load_yaml(folder / "best.yaml"))
     assert config == build_config({k: v for k, v in info["config"].items() if k != "run_dir"})
@@ -226,7 +255,9 @@ def test_the_sweep_page_shows_every_trial(killed_sweep):
     assert page.count('src="data:image/png;base64,') >= 2  # the curves and the metric per trial
     results = json.loads((folder / "results.json").read_text())
     if sum(t["state"] == "complete" for t in results["trials"]) >= 2:
-        assert set(results["importances"]) == {"lr", "hidden"} and sum(results["importances"].values()) == pytest.approx(1)
+        assert set(results["importances"]) == {"lr", "hidden"} and sum(
+            results["importances"].values()
+        ) == pytest.approx(1)
         assert '<table id="importances">' in page
 
 
@@ -292,8 +323,21 @@ def postgres_url():
         return subprocess.run([*as_user, *argv], capture_output=True, text=True, timeout=120)
 
     init = run(str(tools / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust")
-    start = run(str(tools / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "start", "-o",
-                f"-p {port} -k {data} -c listen_addresses=127.0.0.1") if init.returncode == 0 else init
+    start = (
+        run(
+            str(tools / "pg_ctl"),
+            "-D",
+            str(data / "db"),
+            "-l",
+            str(data / "log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+        )
+        if init.returncode == 0
+        else init
+    )
     if start.returncode != 0:
         shutil.rmtree(data, ignore_errors=True)
         missing("postgresql", f"PostgreSQL did not start: {(start.stderr or start.stdout).strip()[-300:]}")
@@ -309,19 +353,25 @@ def test_two_processes_share_one_sweep_through_postgresql(tmp_path, postgres_url
     """As processes on two machines would: the study in the database, the trials in a shared folder."""
     spec = write_spec(tmp_path, trials=3, pruning="false")
     folder = tmp_path / "shared"
-    procs = [gradloop("sweep", str(spec), "--out", str(folder), "--storage", postgres_url, cwd=tmp_path) for _ in range(2)]
+    procs = [
+        gradloop("sweep", str(spec), "--out", str(folder), "--storage", postgres_url, cwd=tmp_path) for _ in range(2)
+    ]
     done = [finish(proc) for proc in procs]
     assert [code for code, _, _ in done] == [0, 0], [err[-2000:] for _, _, err in done]
     record = json.loads((folder / "sweep.json").read_text())
     assert record["storage"] == postgres_url.replace(":secret@", ":***@")  # the password stays out of the folder
     assert not (folder / STUDY_JOURNAL).exists()
-    check_shared(folder, [out for _, out, _ in done], 3, optuna.load_study(study_name=record["study"], storage=postgres_url))
+    check_shared(
+        folder, [out for _, out, _ in done], 3, optuna.load_study(study_name=record["study"], storage=postgres_url)
+    )
 
 
 def test_a_trial_whose_loss_diverges_fails_and_counts(tmp_path, capsys):
     spec = tmp_path / "wild.yaml"
-    spec.write_text("trials: 2\nmetric: val_loss\ndirection: minimize\n"
-                    "train: {dataset: mnist-sample, epochs: 1, hidden: [8], batch_size: 128}\nspace: {lr: [1.0e+30]}\n")
+    spec.write_text(
+        "trials: 2\nmetric: val_loss\ndirection: minimize\n"
+        "train: {dataset: mnist-sample, epochs: 1, hidden: [8], batch_size: 128}\nspace: {lr: [1.0e+30]}\n"
+    )
     assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "s")]) == 0
     captured = capsys.readouterr()
     assert captured.err.count("failed: the training loss became") == 2
@@ -342,7 +392,8 @@ def test_sigterm_stops_a_sweep_after_a_checkpoint_and_says_how_to_continue(tmp_p
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc)
     assert code == 143 and err.strip().splitlines()[-1].endswith(
-        f"continue it with: gradloop sweep {spec} --out {folder}"), err[-2000:]
+        f"continue it with: gradloop sweep {spec} --out {folder}"
+    ), err[-2000:]
     assert json.loads((folder / "trial-000" / "run.json").read_text())["status"] == "interrupted"
     code, out, err = finish(gradloop("sweep", str(spec), "--out", str(folder), cwd=tmp_path))
     assert code == 0 and "resuming trial 0 " in out and "1 of 1 trials (1 complete)" in out, err[-2000:]
@@ -350,9 +401,11 @@ def test_sigterm_stops_a_sweep_after_a_checkpoint_and_says_how_to_continue(tmp_p
 
 def test_a_trial_whose_last_epoch_is_not_validated_reports_its_last_validation(tmp_path, capsys):
     spec = tmp_path / "every2.yaml"
-    spec.write_text("trials: 1\nmetric: val_accuracy\ndirection: maximize\n"
-                    "train: {dataset: mnist-sample, epochs: 3, validation_every: 2, hidden: [8], batch_size: 128}\n"
-                    "space: {lr: [1.0e-3]}\n")
+    spec.write_text(
+        "trials: 1\nmetric: val_accuracy\ndirection: maximize\n"
+        "train: {dataset: mnist-sample, epochs: 3, validation_every: 2, hidden: [8], batch_size: 128}\n"
+        "space: {lr: [1.0e-3]}\n"
+    )
     assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "s")]) == 0
     results = json.loads((tmp_path / "s" / "results.json").read_text())
     (trial,) = results["trials"]

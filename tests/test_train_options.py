@@ -48,19 +48,27 @@ def cancer_csv(tmp_path_factory) -> Path:
 
 def test_class_weight_balanced_is_scikit_learns_on_the_training_split_and_recorded_by_name(cancer_csv, tmp_path):
     options = dict(data=str(cancer_csv), target="diagnosis", epochs=2, batch_size=32, seed=3)
-    run = training.train(TrainConfig(run_dir=str(tmp_path / "balanced"), class_weight="balanced", **options),
-                           out=io.StringIO(), notify=lambda line: None)
+    run = training.train(
+        TrainConfig(run_dir=str(tmp_path / "balanced"), class_weight="balanced", **options),
+        out=io.StringIO(),
+        notify=lambda line: None,
+    )
     data = assemble.load_data(TrainConfig(**options), notify=lambda line: None)
     expected = sklearn.utils.class_weight.compute_class_weight("balanced", classes=np.arange(2), y=data.train.y)
     recorded = json.loads((run / "run.json").read_text())["class_weight"]
     assert recorded == pytest.approx(dict(zip(data.class_names, expected)), rel=1e-12)
     assert recorded["malignant"] > 1 > recorded["benign"]  # the rarer class weighs more
-    plain = training.train(TrainConfig(run_dir=str(tmp_path / "plain"), **options), out=io.StringIO(), notify=lambda line: None)
+    plain = training.train(
+        TrainConfig(run_dir=str(tmp_path / "plain"), **options), out=io.StringIO(), notify=lambda line: None
+    )
     assert json.loads((plain / "run.json").read_text())["class_weight"] is None
     assert history(run)["train_loss"] != pytest.approx(history(plain)["train_loss"], rel=1e-4)
     # A mapping names the classes; weights of 1 train exactly as no weights.
-    ones = training.train(TrainConfig(run_dir=str(tmp_path / "ones"), class_weight={"malignant": 1, "benign": 1.0}, **options),
-                            out=io.StringIO(), notify=lambda line: None)
+    ones = training.train(
+        TrainConfig(run_dir=str(tmp_path / "ones"), class_weight={"malignant": 1, "benign": 1.0}, **options),
+        out=io.StringIO(),
+        notify=lambda line: None,
+    )
     assert without_time(history(ones)) == without_time(history(plain))
 
 

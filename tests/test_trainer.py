@@ -116,9 +116,11 @@ def test_fused_steps_give_the_same_numbers_as_single_steps(steps_per_execution):
     x, y = toy_data()
     single, fused = toy_model(seed=1), toy_model(seed=1)
     h1 = make_trainer(single, options=CompileOptions(steps_per_execution=1)).fit(batches(x, y), epochs=2).history
-    h2 = make_trainer(fused, options=CompileOptions(steps_per_execution=steps_per_execution)).fit(
-        batches(x, y), epochs=2
-    ).history
+    h2 = (
+        make_trainer(fused, options=CompileOptions(steps_per_execution=steps_per_execution))
+        .fit(batches(x, y), epochs=2)
+        .history
+    )
     assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-6)
     for a, b in zip(single.get_weights(), fused.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -177,7 +179,12 @@ def test_a_cnn_on_images_trains():
     y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int64")
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dense(2)]
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
     )
     history = make_trainer(model).fit(batches(x, y, 16), validation_data=batches(x, y, 16), epochs=2).history
     assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "train_time"}
@@ -196,7 +203,9 @@ def test_callbacks_see_one_batch_end_per_compiled_call():
     x, y = toy_data()
     seen = []
     cb = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
-    make_trainer(toy_model(), options=CompileOptions(steps_per_execution=3)).fit(batches(x, y), epochs=1, callbacks=[cb])
+    make_trainer(toy_model(), options=CompileOptions(steps_per_execution=3)).fit(
+        batches(x, y), epochs=1, callbacks=[cb]
+    )
     assert seen == [2, 3]  # steps 0-2 in one call, step 3 (the partial batch) in the next
 
 

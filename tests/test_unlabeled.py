@@ -47,8 +47,12 @@ def test_autompg_is_read_without_header_and_target_8_is_mpg(autompg):
     assert loaded.preprocessing["columns"] == [str(i) for i in range(8)]
     assert loaded.preprocessing["one_hot"].keys() == {"7"}  # the car names
     assert loaded.description.startswith(f"{autompg} (CSV: 392 rows, 8 feature columns, target 8; no header row;")
-    assert loaded.notes == ((f"{autompg} has no header row (row 1 reads as data), so its columns are named by position, "
-                             "0 to 8, and --target takes that number; pass --header yes if row 1 names them"),)
+    assert loaded.notes == (
+        (
+            f"{autompg} has no header row (row 1 reads as data), so its columns are named by position, "
+            "0 to 8, and --target takes that number; pass --header yes if row 1 names them"
+        ),
+    )
 
 
 def test_header_yes_reads_row_1_as_names_as_before(autompg):
@@ -68,15 +72,18 @@ def test_header_no_and_auto_on_a_named_table(tmp_path):
     assert unnamed.preprocessing["one_hot"] == {"0": ["1", "3", "5", "a"], "1": ["2", "4", "6", "b"]}
 
 
-@pytest.mark.parametrize("content, headerless", [
-    ("1,2,3\n4,5,6\n", True),                 # all numbers
-    ("8,307,chevrolet,18\n4,97,vw,27\n", True),  # numbers above the numeric columns, text above text
-    ("NA,2,x\n1,3,y\n", True),                # a missing cell tells nothing
-    ("a,b,c\n1,2,3\n", False),                # names above numbers
-    ("id,2,c\n1,2,3\n", False),               # one name above numbers is enough
-    ("a,b\nx,y\n", False),                    # text only: nothing tells, row 1 names the columns as before
-    ("2019,country\n5,fr\n", True),           # numbers as names above numbers: read as data (--header yes says otherwise)
-])
+@pytest.mark.parametrize(
+    "content, headerless",
+    [
+        ("1,2,3\n4,5,6\n", True),  # all numbers
+        ("8,307,chevrolet,18\n4,97,vw,27\n", True),  # numbers above the numeric columns, text above text
+        ("NA,2,x\n1,3,y\n", True),  # a missing cell tells nothing
+        ("a,b,c\n1,2,3\n", False),  # names above numbers
+        ("id,2,c\n1,2,3\n", False),  # one name above numbers is enough
+        ("a,b\nx,y\n", False),  # text only: nothing tells, row 1 names the columns as before
+        ("2019,country\n5,fr\n", True),  # numbers as names above numbers: read as data (--header yes says otherwise)
+    ],
+)
 def test_first_row_is_told_from_its_cells(tmp_path, content, headerless):
     path = tmp_path / "t.csv"
     path.write_text(content)
@@ -85,8 +92,26 @@ def test_first_row_is_told_from_its_cells(tmp_path, content, headerless):
 
 def test_evaluate_and_predict_read_a_headerless_run_the_same_way(autompg, tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli.main(["train", "--data", str(autompg), "--target", "8", "--epochs", "1", "--hidden", "4",
-                     "--steps-per-execution", "1", "--run-dir", str(run)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                str(autompg),
+                "--target",
+                "8",
+                "--epochs",
+                "1",
+                "--hidden",
+                "4",
+                "--steps-per-execution",
+                "1",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "has no header row (row 1 reads as data)" in captured.err
     info = json.loads((run / "run.json").read_text())
@@ -220,8 +245,9 @@ def test_validation_split_of_x_alone_is_the_runs_split(tmp_path):
 def test_unlabelled_csv_is_standardised_with_the_training_split(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(20)))
     notes = []
-    data = prepared.load_run_data(DataSpec(str(tmp_path / "t.csv")), classes=None, val_fraction=0.2, seed=0,
-                                  notify=notes.append)
+    data = prepared.load_run_data(
+        DataSpec(str(tmp_path / "t.csv")), classes=None, val_fraction=0.2, seed=0, notify=notes.append
+    )
     assert isinstance(data.train, UnlabeledArrays) and isinstance(data.val, UnlabeledArrays) and notes == []
     np.testing.assert_allclose(data.train.x.mean(axis=0), 0.0, atol=1e-6)
     np.testing.assert_allclose(data.train.x.std(axis=0), 1.0, rtol=1e-5)
@@ -254,15 +280,28 @@ def test_fingerprint_of_x_alone_changes_with_x(tmp_path):
 # --------------------------------------------------------------------- the CLI
 
 
-@pytest.mark.parametrize("argv, phrase", [
-    (["--model", "mlp"], ("has no labels (x without y), and --model mlp learns labels: save y beside x, or train a "
-                          "model that brings its own train_step on it")),
-    (["--model", "{tmp}/m.py:build"], "has no labels (x without y), and the default loss compares labels with outputs"),
-])
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (
+            ["--model", "mlp"],
+            (
+                "has no labels (x without y), and --model mlp learns labels: save y beside x, or train a "
+                "model that brings its own train_step on it"
+            ),
+        ),
+        (
+            ["--model", "{tmp}/m.py:build"],
+            "has no labels (x without y), and the default loss compares labels with outputs",
+        ),
+    ],
+)
 def test_training_on_unlabelled_data_is_refused_in_one_line(tmp_path, capsys, argv, phrase):
     np.savez(tmp_path / "x.npz", x=np.ones((12, 3), np.float32))
-    (tmp_path / "m.py").write_text("import keras\n\ndef build(input_shape):\n"
-                                   "    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(2)])\n")
+    (tmp_path / "m.py").write_text(
+        "import keras\n\ndef build(input_shape):\n"
+        "    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(2)])\n"
+    )
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code = cli.main(["train", "--data", str(tmp_path / "x.npz"), *argv, "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
@@ -275,6 +314,8 @@ def test_cli_csv_without_target_says_how_to_give_labels(autompg, tmp_path, capsy
     assert cli.main(["train", "--data", str(tmp_path / "cars.csv"), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("gradloop: note: ") and "has no header row" in err[0]
-    assert err[1] == (f"gradloop: error: --data {tmp_path / 'cars.csv'} has no labels (no --target), and --model mlp "
-                      "learns labels: pass --target COLUMN to predict one of its columns, or train a model that brings "
-                      "its own train_step on it")
+    assert err[1] == (
+        f"gradloop: error: --data {tmp_path / 'cars.csv'} has no labels (no --target), and --model mlp "
+        "learns labels: pass --target COLUMN to predict one of its columns, or train a model that brings "
+        "its own train_step on it"
+    )

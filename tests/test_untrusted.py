@@ -18,10 +18,10 @@ import keras
 import numpy as np
 import pytest
 
+from gradloop.cli import main
 from gradloop.commands import evaluate as evaluation
 from gradloop.run import files as run_files
 from gradloop.run import schema as run_schema
-from gradloop.cli import main
 
 READERS = ("evaluate", "report", "export", "predict")  # the commands that load a run's model
 
@@ -68,7 +68,9 @@ def edit_info(run: Path, **changes) -> None:
 
 def writes(marker: Path) -> str:
     """Python that creates ``marker`` (the folder's code running), and returns nothing of note."""
-    return f"(__import__('pathlib').Path({str(marker)!r}).parent.mkdir(exist_ok=True), open({str(marker)!r}, 'w').close())"
+    return (
+        f"(__import__('pathlib').Path({str(marker)!r}).parent.mkdir(exist_ok=True), open({str(marker)!r}, 'w').close())"
+    )
 
 
 def outputs(run: Path) -> int:
@@ -110,7 +112,7 @@ def test_a_lambda_layer_runs_with_trust_code(run, marker, tmp_path, capsys):
     assert marker.exists()  # the trap is live: without the flag, nothing ran
 
 
-MODEL_SOURCE = '''\
+MODEL_SOURCE = """\
 import keras
 {code}
 
@@ -124,7 +126,7 @@ class Scale(keras.layers.Layer):
 def build(input_shape, num_classes):
     inputs = keras.Input(input_shape)
     return keras.Model(inputs, Scale()(keras.layers.Dense(num_classes)(inputs)))
-'''
+"""
 
 
 def craft_model_source(run: Path, marker: Path, *, custom_layer: bool) -> None:
@@ -137,7 +139,9 @@ def craft_model_source(run: Path, marker: Path, *, custom_layer: bool) -> None:
 
 
 @pytest.mark.parametrize("name", READERS)
-def test_a_model_of_the_runs_own_classes_is_refused_and_model_source_never_imported(run, marker, tmp_path, capsys, name):
+def test_a_model_of_the_runs_own_classes_is_refused_and_model_source_never_imported(
+    run, marker, tmp_path, capsys, name
+):
     craft_model_source(run, marker, custom_layer=True)
     try:
         refused(capsys, command(name, run, tmp_path), match="needs Scale, which Keras does not have")
@@ -167,8 +171,11 @@ def test_a_data_function_named_by_run_json_is_not_run(run, marker, tmp_path, cap
     evil = tmp_path / "evil.py"
     evil.write_text(f"{writes(marker)}\n\ndef load(seed):\n    return {{}}\n")
     info = json.loads((run / "run.json").read_text())
-    edit_info(run, config={**info["config"], "data": f"{evil}:load", "dataset": None},
-              data={"kind": "function", "fingerprint": {}, "preprocessing": {}, "source_classes": None})
+    edit_info(
+        run,
+        config={**info["config"], "data": f"{evil}:load", "dataset": None},
+        data={"kind": "function", "fingerprint": {}, "preprocessing": {}, "source_classes": None},
+    )
     for name in ("evaluate", "report"):
         refused(capsys, command(name, run, tmp_path), match="data function")
     assert not marker.exists()
@@ -191,8 +198,11 @@ def test_a_pickle_in_the_runs_data_is_never_unpickled(run, marker, tmp_path, cap
     with zipfile.ZipFile(npz) as archive:  # the trap is armed: numpy would call open() unpickling it
         assert b"code-ran" in archive.read("x.npy")
     info = json.loads((run / "run.json").read_text())
-    edit_info(run, config={**info["config"], "data": str(npz), "dataset": None},
-              data={"kind": "arrays", "fingerprint": {}, "preprocessing": {}, "source_classes": ["0", "1"]})
+    edit_info(
+        run,
+        config={**info["config"], "data": str(npz), "dataset": None},
+        data={"kind": "arrays", "fingerprint": {}, "preprocessing": {}, "source_classes": ["0", "1"]},
+    )
     for name in ("evaluate", "report"):
         refused(capsys, command(name, run, tmp_path), match="never unpickles")
     assert not marker.exists()
@@ -213,12 +223,28 @@ BAD_INFO = {
     "data a list": ({"data": [1]}, "has data"),
     "data kind unknown": ({"data": {"kind": "pickle"}}, "has data kind"),
     "preprocessing a list": ({"data": {"kind": "images", "preprocessing": [1]}}, "has data preprocessing"),
-    "image size huge": ({"data": {"kind": "images", "preprocessing": {"image_size": [10**9, 10**9],
-                                                                      "color_mode": "rgb"}}}, "has data image_size"),
-    "standardize std zero": ({"data": {"kind": "csv", "preprocessing": {"columns": ["a"], "standardize": {
-        "columns": ["a"], "mean": [0.0], "std": [0.0]}}}}, "has data standardize"),
-    "standardize mean text": ({"data": {"kind": "csv", "preprocessing": {"columns": ["a"], "standardize": {
-        "columns": ["a"], "mean": ["x"], "std": [1.0]}}}}, "has data standardize"),
+    "image size huge": (
+        {"data": {"kind": "images", "preprocessing": {"image_size": [10**9, 10**9], "color_mode": "rgb"}}},
+        "has data image_size",
+    ),
+    "standardize std zero": (
+        {
+            "data": {
+                "kind": "csv",
+                "preprocessing": {"columns": ["a"], "standardize": {"columns": ["a"], "mean": [0.0], "std": [0.0]}},
+            }
+        },
+        "has data standardize",
+    ),
+    "standardize mean text": (
+        {
+            "data": {
+                "kind": "csv",
+                "preprocessing": {"columns": ["a"], "standardize": {"columns": ["a"], "mean": ["x"], "std": [1.0]}},
+            }
+        },
+        "has data standardize",
+    ),
     "model_source up and out": ({"model_source": "../evil.py:build"}, "has model_source"),
     "model_source absolute": ({"model_source": "/tmp/evil.py:build"}, "has model_source"),
     "model_source another file": ({"model_source": "helpers.py:build"}, "has model_source"),
@@ -260,11 +286,23 @@ def test_a_crafted_run_json_is_one_line(run, other, tmp_path, capsys, case):
 
 
 BAD_FILES = {
-    "run.json too large": ("run.json", lambda: b'{"config": {}, "pad": "' + b"x" * run_files.MAX_JSON_BYTES + b'"}', "larger than"),
+    "run.json too large": (
+        "run.json",
+        lambda: b'{"config": {}, "pad": "' + b"x" * run_files.MAX_JSON_BYTES + b'"}',
+        "larger than",
+    ),
     "run.json nested deep": ("run.json", lambda: DEEP.encode(), "cannot read"),
     "run.json not UTF-8": ("run.json", lambda: b'{"config": {"\xff": 1}}', "cannot read"),
-    "history values text": ("history.json", lambda: json.dumps({"train_loss": ["x", "y"]}).encode(), "not a list of at most"),
-    "history values lists": ("history.json", lambda: json.dumps({"train_loss": [[1.0]]}).encode(), "not a list of at most"),
+    "history values text": (
+        "history.json",
+        lambda: json.dumps({"train_loss": ["x", "y"]}).encode(),
+        "not a list of at most",
+    ),
+    "history values lists": (
+        "history.json",
+        lambda: json.dumps({"train_loss": [[1.0]]}).encode(),
+        "not a list of at most",
+    ),
     "history a list": ("history.json", lambda: b"[1, 2]", "not a history of per-epoch lists"),
 }
 
@@ -365,7 +403,9 @@ def test_a_cache_folder_linked_out_is_not_resumed_into(run, tmp_path, capsys):
     outside = tmp_path / "outside-cache"
     outside.mkdir()
     (run / "cache").symlink_to(outside)  # where a resume would decode an image folder's pixels
-    refused(capsys, ["train", "--resume", "--epochs", "3", "--run-dir", str(run)], match="leads out of the run directory")
+    refused(
+        capsys, ["train", "--resume", "--epochs", "3", "--run-dir", str(run)], match="leads out of the run directory"
+    )
     assert list(outside.iterdir()) == []
 
 
@@ -373,4 +413,6 @@ def test_a_checkpoints_folder_linked_out_is_not_resumed_into(run, tmp_path, caps
     outside = tmp_path / "outside-checkpoints"
     shutil.move(run / "checkpoints", outside)
     (run / "checkpoints").symlink_to(outside)
-    refused(capsys, ["train", "--resume", "--epochs", "3", "--run-dir", str(run)], match="leads out of the run directory")
+    refused(
+        capsys, ["train", "--resume", "--epochs", "3", "--run-dir", str(run)], match="leads out of the run directory"
+    )

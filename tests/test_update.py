@@ -14,8 +14,8 @@ import tensorflow as tf
 from test_trainer import CLASSES, DIM, batches, make_trainer, toy_data, toy_model
 
 from gradloop import CompileOptions
-from gradloop.app.config import TrainConfig
 from gradloop.app.assemble import build_model, build_optimizer
+from gradloop.app.config import TrainConfig
 from gradloop.loop.schedules import LinearWarmUp
 
 
@@ -36,8 +36,11 @@ def test_clipping_applies_the_clipped_gradient(fused):
     w0, g = model.get_weights(), gradient(model, x, y)
     norm = float(np.sqrt(sum(np.sum(gi**2) for gi in g)))
     clip = norm / 4  # the clip is active: the gradient is 4 times too long
-    trainer = make_trainer(model, keras.optimizers.SGD(0.1, momentum=0.9, global_clipnorm=clip),
-                           options=CompileOptions(fused_optimizer=fused))
+    trainer = make_trainer(
+        model,
+        keras.optimizers.SGD(0.1, momentum=0.9, global_clipnorm=clip),
+        options=CompileOptions(fused_optimizer=fused),
+    )
     trainer.fit(batches(x, y), epochs=1)  # one batch, one update
     assert uses_fused_kernel(trainer.optimizer) is fused
     for w, w_start, gi in zip(model.get_weights(), w0, g):
@@ -60,10 +63,15 @@ def test_accumulating_4_batches_of_8_equals_batches_of_32(make_optimizer, fused)
     x, y = toy_data(64)
     small, big = toy_model(seed=6), toy_model(seed=6)
     w0 = small.get_weights()
-    accumulating = make_trainer(small, make_optimizer(gradient_accumulation_steps=4),
-                                options=CompileOptions(steps_per_execution=1, fused_optimizer=fused))
+    accumulating = make_trainer(
+        small,
+        make_optimizer(gradient_accumulation_steps=4),
+        options=CompileOptions(steps_per_execution=1, fused_optimizer=fused),
+    )
     snapshots = []
-    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: snapshots.append(small.get_weights()))
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: snapshots.append(small.get_weights())
+    )
     accumulating.fit(batches(x, y, 8), epochs=1, callbacks=[record])  # 8 micro-batches: 2 updates
     make_trainer(big, make_optimizer(), options=CompileOptions(fused_optimizer=fused)).fit(batches(x, y, 32), epochs=1)
 
@@ -105,7 +113,9 @@ def test_loss_scale_halves_on_overflow_skips_that_update_and_grows_after_finite_
     x[:32] *= 1e5  # the first batch overflows float16 in the forward pass
     model = mixed_model()
     w0 = model.get_weights()
-    optimizer = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-2), initial_scale=16.0, dynamic_growth_steps=2)
+    optimizer = keras.mixed_precision.LossScaleOptimizer(
+        keras.optimizers.Adam(1e-2), initial_scale=16.0, dynamic_growth_steps=2
+    )
     trainer = make_trainer(model, optimizer, options=CompileOptions(steps_per_execution=1, fused_optimizer=fused))
     scales, weights = [], []
 
@@ -151,8 +161,15 @@ def test_mixed_bfloat16_computes_in_bfloat16_without_loss_scaling():
 
 
 def test_build_optimizer_maps_every_option_onto_keras():
-    config = TrainConfig(lr=1e-3, epochs=2, lr_schedule="cosine", warmup_steps=5, clip_norm=1.0, accumulate_steps=4,
-                         precision="mixed_float16")
+    config = TrainConfig(
+        lr=1e-3,
+        epochs=2,
+        lr_schedule="cosine",
+        warmup_steps=5,
+        clip_norm=1.0,
+        accumulate_steps=4,
+        precision="mixed_float16",
+    )
     optimizer = build_optimizer(config, steps_per_epoch=10)
     inner = optimizer.inner_optimizer
     assert isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer) and isinstance(inner, keras.optimizers.Adam)

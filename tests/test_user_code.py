@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
 import pytest
 
-from gradloop.app import models
-from gradloop.run import files as run_files
-from gradloop.app import user_code
+from gradloop.app import models, user_code
 from gradloop.errors import ConfigError
+from gradloop.run import files as run_files
 
 MODEL = """
 import keras
@@ -97,7 +97,9 @@ def test_call_function_passes_only_the_arguments_the_function_declares():
 
     assert user_code.call_function(takes_shape, what="f", input_shape=(3,), num_classes=2) == ((3,), 5)
     assert user_code.call_function(takes_everything, what="f", input_shape=(3,), num_classes=2) == {
-        "input_shape": (3,), "num_classes": 2}
+        "input_shape": (3,),
+        "num_classes": 2,
+    }
     with pytest.raises(ConfigError, match="f requires input_shape, which gradloop does not pass"):
         user_code.call_function(takes_them_positionally_only, what="f", input_shape=(3,))
 
@@ -130,7 +132,10 @@ def test_a_package_module_function_is_imported_by_name(tmp_path, monkeypatch):
 
 
 def test_a_subclassed_model_class_named_as_the_function_is_built_from_its_arguments(tmp_path):
-    write(tmp_path, {"model.py": """
+    write(
+        tmp_path,
+        {
+            "model.py": """
         import keras
 
         class Classifier(keras.Model):
@@ -140,8 +145,12 @@ def test_a_subclassed_model_class_named_as_the_function_is_built_from_its_argume
 
             def call(self, x):
                 return self.logits(self.hidden(x))
-        """})
-    model = models.user_model(f"{tmp_path}/model.py:Classifier", input_shape=(6,), num_classes=3, model_args={"width": 9})
+        """
+        },
+    )
+    model = models.user_model(
+        f"{tmp_path}/model.py:Classifier", input_shape=(6,), num_classes=3, model_args={"width": 9}
+    )
     models.check_model_fits(model, input_shape=(6,), n_outputs=3)  # builds it: its shapes were unknown
     assert (model.hidden.units, model.logits.units) == (9, 3)
 
@@ -174,52 +183,110 @@ class Row:
 
 
 ERRORS = {
-    "no such file": Row("{tmp}/nope.py:build", "--model {tmp}/nope.py:build: {tmp}/nope.py does not exist; pass the path"),
+    "no such file": Row(
+        "{tmp}/nope.py:build", "--model {tmp}/nope.py:build: {tmp}/nope.py does not exist; pass the path"
+    ),
     "a folder named .py": Row("{tmp}/dir.py:build", "dir.py is a folder", {"dir.py/x.txt": ""}),
     "neither file nor module": Row("{tmp}/model.txt:build", "expected FILE.py:FUNCTION or package.module:FUNCTION"),
-    "no function name": Row("{tmp}/model.py", "expected FILE.py:FUNCTION or package.module:FUNCTION", {"model.py": MODEL}),
-    "syntax error": Row("{tmp}/broken.py:build", "{tmp}/broken.py line 3: SyntaxError: ", {"broken.py": "import keras\n\ndef build(:\n"}),
-    "syntax error in its helper": Row("{tmp}/model.py:build", "{tmp}/blocks.py line 1: SyntaxError: ",
-                                      {"model.py": WITH_HELPER, "blocks.py": "def body(\n"}),
-    "indentation error": Row("{tmp}/broken.py:build", "broken.py line 2: IndentationError: ", {"broken.py": "if True:\nx = 1\n"}),
-    "raises on import": Row("{tmp}/model.py:build", "model.py:build does not import: RuntimeError: no GPU here; fix the file",
-                            {"model.py": "raise RuntimeError('no GPU here')\n"}),
+    "no function name": Row(
+        "{tmp}/model.py", "expected FILE.py:FUNCTION or package.module:FUNCTION", {"model.py": MODEL}
+    ),
+    "syntax error": Row(
+        "{tmp}/broken.py:build", "{tmp}/broken.py line 3: SyntaxError: ", {"broken.py": "import keras\n\ndef build(:\n"}
+    ),
+    "syntax error in its helper": Row(
+        "{tmp}/model.py:build",
+        "{tmp}/blocks.py line 1: SyntaxError: ",
+        {"model.py": WITH_HELPER, "blocks.py": "def body(\n"},
+    ),
+    "indentation error": Row(
+        "{tmp}/broken.py:build", "broken.py line 2: IndentationError: ", {"broken.py": "if True:\nx = 1\n"}
+    ),
+    "raises on import": Row(
+        "{tmp}/model.py:build",
+        "model.py:build does not import: RuntimeError: no GPU here; fix the file",
+        {"model.py": "raise RuntimeError('no GPU here')\n"},
+    ),
     "imports a missing module": Row(
-        "{tmp}/model.py:build", "does not import: ModuleNotFoundError: No module named 'not_installed_xyz'; install it, "
-        "or put it beside the file", {"model.py": "import not_installed_xyz\n"}),
-    "a script that exits on import": Row("{tmp}/train.py:build", "the file exits when imported (sys.exit(2)); put its script part",
-                                         {"train.py": "import sys\nsys.exit(2)\n"}),
-    "no such function": Row("{tmp}/model.py:biuld", "{tmp}/model.py has no biuld; it defines build, regression", {"model.py": MODEL}),
-    "not callable": Row("{tmp}/model.py:build", "build is an int, not a function; name a function", {"model.py": "build = 3\n"}),
-    "no such module": Row("no_such_pkg_xyz.models:build", "no module named no_such_pkg_xyz; install it, add its folder to PYTHONPATH"),
+        "{tmp}/model.py:build",
+        "does not import: ModuleNotFoundError: No module named 'not_installed_xyz'; install it, "
+        "or put it beside the file",
+        {"model.py": "import not_installed_xyz\n"},
+    ),
+    "a script that exits on import": Row(
+        "{tmp}/train.py:build",
+        "the file exits when imported (sys.exit(2)); put its script part",
+        {"train.py": "import sys\nsys.exit(2)\n"},
+    ),
+    "no such function": Row(
+        "{tmp}/model.py:biuld", "{tmp}/model.py has no biuld; it defines build, regression", {"model.py": MODEL}
+    ),
+    "not callable": Row(
+        "{tmp}/model.py:build", "build is an int, not a function; name a function", {"model.py": "build = 3\n"}
+    ),
+    "no such module": Row(
+        "no_such_pkg_xyz.models:build", "no module named no_such_pkg_xyz; install it, add its folder to PYTHONPATH"
+    ),
     "the function raises": Row(
-        "{tmp}/model.py:build", "--model {tmp}/model.py:build raised ValueError: width must be even; fix the function",
-        {"model.py": "def build(input_shape):\n    raise ValueError('width must be\\n even')\n"}),
-    "returns a list": Row("{tmp}/model.py:build", "returned a list of 2 items, not a keras.Model; return keras.Model(",
-                          {"model.py": "def build(input_shape):\n    return [1, 2]\n"}),
-    "returns nothing": Row("{tmp}/model.py:build", "returned None, not a keras.Model",
-                           {"model.py": "def build(input_shape):\n    pass\n"}),
-    "returns a layer": Row("{tmp}/model.py:build", "returned a keras.Dense, not a keras.Model",
-                           {"model.py": "import keras\ndef build():\n    return keras.layers.Dense(3)\n"}),
-    "model_args it does not declare": Row("{tmp}/model.py:build", "model_args depth is no parameter of {tmp}/model.py:build",
-                                          {"model.py": MODEL}, {"model_args": {"depth": 3}}),
+        "{tmp}/model.py:build",
+        "--model {tmp}/model.py:build raised ValueError: width must be even; fix the function",
+        {"model.py": "def build(input_shape):\n    raise ValueError('width must be\\n even')\n"},
+    ),
+    "returns a list": Row(
+        "{tmp}/model.py:build",
+        "returned a list of 2 items, not a keras.Model; return keras.Model(",
+        {"model.py": "def build(input_shape):\n    return [1, 2]\n"},
+    ),
+    "returns nothing": Row(
+        "{tmp}/model.py:build", "returned None, not a keras.Model", {"model.py": "def build(input_shape):\n    pass\n"}
+    ),
+    "returns a layer": Row(
+        "{tmp}/model.py:build",
+        "returned a keras.Dense, not a keras.Model",
+        {"model.py": "import keras\ndef build():\n    return keras.layers.Dense(3)\n"},
+    ),
+    "model_args it does not declare": Row(
+        "{tmp}/model.py:build",
+        "model_args depth is no parameter of {tmp}/model.py:build",
+        {"model.py": MODEL},
+        {"model_args": {"depth": 3}},
+    ),
     "model_args setting what gradloop passes": Row(
-        "{tmp}/model.py:build", "model_args sets input_shape, which gradloop passes itself", {"model.py": MODEL},
-        {"model_args": {"input_shape": (9,)}}),
+        "{tmp}/model.py:build",
+        "model_args sets input_shape, which gradloop passes itself",
+        {"model.py": MODEL},
+        {"model_args": {"input_shape": (9,)}},
+    ),
     "a required argument gradloop does not pass": Row(
-        "{tmp}/model.py:build", "requires width, which gradloop does not pass (it passes input_shape, num_classes); give it a "
-        "default value, or a value in model_args", {"model.py": "def build(input_shape, width):\n    pass\n"}),
+        "{tmp}/model.py:build",
+        "requires width, which gradloop does not pass (it passes input_shape, num_classes); give it a "
+        "default value, or a value in model_args",
+        {"model.py": "def build(input_shape, width):\n    pass\n"},
+    ),
     "num_classes in a regression": Row(
-        "{tmp}/model.py:build", "requires num_classes, which gradloop does not pass (it passes input_shape, num_outputs)",
-        {"model.py": MODEL}, {"num_classes": None, "num_outputs": 1}),
-    "no such .keras file": Row("{tmp}/gone.keras", "{tmp}/gone.keras does not exist; pass a model saved with model.save"),
-    "a .keras file that is no zip": Row("{tmp}/bad.keras", "not a Keras model file (a .keras file is a zip archive)",
-                                        {"bad.keras": b"\x89HDF\r\n"}),
+        "{tmp}/model.py:build",
+        "requires num_classes, which gradloop does not pass (it passes input_shape, num_outputs)",
+        {"model.py": MODEL},
+        {"num_classes": None, "num_outputs": 1},
+    ),
+    "no such .keras file": Row(
+        "{tmp}/gone.keras", "{tmp}/gone.keras does not exist; pass a model saved with model.save"
+    ),
+    "a .keras file that is no zip": Row(
+        "{tmp}/bad.keras", "not a Keras model file (a .keras file is a zip archive)", {"bad.keras": b"\x89HDF\r\n"}
+    ),
     "a damaged .keras zip": Row("{tmp}/bad.keras", "cannot load it (", {"bad.keras": b"PK\x05\x06" + bytes(18)}),
-    "a .keras file with a Lambda": Row("{tmp}/lam.keras", "it holds Python code (a Lambda layer's), which gradloop does not run",
-                                       {"lam.keras": lambda_model}),
-    "model_args for a .keras file": Row("{tmp}/m.keras", "model_args are arguments of a model function, and a saved model "
-                                        "takes none", {}, {"model_args": {"hidden": 3}}),
+    "a .keras file with a Lambda": Row(
+        "{tmp}/lam.keras",
+        "it holds Python code (a Lambda layer's), which gradloop does not run",
+        {"lam.keras": lambda_model},
+    ),
+    "model_args for a .keras file": Row(
+        "{tmp}/m.keras",
+        "model_args are arguments of a model function, and a saved model takes none",
+        {},
+        {"model_args": {"hidden": 3}},
+    ),
 }
 
 
@@ -262,12 +329,20 @@ def functional(input_shape, n):
 
 FITS = {
     "functional": (lambda: functional((4,), 3), (4,), 3),
-    "None dims match any size": (lambda: keras.Sequential(
-        [keras.Input((None, 3)), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)]), (7, 3), 2),
+    "None dims match any size": (
+        lambda: keras.Sequential(
+            [keras.Input((None, 3)), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)]
+        ),
+        (7, 3),
+        2,
+    ),
     "subclassed, built by a call": (lambda: Subclassed(3), (4,), 3),
     "Sequential without an Input": (lambda: keras.Sequential([keras.layers.Dense(3)]), (4,), 3),
     "one value per example for one target": (
-        lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(1), keras.layers.Reshape(())]), (4,), 1),
+        lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(1), keras.layers.Reshape(())]),
+        (4,),
+        1,
+    ),
 }
 
 
@@ -277,22 +352,45 @@ def test_check_model_fits_accepts_models_that_take_the_examples_and_give_n_outpu
 
 
 MISFITS = {
-    "input shape": (lambda: functional((20,), 3), (4,), 3,
-                    "the model takes inputs of shape (None, 20) and gives (None, 3) outputs, but the data has examples of "
-                    "shape (4,) and 3 classes; give it keras.Input(shape=(4,))"),
-    "input rank": (lambda: functional((28, 28, 1), 10), (28, 28), 10,
-                   "inputs of shape (None, 28, 28, 1) and gives (None, 10) outputs, but the data has examples of shape (28, 28)"),
-    "outputs": (lambda: functional((4,), 5), (4,), 3,
-                "gives (None, 5) outputs, but the data has examples of shape (4,) and 3 classes; end it in Dense(3)"),
+    "input shape": (
+        lambda: functional((20,), 3),
+        (4,),
+        3,
+        "the model takes inputs of shape (None, 20) and gives (None, 3) outputs, but the data has examples of "
+        "shape (4,) and 3 classes; give it keras.Input(shape=(4,))",
+    ),
+    "input rank": (
+        lambda: functional((28, 28, 1), 10),
+        (28, 28),
+        10,
+        "inputs of shape (None, 28, 28, 1) and gives (None, 10) outputs, but the data has examples of shape (28, 28)",
+    ),
+    "outputs": (
+        lambda: functional((4,), 5),
+        (4,),
+        3,
+        "gives (None, 5) outputs, but the data has examples of shape (4,) and 3 classes; end it in Dense(3)",
+    ),
     "both": (lambda: functional((2,), 5), (4,), 3, "give it keras.Input(shape=(4,)) and end it in Dense(3)"),
-    "subclassed outputs": (lambda: Subclassed(5), (4,), 3,
-                           "the model takes inputs of shape (None, 4) and gives (None, 5) outputs, but the data has "
-                           "examples of shape (4,) and 3 classes; end it in Dense(3)"),
-    "subclassed input": (lambda: keras.Sequential([keras.layers.Conv2D(2, 3)]), (4,), 3,
-                         "the model does not take the data: called on a batch of examples of shape (4,), it raised "
-                         "ValueError: "),
-    "two outputs": (lambda: keras.Model(i := keras.Input((4,)), [keras.layers.Dense(3)(i), keras.layers.Dense(3)(i)]),
-                    (4,), 3, "the model takes 1 inputs and gives 2 outputs, but gradloop feeds it one tensor"),
+    "subclassed outputs": (
+        lambda: Subclassed(5),
+        (4,),
+        3,
+        "the model takes inputs of shape (None, 4) and gives (None, 5) outputs, but the data has "
+        "examples of shape (4,) and 3 classes; end it in Dense(3)",
+    ),
+    "subclassed input": (
+        lambda: keras.Sequential([keras.layers.Conv2D(2, 3)]),
+        (4,),
+        3,
+        "the model does not take the data: called on a batch of examples of shape (4,), it raised ValueError: ",
+    ),
+    "two outputs": (
+        lambda: keras.Model(i := keras.Input((4,)), [keras.layers.Dense(3)(i), keras.layers.Dense(3)(i)]),
+        (4,),
+        3,
+        "the model takes 1 inputs and gives 2 outputs, but gradloop feeds it one tensor",
+    ),
 }
 
 
@@ -312,15 +410,22 @@ def test_check_model_fits_names_targets_for_a_regression_and_outputs_without_a_t
 
 
 def test_a_user_model_that_does_not_fit_the_data_is_refused_before_training(tmp_path):
-    write(tmp_path, {"model.py": """
+    write(
+        tmp_path,
+        {
+            "model.py": """
         import keras
 
         def build(num_classes):  # ignores input_shape: made for 784 pixels
             inputs = keras.Input(shape=(784,))
             return keras.Model(inputs, keras.layers.Dense(num_classes)(inputs))
-        """})
+        """
+        },
+    )
     model = models.user_model(f"{tmp_path}/model.py:build", input_shape=(28, 28), num_classes=10)
-    with pytest.raises(ConfigError, match=r"takes inputs of shape \(None, 784\) .* examples of shape \(28, 28\) and 10"):
+    with pytest.raises(
+        ConfigError, match=r"takes inputs of shape \(None, 784\) .* examples of shape \(28, 28\) and 10"
+    ):
         models.check_model_fits(model, input_shape=(28, 28), n_outputs=10, task="classification")
 
 
@@ -328,7 +433,10 @@ def test_a_user_model_that_does_not_fit_the_data_is_refused_before_training(tmp_
 
 
 def test_copy_model_source_copies_the_file_and_its_helpers_and_builds_from_the_copy_alone(tmp_path):
-    source, run = write(tmp_path / "src", {"model.py": WITH_HELPER, "blocks.py": BLOCKS.format(width=6)}), tmp_path / "run"
+    source, run = (
+        write(tmp_path / "src", {"model.py": WITH_HELPER, "blocks.py": BLOCKS.format(width=6)}),
+        tmp_path / "run",
+    )
     run.mkdir()
     spec = models.copy_model_source(f"{source}/model.py:build", run)
     assert spec == f"{run_files.MODEL_SOURCE}:build"
@@ -342,17 +450,24 @@ def test_copy_model_source_copies_the_file_and_its_helpers_and_builds_from_the_c
 
 def test_copy_model_source_copies_a_sibling_package_and_what_its_helpers_import(tmp_path):
     source, run = tmp_path / "src", tmp_path / "run"
-    write(source, {
-        "model.py": "import keras\nfrom parts.layers import head\n\ndef build(num_classes):\n    return keras.Sequential([head(num_classes)])\n",
-        "parts/__init__.py": "",
-        "parts/layers.py": "import sizes\nimport keras\n\ndef head(n):\n    return keras.layers.Dense(n * sizes.ONE)\n",
-        "sizes.py": "ONE = 1\n",
-        "unrelated.py": "raise SystemExit('never imported')\n",
-    })
+    write(
+        source,
+        {
+            "model.py": "import keras\nfrom parts.layers import head\n\ndef build(num_classes):\n    return keras.Sequential([head(num_classes)])\n",
+            "parts/__init__.py": "",
+            "parts/layers.py": "import sizes\nimport keras\n\ndef head(n):\n    return keras.layers.Dense(n * sizes.ONE)\n",
+            "sizes.py": "ONE = 1\n",
+            "unrelated.py": "raise SystemExit('never imported')\n",
+        },
+    )
     run.mkdir()
     spec = models.copy_model_source(f"{source}/model.py:build", run)
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*.py")) == [
-        "model_source.py", "parts/__init__.py", "parts/layers.py", "sizes.py"]
+        "model_source.py",
+        "parts/__init__.py",
+        "parts/layers.py",
+        "sizes.py",
+    ]
     for file in sorted(source.rglob("*.py"), reverse=True):
         file.unlink()
     model = models.user_model(f"{run}/{spec}", input_shape=(4,), num_classes=3)

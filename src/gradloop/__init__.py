@@ -11,12 +11,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gradloop.errors import (
-    CheckpointError, ConfigError, DataError, DiskFullError, GradloopError, RunDirError, TrainingError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DiskFullError,
+    GradloopError,
+    RunDirError,
+    TrainingError,
 )
 
 __version__ = "0.1.0"
-__all__ = ["Trainer", "CompileOptions", "InMemory", "CheckpointError", "ConfigError", "DataError", "DiskFullError",
-           "GradloopError", "RunDirError", "TrainingError", "__version__"]
+__all__ = [
+    "Trainer",
+    "CompileOptions",
+    "InMemory",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DiskFullError",
+    "GradloopError",
+    "RunDirError",
+    "TrainingError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from gradloop.loop.compiled import CompileOptions

@@ -13,8 +13,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gradloop.errors import DiskFullError
 
@@ -63,7 +64,9 @@ def disk_full(path: str | os.PathLike, code: int = errno.ENOSPC, *, kind: str = 
     """The error for a write of ``path`` (a ``kind`` of file) that found no space (``code`` ENOSPC) or
     quota (EDQUOT) left."""
     what = "no space left" if code != errno.EDQUOT else "no space left (disk quota exceeded)"
-    return DiskFullError(f"{what} on {mount_point(path)} while writing {kind + ' ' if kind else ''}{path}", path=str(path))
+    return DiskFullError(
+        f"{what} on {mount_point(path)} while writing {kind + ' ' if kind else ''}{path}", path=str(path)
+    )
 
 
 # How TensorFlow's C++ file writers say ENOSPC / EDQUOT in an error message (it names the file first).

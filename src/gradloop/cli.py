@@ -25,7 +25,8 @@ import os
 import sys
 import types
 import typing
-from typing import Any, Collection, Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 
 from gradloop import __version__
 from gradloop.app.config import CONFIG_KEYS, TrainConfig, flag_name
@@ -76,16 +77,21 @@ def number(text: str) -> float:
 def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
     # On the top parser and every command, so that both 'gradloop --debug train' and 'gradloop train
     # --debug' work; SUPPRESS on the commands keeps them from resetting the top-level value.
-    parser.add_argument("--debug", action="store_true", default=default,
-                        help="show the traceback of an error instead of one line")
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show the traceback of an error instead of one line"
+    )
 
 
 def add_trust_code(parser: argparse.ArgumentParser) -> None:
     """``--trust-code``, one definition for every command that loads a run's model or data: a run folder
     may come from someone else."""
-    parser.add_argument(run_schema.TRUST_CODE, dest="trust_code", action="store_true",
-                        help="run the run's own code if its model or data needs it (its model_source.py, a custom "
-                             "layer, a Lambda layer, a data function); only for runs from people you trust")
+    parser.add_argument(
+        run_schema.TRUST_CODE,
+        dest="trust_code",
+        action="store_true",
+        help="run the run's own code if its model or data needs it (its model_source.py, a custom "
+        "layer, a Lambda layer, a data function); only for runs from people you trust",
+    )
 
 
 # What a flag turns its text into, by the type of its field; a bool field is a switch instead.
@@ -103,14 +109,21 @@ def add_config_flags(parser: Any, keys: Collection[str] = CONFIG_KEYS) -> None:
             continue
         flag, kind = field.metadata["flag"], _flag_type(hints[field.name])
         if kind is bool:  # a switch that turns the option on: its default is off
-            parser.add_argument(flag_name(field.name), dest=field.name, action="store_const", const=True,
-                                help=flag.help)
+            parser.add_argument(
+                flag_name(field.name), dest=field.name, action="store_const", const=True, help=flag.help
+            )
             continue
         checked = flag.choices if flag.parser_checks_choices and flag.choices else None
         listed = "{" + ",".join(flag.choices) + "}" if flag.choices and not checked else None  # as argparse would
         text = f"{flag.help} (default: {_default_text(field.default, flag.unset)})"
-        parser.add_argument(flag_name(field.name), dest=field.name, type=_READERS[kind], choices=checked,
-                            metavar=flag.metavar or listed, help=text.replace("%", "%%"))
+        parser.add_argument(
+            flag_name(field.name),
+            dest=field.name,
+            type=_READERS[kind],
+            choices=checked,
+            metavar=flag.metavar or listed,
+            help=text.replace("%", "%%"),
+        )
 
 
 def config_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -177,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"gradloop: error: {where}{one_line(exc.strerror or exc)}; check the path and free space", file=sys.stderr)
+        print(
+            f"gradloop: error: {where}{one_line(exc.strerror or exc)}; check the path and free space", file=sys.stderr
+        )
         return 2
     except Exception as exc:  # a bug: say so in one line, the traceback is one flag away
         if args.debug:

@@ -81,4 +81,6 @@ def tensorflow_reason(exc: BaseException, *, first_line: bool = False) -> str:
 def check_batch_size(batch_size: int, n_samples: int) -> None:
     """Refuse a batch larger than the training samples, which no step could fill."""
     if batch_size > n_samples:
-        raise ConfigError(f"batch_size {batch_size} is larger than the {n_samples:,} training samples; lower --batch-size")
+        raise ConfigError(
+            f"batch_size {batch_size} is larger than the {n_samples:,} training samples; lower --batch-size"
+        )

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -26,15 +27,14 @@ import sklearn.utils.class_weight
 import tensorflow as tf
 
 from gradloop import data, errors
-from gradloop.loop import distribute
 from gradloop.app import models
-from gradloop.loop import schedules
-from gradloop.loop.compiled import CompileOptions
 from gradloop.app.config import MAX_MLP_WEIGHTS, MODELS, STRATEGIES, TrainConfig, mlp_weights
 from gradloop.data.examples import ArrayExamples
-from gradloop.data.sources.prepared import RunData, load_run_data
 from gradloop.data.sources import UNLABELED, DataSpec
+from gradloop.data.sources.prepared import RunData, load_run_data
 from gradloop.errors import ConfigError, DataError
+from gradloop.loop import distribute, schedules
+from gradloop.loop.compiled import CompileOptions
 from gradloop.loop.step import StepFn
 from gradloop.loop.trainer import Trainer
 
@@ -70,7 +70,10 @@ def prepare_data(config: TrainConfig, *, notify: Callable[[str], object]) -> Pre
 
 
 def load_data(
-    config: TrainConfig, *, notify: Callable[[str], object], fitted: dict[str, Any] | None = None,
+    config: TrainConfig,
+    *,
+    notify: Callable[[str], object],
+    fitted: dict[str, Any] | None = None,
     class_names: tuple[str, ...] | None = None,
 ) -> RunData:
     """The run's data: a built-in data set (``prepare_data``), or ``--data`` (:mod:`gradloop.data.sources.prepared`).
@@ -78,26 +81,45 @@ def load_data(
     if config.data is None:
         prepared = prepare_data(config, notify=notify)
         return RunData(
-            train=ArrayExamples(*prepared.train), val=ArrayExamples(*prepared.val), test=None, kind="builtin",
-            description=prepared.source, task="classification", class_names=tuple(map(str, prepared.classes)),
-            source_class_names=None, fingerprint={}, preprocessing={},
+            train=ArrayExamples(*prepared.train),
+            val=ArrayExamples(*prepared.val),
+            test=None,
+            kind="builtin",
+            description=prepared.source,
+            task="classification",
+            class_names=tuple(map(str, prepared.classes)),
+            source_class_names=None,
+            fingerprint={},
+            preprocessing={},
         )
     spec = data_spec(config, fitted=fitted, class_names=class_names)
-    data = load_run_data(spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed, notify=notify)
+    data = load_run_data(
+        spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed, notify=notify
+    )
     if data.task == UNLABELED:
         refuse_unlabeled(config, data, evaluating=fitted is not None)
     return data
 
 
 def data_spec(
-    config: TrainConfig, *, path: str | None = None, fitted: dict[str, Any] | None = None,
+    config: TrainConfig,
+    *,
+    path: str | None = None,
+    fitted: dict[str, Any] | None = None,
     class_names: tuple[str, ...] | None = None,
 ) -> DataSpec:
     """How to read ``--data`` (or ``path``, other data of the same kind) for this config."""
     return DataSpec(
-        path=path or config.data, target=config.target, task=config.task,
-        image_size=tuple(config.image_size) if config.image_size else None, color_mode=config.color_mode,
-        fill=config.fill, seed=config.seed, fitted=fitted, class_names=class_names, header=config.header,
+        path=path or config.data,
+        target=config.target,
+        task=config.task,
+        image_size=tuple(config.image_size) if config.image_size else None,
+        color_mode=config.color_mode,
+        fill=config.fill,
+        seed=config.seed,
+        fitted=fitted,
+        class_names=class_names,
+        header=config.header,
     )
 
 
@@ -114,12 +136,19 @@ def refuse_unlabeled(config: TrainConfig, data: RunData, *, evaluating: bool) ->
     gradloop's own step (which takes a loss of labels and outputs) is refused in one line."""
     why, hint = _LABEL_HINTS.get(data.kind, ("none given", "give it labels"))
     if evaluating:
-        raise ConfigError(f"--data {config.data} has no labels ({why}) to evaluate the run's model against: {hint} "
-                          "(gradloop predict runs a model on examples alone)")
-    what = (f"--model {config.model} learns labels" if config.model in MODELS
-            else f"the {'default loss' if config.loss is None else f'loss {config.loss}'} compares labels with outputs")
-    raise ConfigError(f"--data {config.data} has no labels ({why}), and {what}: {hint}, or train a model that brings "
-                      "its own train_step on it")
+        raise ConfigError(
+            f"--data {config.data} has no labels ({why}) to evaluate the run's model against: {hint} "
+            "(gradloop predict runs a model on examples alone)"
+        )
+    what = (
+        f"--model {config.model} learns labels"
+        if config.model in MODELS
+        else f"the {'default loss' if config.loss is None else f'loss {config.loss}'} compares labels with outputs"
+    )
+    raise ConfigError(
+        f"--data {config.data} has no labels ({why}), and {what}: {hint}, or train a model that brings "
+        "its own train_step on it"
+    )
 
 
 # --------------------------------------------------------------------- strategy
@@ -140,7 +169,9 @@ def make_strategy(config: TrainConfig, *, timeout_seconds: float = 300.0) -> tf.
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
         if tf_config() is None:
-            raise ConfigError("--strategy multi_worker needs TF_CONFIG (or use gradloop launch --workers N -- train ...)")
+            raise ConfigError(
+                "--strategy multi_worker needs TF_CONFIG (or use gradloop launch --workers N -- train ...)"
+            )
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING,
             timeout_seconds=timeout_seconds,  # a lost worker fails the collective instead of hanging it
@@ -173,8 +204,12 @@ def tf_config() -> dict[str, Any] | None:
 
 
 def build_model(
-    config: TrainConfig, input_shape: tuple[int, ...], n_outputs: int | None = None, *,
-    task: str = "classification", spec: str | None = None,
+    config: TrainConfig,
+    input_shape: tuple[int, ...],
+    n_outputs: int | None = None,
+    *,
+    task: str = "classification",
+    spec: str | None = None,
 ) -> keras.Model:
     """``--model``: the MLP or CNN sized from the data (examples of ``input_shape``, ``n_outputs``
     logits or values; by default one logit per class of ``config``), or the user's (``spec``: where a
@@ -182,22 +217,31 @@ def build_model(
     shape, n = tuple(input_shape), n_outputs or len(config.classes)
     if config.model == "cnn":
         if len(shape) == 3 and min(shape[:2]) < models.CNN_MIN_SIZE:
-            raise ConfigError(f"--model cnn needs images of at least {models.CNN_MIN_SIZE}x{models.CNN_MIN_SIZE} pixels, "
-                              f"but the data's are {shape[0]}x{shape[1]}; pass --image-size or use --model mlp")
+            raise ConfigError(
+                f"--model cnn needs images of at least {models.CNN_MIN_SIZE}x{models.CNN_MIN_SIZE} pixels, "
+                f"but the data's are {shape[0]}x{shape[1]}; pass --image-size or use --model mlp"
+            )
         if len(shape) != 3:
-            raise ConfigError(f"--model cnn takes images (height, width, channels), but the data has examples of "
-                              f"shape {shape}; use --model mlp or a model of your own")
+            raise ConfigError(
+                f"--model cnn takes images (height, width, channels), but the data has examples of "
+                f"shape {shape}; use --model mlp or a model of your own"
+            )
         return models.build_cnn(shape, n, dtype=config.precision)
     if config.model == "mlp":
         weights = mlp_weights(config.hidden, math.prod(shape), n)
         if weights > MAX_MLP_WEIGHTS:
-            raise ConfigError(f"hidden {','.join(map(str, config.hidden))} on examples of shape {shape} makes an MLP of "
-                              f"{weights:,} weights, over the limit of {MAX_MLP_WEIGHTS:,}; use smaller layers")
+            raise ConfigError(
+                f"hidden {','.join(map(str, config.hidden))} on examples of shape {shape} makes an MLP of "
+                f"{weights:,} weights, over the limit of {MAX_MLP_WEIGHTS:,}; use smaller layers"
+            )
         return models.build_mlp(shape, config.hidden, n, dtype=config.precision)
     classification = task == "classification"
     model = models.user_model(
-        spec or config.model, input_shape=shape, num_classes=n if classification else None,
-        num_outputs=None if classification else n, model_args=config.model_args,
+        spec or config.model,
+        input_shape=shape,
+        num_classes=n if classification else None,
+        num_outputs=None if classification else n,
+        model_args=config.model_args,
     )
     models.check_model_fits(model, input_shape=shape, n_outputs=n, task=task)
     return model
@@ -211,8 +255,9 @@ def build_loss(config: TrainConfig, task: str, model: keras.Model) -> keras.loss
     try:
         loss = keras.losses.get(name)
     except (ValueError, TypeError):
-        raise ConfigError(f"--loss {name} is not a Keras loss; use e.g. sparse_categorical_crossentropy, "
-                          "mean_squared_error, huber") from None
+        raise ConfigError(
+            f"--loss {name} is not a Keras loss; use e.g. sparse_categorical_crossentropy, mean_squared_error, huber"
+        ) from None
     if not isinstance(loss, keras.losses.Loss):  # a function such as keras.losses.mean_squared_error: its class
         kind = getattr(keras.losses, "".join(p.capitalize() for p in getattr(loss, "__name__", "").split("_")), None)
         is_loss_class = isinstance(kind, type) and issubclass(kind, keras.losses.Loss)
@@ -224,7 +269,10 @@ def build_loss(config: TrainConfig, task: str, model: keras.Model) -> keras.loss
 
 def _ends_in_probabilities(model: keras.Model) -> bool:
     activation = getattr(model.layers[-1], "activation", None) if model.layers else None
-    return activation in (keras.activations.softmax, keras.activations.sigmoid) or type(model.layers[-1]).__name__ == "Softmax"
+    return (
+        activation in (keras.activations.softmax, keras.activations.sigmoid)
+        or type(model.layers[-1]).__name__ == "Softmax"
+    )
 
 
 def build_metrics(config: TrainConfig, task: str) -> list[str]:
@@ -261,7 +309,9 @@ def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optim
     try:
         kind = type(keras.optimizers.get(config.optimizer))
     except (ValueError, TypeError):
-        raise ConfigError(f"--optimizer {config.optimizer} is not a Keras optimizer; use e.g. adam, adamw, sgd, rmsprop") from None
+        raise ConfigError(
+            f"--optimizer {config.optimizer} is not a Keras optimizer; use e.g. adam, adamw, sgd, rmsprop"
+        ) from None
     optimizer = kind(
         learning_rate=rate,
         global_clipnorm=config.clip_norm,
@@ -293,8 +343,9 @@ def build_trainer(
             metrics=build_metrics(config, data.task),
             train_step=train_step,
             # Without --jit, the library's default: XLA where it pays (long in-memory runs, no convolutions).
-            options=CompileOptions(steps_per_execution=config.steps_per_execution,
-                                   jit_compile=True if config.jit_compile else None),
+            options=CompileOptions(
+                steps_per_execution=config.steps_per_execution, jit_compile=True if config.jit_compile else None
+            ),
             strategy=strategy,
         )
 
@@ -326,5 +377,7 @@ def class_weights(config: TrainConfig, data: RunData) -> dict[int, float] | None
         elif isinstance(key, int) and 0 <= key < len(names):
             weights[key] = float(weight)
         else:
-            raise ConfigError(f"class_weight names a class {key!r} that the run does not have; its classes are {', '.join(names)}")
+            raise ConfigError(
+                f"class_weight names a class {key!r} that the run does not have; its classes are {', '.join(names)}"
+            )
     return weights

@@ -15,9 +15,10 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -42,8 +43,27 @@ MAX_MLP_WEIGHTS = 10**8
 # run can spend minutes tracing before its first step.
 MAX_CPU_REPLICAS = 16
 # null means "the default" for these keys; for the others it is a mistake
-_NULLABLE = ("dataset", "data_dir", "run_dir", "replicas", "decay_steps", "clip_norm", "classes", "data", "target",
-             "task", "image_size", "color_mode", "fill", "loss", "metrics", "optimizer", "model_args", "class_weight", "ema")
+_NULLABLE = (
+    "dataset",
+    "data_dir",
+    "run_dir",
+    "replicas",
+    "decay_steps",
+    "clip_norm",
+    "classes",
+    "data",
+    "target",
+    "task",
+    "image_size",
+    "color_mode",
+    "fill",
+    "loss",
+    "metrics",
+    "optimizer",
+    "model_args",
+    "class_weight",
+    "ema",
+)
 
 
 @dataclass(frozen=True)
@@ -83,60 +103,96 @@ class TrainConfig:
     """
 
     data: str | None = _option(
-        None, "your own data: a CSV file (with --target), an .npz or a folder of .npy files, a folder with a "
-        "sub-folder of images per class, or FILE.py:FUNCTION / package.module:FUNCTION", metavar="PATH",
+        None,
+        "your own data: a CSV file (with --target), an .npz or a folder of .npy files, a folder with a "
+        "sub-folder of images per class, or FILE.py:FUNCTION / package.module:FUNCTION",
+        metavar="PATH",
         unset="a built-in --dataset",
     )
     target: str | None = _option(
-        None, "the CSV column to predict (by position, 0, 1, ..., in a file without a header row)", metavar="COLUMN",
+        None,
+        "the CSV column to predict (by position, 0, 1, ..., in a file without a header row)",
+        metavar="COLUMN",
         unset="none: the table has no labels",
     )
     header: str = _option(
-        "auto", "whether a CSV's first row names the columns: auto reads it as data when it has a number above "
-        "every column of numbers", choices=HEADERS, parser_checks_choices=False,
+        "auto",
+        "whether a CSV's first row names the columns: auto reads it as data when it has a number above "
+        "every column of numbers",
+        choices=HEADERS,
+        parser_checks_choices=False,
     )
     task: str | None = _option(
-        None, "what the model predicts", choices=TASKS, parser_checks_choices=False,
+        None,
+        "what the model predicts",
+        choices=TASKS,
+        parser_checks_choices=False,
         unset="classification, or regression for targets with non-integer numbers",
     )
     image_size: tuple[int, ...] | None = _option(
-        None, "resize images to H,W pixels", metavar="H,W", unset="the images' own size when they all agree",
+        None,
+        "resize images to H,W pixels",
+        metavar="H,W",
+        unset="the images' own size when they all agree",
     )
     color_mode: str | None = _option(
-        None, "image channels", choices=COLOR_MODES, parser_checks_choices=False, unset="what the images are",
+        None,
+        "image channels",
+        choices=COLOR_MODES,
+        parser_checks_choices=False,
+        unset="what the images are",
     )
     image_cache: str = _option(
-        "auto", "an image folder's pixels: auto decodes them once into the run's cache/ folder (when half the free "
+        "auto",
+        "an image folder's pixels: auto decodes them once into the run's cache/ folder (when half the free "
         "disk holds them; deleted when the run finishes) and reads them from there every epoch; off decodes the "
-        "files every epoch", choices=IMAGE_CACHE,
+        "files every epoch",
+        choices=IMAGE_CACHE,
     )
     fill: str | None = _option(
-        None, "missing CSV cells: the training column's mean, zero, or drop the row", choices=FILLS,
-        parser_checks_choices=False, unset="an error naming the row and column",
+        None,
+        "missing CSV cells: the training column's mean, zero, or drop the row",
+        choices=FILLS,
+        parser_checks_choices=False,
+        unset="an error naming the row and column",
     )
     dataset: str | None = _option(
-        None, "the data set to train on", choices=DATASETS, parser_checks_choices=False,
+        None,
+        "the data set to train on",
+        choices=DATASETS,
+        parser_checks_choices=False,
         unset="full MNIST if cached or downloadable, else the bundled mnist-sample",
     )
     data_dir: str | None = _option(
-        None, "folder of the four IDX files (.gz or not) or a Keras-style mnist.npz", metavar="DIR",
+        None,
+        "folder of the four IDX files (.gz or not) or a Keras-style mnist.npz",
+        metavar="DIR",
         unset="the data set's own files, cached or downloaded",
     )
     classes: tuple[int | str, ...] | None = _option(
-        None, "classes to keep, e.g. 0,1,2, 0-4 or all (of --data: names or indices); in this order they become "
-        "labels 0, 1, ...", unset="0,1,2 of a built-in --dataset, all of --data",
+        None,
+        "classes to keep, e.g. 0,1,2, 0-4 or all (of --data: names or indices); in this order they become "
+        "labels 0, 1, ...",
+        unset="0,1,2 of a built-in --dataset, all of --data",
     )
     model: str = _option(
-        "mlp", "the network: mlp, cnn (sized from the data), FILE.py:FUNCTION or package.module:FUNCTION "
-        "returning a keras.Model, or a saved FILE.keras", metavar="MODEL",
+        "mlp",
+        "the network: mlp, cnn (sized from the data), FILE.py:FUNCTION or package.module:FUNCTION "
+        "returning a keras.Model, or a saved FILE.keras",
+        metavar="MODEL",
     )
     model_args: dict | None = _option(None, "keyword arguments for a --model FUNCTION", cli=False, unset="none")
     loss: str | None = _option(
-        None, "a Keras loss by name", metavar="NAME",
+        None,
+        "a Keras loss by name",
+        metavar="NAME",
         unset="sparse categorical cross-entropy on logits, or mean squared error for regression",
     )
     metrics: tuple[str, ...] | None = _option(
-        None, "Keras metrics by name, comma-separated", metavar="NAMES", unset="accuracy, or mae for regression",
+        None,
+        "Keras metrics by name, comma-separated",
+        metavar="NAMES",
+        unset="accuracy, or mae for regression",
     )
     optimizer: str = _option("adam", "a Keras optimizer by name (with --lr and the schedule)", metavar="NAME")
     hidden: tuple[int, ...] = _option((512, 256, 128), "MLP hidden layer sizes", metavar="SIZES")
@@ -146,7 +202,9 @@ class TrainConfig:
     lr_schedule: str = _option("constant", "how the rate changes as training goes on", choices=LR_SCHEDULES)
     warmup_steps: int = _option(0, "ramp the rate up linearly over N steps first", metavar="N")
     decay_steps: int | None = _option(
-        None, "cosine: steps to decay to 0; exponential/step: steps per --decay-rate", metavar="N",
+        None,
+        "cosine: steps to decay to 0; exponential/step: steps per --decay-rate",
+        metavar="N",
         unset="the rest of training for cosine, an epoch for exponential/step",
     )
     decay_rate: float = _option(0.9, "factor per --decay-steps for exponential/step", metavar="R")
@@ -159,16 +217,21 @@ class TrainConfig:
     seed: int = _option(42, "seed for the split, shuffling and initial weights", metavar="N")
     steps_per_execution: int = _option(32, "training steps per compiled call", metavar="N")
     jit_compile: bool = _option(
-        False, "XLA-compile every group of steps (and each step on streamed data); without it, only long runs "
-        "on in-memory data of models without convolutions", name="--jit",
+        False,
+        "XLA-compile every group of steps (and each step on streamed data); without it, only long runs "
+        "on in-memory data of models without convolutions",
+        name="--jit",
     )
     strategy: str = _option(
         "default",
         "default: one device; mirrored: all GPUs, or --replicas CPU devices; multi_worker: TF_CONFIG's cluster",
-        choices=STRATEGIES, parser_checks_choices=False,
+        choices=STRATEGIES,
+        parser_checks_choices=False,
     )
     replicas: int | None = _option(
-        None, "with --strategy mirrored and no GPU: split the CPU into N devices", metavar="N",
+        None,
+        "with --strategy mirrored and no GPU: split the CPU into N devices",
+        metavar="N",
         unset="the CPU as one device",
     )
     summary_every: int = _option(32, "TensorBoard batch summaries every N steps", metavar="N")
@@ -179,13 +242,18 @@ class TrainConfig:
     early_stop: int = _option(0, "stop after PATIENCE epochs without a lower val_loss; 0: off", metavar="PATIENCE")
     validation_every: int = _option(1, "validate every N-th epoch (Keras' validation_freq)", metavar="N")
     class_weight: str | dict | None = _option(
-        None, "weigh training samples by their class: balanced (n_samples / (n_classes * count), as scikit-learn's); "
-        "a --config file may map classes (names or indices) to weights instead", metavar="balanced",
+        None,
+        "weigh training samples by their class: balanced (n_samples / (n_classes * count), as scikit-learn's); "
+        "a --config file may map classes (names or indices) to weights instead",
+        metavar="balanced",
         unset="every sample weighs 1",
     )
     ema: float | None = _option(
-        None, "keep an exponential moving average of the weights with this decay, e.g. 0.999: validation, "
-        "model.keras and model.best.keras use the averaged weights", metavar="DECAY", unset="off",
+        None,
+        "keep an exponential moving average of the weights with this decay, e.g. 0.999: validation, "
+        "model.keras and model.best.keras use the averaged weights",
+        metavar="DECAY",
+        unset="off",
     )
 
     def __post_init__(self) -> None:
@@ -202,13 +270,17 @@ class TrainConfig:
         if not _is_number(self.decay_rate) or not 0 < self.decay_rate <= 1:
             raise ConfigError(f"decay_rate must be a number in (0, 1], got {_short(self.decay_rate)}")
         if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
-            raise ConfigError(f"clip_norm must be a finite number > 0 (a global gradient norm), got {_short(self.clip_norm)}")
+            raise ConfigError(
+                f"clip_norm must be a finite number > 0 (a global gradient norm), got {_short(self.clip_norm)}"
+            )
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("image_cache", self.image_cache, IMAGE_CACHE)
         if not _is_number(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0 such as 1e-4, got {_short(self.lr)}")
         if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), got {_short(self.val_fraction)}")
+            raise ConfigError(
+                f"val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), got {_short(self.val_fraction)}"
+            )
         if self.dataset is not None:
             _check_choice("dataset", self.dataset, DATASETS)
         if self.model not in MODELS and not (isinstance(self.model, str) and MODEL_SPEC.fullmatch(self.model)):
@@ -217,7 +289,9 @@ class TrainConfig:
             )
         self._check_own_data()
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden must be one or more positive layer sizes like 512,256,128, got {_short(self.hidden)}")
+            raise ConfigError(
+                f"hidden must be one or more positive layer sizes like 512,256,128, got {_short(self.hidden)}"
+            )
         if self.model == "mlp" and self.data is None and (weights := mlp_weights(self.hidden)) > MAX_MLP_WEIGHTS:
             raise ConfigError(
                 f"hidden {','.join(map(str, self.hidden))} makes an MLP of {weights:,} weights, over the "
@@ -227,14 +301,18 @@ class TrainConfig:
         if self.replicas is not None:
             _check_int("replicas", self.replicas, minimum=1, maximum=MAX_CPU_REPLICAS)
             if self.strategy != "mirrored":
-                raise ConfigError("replicas applies to --strategy mirrored only; add --strategy mirrored or drop --replicas")
+                raise ConfigError(
+                    "replicas applies to --strategy mirrored only; add --strategy mirrored or drop --replicas"
+                )
         for name in ("jit_compile", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {_short(getattr(self, name))}")
         _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
         _check_int("early_stop", self.early_stop, minimum=0)
         if not _is_number(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
-            raise ConfigError(f"checkpoint_seconds must be a number >= 0 (0: off), got {_short(self.checkpoint_seconds)}")
+            raise ConfigError(
+                f"checkpoint_seconds must be a number >= 0 (0: off), got {_short(self.checkpoint_seconds)}"
+            )
         _check_int("validation_every", self.validation_every, minimum=1)
         if self.ema is not None and (not _is_number(self.ema) or not 0 < self.ema < 1):
             raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999, got {_short(self.ema)}")
@@ -251,7 +329,11 @@ class TrainConfig:
     def _check_own_data(self) -> None:
         """The --data options: only with --data, and each of its kind."""
         if self.data is None:
-            given = [flag_name(k) for k in ("target", "task", "image_size", "color_mode", "fill") if getattr(self, k) is not None]
+            given = [
+                flag_name(k)
+                for k in ("target", "task", "image_size", "color_mode", "fill")
+                if getattr(self, k) is not None
+            ]
             given += ["--header"] * (self.header != "auto")
             if given:
                 raise ConfigError(f"{given[0]} applies to --data only; add --data PATH or drop {given[0]}")
@@ -264,7 +346,9 @@ class TrainConfig:
                 raise ConfigError(f"data must be a path, got {_short(self.data)}")
             object.__setattr__(self, "data", _absolute(self.data))  # run.json's data is found from any folder
             if self.dataset is not None or self.data_dir is not None:
-                raise ConfigError("--data reads your own data and --dataset/--data-dir a built-in data set; pass one of them")
+                raise ConfigError(
+                    "--data reads your own data and --dataset/--data-dir a built-in data set; pass one of them"
+                )
         if self.task is not None:
             _check_choice("task", self.task, TASKS)
         if self.color_mode is not None:
@@ -273,19 +357,25 @@ class TrainConfig:
             _check_choice("fill", self.fill, FILLS)
         _check_choice("header", self.header, HEADERS)
         if self.image_size is not None and (
-            len(self.image_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 8192 for v in self.image_size)
+            len(self.image_size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 8192 for v in self.image_size)
         ):
             raise ConfigError(f"image_size must be two sizes H,W from 1 to 8192 pixels, got {_short(self.image_size)}")
         for name in ("target", "loss", "optimizer"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{name} must be a non-empty name, got {_short(value)}")
-        if self.metrics is not None and (not isinstance(self.metrics, tuple) or not all(isinstance(m, str) and m for m in self.metrics)):
+        if self.metrics is not None and (
+            not isinstance(self.metrics, tuple) or not all(isinstance(m, str) and m for m in self.metrics)
+        ):
             raise ConfigError(f"metrics must be Keras metric names like accuracy,auc, got {_short(self.metrics)}")
         if self.model_args is not None and (
-            not isinstance(self.model_args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in self.model_args)
+            not isinstance(self.model_args, dict)
+            or not all(isinstance(k, str) and k.isidentifier() for k in self.model_args)
         ):
-            raise ConfigError(f"model_args must be a mapping of argument names to values, got {_short(self.model_args)}")
+            raise ConfigError(
+                f"model_args must be a mapping of argument names to values, got {_short(self.model_args)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict (tuples become lists)."""
@@ -300,8 +390,12 @@ def _check_class_weight(value: Any) -> None:
     """``balanced``, or a mapping of class (name or index) to a finite weight >= 0."""
     if value is None or value == "balanced":
         return
-    if not isinstance(value, dict) or not value or not all(
-        isinstance(k, (int, str)) and not isinstance(k, bool) and _is_number(v) and v >= 0 for k, v in value.items()
+    if (
+        not isinstance(value, dict)
+        or not value
+        or not all(
+            isinstance(k, (int, str)) and not isinstance(k, bool) and _is_number(v) and v >= 0 for k, v in value.items()
+        )
     ):
         raise ConfigError(
             "class_weight must be balanced, or (in a --config file) a mapping of classes to weights >= 0 such as "
@@ -416,13 +510,22 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
     if values.get("classes") is not None:
-        values["classes"] = parse_class_names(values["classes"]) if values.get("data") else parse_classes(values["classes"])
+        values["classes"] = (
+            parse_class_names(values["classes"]) if values.get("data") else parse_classes(values["classes"])
+        )
     for key in ("image_size", "metrics"):
         if values.get(key) is not None:
             values[key] = parse_int_list(key, values[key]) if key == "image_size" else _names(key, values[key])
     if "hidden" in values:
         values["hidden"] = parse_int_list("hidden", values["hidden"])
-    for key in ("lr", "val_fraction", "decay_rate", "clip_norm", "checkpoint_seconds", "ema"):  # YAML reads 1e-4 (no dot) as a string
+    for key in (
+        "lr",
+        "val_fraction",
+        "decay_rate",
+        "clip_norm",
+        "checkpoint_seconds",
+        "ema",
+    ):  # YAML reads 1e-4 (no dot) as a string
         if isinstance(values.get(key), str):
             values[key] = _parse_float(key, values[key])
     for key in ("data_dir", "run_dir", "dataset"):  # a number in YAML is a name too
@@ -446,7 +549,11 @@ def parse_class_names(spec: Any) -> tuple[int | str, ...] | None:
     items = spec.split(",") if isinstance(spec, str) else spec
     if isinstance(items, (int, str)) and not isinstance(items, bool):
         items = [items]
-    if not isinstance(items, (list, tuple)) or not items or any(isinstance(c, bool) or not isinstance(c, (int, str)) for c in items):
+    if (
+        not isinstance(items, (list, tuple))
+        or not items
+        or any(isinstance(c, bool) or not isinstance(c, (int, str)) for c in items)
+    ):
         raise ConfigError(f"classes must be class names or indices like cat,dog or 0,1, got {_short(spec)}")
     return tuple(c.strip() if isinstance(c, str) else c for c in items)
 

@@ -25,7 +25,6 @@ import os
 import sys
 import tempfile
 
-
 KERNEL_NAMES = {True: "oneDNN", False: "Eigen"}  # by onednn_kernels()'s answer
 
 # Written by TensorFlow straight to file descriptor 2 while it is imported, before its logging starts, so

@@ -33,7 +33,7 @@ class Feed:
     steps_per_epoch: int
 
     @classmethod
-    def of(cls, config: TrainConfig, data: RunData) -> "Feed":
+    def of(cls, config: TrainConfig, data: RunData) -> Feed:
         batched = hasattr(data.train, "num_batches")  # a function's own datasets come batched as it batched them
         if not batched:
             errors.check_batch_size(config.batch_size, data.train.n)
@@ -51,7 +51,9 @@ def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed)
     try:
         trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
     except (ValueError, TypeError, tf.errors.OpError) as exc:
-        x, y = in_memory.first_batch(feed.train(0))[:2]  # for the message: the model itself fits (models.check_model_fits)
+        x, y = in_memory.first_batch(feed.train(0))[
+            :2
+        ]  # for the message: the model itself fits (models.check_model_fits)
         y_pred = trainer.model(x, training=False)
         reason = " ".join(errors.tensorflow_reason(exc).split())[:200]
         raise ConfigError(

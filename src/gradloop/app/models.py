@@ -18,16 +18,17 @@ import ast
 import os
 import shutil
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
 from gradloop import atomic
-from gradloop.run import files as run_files
 from gradloop.app import user_code
 from gradloop.errors import ConfigError
+from gradloop.run import files as run_files
 
 MODEL_INITIAL = "model_initial.keras"  # the copy of a --model FILE.keras in the run directory
 _GIVEN = ("input_shape", "num_classes", "num_outputs")  # what gradloop passes a model function, from the data
@@ -72,7 +73,11 @@ def _logits_dtype(dtype: str | None) -> str | None:
 
 
 def user_model(
-    spec: str, *, input_shape: Sequence[int], num_classes: int | None = None, num_outputs: int | None = None,
+    spec: str,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int | None = None,
+    num_outputs: int | None = None,
     model_args: dict[str, Any] | None = None,
 ) -> keras.Model:
     """The model ``spec`` names: a saved ``FILE.keras`` (loaded with ``compile=False``, in Keras'
@@ -86,8 +91,9 @@ def user_model(
     where = f"--model {spec}"
     if str(spec).endswith(".keras"):
         if model_args:
-            raise ConfigError(f"{where}: model_args are arguments of a model function, and a saved model takes none; "
-                              "drop model_args")
+            raise ConfigError(
+                f"{where}: model_args are arguments of a model function, and a saved model takes none; drop model_args"
+            )
         return _load_keras(Path(spec), where)
     fn = user_code.load_function(spec, what="--model")
     given: dict[str, Any] = {"input_shape": tuple(int(d) for d in input_shape)}
@@ -98,16 +104,22 @@ def user_model(
         raise ConfigError(f"model_args sets {reserved[0]}, which gradloop passes itself; remove it from model_args")
     undeclared = [key for key in model_args if key not in user_code.accepted(fn, model_args)]
     if undeclared:
-        raise ConfigError(f"model_args {undeclared[0]} is no parameter of {spec}; remove it from model_args, "
-                          "or add the parameter to the function")
+        raise ConfigError(
+            f"model_args {undeclared[0]} is no parameter of {spec}; remove it from model_args, "
+            "or add the parameter to the function"
+        )
     unset = user_code.missing(fn, [*user_code.accepted(fn, given), *model_args])
     if unset:
-        raise ConfigError(f"{where} requires {', '.join(unset)}, which gradloop does not pass (it passes "
-                          f"{', '.join(given)}); give it a default value, or a value in model_args")
+        raise ConfigError(
+            f"{where} requires {', '.join(unset)}, which gradloop does not pass (it passes "
+            f"{', '.join(given)}); give it a default value, or a value in model_args"
+        )
     model = user_code.call_function(fn, what=where, **given, **model_args)
     if not isinstance(model, keras.Model):
-        raise ConfigError(f"{where} returned {user_code.describe(model)}, not a keras.Model; return "
-                          "keras.Model(inputs, outputs) or keras.Sequential([...])")
+        raise ConfigError(
+            f"{where} returned {user_code.describe(model)}, not a keras.Model; return "
+            "keras.Model(inputs, outputs) or keras.Sequential([...])"
+        )
     return model
 
 
@@ -116,16 +128,22 @@ def _load_keras(path: Path, where: str) -> keras.Model:
         state = "is a folder" if path.is_dir() else "does not exist"
         raise ConfigError(f"{where}: {path} {state}; pass a model saved with model.save('FILE.keras')")
     if not zipfile.is_zipfile(path):  # Keras would say "File not found"
-        raise ConfigError(f"{where}: not a Keras model file (a .keras file is a zip archive); save the model with "
-                          "model.save('FILE.keras')")
+        raise ConfigError(
+            f"{where}: not a Keras model file (a .keras file is a zip archive); save the model with "
+            "model.save('FILE.keras')"
+        )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # a damaged or foreign file: Keras raises many kinds
         if "safe_mode" in str(exc):
-            raise ConfigError(f"{where}: it holds Python code (a Lambda layer's), which gradloop does not run from a "
-                              "model file (Keras' safe mode); build the model in FILE.py:FUNCTION instead") from exc
-        raise ConfigError(f"{where}: cannot load it ({user_code.exception_line(exc)}); save it again with model.save, "
-                          "or build the model in FILE.py:FUNCTION") from exc
+            raise ConfigError(
+                f"{where}: it holds Python code (a Lambda layer's), which gradloop does not run from a "
+                "model file (Keras' safe mode); build the model in FILE.py:FUNCTION instead"
+            ) from exc
+        raise ConfigError(
+            f"{where}: cannot load it ({user_code.exception_line(exc)}); save it again with model.save, "
+            "or build the model in FILE.py:FUNCTION"
+        ) from exc
     if not isinstance(model, keras.Model):
         raise ConfigError(f"{where} holds {user_code.describe(model)}, not a keras.Model; save a model")
     return model
@@ -139,7 +157,9 @@ def check_model_fits(
     values per example (an output of shape (batch, n_outputs); (batch,) gives one). A model whose shapes are
     unknown (subclassed, or a Sequential without an Input) is built by calling it on a batch of zeros."""
     shape = tuple(int(d) for d in input_shape)
-    wants = {"classification": f"{n_outputs} classes", "regression": f"{n_outputs} targets"}.get(task, f"{n_outputs} outputs")
+    wants = {"classification": f"{n_outputs} classes", "regression": f"{n_outputs} targets"}.get(
+        task, f"{n_outputs} outputs"
+    )
     data = f"the data has examples of shape {shape} and {wants}"
     try:
         inputs, outputs = [tuple(t.shape) for t in model.inputs], [tuple(t.shape) for t in model.outputs]
@@ -147,13 +167,17 @@ def check_model_fits(
         try:
             result = model(np.zeros((1, *shape), dtype=np.float32))
         except Exception as exc:
-            raise ConfigError(f"the model does not take the data: called on a batch of examples of shape {shape}, "
-                              f"it raised {user_code.exception_line(exc, 200)}; make it take examples of shape {shape} "
-                              f"and give {wants}") from exc
+            raise ConfigError(
+                f"the model does not take the data: called on a batch of examples of shape {shape}, "
+                f"it raised {user_code.exception_line(exc, 200)}; make it take examples of shape {shape} "
+                f"and give {wants}"
+            ) from exc
         inputs, outputs = [(None, *shape)], [(None, *tuple(t.shape)[1:]) for t in keras.tree.flatten(result)]
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ConfigError(f"the model takes {len(inputs)} inputs and gives {len(outputs)} outputs, but gradloop feeds it "
-                          "one tensor of examples and trains one output; give it one Input and one output")
+        raise ConfigError(
+            f"the model takes {len(inputs)} inputs and gives {len(outputs)} outputs, but gradloop feeds it "
+            "one tensor of examples and trains one output; give it one Input and one output"
+        )
     (taken,), (given,) = inputs, outputs
     takes = len(taken) == len(shape) + 1 and all(a is None or a == b for a, b in zip(taken[1:], shape))
     # (batch, n_outputs), or (batch,) for one output: an output of more axes (a Dense on images
@@ -161,9 +185,13 @@ def check_model_fits(
     gives = (len(given) == 2 and given[-1] in (None, n_outputs)) or (len(given) == 1 and n_outputs == 1)
     if takes and gives:
         return
-    fixes = ([] if takes else [f"give it keras.Input(shape={shape})"]) + ([] if gives else [f"end it in Dense({n_outputs})"])
-    raise ConfigError(f"the model takes inputs of shape {taken} and gives {given} outputs, but {data}; "
-                      f"{' and '.join(fixes)} (a model function gets input_shape and num_classes or num_outputs)")
+    fixes = ([] if takes else [f"give it keras.Input(shape={shape})"]) + (
+        [] if gives else [f"end it in Dense({n_outputs})"]
+    )
+    raise ConfigError(
+        f"the model takes inputs of shape {taken} and gives {given} outputs, but {data}; "
+        f"{' and '.join(fixes)} (a model function gets input_shape and num_classes or num_outputs)"
+    )
 
 
 def copy_model_source(spec: str, run_dir: str | os.PathLike) -> str | None:
@@ -190,7 +218,9 @@ def copy_model_source(spec: str, run_dir: str | os.PathLike) -> str | None:
     path = Path(target)
     check_model_source(spec)
     for module in _sibling_modules(path):
-        files = [module] if module.is_file() else [f for f in sorted(module.rglob("*.py")) if "__pycache__" not in f.parts]
+        files = (
+            [module] if module.is_file() else [f for f in sorted(module.rglob("*.py")) if "__pycache__" not in f.parts]
+        )
         for file in files:
             copy = run_dir / file.relative_to(path.parent)
             copy.parent.mkdir(parents=True, exist_ok=True)
@@ -207,11 +237,19 @@ def check_model_source(spec: str) -> None:
     target, _ = user_code.split_spec(spec, what="--model")
     if not target.endswith(".py"):
         return
-    own = {run_files.MODEL_SOURCE, run_files.CHECKPOINTS, run_files.TENSORBOARD, run_files.REPORT, run_files.SAVED_MODEL}
+    own = {
+        run_files.MODEL_SOURCE,
+        run_files.CHECKPOINTS,
+        run_files.TENSORBOARD,
+        run_files.REPORT,
+        run_files.SAVED_MODEL,
+    }
     for module in _sibling_modules(Path(target)):
         if module.name in own:
-            raise ConfigError(f"--model {spec}: it imports {module.name} from its folder, whose copy would mix with the run "
-                              f"directory's own {module.name}; rename that module")
+            raise ConfigError(
+                f"--model {spec}: it imports {module.name} from its folder, whose copy would mix with the run "
+                f"directory's own {module.name}; rename that module"
+            )
 
 
 def _copy(source: Path, destination: Path) -> None:

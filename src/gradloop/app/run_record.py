@@ -1,8 +1,8 @@
 """What a run writes about itself in its folder, beyond the history the loop records each epoch.
 
-    started    run.json: the resolved config, the data, the model, the loss, what ``best`` is judged by, versions
-    ended      run.json ``interrupted`` (resumable) or ``failed``, with why
-    finished   model.keras, history.json/.csv/.png, run.json ``finished`` with the final numbers
+started    run.json: the resolved config, the data, the model, the loss, what ``best`` is judged by, versions
+ended      run.json ``interrupted`` (resumable) or ``failed``, with why
+finished   model.keras, history.json/.csv/.png, run.json ``finished`` with the final numbers
 """
 
 from __future__ import annotations
@@ -10,31 +10,35 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop import __version__
+from gradloop import __version__, atomic
 from gradloop.app import cpu
 from gradloop.app.config import TrainConfig
+from gradloop.app.interrupted import RunInterrupted
 from gradloop.data.sources import image_cache
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import DataError, TrainingError
-from gradloop.app.interrupted import RunInterrupted
 from gradloop.loop import distribute, signals
 from gradloop.loop.callbacks import early_stopping
 from gradloop.loop.trainer import Trainer
 from gradloop.pages import plots
-from gradloop import atomic
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 from gradloop.run import history as run_history
 
 
 def new_run_info(
-    config: TrainConfig, data: RunData, strategy: tf.distribute.Strategy, trainer: Trainer, *, model_source: str | None,
+    config: TrainConfig,
+    data: RunData,
+    strategy: tf.distribute.Strategy,
+    trainer: Trainer,
+    *,
+    model_source: str | None,
     class_weight: dict[int, float] | None,
 ) -> dict:
     """run.json of a new run: its resolved config, data, model and versions."""
@@ -49,7 +53,9 @@ def new_run_info(
         "n_train": data.train.n,
         "n_val": data.val.n if data.val is not None else 0,
         "data": {
-            "kind": data.kind, "fingerprint": data.fingerprint, "preprocessing": data.preprocessing,
+            "kind": data.kind,
+            "fingerprint": data.fingerprint,
+            "preprocessing": data.preprocessing,
             "source_classes": list(data.source_class_names) if data.source_class_names else None,
         },
         "model": trainer.model.name,
@@ -121,7 +127,12 @@ def ending_recorded(run: run_folder.RunDir, config: TrainConfig, *, chief: bool)
 
 
 def record_finished(
-    run: run_folder.RunDir, trainer: Trainer, history: dict, best: early_stopping.BestModelEarlyStopping, *, started: float
+    run: run_folder.RunDir,
+    trainer: Trainer,
+    history: dict,
+    best: early_stopping.BestModelEarlyStopping,
+    *,
+    started: float,
 ) -> None:
     """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
     (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""

@@ -1,10 +1,10 @@
 """``gradloop train`` as a function: config in, run directory out.
 
-    data     the run's splits, scaled, as tf.data pipelines       (gradloop.app.assemble, gradloop.app.feed)
-    trainer  model, optimizer, loss, metrics, NaN guard; checked on one batch (gradloop.app.assemble, .feed)
-    start    a new run directory, or resume one from its checkpoint (gradloop.run.folder, gradloop.loop.checkpoint)
-    fit      Trainer.fit with progress, history files, TensorBoard, early stop and checkpoints
-    record   run.json, model.keras, history.json/.csv/.png         (gradloop.app.run_record)
+data     the run's splits, scaled, as tf.data pipelines       (gradloop.app.assemble, gradloop.app.feed)
+trainer  model, optimizer, loss, metrics, NaN guard; checked on one batch (gradloop.app.assemble, .feed)
+start    a new run directory, or resume one from its checkpoint (gradloop.run.folder, gradloop.loop.checkpoint)
+fit      Trainer.fit with progress, history files, TensorBoard, early stop and checkpoints
+record   run.json, model.keras, history.json/.csv/.png         (gradloop.app.run_record)
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TextIO
+from typing import TextIO
 
 import keras
 import tensorflow as tf
@@ -66,13 +67,29 @@ def train(
     checkpoint and history are written before they see the epoch end.
     """
     with contextlib.ExitStack() as held:  # the run's lock, dropped however training ends
-        return _train(config, held, resume=resume, overwrite=overwrite, stop=stop, out=out, notify=notify, profile=profile,
-                      callbacks=callbacks)
+        return _train(
+            config,
+            held,
+            resume=resume,
+            overwrite=overwrite,
+            stop=stop,
+            out=out,
+            notify=notify,
+            profile=profile,
+            callbacks=callbacks,
+        )
 
 
 def _train(
-    config: TrainConfig, held: contextlib.ExitStack, *, resume: bool, overwrite: bool,
-    stop: signals.StopSignals | None, out: TextIO | None, notify: Callable[[str], None] | None, profile: bool,
+    config: TrainConfig,
+    held: contextlib.ExitStack,
+    *,
+    resume: bool,
+    overwrite: bool,
+    stop: signals.StopSignals | None,
+    out: TextIO | None,
+    notify: Callable[[str], None] | None,
+    profile: bool,
     callbacks: Sequence[keras.callbacks.Callback],
 ) -> Path:
     out = out or sys.stdout
@@ -89,7 +106,9 @@ def _train(
     if resume and chief:  # a new run is locked as it is created (_start)
         held.enter_context(run_lock.lock(path))
         # Read again under the lock: a writer that ended meanwhile may have moved the run on.
-        resumed = run_start.check_resumable(path, epochs=config.epochs, workers=distribute.worker_count(strategy), writer=False)
+        resumed = run_start.check_resumable(
+            path, epochs=config.epochs, workers=distribute.worker_count(strategy), writer=False
+        )
 
     data = assemble.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
     feed = Feed.of(config, data)
@@ -101,24 +120,36 @@ def _train(
         feed = Feed.of(config, _decoded_once(config, data, path, notify))  # before the restore: it reads the copy
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
-        run, saver, state = _start(config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held,
-                                   class_weight=class_weight)
+        run, saver, state = _start(
+            config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held, class_weight=class_weight
+        )
         with ending_recorded(run, config, chief=chief):
             feed = Feed.of(config, _decoded_once(config, data, path, notify))
     _announce(config, data, trainer, state, path, out=out)
     if profile:
         from gradloop.loop.profiler import format_profile, profile_phases
 
-        print(format_profile(profile_phases(trainer, in_memory.as_dataset(feed.train(0))), config.batch_size), file=out, flush=True)
+        print(
+            format_profile(profile_phases(trainer, in_memory.as_dataset(feed.train(0))), config.batch_size),
+            file=out,
+            flush=True,
+        )
 
-    best = early_stopping.BestModelEarlyStopping(run / run_files.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None)
+    best = early_stopping.BestModelEarlyStopping(
+        run / run_files.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None
+    )
     start = time.perf_counter()
     with ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
-            feed.train, validation_data=feed.val, epochs=config.epochs, initial_state=state,
+            feed.train,
+            validation_data=feed.val,
+            epochs=config.epochs,
+            initial_state=state,
             callbacks=[*_callbacks(config, run, saver, guard, best, state, feed, stop, out), *callbacks],
-            end_groups_every=config.checkpoint_every or None, verbose=0,  # its own Progress is among the callbacks
-            class_weight=class_weight, validation_freq=config.validation_every,
+            end_groups_every=config.checkpoint_every or None,
+            verbose=0,  # its own Progress is among the callbacks
+            class_weight=class_weight,
+            validation_freq=config.validation_every,
         )
     record_finished(run, trainer, history.history, best, started=start)
     if not chief:
@@ -135,23 +166,36 @@ def _trainer(
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    guard = nan_guard.StopOnNonFiniteLoss(steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})")
+    guard = nan_guard.StopOnNonFiniteLoss(
+        steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})"
+    )
     watched = guard.watch(step_lib.train_step)
     return assemble.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
 
 
 def _start(
-    config: TrainConfig, data: RunData, path: Path, trainer: Trainer, strategy: tf.distribute.Strategy, *,
-    overwrite: bool, held: contextlib.ExitStack, class_weight: dict[int, float] | None,
+    config: TrainConfig,
+    data: RunData,
+    path: Path,
+    trainer: Trainer,
+    strategy: tf.distribute.Strategy,
+    *,
+    overwrite: bool,
+    held: contextlib.ExitStack,
+    class_weight: dict[int, float] | None,
 ) -> tuple[run_folder.RunDir, checkpoint.RunCheckpoint, None]:
     """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written,
     its lock kept in ``held``."""
-    earlier = held.enter_context(run_lock.lock(path)) if overwrite and path.exists() else None  # before deleting a thing
+    earlier = (
+        held.enter_context(run_lock.lock(path)) if overwrite and path.exists() else None
+    )  # before deleting a thing
     if earlier is not None:
         run_start.clear(path)
     run = run_start.claim(path, held=earlier)
     held.enter_context(run.lock)
-    saver = checkpoint.RunCheckpoint(run / run_files.CHECKPOINTS, trainer, hint=_START_OVER)  # after the old run is gone
+    saver = checkpoint.RunCheckpoint(
+        run / run_files.CHECKPOINTS, trainer, hint=_START_OVER
+    )  # after the old run is gone
     model_source = models.copy_model_source(config.model, run.path) if config.model not in MODELS else None
     run.start(new_run_info(config, data, strategy, trainer, model_source=model_source, class_weight=class_weight))
     run_files.write_text(run / run_files.MODEL_SUMMARY, models.summary_text(trainer.model))
@@ -161,8 +205,16 @@ def _start(
 def _announce(
     config: TrainConfig, data: RunData, trainer: Trainer, state: LoopState | None, path: Path, *, out: TextIO
 ) -> None:
-    action = f"resuming {trainer.model.name} at epoch {state.epoch + 1} step {state.step}" if state else f"training {trainer.model.name}"
-    classes = f"classes {list(recorded_classes(config, data))}" if data.class_names is not None else f"{data.n_outputs} outputs"
+    action = (
+        f"resuming {trainer.model.name} at epoch {state.epoch + 1} step {state.step}"
+        if state
+        else f"training {trainer.model.name}"
+    )
+    classes = (
+        f"classes {list(recorded_classes(config, data))}"
+        if data.class_names is not None
+        else f"{data.n_outputs} outputs"
+    )
     print(
         f"gradloop: {action} ({trainer.model.count_params():,} parameters) on {data.description}: {classes}, "
         f"{data.train.n:,} train / {data.val.n if data.val is not None else 0:,} val samples, {config.epochs} epoch{'s' * (config.epochs != 1)} -> {path}",
@@ -172,8 +224,14 @@ def _announce(
 
 
 def _callbacks(
-    config: TrainConfig, run: run_folder.RunDir, saver: checkpoint.RunCheckpoint, guard: nan_guard.StopOnNonFiniteLoss,
-    best: early_stopping.BestModelEarlyStopping, state: LoopState | None, feed: Feed, stop: signals.StopSignals | None,
+    config: TrainConfig,
+    run: run_folder.RunDir,
+    saver: checkpoint.RunCheckpoint,
+    guard: nan_guard.StopOnNonFiniteLoss,
+    best: early_stopping.BestModelEarlyStopping,
+    state: LoopState | None,
+    feed: Feed,
+    stop: signals.StopSignals | None,
     out: TextIO,
 ) -> list[keras.callbacks.Callback]:
     return [  # the guard first: a diverged state must stop before Checkpointing could save it
@@ -182,13 +240,18 @@ def _callbacks(
         progress.Progress(batch_size=config.batch_size, stream=out),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: run.record_epoch(logs or {})),
         summaries.TensorBoardSummaries(
-            run / run_files.TENSORBOARD, every_steps=config.summary_every,
+            run / run_files.TENSORBOARD,
+            every_steps=config.summary_every,
             initial_step=state.epoch * feed.steps_per_epoch if state else 0,
-            hparams=config.to_dict(), trial_id=str(run.path),
+            hparams=config.to_dict(),
+            trial_id=str(run.path),
         ),
         best,
         checkpointing.Checkpointing(
-            saver, every_steps=config.checkpoint_every or None, every_seconds=config.checkpoint_seconds or None, stop=stop
+            saver,
+            every_steps=config.checkpoint_every or None,
+            every_seconds=config.checkpoint_seconds or None,
+            stop=stop,
         ),
     ]
 
@@ -196,8 +259,12 @@ def _callbacks(
 def _check_resumable(config: TrainConfig, strategy: tf.distribute.Strategy) -> run_folder.RunDir:
     if not config.run_dir:
         raise ConfigError("--resume needs --run-dir DIR, the run to continue")
-    return run_start.check_resumable(config.run_dir, epochs=config.epochs, workers=distribute.worker_count(strategy),
-                                  writer=distribute.is_chief(strategy))  # the other workers read it as the chief locks it
+    return run_start.check_resumable(
+        config.run_dir,
+        epochs=config.epochs,
+        workers=distribute.worker_count(strategy),
+        writer=distribute.is_chief(strategy),
+    )  # the other workers read it as the chief locks it
 
 
 def _run_path(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool) -> Path:
@@ -208,7 +275,9 @@ def _run_path(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool
         return scratch
     if resume:
         return Path(config.run_dir)
-    return run_start.check_new(Path(config.run_dir) if config.run_dir else run_start.default_path(), overwrite=overwrite)
+    return run_start.check_new(
+        Path(config.run_dir) if config.run_dir else run_start.default_path(), overwrite=overwrite
+    )
 
 
 def _model_spec(resumed: run_folder.RunDir | None) -> str | None:
@@ -237,7 +306,13 @@ def _decoded_once(config: TrainConfig, data: RunData, path: Path, notify: Callab
 
 
 def _resume(
-    config: TrainConfig, resumed: run_folder.RunDir, data: RunData, path: Path, trainer: Trainer, feed: Feed, *,
+    config: TrainConfig,
+    resumed: run_folder.RunDir,
+    data: RunData,
+    path: Path,
+    trainer: Trainer,
+    feed: Feed,
+    *,
     notify: Callable[[str], None],
 ) -> tuple[run_folder.RunDir, checkpoint.RunCheckpoint, LoopState]:
     """Restore the run's last checkpoint and note the resume in its run.json. Every worker restores
@@ -254,9 +329,11 @@ def _resume(
     before = [resumed.info, *resumed.info.get("resumed", [])][-1].get("onednn_kernels")  # where the run last trained
     if None not in (kernels, before) and kernels != before:
         names = cpu.KERNEL_NAMES
-        notify(f"gradloop: note: this run trained on TensorFlow's {names[before]} kernels and resumes on its "
-               f"{names[kernels]} kernels, so its numbers will differ in the last bits from a run never stopped; "
-               f"set TF_ENABLE_ONEDNN_OPTS={int(before)} to resume on {names[before]}'s")
+        notify(
+            f"gradloop: note: this run trained on TensorFlow's {names[before]} kernels and resumes on its "
+            f"{names[kernels]} kernels, so its numbers will differ in the last bits from a run never stopped; "
+            f"set TF_ENABLE_ONEDNN_OPTS={int(before)} to resume on {names[before]}'s"
+        )
     run = run_folder.RunDir(path, resumed.info)
     run.continue_history(state.history, validated=functools.partial(validates, validation_freq=config.validation_every))
     run.resume(config=config.to_dict(), epoch=state.epoch + 1, step=state.step, onednn_kernels=kernels)

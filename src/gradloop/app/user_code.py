@@ -51,8 +51,11 @@ def load_function(spec: str, *, what: str) -> Callable[..., Any]:
     module = _import_file(Path(target), spec, what) if target.endswith(".py") else _import_module(target, spec, what)
     where = f"{what} {spec}"
     if not hasattr(module, name):
-        defined = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
-                         and getattr(v, "__module__", None) == module.__name__)
+        defined = sorted(
+            k
+            for k, v in vars(module).items()
+            if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__
+        )
         has = f"it defines {', '.join(defined[:10])}" if defined else "it defines no function"
         raise ConfigError(f"{where}: {target} has no {name}; {has}")
     fn = getattr(module, name)
@@ -75,7 +78,9 @@ def accepted(fn: Callable[..., Any], names: Iterable[str]) -> list[str]:
     params = _parameters(fn)
     if params is None or any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return list(names)
-    return [n for n in names if n in params and params[n].kind in (params[n].POSITIONAL_OR_KEYWORD, params[n].KEYWORD_ONLY)]
+    return [
+        n for n in names if n in params and params[n].kind in (params[n].POSITIONAL_OR_KEYWORD, params[n].KEYWORD_ONLY)
+    ]
 
 
 def missing(fn: Callable[..., Any], names: Iterable[str]) -> list[str]:
@@ -83,8 +88,13 @@ def missing(fn: Callable[..., Any], names: Iterable[str]) -> list[str]:
     params, given = _parameters(fn), set(names)
     if params is None:
         return []
-    return [n for n, p in params.items() if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            and (n not in given or p.kind is p.POSITIONAL_ONLY)]
+    return [
+        n
+        for n, p in params.items()
+        if p.default is p.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and (n not in given or p.kind is p.POSITIONAL_ONLY)
+    ]
 
 
 def call_function(fn: Callable[..., Any], *, what: str, **available: Any) -> Any:
@@ -95,8 +105,10 @@ def call_function(fn: Callable[..., Any], *, what: str, **available: Any) -> Any
     unset = missing(fn, kwargs)
     if unset:
         gives = ", ".join(available) or "nothing"
-        raise ConfigError(f"{what} requires {', '.join(unset)}, which gradloop does not pass (it passes {gives}); "
-                          f"give {'it' if len(unset) == 1 else 'them'} a default value")
+        raise ConfigError(
+            f"{what} requires {', '.join(unset)}, which gradloop does not pass (it passes {gives}); "
+            f"give {'it' if len(unset) == 1 else 'them'} a default value"
+        )
     try:
         return fn(**kwargs)
     except (Exception, SystemExit) as exc:  # the user's code: any exception is theirs to fix
@@ -108,7 +120,9 @@ def describe(value: Any) -> str:
     if value is None:
         return "None"
     kind = type(value)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__qualname__}"
+    )
     article = "an" if name[0].lower() in "aeiou" else "a"
     if isinstance(value, (list, tuple, dict, set)):
         return f"{article} {name} of {len(value)} item{'s' if len(value) != 1 else ''}"
@@ -156,8 +170,10 @@ def _import_module(target: str, spec: str, what: str) -> Any:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
         if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
-            raise ConfigError(f"{what} {spec}: no module named {exc.name}; install it, add its folder to PYTHONPATH, "
-                              "or pass FILE.py:FUNCTION") from None
+            raise ConfigError(
+                f"{what} {spec}: no module named {exc.name}; install it, add its folder to PYTHONPATH, "
+                "or pass FILE.py:FUNCTION"
+            ) from None
         _import_failed(exc, f"{what} {spec}", beside=False)
     except BaseException as exc:
         _import_failed(exc, f"{what} {spec}", beside=False)
@@ -168,10 +184,14 @@ def _import_failed(exc: BaseException, where: str, *, beside: bool) -> None:
     if isinstance(exc, KeyboardInterrupt):
         raise exc
     if isinstance(exc, SyntaxError):
-        raise ConfigError(f"{where}: {exc.filename} line {exc.lineno}: {type(exc).__name__}: {exc.msg}; fix the file") from exc
+        raise ConfigError(
+            f"{where}: {exc.filename} line {exc.lineno}: {type(exc).__name__}: {exc.msg}; fix the file"
+        ) from exc
     if isinstance(exc, SystemExit):
-        raise ConfigError(f"{where}: the file exits when imported (sys.exit({exc.code!r})); put its script part "
-                          "under if __name__ == '__main__':") from exc
+        raise ConfigError(
+            f"{where}: the file exits when imported (sys.exit({exc.code!r})); put its script part "
+            "under if __name__ == '__main__':"
+        ) from exc
     fix = "fix the file"
     if isinstance(exc, ModuleNotFoundError):
         fix = "install it, or put it beside the file" if beside else "install it"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gradloop import errors
 from gradloop.bench.protocol import VariantProcess
@@ -26,8 +27,9 @@ STREAMED_RATIO = "streamed / in memory"
 FLOAT32_BYTES = 4
 
 
-def run_data_bench(config: TrainConfig, *, seconds: float = 3.0, rounds: int = 3,
-                   progress: Callable[[str], None] = lambda s: None) -> dict:
+def run_data_bench(
+    config: TrainConfig, *, seconds: float = 3.0, rounds: int = 3, progress: Callable[[str], None] = lambda s: None
+) -> dict:
     """Samples/s and peak RSS of ``Trainer.fit`` on ``config.data``'s training images, streamed and in memory.
 
         start a process per variant; each loads the folder (in memory: decodes it), builds train's trainer
@@ -50,11 +52,13 @@ def run_data_bench(config: TrainConfig, *, seconds: float = 3.0, rounds: int = 3
         described = {name: worker.reply() for name, worker in workers.items()}
         about = described["streamed"]
         if any(d[k] != about[k] for d in described.values() for k in ("n", "element_shape", "class_names")):
-            raise errors.DataError(f"{config.data} changed while the bench read it; run it again on a folder "
-                                   "left alone")
+            raise errors.DataError(
+                f"{config.data} changed while the bench read it; run it again on a folder left alone"
+            )
         progress("measuring the baseline: TensorFlow imported and the model built, no data")
-        workers["baseline"] = VariantProcess("baseline", {**request, "element_shape": about["element_shape"],
-                                                          "class_names": about["class_names"]})
+        workers["baseline"] = VariantProcess(
+            "baseline", {**request, "element_shape": about["element_shape"], "class_names": about["class_names"]}
+        )
         baseline_rss = workers["baseline"].reply()["peak_rss_mib"]
         workers["baseline"].finish()
 
@@ -94,10 +98,13 @@ def run_data_bench(config: TrainConfig, *, seconds: float = 3.0, rounds: int = 3
         "steps_per_round": steps,
         "onednn_kernels": about["onednn_kernels"],
         "variants": {
-            name: {"samples_per_s": statistics.median(all_rounds[name]), "all_rounds": all_rounds[name],
-                   "peak_rss_mib": finished[name]["peak_rss_mib"],
-                   "setup_peak_rss_mib": described[name]["peak_rss_mib"],  # data read, model built, not trained
-                   "decode_seconds": described[name]["decode_seconds"]}  # reading the images before training
+            name: {
+                "samples_per_s": statistics.median(all_rounds[name]),
+                "all_rounds": all_rounds[name],
+                "peak_rss_mib": finished[name]["peak_rss_mib"],
+                "setup_peak_rss_mib": described[name]["peak_rss_mib"],  # data read, model built, not trained
+                "decode_seconds": described[name]["decode_seconds"],
+            }  # reading the images before training
             for name in DATA_VARIANTS
         },
         "ratios": {STREAMED_RATIO: paired_ratio(all_rounds["streamed"], all_rounds["in memory"])},
@@ -122,8 +129,11 @@ def format_data_table(result: dict) -> str:
         f"{result['n_train']:,} training images, {result['steps_per_round']} steps per timed run; "
         f"{kernels_named(result['onednn_kernels'])}",
         f"{'variant':<12}{'samples/s':>12}{'peak RSS MiB':>14}{'before training':>17}{'streamed is':>13}",
-        *(f"{name:<12}{v[name]['samples_per_s']:>12,.0f}{v[name]['peak_rss_mib']:>14.0f}"
-          f"{v[name]['setup_peak_rss_mib']:>17.0f}{_streamed_is(result, name):>13}" for name in DATA_VARIANTS),
+        *(
+            f"{name:<12}{v[name]['samples_per_s']:>12,.0f}{v[name]['peak_rss_mib']:>14.0f}"
+            f"{v[name]['setup_peak_rss_mib']:>17.0f}{_streamed_is(result, name):>13}"
+            for name in DATA_VARIANTS
+        ),
         f"{'baseline':<12}{'':>12}{result['baseline_rss_mib']:>14.0f}"
         "   (TensorFlow imported and the model built, no data)",
         f"decoding before training: streamed {v['streamed']['decode_seconds']:.1f} s (into a copy on disk, "

@@ -8,8 +8,8 @@ weight gradient, and the input gradient for every layer but the first (nothing n
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import cache
-from typing import Callable
 
 from gradloop.bench.workload import Workload
 
@@ -44,10 +44,12 @@ def _products() -> Callable:
         strides = [1, 1, 1, 1]
         total = tf.nn.conv2d(a, w, strides, "VALID")[0, 0, 0, 0]  # forward
         total += tf.raw_ops.Conv2DBackpropFilter(  # weight gradient
-            input=a, filter_sizes=tf.shape(w), out_backprop=g, strides=strides, padding="VALID")[0, 0, 0, 0]
+            input=a, filter_sizes=tf.shape(w), out_backprop=g, strides=strides, padding="VALID"
+        )[0, 0, 0, 0]
         if not first:  # input gradient
             total += tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=tf.shape(a), filter=w, out_backprop=g, strides=strides, padding="VALID")[0, 0, 0, 0]
+                input_sizes=tf.shape(a), filter=w, out_backprop=g, strides=strides, padding="VALID"
+            )[0, 0, 0, 0]
         return total
 
     def matmul_products(a, w, g, first):

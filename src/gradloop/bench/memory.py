@@ -24,7 +24,7 @@ class PeakRSS:
     code. ``mib`` is None where that is not available.
     """
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = _rss() if _reset_peak() else None
         self.peak = None
         return self

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradloop import errors
 from gradloop.app.config import DEFAULT_EPOCHS
@@ -30,8 +30,10 @@ def choose_variants(names: Sequence[str] | None, *, peers: bool = False) -> tupl
         raise errors.ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     for name in chosen:
         if name in PEERS and not _installed(PEERS[name]):
-            raise errors.ConfigError(f"bench variant {name!r} needs {PEERS[name]}, which is not installed; "
-                                     f"install the peers with: {PEERS_INSTALL}")
+            raise errors.ConfigError(
+                f"bench variant {name!r} needs {PEERS[name]}, which is not installed; "
+                f"install the peers with: {PEERS_INSTALL}"
+            )
     skipped = {}
     for name in PEERS if peers else ():
         if name in chosen:

@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         set_up_peak = peak_rss_since_reset_mib()  # the framework imported and the data read
         with PeakRSS() as rss:
             peer = build_peer(name, work, weights)
-            reply(replies, {"first_logits": peer.logits(work.x[:CHECKED_SAMPLES]).tolist(),
-                             "framework": framework})
+            reply(replies, {"first_logits": peer.logits(work.x[:CHECKED_SAMPLES]).tolist(), "framework": framework})
             for line in sys.stdin:
                 asked = json.loads(line)
                 if asked.get("stop"):
@@ -93,8 +92,10 @@ def import_framework(name: str) -> str:
             import keras
 
             if keras.backend.backend() != "jax":
-                raise errors.ConfigError(f"{name} needs KERAS_BACKEND=jax before Keras is imported, and Keras "
-                                         f"runs on {keras.backend.backend()}; unset KERAS_BACKEND")
+                raise errors.ConfigError(
+                    f"{name} needs KERAS_BACKEND=jax before Keras is imported, and Keras "
+                    f"runs on {keras.backend.backend()}; unset KERAS_BACKEND"
+                )
             return f"keras {keras.__version__} on jax {jax.__version__}"
         if package == "jax":
             import jax
@@ -106,8 +107,9 @@ def import_framework(name: str) -> str:
     except ModuleNotFoundError as exc:
         if exc.name != package:
             raise
-        raise errors.ConfigError(f"bench variant {name!r} needs {package}, which is not installed; install the "
-                                 f"peers with: {PEERS_INSTALL}") from None
+        raise errors.ConfigError(
+            f"bench variant {name!r} needs {package}, which is not installed; install the peers with: {PEERS_INSTALL}"
+        ) from None
 
 
 def read_workload(request: dict[str, Any]) -> tuple[Workload, list[np.ndarray]]:
@@ -132,8 +134,13 @@ def build_peer(name: str, work: Workload, weights: list[np.ndarray]) -> Any:
 
 def _timed_result(steps: int, batch_size: int, seconds: float, loss_sum: float, correct: float) -> dict[str, Any]:
     samples = steps * batch_size
-    return {"steps": steps, "samples": samples, "seconds": seconds, "loss": loss_sum / steps,
-            "accuracy": correct / samples}
+    return {
+        "steps": steps,
+        "samples": samples,
+        "seconds": seconds,
+        "loss": loss_sum / steps,
+        "accuracy": correct / samples,
+    }
 
 
 class KerasFit:
@@ -150,8 +157,12 @@ class KerasFit:
         full_batches = len(work.x) // work.batch_size
         self.steps_per_execution = min(steps_per_execution, full_batches)  # no call runs past an epoch's end
         self.per_fit = full_batches // self.steps_per_execution * self.steps_per_execution
-        self.model.compile(optimizer=keras.optimizers.Adam(work.lr), loss=keras_loss(), metrics=["accuracy"],
-                           steps_per_execution=self.steps_per_execution)
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(work.lr),
+            loss=keras_loss(),
+            metrics=["accuracy"],
+            steps_per_execution=self.steps_per_execution,
+        )
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(x))
@@ -164,8 +175,9 @@ class KerasFit:
         start = time.perf_counter()
         while left:
             now = min(left, self.per_fit)
-            logs = self.model.fit(self.x, self.y, batch_size=self.work.batch_size, epochs=1, steps_per_epoch=now,
-                                  shuffle=True, verbose=0).history
+            logs = self.model.fit(
+                self.x, self.y, batch_size=self.work.batch_size, epochs=1, steps_per_epoch=now, shuffle=True, verbose=0
+            ).history
             loss_sum += logs["loss"][0] * now
             correct += logs["accuracy"][0] * now * self.work.batch_size
             left -= now
@@ -310,7 +322,7 @@ class TorchLoop:
         for _ in range(steps):
             if self.at == self.batches:
                 self.order, self.at = torch.randperm(len(self.x), generator=self.generator), 0
-            rows = self.order[self.at * b:(self.at + 1) * b]
+            rows = self.order[self.at * b : (self.at + 1) * b]
             self.at += 1
             x, y = self.x[rows], self.y[rows]
             logits = self.model(x)

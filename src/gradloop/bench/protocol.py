@@ -23,12 +23,21 @@ class VariantProcess:
     """A process running one variant (``module``: :mod:`gradloop.bench.worker` or :mod:`gradloop.bench.peers`):
     a JSON request in, a JSON reply out."""
 
-    def __init__(self, variant: str, request: dict[str, Any], *, module: str = "gradloop.bench.worker",
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        variant: str,
+        request: dict[str, Any],
+        *,
+        module: str = "gradloop.bench.worker",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.variant = variant
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, variant, json.dumps(request)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
 
     def ask(self, **request: Any) -> dict[str, Any]:
@@ -39,8 +48,10 @@ class VariantProcess:
     def reply(self) -> dict[str, Any]:
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"the bench's {self.variant} process ended (exit status {self.process.wait()}) "
-                               "without answering; its error is above")
+            raise RuntimeError(
+                f"the bench's {self.variant} process ended (exit status {self.process.wait()}) "
+                "without answering; its error is above"
+            )
         reply = json.loads(line)
         if "error" in reply:
             raise _worker_error(self.variant, reply["kind"], reply["error"])

@@ -18,8 +18,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +36,15 @@ from gradloop.bench.workload import Workload
 WARMUP_STEPS = 2 * 32 + 1  # two full groups of 32 steps and a partial one: every function traced
 
 
-def run_bench(work: Workload, *, variants=DEFAULT_VARIANTS, seconds: float = 3.0, rounds: int = 3,
-              skipped: dict[str, str] | None = None, progress: Callable[[str], None] = lambda s: None) -> dict:
+def run_bench(
+    work: Workload,
+    *,
+    variants=DEFAULT_VARIANTS,
+    seconds: float = 3.0,
+    rounds: int = 3,
+    skipped: dict[str, str] | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict:
     """Throughput (samples/s) of each variant, medians over interleaved rounds (the module's pseudo-code);
     ``skipped``: the peers left out and why, passed on to the table."""
     contenders: dict[str, _InProcess | PeerProcess] = {}
@@ -176,8 +184,10 @@ class PeerProcess:
         logits = np.asarray(reply["first_logits"], np.float32)
         if logits.shape != expected.shape or not np.allclose(logits, expected, rtol=1e-3, atol=1e-4):
             worst = np.max(np.abs(logits - expected)) if logits.shape == expected.shape else "n/a"
-            raise RuntimeError(f"bench's {self.name} peer computes other logits than bench's Keras model from the "
-                               f"same weights (largest difference {worst}): its model is not the same")
+            raise RuntimeError(
+                f"bench's {self.name} peer computes other logits than bench's Keras model from the "
+                f"same weights (largest difference {worst}): its model is not the same"
+            )
 
     def warm_up(self, steps: int) -> float:
         self.worker.ask(steps=steps)  # compiles
@@ -193,8 +203,11 @@ class PeerProcess:
 
     def finish(self) -> dict[str, Any]:
         last = self.worker.finish()
-        return {"peak_rss_mib": last["added_rss_mib"], "process_peak_rss_mib": last["peak_rss_mib"],
-                "framework": self.framework}
+        return {
+            "peak_rss_mib": last["added_rss_mib"],
+            "process_peak_rss_mib": last["peak_rss_mib"],
+            "framework": self.framework,
+        }
 
     def close(self, *, kill: bool = False) -> None:
         self.worker.close(kill=kill)
@@ -233,21 +246,29 @@ def format_table(result: dict) -> str:
     for name, v in variants.items():
         low, high = min(v["all_rounds"]), max(v["all_rounds"])
         ratio = result["ratios"].get(f"gradloop / {name}")
-        lines.append(f"{name:<{width}}{v['samples_per_s']:>10,.0f}{f'{low:,.0f}-{high:,.0f}':>16}"
-                     f"{v['share_of_limit']:>15.1%}{_mib(v['peak_rss_mib']):>14}"
-                     f"{_mib(v.get('process_peak_rss_mib'), '') :>13}{'' if ratio is None else f'{ratio:.2f}x':>13}")
+        lines.append(
+            f"{name:<{width}}{v['samples_per_s']:>10,.0f}{f'{low:,.0f}-{high:,.0f}':>16}"
+            f"{v['share_of_limit']:>15.1%}{_mib(v['peak_rss_mib']):>14}"
+            f"{_mib(v.get('process_peak_rss_mib'), ''):>13}{'' if ratio is None else f'{ratio:.2f}x':>13}"
+        )
     rounds = len(next(iter(variants.values()))["all_rounds"])
-    lines.append(f"samples/s: median of {rounds} rounds, and the slowest and fastest; gradloop is: median of the "
-                 f"{rounds} per-round ratios")
-    lines.append("peak RSS: above the process as the variant started (this process: TensorFlow, the data and the "
-                 "variants before it; a peer's: its framework and the data); process: a peer's whole process")
+    lines.append(
+        f"samples/s: median of {rounds} rounds, and the slowest and fastest; gradloop is: median of the "
+        f"{rounds} per-round ratios"
+    )
+    lines.append(
+        "peak RSS: above the process as the variant started (this process: TensorFlow, the data and the "
+        "variants before it; a peer's: its framework and the data); process: a peer's whole process"
+    )
     frameworks: dict[str, list[str]] = {}
     for name, v in variants.items():
         if "framework" in v:
             frameworks.setdefault(v["framework"], []).append(name)
     if frameworks:
-        lines.append("peers, each in a process of its own, on the CPU: "
-                     + "; ".join(f"{', '.join(names)}: {framework}" for framework, names in frameworks.items()))
+        lines.append(
+            "peers, each in a process of its own, on the CPU: "
+            + "; ".join(f"{', '.join(names)}: {framework}" for framework, names in frameworks.items())
+        )
     if result.get("skipped"):
         lines.append("skipped: " + "; ".join(f"{name}: {why}" for name, why in result["skipped"].items()))
     return "\n".join(lines)

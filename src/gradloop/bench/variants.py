@@ -13,8 +13,9 @@ TensorFlow and Keras are imported when a variant is built, not with this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from gradloop.bench.names import TRAIN_EPOCHS
 from gradloop.bench.workload import Workload, keras_loss
@@ -69,8 +70,12 @@ def keras_fit(work: Workload, steps_per_execution: int) -> Variant:
     import keras
 
     model = work.model()
-    model.compile(optimizer=keras.optimizers.Adam(work.lr), loss=keras_loss(), metrics=["accuracy"],
-                  steps_per_execution=steps_per_execution)
+    model.compile(
+        optimizer=keras.optimizers.Adam(work.lr),
+        loss=keras_loss(),
+        metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
+    )
     return Variant(lambda dataset: model.fit(dataset, epochs=1, verbose=0, shuffle=False), model)
 
 
@@ -85,8 +90,9 @@ def gradloop_fit(work: Workload, *, jit_compile: bool | None = None) -> Variant:
 
     options = CompileOptions(jit_compile=jit_compile, planned_steps=TRAIN_EPOCHS * work.in_memory.steps)
     model = work.model()
-    trainer = Trainer(model, optimizer=keras.optimizers.Adam(work.lr), loss=keras_loss(), metrics=["accuracy"],
-                      options=options)
+    trainer = Trainer(
+        model, optimizer=keras.optimizers.Adam(work.lr), loss=keras_loss(), metrics=["accuracy"], options=options
+    )
     return Variant(lambda data: trainer.fit(data[0], epochs=data[1], verbose=0), model, data=Workload.in_memory_epochs)
 
 

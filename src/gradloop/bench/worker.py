@@ -83,7 +83,7 @@ class Run:
         self.decode_seconds: float | None = None  # reading the data before training: decoding it into memory or a copy
 
     @classmethod
-    def start(cls, variant: str, values: dict[str, Any]) -> "Run":
+    def start(cls, variant: str, values: dict[str, Any]) -> Run:
         """Read the data (in memory: decode it), then build train's trainer, seeded as train seeds it."""
         from gradloop.app import cpu
 
@@ -92,11 +92,11 @@ class Run:
         import tensorflow as tf
 
         from gradloop.app import assemble
-        from gradloop.loop import step as step_lib
         from gradloop.app.config import build_config
-        from gradloop.data.sources import image_cache
         from gradloop.data.examples import ArrayExamples
+        from gradloop.data.sources import image_cache
         from gradloop.errors import ConfigError
+        from gradloop.loop import step as step_lib
 
         config = build_config(values["config"])
         decode_seconds = None
@@ -105,9 +105,11 @@ class Run:
         else:
             data = assemble.load_data(config, notify=lambda line: print(line, file=sys.stderr))
             if data.kind != "images":
-                raise ConfigError(f"bench --data times images streamed from disk against held in memory, and "
-                                  f"{config.data} is {data.kind} data, read into memory anyway; pass a folder with "
-                                  "a sub-folder of images per class")
+                raise ConfigError(
+                    f"bench --data times images streamed from disk against held in memory, and "
+                    f"{config.data} is {data.kind} data, read into memory anyway; pass a folder with "
+                    "a sub-folder of images per class"
+                )
             started = time.perf_counter()
             if variant == "in memory":
                 data = dataclasses.replace(data, train=ArrayExamples(decode(data.train), data.train.y))
@@ -118,7 +120,9 @@ class Run:
             decode_seconds = time.perf_counter() - started
         keras.utils.set_random_seed(config.seed)  # the same initial weights in every process
         steps_per_epoch = max(1, -(-data.train.n // config.batch_size))
-        trainer = assemble.build_trainer(config, tf.distribute.get_strategy(), data, step_lib.train_step, steps_per_epoch)
+        trainer = assemble.build_trainer(
+            config, tf.distribute.get_strategy(), data, step_lib.train_step, steps_per_epoch
+        )
         run = cls(variant, trainer, data, batch_size=config.batch_size, seed=config.seed)
         run.decode_seconds = decode_seconds
         if variant != "baseline":
@@ -132,8 +136,12 @@ class Run:
         model = self.trainer.model
         train = self.data.train
         return {
-            "n": train.n, "element_shape": list(train.element_shape), "class_names": list(self.data.class_names),
-            "description": self.data.description, "model": model.name, "parameters": model.count_params(),
+            "n": train.n,
+            "element_shape": list(train.element_shape),
+            "class_names": list(self.data.class_names),
+            "description": self.data.description,
+            "model": model.name,
+            "parameters": model.count_params(),
             "onednn_kernels": cpu.onednn_kernels(),
             "peak_rss_mib": process_peak_rss_mib(),  # set up, before any training: the baseline's figure
             "decode_seconds": self.decode_seconds,
@@ -168,8 +176,11 @@ class Run:
             variable.assign(value)
 
     def finish(self) -> dict[str, Any]:
-        return {"peak_rss_mib": process_peak_rss_mib(), "footprint_bytes": sum(_nbytes(v) for v in self.variables()),
-                "weights_bytes": sum(_nbytes(v) for v in self.trainer.model.weights)}
+        return {
+            "peak_rss_mib": process_peak_rss_mib(),
+            "footprint_bytes": sum(_nbytes(v) for v in self.variables()),
+            "weights_bytes": sum(_nbytes(v) for v in self.trainer.model.weights),
+        }
 
 
 def decode(files: Any) -> np.ndarray:
@@ -178,7 +189,7 @@ def decode(files: Any) -> np.ndarray:
     x = np.empty((files.n, *files.element_shape), np.float32)
     at = 0
     for images, _ in files.batches(None, DECODE_BATCH):
-        x[at:at + len(images)] = images.numpy()
+        x[at : at + len(images)] = images.numpy()
         at += len(images)
     return x
 
@@ -189,8 +200,18 @@ def no_examples(element_shape: tuple[int, ...], class_names: tuple[str, ...]) ->
     from gradloop.data.sources.prepared import RunData
 
     train = ArrayExamples(np.zeros((0, *element_shape), np.float32), np.zeros(0, np.int64))
-    return RunData(train=train, val=None, test=None, kind="images", description="no examples", task="classification",
-                   class_names=class_names, source_class_names=None, fingerprint={}, preprocessing={})
+    return RunData(
+        train=train,
+        val=None,
+        test=None,
+        kind="images",
+        description="no examples",
+        task="classification",
+        class_names=class_names,
+        source_class_names=None,
+        fingerprint={},
+        preprocessing={},
+    )
 
 
 def _nbytes(variable: Any) -> int:

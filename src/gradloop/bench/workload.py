@@ -11,9 +11,10 @@ times the bench CNN; ``bench --data`` trains ``gradloop train``'s own model, and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,8 +36,13 @@ class Layer:
 
 
 # The bench CNN before its logits layer: the classic Keras example's convolutions, without dropout.
-BENCH_CNN_LAYERS = (Layer("conv", 32, relu=True), Layer("pool"), Layer("conv", 64, relu=True), Layer("pool"),
-                    Layer("flatten"))
+BENCH_CNN_LAYERS = (
+    Layer("conv", 32, relu=True),
+    Layer("pool"),
+    Layer("conv", 64, relu=True),
+    Layer("pool"),
+    Layer("flatten"),
+)
 
 
 @dataclass(frozen=True)

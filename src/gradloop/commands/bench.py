@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from gradloop import cli
 from gradloop.app import cpu
@@ -20,28 +20,46 @@ from gradloop.errors import ConfigError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("bench", help="training throughput: eager, tf.function, Keras fit, gradloop and, "
-                                                 "with --peers, Keras on JAX, JAX and PyTorch loops; or, with --data, "
-                                                 "images streamed from disk against held in memory")
+    parser = subparsers.add_parser(
+        "bench",
+        help="training throughput: eager, tf.function, Keras fit, gradloop and, "
+        "with --peers, Keras on JAX, JAX and PyTorch loops; or, with --data, "
+        "images streamed from disk against held in memory",
+    )
     cli.add_config_flags(parser, ("dataset", "data_dir", "classes", "hidden"))  # as for train
-    parser.add_argument("--data", metavar="DIR",
-                        help="a folder of class folders of images: time training on them streamed from disk and "
-                             "decoded into memory, each in its own process")
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a folder of class folders of images: time training on them streamed from disk and "
+        "decoded into memory, each in its own process",
+    )
     # the built-in models only: bench builds no model of the user's
-    parser.add_argument("--model", choices=MODELS, default="mlp",
-                        help="the model (default mlp: the MLP of --hidden); cnn: without --data, bench's CNN (conv 32, "
-                             "pool, conv 64, pool, dense), with --data, train's")
-    parser.add_argument("--batch-size", default=str(TrainConfig.batch_size),
-                        help="one or more, e.g. 32,256 (default %(default)s)")
-    parser.add_argument("--seconds", type=cli.number, default=3.0,
-                        help="timed seconds per variant per round (default 3)")
-    parser.add_argument("--rounds", type=cli.integer, default=3,
-                        help="interleaved rounds; the median counts (default 3)")
-    parser.add_argument("--variants", help=f"comma-separated subset of: {', '.join(names.VARIANTS)} "
-                                           f"(default: {', '.join(names.DEFAULT_VARIANTS)})")
-    parser.add_argument("--peers", action="store_true",
-                        help=f"also time every peer whose package is installed ({', '.join(names.PEERS)}), each in a "
-                             f"process of its own; the others are listed as skipped ({names.PEERS_INSTALL})")
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="the model (default mlp: the MLP of --hidden); cnn: without --data, bench's CNN (conv 32, "
+        "pool, conv 64, pool, dense), with --data, train's",
+    )
+    parser.add_argument(
+        "--batch-size", default=str(TrainConfig.batch_size), help="one or more, e.g. 32,256 (default %(default)s)"
+    )
+    parser.add_argument(
+        "--seconds", type=cli.number, default=3.0, help="timed seconds per variant per round (default 3)"
+    )
+    parser.add_argument(
+        "--rounds", type=cli.integer, default=3, help="interleaved rounds; the median counts (default 3)"
+    )
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated subset of: {', '.join(names.VARIANTS)} (default: {', '.join(names.DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help=f"also time every peer whose package is installed ({', '.join(names.PEERS)}), each in a "
+        f"process of its own; the others are listed as skipped ({names.PEERS_INSTALL})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     return parser
 
@@ -55,11 +73,18 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         return _run_data(args, batch_sizes)
     if args.model == "cnn" and args.hidden is not None:
-        raise ConfigError("--hidden sizes the MLP's layers, and bench's CNN has fixed ones; drop --hidden or "
-                          "--model cnn")
+        raise ConfigError(
+            "--hidden sizes the MLP's layers, and bench's CNN has fixed ones; drop --hidden or --model cnn"
+        )
     configs = [
-        build_config(dataset=args.dataset, data_dir=args.data_dir, classes=args.classes, hidden=args.hidden,
-                     model=args.model, batch_size=b)
+        build_config(
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            classes=args.classes,
+            hidden=args.hidden,
+            model=args.model,
+            batch_size=b,
+        )
         for b in batch_sizes
     ]
     cpu.import_tensorflow()
@@ -68,11 +93,24 @@ def run(args: argparse.Namespace) -> int:
     from gradloop.bench.workload import Workload
 
     prepared = assemble.prepare_data(configs[0], notify=cli.to_stderr)
-    works = (Workload(*prepared.train, batch_size=config.batch_size, hidden=config.hidden,
-                      n_classes=len(config.classes), lr=config.lr, seed=config.seed, kind=config.model)
-             for config in configs)
-    results = (runner.run_bench(work, variants=variants, seconds=args.seconds, rounds=args.rounds, skipped=skipped,
-                                progress=_progress) for work in works)
+    works = (
+        Workload(
+            *prepared.train,
+            batch_size=config.batch_size,
+            hidden=config.hidden,
+            n_classes=len(config.classes),
+            lr=config.lr,
+            seed=config.seed,
+            kind=config.model,
+        )
+        for config in configs
+    )
+    results = (
+        runner.run_bench(
+            work, variants=variants, seconds=args.seconds, rounds=args.rounds, skipped=skipped, progress=_progress
+        )
+        for work in works
+    )
     return _print(results, runner.format_table, args.json)
 
 
@@ -80,8 +118,10 @@ def _run_data(args: argparse.Namespace, batch_sizes: tuple[int, ...]) -> int:
     """``bench --data``: streamed against in memory. Its processes import TensorFlow; this one need not."""
     if args.variants or args.peers:
         flag = "--variants" if args.variants else "--peers"
-        raise ConfigError(f"{flag} picks among the bench's ways to train; with --data, bench times "
-                          "streamed and in-memory data; drop one of them")
+        raise ConfigError(
+            f"{flag} picks among the bench's ways to train; with --data, bench times "
+            "streamed and in-memory data; drop one of them"
+        )
     from gradloop.data import sources
 
     # before build_config reads it (a CSV's "pass --target" names a flag bench does not have); --data with
@@ -89,17 +129,28 @@ def _run_data(args: argparse.Namespace, batch_sizes: tuple[int, ...]) -> int:
     kind = "images" if args.dataset or args.data_dir else sources.kind_of(args.data)
     if kind != "images":
         what = {"csv": "a CSV table", "arrays": "arrays", "function": "a data function"}[kind]
-        raise ConfigError(f"bench --data times image folders; {args.data} is {what}, read into memory whole with "
-                          "nothing to stream: pass a folder of class folders of images")
+        raise ConfigError(
+            f"bench --data times image folders; {args.data} is {what}, read into memory whole with "
+            "nothing to stream: pass a folder of class folders of images"
+        )
     configs = [
-        build_config(data=args.data, dataset=args.dataset, data_dir=args.data_dir, classes=args.classes,
-                     hidden=args.hidden, model=args.model, batch_size=b)
+        build_config(
+            data=args.data,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            classes=args.classes,
+            hidden=args.hidden,
+            model=args.model,
+            batch_size=b,
+        )
         for b in batch_sizes
     ]
     from gradloop.bench import data_bench
 
-    results = (data_bench.run_data_bench(config, seconds=args.seconds, rounds=args.rounds, progress=_progress)
-               for config in configs)
+    results = (
+        data_bench.run_data_bench(config, seconds=args.seconds, rounds=args.rounds, progress=_progress)
+        for config in configs
+    )
     return _print(results, data_bench.format_data_table, args.json)
 
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gradloop.commands import runs
 from gradloop.errors import ConfigError, RunDirError
@@ -39,8 +40,11 @@ NOT_COMPARED = ("run_dir",)  # config keys that differ between any two runs by n
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("compare", help="write one HTML page comparing runs: curves, metrics, config")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more runs, or folders of runs")
-    parser.add_argument("--out", metavar="FILE", help="the page (default compare.html in the current folder); "
-                                                      "replaces only an earlier compare page")
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the page (default compare.html in the current folder); replaces only an earlier compare page",
+    )
     return parser
 
 
@@ -67,7 +71,9 @@ def write_compare(run_dirs: Sequence[str | os.PathLike], *, out: str | os.PathLi
         target.parent.mkdir(parents=True, exist_ok=True)
         run_files.write_text(target, html)
     except OSError as exc:
-        raise RunDirError(f"cannot write the compare page {target}: {exc.strerror or exc}; pass another --out") from None
+        raise RunDirError(
+            f"cannot write the compare page {target}: {exc.strerror or exc}; pass another --out"
+        ) from None
     return target
 
 
@@ -82,14 +88,18 @@ def resolve(run_dirs: Sequence[str | os.PathLike]) -> list[Path]:
             raise RunDirError(f"run directory {path} {state}; pass folders made by gradloop train, or folders of them")
         inside, _ = runs.find(path)
         if not inside:
-            raise RunDirError(f"{path} is not a gradloop run directory (no run.json) and holds none; "
-                              "pass folders made by gradloop train, or folders of them")
+            raise RunDirError(
+                f"{path} is not a gradloop run directory (no run.json) and holds none; "
+                "pass folders made by gradloop train, or folders of them"
+            )
         for run in inside:
             found.setdefault(run.resolve(), run)
     if len(found) < 2:
         named = ", ".join(str(p) for p in found.values())
-        raise ConfigError(f"compare needs at least 2 runs, got {len(found)} ({named}); name two or more run "
-                          "directories, or a folder that holds several")
+        raise ConfigError(
+            f"compare needs at least 2 runs, got {len(found)} ({named}); name two or more run "
+            "directories, or a folder that holds several"
+        )
     return list(found.values())
 
 
@@ -98,8 +108,9 @@ def check_out(out: Path) -> Path:
     if out.is_dir():
         raise RunDirError(f"--out {out} is a folder; pass a file name, such as {out / DEFAULT_OUT}")
     if out.exists() and not _is_compare_page(out):
-        raise RunDirError(f"--out {out} exists and is not a gradloop compare page, so it is left alone; "
-                          "pass another --out")
+        raise RunDirError(
+            f"--out {out} exists and is not a gradloop compare page, so it is left alone; pass another --out"
+        )
     return out
 
 
@@ -152,7 +163,8 @@ def render(compared: Sequence[Run]) -> str:
         "<h2>Metrics</h2>",
         table("metrics", ("", *labels), _metric_rows(compared)),
         "<h2>Config: the keys that differ</h2>",
-        table("config", ("key", *labels), differing) if differing
+        table("config", ("key", *labels), differing)
+        if differing
         else f"<p>The runs' configs are the same, apart from {escape(', '.join(NOT_COMPARED))}.</p>",
     ]
     return page(f"gradloop compare: {', '.join(labels)}", body, head=GENERATOR)
@@ -178,7 +190,9 @@ def _run_rows(compared: Sequence[Run]) -> list[tuple[Any, ...]]:
 def _metric_rows(compared: Sequence[Run]) -> list[tuple[Any, ...]]:
     """The best epoch by each run's own measure, the lowest val_loss (model.best.keras's epoch), then
     every history column's last value, validation first."""
-    keys = sorted({k for run in compared for k in run.history if k != "train_time"}, key=lambda k: (not k.startswith("val_"), k))
+    keys = sorted(
+        {k for run in compared for k in run.history if k != "train_time"}, key=lambda k: (not k.startswith("val_"), k)
+    )
     lowest = [run_history.progress(run.history)["best"] for run in compared]
     return [
         ("best epoch", *(runs.describe_best(run.summary.best) for run in compared)),

@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradloop import cli, data
-from gradloop.app import cpu
-from gradloop.run import folder as run_folder
-from gradloop.app import user_code
+from gradloop.app import cpu, user_code
 from gradloop.app.config import TrainConfig, build_config
 from gradloop.data import sources
-from gradloop.data.examples import Examples
 from gradloop.data.builtin.splits import SPLITS
+from gradloop.data.examples import Examples
 from gradloop.errors import ConfigError, DataError, RunDirError
 from gradloop.run import files as run_files
+from gradloop.run import folder as run_folder
 from gradloop.run import schema as run_schema
 
 if TYPE_CHECKING:
@@ -42,8 +41,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
-    parser.add_argument("--data", metavar="PATH", help="other data of the kind the run trained on (--data): all of it, "
-                                                       "or its test split with --split test")
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        help="other data of the kind the run trained on (--data): all of it, or its test split with --split test",
+    )
     parser.add_argument("--split", choices=SPLITS, default="test", help="default test")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     cli.add_trust_code(parser)
@@ -52,8 +54,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     cpu.import_tensorflow()
-    result = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data,
-                          split=args.split, notify=cli.to_stderr, trust_code=args.trust_code)
+    result = evaluate_run(
+        args.run_dir,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        data_path=args.data,
+        split=args.split,
+        notify=cli.to_stderr,
+        trust_code=args.trust_code,
+    )
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -63,7 +72,9 @@ def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> T
     try:
         config = build_config(info["config"])
     except ConfigError as exc:
-        raise RunDirError(f"{Path(run_dir) / run_files.RUN_JSON} holds an invalid config ({exc}); the run directory is damaged") from None
+        raise RunDirError(
+            f"{Path(run_dir) / run_files.RUN_JSON} holds an invalid config ({exc}); the run directory is damaged"
+        ) from None
     return dataclasses.replace(config, **overrides)
 
 
@@ -90,10 +101,14 @@ def load_model(run_dir: str | Path, *, trust_code: bool = False) -> keras.Model:
         if needs is None:
             raise RunDirError(f"cannot load {path}: {type(exc).__name__}; the file is damaged") from None
         if trust_code:
-            raise RunDirError(f"cannot load {path}: it needs {needs}, and the run's own code does not define it; "
-                              "the run directory is incomplete") from None
-        raise RunDirError(f"{path} needs {needs}: code from the run directory, which gradloop runs only if you "
-                          f"trust where the run came from; then pass {run_schema.TRUST_CODE}") from None
+            raise RunDirError(
+                f"cannot load {path}: it needs {needs}, and the run's own code does not define it; "
+                "the run directory is incomplete"
+            ) from None
+        raise RunDirError(
+            f"{path} needs {needs}: code from the run directory, which gradloop runs only if you "
+            f"trust where the run came from; then pass {run_schema.TRUST_CODE}"
+        ) from None
 
 
 def _run_code_objects(run_dir: str | Path) -> dict[str, Any]:
@@ -143,37 +158,59 @@ def split_arrays(config: TrainConfig, split: str, *, notify=print) -> tuple[np.n
 
 
 def evaluate_run(
-    run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None, data_path: str | None = None,
-    split: str = "test", notify=print, keep_predictions: bool = False, trust_code: bool = False,
+    run_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    data_path: str | None = None,
+    split: str = "test",
+    notify=print,
+    keep_predictions: bool = False,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """The run's model on ``split`` of its data (or of other data: a built-in ``dataset``/``data_dir``,
     or ``data_path`` of the kind the run trained on, read with the run's preprocessing).
     ``keep_predictions``: a regression's result also holds ``predicted`` and ``true`` (for plots).
     ``trust_code``: the run's own code may run (:func:`load_model`, and a data function run.json names)."""
-    from gradloop.app import assemble
-    from gradloop.app import models
+    from gradloop.app import assemble, models
 
     info = run_folder.RunDir.open(run_dir).info
     config = run_config(info, run_dir)
     if config.data is None and data_path is None:
-        return _evaluate_builtin(run_dir, info, dataset=dataset, data_dir=data_dir, split=split, notify=notify,
-                                 trust_code=trust_code)
+        return _evaluate_builtin(
+            run_dir, info, dataset=dataset, data_dir=data_dir, split=split, notify=notify, trust_code=trust_code
+        )
     if dataset or data_dir:
-        raise ConfigError(f"run {run_dir} trained on --data {config.data}; evaluate it on --data PATH, not --dataset/--data-dir")
+        raise ConfigError(
+            f"run {run_dir} trained on --data {config.data}; evaluate it on --data PATH, not --dataset/--data-dir"
+        )
     if config.data is None:
-        raise ConfigError(f"run {run_dir} trained on a built-in data set; evaluate it with --dataset/--data-dir, not --data")
+        raise ConfigError(
+            f"run {run_dir} trained on a built-in data set; evaluate it with --dataset/--data-dir, not --data"
+        )
     if data_path is None and (info.get("data") or {}).get("kind") == "function" and not trust_code:
-        raise RunDirError(f"run {run_dir} trained on the data function {config.data}, which reading its data runs: code "
-                          f"run.json names, which gradloop runs only if you trust where the run came from; then pass "
-                          f"{run_schema.TRUST_CODE}, or score data of yours with --data PATH")
+        raise RunDirError(
+            f"run {run_dir} trained on the data function {config.data}, which reading its data runs: code "
+            f"run.json names, which gradloop runs only if you trust where the run came from; then pass "
+            f"{run_schema.TRUST_CODE}, or score data of yours with --data PATH"
+        )
     examples, source, split = _own_data(config, info, run_dir, data_path=data_path, split=split, notify=notify)
     model = load_model(run_dir, trust_code=trust_code)
-    models.check_model_fits(model, input_shape=examples.element_shape, n_outputs=info.get("n_outputs") or len(info["classes"]),
-                            task=info.get("task"))
+    models.check_model_fits(
+        model,
+        input_shape=examples.element_shape,
+        n_outputs=info.get("n_outputs") or len(info["classes"]),
+        task=info.get("task"),
+    )
     labels, outputs = predictions(model, examples)
     loss = assemble.build_loss(config, info.get("task", "classification"), model)
-    result = {"run_dir": str(run_dir), "split": split, "source": source,
-              "n_samples": int(examples.n), "task": info.get("task", "classification")}
+    result = {
+        "run_dir": str(run_dir),
+        "split": split,
+        "source": source,
+        "n_samples": int(examples.n),
+        "task": info.get("task", "classification"),
+    }
     if result["task"] == "regression":
         scores = regression_scores(labels, outputs, loss)
         if not keep_predictions:
@@ -198,15 +235,21 @@ def _own_data(
     from gradloop.app import assemble
 
     if data_path is not None and sources.kind_of(data_path) != (info.get("data") or {}).get("kind"):
-        raise ConfigError(f"run {run_dir} trained on {(info.get('data') or {}).get('kind')} data and --data {data_path} "
-                          f"holds {sources.kind_of(data_path)} data; evaluate it on data of the run's kind")
+        raise ConfigError(
+            f"run {run_dir} trained on {(info.get('data') or {}).get('kind')} data and --data {data_path} "
+            f"holds {sources.kind_of(data_path)} data; evaluate it on data of the run's kind"
+        )
     if data_path is not None and split != "test":
-        raise ConfigError(f"--data {data_path} is scored whole (or its test split, the default); "
-                          f"drop --split {split}, which picks a split of the run's own data")
+        raise ConfigError(
+            f"--data {data_path} is scored whole (or its test split, the default); "
+            f"drop --split {split}, which picks a split of the run's own data"
+        )
     recorded = info.get("data") or {}
     other = dataclasses.replace(config, data=data_path, val_fraction=0.0) if data_path else config
     data = assemble.load_data(
-        other, notify=notify, fitted=recorded.get("preprocessing"),
+        other,
+        notify=notify,
+        fitted=recorded.get("preprocessing"),
         class_names=tuple(recorded["source_classes"]) if recorded.get("source_classes") else None,
     )
     if data_path is None and recorded.get("fingerprint") and recorded["fingerprint"] != data.fingerprint:
@@ -222,7 +265,9 @@ def _own_data(
     if examples is None:
         raise DataError(f"{data.description} has no {split} split; use --split val, or --data PATH")
     if examples.n == 0:
-        raise DataError(f"the {split} split of {data.description} is empty (the run held out no validation data); use --split test")
+        raise DataError(
+            f"the {split} split of {data.description} is empty (the run held out no validation data); use --split test"
+        )
     return examples, data.description, split
 
 
@@ -261,7 +306,13 @@ def regression_scores(y: np.ndarray, outputs: np.ndarray, loss: keras.losses.Los
 
 
 def _evaluate_builtin(
-    run_dir: str | Path, info: dict[str, Any], *, dataset: str | None, data_dir: str | None, split: str, notify,
+    run_dir: str | Path,
+    info: dict[str, Any],
+    *,
+    dataset: str | None,
+    data_dir: str | None,
+    split: str,
+    notify,
     trust_code: bool,
 ) -> dict[str, Any]:
     import keras
@@ -273,15 +324,23 @@ def _evaluate_builtin(
     flatten = _check_model_fits(model, config, run_dir)
     x, y, source = split_arrays(config, split, notify=notify)
     if len(y) == 0:
-        raise DataError(f"the {split} split of {source} is empty (the run held out no validation data); use --split test")
+        raise DataError(
+            f"the {split} split of {source} is empty (the run held out no validation data); use --split test"
+        )
     x = data.prepare_images(x, flatten=flatten)
     from gradloop.app import models
 
     _, logits = models.run_over(model, data.make_dataset(x, y, batch_size=1024, shuffle=False))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     scores = classification_scores(y, logits, loss, list(config.classes))
-    return {"run_dir": str(run_dir), "split": split, "source": source, "n_samples": int(len(y)),
-            "task": "classification", **scores}
+    return {
+        "run_dir": str(run_dir),
+        "split": split,
+        "source": source,
+        "n_samples": int(len(y)),
+        "task": "classification",
+        **scores,
+    }
 
 
 def format_report(result: dict[str, Any]) -> str:

@@ -70,5 +70,7 @@ def with_standardization(model: keras.Model, info: dict) -> keras.Model:
         return model
     inputs = keras.Input(model.input_shape[1:], name="features")
     std = np.asarray(stats["std"], dtype=np.float64)
-    standardized = keras.layers.Normalization(mean=stats["mean"], variance=(std**2).tolist(), name="standardize")(inputs)
+    standardized = keras.layers.Normalization(mean=stats["mean"], variance=(std**2).tolist(), name="standardize")(
+        inputs
+    )
     return keras.Model(inputs, model(standardized), name=f"{model.name}_standardized")

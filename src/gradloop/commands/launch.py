@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gradloop import cli
 from gradloop.commands.train import train_config
@@ -110,20 +110,31 @@ def launch(workers: int, argv: Sequence[str], *, poll_seconds: float = 0.2) -> i
         try:
             for index in range(workers):
                 out = None if index == 0 else open(logs / f"worker-{index}.log", "w")
-                procs.append(subprocess.Popen(command, env=worker_env(cluster, index), stdout=out,
-                                              stderr=subprocess.STDOUT if out else None, start_new_session=True))
+                procs.append(
+                    subprocess.Popen(
+                        command,
+                        env=worker_env(cluster, index),
+                        stdout=out,
+                        stderr=subprocess.STDOUT if out else None,
+                        start_new_session=True,
+                    )
+                )
                 if out is not None:
                     out.close()  # the worker has its own copy of the file
                 where = "" if index == 0 else f", output in {out.name}"
-                print(f"gradloop: launched worker {index} (pid {procs[-1].pid}) on {cluster[index]}{where}",
-                      file=sys.stderr)
+                print(
+                    f"gradloop: launched worker {index} (pid {procs[-1].pid}) on {cluster[index]}{where}",
+                    file=sys.stderr,
+                )
             while True:
                 codes = [p.poll() for p in procs]
                 failed = [(i, c) for i, c in enumerate(codes) if c not in (None, *STOPPED_CLEANLY)]
                 if failed:
                     index, code = failed[0]
                     where = "above" if index == 0 else f"in {logs / f'worker-{index}.log'}"
-                    raise WorkerFailed(f"worker {index} exited with status {code} (its output is {where}); stopped the others")
+                    raise WorkerFailed(
+                        f"worker {index} exited with status {code} (its output is {where}); stopped the others"
+                    )
                 if None not in codes:
                     return max(codes)
                 time.sleep(poll_seconds)
@@ -162,7 +173,10 @@ class ForwardSignals:
         self.received += 1
         running = [p for p in self.procs if p.poll() is None]
         what = "to save a checkpoint and stop" if self.received == 1 else "to stop at once"
-        print(f"gradloop: {signal.Signals(signum).name}: telling {len(running)} workers {what}", file=sys.stderr,
-              flush=True)
+        print(
+            f"gradloop: {signal.Signals(signum).name}: telling {len(running)} workers {what}",
+            file=sys.stderr,
+            flush=True,
+        )
         for p in running:
             p.send_signal(signum)

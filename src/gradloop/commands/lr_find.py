@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from gradloop import cli
 from gradloop.app import cpu
@@ -32,15 +33,21 @@ JSON = "lr_find.json"
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("lr-find", help="suggest a learning rate: the range test on train's data and model")
     parser.add_argument("--config", metavar="FILE.yaml", help="config file, as for train; flags override its values")
-    cli.add_config_flags(parser.add_argument_group(
-        "the experiment, as for train (--run-dir DIR: write lr_find.png and lr_find.json there; "
-        "else nothing is written)"))
-    parser.add_argument("--start-lr", type=cli.number, default=1e-7, metavar="LR",
-                        help="the first step's rate (default 1e-7)")
-    parser.add_argument("--end-lr", type=cli.number, default=10.0, metavar="LR",
-                        help="the last step's rate (default 10)")
-    parser.add_argument("--steps", type=cli.integer, default=300, metavar="N",
-                        help="steps from --start-lr to --end-lr (default 300)")
+    cli.add_config_flags(
+        parser.add_argument_group(
+            "the experiment, as for train (--run-dir DIR: write lr_find.png and lr_find.json there; "
+            "else nothing is written)"
+        )
+    )
+    parser.add_argument(
+        "--start-lr", type=cli.number, default=1e-7, metavar="LR", help="the first step's rate (default 1e-7)"
+    )
+    parser.add_argument(
+        "--end-lr", type=cli.number, default=10.0, metavar="LR", help="the last step's rate (default 10)"
+    )
+    parser.add_argument(
+        "--steps", type=cli.integer, default=300, metavar="N", help="steps from --start-lr to --end-lr (default 300)"
+    )
     return parser
 
 
@@ -56,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def find_lr(
-    config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 300,
+    config: TrainConfig,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 300,
     notify: Callable[[str], None] = print,
 ) -> tuple[RangeTestResult, Path | None]:
     """Run the range test on ``config``'s data and model; with ``config.run_dir``, write the plot
@@ -75,8 +86,9 @@ def find_lr(
         raise ConfigError(f"lr-find: {exc}") from None
     out = run_start.check_new(Path(config.run_dir)) if config.run_dir else None
     # The rate is the test's to set; the global batch, and so the answer, is the same on one device.
-    config = dataclasses.replace(config, lr_schedule="constant", warmup_steps=0, decay_steps=None,
-                                 strategy="default", replicas=None)
+    config = dataclasses.replace(
+        config, lr_schedule="constant", warmup_steps=0, decay_steps=None, strategy="default", replicas=None
+    )
     strategy = assemble.make_strategy(config)
     data = assemble.load_data(config, notify=notify)
     feed = Feed.of(config, data)
@@ -118,5 +130,7 @@ def summary(result: RangeTestResult, config: TrainConfig, *, start_lr: float, en
 def format_result(result: RangeTestResult) -> str:
     """The one line ``gradloop lr-find`` prints."""
     ended = f"diverged at {result.lrs[-1]:.2g}" if result.diverged else f"reached {result.lrs[-1]:.2g}"
-    return (f"gradloop: suggested lr {result.suggestion:.2g} (steepest fall of the smoothed loss; "
-            f"lowest loss at {result.min_loss_lr:.2g}, {ended}, {len(result.lrs)} steps)")
+    return (
+        f"gradloop: suggested lr {result.suggestion:.2g} (steepest fall of the smoothed loss; "
+        f"lowest loss at {result.min_loss_lr:.2g}, {ended}, {len(result.lrs)} steps)"
+    )

@@ -26,45 +26,60 @@ import csv
 import os
 import re
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from gradloop import atomic, cli
 from gradloop.app import cpu
+from gradloop.data.builtin import idx
+from gradloop.data.builtin.prepare import prepare_images
+from gradloop.data.examples import ArrayExamples, Examples
+from gradloop.data.sources import IMAGE_SUFFIXES, arrays, images, table
+from gradloop.data.sources.prepared import standardize
+from gradloop.errors import ConfigError, DataError, RunDirError, listed
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
-from gradloop.data.sources import arrays
-from gradloop.data.builtin import idx
-from gradloop.data.sources import images
-from gradloop.data.sources import table
-from gradloop.data.examples import ArrayExamples, Examples
-from gradloop.data.builtin.prepare import prepare_images
-from gradloop.data.sources.prepared import standardize
-from gradloop.data.sources import IMAGE_SUFFIXES
-from gradloop.errors import ConfigError, DataError, RunDirError, listed
 
 BATCH_SIZE = 256
 _IDX_NAME = re.compile(r".*-idx[1-9]-ubyte(\.gz)?", re.IGNORECASE)  # an MNIST download: t10k-images-idx3-ubyte.gz
 # What a run predicts on, by the kind of data it trained on (a data function's examples come as arrays).
-ACCEPTS = {"images": ("images",), "csv": ("csv",), "arrays": ("arrays",), "function": ("arrays",),
-           "builtin": ("images", "arrays", "idx")}
+ACCEPTS = {
+    "images": ("images",),
+    "csv": ("csv",),
+    "arrays": ("arrays",),
+    "function": ("arrays",),
+    "builtin": ("images", "arrays", "idx"),
+}
 _INPUT_KINDS = {"images": "images", "csv": "a CSV table", "arrays": "arrays", "idx": "an IDX file"}
-_RUN_KINDS = {"images": "a folder of images", "csv": "a CSV table", "arrays": "arrays", "function": "a data function",
-              "builtin": "a built-in data set of 28x28 images"}
+_RUN_KINDS = {
+    "images": "a folder of images",
+    "csv": "a CSV table",
+    "arrays": "arrays",
+    "function": "a data function",
+    "builtin": "a built-in data set of 28x28 images",
+}
 MNIST_IMAGES = {"image_size": [28, 28], "color_mode": "grayscale"}  # how a built-in data set's images are read
 _IMAGE_KINDS = "PNG, JPEG, BMP or GIF"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("predict", help="a run's model on new inputs: a CSV row per input with the "
-                                                   "predicted class and each class's probability, or the predicted "
-                                                   "values")
+    parser = subparsers.add_parser(
+        "predict",
+        help="a run's model on new inputs: a CSV row per input with the "
+        "predicted class and each class's probability, or the predicted "
+        "values",
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="of the kind the run trained on: image files or a "
-                                                                    "folder of them, a CSV table, an .npz or .npy of x")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="of the kind the run trained on: image files or a folder of them, a CSV table, an .npz or .npy of x",
+    )
     parser.add_argument("--out", metavar="FILE.csv", help="write the CSV there (default: standard output)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--batch-size", type=cli.integer, default=BATCH_SIZE, help="inputs per batch (default 256)")
@@ -79,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.overwrite:
         raise ConfigError("--overwrite replaces an existing --out file; drop it, or pass --out FILE.csv")
     cpu.import_tensorflow()
-    predictions = predict_run(args.run_dir, args.inputs, batch_size=args.batch_size, notify=cli.to_stderr,
-                              trust_code=args.trust_code)
+    predictions = predict_run(
+        args.run_dir, args.inputs, batch_size=args.batch_size, notify=cli.to_stderr, trust_code=args.trust_code
+    )
     try:
         write_predictions(predictions, args.out, overwrite=args.overwrite)
     except BrokenPipeError:  # the reader of standard output stopped (| head): what it read is what it wanted
@@ -146,16 +162,19 @@ class Predictions:
 
 
 def predict_run(
-    run_dir: str | Path, inputs: Sequence[str], *, batch_size: int = BATCH_SIZE, notify: Callable[[str], object] = print,
+    run_dir: str | Path,
+    inputs: Sequence[str],
+    *,
+    batch_size: int = BATCH_SIZE,
+    notify: Callable[[str], object] = print,
     trust_code: bool = False,
 ) -> Predictions:
     """The run's model on ``inputs`` (paths), read as the module docstring says; ``trust_code``: the
     run's own code may run (:func:`gradloop.commands.evaluate.load_model`)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    from gradloop.app import assemble
+    from gradloop.app import assemble, models
     from gradloop.commands import evaluate as evaluation
-    from gradloop.app import models
 
     info = run_folder.RunDir.open(run_dir).info
     config = evaluation.run_config(info, run_dir)
@@ -164,8 +183,9 @@ def predict_run(
     model = evaluation.load_model(run_dir, trust_code=trust_code)
     _check_takes(model, new)
     classes = None if task == "regression" else [str(c) for c in info["classes"]]
-    models.check_model_fits(model, input_shape=new.element_shape, n_outputs=info.get("n_outputs") or len(classes),
-                            task=task)
+    models.check_model_fits(
+        model, input_shape=new.element_shape, n_outputs=info.get("n_outputs") or len(classes), task=task
+    )
     loss = assemble.build_loss(config, task, model)  # as training chose it: does the model give logits?
     outputs = models.run_over(model, new.batches(batch_size))[1].astype(np.float32).reshape(len(new.ids), -1)
     for note in new.notes:
@@ -174,8 +194,9 @@ def predict_run(
         return Predictions(new.id_name, new.ids, outputs, None)
     from_logits = loss.get_config().get("from_logits")
     values = softmax(outputs) if from_logits else outputs
-    return Predictions(new.id_name, new.ids, values, classes, predicted=outputs.argmax(axis=1),
-                       probabilities=from_logits is not None)
+    return Predictions(
+        new.id_name, new.ids, values, classes, predicted=outputs.argmax(axis=1), probabilities=from_logits is not None
+    )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -192,13 +213,16 @@ def input_kind(paths: Sequence[str]) -> str:
     """What ``paths`` hold (images, csv, arrays or idx), told from the paths (and a folder's listing)."""
     for path in paths:
         if not Path(path).exists():
-            raise DataError(f"{path}: no such file or folder; pass image files or a folder of them, a CSV table, "
-                            "or an .npz or .npy of x")
+            raise DataError(
+                f"{path}: no such file or folder; pass image files or a folder of them, a CSV table, "
+                "or an .npz or .npy of x"
+            )
     if len(paths) > 1:
         other = next((p for p in paths if not _is_image_file(Path(p))), None)
         if other is not None:
-            raise ConfigError(f"{other} is no image file ({_IMAGE_KINDS}); pass several image files, or one folder "
-                              "or file")
+            raise ConfigError(
+                f"{other} is no image file ({_IMAGE_KINDS}); pass several image files, or one folder or file"
+            )
         return "images"
     path = Path(paths[0])
     if path.is_dir():
@@ -212,8 +236,10 @@ def input_kind(paths: Sequence[str]) -> str:
         return "images"
     if _IDX_NAME.fullmatch(path.name):
         return "idx"
-    raise DataError(f"{path}: a {suffix or 'suffix-less'} file is no input gradloop predicts on; pass image files "
-                    f"({_IMAGE_KINDS}) or a folder of them, a .csv, or an .npz or .npy of x")
+    raise DataError(
+        f"{path}: a {suffix or 'suffix-less'} file is no input gradloop predicts on; pass image files "
+        f"({_IMAGE_KINDS}) or a folder of them, a .csv, or an .npz or .npy of x"
+    )
 
 
 def read_inputs(info: dict[str, Any], paths: Sequence[str], *, run_dir: str | Path, flatten: bool) -> Inputs:
@@ -222,16 +248,22 @@ def read_inputs(info: dict[str, Any], paths: Sequence[str], *, run_dir: str | Pa
     recorded = info.get("data") or {}
     run_kind = recorded.get("kind") or ("builtin" if info["config"].get("data") is None else None)
     if run_kind not in ACCEPTS:
-        raise RunDirError(f"{Path(run_dir) / run_files.RUN_JSON} records no kind of data the run trained on; "
-                          "the run directory is damaged")
+        raise RunDirError(
+            f"{Path(run_dir) / run_files.RUN_JSON} records no kind of data the run trained on; "
+            "the run directory is damaged"
+        )
     kind = input_kind(paths)
     if kind not in ACCEPTS[run_kind]:
         wanted = " or ".join(_INPUT_KINDS[k] for k in ACCEPTS[run_kind])
-        raise ConfigError(f"run {run_dir} trained on {_RUN_KINDS[run_kind]}, and {paths[0]} holds {_INPUT_KINDS[kind]}; "
-                          f"pass {wanted}, of the kind it trained on")
+        raise ConfigError(
+            f"run {run_dir} trained on {_RUN_KINDS[run_kind]}, and {paths[0]} holds {_INPUT_KINDS[kind]}; "
+            f"pass {wanted}, of the kind it trained on"
+        )
     fitted = recorded.get("preprocessing") or {}
     if kind == "images":
-        return _image_inputs(paths, fitted if run_kind == "images" else MNIST_IMAGES, flatten=run_kind == "builtin" and flatten)
+        return _image_inputs(
+            paths, fitted if run_kind == "images" else MNIST_IMAGES, flatten=run_kind == "builtin" and flatten
+        )
     if kind == "csv":
         return _table_inputs(paths[0], fitted)
     if kind == "idx":
@@ -255,8 +287,9 @@ def _image_inputs(paths: Sequence[str], fitted: dict[str, Any], *, flatten: bool
         folder = Path(paths[0])
         files = images.images_under(folder)
         if not files:
-            raise DataError(f"{folder} holds no images ({_IMAGE_KINDS}) at any depth; pass a folder of images, or "
-                            "image files")
+            raise DataError(
+                f"{folder} holds no images ({_IMAGE_KINDS}) at any depth; pass a folder of images, or image files"
+            )
         ids = [file.relative_to(folder).as_posix() for file in files]
     else:
         files, ids = [Path(p) for p in paths], [str(p) for p in paths]
@@ -266,8 +299,14 @@ def _image_inputs(paths: Sequence[str], fitted: dict[str, Any], *, flatten: bool
 def _table_inputs(path: str, fitted: dict[str, Any]) -> Inputs:
     x, rows, left_out = table.read_features(path, fitted)
     named = listed([repr(c) for c in left_out], 10)
-    notes = (f"gradloop: note: {path}: {named} {'is no feature' if len(left_out) == 1 else 'are no features'} "
-             "of the run; left out",) if left_out else ()
+    notes = (
+        (
+            f"gradloop: note: {path}: {named} {'is no feature' if len(left_out) == 1 else 'are no features'} "
+            "of the run; left out",
+        )
+        if left_out
+        else ()
+    )
     examples = ArrayExamples(x, np.zeros(len(x), np.int64))
     if isinstance(fitted.get("standardize"), dict):
         examples = standardize(examples, fitted["standardize"])
@@ -277,8 +316,10 @@ def _table_inputs(path: str, fitted: dict[str, Any]) -> Inputs:
 def _mnist_pixels(x: np.ndarray, where: str, flatten: bool) -> np.ndarray:
     """A built-in data set's images as its runs take them: 28x28 uint8 pixels, scaled, flat for an MLP."""
     if x.dtype != np.uint8 or x.shape[1:] not in ((28, 28), (28, 28, 1), (784,)):
-        raise DataError(f"{where} holds {x.dtype} examples of shape {x.shape[1:]}, and the run trained on 28x28 uint8 "
-                        "images; give those (shape (N, 28, 28))")
+        raise DataError(
+            f"{where} holds {x.dtype} examples of shape {x.shape[1:]}, and the run trained on 28x28 uint8 "
+            "images; give those (shape (N, 28, 28))"
+        )
     return prepare_images(x.reshape(len(x), 28, 28), flatten=flatten)
 
 
@@ -291,8 +332,10 @@ def _check_takes(model: Any, inputs: Inputs) -> None:
         return
     shape = inputs.element_shape
     if len(taken) != len(shape) or any(a is not None and a != b for a, b in zip(taken, shape)):
-        raise DataError(f"{inputs.description} holds examples of shape {shape}, but the run's model takes {taken}; "
-                        "give examples of the shape it trained on")
+        raise DataError(
+            f"{inputs.description} holds examples of shape {shape}, but the run's model takes {taken}; "
+            "give examples of the shape it trained on"
+        )
 
 
 # --------------------------------------------------------------------- writing the rows

@@ -18,8 +18,9 @@ the history's last ``val_accuracy``).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gradloop import cli
 from gradloop.app import cpu
@@ -27,9 +28,9 @@ from gradloop.commands import evaluate as evaluation
 from gradloop.data.builtin.splits import SPLITS
 from gradloop.errors import RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
+from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 from gradloop.run.history import first_metric
-from gradloop.run import files as run_files
 
 FIGURES_BY_TASK = {
     "classification": ("history.png", "per_class_accuracy.png", "confusion_matrix.png"),
@@ -44,9 +45,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", help="data set to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", metavar="DIR", help="folder of IDX files or an mnist.npz")
     parser.add_argument("--data", metavar="PATH", help="other data of the kind the run trained on")
-    parser.add_argument("--split", choices=SPLITS, default="val",
-                        help="split for per-class accuracy and the confusion matrix "
-                             "(default val: the run's own held-out data)")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="val",
+        help="split for per-class accuracy and the confusion matrix (default val: the run's own held-out data)",
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/report)")
     cli.add_trust_code(parser)
     return parser
@@ -54,8 +58,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     cpu.import_tensorflow()
-    path = write_report(args.run_dir, out=args.out, dataset=args.dataset, data_dir=args.data_dir, data_path=args.data,
-                        split=args.split, notify=cli.to_stderr, trust_code=args.trust_code)
+    path = write_report(
+        args.run_dir,
+        out=args.out,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        data_path=args.data,
+        split=args.split,
+        notify=cli.to_stderr,
+        trust_code=args.trust_code,
+    )
     print(f"gradloop: wrote {path}")
     return 0
 
@@ -78,7 +90,13 @@ def write_report(
     run = run_folder.RunDir.open(run_dir)
     run_dir, info, history = run.path, run.info, run.read_history()
     result = evaluation.evaluate_run(
-        run_dir, dataset=dataset, data_dir=data_dir, data_path=data_path, split=split, notify=notify, keep_predictions=True,
+        run_dir,
+        dataset=dataset,
+        data_dir=data_dir,
+        data_path=data_path,
+        split=split,
+        notify=notify,
+        keep_predictions=True,
         trust_code=trust_code,
     )
     out_dir = Path(out) if out else run_files.own_path(run.path, run_files.REPORT)
@@ -100,7 +118,11 @@ def write_report(
 
 
 def render(
-    run_dir: Path, info: Mapping[str, Any], history: Mapping[str, list], result: Mapping[str, Any], images: Mapping[str, str]
+    run_dir: Path,
+    info: Mapping[str, Any],
+    history: Mapping[str, list],
+    result: Mapping[str, Any],
+    images: Mapping[str, str],
 ) -> str:
     """The page's HTML: headings, tables and the embedded figures."""
     from gradloop.pages import plots
@@ -113,11 +135,17 @@ def render(
         table("run", None, _run_rows(run_dir, info, result)),
         "<h2>History</h2>",
         img(images["history.png"], f"{top} and loss per epoch" if top else "loss per epoch"),
-        table("history", ("epoch", *history_keys),
-              [(i + 1, *(number(history[k][i]) for k in history_keys)) for i in range(epochs)]),
+        table(
+            "history",
+            ("epoch", *history_keys),
+            [(i + 1, *(number(history[k][i]) for k in history_keys)) for i in range(epochs)],
+        ),
         f"<h2>Evaluation: {escape(result['split'])} split of {escape(result['source'])}, {result['n_samples']:,} samples</h2>",
-        *(_regression(result, images, outputs=info.get("n_outputs")) if result["task"] == "regression"
-          else _classification(result, images)),
+        *(
+            _regression(result, images, outputs=info.get("n_outputs"))
+            if result["task"] == "regression"
+            else _classification(result, images)
+        ),
         "<h2>Config</h2>",
         table("config", ("key", "value"), [(k, config_value(v)) for k, v in info.get("config", {}).items()]),
     ]

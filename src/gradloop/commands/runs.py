@@ -29,9 +29,10 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gradloop.errors import RunDirError, listed
 from gradloop.run import files as run_files
@@ -44,8 +45,13 @@ DEPTH = 3  # DIR/group/sweep/trial: a sweep's trials inside a folder of sweeps a
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("runs", help="list the runs in a folder, one line each, oldest first")
-    parser.add_argument("dir", metavar="DIR", nargs="?", default="runs",
-                        help="the folder of runs, searched 3 levels deep (default runs)")
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        default="runs",
+        help="the folder of runs, searched 3 levels deep (default runs)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     return parser
 
@@ -136,16 +142,26 @@ def summarize(path: Path, *, name: str | None = None) -> RunSummary:
         return RunSummary(name, str(path), "unreadable", problem=str(exc))
     config, status = info["config"], info.get("status")
     if status is None:  # RunDir.start writes it first of all: this run.json is not gradloop's
-        return RunSummary(name, str(path), "unreadable", problem=f"{path / run_files.RUN_JSON} has no status; the run directory is damaged")
+        return RunSummary(
+            name,
+            str(path),
+            "unreadable",
+            problem=f"{path / run_files.RUN_JSON} has no status; the run directory is damaged",
+        )
     if status == "running" and run_lock.lock_holder(path) is None:
         status = "killed"
     done = _progress(path, info)
     return RunSummary(
-        name=name, path=str(path), status=status,
-        data=_text(info.get("data_source")), model=_text(info.get("model") or config.get("model")),
-        epochs_done=_count(done.get("epochs_done")), epochs=_count(config.get("epochs")),
+        name=name,
+        path=str(path),
+        status=status,
+        data=_text(info.get("data_source")),
+        model=_text(info.get("model") or config.get("model")),
+        epochs_done=_count(done.get("epochs_done")),
+        epochs=_count(config.get("epochs")),
         best=done.get("best") if isinstance(done.get("best"), dict) else None,
-        train_seconds=_number(done.get("train_seconds")), started=_text(info.get("started")),
+        train_seconds=_number(done.get("train_seconds")),
+        started=_text(info.get("started")),
     )
 
 
@@ -212,8 +228,14 @@ def _cells(run: RunSummary) -> tuple[str, ...]:
     asked = run.epochs if run.epochs is not None else "?"
     epochs = f"{run.epochs_done if run.epochs_done is not None else '?'}/{asked}"
     return (
-        run.name, run.status, run.data or "-", run.model or "-", epochs if run.status != "unreadable" else "-",
-        describe_best(run.best), format_seconds(run.train_seconds), _short_time(run.started),
+        run.name,
+        run.status,
+        run.data or "-",
+        run.model or "-",
+        epochs if run.status != "unreadable" else "-",
+        describe_best(run.best),
+        format_seconds(run.train_seconds),
+        _short_time(run.started),
     )
 
 

@@ -28,7 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help="train a model (default: the reference experiment)")
     parser.add_argument("--config", metavar="FILE.yaml", help="config file; flags override its values")
     cli.add_config_flags(parser.add_argument_group("the experiment (flags override the same keys in a --config file)"))
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the earlier run in --run-dir")
     parser.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -47,7 +49,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     if not args.resume:
         return build_config(file_values, **flags)
     return resumed_config(  # the run's own config, changed only where a resume may
-        run_start.open_to_resume(args.run_dir).info["config"], file_values, **flags)
+        run_start.open_to_resume(args.run_dir).info["config"], file_values, **flags
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     cpu.import_tensorflow()  # here, after the cheap checks
-    from gradloop.app.train import train
     from gradloop.app.interrupted import RunInterrupted
+    from gradloop.app.train import train
     from gradloop.loop.signals import StopSignals
 
     try:
@@ -75,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
             raise
         run_dir = exc.run_dir or config.run_dir
         resumable = run_dir is not None and (Path(run_dir) / run_files.CHECKPOINTS / "checkpoint").is_file()
-        advice = f"resume with: {resume_command(config, run_dir)}" if resumable else "start the run again with --overwrite"
+        advice = (
+            f"resume with: {resume_command(config, run_dir)}" if resumable else "start the run again with --overwrite"
+        )
         print(f"gradloop: error: {cli.one_line(exc)}; free space and {advice}", file=sys.stderr)
         return 1
     return 0

@@ -19,7 +19,6 @@ callers; a test that patches one must patch the module that looks it up.
 
 from __future__ import annotations
 
-from gradloop.data.builtin.sets import DATASETS, DEBIAN_FASHION_MNIST, load_dataset, load_mnist_sample
 from gradloop.data.builtin.idx import load_idx_dir, read_idx
 from gradloop.data.builtin.keras_download import (
     DEFAULT_DATA_URL,
@@ -28,10 +27,11 @@ from gradloop.data.builtin.keras_download import (
     keras_cache_dir,
 )
 from gradloop.data.builtin.npz import load_npz
-from gradloop.data.pipeline import make_dataset, shuffled_epochs
 from gradloop.data.builtin.prepare import parse_classes, prepare_images, select_classes, split_train_val
 from gradloop.data.builtin.raw import IMAGE_SHAPE, N_CLASSES, RawData
+from gradloop.data.builtin.sets import DATASETS, DEBIAN_FASHION_MNIST, load_dataset, load_mnist_sample
 from gradloop.data.builtin.splits import Splits, run_splits
+from gradloop.data.pipeline import make_dataset, shuffled_epochs
 
 __all__ = [
     "DATASETS",

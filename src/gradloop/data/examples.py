@@ -35,9 +35,9 @@ class Examples(Protocol):
     @property
     def element_shape(self) -> tuple[int, ...]: ...
 
-    def subset(self, rows: np.ndarray) -> "Examples": ...
+    def subset(self, rows: np.ndarray) -> Examples: ...
 
-    def batches(self, order: np.ndarray | None, batch_size: int) -> "tf.data.Dataset": ...
+    def batches(self, order: np.ndarray | None, batch_size: int) -> tf.data.Dataset: ...
 
 
 class ArrayExamples:
@@ -54,16 +54,16 @@ class ArrayExamples:
     def element_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
-    def subset(self, rows: np.ndarray) -> "ArrayExamples":
+    def subset(self, rows: np.ndarray) -> ArrayExamples:
         return ArrayExamples(self.x[rows], self.y[rows])
 
-    def batches(self, order: np.ndarray | None, batch_size: int) -> "tf.data.Dataset":
+    def batches(self, order: np.ndarray | None, batch_size: int) -> tf.data.Dataset:
         if order is None:
             return pipeline.make_dataset(self.x, self.y, batch_size=batch_size, shuffle=False)
         return pipeline.batches_in_order(self.x, self.y, order, batch_size=batch_size)
 
 
-def epochs(examples: Examples, *, batch_size: int, seed: int) -> Callable[[int], "tf.data.Dataset | InMemory"]:
+def epochs(examples: Examples, *, batch_size: int, seed: int) -> Callable[[int], tf.data.Dataset | InMemory]:
     """Training data as ``epoch -> that epoch's batches``, epoch ``e`` in the order
     ``numpy.random.default_rng((seed, e)).permutation(n)`` (as :func:`pipeline.shuffled_epochs`).
     In memory: :class:`gradloop.loop.in_memory.InMemory`, whose step groups gather their batches themselves."""

@@ -40,9 +40,7 @@ def make_dataset(
     return _batches_in_order(order, images, labels, batch_size, n)
 
 
-def shuffled_epochs(
-    x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int
-) -> Callable[[int], tf.data.Dataset]:
+def shuffled_epochs(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int) -> Callable[[int], tf.data.Dataset]:
     """Training data as ``epoch -> that epoch's batches`` (``Trainer.fit`` takes either).
 
     Epoch ``e`` is in the order ``numpy.random.default_rng((seed, e)).permutation(n)``:
@@ -147,10 +145,12 @@ def _batches(images: tf.Tensor, labels: tf.Tensor, batch_size: int, n: int) -> t
     import tensorflow as tf
 
     full = n // batch_size * batch_size
-    batches = tf.data.Dataset.from_tensor_slices((
-        tf.reshape(images[:full], [-1, batch_size, *images.shape[1:]]),
-        tf.reshape(labels[:full], [-1, batch_size, *labels.shape[1:]]),
-    ))
+    batches = tf.data.Dataset.from_tensor_slices(
+        (
+            tf.reshape(images[:full], [-1, batch_size, *images.shape[1:]]),
+            tf.reshape(labels[:full], [-1, batch_size, *labels.shape[1:]]),
+        )
+    )
     if full < n:
         batches = batches.concatenate(tf.data.Dataset.from_tensors((images[full:], labels[full:])))
     return batches

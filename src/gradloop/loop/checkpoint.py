@@ -41,19 +41,18 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from gradloop import atomic
-from gradloop.loop import in_memory
-from gradloop.loop import keras_steps
 from gradloop.errors import CheckpointError, DiskFullError, shortened, tensorflow_reason
+from gradloop.loop import in_memory, keras_steps
 from gradloop.loop.state import LoopState
 from gradloop.loop.trainer import TrainData, Trainer
-
 
 _NAME = "ckpt"  # checkpoints are RUN_DIR/checkpoints/ckpt-N.index and .data-*
 
@@ -75,7 +74,12 @@ class RunCheckpoint:
     """
 
     def __init__(
-        self, directory: str | Path, trainer: Trainer, *, max_to_keep: int = 3, restore_from: str | Path | None = None,
+        self,
+        directory: str | Path,
+        trainer: Trainer,
+        *,
+        max_to_keep: int = 3,
+        restore_from: str | Path | None = None,
         hint: str = "start training again from the beginning",
     ) -> None:
         self.trainer, self.hint = trainer, hint
@@ -97,7 +101,9 @@ class RunCheckpoint:
             **keras_steps.checkpoint_parts(trainer),  # a model's own step: its optimizers and seed generators by name
         )
         self._state_set_aside = _set_aside_unreadable_state(Path(directory))
-        self.manager = tf.train.CheckpointManager(self._bundle, str(directory), max_to_keep=max_to_keep, checkpoint_name=_NAME)
+        self.manager = tf.train.CheckpointManager(
+            self._bundle, str(directory), max_to_keep=max_to_keep, checkpoint_name=_NAME
+        )
 
     @property
     def latest(self) -> str | None:
@@ -141,13 +147,17 @@ class RunCheckpoint:
         """The checkpoints in ``restore_from``, newest first: those its state file records, then
         any other whose index is there (all of those, the state file unreadable)."""
         numbered = (p.with_suffix("") for p in Path(self.restore_from).glob(f"{_NAME}-*.index"))
-        by_name = [str(p) for p in sorted(numbered, key=lambda p: _number(p.name), reverse=True) if _number(p.name) >= 0]
+        by_name = [
+            str(p) for p in sorted(numbered, key=lambda p: _number(p.name), reverse=True) if _number(p.name) >= 0
+        ]
         recorded = self._recorded()
         if recorded is None:
             return by_name
         older = [p for p in reversed(recorded.all_model_checkpoint_paths) if p != recorded.model_checkpoint_path]
         listed = [recorded.model_checkpoint_path, *older]
-        return listed + [p for p in by_name if p not in listed]  # a state file naming lost checkpoints: the rest by name
+        return listed + [
+            p for p in by_name if p not in listed
+        ]  # a state file naming lost checkpoints: the rest by name
 
     def _recorded(self, directory: str | Path | None = None) -> Any:
         """The state file's record (a ``CheckpointState``) in ``directory`` (``restore_from`` by default),
@@ -185,8 +195,10 @@ class RunCheckpoint:
                 why = "cannot be read" if state_file.exists() or self._state_set_aside else "is missing"
                 notes.insert(0, f"{state_file} {why}, so the checkpoints were found by their names")
             if notes and notify is not None:
-                notify(f"{'; '.join(notes)}; resuming from {Path(path).name}, the newest checkpoint that reads "
-                       f"correctly (epoch {state.epoch + 1} step {state.step})")
+                notify(
+                    f"{'; '.join(notes)}; resuming from {Path(path).name}, the newest checkpoint that reads "
+                    f"correctly (epoch {state.epoch + 1} step {state.step})"
+                )
             return state
         raise _damaged(skipped, self.hint)
 
@@ -205,7 +217,9 @@ class RunCheckpoint:
         self.trainer.build(data)  # the variables must exist to be restored into
         # In-memory data's position is its step: an epoch's order comes from the seed and the epoch alone
         # (a dataset's saved position, from before it was held in memory, says the same).
-        restore_position = saved.has_tensor("iterator/.ATTRIBUTES/ITERATOR_STATE") and not isinstance(data, in_memory.Epoch)
+        restore_position = saved.has_tensor("iterator/.ATTRIBUTES/ITERATOR_STATE") and not isinstance(
+            data, in_memory.Epoch
+        )
         if restore_position:
             iterator = self._bundle.iterator = self.trainer.make_iterator(data)  # the position is restored into it
         else:
@@ -213,11 +227,13 @@ class RunCheckpoint:
         tracker, metrics = self.trainer.loss_tracker, self._metric_variables()
         self._bundle.metrics = metrics
         saved_dtype = saved.get_variable_to_dtype_map().get("metrics/0/.ATTRIBUTES/VARIABLE_VALUE")
-        float32_sums = saved_dtype == tf.float32 and tracker is not None and tracker.dtype == "float64"  # saved before the loss summed in float64
+        float32_sums = (
+            saved_dtype == tf.float32 and tracker is not None and tracker.dtype == "float64"
+        )  # saved before the loss summed in float64
         if float32_sums:
             with self.trainer.strategy.scope():
                 stand_in = keras.metrics.Mean(name="loss")  # as they were saved, split over replicas alike
-            self._bundle.metrics = [*stand_in.variables, *metrics[len(tracker.variables):]]
+            self._bundle.metrics = [*stand_in.variables, *metrics[len(tracker.variables) :]]
         try:
             restored = self._bundle.restore(path)
             if isinstance(data, in_memory.Epoch):

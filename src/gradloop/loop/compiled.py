@@ -16,18 +16,15 @@ says), and hands ``model`` to the callbacks.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from gradloop.loop import compiled_steps
-from gradloop.loop import distribute
-from gradloop.loop import in_memory
-from gradloop.loop import optimizer_kernels
+from gradloop.loop import compiled_steps, distribute, in_memory, optimizer_kernels, xla
 from gradloop.loop import step as step_lib
-from gradloop.loop import xla
 from gradloop.loop.accepted import MAX_INT32
 from gradloop.loop.compiled_steps import MultiStepFn
 
@@ -69,7 +66,9 @@ class CompileOptions:
         if isinstance(spe, bool) or not isinstance(spe, int) or not 1 <= spe <= MAX_INT32:  # an int32 tensor
             raise ValueError(f"steps_per_execution must be an integer from 1 to {MAX_INT32}, got {spe!r}")
         if self.jit_compile not in (None, True, False):
-            raise ValueError(f"jit_compile must be None (XLA where it compiles), True or False, got {self.jit_compile!r}")
+            raise ValueError(
+                f"jit_compile must be None (XLA where it compiles), True or False, got {self.jit_compile!r}"
+            )
         planned = self.planned_steps
         if planned is not None and (isinstance(planned, bool) or not isinstance(planned, int) or planned < 1):
             raise ValueError(f"planned_steps must be None (the fit's own length) or an integer >= 1, got {planned!r}")
@@ -109,8 +108,9 @@ class CompiledModel:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.optimizer = keras.optimizers.get(optimizer)
         self.loss = loss if isinstance(loss, (list, tuple, dict)) else keras.losses.get(loss)
-        self.compile_args = dict(loss=loss, loss_weights=loss_weights, metrics=_listed(metrics),
-                                 weighted_metrics=_listed(weighted_metrics))
+        self.compile_args = dict(
+            loss=loss, loss_weights=loss_weights, metrics=_listed(metrics), weighted_metrics=_listed(weighted_metrics)
+        )
         with self.strategy.scope():  # metric variables aggregate across replicas
             # Keras' own loss and metrics: fit's weighting, per-output losses, "accuracy" and names.
             # auto_scale_loss=False: a mixed-precision optimizer is the caller's choice, as the step's is.
@@ -170,7 +170,9 @@ class CompiledModel:
             # Keras divides each replica's batch mean by the replica count, which is the global
             # mean only when the batch splits evenly; weigh it by the replica's share of the batch.
             local = _batch_size(y_pred)
-            loss *= tf.cast(context.num_replicas_in_sync * local / distribute.global_batch_size(_first(y_pred)), loss.dtype)
+            loss *= tf.cast(
+                context.num_replicas_in_sync * local / distribute.global_batch_size(_first(y_pred)), loss.dtype
+            )
         return loss
 
     def build(self, data: tf.data.Dataset) -> None:
@@ -221,9 +223,11 @@ class CompiledModel:
         one_step = compiled_steps.make_one_step(self._train_step, self, self.update_metrics, self._class_weight)
         jit_compile = self.options.jit_compile
         on_dataset = compiled_steps.make_multi_step(
-            one_step, self.results, jit_compile=jit_compile, strategy=self.strategy)
+            one_step, self.results, jit_compile=jit_compile, strategy=self.strategy
+        )
         in_memory_steps = compiled_steps.make_in_memory_steps(
-            one_step, self.results, jit_compile=jit_compile, xla_groups=lambda: self._xla_groups)
+            one_step, self.results, jit_compile=jit_compile, xla_groups=lambda: self._xla_groups
+        )
 
         def run(iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             if isinstance(iterator, in_memory.Position):
@@ -232,23 +236,26 @@ class CompiledModel:
 
         # Traces of every compiled function behind it (tf.function's counter, as for the other functions).
         run.experimental_get_tracing_count = lambda: (
-            on_dataset.experimental_get_tracing_count() + in_memory_steps.experimental_get_tracing_count())
+            on_dataset.experimental_get_tracing_count() + in_memory_steps.experimental_get_tracing_count()
+        )
         return run
 
     def make_test_function(self) -> MultiStepFn:
         """``run(iterator, num_steps)`` over the inference step: forward pass and loss, no update."""
         one_step = compiled_steps.make_one_step(step_lib.test_step, self, self.update_metrics)
         return compiled_steps.make_multi_step(
-            one_step, self.results, jit_compile=self.options.jit_compile, strategy=self.strategy)
+            one_step, self.results, jit_compile=self.options.jit_compile, strategy=self.strategy
+        )
 
-    def make_predict_function(self) -> Callable[[Any, tf.Tensor], "tuple[tf.Tensor, list[tf.Tensor]]"]:
+    def make_predict_function(self) -> Callable[[Any, tf.Tensor], tuple[tf.Tensor, list[tf.Tensor]]]:
         """``run(iterator, num_steps) -> (steps done, [each output of those steps, concatenated])``.
 
         Inputs are the batches' ``x`` (a ``(x, y)`` batch's ``y`` is ignored), run in
         inference mode; under a strategy each output is this process's replicas' parts
         joined in their order, which is the data's (a multi-worker job: each worker's share)."""
         return compiled_steps.make_predict_steps(
-            self.model, self._outputs, jit_compile=self.options.jit_compile, strategy=self.strategy)
+            self.model, self._outputs, jit_compile=self.options.jit_compile, strategy=self.strategy
+        )
 
     def update_metrics(self, loss: tf.Tensor, y: Any, y_pred: Any, sample_weight: Any = None, *, x: Any = None) -> None:
         """Accumulate one batch: the loss weighted by batch size (so the epoch
@@ -290,7 +297,8 @@ def _warn_if_steps_are_overridden(model: keras.Model) -> None:
         if getattr(type(model), name, None) is not getattr(keras.Model, name, None):
             warnings.warn(
                 f"{type(model).__name__}.{name} is not used: gradloop runs its own step; pass yours as "
-                "Trainer(train_step=step_fn) (see gradloop.loop.step)", stacklevel=3,
+                "Trainer(train_step=step_fn) (see gradloop.loop.step)",
+                stacklevel=3,
             )
 
 

@@ -15,15 +15,14 @@ Under a distribution strategy the one step runs through ``strategy.run``; XLA wr
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from gradloop.loop import distribute
-from gradloop.loop import in_memory
+from gradloop.loop import distribute, in_memory, xla
 from gradloop.loop import step as step_lib
-from gradloop.loop import xla
 
 # run(iterator, num_steps) -> (steps done, {metric name: running result})
 MultiStepFn = Callable[[Any, tf.Tensor], "tuple[tf.Tensor, dict[str, tf.Tensor]]"]
@@ -32,7 +31,9 @@ UpdateMetrics = Callable[..., None]
 
 
 def make_one_step(
-    step_fn: step_lib.StepFn, trainer: step_lib.StepContext, update_metrics: UpdateMetrics,
+    step_fn: step_lib.StepFn,
+    trainer: step_lib.StepContext,
+    update_metrics: UpdateMetrics,
     class_weight: Mapping[int, float] | None = None,
 ) -> Callable[[Any, Any, Any], None]:
     """``one_step(x, y, sample_weight)``: the step, then the metrics; class weights applied first."""
@@ -149,7 +150,7 @@ def make_in_memory_steps(
 
 def make_predict_steps(
     model: keras.Model, outputs: Any, *, jit_compile: bool | None, strategy: tf.distribute.Strategy
-) -> Callable[[Any, tf.Tensor], "tuple[tf.Tensor, list[tf.Tensor]]"]:
+) -> Callable[[Any, tf.Tensor], tuple[tf.Tensor, list[tf.Tensor]]]:
     """``run(iterator, num_steps) -> (steps done, [each output of those steps, concatenated])``;
     ``outputs``: the model's output structure of ``tf.TensorSpec`` (see ``CompiledModel.make_predict_function``)."""
     flat_specs = tf.nest.flatten(outputs)
@@ -172,8 +173,10 @@ def make_predict_steps(
 
     @tf.function
     def run(iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        arrays = [tf.TensorArray(s.dtype, size=0, dynamic_size=True, infer_shape=False, element_shape=s.shape)
-                  for s in flat_specs]
+        arrays = [
+            tf.TensorArray(s.dtype, size=0, dynamic_size=True, infer_shape=False, element_shape=s.shape)
+            for s in flat_specs
+        ]
         done, arrays = for_batches(iterator, num_steps, predict_on, arrays)
         return done, [a.concat() for a in arrays]
 

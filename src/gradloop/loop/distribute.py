@@ -14,7 +14,7 @@ which is exact even for the last, smaller batch that splits unevenly.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

@@ -36,14 +36,17 @@ class InMemory:
     shuffled with ``seed`` (``shuffle=False``: the natural order); the last batch may be partial.
     """
 
-    def __init__(self, x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int, seed: int = 0,
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self, x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int, seed: int = 0, shuffle: bool = True
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         parts = tuple(part for part in (x, y, sample_weight) if part is not None)
         sizes = {int(np.shape(t)[0]) for t in tf.nest.flatten(parts)}
         if len(sizes) != 1 or 0 in sizes:
-            raise ValueError(f"x, y and sample_weight must have the same number of rows (at least 1), got {sorted(sizes)}")
+            raise ValueError(
+                f"x, y and sample_weight must have the same number of rows (at least 1), got {sorted(sizes)}"
+            )
         self.n = sizes.pop()
         self.batch_size, self.seed, self.shuffle = int(batch_size), seed, shuffle
         self.tensors = tf.nest.map_structure(_as_tensor, parts)  # converted once, shared by every epoch
@@ -84,7 +87,7 @@ class Epoch:
         b, n, tensors, order = self.data.batch_size, self.data.n, self.data.tensors, self.order
 
         def batch(step: tf.Tensor) -> Any:
-            rows = order[step * b:tf.minimum((step + 1) * b, n)]
+            rows = order[step * b : tf.minimum((step + 1) * b, n)]
             return tf.nest.map_structure(lambda t: tf.gather(t, rows), tensors)
 
         steps = tf.data.Dataset.range(self.start, self.stop)
@@ -107,8 +110,9 @@ def first_batch(data: Any) -> Any:
     """``data``'s first batch: an :class:`Epoch`'s gathered here (its dataset would hold a copy of the
     arrays: tf.data captures tensors by value), a dataset's from an iterator."""
     if isinstance(data, Epoch):
-        return gather_batch(data.data.tensors, data.order, tf.constant(data.start), data.data.batch_size,
-                            data.batch_size_at(data.start))
+        return gather_batch(
+            data.data.tensors, data.order, tf.constant(data.start), data.data.batch_size, data.batch_size_at(data.start)
+        )
     return next(iter(data.take(1)))
 
 

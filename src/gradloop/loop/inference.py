@@ -11,14 +11,14 @@ of :class:`gradloop.loop.compiled.CompiledModel`.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Union
+from collections.abc import Callable, Iterable
+from typing import Any, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gradloop.loop import in_memory
-from gradloop.loop import release
+from gradloop.loop import in_memory, release
 from gradloop.loop.compiled import CompiledModel
 
 Callbacks = Union[Iterable[keras.callbacks.Callback], keras.callbacks.CallbackList, None]
@@ -37,7 +37,9 @@ class InferenceModel(CompiledModel):
         callbacks = self._callback_list(callbacks, data)
         self.reset_metrics()
         callbacks.on_test_begin()
-        groups = self._run_groups(self._test_fn, data, callbacks.on_test_batch_begin, callbacks.on_test_batch_end, floats)
+        groups = self._run_groups(
+            self._test_fn, data, callbacks.on_test_batch_begin, callbacks.on_test_batch_end, floats
+        )
         logs = groups[-1] if groups else floats(self.results())
         callbacks.on_test_end(logs)
         return logs
@@ -56,7 +58,9 @@ class InferenceModel(CompiledModel):
         callbacks.on_predict_begin()
         pack = functools.partial(tf.nest.pack_sequence_as, self._outputs)
         pieces = self._run_groups(
-            self._predict_fn, data, callbacks.on_predict_batch_begin,
+            self._predict_fn,
+            data,
+            callbacks.on_predict_batch_begin,
             lambda step, arrays: callbacks.on_predict_batch_end(step, {"outputs": pack(arrays)}),
             lambda outputs: [o.numpy() for o in outputs],
         )
@@ -88,7 +92,9 @@ class InferenceModel(CompiledModel):
     def _callback_list(self, callbacks: Callbacks, data: tf.data.Dataset) -> keras.callbacks.CallbackList:
         if isinstance(callbacks, keras.callbacks.CallbackList):
             return callbacks
-        return keras.callbacks.CallbackList(list(callbacks or []), model=self.model, steps=steps_per_epoch(data), verbose=0)
+        return keras.callbacks.CallbackList(
+            list(callbacks or []), model=self.model, steps=steps_per_epoch(data), verbose=0
+        )
 
 
 def check_dataset(name: str, data: Any, *, optional: bool = False) -> None:

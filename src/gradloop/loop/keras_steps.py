@@ -31,9 +31,7 @@ import keras
 import tensorflow as tf
 
 from gradloop.errors import ConfigError
-from gradloop.loop import distribute
-from gradloop.loop import in_memory
-from gradloop.loop import release
+from gradloop.loop import distribute, in_memory, release
 from gradloop.loop.compiled import CompileOptions
 from gradloop.loop.compiled_steps import class_weights
 from gradloop.loop.state import LoopState
@@ -111,29 +109,52 @@ class ModelStepTrainer(Trainer):
     """
 
     def __init__(
-        self, model: keras.Model, *, optimizer: Any = None, loss: Any = None, metrics: Any = (),
-        loss_weights: Any = None, weighted_metrics: Any = None, train_step: Any = None,
-        options: CompileOptions = CompileOptions(), strategy: tf.distribute.Strategy | None = None,
+        self,
+        model: keras.Model,
+        *,
+        optimizer: Any = None,
+        loss: Any = None,
+        metrics: Any = (),
+        loss_weights: Any = None,
+        weighted_metrics: Any = None,
+        train_step: Any = None,
+        options: CompileOptions = CompileOptions(),
+        strategy: tf.distribute.Strategy | None = None,
         nan_guard: Any = None,
     ) -> None:
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
-        given = [name for name, value in (("optimizer", optimizer), ("loss", loss), ("metrics", metrics),
-                 ("loss_weights", loss_weights), ("weighted_metrics", weighted_metrics), ("train_step", train_step))
-                 if value is not None and value != ()]
+        given = [
+            name
+            for name, value in (
+                ("optimizer", optimizer),
+                ("loss", loss),
+                ("metrics", metrics),
+                ("loss_weights", loss_weights),
+                ("weighted_metrics", weighted_metrics),
+                ("train_step", train_step),
+            )
+            if value is not None and value != ()
+        ]
         if given:
-            raise ConfigError(f"Trainer(model) runs the model's own train_step with what its compile() gave it; "
-                              f"{', '.join(given)} belong in model.compile(...), or give optimizer= and loss= both")
+            raise ConfigError(
+                f"Trainer(model) runs the model's own train_step with what its compile() gave it; "
+                f"{', '.join(given)} belong in model.compile(...), or give optimizer= and loss= both"
+            )
         name = type(model).__name__
         if not model.compiled:
-            raise ConfigError(f"{name} is not compiled: call model.compile(...) first (its own compile, if it has one), "
-                              "or give Trainer optimizer= and loss= to train it with gradloop's step")
+            raise ConfigError(
+                f"{name} is not compiled: call model.compile(...) first (its own compile, if it has one), "
+                "or give Trainer optimizer= and loss= to train it with gradloop's step"
+            )
         self.model, self.options = model, options
         self.strategy = strategy or model.distribute_strategy
         self.optimizers = tracked_optimizers(model)
         self.seed_generators = tracked_seed_generators(model)
         if not self.optimizers:
-            raise ConfigError(f"{name} holds no optimizer: give model.compile an optimizer (or keep yours as an attribute)")
+            raise ConfigError(
+                f"{name} holds no optimizer: give model.compile an optimizer (or keep yours as an attribute)"
+            )
         self.optimizer = model.optimizer or next(iter(self.optimizers.values()))  # the one fit finalizes (EMA)
         self.loss_tracker = None  # the model's own metrics hold its losses
         self.nan_guard = nan_guard
@@ -197,7 +218,9 @@ class ModelStepTrainer(Trainer):
                 data = tf.data.Dataset.from_tensor_slices((data,)).batch(batch_size)
             if self._predict_fn is None:
                 structure = _traced(tf.function(self.model.predict_step), "predict_step", data.element_spec)
-                self._outputs = tf.nest.map_structure(lambda t: tf.TensorSpec([None] * len(t.shape), t.dtype), structure)
+                self._outputs = tf.nest.map_structure(
+                    lambda t: tf.TensorSpec([None] * len(t.shape), t.dtype), structure
+                )
                 self._predict_fn = self.make_predict_function()
             return super().predict(data, batch_size=batch_size, callbacks=callbacks)
 
@@ -213,8 +236,11 @@ class ModelStepTrainer(Trainer):
             return
         left = [v.path for v in self.model.trainable_variables if id(v) not in updated]
         if left:
-            warnings.warn(f"{type(self.model).__name__}.train_step gives none of the model's optimizers {_some(left)}: they "
-                          "never train; apply gradients to them, or make them non-trainable", stacklevel=3)
+            warnings.warn(
+                f"{type(self.model).__name__}.train_step gives none of the model's optimizers {_some(left)}: they "
+                "never train; apply gradients to them, or make them non-trainable",
+                stacklevel=3,
+            )
 
     @contextlib.contextmanager
     def _for_inference(self):
@@ -290,8 +316,10 @@ class ModelStepTrainer(Trainer):
 
         @tf.function
         def run(iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-            arrays = [tf.TensorArray(s.dtype, size=0, dynamic_size=True, infer_shape=False, element_shape=s.shape)
-                      for s in flat_specs]
+            arrays = [
+                tf.TensorArray(s.dtype, size=0, dynamic_size=True, infer_shape=False, element_shape=s.shape)
+                for s in flat_specs
+            ]
             done = tf.constant(0, tf.int32)
             for _ in tf.range(num_steps):
                 batch = iterator.get_next_as_optional()
@@ -355,8 +383,10 @@ def _step_errors(where: str):
             listed = re.search(r"variables (\[.*\]) when minimizing", text, re.DOTALL)
             names = re.findall(r"path=([^,\s>]+)|'([^']+)'", listed.group(1) if listed else text)
             names = [a or b for a, b in names] or ["some variables"]
-            raise ConfigError(f"{where}: {_some(names)} got no gradient (the loss does not depend on them): take them out "
-                              "of the variables given to the optimizer, or make them non-trainable")
+            raise ConfigError(
+                f"{where}: {_some(names)} got no gradient (the loss does not depend on them): take them out "
+                "of the variables given to the optimizer, or make them non-trainable"
+            )
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
@@ -369,8 +399,10 @@ def _traced(function: Any, where: str, spec: Any) -> Any:
 def _checked_logs(logs: Any, where: str) -> dict[str, Any]:
     """The step's dict of scalars, or a one-line error saying what the step must return."""
     if not isinstance(logs, dict):
-        raise ConfigError(f"{where} returned {type(logs).__name__}; it must return a dict of scalars by name, "
-                          "e.g. {'loss': self.loss_tracker.result()}, as model.fit expects")
+        raise ConfigError(
+            f"{where} returned {type(logs).__name__}; it must return a dict of scalars by name, "
+            "e.g. {'loss': self.loss_tracker.result()}, as model.fit expects"
+        )
     checked = {}
     for key, value in logs.items():
         if isinstance(value, dict):
@@ -381,8 +413,10 @@ def _checked_logs(logs: Any, where: str) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise ConfigError(f"{where} returned {key!r}: {type(value).__name__}; its values must be scalars") from None
         if tensor.shape.rank != 0:
-            raise ConfigError(f"{where} returned {key!r} of shape {tensor.shape}; its values must be scalars (a "
-                              "metric's result, or a mean)")
+            raise ConfigError(
+                f"{where} returned {key!r} of shape {tensor.shape}; its values must be scalars (a "
+                "metric's result, or a mean)"
+            )
         checked[key] = tensor
     return checked
 

@@ -53,7 +53,12 @@ class LearningRateRangeTest(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 300, smoothing: float = 0.98,
+        self,
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        steps: int = 300,
+        smoothing: float = 0.98,
         diverge_factor: float = 4.0,
     ) -> None:
         super().__init__()
@@ -61,7 +66,9 @@ class LearningRateRangeTest(keras.callbacks.Callback):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if end_lr <= start_lr:
-            raise ValueError(f"end_lr ({end_lr:g}) must be above start_lr ({start_lr:g}): the rate grows during the test")
+            raise ValueError(
+                f"end_lr ({end_lr:g}) must be above start_lr ({start_lr:g}): the rate grows during the test"
+            )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 10:
             raise ValueError(f"steps must be an integer >= 10 (the smoothed loss needs a few), got {steps!r}")
         if not 0 <= smoothing < 1:
@@ -119,8 +126,12 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         lrs, losses, smoothed = self.learning_rates(done)[:keep], losses[:keep], smoothed[:keep]
         best = int(np.argmin(smoothed)) if keep else None
         return RangeTestResult(
-            lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggest_lr(lrs, smoothed),
-            min_loss_lr=float(lrs[best]) if best is not None else None, diverged=self.diverged,
+            lrs=lrs,
+            losses=losses,
+            smoothed=smoothed,
+            suggestion=suggest_lr(lrs, smoothed),
+            min_loss_lr=float(lrs[best]) if best is not None else None,
+            diverged=self.diverged,
         )
 
 

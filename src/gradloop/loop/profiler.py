@@ -31,7 +31,8 @@ def _clone(trainer: Trainer) -> Trainer:
     model.set_weights(trainer.model.get_weights())
     optimizer = trainer.optimizer.__class__.from_config(trainer.optimizer.get_config())
     args = tf.nest.map_structure(  # fresh metric objects: the run's keep their sums
-        lambda m: m.__class__.from_config(m.get_config()) if isinstance(m, keras.metrics.Metric) else m, trainer.compile_args
+        lambda m: m.__class__.from_config(m.get_config()) if isinstance(m, keras.metrics.Metric) else m,
+        trainer.compile_args,
     )
     return Trainer(model, optimizer=optimizer, options=trainer.options, **args)
 
@@ -68,7 +69,9 @@ def _stage_fn(t: Trainer, depth: int):
     return run
 
 
-def profile_phases(trainer: Trainer, dataset: tf.data.Dataset, *, steps: int = 60, repeats: int = 3) -> dict[str, float]:
+def profile_phases(
+    trainer: Trainer, dataset: tf.data.Dataset, *, steps: int = 60, repeats: int = 3
+) -> dict[str, float]:
     """Seconds per step of each phase (minimum over ``repeats``), on a copy of the trainer."""
     t = _clone(trainer)
     t.build(dataset)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Mapping, TextIO
+from collections.abc import Mapping
+from typing import TextIO
 
 import keras
 from tqdm.auto import tqdm
@@ -32,7 +33,11 @@ class Progress(keras.callbacks.Callback):
     throughput when ``batch_size`` is given, in every case."""
 
     def __init__(
-        self, *, batch_size: int | None = None, stream: TextIO | None = None, bar: bool | None = None,
+        self,
+        *,
+        batch_size: int | None = None,
+        stream: TextIO | None = None,
+        bar: bool | None = None,
         lines_per_epoch: int = 10,
     ) -> None:
         super().__init__()
@@ -46,7 +51,9 @@ class Progress(keras.callbacks.Callback):
         self._next_line = 1 / self.lines_per_epoch if self.lines_per_epoch else 2.0
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         if self.bar:
-            self._tqdm = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=self.stream, leave=False)
+            self._tqdm = tqdm(
+                total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=self.stream, leave=False
+            )
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         logs = logs or {}
@@ -57,7 +64,9 @@ class Progress(keras.callbacks.Callback):
         elif steps and (batch + 1) / steps >= self._next_line and batch + 1 < steps:
             n = self.lines_per_epoch
             self._next_line = ((batch + 1) * n // steps + 1) / n
-            print(f"epoch {self._epoch + 1} step {batch + 1}/{steps}  {format_logs(logs)}", file=self.stream, flush=True)
+            print(
+                f"epoch {self._epoch + 1} step {batch + 1}/{steps}  {format_logs(logs)}", file=self.stream, flush=True
+            )
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
@@ -65,7 +74,9 @@ class Progress(keras.callbacks.Callback):
             self._tqdm.close()
         steps = self.params.get("steps") or 0
         seconds = logs.get("train_time", time.perf_counter() - self._start)
-        rate = f"  {steps * self.batch_size / seconds:,.0f} samples/s" if steps and seconds > 0 and self.batch_size else ""
+        rate = (
+            f"  {steps * self.batch_size / seconds:,.0f} samples/s" if steps and seconds > 0 and self.batch_size else ""
+        )
         print(
             f"epoch {epoch + 1}/{self.params.get('epochs')}  {format_logs(logs)}  {seconds:.1f}s{rate}",
             file=self.stream,

@@ -48,7 +48,7 @@ class LinearWarmUp(keras.optimizers.schedules.LearningRateSchedule):
         return {"after": after, "warmup_steps": self.warmup_steps}
 
     @classmethod
-    def from_config(cls, config: dict) -> "LinearWarmUp":
+    def from_config(cls, config: dict) -> LinearWarmUp:
         after = config["after"]
         if isinstance(after, dict):
             after = keras.saving.deserialize_keras_object(after)

@@ -6,8 +6,9 @@ saves it with the variables and rebuilds it on restore.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass

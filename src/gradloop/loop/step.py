@@ -28,7 +28,8 @@ no Python side effects per step).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import keras
 import tensorflow as tf

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -72,8 +73,13 @@ class TensorBoardSummaries(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, log_dir: str | Path, *, every_steps: int = 32, initial_step: int = 0,
-        hparams: Mapping[str, Any] | None = None, trial_id: str | None = None,
+        self,
+        log_dir: str | Path,
+        *,
+        every_steps: int = 32,
+        initial_step: int = 0,
+        hparams: Mapping[str, Any] | None = None,
+        trial_id: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
@@ -125,7 +131,7 @@ class TensorBoardSummaries(keras.callbacks.Callback):
         train = {k: v for k, v in logs.items() if not k.startswith("val_")}
         train["learning_rate"] = current_learning_rate(self.model.optimizer)
         self._write_epoch("train", train, epoch)
-        val = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
+        val = {k[len("val_") :]: v for k, v in logs.items() if k.startswith("val_")}
         if val:
             self._write_epoch("validation", val, epoch)
 

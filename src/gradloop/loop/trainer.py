@@ -14,14 +14,13 @@ here; what one step does in :mod:`gradloop.loop.step`, what it works with in
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Union
 
 import keras
 import tensorflow as tf
 
-from gradloop.loop import in_memory
-from gradloop.loop import progress
-from gradloop.loop import release
+from gradloop.loop import in_memory, progress, release
 from gradloop.loop.compiled import CompileOptions, LossSpec, MetricsSpec
 from gradloop.loop.inference import InferenceModel, check_dataset, floats, steps_per_epoch
 from gradloop.loop.state import LoopState, validates
@@ -30,7 +29,7 @@ from gradloop.loop.step import StepFn
 # A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
 # dataset`` (gradloop.data.shuffled_epochs): then every epoch's order can be rebuilt exactly on resume.
 # Arrays in memory: gradloop.InMemory (epoch -> Epoch), whose step groups gather batches by index.
-TrainData = Union[tf.data.Dataset, in_memory.Epoch, Callable[[int], Union[tf.data.Dataset, in_memory.Epoch]]]
+TrainData = Union[tf.data.Dataset, in_memory.Epoch, Callable[[int], tf.data.Dataset | in_memory.Epoch]]
 
 
 class Trainer(InferenceModel):
@@ -50,7 +49,7 @@ class Trainer(InferenceModel):
     (a GAN's two optimizers, its own ``compile``): see :mod:`gradloop.loop.keras_steps`.
     """
 
-    def __new__(cls, model: keras.Model = None, **kwargs: Any) -> "Trainer":
+    def __new__(cls, model: keras.Model = None, **kwargs: Any) -> Trainer:
         # Trainer(model) without optimizer= and loss=: the model's own train_step (gradloop.loop.keras_steps).
         if cls is Trainer and kwargs.get("optimizer") is None and kwargs.get("loss") is None:
             from gradloop.loop.keras_steps import ModelStepTrainer
@@ -59,20 +58,43 @@ class Trainer(InferenceModel):
         return super().__new__(cls)
 
     def __init__(
-        self, model: keras.Model, *, optimizer: keras.optimizers.Optimizer, loss: LossSpec,
-        metrics: MetricsSpec = (), loss_weights: Any = None, weighted_metrics: MetricsSpec = None,
-        train_step: StepFn | None = None, options: CompileOptions = CompileOptions(),
+        self,
+        model: keras.Model,
+        *,
+        optimizer: keras.optimizers.Optimizer,
+        loss: LossSpec,
+        metrics: MetricsSpec = (),
+        loss_weights: Any = None,
+        weighted_metrics: MetricsSpec = None,
+        train_step: StepFn | None = None,
+        options: CompileOptions = CompileOptions(),
         strategy: tf.distribute.Strategy | None = None,
     ) -> None:
-        super().__init__(model, optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=loss_weights,
-                         weighted_metrics=weighted_metrics, train_step=train_step, options=options, strategy=strategy)
+        super().__init__(
+            model,
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            loss_weights=loss_weights,
+            weighted_metrics=weighted_metrics,
+            train_step=train_step,
+            options=options,
+            strategy=strategy,
+        )
         self.state = LoopState()
 
     def fit(
-        self, train: TrainData, *, validation_data: tf.data.Dataset | None = None, epochs: int = 1,
-        callbacks: Iterable[keras.callbacks.Callback] | None = None, initial_state: LoopState | None = None,
-        end_groups_every: int | None = None, class_weight: Mapping[int, float] | None = None,
-        validation_freq: int | Sequence[int] = 1, verbose: int | str = "auto",
+        self,
+        train: TrainData,
+        *,
+        validation_data: tf.data.Dataset | None = None,
+        epochs: int = 1,
+        callbacks: Iterable[keras.callbacks.Callback] | None = None,
+        initial_state: LoopState | None = None,
+        end_groups_every: int | None = None,
+        class_weight: Mapping[int, float] | None = None,
+        validation_freq: int | Sequence[int] = 1,
+        verbose: int | str = "auto",
     ) -> keras.callbacks.History:
         """Train for ``epochs`` over ``train`` (``(x, y)`` or ``(x, y, sample_weight)`` batches; see ``TrainData``).
 
@@ -106,7 +128,11 @@ class Trainer(InferenceModel):
         history.history = self.state.history
         history.validation_freq = validation_freq  # which epochs Keras' shorter val_ lists belong to
         callbacks = keras.callbacks.CallbackList(
-            [history, *progress.for_verbose(verbose), *(callbacks or [])], model=self.model, epochs=epochs, steps=steps, verbose=0
+            [history, *progress.for_verbose(verbose), *(callbacks or [])],
+            model=self.model,
+            epochs=epochs,
+            steps=steps,
+            verbose=0,
         )
         self.model.stop_training = False
         callbacks.on_train_begin()
@@ -170,4 +196,6 @@ def _check_validation_freq(validation_freq: int | Sequence[int]) -> None:
         (isinstance(validation_freq, int) and validation_freq >= 1)
         or (isinstance(validation_freq, (list, tuple)) and all(isinstance(e, int) and e >= 1 for e in validation_freq))
     ):
-        raise ValueError(f"validation_freq must be a positive integer or a list of epochs (from 1), got {validation_freq!r}")
+        raise ValueError(
+            f"validation_freq must be a positive integer or a list of epochs (from 1), got {validation_freq!r}"
+        )

@@ -45,8 +45,11 @@ def falls_back(exc: tf.errors.OpError, jit_compile: bool | None) -> bool:
     it, under the default), with a warning saying so; False: ``exc`` is the caller's to raise."""
     if jit_compile or not _xla_refused(exc):
         return False
-    warnings.warn(f"XLA cannot compile this training step ({_first_line(exc)}); it runs on TensorFlow's "
-                  "graph instead (CompileOptions(jit_compile=False) says so up front)", stacklevel=3)
+    warnings.warn(
+        f"XLA cannot compile this training step ({_first_line(exc)}); it runs on TensorFlow's "
+        "graph instead (CompileOptions(jit_compile=False) says so up front)",
+        stacklevel=3,
+    )
     return True
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 STYLE = (
     "body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
@@ -27,7 +28,7 @@ def page(title: str, body: Iterable[str], *, head: str = "") -> str:
     """The document around ``body`` (HTML strings, one per line); ``title`` is escaped here,
     ``head`` (extra ``<meta>`` lines) is put in as it is."""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"{head}<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"

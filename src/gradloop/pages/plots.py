@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import io
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -24,8 +25,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from gradloop.atomic import write_atomically  # noqa: E402
-from gradloop.run.history import aligned_history, tutorial_history  # noqa: E402
 from gradloop.loop.state import validates  # noqa: E402
+from gradloop.run.history import aligned_history, tutorial_history  # noqa: E402
 
 _NOT_METRICS = ("loss", "time")  # history columns that are not the model's metrics
 _TITLES = {"accuracy": "Accuracy values", "loss": "Loss values"}  # the tutorial's
@@ -43,7 +44,7 @@ def top_metric(history: Mapping[str, list[float]], metric: str | None = None) ->
     return next((name for name in names if name not in _NOT_METRICS), None)
 
 
-def history_figure(history: "Mapping[str, list[float]] | Any", *, metric: str | None = None) -> Figure:
+def history_figure(history: Mapping[str, list[float]] | Any, *, metric: str | None = None) -> Figure:
     """The history's panels sharing the epoch axis: :func:`top_metric` on top (when there is one),
     loss below, each with its train and val curves. The caller closes the figure (in Jupyter, a
     cell ending in ``history_figure(trainer.fit(...))`` shows it). ``history``: lists by Keras' names
@@ -104,15 +105,28 @@ def compared_metrics(histories: Sequence[Mapping[str, list[float]]], metrics: Se
 def compare_figure(histories: Mapping[str, Mapping[str, list[float]]], metrics: Sequence[str]) -> Figure:
     """Runs' learning curves overlaid: a row per metric, training on the left and validation on the
     right on one y scale, a colour per run and one legend above. The caller closes the figure."""
-    fig, axes = plt.subplots(len(metrics), 2, sharex=True, sharey="row", figsize=(11, 1.2 + 3 * len(metrics)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(metrics),
+        2,
+        sharex=True,
+        sharey="row",
+        figsize=(11, 1.2 + 3 * len(metrics)),
+        squeeze=False,
+        layout="constrained",
+    )
     for row, name in zip(axes, metrics):
         for ax, split in zip(row, ("train", "val")):
             for i, history in enumerate(histories.values()):
                 points = _measured(history.get(f"{split}_{name}") or [])
                 if points:
-                    ax.plot(*zip(*points), marker="o", markersize=3, color=f"C{i % 10}",
-                            linestyle=_RUN_LINESTYLES[i // 10 % len(_RUN_LINESTYLES)], label=f"run {i}")
+                    ax.plot(
+                        *zip(*points),
+                        marker="o",
+                        markersize=3,
+                        color=f"C{i % 10}",
+                        linestyle=_RUN_LINESTYLES[i // 10 % len(_RUN_LINESTYLES)],
+                        label=f"run {i}",
+                    )
             _epoch_axes(ax, f"{split}_{name}")
     for ax in axes[-1]:
         ax.set_xlabel("epoch")

@@ -95,6 +95,8 @@ def own_path(run: str | os.PathLike, name: str) -> Path:
     path = Path(run) / name
     inside, real = os.path.realpath(run), os.path.realpath(path)
     if os.path.commonpath([inside, real]) != inside:
-        raise RunDirError(f"{path} leads out of the run directory (to {real}); gradloop reads and writes a run's own "
-                          "files inside its folder only: replace the link with the file")
+        raise RunDirError(
+            f"{path} leads out of the run directory (to {real}); gradloop reads and writes a run's own "
+            "files inside its folder only: replace the link with the file"
+        )
     return path

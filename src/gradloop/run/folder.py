@@ -22,8 +22,9 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gradloop.errors import RunDirError
 from gradloop.run.files import HISTORY_CSV, HISTORY_JSON, RUN_JSON, own_path, read_json, write_json, write_text
@@ -54,14 +55,15 @@ class RunDir:
     # reading -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, missing: str | None = None) -> "RunDir":
+    def open(cls, path: str | os.PathLike, *, missing: str | None = None) -> RunDir:
         """A finished or running run, to read; anything but a folder with a valid run.json is refused."""
         path = Path(path)
         if not path.is_dir():
             state = "is not a folder" if path.exists() else "does not exist"
             raise RunDirError(f"run directory {path} {state}; pass a folder made by gradloop train")
-        missing = missing or (f"{path} is not a gradloop run directory (no run.json); "
-                              "pass a folder made by gradloop train")
+        missing = missing or (
+            f"{path} is not a gradloop run directory (no run.json); pass a folder made by gradloop train"
+        )
         return cls(path, read_info(path, missing=missing))
 
     def read_history(self) -> dict[str, list[float]]:
@@ -151,8 +153,9 @@ def read_info(path: Path, *, missing: str) -> dict[str, Any]:
     if version == 0:  # before format 1 run.json had no "workers": a multi-worker run had a replica per worker
         info.setdefault("workers", info.get("num_replicas", 1) if info.get("strategy") == "multi_worker" else 1)
     if "status" in info and info["status"] not in STATUSES:
-        raise RunDirError(f"{file} has status {info['status']!r}, not one of {', '.join(STATUSES)}; "
-                          "the run directory is damaged")
+        raise RunDirError(
+            f"{file} has status {info['status']!r}, not one of {', '.join(STATUSES)}; the run directory is damaged"
+        )
     if isinstance(info.get("workers", 1), bool) or not isinstance(info.get("workers", 1), int):
         raise RunDirError(f"{file} has workers {info['workers']!r}, not a count; the run directory is damaged")
     check_info(info, file)

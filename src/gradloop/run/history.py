@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def tutorial_history(history: Mapping[str, list[float]]) -> dict[str, list[float]]:
@@ -55,11 +56,11 @@ BEST = {"metric": "val_loss", "mode": "min"}  # what a run's best epoch is when 
 def progress(history: Mapping[str, list[float]], best: Any = None) -> dict[str, Any]:
     """run.json's account of the epochs in ``history`` (the tutorial's names), for ``gradloop runs``:
 
-        epochs_done     how many there are
-        train_seconds   their training passes' time (``train_time``) summed; validation not included
-        best            {metric, mode, value, epoch}: the first epoch (from 1) where ``best["metric"]``
-                        was highest (mode ``max``) or lowest (``min``), or without value and epoch when
-                        the history has no finite value of it; by default the lowest val_loss
+    epochs_done     how many there are
+    train_seconds   their training passes' time (``train_time``) summed; validation not included
+    best            {metric, mode, value, epoch}: the first epoch (from 1) where ``best["metric"]``
+                    was highest (mode ``max``) or lowest (``min``), or without value and epoch when
+                    the history has no finite value of it; by default the lowest val_loss
     """
     ok = isinstance(best, Mapping) and isinstance(best.get("metric"), str) and best.get("mode") in ("max", "min")
     spec = {"metric": best["metric"], "mode": best["mode"]} if ok else dict(BEST)

@@ -43,7 +43,7 @@ class RunLock:
     def __del__(self) -> None:  # a lock nobody refers to any more is dropped, as a file would be closed
         self.release()
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -19,8 +19,9 @@ function) runs only when the user trusts the run (``TRUST_CODE``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gradloop.errors import RunDirError, shortened
 from gradloop.run.files import MODEL_SOURCE
@@ -78,8 +79,10 @@ _INFO_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "error": (_is_text, "text"),
     "strategy": (_is_text, "text"),
     "metrics": (lambda v: _is_list(v, _is_text), "a list of names"),
-    "best": (lambda v: _is_dict(v) and (v.get("metric") is None or _is_text(v["metric"])),
-             "a metric and its best epoch"),
+    "best": (
+        lambda v: _is_dict(v) and (v.get("metric") is None or _is_text(v["metric"])),
+        "a metric and its best epoch",
+    ),
     "versions": (lambda v: _is_dict(v, _is_text), "a list of versions"),
     "resumed": (lambda v: _is_list(v, _is_dict), "a list of resumes"),
     "model_source": (_is_model_source, "model_source.py:FUNCTION, model_initial.keras or package.module:FUNCTION"),
@@ -119,22 +122,36 @@ def check_data_record(data: Mapping[str, Any], file: Path) -> None:
     names = lambda v: _is_list(v, _is_text)  # noqa: E731
     numbers = lambda v: _is_list(v, lambda x: _is_number(x) and math.isfinite(x))  # noqa: E731
     checks: dict[str, tuple[Callable[[Any], bool], str]] = {
-        "image_size": (lambda v: _is_list(v, lambda x: _is_count(x) and 1 <= x <= 8192) and len(v) == 2,
-                       "two sizes from 1 to 8192 pixels"),
+        "image_size": (
+            lambda v: _is_list(v, lambda x: _is_count(x) and 1 <= x <= 8192) and len(v) == 2,
+            "two sizes from 1 to 8192 pixels",
+        ),
         "color_mode": (lambda v: v in COLOR_MODES, f"one of {', '.join(COLOR_MODES)}"),
         "divide_by": (lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a positive number"),
         "target": (_is_text, "a column name"),
         "columns": (names, "a list of column names"),
         "one_hot": (lambda v: _is_dict(v, names), "each text column's values"),
         "fill": (lambda v: v in FILLS, f"one of {', '.join(FILLS)}"),
-        "fill_values": (lambda v: _is_dict(v, lambda x: (_is_number(x) and math.isfinite(x)) or numbers(x)),
-                        "each column's fill values"),
+        "fill_values": (
+            lambda v: _is_dict(v, lambda x: (_is_number(x) and math.isfinite(x)) or numbers(x)),
+            "each column's fill values",
+        ),
         "task": (lambda v: v in (*TASKS, UNLABELED), f"one of {', '.join((*TASKS, UNLABELED))}"),
         "header": (lambda v: v in ("yes", "no"), "yes or no"),
-        "standardize": (lambda v: names(v) or (_is_dict(v) and names(v.get("columns")) and numbers(v.get("mean"))
-                                                and numbers(v.get("std")) and len(v["mean"]) == len(v["std"])
-                                                and all(s > 0 for s in v["std"])),
-                        "the columns' means and standard deviations"),
+        "standardize": (
+            lambda v: (
+                names(v)
+                or (
+                    _is_dict(v)
+                    and names(v.get("columns"))
+                    and numbers(v.get("mean"))
+                    and numbers(v.get("std"))
+                    and len(v["mean"]) == len(v["std"])
+                    and all(s > 0 for s in v["std"])
+                )
+            ),
+            "the columns' means and standard deviations",
+        ),
     }
     for key, (ok, what) in checks.items():
         if key in p and not ok(p[key]):
@@ -149,8 +166,10 @@ def check_history(history: Any, file: Path) -> None:
         raise RunDirError(f"{file} is not a history of per-epoch lists; the run directory is damaged")
     for key, values in history.items():
         if len(values) > MAX_ITEMS or not all(v is None or _is_number(v) for v in values):
-            raise RunDirError(f"{file} holds {_shown(key)}, which is not a list of at most {MAX_ITEMS:,} numbers; "
-                              "the run directory is damaged")
+            raise RunDirError(
+                f"{file} holds {_shown(key)}, which is not a list of at most {MAX_ITEMS:,} numbers; "
+                "the run directory is damaged"
+            )
 
 
 def _shown(value: Any) -> str:

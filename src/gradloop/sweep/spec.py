@@ -21,9 +21,10 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 from gradloop.app.config import TrainConfig, build_config, config_values, read_yaml_mapping
 from gradloop.errors import ConfigError
@@ -110,7 +111,9 @@ def read_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(f"trials in {where} must be a whole number from 1 to {MAX_TRIALS:,}, got {trials!r}")
     metric = data["metric"]
     if not isinstance(metric, str) or not metric.startswith(("val_", "train_")):
-        raise ConfigError(f"metric in {where} must be a history column such as val_accuracy or val_loss, got {metric!r}")
+        raise ConfigError(
+            f"metric in {where} must be a history column such as val_accuracy or val_loss, got {metric!r}"
+        )
     if data["direction"] not in DIRECTIONS:
         raise ConfigError(f"direction in {where} must be maximize or minimize, got {data['direction']!r}")
     train = data.get("train") or {}
@@ -118,20 +121,36 @@ def read_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(f"train in {where} must be a mapping of train options, like 'epochs: 5'")
     train = config_values(train, where=f"{where}'s train")
     if not isinstance(data["space"], dict) or not data["space"]:
-        raise ConfigError(f"space in {where} must map options to ranges or choices, like 'lr: {{low: 1.0e-4, high: 0.01, log: true}}'")
+        raise ConfigError(
+            f"space in {where} must map options to ranges or choices, like 'lr: {{low: 1.0e-4, high: 0.01, log: true}}'"
+        )
     space_values = config_values(data["space"], where=f"{where}'s space")
     if "run_dir" in train:
-        raise ConfigError(f"run_dir in {where}'s train: each trial's run directory is the sweep's to name; "
-                          "pass --out for the sweep folder")
+        raise ConfigError(
+            f"run_dir in {where}'s train: each trial's run directory is the sweep's to name; "
+            "pass --out for the sweep folder"
+        )
     space = {name: _space(name, value, where) for name, value in space_values.items()}
     both = sorted(set(space) & set(train))
     if both:
         raise ConfigError(f"{both[0]} is both fixed (train) and searched (space) in {where}; keep it in one of them")
     pruning = _pruning(data.get("pruning", DEFAULT_PRUNING), where)
     spec = SweepSpec(
-        path=path, trials=trials, metric=metric, direction=data["direction"], train=train, space=space, pruning=pruning,
-        raw={"trials": trials, "metric": metric, "direction": data["direction"], "train": train, "space": space_values,
-             "pruning": data.get("pruning", DEFAULT_PRUNING)},
+        path=path,
+        trials=trials,
+        metric=metric,
+        direction=data["direction"],
+        train=train,
+        space=space,
+        pruning=pruning,
+        raw={
+            "trials": trials,
+            "metric": metric,
+            "direction": data["direction"],
+            "train": train,
+            "space": space_values,
+            "pruning": data.get("pruning", DEFAULT_PRUNING),
+        },
     )
     _check_values(spec, where)
     return spec
@@ -139,9 +158,14 @@ def read_spec(path: str | Path) -> SweepSpec:
 
 def _space(name: str, value: Any, where: str) -> Space:
     if name in NOT_SEARCHED:
-        raise ConfigError(f"{name} cannot be searched ({where}'s space): "
-                          + ("the sweep names each trial's run directory" if name == "run_dir"
-                             else "a sweep compares options on one data set; put it in train"))
+        raise ConfigError(
+            f"{name} cannot be searched ({where}'s space): "
+            + (
+                "the sweep names each trial's run directory"
+                if name == "run_dir"
+                else "a sweep compares options on one data set; put it in train"
+            )
+        )
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"space {name} in {where} is an empty list of choices; give one or more values")
@@ -150,10 +174,14 @@ def _space(name: str, value: Any, where: str) -> Space:
             raise ConfigError(f"space {name} in {where} lists a choice twice: {value!r}")
         return Choices(tuple(value))
     if not isinstance(value, dict):
-        raise ConfigError(f"space {name} in {where} must be a range {{low, high, log}} or a list of choices, got {value!r}")
+        raise ConfigError(
+            f"space {name} in {where} must be a range {{low, high, log}} or a list of choices, got {value!r}"
+        )
     unknown = [k for k in value if k not in ("low", "high", "log")]
     if unknown or "low" not in value or "high" not in value:
-        raise ConfigError(f"space {name} in {where} must be {{low: ..., high: ...}} with an optional log: true, got {value!r}")
+        raise ConfigError(
+            f"space {name} in {where} must be {{low: ..., high: ...}} with an optional log: true, got {value!r}"
+        )
     kind = number_type(name)
     if kind is None:
         raise ConfigError(f"space {name} in {where} is a range, but {name} is not a number; list its choices instead")
@@ -162,7 +190,9 @@ def _space(name: str, value: Any, where: str) -> Space:
     if not isinstance(log, bool):
         raise ConfigError(f"log of space {name} in {where} must be true or false, got {log!r}")
     if kind is int and not all(isinstance(v, int) for v in (low, high)):
-        raise ConfigError(f"space {name} in {where} takes whole numbers ({name} is an integer), got low {low!r}, high {high!r}")
+        raise ConfigError(
+            f"space {name} in {where} takes whole numbers ({name} is an integer), got low {low!r}, high {high!r}"
+        )
     if low > high:
         raise ConfigError(f"space {name} in {where} is an empty range: low {low!r} is above high {high!r}")
     if log and low <= 0:
@@ -184,7 +214,9 @@ def _number(value: Any, name: str, key: str, where: str) -> float:
 def number_type(option: str) -> type | None:
     """int or float for an option that holds a number (``batch_size``, ``lr``, ``clip_norm``), else None."""
     hint = typing.get_type_hints(TrainConfig)[option]
-    kinds = {t for t in (typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)) if t is not type(None)}
+    kinds = {
+        t for t in (typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)) if t is not type(None)
+    }
     return kinds.pop() if kinds in ({int}, {float}) else None
 
 
@@ -204,8 +236,11 @@ def _check_values(spec: SweepSpec, where: str) -> None:
     """Each range's ends and each choice, with the other options at their first value, is a valid config."""
     first = {name: (s.low if isinstance(s, Range) else s.values[0]) for name, s in spec.space.items()}
     for name, space in spec.space.items():
-        candidates = (("low", space.low), ("high", space.high)) if isinstance(space, Range) else (
-            (f"choice {v!r}", v) for v in space.values)
+        candidates = (
+            (("low", space.low), ("high", space.high))
+            if isinstance(space, Range)
+            else ((f"choice {v!r}", v) for v in space.values)
+        )
         for label, value in candidates:
             try:
                 spec.config({**first, name: value})

@@ -31,16 +31,17 @@ import fcntl
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 
+from gradloop.errors import ConfigError, RunDirError
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 from gradloop.run import start as run_start
-from gradloop.errors import ConfigError, RunDirError
 from gradloop.sweep.spec import SweepSpec
 
 SWEEP_JSON = "sweep.json"
@@ -63,7 +64,7 @@ class Storage:
     shown: str
 
     @classmethod
-    def choose(cls, storage: str | None, folder: Path) -> "Storage":
+    def choose(cls, storage: str | None, folder: Path) -> Storage:
         if storage is None:
             return cls(journal=folder / STUDY_JOURNAL, url=None, shown=STUDY_JOURNAL)
         if "://" not in storage:
@@ -73,8 +74,10 @@ class Storage:
         try:
             shown = sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
         except sqlalchemy.exc.ArgumentError:
-            raise ConfigError(f"--storage {storage!r} is not a database URL such as "
-                              "postgresql://user:password@host/db; or pass a journal file's path") from None
+            raise ConfigError(
+                f"--storage {storage!r} is not a database URL such as "
+                "postgresql://user:password@host/db; or pass a journal file's path"
+            ) from None
         return cls(journal=None, url=storage, shown=shown)
 
     def check(self) -> Any:
@@ -104,8 +107,9 @@ class Storage:
         if self.shown == STUDY_JOURNAL:  # the sweep folder's own, made with it (check_folder checked that it can be)
             return None
         if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise ConfigError(f"cannot open the storage {self.journal}: {parent} is not a writable folder; "
-                              "pass another --storage")
+            raise ConfigError(
+                f"cannot open the storage {self.journal}: {parent} is not a writable folder; pass another --storage"
+            )
         return None
 
     def open(self, checked: Any) -> Any:
@@ -149,8 +153,10 @@ def check_same_sweep(info: Any, spec: SweepSpec, storage: Storage, folder: Path)
             f"{spec.path}); a sweep continues with its own spec (only trials may change): pass another --out"
         )
     if info.get("storage") != storage.shown:
-        raise ConfigError(f"the sweep in {folder} keeps its study in {info.get('storage')}, not {storage.shown}; "
-                          f"pass --storage {info.get('storage')}")
+        raise ConfigError(
+            f"the sweep in {folder} keeps its study in {info.get('storage')}, not {storage.shown}; "
+            f"pass --storage {info.get('storage')}"
+        )
 
 
 class Sweep:
@@ -160,7 +166,7 @@ class Sweep:
         self.folder, self.spec, self.study, self.storage = folder, spec, study, storage
 
     @classmethod
-    def open(cls, spec: SweepSpec, folder: Path, storage: Storage, checked: Any) -> "Sweep":
+    def open(cls, spec: SweepSpec, folder: Path, storage: Storage, checked: Any) -> Sweep:
         """Create the folder, record the sweep (first process only) and load or create its study."""
         (folder / LOCKS).mkdir(parents=True, exist_ok=True)
         with _locked(folder / LOCKS / "sweep.lock"):
@@ -169,14 +175,28 @@ class Sweep:
                 info = run_files.read_json(record, missing=f"{record} is missing")
                 check_same_sweep(info, spec, storage, folder)
             else:
-                info = {"format": FORMAT, "spec": spec.raw, "study": f"gradloop-sweep-{uuid.uuid4().hex[:12]}",
-                        "storage": storage.shown, "created": run_folder.now()}
+                info = {
+                    "format": FORMAT,
+                    "spec": spec.raw,
+                    "study": f"gradloop-sweep-{uuid.uuid4().hex[:12]}",
+                    "storage": storage.shown,
+                    "created": run_folder.now(),
+                }
                 run_files.write_json(record, info)
-            pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.pruning.startup_trials,
-                                                  n_warmup_steps=spec.pruning.warmup_epochs)
-                      if spec.pruning else optuna.pruners.NopPruner())
-            study = optuna.create_study(study_name=info["study"], storage=storage.open(checked), pruner=pruner,
-                                        direction=spec.direction, load_if_exists=True)
+            pruner = (
+                optuna.pruners.MedianPruner(
+                    n_startup_trials=spec.pruning.startup_trials, n_warmup_steps=spec.pruning.warmup_epochs
+                )
+                if spec.pruning
+                else optuna.pruners.NopPruner()
+            )
+            study = optuna.create_study(
+                study_name=info["study"],
+                storage=storage.open(checked),
+                pruner=pruner,
+                direction=spec.direction,
+                load_if_exists=True,
+            )
         return cls(folder, spec, study, storage)
 
     def trial_dir(self, number: int) -> Path:
@@ -188,7 +208,7 @@ class Sweep:
         with _locked(self.folder / LOCKS / "sweep.lock"):
             yield
 
-    def claim(self) -> "Claim | None":
+    def claim(self) -> Claim | None:
         """The next trial for this process: an abandoned one to resume, else a new one; None when
         every trial is taken (see the module's docstring)."""
         with self.held():

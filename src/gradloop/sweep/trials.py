@@ -15,23 +15,30 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import keras
 import optuna
 
 from gradloop.app import assemble
+from gradloop.app.config import resumed_config
 from gradloop.app.train import train
+from gradloop.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    GradloopError,
+    RunDirError,
+    RunInUseError,
+    TrainingError,
+)
+from gradloop.loop.signals import StopSignals
+from gradloop.loop.state import validates
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 from gradloop.run import history as run_history
-from gradloop.loop.signals import StopSignals
-from gradloop.app.config import resumed_config
-from gradloop.loop.state import validates
-from gradloop.errors import (
-    CheckpointError, ConfigError, DataError, GradloopError, RunDirError, RunInUseError, TrainingError,
-)
 from gradloop.sweep import page
 from gradloop.sweep.spec import Range, SweepSpec
 from gradloop.sweep.study import Claim, Storage, Sweep, check_folder
@@ -40,8 +47,13 @@ TrialState = optuna.trial.TrialState
 
 
 def run_sweep(
-    spec: SweepSpec, *, out: str | Path | None = None, storage: str | None = None, stop: StopSignals | None = None,
-    stream: TextIO | None = None, notify: Callable[[str], None] = print,
+    spec: SweepSpec,
+    *,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    stop: StopSignals | None = None,
+    stream: TextIO | None = None,
+    notify: Callable[[str], None] = print,
 ) -> Path:
     """Run the sweep's trials that no other process runs, then write its results; returns the folder."""
     stream = stream or sys.stdout
@@ -52,10 +64,16 @@ def run_sweep(
     checked = where.check()  # a database is opened now; nothing has been written yet
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own lines
     # Each trial traces its own model's step: TensorFlow's note that functions were traced again is expected here.
-    logging.getLogger("tensorflow").addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: "triggered tf.function retracing" not in record.getMessage()
+    )
     sweep = Sweep.open(spec, folder, where, checked)
-    print(f"gradloop: sweep {folder}: {spec.trials} trials of {', '.join(spec.space)}, {spec.direction} {spec.metric} "
-          f"(study in {where.shown})", file=stream, flush=True)
+    print(
+        f"gradloop: sweep {folder}: {spec.trials} trials of {', '.join(spec.space)}, {spec.direction} {spec.metric} "
+        f"(study in {where.shown})",
+        file=stream,
+        flush=True,
+    )
     while (claim := sweep.claim()) is not None:
         try:
             run_trial(sweep, claim, stop=stop, stream=stream, notify=notify)
@@ -72,19 +90,32 @@ def check_metric(spec: SweepSpec, *, notify: Callable[[str], None]) -> None:
     """The spec's metric is a column of every trial's history (the data says the task, so it is read)."""
     config = spec.config(_first(spec))
     held_out = spec.space.get("val_fraction")
-    fractions = [config.val_fraction] if held_out is None else [held_out.low] if isinstance(held_out, Range) else held_out.values
+    fractions = (
+        [config.val_fraction]
+        if held_out is None
+        else [held_out.low]
+        if isinstance(held_out, Range)
+        else held_out.values
+    )
     if spec.metric.startswith("val_") and min(fractions) == 0:
-        raise ConfigError(f"metric {spec.metric} in sweep spec {spec.path} is not recorded by runs whose val_fraction "
-                          "is 0 (they hold out no validation data); hold out data or use a train_ metric")
+        raise ConfigError(
+            f"metric {spec.metric} in sweep spec {spec.path} is not recorded by runs whose val_fraction "
+            "is 0 (they hold out no validation data); hold out data or use a train_ metric"
+        )
     data = assemble.load_data(config, notify=notify)
     metrics = [_history_name(m) for m in assemble.build_metrics(config, data.task)]
     if "metrics" in spec.space:  # each choice records its own
-        listed = [assemble.build_metrics(spec.config({**_first(spec), "metrics": c}), data.task) for c in spec.space["metrics"].values]
+        listed = [
+            assemble.build_metrics(spec.config({**_first(spec), "metrics": c}), data.task)
+            for c in spec.space["metrics"].values
+        ]
         metrics = [m for m in metrics if all(m in map(_history_name, names) for names in listed)]
     recorded = [f"{split}_{name}" for split in ("train", "val") for name in ("loss", *metrics)]
     if spec.metric not in recorded:
-        raise ConfigError(f"metric {spec.metric} in sweep spec {spec.path} is not recorded by these runs; "
-                          f"they record {', '.join(recorded)}")
+        raise ConfigError(
+            f"metric {spec.metric} in sweep spec {spec.path} is not recorded by these runs; "
+            f"they record {', '.join(recorded)}"
+        )
 
 
 def _history_name(metric: str) -> str:
@@ -124,11 +155,20 @@ def run_trial(
     if status == "failed":  # its process died after the run failed, before the study heard
         return _fail(sweep, trial, run.info.get("error", "the run failed"), notify)
     if status != "finished":
-        config = resumed_config(run.info["config"], run_dir=str(path)) if resume else spec.config(params, run_dir=str(path))
+        config = (
+            resumed_config(run.info["config"], run_dir=str(path)) if resume else spec.config(params, run_dir=str(path))
+        )
         pruning = PruneOnMetric(trial, spec.metric, epochs=config.epochs, validation_every=config.validation_every)
         try:
-            train(config, resume=resume, overwrite=not resume and path.exists(), stop=stop, out=stream,
-                             notify=notify, callbacks=[pruning])
+            train(
+                config,
+                resume=resume,
+                overwrite=not resume and path.exists(),
+                stop=stop,
+                out=stream,
+                notify=notify,
+                callbacks=[pruning],
+            )
         except RunInUseError:  # another process holds the trial's run: not the trial's fault
             raise
         # this trial's options or run, not the sweep's
@@ -184,7 +224,9 @@ class PruneOnMetric(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         validated = functools.partial(validates, validation_freq=self.validation_every)
-        history = run_history.aligned_history(self.model.history.history, validated)  # val_ lists: validated epochs only
+        history = run_history.aligned_history(
+            self.model.history.history, validated
+        )  # val_ lists: validated epochs only
         values = history.get(self.key, [])
         frozen = next(t for t in self.trial.study.get_trials(deepcopy=False) if t.number == self.trial.number)
         for epoch, value in enumerate(values):

@@ -110,8 +110,7 @@ def _read_payload(stream: BinaryIO, path: Path, declared: int, *, keep: int) -> 
         )
     if total > declared:
         raise DataError(
-            f"{path}: more data follows the {declared:,} bytes the header declares; "
-            "the file is corrupt, re-download it"
+            f"{path}: more data follows the {declared:,} bytes the header declares; the file is corrupt, re-download it"
         )
     return kept
 
@@ -140,15 +139,13 @@ def _find_idx_pair(folder: Path, images_name: str, labels_name: str) -> tuple[Pa
     if (images is None) != (labels is None):
         found, missing = (images, labels_name) if labels is None else (labels, images_name)
         raise DataError(
-            f"{folder}: {found.name} is there but {missing}[.gz] is missing; "
-            "put both files of the split in the folder"
+            f"{folder}: {found.name} is there but {missing}[.gz] is missing; put both files of the split in the folder"
         )
     return None if images is None else (images, labels)
 
 
 def _find_idx_file(folder: Path, name: str) -> Path | None:
     return next((folder / n for n in (name + ".gz", name) if (folder / n).is_file()), None)
-
 
 
 def _read_idx_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:

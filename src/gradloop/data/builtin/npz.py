@@ -37,7 +37,9 @@ def load_npz(path: str | os.PathLike) -> RawData:
         with open(path, "rb") as file:
             magic = file.read(6)
         if magic == b"\x93NUMPY":
-            raise DataError(f"{path}: holds a single array, not an .npz archive; save it with np.savez(x_train=..., ...)")
+            raise DataError(
+                f"{path}: holds a single array, not an .npz archive; save it with np.savez(x_train=..., ...)"
+            )
         if magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
             raise DataError(f"{path}: not a readable .npz archive (not a zip file); pass a Keras-style mnist.npz")
         archive = zipfile.ZipFile(path)

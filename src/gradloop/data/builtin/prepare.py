@@ -134,4 +134,4 @@ def split_rows(n: int, *, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     if n_val == n:
         raise ConfigError(f"val_fraction {val_fraction} of {n} samples leaves no training data; lower it")
     order = np.random.default_rng(seed).permutation(n)
-    return order[: n - n_val], order[n - n_val:]
+    return order[: n - n_val], order[n - n_val :]

@@ -87,23 +87,29 @@ def kind_of(path: str) -> str:
         return "function"
     p = Path(path)
     if not p.exists():
-        raise DataError(f"--data {path}: no such file or folder; pass a CSV file, an .npz, a folder of .npy files or of "
-                        "class folders of images, or FILE.py:FUNCTION")
+        raise DataError(
+            f"--data {path}: no such file or folder; pass a CSV file, an .npz, a folder of .npy files or of "
+            "class folders of images, or FILE.py:FUNCTION"
+        )
     if p.is_file():
         suffix = p.suffix.lower()
         if suffix == ".csv":
             return "csv"
         if suffix == ".npz":
             return "arrays"
-        raise DataError(f"--data {path}: a {suffix or 'suffix-less'} file is no data gradloop reads; pass a .csv or "
-                        ".npz file, a folder of .npy files or of class folders of images, or FILE.py:FUNCTION")
+        raise DataError(
+            f"--data {path}: a {suffix or 'suffix-less'} file is no data gradloop reads; pass a .csv or "
+            ".npz file, a folder of .npy files or of class folders of images, or FILE.py:FUNCTION"
+        )
     entries = [e for e in p.iterdir() if not e.name.startswith(".")]
     if any(e.is_file() and e.suffix == ".npy" for e in entries):
         return "arrays"
     if any(e.is_dir() or (e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES) for e in entries):
         return "images"  # class folders, or images without labels
-    raise DataError(f"--data {path}: the folder holds neither .npy files nor class folders of images (nor images); "
-                    "put one sub-folder of images per class in it")
+    raise DataError(
+        f"--data {path}: the folder holds neither .npy files nor class folders of images (nor images); "
+        "put one sub-folder of images per class in it"
+    )
 
 
 def _is_module_name(text: str) -> bool:
@@ -180,8 +186,10 @@ def check_not_too_many_classes(classes: int, examples: int, what: str) -> None:
     caller checks that --task left the task to the labels, and that they are numbers):
     more than 20 classes and more than half as many as examples."""
     if classes > 20 and classes > examples / 2:
-        raise ConfigError(f"{what} has {classes:,} distinct labels in {examples:,} examples, too many to be classes; "
-                          "pass --task regression to predict the numbers (or --task classification to insist)")
+        raise ConfigError(
+            f"{what} has {classes:,} distinct labels in {examples:,} examples, too many to be classes; "
+            "pass --task regression to predict the numbers (or --task classification to insist)"
+        )
 
 
 def describe_change(then: dict[str, Any], now: dict[str, Any]) -> str:

@@ -23,10 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from gradloop.data.examples import ArrayExamples
 from gradloop.data.builtin.npz import read_npz_array
+from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources import (
-    UNLABELED, DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of, combined_fingerprint,
+    UNLABELED,
+    DataSpec,
+    Loaded,
+    NotAClassLabel,
+    check_not_too_many_classes,
+    class_names_of,
+    combined_fingerprint,
     content_fingerprint,
 )
 from gradloop.data.sources.unlabeled import UnlabeledArrays
@@ -47,7 +53,12 @@ def load(spec: DataSpec) -> Loaded:
 
 
 def loaded_arrays(
-    arrays: dict[str, np.ndarray], spec: DataSpec, *, where: str, kind: str, fingerprint: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    spec: DataSpec,
+    *,
+    where: str,
+    kind: str,
+    fingerprint: dict[str, Any],
     give: str = "save",
 ) -> Loaded:
     """``arrays`` by name (x, y or x_train, y_train; x_val, y_val; x_test, y_test) as a source's
@@ -61,11 +72,15 @@ def loaded_arrays(
     val = _pair(arrays, where, "x_val", "y_val", give)
     test = _pair(arrays, where, "x_test", "y_test", give)
     if train is None:
-        raise DataError(f"{where} has no x and y (or x_train and y_train); found {', '.join(sorted(arrays)) or 'nothing'}")
+        raise DataError(
+            f"{where} has no x and y (or x_train and y_train); found {', '.join(sorted(arrays)) or 'nothing'}"
+        )
     for name, pair in (("x_val", val), ("x_test", test)):
         if pair is not None and pair[0].shape[1:] != train[0].shape[1:]:
-            raise DataError(f"{where}: {name} has examples of shape {pair[0].shape[1:]}, x_train of {train[0].shape[1:]}; "
-                            "give both splits the same shape")
+            raise DataError(
+                f"{where}: {name} has examples of shape {pair[0].shape[1:]}, x_train of {train[0].shape[1:]}; "
+                "give both splits the same shape"
+            )
     task = spec.task or task_of(train[1])
     others = [pair[1] for pair in (val, test) if pair is not None]
     names = _class_names(train[1], others, spec.class_names, where) if task == "classification" else None
@@ -74,37 +89,65 @@ def loaded_arrays(
     preprocessing = {"divide_by": 255} if train[0].dtype == np.uint8 else {}
     if spec.fitted is not None:
         preprocessing = dict(spec.fitted)
-    examples = [None if pair is None else _examples(*pair, task, names, preprocessing, where) for pair in (train, val, test)]
+    examples = [
+        None if pair is None else _examples(*pair, task, names, preprocessing, where) for pair in (train, val, test)
+    ]
     return Loaded(
-        train=examples[0], val=examples[1], test=examples[2], kind=kind, task=task, class_names=names,
+        train=examples[0],
+        val=examples[1],
+        test=examples[2],
+        kind=kind,
+        task=task,
+        class_names=names,
         description=f"{where} ({kind}: {len(train[1]):,} examples of shape {train[0].shape[1:]})",
-        fingerprint=fingerprint, preprocessing=preprocessing,
+        fingerprint=fingerprint,
+        preprocessing=preprocessing,
     )
 
 
 def _unlabeled(
-    arrays: dict[str, np.ndarray], spec: DataSpec, *, where: str, kind: str, fingerprint: dict[str, Any], give: str,
+    arrays: dict[str, np.ndarray],
+    spec: DataSpec,
+    *,
+    where: str,
+    kind: str,
+    fingerprint: dict[str, Any],
+    give: str,
 ) -> Loaded:
     """x alone (x or x_train; x_val, x_test): examples without labels, read as labelled ones are."""
     if spec.task is not None:
-        raise ConfigError(f"--task {spec.task} says what to predict, but {where} has no labels (x without y); "
-                          f"{give} y beside x, or drop --task")
-    xs = {key: _checked_x(arrays[key], where, key, give) for key in ("x", "x_train", "x_val", "x_test") if key in arrays}
+        raise ConfigError(
+            f"--task {spec.task} says what to predict, but {where} has no labels (x without y); "
+            f"{give} y beside x, or drop --task"
+        )
+    xs = {
+        key: _checked_x(arrays[key], where, key, give) for key in ("x", "x_train", "x_val", "x_test") if key in arrays
+    }
     train = xs.get("x", xs.get("x_train"))
     if train is None:
         raise DataError(f"{where} has no x (or x_train); found {', '.join(sorted(arrays)) or 'nothing'}")
     for name in ("x_val", "x_test"):
         if name in xs and xs[name].shape[1:] != train.shape[1:]:
-            raise DataError(f"{where}: {name} has examples of shape {xs[name].shape[1:]}, x_train of {train.shape[1:]}; "
-                            "give both splits the same shape")
+            raise DataError(
+                f"{where}: {name} has examples of shape {xs[name].shape[1:]}, x_train of {train.shape[1:]}; "
+                "give both splits the same shape"
+            )
     preprocessing = {"divide_by": 255} if train.dtype == np.uint8 else {}
     if spec.fitted is not None:
         preprocessing = dict(spec.fitted)
-    val, test = (None if key not in xs else UnlabeledArrays(_features(xs[key], preprocessing)) for key in ("x_val", "x_test"))
+    val, test = (
+        None if key not in xs else UnlabeledArrays(_features(xs[key], preprocessing)) for key in ("x_val", "x_test")
+    )
     return Loaded(
-        train=UnlabeledArrays(_features(train, preprocessing)), val=val, test=test, kind=kind, task=UNLABELED,
-        class_names=None, description=f"{where} ({kind}: {len(train):,} examples of shape {train.shape[1:]}, no labels)",
-        fingerprint=fingerprint, preprocessing=preprocessing,
+        train=UnlabeledArrays(_features(train, preprocessing)),
+        val=val,
+        test=test,
+        kind=kind,
+        task=UNLABELED,
+        class_names=None,
+        description=f"{where} ({kind}: {len(train):,} examples of shape {train.shape[1:]}, no labels)",
+        fingerprint=fingerprint,
+        preprocessing=preprocessing,
     )
 
 
@@ -153,8 +196,10 @@ def _pair(
     if y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "biuU":  # Keras CIFAR's (N, 1) labels: one label each
         y = y[:, 0]
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
-        raise DataError(f"{path}: {x_key} of shape {x.shape} and {y_key} of shape {y.shape} do not pair up; "
-                        "give one y per example of x (the first axis)")
+        raise DataError(
+            f"{path}: {x_key} of shape {x.shape} and {y_key} of shape {y.shape} do not pair up; "
+            "give one y per example of x (the first axis)"
+        )
     _checked_x(x, path, x_key, give)
     if y.dtype.kind not in "biufU":
         raise DataError(f"{path}: {y_key} has dtype {y.dtype}; {give} integer or string labels, or numeric targets")
@@ -164,7 +209,9 @@ def _pair(
 def _checked_x(x: np.ndarray, path: str, x_key: str, give: str) -> np.ndarray:
     """``x`` once it holds examples of finite numbers; else a one-line error."""
     if x.ndim == 0:
-        raise DataError(f"{path}: {x_key} of shape {x.shape} holds no examples; give one example per row of the first axis")
+        raise DataError(
+            f"{path}: {x_key} of shape {x.shape} holds no examples; give one example per row of the first axis"
+        )
     if len(x) == 0:
         raise DataError(f"{path}: {x_key} holds no examples")
     if x.dtype.kind not in "biuf":
@@ -187,7 +234,9 @@ def _class_names(
     if known is not None:
         return known
     if y.ndim != 1:
-        raise ConfigError(f"classification needs one label per example, but y has shape {y.shape}; pass --task regression")
+        raise ConfigError(
+            f"classification needs one label per example, but y has shape {y.shape}; pass --task regression"
+        )
     values = np.concatenate([y, *others]) if others else y
     names = _names(np.unique(values), where)
     if len(set(names)) != len(names):  # class_names_of never merges distinct labels; this keeps it so
@@ -200,8 +249,10 @@ def _names(labels: np.ndarray, where: str) -> list[str]:
     try:
         return class_names_of(labels)
     except NotAClassLabel as exc:
-        raise DataError(f"{where}: classification needs whole-number or text labels, but y holds "
-                        f"{labels.ravel()[exc.index].item()!r}; pass --task regression to predict numbers") from None
+        raise DataError(
+            f"{where}: classification needs whole-number or text labels, but y holds "
+            f"{labels.ravel()[exc.index].item()!r}; pass --task regression to predict numbers"
+        ) from None
 
 
 def read_x(path: str | Path) -> tuple[np.ndarray, str]:
@@ -215,8 +266,10 @@ def read_x(path: str | Path) -> tuple[np.ndarray, str]:
         found = _read_folder(path) if path.is_dir() else _read_npz(path)
         key = next((k for k in _X_KEYS if k in found), None)
         if key is None:
-            raise DataError(f"{path} has no x (nor x_test or x_train); found {', '.join(sorted(found)) or 'nothing'}: "
-                            "save the examples to predict on as x")
+            raise DataError(
+                f"{path} has no x (nor x_test or x_train); found {', '.join(sorted(found)) or 'nothing'}: "
+                "save the examples to predict on as x"
+            )
         x, where = found[key], f"{path}'s {key}"
     if x.ndim == 0 or len(x) == 0:
         raise DataError(f"{where} holds no examples (shape {x.shape}); give one example per row of the first axis")
@@ -231,8 +284,10 @@ def features(x: np.ndarray, fitted: dict[str, Any], where: str) -> np.ndarray:
     """``x`` as the run's model takes it (``fitted``: the run's preprocessing): float32, and uint8 pixels
     scaled to [0, 1] when the run's were; other numbers are refused then, since scaling them too is a guess."""
     if "divide_by" in fitted and x.dtype != np.uint8:
-        raise DataError(f"{where} has dtype {x.dtype}, but the run trained on uint8 pixels (scaled to [0, 1]); "
-                        "give uint8 pixels as it had")
+        raise DataError(
+            f"{where} has dtype {x.dtype}, but the run trained on uint8 pixels (scaled to [0, 1]); "
+            "give uint8 pixels as it had"
+        )
     return _features(x, fitted)
 
 

@@ -22,7 +22,6 @@ from gradloop.errors import DataError, shortened
 MISSING = frozenset({"", "na", "nan", "?"})  # compared stripped and lower-cased
 
 
-
 @dataclass(frozen=True)
 class _Table:
     """A CSV file's cells (stripped of surrounding spaces) by column, and each data row's number;
@@ -35,10 +34,13 @@ class _Table:
     headerless: bool = False
 
     def subset(self, keep: list[int]) -> _Table:
-        return _Table(self.path, self.names, {n: [c[i] for i in keep] for n, c in self.columns.items()},
-                      [self.rows[i] for i in keep], self.headerless)
-
-
+        return _Table(
+            self.path,
+            self.names,
+            {n: [c[i] for i in keep] for n, c in self.columns.items()},
+            [self.rows[i] for i in keep],
+            self.headerless,
+        )
 
 
 def _read_table(path: Path, header: str = "yes") -> _Table:
@@ -55,8 +57,10 @@ def _read_table(path: Path, header: str = "yes") -> _Table:
     for row_number, cells in body:
         if len(cells) != len(names):
             width = f"the header has {len(names)} columns" if named else f"row {first_number} has {len(names)}"
-            raise DataError(f"row {row_number} of {path} has {len(cells)} cells but {width}; give every row one cell "
-                            "per column (quote cells that hold commas)")
+            raise DataError(
+                f"row {row_number} of {path} has {len(cells)} cells but {width}; give every row one cell "
+                "per column (quote cells that hold commas)"
+            )
         for column, cell in zip(columns, cells):
             column.append(cell)
     if not body:
@@ -73,7 +77,9 @@ def _first_row_is_data(lines: list[tuple[int, list[str]]]) -> bool:
         return True
     if not any(numbers):
         return False  # names, or text data: nothing tells, so row 1 names the columns as it always did
-    below = [[cells[j] for _, cells in lines[1:] if j < len(cells) and not _missing(cells[j])] for j in range(len(first))]
+    below = [
+        [cells[j] for _, cells in lines[1:] if j < len(cells) and not _missing(cells[j])] for j in range(len(first))
+    ]
     numeric = [j for j, cells in enumerate(below) if cells and _numbers(cells) is not None]
     return bool(numeric) and all(numbers[j] or _missing(first[j]) for j in numeric) and any(numbers[j] for j in numeric)
 
@@ -87,14 +93,18 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
     if content.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{path} is UTF-16 text; save it as UTF-8 (a spreadsheet's 'CSV UTF-8')")
     if b"\0" in content:
-        raise DataError(f"{path} is not a text table (it holds NUL bytes: a binary file?); "
-                        "pass comma-separated text with a header row")
+        raise DataError(
+            f"{path} is not a text table (it holds NUL bytes: a binary file?); "
+            "pass comma-separated text with a header row"
+        )
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = content.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{content[exc.start]:02x} on line {line}); "
-                        "save it as UTF-8 (a spreadsheet's 'CSV UTF-8')") from None
+        raise DataError(
+            f"{path} is not UTF-8 text (byte 0x{content[exc.start]:02x} on line {line}); "
+            "save it as UTF-8 (a spreadsheet's 'CSV UTF-8')"
+        ) from None
     lines = []
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # a stray quote: an error, not swallowed rows
     row_number = 0
@@ -114,8 +124,10 @@ def _header(cells: list[str], path: Path, row_number: int) -> list[str]:
         if not name:
             raise DataError(f"column {position} of {path}'s header (row {row_number}) has no name; name every column")
         if name in seen:
-            raise DataError(f"{path}'s header names column {_quote(name)} twice (columns {seen[name]} and {position}); "
-                            "give every column its own name")
+            raise DataError(
+                f"{path}'s header names column {_quote(name)} twice (columns {seen[name]} and {position}); "
+                "give every column its own name"
+            )
         seen[name] = position
     return cells
 

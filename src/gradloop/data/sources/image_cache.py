@@ -62,19 +62,29 @@ def decoded(files: ImageFiles, folder: Path, *, name: str, notify: Callable[[str
             old.unlink()
         free = shutil.disk_usage(folder).free
         if size > free // 2:
-            notify(f"gradloop: note: the decoded {name} images would take {_mib(size)} and {folder} has "
-                   f"{_mib(free)} free; they are decoded from their files every epoch instead")
+            notify(
+                f"gradloop: note: the decoded {name} images would take {_mib(size)} and {folder} has "
+                f"{_mib(free)} free; they are decoded from their files every epoch instead"
+            )
             return files
         try:
             _write(files, path)
         except OSError as exc:
             if exc.errno not in _NO_SPACE:
                 raise
-            notify(f"gradloop: note: the disk filled up while decoding the {name} images into {folder} "
-                   f"({exc.strerror}); they are decoded from their files every epoch instead")
+            notify(
+                f"gradloop: note: the disk filled up while decoding the {name} images into {folder} "
+                f"({exc.strerror}); they are decoded from their files every epoch instead"
+            )
             return files
-    return ImageFiles(paths=files.paths, y=files.y, image_size=files.image_size, color_mode=files.color_mode,
-                      uniform=files.uniform, decoded=str(path))
+    return ImageFiles(
+        paths=files.paths,
+        y=files.y,
+        image_size=files.image_size,
+        color_mode=files.color_mode,
+        uniform=files.uniform,
+        decoded=str(path),
+    )
 
 
 def remove(folder: Path) -> None:

@@ -70,8 +70,14 @@ class ImageFiles:
     """
 
     def __init__(
-        self, *, paths: np.ndarray, y: np.ndarray | None, image_size: tuple[int, int], color_mode: str,
-        uniform: bool = False, decoded: str | None = None,
+        self,
+        *,
+        paths: np.ndarray,
+        y: np.ndarray | None,
+        image_size: tuple[int, int],
+        color_mode: str,
+        uniform: bool = False,
+        decoded: str | None = None,
     ) -> None:
         paths, y = np.asarray(paths, dtype=str), None if y is None else np.asarray(y)
         if paths.ndim != 1 or (y is not None and y.shape != paths.shape):
@@ -101,8 +107,13 @@ class ImageFiles:
         return np.dtype(np.uint8 if self.uniform else np.float32)
 
     def subset(self, rows: np.ndarray) -> ImageFiles:
-        return ImageFiles(paths=self.paths[rows], y=None if self.y is None else self.y[rows], image_size=self.image_size,
-                          color_mode=self.color_mode, uniform=self.uniform)
+        return ImageFiles(
+            paths=self.paths[rows],
+            y=None if self.y is None else self.y[rows],
+            image_size=self.image_size,
+            color_mode=self.color_mode,
+            uniform=self.uniform,
+        )
 
     def batches(self, order: np.ndarray | None, batch_size: int) -> tf.data.Dataset:
         """The (images, labels) batches of the examples in ``order`` (None: the natural order).
@@ -131,12 +142,11 @@ class ImageFiles:
             sliced = sliced.map(lambda batch: (read(batch),), num_parallel_calls=parallel, deterministic=True)
         else:
             sliced = tf.data.Dataset.from_tensor_slices((sources, self.y[rows])).batch(int(batch_size))
-            sliced = sliced.map(lambda batch, labels: (read(batch), labels), num_parallel_calls=parallel,
-                                deterministic=True)
-        batches = (
-            sliced
-            .prefetch(tf.data.AUTOTUNE)
-            .apply(tf.data.experimental.assert_cardinality(math.ceil(len(rows) / batch_size)))
+            sliced = sliced.map(
+                lambda batch, labels: (read(batch), labels), num_parallel_calls=parallel, deterministic=True
+            )
+        batches = sliced.prefetch(tf.data.AUTOTUNE).apply(
+            tf.data.experimental.assert_cardinality(math.ceil(len(rows) / batch_size))
         )
         options = tf.data.Options()
         options.experimental_symbolic_checkpoint = True
@@ -147,8 +157,12 @@ class ImageFiles:
         import tensorflow as tf
 
         read = self._decode_batch(as_stored=True)
-        return (tf.data.Dataset.from_tensor_slices(self.paths).batch(int(batch_size))
-                .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(1))
+        return (
+            tf.data.Dataset.from_tensor_slices(self.paths)
+            .batch(int(batch_size))
+            .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(1)
+        )
 
     def _decode_batch(self, *, as_stored: bool):
         """``paths -> images`` of a batch: float32 in [0, 1], or ``stored_dtype`` (``as_stored``)."""
@@ -167,8 +181,11 @@ class ImageFiles:
         else:
 
             def read(paths: tf.Tensor) -> tf.Tensor:
-                return tf.map_fn(lambda path: load_image(path, image_size=image_size, color_mode=color_mode), paths,
-                                 fn_output_signature=tf.TensorSpec(shape, tf.float32))
+                return tf.map_fn(
+                    lambda path: load_image(path, image_size=image_size, color_mode=color_mode),
+                    paths,
+                    fn_output_signature=tf.TensorSpec(shape, tf.float32),
+                )
 
         return read
 
@@ -186,8 +203,7 @@ class ImageFiles:
 
         def read(rows: tf.Tensor) -> tf.Tensor:
             # stateful=False: the copy never changes, so tf.data may checkpoint and restore the pipeline.
-            images = tf.numpy_function(lambda r: stored[r], [rows],
-                                       tf.as_dtype(dtype), stateful=False)
+            images = tf.numpy_function(lambda r: stored[r], [rows], tf.as_dtype(dtype), stateful=False)
             images = tf.ensure_shape(images, (None, *shape))
             return _to_float(images) if dtype == np.uint8 else images
 
@@ -238,7 +254,7 @@ def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
             rgb = tf.image.grayscale_to_rgb(color) if decoded <= 2 else color
             if channels == 3:
                 return rgb
-            alpha = image[..., decoded - 1:] if decoded in (2, 4) else tf.ones_like(image[..., :1])
+            alpha = image[..., decoded - 1 :] if decoded in (2, 4) else tf.ones_like(image[..., :1])
             return tf.concat([rgb, alpha], axis=-1)
 
         return branch
@@ -251,11 +267,14 @@ def load(spec: DataSpec) -> Loaded:
     root = Path(spec.path)
     labelled = _has_class_folders(root) or not _images_in(root)  # images directly in it, and no class folder: none
     if spec.task is not None and not labelled:
-        raise ConfigError(f"--task {spec.task} says what to predict, but {root} holds images without class folders "
-                          "(no labels); put them in one sub-folder per class, or drop --task")
+        raise ConfigError(
+            f"--task {spec.task} says what to predict, but {root} holds images without class folders "
+            "(no labels); put them in one sub-folder per class, or drop --task"
+        )
     if spec.task not in (None, "classification"):
-        raise ConfigError(f"{root} is a folder of class folders, so its task is classification; "
-                          f"drop --task {spec.task}")
+        raise ConfigError(
+            f"{root} is a folder of class folders, so its task is classification; drop --task {spec.task}"
+        )
     if spec.color_mode is not None and spec.color_mode not in CHANNELS:
         raise ConfigError(f"--color-mode {spec.color_mode} is not one of {', '.join(COLOR_MODES)}")
     if labelled:
@@ -269,13 +288,18 @@ def load(spec: DataSpec) -> Loaded:
     image_size = tuple(fitted.get("image_size") or spec.image_size or _common_size(root, headers))
     color_mode = fitted.get("color_mode") or spec.color_mode or _common_color(headers)
     train_files, test_files = (
-        None if files is None else _image_files(files, names, image_size, color_mode, headers) for files in (train, test)
+        None if files is None else _image_files(files, names, image_size, color_mode, headers)
+        for files in (train, test)
     )
     height, width = train_files.image_size
     classes = f"{len(train)} classes" if labelled else "no labels"
     return Loaded(
-        train=train_files, test=test_files, kind="images", task="classification" if labelled else UNLABELED,
-        class_names=names, description=f"{root} (images: {len(headers):,} files, {classes}, {height}x{width} {color_mode})",
+        train=train_files,
+        test=test_files,
+        kind="images",
+        task="classification" if labelled else UNLABELED,
+        class_names=names,
+        description=f"{root} (images: {len(headers):,} files, {classes}, {height}x{width} {color_mode})",
         fingerprint=file_fingerprint(list(headers), root),
         preprocessing={"image_size": [height, width], "color_mode": color_mode},
     )
@@ -297,22 +321,27 @@ def read_images(paths: list[Path], *, fitted: dict[str, Any]) -> ImageFiles:
 
 
 def _image_files(
-    files: dict[str, list[Path]], names: tuple[str, ...] | None, image_size: tuple[int, ...], color_mode: str,
+    files: dict[str, list[Path]],
+    names: tuple[str, ...] | None,
+    image_size: tuple[int, ...],
+    color_mode: str,
     headers: dict[Path, _Header],
 ) -> ImageFiles:
     """The files of each class folder, labelled with the class's index in ``names`` (None: unlabelled), in the
     natural order."""
     uniform = all(
         headers[path].size == tuple(image_size) and headers[path].plain_channels == CHANNELS[color_mode]
-        for class_paths in files.values() for path in class_paths
+        for class_paths in files.values()
+        for path in class_paths
     )
     paths = [str(path) for class_paths in files.values() for path in class_paths]
     labels = None
     if names is not None:
         index = {name: i for i, name in enumerate(names)}
         labels = np.array([index[name] for name, class_paths in files.items() for _ in class_paths], dtype=np.int64)
-    return ImageFiles(paths=np.array(paths, dtype=str), y=labels, image_size=image_size, color_mode=color_mode,
-                      uniform=uniform)
+    return ImageFiles(
+        paths=np.array(paths, dtype=str), y=labels, image_size=image_size, color_mode=color_mode, uniform=uniform
+    )
 
 
 def _has_class_folders(root: Path) -> bool:
@@ -321,8 +350,9 @@ def _has_class_folders(root: Path) -> bool:
 
 def _images_in(folder: Path) -> list[Path]:
     """The image files directly in ``folder`` (hidden ones skipped), sorted: unlabelled examples."""
-    return sorted(e for e in folder.iterdir()
-                  if e.is_file() and not e.name.startswith(".") and e.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        e for e in folder.iterdir() if e.is_file() and not e.name.startswith(".") and e.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def _unlabelled_test(root: Path) -> dict[str, list[Path]] | None:
@@ -331,8 +361,10 @@ def _unlabelled_test(root: Path) -> dict[str, list[Path]] | None:
     if not folder.is_dir():
         return None
     if _has_class_folders(folder):
-        raise DataError(f"{folder} has class folders, but {root} has none (its images have no labels); "
-                        "put the test images directly in test/, or the training images in class folders")
+        raise DataError(
+            f"{folder} has class folders, but {root} has none (its images have no labels); "
+            "put the test images directly in test/, or the training images in class folders"
+        )
     images = _images_in(folder)
     if not images:
         raise DataError(f"{folder} holds no images ({_KINDS}); add some or remove the folder")
@@ -342,18 +374,21 @@ def _unlabelled_test(root: Path) -> dict[str, list[Path]] | None:
 def _class_files(folder: Path, root: Path) -> dict[str, list[Path]]:
     """Each class folder's image files, classes and files sorted; the top-level ``test`` is no class."""
     classes = sorted(
-        entry.name for entry in folder.iterdir()
+        entry.name
+        for entry in folder.iterdir()
         if entry.is_dir() and not entry.name.startswith(".") and not (folder == root and entry.name == TEST_FOLDER)
     )
     if not classes and folder == root:
         raise DataError(f"{root} holds no class folders besides test/; put one sub-folder of images per class in it")
     if not classes:
-        raise DataError(f"{folder} holds no class folders; put the test images in one sub-folder per class, "
-                        f"as in {root}")
+        raise DataError(
+            f"{folder} holds no class folders; put the test images in one sub-folder per class, as in {root}"
+        )
     files = {name: _images_under(folder / name) for name in classes}
     if not any(files.values()):
-        raise DataError(f"the class folders in {folder} hold no images ({_KINDS}); "
-                        "put each class's images in its folder")
+        raise DataError(
+            f"the class folders in {folder} hold no images ({_KINDS}); put each class's images in its folder"
+        )
     for name, paths in files.items():
         if not paths:
             raise DataError(f"class folder {folder / name} holds no images ({_KINDS}); add some or remove the folder")
@@ -375,16 +410,22 @@ def _class_names(
     if known is not None:
         unknown = [name for name in {**train, **(test or {})} if name not in known]
         if unknown:
-            raise DataError(f"{root} has class folders the run was not trained on ({', '.join(unknown[:5])}); "
-                            f"its classes are {', '.join(known[:20])}: remove the others")
+            raise DataError(
+                f"{root} has class folders the run was not trained on ({', '.join(unknown[:5])}); "
+                f"its classes are {', '.join(known[:20])}: remove the others"
+            )
         return tuple(known)
     if len(train) == 1:
-        raise DataError(f"{root} has one class folder ({next(iter(train))}), and a classifier needs at least 2; "
-                        "add a folder of images per class")
+        raise DataError(
+            f"{root} has one class folder ({next(iter(train))}), and a classifier needs at least 2; "
+            "add a folder of images per class"
+        )
     extra = [name for name in test or {} if name not in train]
     if extra:
-        raise DataError(f"{root / TEST_FOLDER} has class folders the training folder lacks ({', '.join(extra[:5])}); "
-                        f"give test/ only classes of {root}")
+        raise DataError(
+            f"{root / TEST_FOLDER} has class folders the training folder lacks ({', '.join(extra[:5])}); "
+            f"give test/ only classes of {root}"
+        )
     return tuple(train)
 
 
@@ -417,15 +458,17 @@ def _read_header(path: Path) -> _Header:
     except UnidentifiedImageError:
         if _starts_as_image(path):
             raise DataError(f"{path}: damaged image header (Pillow cannot read it); replace or delete it") from None
-        raise DataError(f"{path} is not an image (Pillow cannot tell its format); delete it or move it out of the "
-                        "class folder") from None
+        raise DataError(
+            f"{path} is not an image (Pillow cannot tell its format); delete it or move it out of the class folder"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: damaged image header ({exc}); replace or delete it") from None
     if kind not in _DECODED_FORMATS:
         raise DataError(f"{path} is a {kind} image, which TensorFlow does not decode; convert it to PNG or delete it")
     if kind == "BMP" and mode in ("1", "P"):
-        raise DataError(f"{path} is a palette BMP, which TensorFlow decodes without its palette; save it as a "
-                        "24-bit BMP or a PNG")
+        raise DataError(
+            f"{path} is a palette BMP, which TensorFlow decodes without its palette; save it as a 24-bit BMP or a PNG"
+        )
     if not _looks_whole(kind, tail, length, tile, height):
         reason = _decode_failure(str(path))
         if reason is not None:
@@ -487,7 +530,8 @@ def _common_color(headers: dict[Path, _Header]) -> str:
 
 def _check_image_size(image_size: Any) -> None:
     if (
-        not isinstance(image_size, (tuple, list)) or len(image_size) != 2
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
         or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in image_size)
     ):
         raise ConfigError(f"image_size must be two positive sizes (H, W), got {image_size!r}")

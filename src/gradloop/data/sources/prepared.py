@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from gradloop.data import sources
-from gradloop.data.examples import ArrayExamples, Examples
 from gradloop.data.builtin.prepare import split_rows
+from gradloop.data.examples import ArrayExamples, Examples
 from gradloop.data.sources.unlabeled import UnlabeledArrays
 from gradloop.errors import ConfigError, DataError
 
@@ -55,7 +55,11 @@ class RunData:
 
 
 def load_run_data(
-    spec: sources.DataSpec, *, classes: Sequence[str | int] | None, val_fraction: float, seed: int,
+    spec: sources.DataSpec,
+    *,
+    classes: Sequence[str | int] | None,
+    val_fraction: float,
+    seed: int,
     notify: Callable[[str], object] | None = None,
 ) -> RunData:
     """The run's splits of ``spec``'s data: see the module docstring. ``notify`` gets the source's
@@ -68,7 +72,10 @@ def load_run_data(
     train, test, val, names = loaded.train, loaded.test, loaded.val, loaded.class_names
     if loaded.task == "classification":
         keep = chosen_class_indices(names, classes, spec.path)
-        train, test, val = (_relabel(e, keep, spec.path, split) for e, split in ((train, "training"), (test, "test"), (val, "validation")))
+        train, test, val = (
+            _relabel(e, keep, spec.path, split)
+            for e, split in ((train, "training"), (test, "test"), (val, "validation"))
+        )
         names = tuple(names[c] for c in keep)
     elif classes is not None and loaded.task == sources.UNLABELED:
         raise ConfigError(f"--classes picks classes of labelled data, and {spec.path} has no labels; drop --classes")
@@ -82,8 +89,15 @@ def load_run_data(
     if "standardize" in preprocessing:
         train, val, test = (standardize(e, preprocessing["standardize"]) for e in (train, val, test))
     return RunData(
-        train=train, val=val, test=test, kind=loaded.kind, description=loaded.description, task=loaded.task,
-        class_names=names, source_class_names=loaded.class_names, fingerprint=loaded.fingerprint,
+        train=train,
+        val=val,
+        test=test,
+        kind=loaded.kind,
+        description=loaded.description,
+        task=loaded.task,
+        class_names=names,
+        source_class_names=loaded.class_names,
+        fingerprint=loaded.fingerprint,
         preprocessing=preprocessing,
     )
 
@@ -101,14 +115,18 @@ def chosen_class_indices(names: Sequence[str], classes: Sequence[str | int] | No
                 keep.append(names.index(str(c)))
             elif isinstance(c, int) or (isinstance(c, str) and c.isdigit()):
                 if not 0 <= int(c) < len(names):
-                    raise ConfigError(f"class {c} is out of range: {path} has {len(names)} classes (0 to {len(names) - 1})")
+                    raise ConfigError(
+                        f"class {c} is out of range: {path} has {len(names)} classes (0 to {len(names) - 1})"
+                    )
                 keep.append(int(c))
             else:
                 raise ConfigError(f"class {c!r} is not in {path}; its classes are {', '.join(names[:20])}")
         if len(set(keep)) != len(keep):
             raise ConfigError(f"--classes {','.join(map(str, wanted))} names a class twice; list each class once")
     if len(keep) < 2:
-        raise ConfigError(f"a classifier needs at least 2 classes, and {path} gives {len(keep)}; add data of another class")
+        raise ConfigError(
+            f"a classifier needs at least 2 classes, and {path} gives {len(keep)}; add data of another class"
+        )
     return keep
 
 
@@ -142,7 +160,7 @@ def fit_standardization(train: Examples, columns: Sequence[str]) -> dict[str, An
     mean, std = x.mean(axis=0), x.std(axis=0)
     std = np.where(std > 0, std, 1.0)
     if x.ndim == 2:
-        mean[len(columns):], std[len(columns):] = 0.0, 1.0
+        mean[len(columns) :], std[len(columns) :] = 0.0, 1.0
     return {"columns": list(columns), "mean": mean.tolist(), "std": std.tolist()}
 
 
@@ -154,4 +172,3 @@ def standardize(
     mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
     x = ((examples.x - mean) / std).astype(np.float32)
     return UnlabeledArrays(x) if examples.y is None else ArrayExamples(x, examples.y)
-

@@ -41,8 +41,17 @@ import numpy as np
 
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources import (
-    FILLS, HEADERS, TASKS, UNLABELED, DataSpec, Loaded, NotAClassLabel, check_not_too_many_classes, class_names_of,
-    combined_fingerprint, content_fingerprint,
+    FILLS,
+    HEADERS,
+    TASKS,
+    UNLABELED,
+    DataSpec,
+    Loaded,
+    NotAClassLabel,
+    check_not_too_many_classes,
+    class_names_of,
+    combined_fingerprint,
+    content_fingerprint,
 )
 from gradloop.data.sources.csv_file import _missing, _number, _numbers, _quote, _read_table, _Table
 from gradloop.data.sources.unlabeled import UnlabeledArrays
@@ -56,12 +65,12 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 def load(spec: DataSpec) -> Loaded:
     """The table at ``spec.path`` and the test file beside it, if any:
 
-        read both (with a header row or without: the run's choice, else --header, else told from row 1)
-        find the target (none: every column a feature, no labels); check that the test file has the training file's columns
-        refuse (or with fill="drop", drop) rows with missing cells
-        learn from the training file which columns are numbers, the others' categories, the fill values
-            (evaluate: takes them from spec.fitted instead)
-        tell the task and the class names from the target; encode x and y
+    read both (with a header row or without: the run's choice, else --header, else told from row 1)
+    find the target (none: every column a feature, no labels); check that the test file has the training file's columns
+    refuse (or with fill="drop", drop) rows with missing cells
+    learn from the training file which columns are numbers, the others' categories, the fill values
+        (evaluate: takes them from spec.fitted instead)
+    tell the task and the class names from the target; encode x and y
     """
     path, fitted = Path(spec.path), spec.fitted
     fill = _checked_fill(spec)
@@ -89,7 +98,9 @@ def load(spec: DataSpec) -> Loaded:
     if target is None:
         task, names = UNLABELED, None
     else:
-        task, names = _task_and_classes(spec, preprocessing.get("task"), target, [t for t in (train, test) if t is not None])
+        task, names = _task_and_classes(
+            spec, preprocessing.get("task"), target, [t for t in (train, test) if t is not None]
+        )
     if not fitted:
         preprocessing["task"] = task
     examples = [None if t is None else _examples(t, preprocessing, target, task, names) for t in (train, test)]
@@ -104,15 +115,24 @@ def load(spec: DataSpec) -> Loaded:
         details.insert(0, "no header row")
     notes = ()
     if train.headerless and spec.header == "auto" and not fitted:
-        notes = (f"{path} has no header row (row 1 reads as data), so its columns are named by position, 0 to "
-                 f"{len(train.names) - 1}, and --target takes that number; pass --header yes if row 1 names them"),
+        notes = (
+            (
+                f"{path} has no header row (row 1 reads as data), so its columns are named by position, 0 to "
+                f"{len(train.names) - 1}, and --target takes that number; pass --header yes if row 1 names them"
+            ),
+        )
     return Loaded(
-        train=examples[0], test=examples[1], kind="csv", task=task, class_names=names,
+        train=examples[0],
+        test=examples[1],
+        kind="csv",
+        task=task,
+        class_names=names,
         description=f"{spec.path} (CSV: {len(train.rows):,} rows, {len(features)} feature column"
-                    f"{'s' if len(features) != 1 else ''}, {'no target' if target is None else f'target {target}'}"
-                    f"{''.join('; ' + d for d in details)})",
+        f"{'s' if len(features) != 1 else ''}, {'no target' if target is None else f'target {target}'}"
+        f"{''.join('; ' + d for d in details)})",
         fingerprint=_fingerprint([path] + ([test_path] if test is not None else [])),
-        preprocessing=preprocessing if fitted is None else fitted, notes=notes,
+        preprocessing=preprocessing if fitted is None else fitted,
+        notes=notes,
     )
 
 
@@ -135,10 +155,14 @@ def _checked_fill(spec: DataSpec) -> str | None:
     if fill is not None and fill not in FILLS:
         raise ConfigError(f"fill {fill!r} is not one of {', '.join(FILLS)}")
     if fitted is not None and "columns" not in fitted:
-        raise DataError(f"{spec.path} is a table, but the run did not train on one; pass data of the kind it trained on")
+        raise DataError(
+            f"{spec.path} is a table, but the run did not train on one; pass data of the kind it trained on"
+        )
     if fitted is not None and fill == "mean" and fitted.get("fill") != "mean":
-        raise DataError(f"the run trained without --fill mean, so it kept no training means to fill {spec.path}'s "
-                        "missing cells with; pass --fill zero or drop")
+        raise DataError(
+            f"the run trained without --fill mean, so it kept no training means to fill {spec.path}'s "
+            "missing cells with; pass --fill zero or drop"
+        )
     return fill
 
 
@@ -147,16 +171,20 @@ def _target_column(table: _Table, target: str | None, task: str | None = None) -
     columns = _listing(table.names)
     if target is None:
         if task is not None:
-            raise ConfigError(f"--task {task} says what to predict, but no --target names the column of {table.path} "
-                              f"holding it; pass --target COLUMN, one of {columns}")
+            raise ConfigError(
+                f"--task {task} says what to predict, but no --target names the column of {table.path} "
+                f"holding it; pass --target COLUMN, one of {columns}"
+            )
         return None
     if target.strip() not in table.columns:
         hint = ""
         if len(table.names) == 1 and (";" in table.names[0] or "\t" in table.names[0]):
             hint = "; its header is one column: gradloop reads comma-separated files, not ';' or tab-separated ones"
         elif table.headerless:
-            hint = (f"; it has no header row, so its columns are named by position, 0 to {len(table.names) - 1} "
-                    "(--header yes reads row 1 as names)")
+            hint = (
+                f"; it has no header row, so its columns are named by position, 0 to {len(table.names) - 1} "
+                "(--header yes reads row 1 as names)"
+            )
         elif all(_number(n) is not None for n in table.names):
             hint = "; its first row looks like data: pass --header no (or add a header row naming the columns)"
         raise ConfigError(f"--target {_quote(target)} is not a column of {table.path}; its columns are {columns}{hint}")
@@ -166,12 +194,15 @@ def _target_column(table: _Table, target: str | None, task: str | None = None) -
 def _check_columns(table: _Table, expected: list[str], what: str) -> None:
     absent = [n for n in expected if n not in table.columns]
     if absent:
-        raise DataError(f"{table.path} has no column {_quote(absent[0])}, which {what} has; its columns are "
-                        f"{_listing(table.names)}")
+        raise DataError(
+            f"{table.path} has no column {_quote(absent[0])}, which {what} has; its columns are {_listing(table.names)}"
+        )
     extra = [n for n in table.names if n not in set(expected)]
     if extra:
-        raise DataError(f"{table.path} has a column {_quote(extra[0])} that {what} lacks; remove it, so that both "
-                        "have the same columns")
+        raise DataError(
+            f"{table.path} has a column {_quote(extra[0])} that {what} lacks; remove it, so that both "
+            "have the same columns"
+        )
 
 
 def _complete_rows(table: _Table, features: list[str], target: str | None, fill: str | None) -> tuple[_Table, int]:
@@ -182,18 +213,24 @@ def _complete_rows(table: _Table, features: list[str], target: str | None, fill:
     if fill == "drop":
         keep = [i for i in range(len(table.rows)) if not any(g[i] for g in gaps.values())]
         if not keep:
-            raise DataError(f"every row of {table.path} has a missing cell, so --fill drop leaves nothing; "
-                            "fill the gaps, or pass --fill mean or zero")
+            raise DataError(
+                f"every row of {table.path} has a missing cell, so --fill drop leaves nothing; "
+                "fill the gaps, or pass --fill mean or zero"
+            )
         return (table if len(keep) == len(table.rows) else table.subset(keep)), len(table.rows) - len(keep)
     first = min(((g.index(True), table.names.index(n), n) for n, g in gaps.items() if True in g), default=None)
     if first is not None:
         i, _, name = first
         cell = _quote(table.columns[name][i])
         if name == target:
-            raise DataError(f"row {table.rows[i]} of {table.path} has no target: its {_quote(name)} cell is {cell}; "
-                            "fill it in, or pass --fill drop to drop such rows")
-        raise DataError(f"row {table.rows[i]} of {table.path} has a missing cell ({cell}) in column {_quote(name)}; "
-                        "fill it in, or pass --fill mean, zero or drop")
+            raise DataError(
+                f"row {table.rows[i]} of {table.path} has no target: its {_quote(name)} cell is {cell}; "
+                "fill it in, or pass --fill drop to drop such rows"
+            )
+        raise DataError(
+            f"row {table.rows[i]} of {table.path} has a missing cell ({cell}) in column {_quote(name)}; "
+            "fill it in, or pass --fill mean, zero or drop"
+        )
     return table, 0
 
 
@@ -211,9 +248,11 @@ def _fit(table: _Table, features: list[str], target: str | None, fill: str | Non
             continue
         categories = sorted(set(present))
         if len(categories) > MAX_CATEGORIES:
-            raise DataError(f"column {_quote(name)} of {table.path} holds {len(categories):,} distinct values that are "
-                            f"not all numbers (e.g. {_quote(_first_text(present))}), too many to one-hot encode "
-                            f"({MAX_CATEGORIES} at most); remove the column, or make it numeric")
+            raise DataError(
+                f"column {_quote(name)} of {table.path} holds {len(categories):,} distinct values that are "
+                f"not all numbers (e.g. {_quote(_first_text(present))}), too many to one-hot encode "
+                f"({MAX_CATEGORIES} at most); remove the column, or make it numeric"
+            )
         one_hot[name] = categories
     preprocessing: dict[str, Any] = {"target": target, "columns": features, "one_hot": one_hot, "standardize": numeric}
     if target is None:
@@ -232,8 +271,10 @@ def _fill_values(table: _Table, preprocessing: dict[str, Any], fill: str) -> dic
         if fill == "zero":
             values[name] = 0.0 if categories is None else [0.0] * len(categories)
         elif not present:
-            raise DataError(f"column {_quote(name)} of {table.path} has no values, so no mean to fill it with; "
-                            "remove the column, or pass --fill zero")
+            raise DataError(
+                f"column {_quote(name)} of {table.path} has no values, so no mean to fill it with; "
+                "remove the column, or pass --fill zero"
+            )
         elif categories is None:
             values[name] = float(np.mean(_numbers(present)))
         else:
@@ -249,21 +290,30 @@ def _task_and_classes(
     labels = [c for t in tables for c in t.columns[target]]
     where = [(t, i) for t in tables for i in range(len(t.rows))]
     numbers = _numbers(labels)
-    task = spec.task or fitted_task or ("regression" if numbers is not None and not all(
-        _INTEGER.fullmatch(c) for c in labels) else "classification")
+    task = (
+        spec.task
+        or fitted_task
+        or (
+            "regression" if numbers is not None and not all(_INTEGER.fullmatch(c) for c in labels) else "classification"
+        )
+    )
     if task == "regression":
         if numbers is None:
             i = next(i for i, c in enumerate(labels) if _number(c) is None)
-            raise ConfigError(f"regression needs numbers, but the target {_quote(target)} holds {_quote(labels[i])} "
-                              f"(row {where[i][0].rows[where[i][1]]} of {where[i][0].path}); pass --task classification")
+            raise ConfigError(
+                f"regression needs numbers, but the target {_quote(target)} holds {_quote(labels[i])} "
+                f"(row {where[i][0].rows[where[i][1]]} of {where[i][0].path}); pass --task classification"
+            )
         return task, None
     if spec.class_names is not None:
         return task, tuple(spec.class_names)
     names = _label_names(labels, where, target)
     distinct = sorted(set(names), key=int) if numbers is not None else sorted(set(names))
     if len(distinct) < 2:
-        raise DataError(f"the target {_quote(target)} of {tables[0].path} holds one class only ({_quote(distinct[0])}); "
-                        "a classifier needs at least 2: add rows of another class, or pick another --target")
+        raise DataError(
+            f"the target {_quote(target)} of {tables[0].path} holds one class only ({_quote(distinct[0])}); "
+            "a classifier needs at least 2: add rows of another class, or pick another --target"
+        )
     if spec.task is None and fitted_task is None and numbers is not None:
         check_not_too_many_classes(len(distinct), len(labels), f"the target {_quote(target)} of {tables[0].path}")
     return task, tuple(distinct)
@@ -278,8 +328,10 @@ def _label_names(labels: list[str], where: list[tuple[_Table, int]], target: str
         names = class_names_of(numbers)
     except NotAClassLabel as exc:
         table, row = where[exc.index]
-        raise ConfigError(f"classification needs class labels, but the target {_quote(target)} holds "
-                          f"{_quote(labels[exc.index])} (row {table.rows[row]} of {table.path}); pass --task regression") from None
+        raise ConfigError(
+            f"classification needs class labels, but the target {_quote(target)} holds "
+            f"{_quote(labels[exc.index])} (row {table.rows[row]} of {table.path}); pass --task regression"
+        ) from None
     # integers as written keep every digit (float64 would merge 20-digit ids)
     return [str(int(c)) if _INTEGER.fullmatch(c) else name for c, name in zip(labels, names)]
 
@@ -297,15 +349,19 @@ def read_features(path: str | Path, fitted: dict[str, Any]) -> tuple[np.ndarray,
     features = list(fitted["columns"])
     absent = [n for n in features if n not in table.columns]
     if absent:
-        raise DataError(f"{path} has no column {_quote(absent[0])}, a feature the run trained on; its columns are "
-                        f"{_listing(table.names)}")
+        raise DataError(
+            f"{path} has no column {_quote(absent[0])}, a feature the run trained on; its columns are "
+            f"{_listing(table.names)}"
+        )
     fill_values = fitted.get("fill_values", {})
     gaps = {n: [_missing(c) for c in table.columns[n]] for n in features if n not in fill_values}
     first = min(((g.index(True), table.names.index(n), n) for n, g in gaps.items() if True in g), default=None)
     if first is not None:
         i, _, name = first
-        raise DataError(f"row {table.rows[i]} of {path} has a missing cell ({_quote(table.columns[name][i])}) in column "
-                        f"{_quote(name)}, and the run trained without --fill mean or zero to fill it; fill it in")
+        raise DataError(
+            f"row {table.rows[i]} of {path} has a missing cell ({_quote(table.columns[name][i])}) in column "
+            f"{_quote(name)}, and the run trained without --fill mean or zero to fill it; fill it in"
+        )
     return _features(table, fitted), table.rows, [n for n in table.names if n not in set(features)]
 
 
@@ -319,8 +375,9 @@ def _features(table: _Table, preprocessing: dict[str, Any]) -> np.ndarray:
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
-def _examples(table: _Table, preprocessing: dict[str, Any], target: str | None, task: str,
-              names: tuple[str, ...] | None) -> ArrayExamples | UnlabeledArrays:
+def _examples(
+    table: _Table, preprocessing: dict[str, Any], target: str | None, task: str, names: tuple[str, ...] | None
+) -> ArrayExamples | UnlabeledArrays:
     x = _features(table, preprocessing)
     if target is None:
         return UnlabeledArrays(x)
@@ -332,8 +389,10 @@ def _examples(table: _Table, preprocessing: dict[str, Any], target: str | None, 
     label_names = _label_names(labels, where, target)
     for i, name in enumerate(label_names):
         if name not in index:
-            raise DataError(f"row {table.rows[i]} of {table.path}: label {_quote(name)} of {_quote(target)} is not "
-                            f"among the run's classes {_listing(list(names))}; drop those rows or train on them too")
+            raise DataError(
+                f"row {table.rows[i]} of {table.path}: label {_quote(name)} of {_quote(target)} is not "
+                f"among the run's classes {_listing(list(names))}; drop those rows or train on them too"
+            )
     return ArrayExamples(x, np.array([index[name] for name in label_names], dtype=np.int64))
 
 
@@ -345,14 +404,18 @@ def _numeric_column(table: _Table, name: str, fill: float | None) -> np.ndarray:
     numbers = _numbers(present)
     if numbers is None:
         i = next(i for i, c in enumerate(cells) if not missing[i] and _number(c) is None)
-        raise DataError(f"row {table.rows[i]} of {table.path} holds {_quote(cells[i])} in column {_quote(name)}, "
-                        "a numeric column of the training data; write a number there, or leave it empty")
+        raise DataError(
+            f"row {table.rows[i]} of {table.path} holds {_quote(cells[i])} in column {_quote(name)}, "
+            "a numeric column of the training data; write a number there, or leave it empty"
+        )
     values[~missing] = numbers
     bad = ~missing & ~(np.abs(np.nan_to_num(values, nan=np.inf)) <= _FLOAT32_MAX)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"row {table.rows[i]} of {table.path} holds {_quote(cells[i])} in column {_quote(name)}, "
-                        "not a finite number within float32's range (3.4e38); fix the cell, or leave it empty")
+        raise DataError(
+            f"row {table.rows[i]} of {table.path} holds {_quote(cells[i])} in column {_quote(name)}, "
+            "not a finite number within float32's range (3.4e38); fix the cell, or leave it empty"
+        )
     if fill is not None:  # without, _complete_rows has refused or dropped every missing cell
         values[missing] = fill
     return values
@@ -368,8 +431,10 @@ def _one_hot_column(table: _Table, name: str, categories: list[str], fill: list[
         elif cell in index:
             encoded[i, index[cell]] = 1.0
         else:
-            raise DataError(f"row {table.rows[i]} of {table.path} holds {_quote(cell)} in column {_quote(name)}, a value "
-                            f"the training data never had (it had {_listing(categories)}); use one of those")
+            raise DataError(
+                f"row {table.rows[i]} of {table.path} holds {_quote(cell)} in column {_quote(name)}, a value "
+                f"the training data never had (it had {_listing(categories)}); use one of those"
+            )
     return encoded
 
 

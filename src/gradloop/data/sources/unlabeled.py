@@ -52,7 +52,7 @@ class UnlabeledArrays:
         x, order_t, b, n = tf.constant(self.x), tf.constant(rows), int(batch_size), len(rows)
 
         def batch(step: tf.Tensor) -> tuple[tf.Tensor]:
-            return (tf.gather(x, order_t[step * b:tf.minimum((step + 1) * b, n)]),)
+            return (tf.gather(x, order_t[step * b : tf.minimum((step + 1) * b, n)]),)
 
         steps = math.ceil(n / b)
         return tf.data.Dataset.range(steps).map(batch).apply(tf.data.experimental.assert_cardinality(steps))

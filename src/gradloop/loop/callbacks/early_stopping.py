@@ -29,7 +29,9 @@ class BestModelEarlyStopping(keras.callbacks.Callback):
     restored history, so stopping happens at the epoch it would have.
     """
 
-    def __init__(self, path: str | Path, *, patience: int = 0, monitor: str = "val_loss", averaged: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, patience: int = 0, monitor: str = "val_loss", averaged: bool = False
+    ) -> None:
         super().__init__()
         self.path, self.patience, self.monitor, self.averaged = Path(path), patience, monitor, averaged
         self.stopped_epoch: int | None = None
