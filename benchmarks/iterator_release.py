@@ -81,7 +81,8 @@ def main() -> None:
         )
     ratios = [b / a for a, b in zip(wall["release thread"], wall["training thread"])]
     print(
-        f"deleting on the training thread takes {statistics.median(ratios):.2f}x the wall time (median of paired rounds)"
+        f"deleting on the training thread takes {statistics.median(ratios):.2f}x the wall time "
+        "(median of paired rounds)"
     )
 
 

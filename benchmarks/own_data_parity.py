@@ -336,7 +336,7 @@ def report(done: list[Case], argv: list[str], seconds: float) -> None:
                 continue
             m = f"val_{c.metric}"
 
-            def both(a: dict, b: dict) -> str:
+            def both(a: dict, b: dict, m: str = m) -> str:
                 return f"{relative(a['val_loss'], b['val_loss']).max():.1e} ({abs(a[m][-1] - b[m][-1]):.1e})"
 
             print(

@@ -111,7 +111,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, tmp_path):
 )
 def test_errors_stay_one_line_where_tensorflow_announces_its_onednn_kernels(argv):
     """TensorFlow writes the notice past TF_CPP_MIN_LOG_LEVEL when its oneDNN kernels are on: the
-    CLI's default, and TensorFlow's on CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX. These errors come after TensorFlow is imported."""
+    CLI's default, and TensorFlow's on CPUs with AVX-VNNI, AVX-512 VNNI or BF16, or AMX. These errors come after
+    TensorFlow is imported."""
     result = run_cli(*argv, env={"TF_ENABLE_ONEDNN_OPTS": "1"})
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("gradloop: error: ")

@@ -407,7 +407,8 @@ def damaged_copy(change: Callable[[Path], None]) -> Callable[[Path], None]:
 
 
 def flip_a_byte_of_every_checkpoint(run: Path) -> None:
-    """One bit of each checkpoint's data: only the per-tensor CRC32C tells, and no checkpoint is left to fall back to."""
+    """One bit of each checkpoint's data: only the per-tensor CRC32C tells, and no checkpoint is left to fall
+    back to."""
     for data in (run / "checkpoints").glob("ckpt-*.data-*"):
         content = bytearray(data.read_bytes())
         content[len(content) // 2] ^= 0x01
@@ -898,7 +899,8 @@ OWN_DATA_ROWS = {
         DataError,
         "the train dataset never ends",
         {
-            "fn.py": "import tensorflow as tf\n\ndef load():\n    x = tf.data.Dataset.range(4).map(lambda i: (tf.zeros(3), i % 2))\n"
+            "fn.py": "import tensorflow as tf\n\ndef load():\n"
+            "    x = tf.data.Dataset.range(4).map(lambda i: (tf.zeros(3), i % 2))\n"
             "    return {'train': x.batch(2).repeat()}\n"
         },
     ),
@@ -1721,9 +1723,13 @@ def test_compile_options_refuse_a_count_that_wraps_in_int32():
             CompileOptions(steps_per_execution=bad)
 
 
-# --------------------------------------------------------------------- data without labels, headerless tables (issue 27, section 3)
+# --------------------------------------------------------------------- data without labels, headerless tables
+# (issue 27, section 3)
 
-USER_MODEL = "import keras\n\ndef build(input_shape):\n    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(2)])\n"
+USER_MODEL = (
+    "import keras\n\ndef build(input_shape):\n"
+    "    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(2)])\n"
+)
 UNLABELED_ROWS = {
     "x alone for the mlp": Row(
         ["train", "--data", "{tmp}/x.npz"],

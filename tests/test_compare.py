@@ -234,7 +234,9 @@ def test_headless_chromium_renders_the_tables_and_the_curves(page, tmp_path):
     assert len(dom.tables["runs"]) == 10 and len(dom.tables["metrics"]) == 7 and len(dom.tables["config"]) == 3
     (image,) = dom.images
     embedded = base64.b64decode(image["src"].removeprefix("data:image/png;base64,"))
-    assert image["data-decoded"] == "%dx%d" % png_size(embedded)  # the curves' data: URI decoded to the PNG's size
+    assert image["data-decoded"] == "{}x{}".format(
+        *png_size(embedded)
+    )  # the curves' data: URI decoded to the PNG's size
     check_screenshot(page, tmp_path, width=1000, height=1600)
 
 

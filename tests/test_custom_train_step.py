@@ -381,7 +381,8 @@ class HaltAt(keras.callbacks.Callback):
 
 
 def test_a_two_optimizer_gan_stopped_mid_epoch_and_resumed_into_new_objects_is_bit_identical(tmp_path):
-    from gradloop.loop.checkpoint import Checkpointing, RunCheckpoint
+    from gradloop.loop.callbacks.checkpointing import Checkpointing
+    from gradloop.loop.checkpoint import RunCheckpoint
 
     def fit(trainer, **kwargs):
         return trainer.fit(unlabeled(), epochs=2, end_groups_every=2, verbose=0, **kwargs).history
@@ -478,7 +479,8 @@ def returning(result) -> Trainer:
         ("vector", r"^Returning.train_step returned 'loss' of shape \(None, 1\); its values must be scalars"),
         (
             "numpy",
-            r"^Returning.train_step runs compiled \(inside tf.function, as in model.fit\), where tensors have no values",
+            r"^Returning.train_step runs compiled \(inside tf.function, as in model.fit\), "
+            r"where tensors have no values",
         ),
         ("no_gradient", r"^Returning.train_step: .*extra.* got no gradient"),
     ],
@@ -498,7 +500,7 @@ def test_a_variable_the_step_never_updates_is_named_in_a_warning():
 
 def test_every_logged_loss_is_guarded_against_nan():
     from gradloop import TrainingError
-    from gradloop.loop.callbacks.stopping import StopOnNonFiniteLoss
+    from gradloop.loop.callbacks.nan_guard import StopOnNonFiniteLoss
 
     guard = StopOnNonFiniteLoss(steps_per_epoch=6)
     keras.utils.set_random_seed(0)

@@ -1,4 +1,5 @@
-"""Tests of gradloop.data.builtin.idx: the IDX reader on small files made here, plus the real MNIST test set where present.
+"""Tests of gradloop.data.builtin.idx: the IDX reader on small files made here, plus the real MNIST test set
+where present.
 
 The helpers that write IDX files are imported by the other data tests.
 """

@@ -1,4 +1,5 @@
-"""Tests of gradloop.data.sources.image_cache: an image folder decoded once into a run's folder, on real MNIST digits."""
+"""Tests of gradloop.data.sources.image_cache: an image folder decoded once into a run's folder, on real
+MNIST digits."""
 
 from __future__ import annotations
 

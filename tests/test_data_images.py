@@ -1,4 +1,5 @@
-"""Tests of gradloop.data.sources.images: class folders of real MNIST digits written here as PNG (and JPEG, BMP, GIF)."""
+"""Tests of gradloop.data.sources.images: class folders of real MNIST digits written here as PNG (and JPEG,
+BMP, GIF)."""
 
 from __future__ import annotations
 

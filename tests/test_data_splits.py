@@ -1,4 +1,5 @@
-"""Tests of gradloop.data.builtin.splits: a run's splits are exactly the ones training and evaluation built themselves."""
+"""Tests of gradloop.data.builtin.splits: a run's splits are exactly the ones training and evaluation built
+themselves."""
 
 from __future__ import annotations
 

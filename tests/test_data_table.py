@@ -400,7 +400,8 @@ BAD_INPUTS = {
         GOOD_HEADER + "1,2,0.5\n3,4,1.5\n",
         {"task": "classification"},
         ConfigError,
-        r"classification needs class labels, but the target 'label' holds '0.5' \(row 2 of .*\); pass --task regression",
+        r"classification needs class labels, but the target 'label' holds '0.5' \(row 2 of .*\); "
+        r"pass --task regression",
     ),
     "decimals among whole numbers": (
         GOOD_HEADER + "1,2,1\n3,4,1.5\n5,6,2\n",

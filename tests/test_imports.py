@@ -50,7 +50,8 @@ def test_resuming_checks_and_parsing_flags_import_no_tensorflow(tmp_path):
     (run / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
     (run / "run.json").write_text(json.dumps({"format": 1, "status": "interrupted", "config": {"epochs": 3}}))
     modules = loaded_after(
-        "from gradloop import cli\nfrom gradloop.commands import train\nfrom gradloop.run import folder as run_folder\nfrom gradloop.run import start as run_start\n"
+        "from gradloop import cli\nfrom gradloop.commands import train\n"
+        "from gradloop.run import folder as run_folder\nfrom gradloop.run import start as run_start\n"
         f"args = cli.build_parser().parse_args(['train', '--resume', '--run-dir', {str(run)!r}, '--epochs', '4'])\n"
         "assert train.train_config(args).epochs == 4\n"
         f"run_start.check_resumable({str(run)!r}, epochs=4)\n"

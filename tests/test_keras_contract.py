@@ -363,7 +363,8 @@ for name, strategy in strategies:
     with strategy.scope():
         trainer = Trainer(two_in_two_out(), optimizer=keras.optimizers.Adam(1e-2), strategy=strategy,
                           loss={"kind": sparse_ce(), "size": "mse"}, metrics={"kind": ["accuracy"]},
-                          weighted_metrics={"size": ["mae"]}, options=CompileOptions(fused_optimizer=False, steps_per_execution=3))
+                          weighted_metrics={"size": ["mae"]}, \
+options=CompileOptions(fused_optimizer=False, steps_per_execution=3))
     history = trainer.fit(ds, validation_data=ds, epochs=2, verbose=0).history
     predicted = trainer.predict(ds)
     results[name] = {"history": history, "kind": predicted["kind"].tolist(), "replicas": strategy.num_replicas_in_sync}
@@ -374,9 +375,11 @@ plain_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(25)
 for name, strategy in strategies:
     with strategy.scope():
         trainer = Trainer(mlp(), optimizer=keras.optimizers.Adam(1e-2), strategy=strategy, loss=sparse_ce(),
-                          weighted_metrics=["accuracy"], options=CompileOptions(fused_optimizer=False, steps_per_execution=3))
+                          weighted_metrics=["accuracy"], \
+options=CompileOptions(fused_optimizer=False, steps_per_execution=3))
     before = trainer.predict(x, batch_size=25)
-    history = trainer.fit(plain_ds, validation_data=plain_ds, epochs=2, class_weight={0: 3.0, 1: 0.5, 2: 1.0}, verbose=0).history
+    history = trainer.fit(plain_ds, validation_data=plain_ds, epochs=2, \
+class_weight={0: 3.0, 1: 0.5, 2: 1.0}, verbose=0).history
     results[name]["weighted"] = {"history": history, "before": before.tolist()}
 print(json.dumps(results))
 """

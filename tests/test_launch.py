@@ -2,7 +2,8 @@
 
 Most tests launch stand-in workers: ``sys.executable`` becomes a small script that records what it
 was started with (argv, TF_CONFIG, pid), waits for the other workers' records, then exits with the
-status it is told, or waits for a signal, so the launch's own behaviour shows in a second, without TensorFlow. One test launches real
+status it is told, or waits for a signal, so the launch's own behaviour shows in a second, without TensorFlow.
+One test launches real
 ``gradloop train`` workers that fail on bad data. The multi-worker runs the launch makes (equal to
 one device, killed, stopped and resumed) are in test_distribute.py.
 """
@@ -38,7 +39,8 @@ def stop(signum, frame):
 
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
-record = {{"argv": sys.argv[1:], "tf_config": tf_config, "workers": os.environ.get("{workers_env}"), "pid": os.getpid()}}
+record = {{"argv": sys.argv[1:], "tf_config": tf_config, "workers": os.environ.get("{workers_env}"), \
+"pid": os.getpid()}}
 with open(out + ".tmp", "w") as f:
     json.dump(record, f)
 os.replace(out + ".tmp", out + ".json")

@@ -157,7 +157,7 @@ def test_headless_chromium_renders_the_tables_and_decodes_every_image(page, tmp_
     assert len(dom.tables["per-class"]) == 1 + 3 and len(dom.tables["confusion"]) == 1 + 3
     decoded = [img.get("data-decoded") for img in dom.images]
     expected = [
-        "%dx%d" % png_size((page.parent / name).read_bytes())
+        "{}x{}".format(*png_size((page.parent / name).read_bytes()))
         for name in ("history.png", "per_class_accuracy.png", "confusion_matrix.png")
     ]
     assert decoded == expected  # every data: URI decoded to the PNG's own size

@@ -208,8 +208,10 @@ def test_unlabelled_images_with_a_labelled_test_folder_are_refused(tmp_path):
 def test_function_returning_x_alone(tmp_path):
     (tmp_path / "make.py").write_text(
         "import numpy as np\nimport tensorflow as tf\n\n"
-        "def arrays():\n    return {'x_train': np.ones((6, 2), np.float32), 'x_test': np.zeros((2, 2), np.float32)}\n\n"
-        "def datasets():\n    return {'train': tf.data.Dataset.from_tensor_slices(np.ones((7, 2), np.float32)).batch(3)}\n\n"
+        "def arrays():\n"
+        "    return {'x_train': np.ones((6, 2), np.float32), 'x_test': np.zeros((2, 2), np.float32)}\n\n"
+        "def datasets():\n"
+        "    return {'train': tf.data.Dataset.from_tensor_slices(np.ones((7, 2), np.float32)).batch(3)}\n\n"
         "def tuples():\n"
         "    return {'train': tf.data.Dataset.from_tensor_slices((np.ones((4, 2), np.float32),)).batch(2)}\n\n"
         "def mixed():\n    x = np.ones((4, 2), np.float32)\n"

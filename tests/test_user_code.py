@@ -453,9 +453,14 @@ def test_copy_model_source_copies_a_sibling_package_and_what_its_helpers_import(
     write(
         source,
         {
-            "model.py": "import keras\nfrom parts.layers import head\n\ndef build(num_classes):\n    return keras.Sequential([head(num_classes)])\n",
+            "model.py": (
+                "import keras\nfrom parts.layers import head\n\n"
+                "def build(num_classes):\n    return keras.Sequential([head(num_classes)])\n"
+            ),
             "parts/__init__.py": "",
-            "parts/layers.py": "import sizes\nimport keras\n\ndef head(n):\n    return keras.layers.Dense(n * sizes.ONE)\n",
+            "parts/layers.py": (
+                "import sizes\nimport keras\n\ndef head(n):\n    return keras.layers.Dense(n * sizes.ONE)\n"
+            ),
             "sizes.py": "ONE = 1\n",
             "unrelated.py": "raise SystemExit('never imported')\n",
         },

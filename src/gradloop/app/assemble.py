@@ -287,7 +287,8 @@ def build_metrics(config: TrainConfig, task: str) -> list[str]:
 
 
 def build_optimizer(config: TrainConfig, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """``--optimizer`` (Adam by default), configured the Keras way, so every option runs inside ``optimizer.apply_gradients``,
+    """``--optimizer`` (Adam by default), configured the Keras way, so every option runs inside
+    ``optimizer.apply_gradients``,
     the moving average of ``--ema`` too,
     the one call the step makes to update (and around the fused Adam kernel, which
     replaces only the per-variable arithmetic):

@@ -279,13 +279,15 @@ class TrainConfig:
             raise ConfigError(f"lr must be a finite number > 0 such as 1e-4, got {_short(self.lr)}")
         if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise ConfigError(
-                f"val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), got {_short(self.val_fraction)}"
+                "val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), "
+                f"got {_short(self.val_fraction)}"
             )
         if self.dataset is not None:
             _check_choice("dataset", self.dataset, DATASETS)
         if self.model not in MODELS and not (isinstance(self.model, str) and MODEL_SPEC.fullmatch(self.model)):
             raise ConfigError(
-                f"model must be mlp, cnn, FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras, got {_short(self.model)}"
+                "model must be mlp, cnn, FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras, "
+                f"got {_short(self.model)}"
             )
         self._check_own_data()
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
@@ -447,7 +449,7 @@ def parse_int_list(name: str, value: Any) -> tuple[int, ...]:
 
 
 def _as_int(v: Any) -> int:
-    if isinstance(v, bool) or isinstance(v, float):
+    if isinstance(v, (bool, float)):
         raise ValueError(v)
     return int(str(v).strip())
 
@@ -572,7 +574,8 @@ def _parse_float(name: str, text: str) -> float:
         raise ConfigError(f"{name} must be a number, got {_short(text)}") from None
 
 
-# What a resumed run may change: when it stops, how often it saves and where it reads its images from, never what it computes.
+# What a resumed run may change: when it stops, how often it saves and where it reads its images from,
+# never what it computes.
 RESUMABLE = ("epochs", "checkpoint_every", "checkpoint_seconds", "summary_every", "image_cache")
 
 

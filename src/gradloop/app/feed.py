@@ -57,7 +57,8 @@ def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed)
         y_pred = trainer.model(x, training=False)
         reason = " ".join(errors.tensorflow_reason(exc).split())[:200]
         raise ConfigError(
-            f"the loss {describe_loss(trainer.loss)} or the metrics {', '.join(assemble.build_metrics(config, data.task))} "
+            f"the loss {describe_loss(trainer.loss)} or the metrics "
+            f"{', '.join(assemble.build_metrics(config, data.task))} "
             f"do not fit labels of shape {tuple(y.shape)} ({y.dtype.name}) and outputs of shape {tuple(y_pred.shape)} "
             f"({reason}); choose a --loss and --metrics for {data.task}"
         ) from None

@@ -6,7 +6,8 @@ so the softmax and the loss see full-precision numbers.
 
 The user's own model (``--model``):
 
-    user_model("model.py:build", input_shape=(28, 28), num_classes=10)   build(...), or keras.models.load_model("m.keras")
+    user_model("model.py:build", input_shape=(28, 28), num_classes=10)   build(...), or
+                                                                         keras.models.load_model("m.keras")
     check_model_fits(model, input_shape=(28, 28), n_outputs=10)           refused before training when it does not fit
     copy_model_source("model.py:build", run_dir) -> "model_source.py:build"   the copy a resume builds it from
     labels, outputs = run_over(model, batches)                           a run's model on data: evaluate, predict

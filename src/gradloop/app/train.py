@@ -217,7 +217,8 @@ def _announce(
     )
     print(
         f"gradloop: {action} ({trainer.model.count_params():,} parameters) on {data.description}: {classes}, "
-        f"{data.train.n:,} train / {data.val.n if data.val is not None else 0:,} val samples, {config.epochs} epoch{'s' * (config.epochs != 1)} -> {path}",
+        f"{data.train.n:,} train / {data.val.n if data.val is not None else 0:,} val samples, "
+        f"{config.epochs} epoch{'s' * (config.epochs != 1)} -> {path}",
         file=out,
         flush=True,
     )
@@ -293,7 +294,8 @@ def check_same_data(config: TrainConfig, resumed: run_folder.RunDir, data: RunDa
     then = resumed.info.get("data", {}).get("fingerprint")
     if then and then != data.fingerprint:
         raise RunDirError(
-            f"the data in {config.data} changed since run {config.run_dir} started ({describe_change(then, data.fingerprint)}); "
+            f"the data in {config.data} changed since run {config.run_dir} started "
+            f"({describe_change(then, data.fingerprint)}); "
             "a resume needs the same data: put it back, or start a new run"
         )
 

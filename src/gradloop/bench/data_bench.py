@@ -40,7 +40,8 @@ def run_data_bench(
         peak RSS of each process (also as it was before training), and the model's footprint
         (weights + optimizer state)
 
-    The ratio is paired, as in :func:`gradloop.bench.runner.run_bench`: the median of each round's streamed / in-memory rate.
+    The ratio is paired, as in :func:`gradloop.bench.runner.run_bench`: the median of each round's
+    streamed / in-memory rate.
     A timed run is at most one epoch, and pays what an epoch's start pays (filling the stream; gathering
     the epoch's order in memory); only one process trains at a time, the others wait on their input.
     """

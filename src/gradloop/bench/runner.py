@@ -62,7 +62,9 @@ def run_bench(
         if any(isinstance(contender, _InProcess) for contender in contenders.values()):
             work.dataset(1)  # the data's tensors, shared by the in-process variants: no one variant's memory
             if any(name.startswith("gradloop") for name in contenders):
-                work.in_memory  # gradloop's own copy of them, shared by its variants, made before their memory counts
+                _ = (
+                    work.in_memory
+                )  # gradloop's own copy of them, shared by its variants, made before their memory counts
         for name, contender in contenders.items():
             progress(f"warming up {name}")
             contender.plan(max(WARMUP_STEPS, int(contender.warm_up(WARMUP_STEPS) * seconds)))

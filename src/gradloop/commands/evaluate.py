@@ -135,7 +135,8 @@ def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Pa
     flat, image = (None, math.prod(data.IMAGE_SHAPE)), (None, *data.IMAGE_SHAPE, 1)
     if inputs not in (flat, image) or outputs != (None, len(config.classes)):
         raise RunDirError(
-            f"{Path(run_dir) / run_files.MODEL} maps {inputs} to {outputs}, but run.json describes {len(config.classes)} "
+            f"{Path(run_dir) / run_files.MODEL} maps {inputs} to {outputs}, but run.json describes "
+            f"{len(config.classes)} "
             f"classes of 28x28 images; the model and run.json come from different runs"
         )
     return inputs == flat
@@ -346,7 +347,10 @@ def _evaluate_builtin(
 def format_report(result: dict[str, Any]) -> str:
     head = f"{result['split']} split of {result['source']}: {result['n_samples']:,} samples"
     if result.get("task") == "regression":
-        return f"{head}\nloss {result['loss']:.4f}  mae {result['mae']:.4f}  rmse {result['rmse']:.4f}  r2 {result['r2']:.4f}"
+        return (
+            f"{head}\nloss {result['loss']:.4f}  mae {result['mae']:.4f}  "
+            f"rmse {result['rmse']:.4f}  r2 {result['r2']:.4f}"
+        )
     classes = [str(c) for c in result["classes"]]
     width = max(7, *(len(c) + 2 for c in classes))
     lines = [

@@ -140,7 +140,8 @@ def render(
             ("epoch", *history_keys),
             [(i + 1, *(number(history[k][i]) for k in history_keys)) for i in range(epochs)],
         ),
-        f"<h2>Evaluation: {escape(result['split'])} split of {escape(result['source'])}, {result['n_samples']:,} samples</h2>",
+        f"<h2>Evaluation: {escape(result['split'])} split of {escape(result['source'])}, "
+        f"{result['n_samples']:,} samples</h2>",
         *(
             _regression(result, images, outputs=info.get("n_outputs"))
             if result["task"] == "regression"

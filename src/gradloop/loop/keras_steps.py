@@ -103,7 +103,7 @@ class ModelStepTrainer(Trainer):
     ``options``: steps per compiled call; ``jit_compile`` None follows the model's own
     ``jit_compile`` (Keras' choice at compile), True/False override it. ``strategy``: as for
     :class:`Trainer` (by default the one whose scope built the model, as Keras takes it).
-    ``nan_guard``: a :class:`gradloop.loop.callbacks.stopping.StopOnNonFiniteLoss` whose
+    ``nan_guard``: a :class:`gradloop.loop.callbacks.nan_guard.StopOnNonFiniteLoss` whose
     variables record the first step where a logged value named ``*loss*`` is not finite;
     put the guard itself in ``fit``'s callbacks.
     """

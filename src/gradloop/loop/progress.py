@@ -85,7 +85,8 @@ class Progress(keras.callbacks.Callback):
 
 
 def for_verbose(verbose: int | str) -> list[keras.callbacks.Callback]:
-    """``fit``'s own progress display, as Keras' ``verbose`` chooses it: 1 (``"auto"``) a bar, 2 a line per epoch, 0 none."""
+    """``fit``'s own progress display, as Keras' ``verbose`` chooses it: 1 (``"auto"``) a bar, 2 a line per
+    epoch, 0 none."""
     if verbose == "auto":
         verbose = 1
     if verbose not in (0, 1, 2):

@@ -1,10 +1,10 @@
 """Learning-rate schedules by name: Keras' own, plus a linear warm-up in front of any of them.
 
     constant      lr
-    cosine        keras CosineDecay(lr, decay_steps)                      lr -> 0 along half a cosine
-    exponential   keras ExponentialDecay(lr, decay_steps, decay_rate)     lr * rate ** (k / decay_steps)
-    step          the same with staircase=True                            lr * rate ** floor(k / decay_steps)
-    warm-up       LinearWarmUp(schedule, W)                               lr * (k + 1) / W for k < W, then schedule(k - W)
+    cosine        keras CosineDecay(lr, decay_steps)                    lr -> 0 along half a cosine
+    exponential   keras ExponentialDecay(lr, decay_steps, decay_rate)   lr * rate ** (k / decay_steps)
+    step          the same with staircase=True                          lr * rate ** floor(k / decay_steps)
+    warm-up       LinearWarmUp(schedule, W)                             lr * (k + 1) / W for k < W, then schedule(k - W)
 
 ``k`` counts training steps (batches) from 0: the optimizer evaluates the
 schedule at its ``iterations`` before each update. Under gradient accumulation

@@ -77,7 +77,8 @@ def call_step(step_fn: StepFn, trainer: StepContext, x: Any, y: Any, sample_weig
         name = getattr(step_fn, "__name__", repr(step_fn))
         raise TypeError(
             f"the data has sample weights (or class_weight was given), but the step {name}(trainer, x, y) takes "
-            "none: give it a parameter sample_weight=None and pass it on to trainer.compute_loss(y, y_pred, sample_weight)"
+            "none: give it a parameter sample_weight=None and pass it on to "
+            "trainer.compute_loss(y, y_pred, sample_weight)"
         )
     return step_fn(trainer, x, y)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -29,7 +29,7 @@ from gradloop.loop.step import StepFn
 # A dataset (a new iterator, so a reshuffle, each epoch, as in Keras), or ``epoch -> that epoch's
 # dataset`` (gradloop.data.shuffled_epochs): then every epoch's order can be rebuilt exactly on resume.
 # Arrays in memory: gradloop.InMemory (epoch -> Epoch), whose step groups gather batches by index.
-TrainData = Union[tf.data.Dataset, in_memory.Epoch, Callable[[int], tf.data.Dataset | in_memory.Epoch]]
+TrainData = tf.data.Dataset | in_memory.Epoch | Callable[[int], tf.data.Dataset | in_memory.Epoch]
 
 
 class Trainer(InferenceModel):

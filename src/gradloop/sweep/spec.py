@@ -24,7 +24,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from gradloop.app.config import TrainConfig, build_config, config_values, read_yaml_mapping
 from gradloop.errors import ConfigError
@@ -62,7 +62,7 @@ class Choices:
         return self.values[self.encoded.index(encoded)]
 
 
-Space = Union[Range, Choices]
+Space = Range | Choices
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ def _is_dataset(value: Any) -> bool:
 
 
 class DatasetExamples:
-    """The function's dataset of ``(x, y)`` batches (or of x alone: ``y`` None), as :class:`~gradloop.data.examples.Examples`.
+    """The function's dataset of ``(x, y)`` batches (or of x alone: ``y`` None), as
+    :class:`~gradloop.data.examples.Examples`.
 
     ``batches(order, batch_size)`` is the dataset itself: the function decided its order and
     batches. ``n`` and ``y`` are what one pass read (in that pass's order); ``num_batches``
@@ -241,7 +242,8 @@ def _loaded_datasets(result: dict[str, Any], spec: DataSpec, fingerprint: dict[s
         kind="function",
         task=task,
         class_names=names,
-        description=f"{where} (function: tf.data, {train.n:,} examples of shape {shape} in {train.num_batches:,} batches"
+        description=f"{where} (function: tf.data, {train.n:,} examples of shape {shape} "
+        f"in {train.num_batches:,} batches"
         f"{', no labels' if task == UNLABELED else ''})",
         fingerprint=fingerprint,
         preprocessing={},

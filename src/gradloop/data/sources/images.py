@@ -103,7 +103,8 @@ class ImageFiles:
 
     @property
     def stored_dtype(self) -> np.dtype:
-        """What a decoded copy holds per pixel: the files' own uint8 when they need no conversion, else the float32 result."""
+        """What a decoded copy holds per pixel: the files' own uint8 when they need no conversion, else the
+        float32 result."""
         return np.dtype(np.uint8 if self.uniform else np.float32)
 
     def subset(self, rows: np.ndarray) -> ImageFiles:
