@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,6 +17,10 @@ from gradloop.app import cpu  # noqa: E402
 cpu.use_onednn()  # the kernels the CLI runs, here too, before any test imports TensorFlow
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/ mirrors the package (tests/loop/ for gradloop/loop/, ...), and test modules share helpers by module
+# name (``from test_trainer import toy_model``) across those folders: every folder is importable from any.
+_FOLDERS = (REPO / "tests", *sorted((REPO / "tests").glob("*/")))
+sys.path[:0] = [str(folder) for folder in _FOLDERS if folder.name != "__pycache__"]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 # What .ci/run installs for some tests (or, for tmpfs, needs root for), named as .ci/run names them.

@@ -134,5 +134,5 @@ def _as_tensor(array: Any) -> tf.Tensor:
     if isinstance(array, np.ndarray) and array.dtype == np.float64:
         array = array.astype(np.float32)  # Keras' floatx, as model.fit converts
     # A tensor converted from a numpy array leaves a second copy of it alive until a later trace frees
-    # it; the identity's output owns one copy (tests/test_in_memory.py measures both).
+    # it; the identity's output owns one copy (tests/loop/test_in_memory.py measures both).
     return tf.identity(tf.convert_to_tensor(array))

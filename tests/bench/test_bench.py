@@ -164,7 +164,7 @@ def test_peak_rss_sees_a_freed_allocation():
 
 
 def test_iterator_release_benchmark_runs():
-    script = Path(__file__).parents[1] / "benchmarks" / "iterator_release.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "iterator_release.py"
     done = subprocess.run(
         [sys.executable, str(script), "--epochs", "1", "--rounds", "2"], capture_output=True, text=True, timeout=600
     )

@@ -18,7 +18,7 @@ import pytest
 from gradloop import data
 from gradloop.errors import ConfigError, DataError
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
+SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared/data/mnist"
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
