@@ -34,7 +34,7 @@ import keras
 
 from gradloop.app import user_code
 from gradloop.app.config import TrainConfig
-from gradloop.errors import ConfigError, RunDirError
+from gradloop.errors import ConfigError, RunDirError, shortened
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 
@@ -95,8 +95,8 @@ def _recorded(config: TrainConfig, info: dict[str, Any], run_dir: Path) -> list[
     names = [spec.rpartition(":")[2] for spec in config.callbacks]
     if [source.rpartition(":")[2] for source in recorded] != names:
         raise RunDirError(
-            f"{run_dir / run_files.RUN_JSON} names callbacks {recorded} for its config's {list(config.callbacks)}; "
-            "the run directory is damaged"
+            f"{run_dir / run_files.RUN_JSON} names callbacks {shortened(str(recorded), 120)} for its config's "
+            f"{shortened(str(list(config.callbacks)), 120)}; the run directory is damaged"
         )
     return recorded
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from gradloop import cli
 from gradloop.app import cpu
 from gradloop.app.config import TrainConfig, build_config, flag_name, load_yaml, resumed_config
-from gradloop.errors import ConfigError, DiskFullError
+from gradloop.errors import ConfigError, DiskFullError, shortened
 from gradloop.run import files as run_files
 from gradloop.run import schema as run_schema
 from gradloop.run import start as run_start
@@ -70,8 +70,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     info = run_start.open_to_resume(args.run_dir).info
     if info.get("callback_sources") and not args.trust_code:
         raise ConfigError(
-            f"run {args.run_dir} runs callbacks of its own ({', '.join(info['callback_sources'])}), which is "
-            f"running its code: read them, and pass {run_schema.TRUST_CODE} if you trust where the run came from"
+            f"run {args.run_dir} runs callbacks of its own ({shortened(', '.join(info['callback_sources']), 200)}), "
+            f"which is running its code: read them, and pass {run_schema.TRUST_CODE} if you trust where the run "
+            "came from"
         )
     return resumed_config(info["config"], file_values, **flags)  # the run's own config, changed only where a resume may
 
