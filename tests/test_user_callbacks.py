@@ -93,7 +93,7 @@ def test_a_callback_writes_each_epoch_into_the_run_with_the_config_args(user, tm
     written = epoch_files(run)
     assert sorted(written) == [1, 2]
     assert {w["tag"] for w in written.values()} == {"from-config"}
-    assert [written[e]["logs"]["loss"] for e in (1, 2)] == pytest.approx(history["loss"], rel=1e-6)
+    assert [written[e]["logs"]["loss"] for e in (1, 2)] == pytest.approx(history["train_loss"], rel=1e-6)
     assert (run / "seen.txt").read_text() == "2"  # the function's callback, with its own argument
     assert list((tmp_path / "cwd").iterdir()) == []  # nothing where gradloop was started
 
@@ -126,7 +126,7 @@ def test_a_resume_runs_the_runs_copy_and_only_with_trust_code(user, tmp_path, ca
     assert sorted(written) == [1, 2] and written[2]["tag"] == "from-config"
     assert (run / "seen.txt").read_text() == "2"
     history = json.loads((run / run_files.HISTORY_JSON).read_text())
-    assert written[2]["logs"]["loss"] == pytest.approx(history["loss"][1], rel=1e-6)
+    assert written[2]["logs"]["loss"] == pytest.approx(history["train_loss"][1], rel=1e-6)
 
 
 def test_a_crafted_callback_source_pointing_out_of_the_run_is_refused(user, tmp_path, capsys):
