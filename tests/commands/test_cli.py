@@ -179,6 +179,7 @@ CONFIG_SAMPLES = {
     "loss": (["--loss", "categorical_focal_crossentropy"], "categorical_focal_crossentropy"),
     "metrics": (["--metrics", "accuracy,auc"], ["accuracy", "auc"]),
     "optimizer": (["--optimizer", "sgd"], "sgd"),
+    "callbacks": (["--callback", "cb.py:Save", "--callback", "pkg.cbs:Count"], ["cb.py:Save", "pkg.cbs:Count"]),
 }
 # The keys of your own data (--data excludes --dataset and --data-dir, and reads classes by name).
 OWN_DATA_SAMPLES = {
@@ -191,7 +192,7 @@ OWN_DATA_SAMPLES = {
     "fill": (["--fill", "mean"], "mean"),
     "classes": (["--classes", "setosa,virginica"], ["setosa", "virginica"]),
 }
-FILE_ONLY_KEYS = {"model_args"}  # a mapping: a --config file key without a flag
+FILE_ONLY_KEYS = {"model_args", "callback_args"}  # mappings: --config file keys without a flag
 
 
 def command_parser(name: str):

@@ -1794,3 +1794,72 @@ def test_bad_unlabeled_data(row, tmp_path, earlier, capsys):
         earlier,
         capsys,
     )
+
+
+# --------------------------------------------------------------------- a user's callbacks (issue 27, section 3)
+
+CALLBACK = (
+    "import keras\n\nclass Save(keras.callbacks.Callback):\n"
+    "    def __init__(self, run_dir, every=1):\n        super().__init__()\n"
+)
+CALLBACK_ROWS = {
+    "callback file that does not exist": Row(
+        ["train", "--callback", "{tmp}/nope.py:Save"], ConfigError, "nope.py does not exist; pass the path"
+    ),
+    "callback file without NAME": Row(
+        ["train", "--callback", "{tmp}/cb.py:Save"],
+        ConfigError,
+        "cb.py has no Save; it defines Other",
+        {"cb.py": "import keras\n\nclass Other(keras.callbacks.Callback):\n    pass\n"},
+    ),
+    "callback NAME a class but no Keras callback": Row(
+        ["train", "--callback", "{tmp}/cb.py:Save"],
+        ConfigError,
+        "Save is a class but not a keras.callbacks.Callback; subclass keras.callbacks.Callback",
+        {"cb.py": "class Save:\n    pass\n"},
+    ),
+    "callback NAME neither a class nor a function": Row(
+        ["train", "--callback", "{tmp}/cb.py:Save"],
+        ConfigError,
+        "Save is an int, not a keras.callbacks.Callback class or a function returning one",
+        {"cb.py": "Save = 3\n"},
+    ),
+    "callback_args it does not take": Row(
+        ["train", "--callback", "{tmp}/cb.py:Save", "--config", "{tmp}/c.yaml"],
+        ConfigError,
+        "callback_args of Save: depth is no parameter of",
+        {"cb.py": CALLBACK, "c.yaml": "callback_args: {Save: {depth: 2}}\n"},
+    ),
+    "callback_args setting run_dir": Row(
+        ["train", "--callback", "{tmp}/cb.py:Save", "--config", "{tmp}/c.yaml"],
+        ConfigError,
+        "sets run_dir, which gradloop passes itself",
+        {"cb.py": CALLBACK, "c.yaml": "callback_args: {Save: {run_dir: elsewhere}}\n"},
+    ),
+    "callback needing an argument": Row(
+        ["train", "--callback", "{tmp}/cb.py:Save"],
+        ConfigError,
+        "requires folder, which gradloop does not pass (it passes run_dir)",
+        {"cb.py": CALLBACK.replace("every=1", "folder")},
+    ),
+    "callback_args of no callback": Row(
+        ["train", "--callback", "{tmp}/cb.py:Save", "--config", "{tmp}/c.yaml"],
+        ConfigError,
+        "callback_args names 'Sav', which is no --callback's NAME (they are: Save)",
+        {"cb.py": CALLBACK, "c.yaml": "callback_args: {Sav: {every: 2}}\n"},
+    ),
+    "callback without NAME": Row(
+        ["train", "--callback", "{tmp}/cb.py"], ConfigError, "callbacks must be FILE.py:NAME or package.module:NAME"
+    ),
+    "callback file not importing": Row(
+        ["train", "--callback", "{tmp}/cb.py:Save"],
+        ConfigError,
+        "does not import: ModuleNotFoundError",
+        {"cb.py": "import no_such_module_here\n"},
+    ),
+}
+
+
+@rows(CALLBACK_ROWS)
+def test_bad_callbacks(row, tmp_path, earlier, capsys):
+    check_row(row, tmp_path, earlier, capsys)

@@ -34,6 +34,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 IMAGE_CACHE = ("auto", "off")  # gradloop.data.sources.image_cache: decode an image folder once, or every epoch
 # --model: a built-in, FILE.py:FUNCTION or package.module:FUNCTION, or a saved FILE.keras
 MODEL_SPEC = re.compile(r"(?:.+\.keras|.+:[A-Za-z_][A-Za-z0-9_]*)")
+CALLBACK_SPEC = re.compile(r".+:[A-Za-z_][A-Za-z0-9_]*")  # --callback: FILE.py:NAME or package.module:NAME
 DEFAULT_EPOCHS = 10  # also the run whose XLA choice bench's "gradloop" variant makes
 MAX_SEED = 2**32 - 1  # numpy's legacy seed, which keras.utils.set_random_seed sets, takes no more
 # 0.4 GB of float32 weights, 1.6 GB with gradients and Adam's slots: far more than MNIST needs, and a
@@ -61,6 +62,8 @@ _NULLABLE = (
     "metrics",
     "optimizer",
     "model_args",
+    "callbacks",
+    "callback_args",
     "class_weight",
     "ema",
 )
@@ -83,7 +86,9 @@ class Flag:
     # ("... must be one of ..."), as for a value from a --config file.
     parser_checks_choices: bool = True
     unset: str = ""  # what a default of None means, for the help
-    cli: bool = True  # False: a --config file key only (a mapping has no flag syntax)
+    # False: no flag built from the field: a --config file key only (a mapping has no flag syntax), or a
+    # flag its command adds itself (--callback, which repeats)
+    cli: bool = True
 
 
 def _option(default: Any, help: str, **flag: Any) -> Any:
@@ -182,6 +187,19 @@ class TrainConfig:
         metavar="MODEL",
     )
     model_args: dict | None = _option(None, "keyword arguments for a --model FUNCTION", cli=False, unset="none")
+    callbacks: tuple[str, ...] | None = _option(
+        None,
+        "a keras.callbacks.Callback of yours to run with gradloop's own: FILE.py:NAME or package.module:NAME, a "
+        "Callback class or a function returning one; repeat the flag for more. It gets run_dir, the run's folder, "
+        "when it declares it: write there (the working directory stays where gradloop started)",
+        name="--callback",
+        metavar="FILE.py:NAME",
+        unset="none",
+        cli=False,  # commands.train adds it: the flag repeats
+    )
+    callback_args: dict | None = _option(
+        None, "keyword arguments for each --callback, under its NAME", cli=False, unset="none"
+    )
     loss: str | None = _option(
         None,
         "a Keras loss by name",
@@ -319,6 +337,7 @@ class TrainConfig:
         if self.ema is not None and (not _is_number(self.ema) or not 0 < self.ema < 1):
             raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999, got {_short(self.ema)}")
         _check_class_weight(self.class_weight)
+        self._check_callbacks()
         if self.early_stop and not self.val_fraction:
             raise ConfigError("early_stop watches val_loss, but val_fraction is 0; hold out data or drop early_stop")
         for name in ("dataset", "data_dir", "run_dir"):
@@ -377,6 +396,40 @@ class TrainConfig:
         ):
             raise ConfigError(
                 f"model_args must be a mapping of argument names to values, got {_short(self.model_args)}"
+            )
+
+    def _check_callbacks(self) -> None:
+        """--callback specs, each NAME once, and callback_args naming only those NAMEs."""
+        if self.callbacks is not None and (
+            not isinstance(self.callbacks, tuple)
+            or not all(isinstance(c, str) and CALLBACK_SPEC.fullmatch(c) for c in self.callbacks)
+        ):
+            raise ConfigError(
+                "callbacks must be FILE.py:NAME or package.module:NAME of Keras callbacks, "
+                f"got {_short(self.callbacks)}"
+            )
+        names = [spec.rpartition(":")[2] for spec in self.callbacks or ()]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice:
+            raise ConfigError(
+                f"two callbacks are named {twice}; callback_args gives arguments by NAME, so rename one of them"
+            )
+        args = self.callback_args
+        if args is None:
+            return
+        if not isinstance(args, dict) or not all(
+            isinstance(v, dict) and all(isinstance(k, str) and k.isidentifier() for k in v) for v in args.values()
+        ):
+            raise ConfigError(
+                "callback_args must map each callback's NAME to its keyword arguments, such as "
+                f"{{SaveSamples: {{every: 2}}}}, got {_short(args)}"
+            )
+        unknown = next((name for name in args if name not in names), None)
+        if unknown is not None:
+            given = ", ".join(names) if names else "none"
+            raise ConfigError(
+                f"callback_args names {_short(unknown)}, which is no --callback's NAME (they are: {given}); "
+                "fix the name or add the --callback"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -514,6 +567,10 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
     if values.get("classes") is not None:
         values["classes"] = (
             parse_class_names(values["classes"]) if values.get("data") else parse_classes(values["classes"])
+        )
+    if isinstance(values.get("callbacks"), (str, list)):  # one spec, or a list of them, from a --config file
+        values["callbacks"] = tuple(
+            [values["callbacks"]] if isinstance(values["callbacks"], str) else values["callbacks"]
         )
     for key in ("image_size", "metrics"):
         if values.get(key) is not None:

@@ -15,9 +15,7 @@ The user's own model (``--model``):
 
 from __future__ import annotations
 
-import ast
 import os
-import shutil
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +24,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from gradloop import atomic
 from gradloop.app import user_code
 from gradloop.errors import ConfigError
 from gradloop.run import files as run_files
@@ -209,24 +206,15 @@ def copy_model_source(spec: str, run_dir: str | os.PathLike) -> str | None:
     a computed name is not copied. Files are copied byte for byte, each whole or not at all."""
     run_dir = Path(run_dir)
     if str(spec).endswith(".keras"):
-        _copy(Path(spec), run_dir / MODEL_INITIAL)
+        user_code.copy_file(Path(spec), run_dir / MODEL_INITIAL, what="--model")
         return MODEL_INITIAL
     if ":" not in str(spec):
         return None
     target, name = user_code.split_spec(spec, what="--model")
     if not target.endswith(".py"):
         return spec
-    path = Path(target)
     check_model_source(spec)
-    for module in _sibling_modules(path):
-        files = (
-            [module] if module.is_file() else [f for f in sorted(module.rglob("*.py")) if "__pycache__" not in f.parts]
-        )
-        for file in files:
-            copy = run_dir / file.relative_to(path.parent)
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            _copy(file, copy)
-    _copy(path, run_dir / run_files.MODEL_SOURCE)
+    user_code.copy_source(Path(target), run_dir, run_files.MODEL_SOURCE, what="--model")
     return f"{run_files.MODEL_SOURCE}:{name}"
 
 
@@ -244,44 +232,9 @@ def check_model_source(spec: str) -> None:
         run_files.TENSORBOARD,
         run_files.REPORT,
         run_files.SAVED_MODEL,
+        run_files.CALLBACKS,
     }
-    for module in _sibling_modules(Path(target)):
-        if module.name in own:
-            raise ConfigError(
-                f"--model {spec}: it imports {module.name} from its folder, whose copy would mix with the run "
-                f"directory's own {module.name}; rename that module"
-            )
-
-
-def _copy(source: Path, destination: Path) -> None:
-    if not source.is_file():
-        raise ConfigError(f"--model {source}: the file is gone; it must stay until the run has copied it")
-    atomic.write_atomically(destination, lambda tmp: shutil.copyfile(source, tmp))
-
-
-def _sibling_modules(path: Path) -> list[Path]:
-    """The modules beside ``path`` (``NAME.py`` files, ``NAME/`` packages) that it imports, and those they import."""
-    folder, found, todo = path.parent, [], [path]
-    while todo:
-        try:
-            tree = ast.parse(todo.pop().read_bytes())
-        except (SyntaxError, ValueError, OSError):  # it imported, so this is unlikely; nothing more to find in it
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for top in {name.split(".")[0] for name in names}:
-                for candidate in (folder / f"{top}.py", folder / top):
-                    is_module = candidate.is_file() or (candidate / "__init__.py").is_file()
-                    if is_module and candidate != path and candidate not in found:
-                        found.append(candidate)
-                        todo.extend([candidate] if candidate.is_file() else sorted(candidate.rglob("*.py")))
-                        break
-    return found
+    user_code.check_copyable(Path(target), own=own, where=f"--model {spec}")
 
 
 def summary_text(model: keras.Model) -> str:

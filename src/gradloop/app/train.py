@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from gradloop import atomic
-from gradloop.app import assemble, cpu, models
+from gradloop.app import assemble, cpu, models, user_callbacks
 from gradloop.app.config import MODELS, TrainConfig
 from gradloop.app.feed import Feed, check_fits
 from gradloop.app.run_record import ending_recorded, new_run_info, record_finished, recorded_classes
@@ -145,7 +145,11 @@ def _train(
             validation_data=feed.val,
             epochs=config.epochs,
             initial_state=state,
-            callbacks=[*_callbacks(config, run, saver, guard, best, state, feed, stop, out), *callbacks],
+            callbacks=[
+                *_callbacks(config, run, saver, guard, best, state, feed, stop, out),
+                *user_callbacks.for_run(config, run, resumed=state is not None),  # --callback FILE.py:NAME
+                *callbacks,
+            ],
             end_groups_every=config.checkpoint_every or None,
             verbose=0,  # its own Progress is among the callbacks
             class_weight=class_weight,

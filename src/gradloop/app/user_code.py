@@ -17,19 +17,29 @@ before. So import siblings at the top of the file, not inside the function,
 and give them names no installed module has (an imported ``utils`` shadows yours).
 ``package.module`` is imported as any module is: it must be installed or on
 ``PYTHONPATH``.
+
+Copying a user's file into a run, so that a resume does not depend on the original (the
+``--model`` file, each ``--callback`` file):
+
+    check_copyable(path, own={"model_source.py", ...}, where="--model m.py:build")
+    copy_source(path, run_dir, "model_source.py", what="--model")
+        -> run_dir/model_source.py, and the sibling modules it imports beside it
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
 import itertools
+import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
+from gradloop import atomic
 from gradloop.errors import ConfigError, shortened
 
 _FORMS = "FILE.py:FUNCTION or package.module:FUNCTION"
@@ -45,8 +55,9 @@ def split_spec(spec: str, *, what: str) -> tuple[str, str]:
     return target, name
 
 
-def load_function(spec: str, *, what: str) -> Callable[..., Any]:
-    """The callable ``spec`` names (``what``: the flag or option that named it, for messages)."""
+def load_function(spec: str, *, what: str, expected: str = "a function") -> Callable[..., Any]:
+    """The callable ``spec`` names (``what``: the flag or option that named it, for messages;
+    ``expected``: what it must be, for the message when it is not callable)."""
     target, name = split_spec(spec, what=what)
     module = _import_file(Path(target), spec, what) if target.endswith(".py") else _import_module(target, spec, what)
     where = f"{what} {spec}"
@@ -60,7 +71,7 @@ def load_function(spec: str, *, what: str) -> Callable[..., Any]:
         raise ConfigError(f"{where}: {target} has no {name}; {has}")
     fn = getattr(module, name)
     if not callable(fn):
-        raise ConfigError(f"{where}: {name} is {describe(fn)}, not a function; name a function")
+        raise ConfigError(f"{where}: {name} is {describe(fn)}, not {expected}; name {expected}")
     return fn
 
 
@@ -133,6 +144,67 @@ def exception_line(exc: BaseException, limit: int = 300) -> str:
     """``ValueError: the message`` on one line, cut at ``limit`` characters (``--debug`` shows it all)."""
     text = shortened(" ".join(str(exc).split()), limit)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------- copying into a run
+
+
+def copy_source(path: Path, run_dir: Path, copy_name: str, *, what: str) -> None:
+    """Copy the Python file ``path`` into ``run_dir`` as ``copy_name``, and the sibling modules it
+    imports (:func:`sibling_modules`) beside it under their own names, so that importing the copy finds
+    them as the original did. Files are copied byte for byte, each whole or not at all."""
+    for module in sibling_modules(path):
+        files = (
+            [module] if module.is_file() else [f for f in sorted(module.rglob("*.py")) if "__pycache__" not in f.parts]
+        )
+        for file in files:
+            copy = run_dir / file.relative_to(path.parent)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy_file(file, copy, what=what)
+    copy_file(path, run_dir / copy_name, what=what)
+
+
+def check_copyable(path: Path, *, own: Collection[str], where: str) -> None:
+    """Refuse, before a run directory is made or replaced, a file whose sibling modules' copies
+    would mix with the run directory's files named ``own`` (``where``: the flag and spec, for messages)."""
+    for module in sibling_modules(path):
+        if module.name in own:
+            raise ConfigError(
+                f"{where}: it imports {module.name} from its folder, whose copy would mix with the run "
+                f"directory's own {module.name}; rename that module"
+            )
+
+
+def copy_file(source: Path, destination: Path, *, what: str) -> None:
+    if not source.is_file():
+        raise ConfigError(f"{what} {source}: the file is gone; it must stay until the run has copied it")
+    atomic.write_atomically(destination, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def sibling_modules(path: Path) -> list[Path]:
+    """The modules beside ``path`` (``NAME.py`` files, ``NAME/`` packages) that it imports, and those they
+    import, found by reading the import statements: a module imported by a computed name is not found."""
+    folder, found, todo = path.parent, [], [path]
+    while todo:
+        try:
+            tree = ast.parse(todo.pop().read_bytes())
+        except (SyntaxError, ValueError, OSError):  # it imported, so this is unlikely; nothing more to find in it
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names}:
+                for candidate in (folder / f"{top}.py", folder / top):
+                    is_module = candidate.is_file() or (candidate / "__init__.py").is_file()
+                    if is_module and candidate != path and candidate not in found:
+                        found.append(candidate)
+                        todo.extend([candidate] if candidate.is_file() else sorted(candidate.rglob("*.py")))
+                        break
+    return found
 
 
 # --------------------------------------------------------------------- importing

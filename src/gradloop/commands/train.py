@@ -8,6 +8,7 @@ Every check that needs no TensorFlow (the flags, the config, the run to resume) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -15,26 +16,44 @@ from pathlib import Path
 
 from gradloop import cli
 from gradloop.app import cpu
-from gradloop.app.config import TrainConfig, build_config, load_yaml, resumed_config
-from gradloop.errors import ConfigError, DiskFullError
+from gradloop.app.config import TrainConfig, build_config, flag_name, load_yaml, resumed_config
+from gradloop.errors import ConfigError, DiskFullError, shortened
 from gradloop.run import files as run_files
+from gradloop.run import schema as run_schema
 from gradloop.run import start as run_start
 
 # Train flags that are not config values: they say what to do with the config.
-NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile", "debug", "resume", "overwrite")
+NON_CONFIG_TRAIN_FLAGS = ("config", "print_config", "profile", "debug", "resume", "overwrite", "trust_code")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help="train a model (default: the reference experiment)")
     parser.add_argument("--config", metavar="FILE.yaml", help="config file; flags override its values")
-    cli.add_config_flags(parser.add_argument_group("the experiment (flags override the same keys in a --config file)"))
+    experiment = parser.add_argument_group("the experiment (flags override the same keys in a --config file)")
+    cli.add_config_flags(experiment)
+    _add_callback_flag(experiment)
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the earlier run in --run-dir")
     parser.add_argument("--profile", action="store_true", help="first show where a step's time goes, by phase")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    cli.add_trust_code(parser)
     return parser
+
+
+def _add_callback_flag(group) -> None:
+    """``--callback``, the one config flag that repeats (each adds a callback), so not built by
+    ``cli.add_config_flags``: its help and default come from the field all the same."""
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "callbacks")
+    flag = field.metadata["flag"]
+    group.add_argument(
+        flag_name("callbacks"),
+        dest="callbacks",
+        action="append",
+        metavar=flag.metavar,
+        help=f"{flag.help} (default: {flag.unset})".replace("%", "%%"),
+    )
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -48,9 +67,14 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     flags = cli.config_flags(args)
     if not args.resume:
         return build_config(file_values, **flags)
-    return resumed_config(  # the run's own config, changed only where a resume may
-        run_start.open_to_resume(args.run_dir).info["config"], file_values, **flags
-    )
+    info = run_start.open_to_resume(args.run_dir).info
+    if info.get("callback_sources") and not args.trust_code:
+        raise ConfigError(
+            f"run {args.run_dir} runs callbacks of its own ({shortened(', '.join(info['callback_sources']), 200)}), "
+            f"which is running its code: read them, and pass {run_schema.TRUST_CODE} if you trust where the run "
+            "came from"
+        )
+    return resumed_config(info["config"], file_values, **flags)  # the run's own config, changed only where a resume may
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,10 +83,13 @@ def run(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     cpu.import_tensorflow()  # here, after the cheap checks
+    from gradloop.app import user_callbacks
     from gradloop.app.interrupted import RunInterrupted
     from gradloop.app.train import train
     from gradloop.loop.signals import StopSignals
 
+    if not args.resume:  # a resume's callbacks are the run's copies, checked when the run started
+        user_callbacks.check(config)  # before anything is written
     try:
         with StopSignals() as stop:
             train(config, resume=args.resume, overwrite=args.overwrite, stop=stop, profile=args.profile)

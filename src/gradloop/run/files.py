@@ -8,6 +8,8 @@
         model_summary.txt    Keras' model.summary(): layers, output shapes, parameter counts
         model_source.py      a copy of --model FILE.py (and the modules beside it that it imports),
                              or model_initial.keras of --model FILE.keras: what a resume builds from
+        user_callbacks/NAME/callback_source.py   a copy of --callback FILE.py:NAME (and the modules beside
+                             it that it imports): what a resume runs
         checkpoints/         tf.train.CheckpointManager's, for --resume
         cache/               an unfinished run's image folder, decoded once
         tensorboard/         event files
@@ -44,6 +46,8 @@ HISTORY_PNG = "history.png"
 MODEL = "model.keras"
 BEST_MODEL = "model.best.keras"
 MODEL_SOURCE = "model_source.py"  # a copy of --model FILE.py, which a resume builds the model from
+CALLBACKS = "user_callbacks"  # a folder per --callback FILE.py:NAME, named NAME, holding its copy
+CALLBACK_SOURCE = "callback_source.py"  # the copy of a --callback FILE.py, in its folder of CALLBACKS
 MODEL_SUMMARY = "model_summary.txt"  # Keras' model.summary(): layers, output shapes, parameter counts
 CHECKPOINTS = "checkpoints"
 CACHE = "cache"  # an unfinished run's image folder, decoded once (gradloop.data.sources.image_cache)

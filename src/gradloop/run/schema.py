@@ -9,11 +9,12 @@ Each refusal is one line, ``RunDirError``, naming the file, the field and what i
 damaged or crafted file stops here, not in a crash later. Paths follow one rule
 (:func:`gradloop.run.files.own_path`): the run's own files are inside its folder, and run.json
 names none but ``model_source`` (model_source.py:FUNCTION, model_initial.keras or
-package.module:FUNCTION, never a path); the user's data (config's ``data`` and ``data_dir``) is
-recorded absolute and read where it points, never written.
+package.module:FUNCTION, never a path) and ``callback_sources`` (each
+user_callbacks/NAME/callback_source.py:NAME or package.module:NAME); the user's data (config's
+``data`` and ``data_dir``) is recorded absolute and read where it points, never written.
 
-Code from a run (its model_source.py, a model's custom objects or Lambda layers, a data
-function) runs only when the user trusts the run (``TRUST_CODE``).
+Code from a run (its model_source.py, its callbacks, a model's custom objects or Lambda layers,
+a data function) runs only when the user trusts the run (``TRUST_CODE``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gradloop.errors import RunDirError, shortened
-from gradloop.run.files import MODEL_SOURCE
+from gradloop.run.files import CALLBACK_SOURCE, CALLBACKS, MODEL_SOURCE
 
 TRUST_CODE = "--trust-code"  # the flag that lets a command run a run's own code (cli adds it to each)
 MAX_ITEMS = 10**6  # entries of any list in run.json and history.json (classes, feature columns, epochs)
@@ -59,6 +60,13 @@ def _is_model_source(value: Any) -> bool:
     return name.isidentifier() and (target == MODEL_SOURCE or is_module)
 
 
+def _is_callback_source(value: Any) -> bool:
+    """user_callbacks/NAME/callback_source.py:NAME (the copy of a --callback file) or package.module:NAME."""
+    target, _, name = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    is_module = not target.endswith(".py") and all(part.isidentifier() for part in target.split("."))
+    return name.isidentifier() and (target == f"{CALLBACKS}/{name}/{CALLBACK_SOURCE}" or is_module)
+
+
 # The run.json fields gradloop reads back, and what each must be when present.
 _INFO_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task": (lambda v: v is None or v in ("classification", "regression"), "classification or regression"),
@@ -87,6 +95,10 @@ _INFO_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "resumed": (lambda v: _is_list(v, _is_dict), "a list of resumes"),
     "model_source": (_is_model_source, "model_source.py:FUNCTION, model_initial.keras or package.module:FUNCTION"),
     "data": (lambda v: v is None or _is_dict(v), "what the run's data was"),
+    "callback_sources": (
+        lambda v: _is_list(v, _is_callback_source),
+        f"a list of {CALLBACKS}/NAME/{CALLBACK_SOURCE}:NAME or package.module:NAME",
+    ),
 }
 
 
