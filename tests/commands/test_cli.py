@@ -190,6 +190,7 @@ OWN_DATA_SAMPLES = {
     "image_size": (["--image-size", "32,48"], [32, 48]),
     "color_mode": (["--color-mode", "rgb"], "rgb"),
     "fill": (["--fill", "mean"], "mean"),
+    "header": (["--header", "no"], "no"),
     "classes": (["--classes", "setosa,virginica"], ["setosa", "virginica"]),
 }
 FILE_ONLY_KEYS = {"model_args", "callback_args"}  # mappings: --config file keys without a flag
