@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from gradloop import atomic
-from gradloop.app import user_code
+from gradloop import user_code
 from gradloop.errors import ConfigError
 from gradloop.run import files as run_files
 

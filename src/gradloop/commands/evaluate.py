@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradloop import cli, data
-from gradloop.app import cpu, user_code
+from gradloop import cli, data, user_code
+from gradloop.app import cpu
 from gradloop.app.config import TrainConfig, build_config
 from gradloop.data import sources
 from gradloop.data.builtin.splits import SPLITS
