@@ -24,8 +24,10 @@ import numpy as np  # noqa: E402
 
 import gradloop  # noqa: E402
 from gradloop import Trainer, data  # noqa: E402
-from gradloop.app.assemble import build_model, prepare_data  # noqa: E402
+from gradloop.app.assemble import prepare_data  # noqa: E402
 from gradloop.app.config import TrainConfig  # noqa: E402
+from gradloop.app.models import build_model  # noqa: E402
+from gradloop.app.specs import builtin_spec, model_spec  # noqa: E402
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -36,7 +38,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     config = TrainConfig(dataset="mnist-sample", epochs=args.epochs, seed=args.seed)
-    prepared = prepare_data(config, notify=print)
+    prepared = prepare_data(
+        builtin_spec(config), flatten=config.model == "mlp", batch_size=config.batch_size, notify=print
+    )
     test = data.load_idx_dir(SHARED_MNIST)
     xt, yt = data.select_classes(test.x_test, test.y_test, config.classes)
     xt = data.prepare_images(xt, flatten=True)
@@ -52,7 +56,7 @@ def main() -> None:
 
     def fresh_model():
         keras.utils.set_random_seed(config.seed)
-        return build_model(config, prepared.train[0].shape[1:])
+        return build_model(model_spec(config), prepared.train[0].shape[1:], len(config.classes))
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     fused = os.environ.get("FUSED", "1") == "1"

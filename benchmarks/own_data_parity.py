@@ -18,7 +18,7 @@ and val fraction) and then by Keras in this process:
 
 The Keras side reads the data with gradloop's own readers (``assemble.load_data`` with the run's config from
 run.json: the very split and preprocessing the run had, its fingerprint checked against run.json's), builds
-the model as gradloop's experiment does (``keras.utils.set_random_seed(seed)``, then ``assemble.build_model``; op
+the model as gradloop's experiment does (``keras.utils.set_random_seed(seed)``, then ``models.build_model``; op
 determinism first with --deterministic), with ``assemble.build_optimizer``, ``assemble.build_loss`` and
 ``assemble.build_metrics``, compiles with the run's ``steps_per_execution`` (32) and fits epoch by epoch
 (``initial_epoch=e, epochs=e + 1``, ``shuffle=False``) on the training arrays in the run's order for that epoch,
@@ -220,12 +220,12 @@ def seeded_model(config, data):
     import keras
     import tensorflow as tf
 
-    from gradloop.app import assemble
+    from gradloop.app import models, specs
 
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    return assemble.build_model(config, data.train.element_shape, data.n_outputs, task=data.task)
+    return models.build_model(specs.model_spec(config), data.train.element_shape, data.n_outputs, task=data.task)
 
 
 def fit_with_keras(config, data, train, val, *, order_seed: int) -> dict[str, list[float]]:

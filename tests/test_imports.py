@@ -59,3 +59,18 @@ def test_resuming_checks_and_parsing_flags_import_no_tensorflow(tmp_path):
     )
     assert "gradloop.run.folder" in modules and "gradloop.cli" in modules
     assert not {"tensorflow", "keras"} & modules
+
+
+def test_the_data_and_run_packages_import_nothing_of_the_application_above_them():
+    """The config is resolved in gradloop.app (gradloop.app.specs): the data readers and the run folder
+    take small values, so neither imports the app, the commands or the CLI."""
+    below = sorted(
+        ".".join(path.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__")
+        for package in ("data", "run")
+        for path in (SRC / package).rglob("*.py")
+    )
+    assert "gradloop.data.sources.prepared" in below and "gradloop.run.start" in below
+    modules = loaded_after("\n".join(f"import {name}" for name in below))
+    assert set(below) <= modules  # the imports themselves worked
+    above = ("gradloop.app", "gradloop.commands", "gradloop.cli", "gradloop.sweep", "gradloop.bench")
+    assert sorted(m for m in modules if m.startswith(above)) == []

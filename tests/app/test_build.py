@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 
 from gradloop import Trainer
-from gradloop.app import assemble
+from gradloop.app import assemble, models
 from gradloop.app.config import TrainConfig
+from gradloop.app.specs import model_spec
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError
@@ -40,20 +41,22 @@ TARGETS = run_data(np.zeros((4, 7), np.float32), np.zeros((4, 2), np.float32), c
 
 
 def test_the_built_in_models_are_sized_from_the_data():
-    mlp = assemble.build_model(TrainConfig(data="x.npz", hidden=(8,)), *shape_of(IMAGES))
+    mlp = models.build_model(model_spec(TrainConfig(data="x.npz", hidden=(8,))), *shape_of(IMAGES))
     assert (mlp.input_shape, mlp.output_shape) == ((None, 12, 10, 3), (None, 3))  # images flattened inside
-    cnn = assemble.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(IMAGES))
+    cnn = models.build_model(model_spec(TrainConfig(data="x.npz", model="cnn")), *shape_of(IMAGES))
     assert (cnn.input_shape, cnn.output_shape) == ((None, 12, 10, 3), (None, 3))
-    regression = assemble.build_model(TrainConfig(data="x.npz", hidden=(8,)), *shape_of(TARGETS), task="regression")
+    regression = models.build_model(
+        model_spec(TrainConfig(data="x.npz", hidden=(8,))), *shape_of(TARGETS), task="regression"
+    )
     assert regression.output_shape == (None, 2)  # one output per target column
     with pytest.raises(ConfigError, match=r"--model cnn takes images .* examples of shape \(7,\)"):
-        assemble.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(TABLE))
+        models.build_model(model_spec(TrainConfig(data="x.npz", model="cnn")), *shape_of(TABLE))
     tiny = run_data(np.zeros((4, 6, 5, 1), np.float32), np.arange(4) % 3)
     with pytest.raises(ConfigError, match="needs images of at least 10x10 pixels, but the data's are 6x5"):
-        assemble.build_model(TrainConfig(data="x.npz", model="cnn"), *shape_of(tiny))
+        models.build_model(model_spec(TrainConfig(data="x.npz", model="cnn")), *shape_of(tiny))
     wide = run_data(np.zeros((2, 100_000), np.float32), np.arange(2))
     with pytest.raises(ConfigError, match="makes an MLP of 2,000,"):
-        assemble.build_model(TrainConfig(data="x.npz", hidden=(20_000, 10)), *shape_of(wide))
+        models.build_model(model_spec(TrainConfig(data="x.npz", hidden=(20_000, 10))), *shape_of(wide))
 
 
 def test_the_loss_follows_the_task_and_reads_logits_unless_the_model_ends_in_a_softmax():

@@ -1,5 +1,5 @@
 """The user's own model: ``--model FILE.py:FUNCTION``, ``package.module:FUNCTION`` or ``FILE.keras``
-(gradloop.app.user_code, and gradloop.app.models' user_model, check_model_fits, copy_model_source).
+(gradloop.user_code, and gradloop.app.models' user_model, check_model_fits, copy_model_source).
 
 The user files are real files written into tmp_path; every way they can be wrong is a row of
 one table, with the typed error and a phrase its one-line message must carry."""
@@ -17,7 +17,8 @@ import keras
 import numpy as np
 import pytest
 
-from gradloop.app import models, user_code
+from gradloop import user_code
+from gradloop.app import models
 from gradloop.errors import ConfigError
 from gradloop.run import files as run_files
 

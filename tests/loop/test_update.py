@@ -14,8 +14,10 @@ import tensorflow as tf
 from test_trainer import CLASSES, DIM, batches, make_trainer, toy_data, toy_model
 
 from gradloop import CompileOptions
-from gradloop.app.assemble import build_model, build_optimizer
+from gradloop.app.assemble import build_optimizer
 from gradloop.app.config import TrainConfig
+from gradloop.app.models import build_model
+from gradloop.app.specs import model_spec
 from gradloop.loop.schedules import LinearWarmUp
 
 
@@ -135,7 +137,7 @@ def test_loss_scale_halves_on_overflow_skips_that_update_and_grows_after_finite_
 
 def test_mixed_float16_keeps_float32_variables_and_computes_in_float16():
     config = TrainConfig(hidden=(32,), precision="mixed_float16")
-    model = build_model(config, (DIM,))
+    model = build_model(model_spec(config), (DIM,), len(config.classes))
     hidden, logits = model.get_layer("dense_0"), model.get_layer("logits")
     assert (hidden.compute_dtype, hidden.variable_dtype, hidden.kernel.dtype) == ("float16", "float32", "float32")
     assert logits.compute_dtype == "float32"
@@ -150,7 +152,7 @@ def test_mixed_float16_keeps_float32_variables_and_computes_in_float16():
 
 def test_mixed_bfloat16_computes_in_bfloat16_without_loss_scaling():
     config = TrainConfig(hidden=(32,), precision="mixed_bfloat16")
-    model = build_model(config, (DIM,))
+    model = build_model(model_spec(config), (DIM,), len(config.classes))
     assert model.get_layer("dense_0").compute_dtype == "bfloat16"
     assert model.get_layer("dense_0").kernel.dtype == "float32"
     optimizer = build_optimizer(config, steps_per_epoch=2)

@@ -1,12 +1,13 @@
 """From a :class:`~gradloop.app.config.TrainConfig` to what a run trains with: data, strategy,
-model, optimizer, trainer.
+model, optimizer, trainer. The config is resolved here (:mod:`gradloop.app.specs`) into the small
+values the data package, the model builders and the loop take; none of them sees the config.
 
 This is the application side: the library (:mod:`gradloop.loop.trainer` and the
 modules it uses) takes these objects and knows no config, flag or file.
 
     load_data                    the run's splits: a built-in data set, or --data  (gradloop.data)
     make_strategy                --strategy, and TF_CONFIG for multi_worker
-    build_model                  the MLP or CNN sized from the data, or the user's  (gradloop.app.models)
+    models.build_model           the MLP or CNN sized from the data, or the user's  (gradloop.app.models)
     build_loss, build_metrics    by Keras name, defaults by task
     build_optimizer              by Keras name, with schedule, clipping, accumulation, loss scaling
     build_trainer                all of it in the strategy's scope     (gradloop.loop.trainer)
@@ -15,7 +16,6 @@ modules it uses) takes these objects and knows no config, flag or file.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,25 +27,25 @@ import sklearn.utils.class_weight
 import tensorflow as tf
 
 from gradloop import data, errors
-from gradloop.app import models
-from gradloop.app.config import MAX_MLP_WEIGHTS, MODELS, STRATEGIES, TrainConfig, mlp_weights
+from gradloop.app import models, specs
+from gradloop.app.config import MODELS, STRATEGIES, TrainConfig
+from gradloop.app.specs import BuiltinSpec
 from gradloop.data.examples import ArrayExamples
-from gradloop.data.sources import UNLABELED, DataSpec
+from gradloop.data.sources import UNLABELED
 from gradloop.data.sources.prepared import RunData, load_run_data
 from gradloop.errors import ConfigError, DataError
 from gradloop.loop import distribute, schedules
-from gradloop.loop.compiled import CompileOptions
 from gradloop.loop.step import StepFn
 from gradloop.loop.trainer import Trainer
 
 # --------------------------------------------------------------------- data
 
 
-def load_splits(config: TrainConfig, *, notify: Callable[[str], object]) -> data.Splits:
+def load_splits(spec: BuiltinSpec, *, notify: Callable[[str], object]) -> data.Splits:
     """The run's train, validation and test splits, classes selected: the one place they are
     computed, for training and for ``evaluate`` and ``report`` alike."""
-    raw = data.load_dataset(config.dataset, config.data_dir, notify=notify)
-    return data.run_splits(raw, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed)
+    raw = data.load_dataset(spec.dataset, spec.data_dir, notify=notify)
+    return data.run_splits(raw, classes=spec.classes, val_fraction=spec.val_fraction, seed=spec.seed)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing arrays field by field is ambiguous
@@ -58,15 +58,15 @@ class PreparedData:
     classes: tuple[int, ...]
 
 
-def prepare_data(config: TrainConfig, *, notify: Callable[[str], object]) -> PreparedData:
-    """Load the source, keep the chosen classes (remapped to 0..k-1), split, scale."""
-    splits = load_splits(config, notify=notify)
+def prepare_data(spec: BuiltinSpec, *, flatten: bool, batch_size: int, notify: Callable[[str], object]) -> PreparedData:
+    """Load the source, keep the chosen classes (remapped to 0..k-1), split, scale (``flatten``: images
+    as rows, for the MLP); refused when ``batch_size`` is more than the training samples."""
+    splits = load_splits(spec, notify=notify)
     if splits.train is None:
         raise DataError(f"{splits.source} has no training split; point --data-dir at a folder with the train-* files")
-    flatten = config.model == "mlp"
     train, val = ((data.prepare_images(x, flatten=flatten), y) for x, y in (splits.train, splits.val))
-    errors.check_batch_size(config.batch_size, len(train[0]))
-    return PreparedData(train=train, val=val, source=splits.source, classes=config.classes)
+    errors.check_batch_size(batch_size, len(train[0]))
+    return PreparedData(train=train, val=val, source=splits.source, classes=spec.classes)
 
 
 def load_data(
@@ -79,7 +79,9 @@ def load_data(
     """The run's data: a built-in data set (``prepare_data``), or ``--data`` (:mod:`gradloop.data.sources.prepared`).
     ``fitted`` and ``class_names`` (a finished run's ``data`` in run.json) read it as that run did."""
     if config.data is None:
-        prepared = prepare_data(config, notify=notify)
+        prepared = prepare_data(
+            specs.builtin_spec(config), flatten=config.model == "mlp", batch_size=config.batch_size, notify=notify
+        )
         return RunData(
             train=ArrayExamples(*prepared.train),
             val=ArrayExamples(*prepared.val),
@@ -92,35 +94,13 @@ def load_data(
             fingerprint={},
             preprocessing={},
         )
-    spec = data_spec(config, fitted=fitted, class_names=class_names)
+    spec = specs.data_spec(config, fitted=fitted, class_names=class_names)
     data = load_run_data(
         spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed, notify=notify
     )
     if data.task == UNLABELED:
         refuse_unlabeled(config, data, evaluating=fitted is not None)
     return data
-
-
-def data_spec(
-    config: TrainConfig,
-    *,
-    path: str | None = None,
-    fitted: dict[str, Any] | None = None,
-    class_names: tuple[str, ...] | None = None,
-) -> DataSpec:
-    """How to read ``--data`` (or ``path``, other data of the same kind) for this config."""
-    return DataSpec(
-        path=path or config.data,
-        target=config.target,
-        task=config.task,
-        image_size=tuple(config.image_size) if config.image_size else None,
-        color_mode=config.color_mode,
-        fill=config.fill,
-        seed=config.seed,
-        fitted=fitted,
-        class_names=class_names,
-        header=config.header,
-    )
 
 
 _LABEL_HINTS = {  # why each kind of --data has no labels, and how it gets them
@@ -201,50 +181,6 @@ def tf_config() -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------- model, optimizer, trainer
-
-
-def build_model(
-    config: TrainConfig,
-    input_shape: tuple[int, ...],
-    n_outputs: int | None = None,
-    *,
-    task: str = "classification",
-    spec: str | None = None,
-) -> keras.Model:
-    """``--model``: the MLP or CNN sized from the data (examples of ``input_shape``, ``n_outputs``
-    logits or values; by default one logit per class of ``config``), or the user's (``spec``: where a
-    resumed run keeps its copy of the user's file), refused before training when it does not fit the data."""
-    shape, n = tuple(input_shape), n_outputs or len(config.classes)
-    if config.model == "cnn":
-        if len(shape) == 3 and min(shape[:2]) < models.CNN_MIN_SIZE:
-            raise ConfigError(
-                f"--model cnn needs images of at least {models.CNN_MIN_SIZE}x{models.CNN_MIN_SIZE} pixels, "
-                f"but the data's are {shape[0]}x{shape[1]}; pass --image-size or use --model mlp"
-            )
-        if len(shape) != 3:
-            raise ConfigError(
-                f"--model cnn takes images (height, width, channels), but the data has examples of "
-                f"shape {shape}; use --model mlp or a model of your own"
-            )
-        return models.build_cnn(shape, n, dtype=config.precision)
-    if config.model == "mlp":
-        weights = mlp_weights(config.hidden, math.prod(shape), n)
-        if weights > MAX_MLP_WEIGHTS:
-            raise ConfigError(
-                f"hidden {','.join(map(str, config.hidden))} on examples of shape {shape} makes an MLP of "
-                f"{weights:,} weights, over the limit of {MAX_MLP_WEIGHTS:,}; use smaller layers"
-            )
-        return models.build_mlp(shape, config.hidden, n, dtype=config.precision)
-    classification = task == "classification"
-    model = models.user_model(
-        spec or config.model,
-        input_shape=shape,
-        num_classes=n if classification else None,
-        num_outputs=None if classification else n,
-        model_args=config.model_args,
-    )
-    models.check_model_fits(model, input_shape=shape, n_outputs=n, task=task)
-    return model
 
 
 def build_loss(config: TrainConfig, task: str, model: keras.Model) -> keras.losses.Loss:
@@ -336,17 +272,16 @@ def build_trainer(
 ) -> Trainer:
     """The run's model, optimizer, loss and metrics, built in the strategy's scope."""
     with strategy.scope():
-        model = build_model(config, data.train.element_shape, data.n_outputs, task=data.task, spec=model_spec)
+        model = models.build_model(
+            specs.model_spec(config, source=model_spec), data.train.element_shape, data.n_outputs, task=data.task
+        )
         return Trainer(
             model,
             optimizer=build_optimizer(config, steps_per_epoch=steps_per_epoch),
             loss=build_loss(config, data.task, model),
             metrics=build_metrics(config, data.task),
             train_step=train_step,
-            # Without --jit, the library's default: XLA where it pays (long in-memory runs, no convolutions).
-            options=CompileOptions(
-                steps_per_execution=config.steps_per_execution, jit_compile=True if config.jit_compile else None
-            ),
+            options=specs.compile_options(config),
             strategy=strategy,
         )
 

@@ -4,7 +4,11 @@
 float16 arithmetic, float32 variables); the logits layer then stays float32,
 so the softmax and the loss see full-precision numbers.
 
-The user's own model (``--model``):
+The model of a run, sized from the data (``--model``: mlp, cnn, or the user's):
+
+    build_model(spec, input_shape=(28, 28), n_outputs=10)               spec: gradloop.app.specs.ModelSpec
+
+The user's own model:
 
     user_model("model.py:build", input_shape=(28, 28), num_classes=10)   build(...), or
                                                                          keras.models.load_model("m.keras")
@@ -15,6 +19,7 @@ The user's own model (``--model``):
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -24,7 +29,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from gradloop.app import user_code
+from gradloop import user_code
+from gradloop.app.config import MAX_MLP_WEIGHTS, mlp_weights
+from gradloop.app.specs import ModelSpec
 from gradloop.errors import ConfigError
 from gradloop.run import files as run_files
 
@@ -65,6 +72,44 @@ def build_cnn(image_shape: Sequence[int], n_classes: int, *, dtype: str | None =
 
 def _logits_dtype(dtype: str | None) -> str | None:
     return None if dtype is None else "float32"
+
+
+def build_model(
+    spec: ModelSpec, input_shape: Sequence[int], n_outputs: int, *, task: str = "classification"
+) -> keras.Model:
+    """The MLP or CNN of ``spec`` sized from the data (examples of ``input_shape``, ``n_outputs``
+    logits or values), or the user's model ``spec.name``, refused before training when it does not fit the data."""
+    shape, n = tuple(input_shape), n_outputs
+    if spec.name == "cnn":
+        if len(shape) == 3 and min(shape[:2]) < CNN_MIN_SIZE:
+            raise ConfigError(
+                f"--model cnn needs images of at least {CNN_MIN_SIZE}x{CNN_MIN_SIZE} pixels, "
+                f"but the data's are {shape[0]}x{shape[1]}; pass --image-size or use --model mlp"
+            )
+        if len(shape) != 3:
+            raise ConfigError(
+                f"--model cnn takes images (height, width, channels), but the data has examples of "
+                f"shape {shape}; use --model mlp or a model of your own"
+            )
+        return build_cnn(shape, n, dtype=spec.dtype)
+    if spec.name == "mlp":
+        weights = mlp_weights(spec.hidden, math.prod(shape), n)
+        if weights > MAX_MLP_WEIGHTS:
+            raise ConfigError(
+                f"hidden {','.join(map(str, spec.hidden))} on examples of shape {shape} makes an MLP of "
+                f"{weights:,} weights, over the limit of {MAX_MLP_WEIGHTS:,}; use smaller layers"
+            )
+        return build_mlp(shape, spec.hidden, n, dtype=spec.dtype)
+    classification = task == "classification"
+    model = user_model(
+        spec.name,
+        input_shape=shape,
+        num_classes=n if classification else None,
+        num_outputs=None if classification else n,
+        model_args=None if spec.args is None else dict(spec.args),
+    )
+    check_model_fits(model, input_shape=shape, n_outputs=n, task=task)
+    return model
 
 
 # --------------------------------------------------------------------- the user's model

@@ -24,10 +24,11 @@ import keras
 import tensorflow as tf
 
 from gradloop import atomic
-from gradloop.app import assemble, cpu, models, user_callbacks
+from gradloop.app import assemble, cpu, models, specs, user_callbacks
 from gradloop.app.config import MODELS, TrainConfig
 from gradloop.app.feed import Feed, check_fits
 from gradloop.app.run_record import ending_recorded, new_run_info, record_finished, recorded_classes
+from gradloop.app.specs import RunFolderSpec
 from gradloop.data.sources import describe_change, image_cache
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError, DiskFullError, RunDirError
@@ -98,16 +99,17 @@ def _train(
     if stop is not None and config.strategy == "multi_worker":
         stop.catch()  # take SIGTERM back from TensorFlow's coordination service
     chief = distribute.is_chief(strategy)
-    resumed = _check_resumable(config, strategy) if resume else None
+    folder = specs.run_folder_spec(config, resume=resume, overwrite=overwrite)
+    resumed = _check_resumable(folder, strategy) if resume else None
     if resumed is None and config.model not in MODELS:
         models.check_model_source(config.model)
-    path = _run_path(config, chief=chief, resume=resume, overwrite=overwrite)
-    held.enter_context(_naming_full_disk(config, path, chief=chief))
+    path = _run_path(folder, chief=chief)
+    held.enter_context(_naming_full_disk(folder, path, chief=chief))
     if resume and chief:  # a new run is locked as it is created (_start)
         held.enter_context(run_lock.lock(path))
         # Read again under the lock: a writer that ended meanwhile may have moved the run on.
         resumed = run_start.check_resumable(
-            path, epochs=config.epochs, workers=distribute.worker_count(strategy), writer=False
+            path, epochs=folder.epochs, workers=distribute.worker_count(strategy), writer=False
         )
 
     data = assemble.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
@@ -116,15 +118,16 @@ def _train(
     check_fits(config, data, trainer, feed)
     class_weight = assemble.class_weights(config, data)
     if resumed is not None:
-        check_same_data(config, resumed, data)
-        feed = Feed.of(config, _decoded_once(config, data, path, notify))  # before the restore: it reads the copy
+        check_same_data(resumed, data, data_path=config.data, run_dir=folder.run_dir)
+        # before the restore: it reads the copy
+        feed = Feed.of(config, _decoded_once(config.image_cache, data, path, notify))
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
         run, saver, state = _start(
             config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held, class_weight=class_weight
         )
         with ending_recorded(run, config, chief=chief):
-            feed = Feed.of(config, _decoded_once(config, data, path, notify))
+            feed = Feed.of(config, _decoded_once(config.image_cache, data, path, notify))
     _announce(config, data, trainer, state, path, out=out)
     if profile:
         from gradloop.loop.profiler import format_profile, profile_phases
@@ -157,7 +160,7 @@ def _train(
         )
     record_finished(run, trainer, history.history, best, started=start)
     if not chief:
-        return Path(config.run_dir) if config.run_dir else path
+        return Path(folder.run_dir) if folder.run_dir else path
     files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in path.iterdir()))
     print(f"gradloop: wrote {path}/ ({files})", file=out)
     return path
@@ -261,27 +264,27 @@ def _callbacks(
     ]
 
 
-def _check_resumable(config: TrainConfig, strategy: tf.distribute.Strategy) -> run_folder.RunDir:
-    if not config.run_dir:
+def _check_resumable(folder: RunFolderSpec, strategy: tf.distribute.Strategy) -> run_folder.RunDir:
+    if not folder.run_dir:
         raise ConfigError("--resume needs --run-dir DIR, the run to continue")
     return run_start.check_resumable(
-        config.run_dir,
-        epochs=config.epochs,
+        folder.run_dir,
+        epochs=folder.epochs,
         workers=distribute.worker_count(strategy),
         writer=distribute.is_chief(strategy),
     )  # the other workers read it as the chief locks it
 
 
-def _run_path(config: TrainConfig, *, chief: bool, resume: bool, overwrite: bool) -> Path:
+def _run_path(folder: RunFolderSpec, *, chief: bool) -> Path:
     """Only the chief writes the run directory; other workers write to a scratch folder, gone when they exit."""
     if not chief:
         scratch = Path(tempfile.mkdtemp(prefix="gradloop-worker-"))
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         return scratch
-    if resume:
-        return Path(config.run_dir)
+    if folder.resume:
+        return Path(folder.run_dir)
     return run_start.check_new(
-        Path(config.run_dir) if config.run_dir else run_start.default_path(), overwrite=overwrite
+        Path(folder.run_dir) if folder.run_dir else run_start.default_path(), overwrite=folder.overwrite
     )
 
 
@@ -293,20 +296,21 @@ def _model_spec(resumed: run_folder.RunDir | None) -> str | None:
     return source  # package.module:FUNCTION, importable as it was
 
 
-def check_same_data(config: TrainConfig, resumed: run_folder.RunDir, data: RunData) -> None:
-    """A resume needs the data its run started on (run.json's fingerprint)."""
+def check_same_data(resumed: run_folder.RunDir, data: RunData, *, data_path: str | None, run_dir: str | None) -> None:
+    """A resume needs the data its run started on (run.json's fingerprint): ``data_path`` (--data) as
+    read now, the run in ``run_dir``."""
     then = resumed.info.get("data", {}).get("fingerprint")
     if then and then != data.fingerprint:
         raise RunDirError(
-            f"the data in {config.data} changed since run {config.run_dir} started "
+            f"the data in {data_path} changed since run {run_dir} started "
             f"({describe_change(then, data.fingerprint)}); "
             "a resume needs the same data: put it back, or start a new run"
         )
 
 
-def _decoded_once(config: TrainConfig, data: RunData, path: Path, notify: Callable[[str], None]) -> RunData:
+def _decoded_once(cache_mode: str, data: RunData, path: Path, notify: Callable[[str], None]) -> RunData:
     """An image folder's training and validation images decoded once into the run's cache/ (--image-cache)."""
-    if config.image_cache == "off" or data.kind != "images":
+    if cache_mode == "off" or data.kind != "images":
         return data
     return image_cache.decode_once(data, run_files.own_path(path, run_files.CACHE), notify=notify)
 
@@ -347,7 +351,7 @@ def _resume(
 
 
 @contextlib.contextmanager
-def _naming_full_disk(config: TrainConfig, path: Path, *, chief: bool) -> Iterator[None]:
+def _naming_full_disk(folder: RunFolderSpec, path: Path, *, chief: bool) -> Iterator[None]:
     """A write that found the disk full is one DiskFullError naming the run to resume (without --run-dir:
     the runs/<timestamp> chosen), TensorFlow's own (an event file's) included."""
     try:
@@ -357,11 +361,11 @@ def _naming_full_disk(config: TrainConfig, path: Path, *, chief: bool) -> Iterat
         if full is None or full[0] is None:
             raise
         error = atomic.disk_full(*full)
-        error.run_dir = str(config.run_dir or path) if chief else None
+        error.run_dir = str(folder.run_dir or path) if chief else None
         raise error from None
     except DiskFullError as exc:
         if chief:
-            exc.run_dir = str(config.run_dir or path)
+            exc.run_dir = str(folder.run_dir or path)
         raise
 
 

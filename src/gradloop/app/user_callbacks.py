@@ -32,7 +32,7 @@ from typing import Any
 
 import keras
 
-from gradloop.app import user_code
+from gradloop import user_code
 from gradloop.app.config import TrainConfig
 from gradloop.errors import ConfigError, RunDirError, shortened
 from gradloop.run import files as run_files

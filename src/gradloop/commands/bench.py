@@ -88,11 +88,14 @@ def run(args: argparse.Namespace) -> int:
         for b in batch_sizes
     ]
     cpu.import_tensorflow()
-    from gradloop.app import assemble
+    from gradloop.app import assemble, specs
     from gradloop.bench import runner
     from gradloop.bench.workload import Workload
 
-    prepared = assemble.prepare_data(configs[0], notify=cli.to_stderr)
+    first = configs[0]
+    prepared = assemble.prepare_data(
+        specs.builtin_spec(first), flatten=first.model == "mlp", batch_size=first.batch_size, notify=cli.to_stderr
+    )
     works = (
         Workload(
             *prepared.train,

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradloop import cli, data
-from gradloop.app import cpu, user_code
+from gradloop import cli, data, user_code
+from gradloop.app import cpu
 from gradloop.app.config import TrainConfig, build_config
 from gradloop.data import sources
 from gradloop.data.builtin.splits import SPLITS
@@ -145,11 +145,11 @@ def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Pa
 def split_arrays(config: TrainConfig, split: str, *, notify=print) -> tuple[np.ndarray, np.ndarray, str]:
     """Images and labels of one split, with the run's classes selected and remapped: the
     splits training made (:func:`gradloop.app.assemble.load_splits`)."""
-    from gradloop.app import assemble
+    from gradloop.app import assemble, specs
 
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    splits = assemble.load_splits(config, notify=notify)
+    splits = assemble.load_splits(specs.builtin_spec(config), notify=notify)
     arrays = splits.get(split)
     if arrays is None and split == "test":
         raise DataError(f"{splits.source} has no test split; pass --data-dir with the t10k-* files or --split val")

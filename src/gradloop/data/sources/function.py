@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradloop.app import user_code
+from gradloop import user_code
 from gradloop.data.sources import UNLABELED, DataSpec, Loaded, class_names_of, content_fingerprint
 from gradloop.data.sources.arrays import loaded_arrays, task_of
 from gradloop.errors import ConfigError, DataError
