@@ -51,7 +51,9 @@ def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None, tr
     ``trust_code``: the run's own code may run (:func:`gradloop.commands.evaluate.load_model`)."""
     info = run_folder.RunDir.open(run_dir).info
     out_dir = Path(out) if out else run_files.own_path(run_dir, run_files.SAVED_MODEL)
-    shape = None if run_model.serialized(info, run_dir) or not trust_code else _input_shape(run_dir, info)
+    shape = (
+        None if run_model.serialized(info, run_dir) or not trust_code else run_model.trained_input_shape(run_dir, info)
+    )
     model = with_standardization(evaluation.load_model(run_dir, trust_code=trust_code, input_shape=shape), info)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RunDirError(f"{out_dir} already exists and is not empty; remove it or pass another --out")
@@ -65,16 +67,6 @@ def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None, tr
             "call() is its inference (a GAN's generator, say)"
         ) from None
     return out_dir
-
-
-def _input_shape(run_dir: str | Path, info: dict) -> tuple[int, ...]:
-    """The shape of one example, for rebuilding a model that did not serialize: run.json's ``input_shape``,
-    else the run's own training data, read as it was."""
-    if info.get("input_shape"):
-        return tuple(info["input_shape"])
-    config = evaluation.run_config(info, run_dir)
-    examples, _, _ = evaluation.own_data(config, info, run_dir, data_path=None, split="train", notify=cli.to_stderr)
-    return tuple(examples.element_shape)
 
 
 def with_standardization(model: keras.Model, info: dict) -> keras.Model:

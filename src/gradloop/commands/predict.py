@@ -186,7 +186,14 @@ def predict_run(
     config = evaluation.run_config(info, run_dir)
     task = info.get("task", "classification")
     new = read_inputs(info, inputs, run_dir=run_dir, flatten=config.model == "mlp")
-    model = evaluation.load_model(run_dir, trust_code=trust_code, input_shape=new.element_shape)
+    rebuilt = trust_code and not run_model.serialized(info, run_dir)
+    trained = run_model.trained_input_shape(run_dir, info) if rebuilt else None
+    if trained is not None and trained != tuple(new.element_shape):  # before the model is built for them
+        raise DataError(
+            f"{new.description} holds examples of shape {tuple(new.element_shape)}, but the run's model takes "
+            f"{trained}; give examples of the shape it trained on"
+        )
+    model = evaluation.load_model(run_dir, trust_code=trust_code, input_shape=trained)
     _check_takes(model, new)
     classes = [str(c) for c in info["classes"]] if task == "classification" else None
     if run_model.brings_own_steps(model, info):

@@ -3,6 +3,7 @@
     load_model(RUN_DIR)                  model.keras (Keras' safe mode: no code from the run runs), or,
                                          for a model that does not serialize (run.json ``model_serialized``
                                          false), FUNCTION of model_source.py + model.weights.h5 (trusted runs)
+    trained_input_shape(RUN_DIR, info)   what a rebuilt model is built for: run.json's input_shape, else the data's
     brings_own_steps(model, info)        a model with its own train/test/predict step, or data without labels
     compiled(model, ...)                 compiled as its user compiled it, for its own steps to run
 
@@ -138,10 +139,23 @@ def _rebuilt(
         model.load_weights(weights)
     except Exception as exc:  # Keras raises many types for weights of another model or a damaged file
         raise RunDirError(
-            f"cannot load {weights} into the model {source} builds ({type(exc).__name__}: "
+            f"cannot load {weights} into the model {source} builds for examples of shape {tuple(shape)} "
+            f"({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the run directory is damaged or the code changed"
         ) from None
     return model
+
+
+def trained_input_shape(run_dir: str | Path, info: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of one example the run trained on, to rebuild its model for: run.json's ``input_shape``,
+    else its own training data's, read as it was (as evaluate reads it)."""
+    if info.get("input_shape"):
+        return tuple(int(d) for d in info["input_shape"])
+    from gradloop.commands import evaluate
+
+    config = evaluate.run_config(info, run_dir)
+    examples, _, _ = evaluate.own_data(config, info, run_dir, data_path=None, split="train", notify=lambda line: None)
+    return tuple(examples.element_shape)
 
 
 def run_code_objects(run_dir: str | Path) -> dict[str, Any]:
