@@ -2,7 +2,11 @@
 
 Reports loss (mean over every sample), accuracy, per-class accuracy and the
 confusion matrix (rows: true class, columns: predicted class), with classes
-in the run's own order so that label ``i`` means ``classes[i]``.
+in the run's own order so that label ``i`` means ``classes[i]``. A model that
+brings its own steps (a GAN, an autoencoder on data without labels) is scored
+by its own ``test_step`` (Keras' default one on labelled data), and the report
+is what it logs (:func:`own_step_scores`); the model is loaded by
+:func:`gradloop.commands.run_model.load_model`.
 
 The parser imports this module: Keras, scikit-learn and the model builders are imported by the
 functions that use them, after ``run`` has imported TensorFlow (:func:`gradloop.app.cpu.import_tensorflow`).

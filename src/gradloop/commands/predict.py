@@ -227,7 +227,7 @@ def _own_step_outputs(
     to one row per input, several outputs side by side."""
     from gradloop.loop import keras_steps
 
-    model = run_model.compiled(model, run_dir, info, trust_code=trust_code, input_shape=inputs.element_shape)
+    model = run_model.compiled(model, run_dir, info, trust_code=trust_code)  # built for the shape it trained on
     batches = inputs.batches(batch_size).map(lambda x: (x,))  # (x,): the batch structure model.predict gives
     try:
         predicted = keras_steps.ModelStepTrainer(model).predict(batches)

@@ -30,7 +30,8 @@ from gradloop import cli
 from gradloop.app import cpu
 from gradloop.commands import evaluate as evaluation
 from gradloop.data.builtin.splits import SPLITS
-from gradloop.errors import RunDirError
+from gradloop.data.sources import UNLABELED
+from gradloop.errors import DataError, RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
@@ -104,7 +105,9 @@ def write_report(
             keep_predictions=True,
             trust_code=trust_code,
         )
-    except evaluation.NoTestStep as exc:  # a GAN on images alone: its history is the report
+    except (evaluation.NoTestStep, DataError) as exc:  # a GAN on images alone: its history is the report
+        if not isinstance(exc, evaluation.NoTestStep) and info.get("task") != UNLABELED:
+            raise
         result = {"task": info.get("task"), "split": split, "unevaluated": str(exc)}
     out_dir = Path(out) if out else run_files.own_path(run.path, run_files.REPORT)
     try:

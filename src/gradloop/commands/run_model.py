@@ -183,18 +183,25 @@ def brings_own_steps(model: keras.Model, info: dict[str, Any]) -> bool:
 
 
 def compiled(
-    model: keras.Model, run_dir: str | Path, info: dict[str, Any], *, trust_code: bool, input_shape: tuple[int, ...]
+    model: keras.Model,
+    run_dir: str | Path,
+    info: dict[str, Any],
+    *,
+    trust_code: bool,
+    input_shape: tuple[int, ...] | None = None,
 ) -> keras.Model:
     """The model compiled as its user compiled it (a step reads its losses, metrics and optimizers): a
-    model.keras loads uncompiled, so it is rebuilt through the run's function when it has one and the
-    run is trusted; otherwise compiled with Keras' defaults (a step that needs its own compile then fails
-    in one line, naming the step)."""
+    model.keras loads uncompiled, so it is rebuilt through the run's function (for examples of
+    ``input_shape``, by default :func:`trained_input_shape`'s) when it has one and the run is trusted;
+    otherwise compiled with Keras' defaults (a step that needs its own compile then fails in one line,
+    naming the step)."""
     import keras
 
     if model.compiled and model.optimizer is not None:
         return model
     source = info.get("model_source")
     if trust_code and isinstance(source, str) and ":" in source and run_files.own_path(run_dir, MODEL_WEIGHTS).exists():
-        return _rebuilt(run_dir, info, trust_code=trust_code, input_shape=input_shape)
+        shape = input_shape or trained_input_shape(run_dir, info)
+        return _rebuilt(run_dir, info, trust_code=trust_code, input_shape=shape)
     keras.Model.compile(model)
     return model
