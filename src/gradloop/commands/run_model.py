@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,9 +135,11 @@ def _rebuilt(
         try:
             model(np.zeros((1, *shape), dtype=np.float32), training=False)
         except NotImplementedError:
-            pass
+            model.built = True  # a GAN's own variables are its parts', built by their Inputs: as train saved them
     try:
-        model.load_weights(weights)
+        with warnings.catch_warnings():  # the optimizers' state rides along in the file: inference needs none of it
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(weights)
     except Exception as exc:  # Keras raises many types for weights of another model or a damaged file
         raise RunDirError(
             f"cannot load {weights} into the model {source} builds for examples of shape {tuple(shape)} "
