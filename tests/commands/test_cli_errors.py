@@ -1863,3 +1863,45 @@ CALLBACK_ROWS = {
 @rows(CALLBACK_ROWS)
 def test_bad_callbacks(row, tmp_path, earlier, capsys):
     check_row(row, tmp_path, earlier, capsys)
+
+
+# --------------------------------------------------------------------- runs of a model with its own steps
+# (issue 27, sections 1, 3, 4: evaluate, predict and the loader)
+
+
+def own_step_run(function: str) -> Callable[[Path], None]:
+    """A finished run of test_own_step_runs' model ``function`` (a GAN, an autoencoder) on x alone, not serialized."""
+
+    def make(path: Path) -> None:
+        from test_own_step_runs import make_run
+
+        make_run(path, function, serialized=False, epochs=1)
+
+    return make
+
+
+OWN_STEP_ROWS = {
+    "evaluate unlabeled data with no test_step": Row(
+        ["evaluate", "{tmp}/gan/run", "--split", "train", "--trust-code"],
+        ConfigError,
+        "GAN has no test_step of its own, and",
+        {"gan/run": own_step_run("gan")},
+    ),
+    "a model that did not serialize, untrusted": Row(
+        ["evaluate", "{tmp}/ae/run", "--split", "val"],
+        RunDirError,
+        "model did not serialize: it is rebuilt through its function model_source.py:autoencoder, code from the run",
+        {"ae/run": own_step_run("autoencoder")},
+    ),
+    "predict examples of the wrong shape": Row(
+        ["predict", "{tmp}/ae/run", "{tmp}/wide.npz", "--trust-code"],
+        DataError,
+        "holds examples of shape (9,), but the run's model takes (6,); give examples of the shape it trained on",
+        {"ae/run": own_step_run("autoencoder"), **npz_file("wide.npz", x=np.ones((4, 9), np.float32))},
+    ),
+}
+
+
+@rows(OWN_STEP_ROWS)
+def test_bad_own_step_runs(row, tmp_path, earlier, capsys):
+    check_row(row, tmp_path, earlier, capsys)

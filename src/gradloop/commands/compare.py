@@ -193,7 +193,7 @@ def _metric_rows(compared: Sequence[Run]) -> list[tuple[Any, ...]]:
     keys = sorted(
         {k for run in compared for k in run.history if k != "train_time"}, key=lambda k: (not k.startswith("val_"), k)
     )
-    lowest = [run_history.progress(run.history)["best"] for run in compared]
+    lowest = [run_history.progress({"val_loss": run.history.get("val_loss") or []})["best"] for run in compared]
     return [
         ("best epoch", *(runs.describe_best(run.summary.best) for run in compared)),
         ("lowest val_loss", *(runs.describe_best(best) for best in lowest)),

@@ -2,7 +2,11 @@
 
 Reports loss (mean over every sample), accuracy, per-class accuracy and the
 confusion matrix (rows: true class, columns: predicted class), with classes
-in the run's own order so that label ``i`` means ``classes[i]``.
+in the run's own order so that label ``i`` means ``classes[i]``. A model that
+brings its own steps (a GAN, an autoencoder on data without labels) is scored
+by its own ``test_step`` (Keras' default one on labelled data), and the report
+is what it logs (:func:`own_step_scores`); the model is loaded by
+:func:`gradloop.commands.run_model.load_model`.
 
 The parser imports this module: Keras, scikit-learn and the model builders are imported by the
 functions that use them, after ``run`` has imported TensorFlow (:func:`gradloop.app.cpu.import_tensorflow`).
@@ -14,19 +18,20 @@ import argparse
 import dataclasses
 import json
 import math
-import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradloop import cli, data, user_code
+from gradloop import cli, data
 from gradloop.app import cpu
 from gradloop.app.config import TrainConfig, build_config
+from gradloop.commands import run_model
+from gradloop.commands.run_model import load_model  # the one loader: predict, report and export call it here
 from gradloop.data import sources
 from gradloop.data.builtin.splits import SPLITS
 from gradloop.data.examples import Examples
+from gradloop.data.sources import UNLABELED
 from gradloop.errors import ConfigError, DataError, RunDirError
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
@@ -67,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class NoTestStep(ConfigError):
+    """The model has no test_step of its own and the data no labels for Keras' default one: nothing to
+    evaluate (``gradloop report`` says so on the page, in place of the evaluation)."""
+
+
 def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> TrainConfig:
     """The run's TrainConfig; a config that no longer validates means a damaged or foreign run.json."""
     try:
@@ -76,54 +86,6 @@ def run_config(info: dict[str, Any], run_dir: str | Path, **overrides: Any) -> T
             f"{Path(run_dir) / run_files.RUN_JSON} holds an invalid config ({exc}); the run directory is damaged"
         ) from None
     return dataclasses.replace(config, **overrides)
-
-
-_NEEDS_CODE = re.compile(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'")
-
-
-def load_model(run_dir: str | Path, *, trust_code: bool = False) -> keras.Model:
-    """RUN_DIR/model.keras, loaded in Keras' safe mode with Keras' own classes only: no code from the
-    run runs. A model that needs its own (a Lambda layer's, a custom layer of model_source.py) is
-    refused, unless ``trust_code``: then the run's model_source.py (or package.module) is imported
-    for its classes and functions, and Lambda layers are allowed."""
-    path = run_files.own_path(run_dir, run_files.MODEL)
-    if not path.exists():
-        raise RunDirError(f"{run_dir} has no model.keras; the run did not finish (train it again or resume it)")
-    import keras
-
-    custom = _run_code_objects(run_dir) if trust_code else None
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=not trust_code, custom_objects=custom)
-    except Exception as exc:  # Keras raises many types for a damaged archive
-        needs = "a Lambda layer's Python code" if "safe_mode" in str(exc) else None
-        if (match := _NEEDS_CODE.search(str(exc))) is not None:
-            needs = f"{match[1]}, which Keras does not have"
-        if needs is None:
-            raise RunDirError(f"cannot load {path}: {type(exc).__name__}; the file is damaged") from None
-        if trust_code:
-            raise RunDirError(
-                f"cannot load {path}: it needs {needs}, and the run's own code does not define it; "
-                "the run directory is incomplete"
-            ) from None
-        raise RunDirError(
-            f"{path} needs {needs}: code from the run directory, which gradloop runs only if you "
-            f"trust where the run came from; then pass {run_schema.TRUST_CODE}"
-        ) from None
-
-
-def _run_code_objects(run_dir: str | Path) -> dict[str, Any]:
-    """The classes and functions of the module the run's model came from (run.json's model_source:
-    the run's copy model_source.py, or an installed package.module), by name: Keras finds a model's
-    own layers among them. Importing it runs it: only with ``--trust-code``."""
-    source = run_folder.RunDir.open(run_dir).info.get("model_source")
-    if not isinstance(source, str) or ":" not in source:
-        return {}
-    target, _, name = source.rpartition(":")
-    if target == run_files.MODEL_SOURCE:
-        source = f"{run_files.own_path(run_dir, run_files.MODEL_SOURCE)}:{name}"
-    fn = user_code.load_function(source, what=f"{Path(run_dir) / run_files.RUN_JSON}'s model_source")
-    module = sys.modules.get(getattr(fn, "__module__", ""), None)
-    return {k: v for k, v in vars(module).items() if callable(v) and not k.startswith("_")} if module else {}
 
 
 def _check_model_fits(model: keras.Model, config: TrainConfig, run_dir: str | Path) -> bool:
@@ -195,8 +157,17 @@ def evaluate_run(
             f"run.json names, which gradloop runs only if you trust where the run came from; then pass "
             f"{run_schema.TRUST_CODE}, or score data of yours with --data PATH"
         )
-    examples, source, split = _own_data(config, info, run_dir, data_path=data_path, split=split, notify=notify)
-    model = load_model(run_dir, trust_code=trust_code)
+    examples, source, split = own_data(config, info, run_dir, data_path=data_path, split=split, notify=notify)
+    model = load_model(run_dir, trust_code=trust_code, input_shape=examples.element_shape)
+    result = {
+        "run_dir": str(run_dir),
+        "split": split,
+        "source": source,
+        "n_samples": int(examples.n),
+        "task": info.get("task", "classification"),
+    }
+    if run_model.brings_own_steps(model, info):
+        return {**result, **own_step_scores(model, examples, run_dir, info, source=source, trust_code=trust_code)}
     models.check_model_fits(
         model,
         input_shape=examples.element_shape,
@@ -205,19 +176,32 @@ def evaluate_run(
     )
     labels, outputs = predictions(model, examples)
     loss = assemble.build_loss(config, info.get("task", "classification"), model)
-    result = {
-        "run_dir": str(run_dir),
-        "split": split,
-        "source": source,
-        "n_samples": int(examples.n),
-        "task": info.get("task", "classification"),
-    }
     if result["task"] == "regression":
         scores = regression_scores(labels, outputs, loss)
         if not keep_predictions:
             scores = {k: v for k, v in scores.items() if k not in ("predicted", "true")}
         return {**result, **scores}
     return {**result, **classification_scores(labels, outputs, loss, info["classes"])}
+
+
+def own_step_scores(
+    model: keras.Model, examples: Examples, run_dir: str | Path, info: dict[str, Any], *, source: str, trust_code: bool
+) -> dict[str, Any]:
+    """What the model's ``test_step`` logs over ``examples`` (Keras' default test_step for a model without
+    its own, on labelled data), through :class:`gradloop.loop.keras_steps.ModelStepTrainer`, as
+    ``model.evaluate(return_dict=True)`` gives them: ``{"step": ..., "logs": {name: value}}``."""
+    from gradloop.loop import keras_steps
+
+    batches = examples.batches(None, 256)
+    own = keras_steps.overrides(model, "test_step")
+    if not own and len(batches.element_spec) < 2:  # (x,): no labels for Keras' default test_step to compare
+        raise NoTestStep(
+            f"{type(model).__name__} has no test_step of its own, and {source} has no labels for Keras' default "
+            "one to compare its outputs with; give the model a test_step, or evaluate it on labelled data"
+        )
+    model = run_model.compiled(model, run_dir, info, trust_code=trust_code, input_shape=examples.element_shape)
+    logs = keras_steps.ModelStepTrainer(model).evaluate(batches)
+    return {"step": "test_step" if own else "Keras' default test_step", "logs": {k: float(v) for k, v in logs.items()}}
 
 
 def predictions(model: keras.Model, examples: Examples) -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +212,7 @@ def predictions(model: keras.Model, examples: Examples) -> tuple[np.ndarray, np.
     return models.run_over(model, examples.batches(None, 256))
 
 
-def _own_data(
+def own_data(
     config: TrainConfig, info: dict[str, Any], run_dir: str | Path, *, data_path: str | None, split: str, notify
 ) -> tuple[Examples, str, str]:
     """``split`` of the run's own data (refused when it changed since training), or all of
@@ -247,12 +231,15 @@ def _own_data(
         )
     recorded = info.get("data") or {}
     other = dataclasses.replace(config, data=data_path, val_fraction=0.0) if data_path else config
-    data = assemble.load_data(
-        other,
-        notify=notify,
-        fitted=recorded.get("preprocessing"),
-        class_names=tuple(recorded["source_classes"]) if recorded.get("source_classes") else None,
-    )
+    fitted = recorded.get("preprocessing")
+    class_names = tuple(recorded["source_classes"]) if recorded.get("source_classes") else None
+    if info.get("task") == UNLABELED:  # load_data refuses data without labels to evaluate against: here the step
+        spec = assemble.data_spec(other, fitted=fitted, class_names=class_names)
+        data = assemble.load_run_data(
+            spec, classes=other.classes, val_fraction=other.val_fraction, seed=other.seed, notify=notify
+        )
+    else:
+        data = assemble.load_data(other, notify=notify, fitted=fitted, class_names=class_names)
     if data_path is None and recorded.get("fingerprint") and recorded["fingerprint"] != data.fingerprint:
         raise DataError(
             f"the data in {config.data} changed since run {run_dir} trained on it "
@@ -346,6 +333,8 @@ def _evaluate_builtin(
 
 def format_report(result: dict[str, Any]) -> str:
     head = f"{result['split']} split of {result['source']}: {result['n_samples']:,} samples"
+    if "logs" in result:  # the model's own test_step: whatever it logs
+        return f"{head}\n{result['step']}: " + "  ".join(f"{k} {v:.4f}" for k, v in result["logs"].items())
     if result.get("task") == "regression":
         return (
             f"{head}\nloss {result['loss']:.4f}  mae {result['mae']:.4f}  "

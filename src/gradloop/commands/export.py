@@ -1,6 +1,6 @@
 """``gradloop export RUN_DIR``: the run's model as a TensorFlow SavedModel for serving.
 
-    model = keras.models.load_model(RUN_DIR/model.keras)
+    model = keras.models.load_model(RUN_DIR/model.keras)     # or rebuilt: gradloop.commands.run_model
     model.export(OUT)        # Keras 3: inference only, endpoint ``serve``, signature ``serving_default``
 
 The SavedModel holds the forward pass in inference mode (dropout off,
@@ -22,7 +22,8 @@ import numpy as np
 from gradloop import cli
 from gradloop.app import cpu
 from gradloop.commands import evaluate as evaluation
-from gradloop.errors import RunDirError
+from gradloop.commands import run_model
+from gradloop.errors import ConfigError, RunDirError
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 
@@ -50,13 +51,21 @@ def export_saved_model(run_dir: str | Path, *, out: str | Path | None = None, tr
     ``trust_code``: the run's own code may run (:func:`gradloop.commands.evaluate.load_model`)."""
     info = run_folder.RunDir.open(run_dir).info
     out_dir = Path(out) if out else run_files.own_path(run_dir, run_files.SAVED_MODEL)
-    model = with_standardization(evaluation.load_model(run_dir, trust_code=trust_code), info)
+    shape = (
+        None if run_model.serialized(info, run_dir) or not trust_code else run_model.trained_input_shape(run_dir, info)
+    )
+    model = with_standardization(evaluation.load_model(run_dir, trust_code=trust_code, input_shape=shape), info)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RunDirError(f"{out_dir} already exists and is not empty; remove it or pass another --out")
     try:
         model.export(str(out_dir), format="tf_saved_model", verbose=False)
     except OSError as exc:
         raise RunDirError(f"cannot write SavedModel to {out_dir}: {exc.strerror or exc}; pass another --out") from None
+    except NotImplementedError:  # Keras' Model.call: a GAN's model trains two others and is called by neither
+        raise ConfigError(
+            f"{type(model).__name__} defines no call(), so it has no forward pass to serve; export a model whose "
+            "call() is its inference (a GAN's generator, say)"
+        ) from None
     return out_dir
 
 

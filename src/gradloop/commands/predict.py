@@ -5,6 +5,8 @@
     outputs = models.run_over(batches of inputs)               compiled; image files decoded per batch
     rows    = id, predicted class, p_<class> for each class    softmax of the logits (classification)
             | id, predicted value(s)                           (regression)
+            | id, out_0 .. out_k                               (data without labels: a model's own
+                                                                predict_step, its outputs flattened)
 
 INPUT is of the kind the run trained on:
 
@@ -35,6 +37,7 @@ import numpy as np
 
 from gradloop import atomic, cli
 from gradloop.app import cpu
+from gradloop.commands import run_model
 from gradloop.data.builtin import idx
 from gradloop.data.builtin.prepare import prepare_images
 from gradloop.data.examples import ArrayExamples, Examples
@@ -146,9 +149,12 @@ class Predictions:
     classes: list[str] | None
     predicted: np.ndarray | None = None  # each row's class index (the model's largest output)
     probabilities: bool = True
+    named_outputs: bool = False  # a model's own predict_step on data without labels: out_0..out_k
 
     @property
     def header(self) -> list[str]:
+        if self.named_outputs:
+            return [self.id_name, *(f"out_{i}" for i in range(self.values.shape[1]))]
         if self.classes is None:
             k = self.values.shape[1]
             return [self.id_name, *(["predicted"] if k == 1 else [f"predicted_{i}" for i in range(k)])]
@@ -180,14 +186,28 @@ def predict_run(
     config = evaluation.run_config(info, run_dir)
     task = info.get("task", "classification")
     new = read_inputs(info, inputs, run_dir=run_dir, flatten=config.model == "mlp")
-    model = evaluation.load_model(run_dir, trust_code=trust_code)
+    rebuilt = trust_code and not run_model.serialized(info, run_dir)
+    trained = run_model.trained_input_shape(run_dir, info) if rebuilt else None
+    if trained is not None and trained != tuple(new.element_shape):  # before the model is built for them
+        raise DataError(
+            f"{new.description} holds examples of shape {tuple(new.element_shape)}, but the run's model takes "
+            f"{trained}; give examples of the shape it trained on"
+        )
+    model = evaluation.load_model(run_dir, trust_code=trust_code, input_shape=trained)
     _check_takes(model, new)
-    classes = None if task == "regression" else [str(c) for c in info["classes"]]
-    models.check_model_fits(
-        model, input_shape=new.element_shape, n_outputs=info.get("n_outputs") or len(classes), task=task
-    )
+    classes = [str(c) for c in info["classes"]] if task == "classification" else None
+    if run_model.brings_own_steps(model, info):
+        outputs = _own_step_outputs(model, new, run_dir, info, batch_size=batch_size, trust_code=trust_code)
+        if task != "classification":  # no class scores: the outputs' values, flattened, as they are
+            for note in new.notes:
+                notify(note)
+            return Predictions(new.id_name, new.ids, outputs, None, named_outputs=task != "regression")
+    else:
+        models.check_model_fits(
+            model, input_shape=new.element_shape, n_outputs=info.get("n_outputs") or len(classes), task=task
+        )
+        outputs = models.run_over(model, new.batches(batch_size))[1].astype(np.float32).reshape(len(new.ids), -1)
     loss = assemble.build_loss(config, task, model)  # as training chose it: does the model give logits?
-    outputs = models.run_over(model, new.batches(batch_size))[1].astype(np.float32).reshape(len(new.ids), -1)
     for note in new.notes:
         notify(note)
     if classes is None:
@@ -197,6 +217,29 @@ def predict_run(
     return Predictions(
         new.id_name, new.ids, values, classes, predicted=outputs.argmax(axis=1), probabilities=from_logits is not None
     )
+
+
+def _own_step_outputs(
+    model: Any, inputs: Inputs, run_dir: str | Path, info: dict[str, Any], *, batch_size: int, trust_code: bool
+) -> np.ndarray:
+    """The model's ``predict_step`` (its ``call`` unless it overrides it) over the inputs, through
+    :class:`gradloop.loop.keras_steps.ModelStepTrainer`, as ``model.predict``: each output flattened
+    to one row per input, several outputs side by side."""
+    from gradloop.loop import keras_steps
+
+    model = run_model.compiled(model, run_dir, info, trust_code=trust_code)  # built for the shape it trained on
+    batches = inputs.batches(batch_size).map(lambda x: (x,))  # (x,): the batch structure model.predict gives
+    try:
+        predicted = keras_steps.ModelStepTrainer(model).predict(batches)
+    except NotImplementedError:  # Keras' Model.call: the model defines no forward pass
+        raise ConfigError(
+            f"{type(model).__name__} defines neither call() nor predict_step(): it has no output to predict; "
+            "give it a call() (a GAN's generator, say) or a predict_step"
+        ) from None
+    import tensorflow as tf
+
+    pieces = [np.asarray(o, dtype=np.float32).reshape(len(inputs.ids), -1) for o in tf.nest.flatten(predicted)]
+    return np.concatenate(pieces, axis=1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

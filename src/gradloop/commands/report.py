@@ -3,6 +3,9 @@
     OUT/history.png and, by task (FIGURES_BY_TASK), the evaluation's figures, as files:
         classification   per_class_accuracy.png, confusion_matrix.png
         regression       predicted_vs_true.png, residuals.png
+        none             (data without labels: what the model's own test_step logs, as a table)
+    OUT/history_<name>.png   every logged value history.png does not draw (a GAN's d_loss, g_loss):
+                      its train and val curves; history.png only when the run logged a loss
     OUT/report.html   the run, its history, its evaluation (per-class accuracy and the
                       confusion matrix, or MAE, RMSE, R^2 and the two regression plots) and
                       config, with every figure embedded as a data: URI
@@ -18,6 +21,7 @@ the history's last ``val_accuracy``).
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,8 @@ from gradloop import cli
 from gradloop.app import cpu
 from gradloop.commands import evaluate as evaluation
 from gradloop.data.builtin.splits import SPLITS
-from gradloop.errors import RunDirError
+from gradloop.data.sources import UNLABELED
+from gradloop.errors import DataError, RunDirError
 from gradloop.pages.html import config_value, data_uri, escape, img, number, page, table
 from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
@@ -89,32 +94,60 @@ def write_report(
 
     run = run_folder.RunDir.open(run_dir)
     run_dir, info, history = run.path, run.info, run.read_history()
-    result = evaluation.evaluate_run(
-        run_dir,
-        dataset=dataset,
-        data_dir=data_dir,
-        data_path=data_path,
-        split=split,
-        notify=notify,
-        keep_predictions=True,
-        trust_code=trust_code,
-    )
+    try:
+        result = evaluation.evaluate_run(
+            run_dir,
+            dataset=dataset,
+            data_dir=data_dir,
+            data_path=data_path,
+            split=split,
+            notify=notify,
+            keep_predictions=True,
+            trust_code=trust_code,
+        )
+    except (evaluation.NoTestStep, DataError) as exc:  # a GAN on images alone: its history is the report
+        if not isinstance(exc, evaluation.NoTestStep) and info.get("task") != UNLABELED:
+            raise
+        result = {"task": info.get("task"), "split": split, "unevaluated": str(exc)}
     out_dir = Path(out) if out else run_files.own_path(run.path, run_files.REPORT)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create report folder {out_dir}: {exc.strerror or exc}; pass another --out") from None
-    plots.plot_history(history, out_dir / "history.png", metric=first_metric(info))
-    if result["task"] == "regression":
+    figures = history_figures(history, first_metric(info))
+    if "history.png" in figures:
+        plots.plot_history(history, out_dir / "history.png", metric=first_metric(info))
+    for name, file in figures.items():
+        if name != "history.png":
+            plots.plot_logged(history, file, out_dir / name)
+    if "logs" in result or "unevaluated" in result:  # a model's own test_step: its logs, no figures
+        pass
+    elif result["task"] == "regression":
         plots.plot_predicted_vs_true(result["true"], result["predicted"], out_dir / "predicted_vs_true.png")
         plots.plot_residuals(result["true"], result["predicted"], out_dir / "residuals.png")
     else:
         plots.plot_per_class_accuracy(result["per_class_accuracy"], out_dir / "per_class_accuracy.png")
         plots.plot_confusion_matrix(result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png")
-    images = {name: data_uri(out_dir / name) for name in FIGURES_BY_TASK[result["task"]]}
+    evaluated = () if "logs" in result or "unevaluated" in result else FIGURES_BY_TASK[result["task"]][1:]
+    images = {name: data_uri(out_dir / name) for name in (*figures, *evaluated)}
     html_file = out_dir / "report.html"
     run_files.write_text(html_file, render(run_dir, info, history, result, images))
     return html_file
+
+
+def history_figures(history: Mapping[str, list], metric: str | None) -> dict[str, str | None]:
+    """The history's figures, file -> what it draws: ``history.png`` (the tutorial's panels: the top metric
+    and loss) when the run logged a loss, then ``history_<name>.png`` for every other logged value (a
+    GAN's d_loss and g_loss), each with its train and val curves."""
+    from gradloop.pages import plots
+
+    names = plots.logged_names(history)
+    drawn = {plots.top_metric(history, metric), "loss"} if "loss" in names else set()
+    figures: dict[str, str | None] = {"history.png": None} if drawn else {}
+    for i, name in enumerate(n for n in names if n not in drawn):
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60]  # a name from a run folder: never a path
+        figures[f"history_{safe}.png" if f"history_{safe}.png" not in figures else f"history_{i}_{safe}.png"] = name
+    return figures
 
 
 def render(
@@ -130,27 +163,48 @@ def render(
     epochs = len(next(iter(history.values()), []))
     history_keys = list(history)
     top = plots.top_metric(history, first_metric(info))
+    logged = history_figures(history, first_metric(info))
     body = [
         f"<h1>gradloop run {escape(run_dir.name)}</h1>",
         table("run", None, _run_rows(run_dir, info, result)),
         "<h2>History</h2>",
-        img(images["history.png"], f"{top} and loss per epoch" if top else "loss per epoch"),
+        *(
+            [img(images["history.png"], f"{top} and loss per epoch" if top else "loss per epoch")]
+            if "history.png" in images
+            else []
+        ),
+        *(img(images[file], f"{name} per epoch") for file, name in logged.items() if name and file in images),
         table(
             "history",
             ("epoch", *history_keys),
             [(i + 1, *(number(history[k][i]) for k in history_keys)) for i in range(epochs)],
         ),
-        f"<h2>Evaluation: {escape(result['split'])} split of {escape(result['source'])}, "
-        f"{result['n_samples']:,} samples</h2>",
-        *(
-            _regression(result, images, outputs=info.get("n_outputs"))
-            if result["task"] == "regression"
-            else _classification(result, images)
-        ),
+        *_evaluation(result, images, outputs=info.get("n_outputs")),
         "<h2>Config</h2>",
         table("config", ("key", "value"), [(k, config_value(v)) for k, v in info.get("config", {}).items()]),
     ]
     return page(f"gradloop run {run_dir.name}", body)
+
+
+def _evaluation(result: Mapping[str, Any], images: Mapping[str, str], *, outputs: Any) -> list[str]:
+    """The evaluation's section: the class tables, the regression's scores, or what a model's own
+    test_step logged (data without labels has no classes: no accuracy, no confusion matrix)."""
+    if "unevaluated" in result:
+        return ["<h2>Evaluation</h2>", f"<p>none: {escape(result['unevaluated'])}</p>"]
+    head = (
+        f"<h2>Evaluation: {escape(result['split'])} split of {escape(result['source'])}, "
+        f"{result['n_samples']:,} samples</h2>"
+    )
+    if "logs" in result:
+        rows = [(name, number(value)) for name, value in result["logs"].items()]
+        return [
+            head,
+            f"<p>what the model's {escape(result['step'])} logs</p>",
+            table("evaluation", ("", "value"), rows),
+        ]
+    if result["task"] == "regression":
+        return [head, *_regression(result, images, outputs=outputs)]
+    return [head, *_classification(result, images)]
 
 
 def _run_rows(run_dir: Path, info: Mapping[str, Any], result: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -159,8 +213,10 @@ def _run_rows(run_dir: Path, info: Mapping[str, Any], result: Mapping[str, Any])
     parameters = info.get("parameters")
     if result["task"] == "regression":
         targets = ("outputs", info.get("n_outputs"))
-    else:
+    elif result["task"] == "classification":
         targets = ("classes", ", ".join(map(str, info.get("classes") or result["classes"])))
+    else:  # data without labels
+        targets = ("classes", None)
     rows = [
         ("run directory", str(run_dir)),
         ("status", info.get("status", "?")),

@@ -1,7 +1,7 @@
 """Figures of a run: the tutorial's history (a metric on top, loss below, train against
-validation); for the report, a classifier's confusion matrix and per-class accuracy, or a
-regression's predicted-against-true and residual plots; for ``gradloop compare``, runs'
-learning curves overlaid.
+validation), and a figure per other logged value (a GAN's ``d_loss`` and ``g_loss``); for the
+report, a classifier's confusion matrix and per-class accuracy, or a regression's
+predicted-against-true and residual plots; for ``gradloop compare``, runs' learning curves overlaid.
 
 Each ``plot_*`` writes one PNG, whole or not at all (:func:`gradloop.atomic.write_atomically`).
 """
@@ -86,6 +86,34 @@ def plot_history(history: Mapping[str, list[float]], path: Path, *, metric: str 
     fig = history_figure(history, metric=metric)
     _save(fig, path)
     return top_metric(history, metric)
+
+
+def logged_names(history: Mapping[str, list[float]]) -> list[str]:
+    """Every value the run logged, once, in the history's order: ``d_loss`` of ``train_d_loss`` and
+    ``val_d_loss`` (whatever a model's own step returns), not the epoch's ``time``."""
+    names = [key.split("_", 1)[1] for key in history if key.startswith(("train_", "val_"))]
+    return [name for name in dict.fromkeys(names) if name != "time"]
+
+
+def logged_figure(history: Mapping[str, list[float]], name: str) -> Figure:
+    """One logged value per epoch: its ``train_`` and ``val_`` curves (those the history has). The
+    caller closes the figure."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for split in ("train", "val"):
+        points = _measured(history.get(f"{split}_{name}") or [])
+        if points:
+            ax.plot(*zip(*points), marker="o", label=f"{split}_{name}")
+    _epoch_axes(ax, _TITLES.get(name, f"{name} values"))
+    ax.set_xlabel("epoch")
+    if ax.lines:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_logged(history: Mapping[str, list[float]], name: str, path: Path) -> None:
+    """:func:`logged_figure`, saved as PNG."""
+    _save(logged_figure(history, name), path)
 
 
 # --------------------------------------------------------------------- runs side by side (gradloop compare)

@@ -60,10 +60,13 @@ def progress(history: Mapping[str, list[float]], best: Any = None) -> dict[str, 
     train_seconds   their training passes' time (``train_time``) summed; validation not included
     best            {metric, mode, value, epoch}: the first epoch (from 1) where ``best["metric"]``
                     was highest (mode ``max``) or lowest (``min``), or without value and epoch when
-                    the history has no finite value of it; by default the lowest val_loss
+                    the history has no finite value of it; when ``best`` names nothing or the
+                    default (val_loss), :func:`default_best`'s measure
     """
     ok = isinstance(best, Mapping) and isinstance(best.get("metric"), str) and best.get("mode") in ("max", "min")
     spec = {"metric": best["metric"], "mode": best["mode"]} if ok else dict(BEST)
+    if spec == BEST:  # nothing but the default named: a run that logs no loss is judged by its own
+        spec = default_best(history)
     values = [v if _finite(v) else None for v in history.get(spec["metric"], [])]
     epochs = [i for i, v in enumerate(values) if v is not None]
     if epochs:
@@ -75,6 +78,17 @@ def progress(history: Mapping[str, list[float]], best: Any = None) -> dict[str, 
         "train_seconds": round(sum(v for v in history.get("train_time", []) if _finite(v)), 3),
         "best": spec,
     }
+
+
+def default_best(history: Mapping[str, list[float]]) -> dict[str, str]:
+    """What the best epoch is when nothing names it: the lowest val_loss (:data:`BEST`); for a run that logs
+    no ``loss`` (a model's own step: a GAN's ``d_loss`` and ``g_loss``), the lowest of its first logged loss,
+    validation's before training's."""
+    if "val_loss" in history or "train_loss" in history:
+        return dict(BEST)
+    losses = [key for key in history if key.startswith(("val_", "train_")) and key.endswith("loss")]
+    logged = sorted(losses, key=lambda key: not key.startswith("val_"))  # stable: the history's order within each
+    return {"metric": logged[0], "mode": "min"} if logged else dict(BEST)
 
 
 def _finite(value: Any) -> bool:

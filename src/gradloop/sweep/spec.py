@@ -1,7 +1,8 @@
 """A sweep's SPEC.yaml, read and checked before anything runs (no TensorFlow, no Optuna here).
 
     trials: 20                   trials in all, whichever processes run them
-    metric: val_accuracy         a history column: val_loss, val_<metric>, train_loss, train_<metric>
+    metric: val_accuracy         a history column: val_loss, val_<metric>, train_loss, train_<metric>,
+                                 or any value a model's own train_step logs (val_g_loss)
     direction: maximize          or minimize
     train:                       fixed train options: the keys of a --config file
       dataset: mnist-sample
@@ -112,7 +113,7 @@ def read_spec(path: str | Path) -> SweepSpec:
     metric = data["metric"]
     if not isinstance(metric, str) or not metric.startswith(("val_", "train_")):
         raise ConfigError(
-            f"metric in {where} must be a history column such as val_accuracy or val_loss, got {metric!r}"
+            f"metric in {where} must be a history column such as val_accuracy, val_loss or val_g_loss, got {metric!r}"
         )
     if data["direction"] not in DIRECTIONS:
         raise ConfigError(f"direction in {where} must be maximize or minimize, got {data['direction']!r}")
