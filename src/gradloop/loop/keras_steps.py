@@ -284,6 +284,10 @@ class ModelStepTrainer(Trainer):
                     _watch_losses(self.nan_guard, logs, self._steps_done)
             return logs
 
+        # Traced once and called at both places below, as Keras' one_step_on_data is: inlined, the step
+        # would be traced (and its graph optimized) twice.
+        one_step = tf.function(tf.autograph.experimental.do_not_convert(one_step), reduce_retracing=True)
+
         @tf.function
         def run(iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             logs = one_step(iterator.get_next())  # OutOfRangeError when no batch is left: no step ran
