@@ -192,7 +192,11 @@ def _check(model: Any, models: Any, optimizers: Any, train_step: Any, test_step:
         seen[id(value)] = name
     if not isinstance(optimizers, Mapping) or not optimizers:
         raise TypeError(f"optimizers must be a dict {{model name: optimizer}}, got {type(optimizers).__name__}")
+    given: dict[int, str] = {}
     for name, value in optimizers.items():
+        if id(value) in given:  # an optimizer's slots are made for the one model it first updates
+            raise ConfigError(f"optimizers {given[id(value)]!r} and {name!r} are the same: give each model its own")
+        given[id(value)] = name
         if name not in models:
             raise ConfigError(
                 f"optimizers names {name!r}, which is no model: name each optimizer after the model it trains "
