@@ -63,6 +63,8 @@ def tracked_optimizers(model: keras.Model) -> dict[str, keras.optimizers.Optimiz
     (in a dict attribute: ``optimizers.generator``)."""
     found = {"optimizer": model.optimizer} if model.optimizer is not None else {}
     for name, value in vars(model).items():
+        if name.startswith("_self_"):  # TensorFlow's tracking tables, which list the attributes again
+            continue
         items = value.items() if isinstance(value, Mapping) else [(None, value)]  # self.optimizers = {name: ...}
         for key, item in items:
             if isinstance(item, keras.optimizers.Optimizer) and all(item is not o for o in found.values()):
@@ -376,18 +378,8 @@ class _Steps:
 
 # Ops that draw from a state of their own (tf.random.*, seeded or not): no checkpoint holds it. keras.random.*
 # draws with stateless ops from a SeedGenerator's state, which checkpoints hold.
-_STATEFUL_RANDOM = {
-    "Multinomial",
-    "ParameterizedTruncatedNormal",
-    "RandomGamma",
-    "RandomPoisson",
-    "RandomPoissonV2",
-    "RandomShuffle",
-    "RandomStandardNormal",
-    "RandomUniform",
-    "RandomUniformInt",
-    "TruncatedNormal",
-}
+_STATEFUL_RANDOM = {"Multinomial", "ParameterizedTruncatedNormal", "RandomGamma", "RandomPoisson", "RandomPoissonV2"}
+_STATEFUL_RANDOM |= {"RandomShuffle", "RandomStandardNormal", "RandomUniform", "RandomUniformInt", "TruncatedNormal"}
 
 
 def stateful_random_ops(graph: tf.Graph) -> list[str]:
