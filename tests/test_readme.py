@@ -154,3 +154,20 @@ def test_the_runs_and_compare_commands_run_as_written(tmp_path, monkeypatch, cap
     assert [line.split()[:2] for line in lines[1:]] == [["lr-1e-4", "finished"], ["lr-1e-3", "finished"]]
     page = (tmp_path / "compare.html").read_text()
     assert "<td>lr</td><td>0.0001</td><td>0.001</td>" in page and page.count("<td>epochs</td>") == 1  # runs table only
+
+
+def test_the_gan_example_trains_both_models_and_writes_an_image(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ns = run_example("gan")
+    assert not [w for w in caught if "stateful random" in str(w.message)]  # keras.random: resumes exactly
+    history = ns["history"].history
+    assert set(history) == {"d_loss", "g_loss", "train_time"}
+    assert all(np.isfinite(history[k][0]) and history[k][0] > 0 for k in ("d_loss", "g_loss"))
+    trainer = ns["trainer"]
+    assert [int(trainer.optimizers[name].iterations) for name in ("generator", "discriminator")] == [8, 8]
+    assert trainer.models["generator"] is ns["generator"]
+    assert (tmp_path / "generated" / "generated_img_0.png").stat().st_size > 100

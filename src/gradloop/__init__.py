@@ -3,6 +3,9 @@
     trainer = gradloop.Trainer(model, optimizer=..., loss=..., metrics=["accuracy"])
     history = trainer.fit(train_ds, validation_data=val_ds, epochs=10)
 
+    gan = gradloop.Trainer(models={"generator": g, "discriminator": d},   # several models: a step function
+                           optimizers={"generator": ..., "discriminator": ...}, train_step=gan_step)
+
 TensorFlow is imported lazily, so ``gradloop --help`` and argument errors are instant.
 """
 

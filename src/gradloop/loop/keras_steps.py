@@ -24,7 +24,7 @@ import contextlib
 import inspect
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -59,11 +59,16 @@ def refuse_own_compile(model: keras.Model) -> None:
 
 
 def tracked_optimizers(model: keras.Model) -> dict[str, keras.optimizers.Optimizer]:
-    """Every optimizer ``model`` holds, by attribute name: ``model.optimizer`` and those kept as attributes."""
+    """Every optimizer ``model`` holds, by attribute name: ``model.optimizer`` and those kept as attributes
+    (in a dict attribute: ``optimizers.generator``)."""
     found = {"optimizer": model.optimizer} if model.optimizer is not None else {}
     for name, value in vars(model).items():
-        if isinstance(value, keras.optimizers.Optimizer) and all(value is not o for o in found.values()):
-            found[name.lstrip("_")] = value
+        if name.startswith("_self_"):  # TensorFlow's tracking tables, which list the attributes again
+            continue
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]  # self.optimizers = {name: ...}
+        for key, item in items:
+            if isinstance(item, keras.optimizers.Optimizer) and all(item is not o for o in found.values()):
+                found[name.lstrip("_") + ("" if key is None else f".{key}")] = item
     return found
 
 
@@ -198,6 +203,7 @@ class ModelStepTrainer(Trainer):
             finally:
                 release.release_iterator(iterator)
             self._warn_of_unoptimized()
+            self._warn_of_stateful_random()
 
     def make_train_function(self) -> Callable:
         return self._make_steps(self.model.train_step, "train_step", class_weight=self._class_weight, train=True)
@@ -237,8 +243,19 @@ class ModelStepTrainer(Trainer):
         left = [v.path for v in self.model.trainable_variables if id(v) not in updated]
         if left:
             warnings.warn(
-                f"{type(self.model).__name__}.train_step gives none of the model's optimizers {_some(left)}: they "
+                f"{_where(self.model, 'train_step')} gives none of the model's optimizers {_some(left)}: they "
                 "never train; apply gradients to them, or make them non-trainable",
+                stacklevel=3,
+            )
+
+    def _warn_of_stateful_random(self) -> None:
+        """Once traced: a step drawing from ``tf.random.*`` (a state no checkpoint holds) cannot resume exactly."""
+        if self._train_fn.stateful_random:
+            warnings.warn(
+                f"{_where(self.model, 'train_step')} draws from stateful random ops "
+                f"({', '.join(self._train_fn.stateful_random)}, from tf.random.*): a resumed run draws other numbers "
+                "than an unbroken one; draw with keras.random.* and seed=a keras.random.SeedGenerator to resume "
+                "bit-exactly",
                 stacklevel=3,
             )
 
@@ -261,7 +278,7 @@ class ModelStepTrainer(Trainer):
 
         The step runs as Keras runs it: not converted by autograph, under ``strategy.run``, the
         logs averaged over replicas, XLA-compiled when ``jit_compile``."""
-        model, strategy, where = self.model, self.strategy, f"{type(self.model).__name__}.{name}"
+        model, strategy, where = self.model, self.strategy, _where(self.model, name)
         weigh = None if class_weight is None else class_weights(class_weight)
 
         @tf.autograph.experimental.do_not_convert
@@ -341,12 +358,14 @@ class _Steps:
 
     def __init__(self, run: Any, where: str) -> None:
         self.run, self.where, self.traced = run, where, False
+        self.stateful_random: list[str] = []  # the traced graph's stateful random ops, by type
 
     def trace(self, iterator) -> None:
         """Trace for ``iterator``'s batches without running a step (creates the variables the step makes)."""
         with _step_errors(self.where):
-            self.run.get_concrete_function(iterator, tf.TensorSpec([], tf.int32))
+            concrete = self.run.get_concrete_function(iterator, tf.TensorSpec([], tf.int32))
         self.traced = True
+        self.stateful_random = stateful_random_ops(concrete.graph)
 
     def __call__(self, iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         try:
@@ -359,6 +378,25 @@ class _Steps:
 
     def experimental_get_tracing_count(self) -> int:
         return self.run.experimental_get_tracing_count()
+
+
+# Ops that draw from a state of their own (tf.random.*, seeded or not): no checkpoint holds it. keras.random.*
+# draws with stateless ops from a SeedGenerator's state, which checkpoints hold.
+_STATEFUL_RANDOM = {"Multinomial", "ParameterizedTruncatedNormal", "RandomGamma", "RandomPoisson", "RandomPoissonV2"}
+_STATEFUL_RANDOM |= {"RandomShuffle", "RandomStandardNormal", "RandomUniform", "RandomUniformInt", "TruncatedNormal"}
+
+
+def stateful_random_ops(graph: tf.Graph) -> list[str]:
+    """The stateful random ops in ``graph`` and the functions it calls (loop bodies, XLA-compiled steps)."""
+    definition = graph.as_graph_def()
+    nodes = [*definition.node, *(node for function in definition.library.function for node in function.node_def)]
+    return sorted({node.op for node in nodes if node.op in _STATEFUL_RANDOM})
+
+
+def _where(model: keras.Model, name: str) -> str:
+    """How errors name the model's step: ``GAN.train_step``, or what the model says (a step function's name)."""
+    describe = getattr(model, "describe_step", None)
+    return describe(name) if describe is not None else f"{type(model).__name__}.{name}"
 
 
 @contextlib.contextmanager

@@ -47,9 +47,17 @@ class Trainer(InferenceModel):
     ``Trainer(model)``, without ``optimizer=`` and ``loss=``, trains a model its user compiled
     with the model's own ``train_step``/``test_step``/``predict_step``, as ``model.fit`` does
     (a GAN's two optimizers, its own ``compile``): see :mod:`gradloop.loop.keras_steps`.
+
+    ``Trainer(models={name: model}, optimizers={name: optimizer}, train_step=fn)`` trains several
+    models with a step function ``fn(t, batch) -> {name: scalar}``: see :mod:`gradloop.loop.function_steps`.
     """
 
     def __new__(cls, model: keras.Model = None, **kwargs: Any) -> Trainer:
+        # Trainer(models={...}, optimizers={...}, train_step=fn): step functions (gradloop.loop.function_steps).
+        if cls is Trainer and ("models" in kwargs or "optimizers" in kwargs):
+            from gradloop.loop.function_steps import FunctionStepTrainer
+
+            return super().__new__(FunctionStepTrainer)
         # Trainer(model) without optimizer= and loss=: the model's own train_step (gradloop.loop.keras_steps).
         if cls is Trainer and kwargs.get("optimizer") is None and kwargs.get("loss") is None:
             from gradloop.loop.keras_steps import ModelStepTrainer
