@@ -27,7 +27,7 @@ import sklearn.utils.class_weight
 import tensorflow as tf
 
 from gradloop import data, errors
-from gradloop.app import models
+from gradloop.app import models, own_step
 from gradloop.app.config import MAX_MLP_WEIGHTS, MODELS, STRATEGIES, TrainConfig, mlp_weights
 from gradloop.data.examples import ArrayExamples
 from gradloop.data.sources import UNLABELED, DataSpec
@@ -96,7 +96,8 @@ def load_data(
     data = load_run_data(
         spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed, notify=notify
     )
-    if data.task == UNLABELED:
+    # A model of the user's may bring its own train_step: build_trainer judges it once it is built.
+    if data.task == UNLABELED and (fitted is not None or config.model in MODELS or config.loss is not None):
         refuse_unlabeled(config, data, evaluating=fitted is not None)
     return data
 
@@ -214,7 +215,7 @@ def build_model(
     """``--model``: the MLP or CNN sized from the data (examples of ``input_shape``, ``n_outputs``
     logits or values; by default one logit per class of ``config``), or the user's (``spec``: where a
     resumed run keeps its copy of the user's file), refused before training when it does not fit the data."""
-    shape, n = tuple(input_shape), n_outputs or len(config.classes)
+    shape, n = tuple(input_shape), n_outputs or len(config.classes or ())
     if config.model == "cnn":
         if len(shape) == 3 and min(shape[:2]) < models.CNN_MIN_SIZE:
             raise ConfigError(
@@ -235,6 +236,8 @@ def build_model(
                 f"{weights:,} weights, over the limit of {MAX_MLP_WEIGHTS:,}; use smaller layers"
             )
         return models.build_mlp(shape, config.hidden, n, dtype=config.precision)
+    if task == UNLABELED:  # no labels to size outputs from: the model brings its own training
+        return models.user_model(spec or config.model, input_shape=shape, model_args=config.model_args)
     classification = task == "classification"
     model = models.user_model(
         spec or config.model,
@@ -333,10 +336,16 @@ def build_trainer(
     steps_per_epoch: int,
     *,
     model_spec: str | None = None,
+    nan_guard: Any = None,
 ) -> Trainer:
-    """The run's model, optimizer, loss and metrics, built in the strategy's scope."""
+    """The run's model, optimizer, loss and metrics, built in the strategy's scope; a model that brings
+    its own training (:mod:`gradloop.app.own_step`) trains with its own, watched by ``nan_guard``."""
     with strategy.scope():
         model = build_model(config, data.train.element_shape, data.n_outputs, task=data.task, spec=model_spec)
+        if own_step.brings_own_training(model):
+            return own_step.trainer(config, model, strategy, nan_guard=nan_guard)
+        if data.task == UNLABELED:
+            refuse_unlabeled(config, data, evaluating=False)
         return Trainer(
             model,
             optimizer=build_optimizer(config, steps_per_epoch=steps_per_epoch),

@@ -20,6 +20,7 @@ from gradloop.data import examples
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError
 from gradloop.loop import in_memory
+from gradloop.loop.keras_steps import ModelStepTrainer
 from gradloop.loop.trainer import TrainData, Trainer
 
 
@@ -47,7 +48,11 @@ class Feed:
 
 def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed) -> None:
     """The loss and metrics on one batch, before anything is written: a loss or metric that does not fit
-    the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step."""
+    the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step.
+    A model's own train_step is traced instead (no labels to name): its mistakes are one-line errors there."""
+    if isinstance(trainer, ModelStepTrainer):
+        trainer.build(feed.train(0))
+        return
     try:
         trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
     except (ValueError, TypeError, tf.errors.OpError) as exc:

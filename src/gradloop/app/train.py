@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -24,16 +24,17 @@ import keras
 import tensorflow as tf
 
 from gradloop import atomic
-from gradloop.app import assemble, cpu, models
+from gradloop.app import assemble, cpu, models, own_step
 from gradloop.app.config import MODELS, TrainConfig
 from gradloop.app.feed import Feed, check_fits
-from gradloop.app.run_record import ending_recorded, new_run_info, record_finished, recorded_classes
-from gradloop.data.sources import describe_change, image_cache
+from gradloop.app.run_record import ending_recorded, new_run_info, record_finished, recorded_classes, saved_files
+from gradloop.data.sources import UNLABELED, describe_change, image_cache
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError, DiskFullError, RunDirError
 from gradloop.loop import checkpoint, distribute, in_memory, progress, signals, summaries
 from gradloop.loop import step as step_lib
 from gradloop.loop.callbacks import checkpointing, early_stopping, nan_guard
+from gradloop.loop.keras_steps import ModelStepTrainer
 from gradloop.loop.state import LoopState, validates
 from gradloop.loop.trainer import Trainer
 from gradloop.run import files as run_files
@@ -55,6 +56,7 @@ def train(
     notify: Callable[[str], None] | None = None,
     profile: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    given: Collection[str] | None = None,
 ) -> Path:
     """Run one experiment, or continue one (``resume``), and return its run directory.
 
@@ -64,7 +66,9 @@ def train(
     the run is unaffected). The chief holds the run directory's lock
     (:func:`gradloop.run.lock.lock`) from before it changes anything until it returns.
     ``callbacks`` (a sweep's pruning, say) run after gradloop's own, so an epoch's
-    checkpoint and history are written before they see the epoch end.
+    checkpoint and history are written before they see the epoch end. ``given``: the config keys the
+    user set (flags, config file), which a model bringing its own training refuses where they would be
+    ignored (:func:`gradloop.app.own_step.refuse_replaced`; None: those differing from the defaults).
     """
     with contextlib.ExitStack() as held:  # the run's lock, dropped however training ends
         return _train(
@@ -77,6 +81,7 @@ def train(
             notify=notify,
             profile=profile,
             callbacks=callbacks,
+            given=given,
         )
 
 
@@ -91,6 +96,7 @@ def _train(
     notify: Callable[[str], None] | None,
     profile: bool,
     callbacks: Sequence[keras.callbacks.Callback],
+    given: Collection[str] | None,
 ) -> Path:
     out = out or sys.stdout
     notify = notify or (lambda line: print(line, file=sys.stderr))
@@ -113,7 +119,11 @@ def _train(
     data = assemble.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
     feed = Feed.of(config, data)
     trainer, guard = _trainer(config, strategy, data, feed, model_spec=_model_spec(resumed))
+    if isinstance(trainer, ModelStepTrainer):
+        own_step.refuse_replaced(config, trainer.model, given if resumed is None else None)
     check_fits(config, data, trainer, feed)
+    monitor = own_step.monitor(config, logged_keys(trainer, feed)) if _monitor_checked(config, trainer) else None
+    saved = _saved_files(trainer, notify)
     class_weight = assemble.class_weights(config, data)
     if resumed is not None:
         check_same_data(config, resumed, data)
@@ -121,7 +131,16 @@ def _train(
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
         run, saver, state = _start(
-            config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held, class_weight=class_weight
+            config,
+            data,
+            path,
+            trainer,
+            strategy,
+            overwrite=overwrite and chief,
+            held=held,
+            class_weight=class_weight,
+            monitor=monitor,
+            saved=saved,
         )
         with ending_recorded(run, config, chief=chief):
             feed = Feed.of(config, _decoded_once(config, data, path, notify))
@@ -135,9 +154,7 @@ def _train(
             flush=True,
         )
 
-    best = early_stopping.BestModelEarlyStopping(
-        run / run_files.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None
-    )
+    best = _best_model(config, run, monitor, saved)
     start = time.perf_counter()
     with ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
@@ -151,7 +168,7 @@ def _train(
             class_weight=class_weight,
             validation_freq=config.validation_every,
         )
-    record_finished(run, trainer, history.history, best, started=start)
+    record_finished(run, trainer, history.history, best, started=start, notify=notify)
     if not chief:
         return Path(config.run_dir) if config.run_dir else path
     files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in path.iterdir()))
@@ -170,7 +187,52 @@ def _trainer(
         steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})"
     )
     watched = guard.watch(step_lib.train_step)
-    return assemble.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
+    trainer = assemble.build_trainer(
+        config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec, nan_guard=guard
+    )
+    if isinstance(trainer, ModelStepTrainer):
+        guard.hint = "lower the learning rates the model's compile gives its optimizers"
+    return trainer, guard
+
+
+def _monitor_checked(config: TrainConfig, trainer: Trainer) -> bool:
+    """A --monitor is checked against what the run logs; a model's own step also picks its default there."""
+    return config.monitor is not None or isinstance(trainer, ModelStepTrainer)
+
+
+def logged_keys(trainer: Trainer, feed: Feed) -> list[str]:
+    """The keys the run's history will hold (Keras' names), before any step runs."""
+    if isinstance(trainer, ModelStepTrainer):
+        return own_step.logged_keys(trainer, feed.train(0), feed.val)
+    keys = ["loss", *trainer.metric_names]
+    return keys + [f"val_{key}" for key in keys] * (feed.val is not None)
+
+
+def _saved_files(trainer: Trainer, notify: Callable[[str], None]) -> dict:
+    """run.json's ``model_files``: what a finished run keeps of its model (see :func:`saved_files`)."""
+    serialized = own_step.serializable(trainer.model) if isinstance(trainer, ModelStepTrainer) else True
+    if not serialized:
+        notify(
+            f"gradloop: note: {type(trainer.model).__name__} cannot be saved whole (model.keras would not load: "
+            "no get_config for its arguments), so the run keeps its weights and its model file; "
+            "gradloop rebuilds it through your function"
+        )
+    return saved_files(serialized=serialized)
+
+
+def _best_model(
+    config: TrainConfig, run: run_folder.RunDir, monitor: str | None, saved: dict
+) -> early_stopping.BestModelEarlyStopping:
+    """Early stopping and the best model on ``monitor`` (val_loss by default); a model that would not load
+    from model.keras again keeps its best epoch's weights alone."""
+    return early_stopping.BestModelEarlyStopping(
+        run / saved["best"],
+        patience=config.early_stop,
+        monitor=monitor or "val_loss",
+        mode=own_step.mode(monitor) if monitor else "min",
+        averaged=config.ema is not None,
+        weights_only=not saved["serialized"],
+    )
 
 
 def _start(
@@ -183,6 +245,8 @@ def _start(
     overwrite: bool,
     held: contextlib.ExitStack,
     class_weight: dict[int, float] | None,
+    monitor: str | None,
+    saved: dict,
 ) -> tuple[run_folder.RunDir, checkpoint.RunCheckpoint, None]:
     """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written,
     its lock kept in ``held``."""
@@ -197,7 +261,18 @@ def _start(
         run / run_files.CHECKPOINTS, trainer, hint=_START_OVER
     )  # after the old run is gone
     model_source = models.copy_model_source(config.model, run.path) if config.model not in MODELS else None
-    run.start(new_run_info(config, data, strategy, trainer, model_source=model_source, class_weight=class_weight))
+    run.start(
+        new_run_info(
+            config,
+            data,
+            strategy,
+            trainer,
+            model_source=model_source,
+            class_weight=class_weight,
+            monitor=monitor,
+            saved=saved,
+        )
+    )
     run_files.write_text(run / run_files.MODEL_SUMMARY, models.summary_text(trainer.model))
     return run, saver, None
 
@@ -213,10 +288,12 @@ def _announce(
     classes = (
         f"classes {list(recorded_classes(config, data))}"
         if data.class_names is not None
+        else "no labels"
+        if data.task == UNLABELED
         else f"{data.n_outputs} outputs"
     )
     print(
-        f"gradloop: {action} ({trainer.model.count_params():,} parameters) on {data.description}: {classes}, "
+        f"gradloop: {action} ({own_step.parameters(trainer.model):,} parameters) on {data.description}: {classes}, "
         f"{data.train.n:,} train / {data.val.n if data.val is not None else 0:,} val samples, "
         f"{config.epochs} epoch{'s' * (config.epochs != 1)} -> {path}",
         file=out,

@@ -61,7 +61,10 @@ def _is_model_source(value: Any) -> bool:
 
 # The run.json fields gradloop reads back, and what each must be when present.
 _INFO_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "task": (lambda v: v is None or v in ("classification", "regression"), "classification or regression"),
+    "task": (
+        lambda v: v is None or v in ("classification", "regression", "none"),
+        "classification, regression or none",
+    ),
     "classes": (lambda v: v is None or _is_list(v, lambda c: _is_text(c) or _is_count(c)), "a list of class names"),
     "n_classes": (lambda v: v is None or _is_count(v), "a count"),
     "n_outputs": (lambda v: v is None or (_is_count(v) and v >= 1), "a count of at least 1"),
