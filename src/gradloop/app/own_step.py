@@ -5,9 +5,9 @@ that overrides ``train_step`` (keras.io's GAN), trains as ``model.fit`` would tr
     brings_own_training(model)                     compiled by its function, or its own train_step
     refuse_replaced(config, given)                 --optimizer, --lr, --loss, ... would be ignored: one line
     trainer(config, model, strategy, nan_guard)    Trainer(model, options=..., ...): the model's own steps
-    logged_keys(trainer, train, val)               the names its steps log, from their traces (no step runs)
-    monitor(config, keys)                          what early stopping and run.json's best watch
-    serializable(model)                            whether model.keras of it loads again
+    run_monitor(config, trainer, train, val)       what early stopping and run.json's best watch, checked
+                                                   against what the run logs (its steps' traces: no step runs)
+    model_files(trainer)                           run.json's model_files: model.keras, or weights alone
     parameters(model)                              its weights' count, built by its call or by its step alone
 
 What gradloop's own step and optimizer honour (the options in ``REPLACED``) has no place in such a run:
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import keras
 import tensorflow as tf
@@ -29,6 +29,7 @@ from gradloop.loop import release
 from gradloop.loop.compiled import CompileOptions
 from gradloop.loop.keras_steps import ModelStepTrainer, overrides
 from gradloop.loop.trainer import Trainer
+from gradloop.run import files as run_files
 
 # Options only gradloop's own step and optimizer read (app/assemble.py's build_optimizer, build_loss,
 # build_metrics, class_weights): a model that brings its own training would silently ignore them.
@@ -88,13 +89,64 @@ def trainer(
     )
 
 
+def run_monitor(
+    config: TrainConfig, trainer: Trainer, train: tf.data.Dataset, val: tf.data.Dataset | None
+) -> str | None:
+    """The key (Keras' name) early stopping and the best model watch: ``--monitor``, checked against the
+    keys the run logs; for a model's own step, by default val_loss, else its first logged loss.
+    None: gradloop's own step without --monitor (val_loss, and run.json's best as it always was)."""
+    if isinstance(trainer, ModelStepTrainer):
+        return monitor(config, logged_keys(trainer, train, val))
+    if config.monitor is None:
+        return None
+    keys = ["loss", *trainer.metric_names]  # known once check_fits has built the trainer
+    return monitor(config, keys + [f"val_{key}" for key in keys] * (val is not None))
+
+
+def model_files(trainer: Trainer, *, notify: Callable[[str], object]) -> dict:
+    """run.json's ``model_files`` (:func:`saved_files`); a model Keras cannot save
+    whole is said in one line at the start, since the run will keep its weights alone."""
+    whole = serializable(trainer.model) if isinstance(trainer, ModelStepTrainer) else True
+    if not whole:
+        notify(
+            f"gradloop: note: {type(trainer.model).__name__} cannot be saved whole (model.keras would not load: "
+            "no get_config for its arguments), so the run keeps its weights and its model file; "
+            "gradloop rebuilds it through your function"
+        )
+    return saved_files(serialized=whole)
+
+
+def saved_files(*, serialized: bool) -> dict:
+    """run.json's ``model_files``: what a finished run keeps of its model. ``model`` is model.keras (None
+    when the model cannot be saved whole: evaluate and predict rebuild it from ``model_source`` and
+    ``weights``), ``weights`` model.weights.h5 always, ``best`` the best epoch's model or weights."""
+    return {
+        "model": run_files.MODEL if serialized else None,
+        "weights": run_files.WEIGHTS,
+        "best": run_files.BEST_MODEL if serialized else run_files.BEST_WEIGHTS,
+        "serialized": serialized,
+    }
+
+
 def logged_keys(trainer: ModelStepTrainer, train: tf.data.Dataset, val: tf.data.Dataset | None) -> list[str]:
     """The names the history will hold (Keras' names: ``d_loss``, ``val_d_loss``), from the traces of the
     model's training and test steps; the training one is cached (``build`` made it), so nothing runs twice."""
     keys = _traced_keys(trainer, trainer._train_fn, train)
-    if val is not None:
-        keys += [f"val_{key}" for key in _traced_keys(trainer, trainer._test_fn, val)]
-    return keys
+    if val is None:
+        return keys
+    try:
+        val_keys = _traced_keys(trainer, trainer._test_fn, val)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Keras' default test_step calls the model, which a GAN does not define
+        if overrides(trainer.model, "test_step"):
+            raise
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ConfigError(
+            f"{type(trainer.model).__name__} has no test_step of its own, and Keras' default one cannot validate "
+            f"it ({reason}); pass --val-fraction 0, or define test_step"
+        ) from None
+    return keys + [f"val_{key}" for key in val_keys]
 
 
 def _traced_keys(trainer: ModelStepTrainer, steps, data) -> list[str]:

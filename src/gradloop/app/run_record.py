@@ -46,7 +46,7 @@ def new_run_info(
     saved: dict | None = None,
 ) -> dict:
     """run.json of a new run: its resolved config, data, model and versions. ``monitor``: the logged key
-    (Keras' name) its best epoch is judged by, when not val_loss; ``saved``: :func:`saved_files`."""
+    (Keras' name) its best epoch is judged by, when not val_loss; ``saved``: :func:`gradloop.app.own_step.saved_files`."""
     classification = data.class_names is not None
     own = isinstance(trainer, ModelStepTrainer)
     return {
@@ -72,7 +72,7 @@ def new_run_info(
         "class_weight": _named(class_weight, data.class_names),
         "metrics": trainer.metric_names,
         "best": best_measure(config, data, trainer, monitor=monitor),
-        "model_files": saved or saved_files(serialized=True),
+        "model_files": saved or own_step.saved_files(serialized=True),
         "strategy": config.strategy,
         "workers": distribute.worker_count(strategy),
         "num_replicas": strategy.num_replicas_in_sync,
@@ -95,18 +95,6 @@ def best_measure(config: TrainConfig, data: RunData, trainer: Trainer, *, monito
 
 
 OWN_LOSS = "the model's own"  # run.json's loss of a model that brings its own train_step
-
-
-def saved_files(*, serialized: bool) -> dict:
-    """run.json's ``model_files``: what a finished run keeps of its model. ``model`` is model.keras (None
-    when the model cannot be saved whole: evaluate and predict rebuild it from ``model_source`` and
-    ``weights``), ``weights`` model.weights.h5 always, ``best`` the best epoch's model or weights."""
-    return {
-        "model": run_files.MODEL if serialized else None,
-        "weights": run_files.WEIGHTS,
-        "best": run_files.BEST_MODEL if serialized else run_files.BEST_WEIGHTS,
-        "serialized": serialized,
-    }
 
 
 def _named(class_weight: dict[int, float] | None, names: tuple[str, ...] | None) -> dict[str, float] | None:
@@ -185,7 +173,7 @@ def save_model_files(run: run_folder.RunDir, model: keras.Model, *, notify: Call
     """model.weights.h5 always; model.keras too unless run.json's ``model_files`` says the model cannot
     be saved whole, or Keras refuses to save it (then run.json says so, and why, in one line)."""
     early_stopping.save_weights(model, run / run_files.WEIGHTS)
-    files = run.info.setdefault("model_files", saved_files(serialized=True))
+    files = run.info.setdefault("model_files", own_step.saved_files(serialized=True))
     if not files.get("serialized", True):
         return
     try:
@@ -193,4 +181,4 @@ def save_model_files(run: run_folder.RunDir, model: keras.Model, *, notify: Call
     except (NotImplementedError, TypeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:160]
         notify(f"gradloop: note: Keras cannot save {type(model).__name__} whole ({reason}); the run keeps its weights")
-        files.update(saved_files(serialized=False), best=files.get("best"))
+        files.update(own_step.saved_files(serialized=False), best=files.get("best"))

@@ -27,7 +27,7 @@ from gradloop import atomic
 from gradloop.app import assemble, cpu, models, own_step
 from gradloop.app.config import MODELS, TrainConfig
 from gradloop.app.feed import Feed, check_fits
-from gradloop.app.run_record import ending_recorded, new_run_info, record_finished, recorded_classes, saved_files
+from gradloop.app.run_record import ending_recorded, new_run_info, record_finished, recorded_classes
 from gradloop.data.sources import UNLABELED, describe_change, image_cache
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError, DiskFullError, RunDirError
@@ -122,8 +122,8 @@ def _train(
     if isinstance(trainer, ModelStepTrainer):
         own_step.refuse_replaced(config, trainer.model, given if resumed is None else None)
     check_fits(config, data, trainer, feed)
-    monitor = own_step.monitor(config, logged_keys(trainer, feed)) if _monitor_checked(config, trainer) else None
-    saved = _saved_files(trainer, notify)
+    monitor = own_step.run_monitor(config, trainer, feed.train(0), feed.val)
+    saved = own_step.model_files(trainer, notify=notify)
     class_weight = assemble.class_weights(config, data)
     if resumed is not None:
         check_same_data(config, resumed, data)
@@ -193,31 +193,6 @@ def _trainer(
     if isinstance(trainer, ModelStepTrainer):
         guard.hint = "lower the learning rates the model's compile gives its optimizers"
     return trainer, guard
-
-
-def _monitor_checked(config: TrainConfig, trainer: Trainer) -> bool:
-    """A --monitor is checked against what the run logs; a model's own step also picks its default there."""
-    return config.monitor is not None or isinstance(trainer, ModelStepTrainer)
-
-
-def logged_keys(trainer: Trainer, feed: Feed) -> list[str]:
-    """The keys the run's history will hold (Keras' names), before any step runs."""
-    if isinstance(trainer, ModelStepTrainer):
-        return own_step.logged_keys(trainer, feed.train(0), feed.val)
-    keys = ["loss", *trainer.metric_names]
-    return keys + [f"val_{key}" for key in keys] * (feed.val is not None)
-
-
-def _saved_files(trainer: Trainer, notify: Callable[[str], None]) -> dict:
-    """run.json's ``model_files``: what a finished run keeps of its model (see :func:`saved_files`)."""
-    serialized = own_step.serializable(trainer.model) if isinstance(trainer, ModelStepTrainer) else True
-    if not serialized:
-        notify(
-            f"gradloop: note: {type(trainer.model).__name__} cannot be saved whole (model.keras would not load: "
-            "no get_config for its arguments), so the run keeps its weights and its model file; "
-            "gradloop rebuilds it through your function"
-        )
-    return saved_files(serialized=serialized)
 
 
 def _best_model(

@@ -64,8 +64,8 @@ def history_figure(
     """The history's panels sharing the epoch axis (:func:`history_panels`): :func:`top_metric` on top
     (when there is one), loss below (``every``: every logged value), each with its train and val curves.
     The caller closes the figure (in Jupyter, a cell ending in ``history_figure(trainer.fit(...))`` shows
-    it). ``history``: lists by Keras' names (``loss``) or the tutorial's (``train_loss``), or the History ``fit`` returns, whose shorter
-    ``val_`` lists (``validation_freq``) are drawn at the epochs they were measured."""
+    it). ``history``: lists by Keras' names (``loss``) or the tutorial's (``train_loss``), or the History
+    ``fit`` returns, whose shorter ``val_`` lists (``validation_freq``) are drawn at the epochs they were measured."""
     if hasattr(history, "history"):
         validated = functools.partial(validates, validation_freq=getattr(history, "validation_freq", 1))
         history = aligned_history(history.history, validated)
