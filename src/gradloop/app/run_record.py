@@ -46,7 +46,8 @@ def new_run_info(
     saved: dict | None = None,
 ) -> dict:
     """run.json of a new run: its resolved config, data, model and versions. ``monitor``: the logged key
-    (Keras' name) its best epoch is judged by, when not val_loss; ``saved``: :func:`gradloop.app.own_step.saved_files`."""
+    (Keras' name) its best epoch is judged by, when not val_loss;
+    ``saved``: run.json's ``model_files`` (:func:`gradloop.app.own_step.saved_files`)."""
     classification = data.class_names is not None
     own = isinstance(trainer, ModelStepTrainer)
     return {
