@@ -97,6 +97,11 @@ def save_weights(model: keras.Model, path: Path) -> None:
     """``model.save_weights(path)`` (``NAME.weights.h5``), whole or not at all: Keras takes no other
     suffix, so the weights go to a hidden ``.NAME.weights.h5`` first, then over the temporary file."""
 
+    if not model.built and model.weights:
+        # A model whose own train_step built its parts (a GAN's two networks) but that was never called
+        # itself: Keras refuses to save the weights of an unbuilt model, though all of them exist.
+        model.built = True
+
     def write(tmp: Path) -> None:
         staged = Path(tmp).with_name(f".{Path(path).name}")
         model.save_weights(staged)
