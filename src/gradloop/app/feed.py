@@ -34,13 +34,17 @@ class Feed:
     steps_per_epoch: int
 
     @classmethod
-    def of(cls, config: TrainConfig, data: RunData) -> Feed:
+    def of(cls, config: TrainConfig, data: RunData, *, datasets: bool = False) -> Feed:
+        """``datasets``: arrays in memory as each epoch's tf.data pipeline, as a model's own train_step takes
+        them (:class:`~gradloop.loop.keras_steps.ModelStepTrainer`); a checkpoint then holds the pipeline's
+        position, which a resume restores into the same epoch's pipeline."""
         batched = hasattr(data.train, "num_batches")  # a function's own datasets come batched as it batched them
         if not batched:
             errors.check_batch_size(config.batch_size, data.train.n)
         val = data.val.batches(None, config.batch_size) if data.val is not None and data.val.n else None
+        train = examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed)
         return cls(
-            train=examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
+            train=(lambda epoch: in_memory.as_dataset(train(epoch))) if datasets else train,
             val=val,
             steps_per_epoch=data.train.num_batches if batched else math.ceil(data.train.n / config.batch_size),
         )

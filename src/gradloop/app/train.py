@@ -124,10 +124,11 @@ def _train(
     check_fits(config, data, trainer, feed)
     monitor = own_step.run_monitor(config, trainer, feed.train(0), feed.val)
     saved = own_step.model_files(trainer, notify=notify)
+    own = isinstance(trainer, ModelStepTrainer)  # its steps take a tf.data pipeline, whose position resumes
     class_weight = assemble.class_weights(config, data)
     if resumed is not None:
         check_same_data(config, resumed, data)
-        feed = Feed.of(config, _decoded_once(config, data, path, notify))  # before the restore: it reads the copy
+        feed = Feed.of(config, _decoded_once(config, data, path, notify), datasets=own)  # before the restore
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
         run, saver, state = _start(
@@ -143,7 +144,7 @@ def _train(
             saved=saved,
         )
         with ending_recorded(run, config, chief=chief):
-            feed = Feed.of(config, _decoded_once(config, data, path, notify))
+            feed = Feed.of(config, _decoded_once(config, data, path, notify), datasets=own)
     _announce(config, data, trainer, state, path, out=out)
     if profile:
         from gradloop.loop.profiler import format_profile, profile_phases

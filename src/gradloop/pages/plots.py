@@ -54,7 +54,7 @@ def history_panels(history: Mapping[str, list[float]], metric: str | None = None
     if not every:
         return [top, "loss"] if top else ["loss"]
     metrics = [name for name in names if "loss" not in name and name != top]
-    losses = sorted((name for name in names if "loss" in name), key=lambda name: name == "loss")
+    losses = sorted((name for name in names if "loss" in name and name != top), key=lambda name: name == "loss")
     return [*([top] if top else []), *metrics, *losses] or ["loss"]
 
 
