@@ -173,6 +173,7 @@ CONFIG_SAMPLES = {
     "checkpoint_every": (["--checkpoint-every", "50"], 50),
     "checkpoint_seconds": (["--checkpoint-seconds", "60.5"], 60.5),
     "early_stop": (["--early-stop", "3"], 3),
+    "monitor": (["--monitor", "val_accuracy"], "val_accuracy"),
     "validation_every": (["--validation-every", "2"], 2),
     "class_weight": (["--class-weight", "balanced"], "balanced"),
     "ema": (["--ema", "0.999"], 0.999),

@@ -1905,3 +1905,75 @@ OWN_STEP_ROWS = {
 @rows(OWN_STEP_ROWS)
 def test_bad_own_step_runs(row, tmp_path, earlier, capsys):
     check_row(row, tmp_path, earlier, capsys)
+
+
+# --------------------------------------------------------------------- a model that brings its own training
+
+COMPILED_MODEL = (
+    "import keras\n\n"
+    "def build(input_shape, num_classes):\n"
+    "    inputs = keras.Input(input_shape)\n"
+    "    model = keras.Model(inputs, keras.layers.Dense(num_classes)(inputs))\n"
+    "    model.compile('sgd', keras.losses.SparseCategoricalCrossentropy(from_logits=True))\n"
+    "    return model\n\n"
+    "def plain(input_shape):\n"
+    "    inputs = keras.Input(input_shape)\n"
+    "    return keras.Model(inputs, keras.layers.Dense(1)(inputs))\n\n"
+    "class Own(keras.Model):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.dense = keras.layers.Dense(1)\n\n"
+    "    def train_step(self, data):\n"
+    "        return {'loss': keras.ops.mean(self.dense(data))}\n\n"
+    "def own(input_shape):\n"
+    "    return Own()\n"
+)
+OWN_MODEL = ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"]
+OWN_STEP_MODEL_ROWS = {
+    "compiled model given --optimizer": Row(
+        [*OWN_MODEL, "--optimizer", "sgd"], ConfigError, "would be ignored; drop --optimizer", {"m.py": COMPILED_MODEL}
+    ),
+    "compiled model given --lr": Row(
+        [*OWN_MODEL, "--lr", "0.01"], ConfigError, "was compiled by its function", {"m.py": COMPILED_MODEL}
+    ),
+    "compiled model given --loss": Row(
+        [*OWN_MODEL, "--loss", "huber"], ConfigError, "would be ignored; drop --loss", {"m.py": COMPILED_MODEL}
+    ),
+    "compiled model given --metrics": Row(
+        [*OWN_MODEL, "--metrics", "accuracy"], ConfigError, "drop --metrics", {"m.py": COMPILED_MODEL}
+    ),
+    "compiled model given a schedule in the config file": Row(
+        [*OWN_MODEL, "--config", "{tmp}/c.yaml"],
+        ConfigError,
+        "drop --lr-schedule",
+        {"m.py": COMPILED_MODEL, "c.yaml": "lr_schedule: cosine\n"},
+    ),
+    "unlabeled data for a model that learns labels": Row(
+        ["train", "--data", "{tmp}/x.npz", "--model", "{tmp}/m.py:plain"],
+        ConfigError,
+        "has no labels (x without y)",
+        {"m.py": COMPILED_MODEL, **npz_file("x.npz", x=FEATURES)},
+    ),
+    "uncompiled model with its own train_step": Row(
+        ["train", "--data", "{tmp}/x.npz", "--model", "{tmp}/m.py:own"],
+        ConfigError,
+        "Own is not compiled",
+        {"m.py": COMPILED_MODEL, **npz_file("x.npz", x=FEATURES)},
+    ),
+    "monitor naming no logged key": Row(
+        [*OWN_MODEL, "--monitor", "d_loss"],
+        ConfigError,
+        "--monitor d_loss is not logged by this run",
+        {"m.py": COMPILED_MODEL},
+    ),
+}
+
+
+@rows(OWN_STEP_MODEL_ROWS)
+def test_bad_own_step_models(row, tmp_path, earlier, capsys):
+    check_row(
+        Row(row.argv, row.error, row.phrase, {**npz_file("a.npz", x=FEATURES, y=THREE_CLASSES), **row.files}),
+        tmp_path,
+        earlier,
+        capsys,
+    )

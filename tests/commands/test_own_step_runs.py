@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 
 import gradloop
-from gradloop.app import assemble, models
+from gradloop.app import assemble, models, own_step
 from gradloop.app.config import build_config
 from gradloop.cli import main
 from gradloop.commands import evaluate as evaluation
 from gradloop.errors import RunDirError
+from gradloop.run import files as run_files
 from gradloop.run import folder as run_folder
 from gradloop.run import history as run_history
 
@@ -177,7 +178,7 @@ def make_run(path: Path, function: str, *, serialized: bool, epochs: int = 2) ->
             },
             "model": model.name,
             "model_source": f"model_source.py:{function}",
-            "model_serialized": serialized,
+            "model_files": own_step.saved_files(serialized=serialized),  # as train records it
             "parameters": sum(int(np.prod(v.shape)) for v in model.weights),  # an unbuilt GAN has no count_params
             "best": dict(run_history.BEST),  # what train records when nothing names a measure
         }
@@ -185,7 +186,7 @@ def make_run(path: Path, function: str, *, serialized: bool, epochs: int = 2) ->
     for epoch in range(epochs):
         run.record_epoch({k: v[epoch] for k, v in history.items()})
     model.built = True  # a GAN has no call() to build it by; its parts are built (the train side's assumption)
-    model.save_weights(path / evaluation.run_model.MODEL_WEIGHTS)
+    model.save_weights(path / run_files.WEIGHTS)
     if serialized:
         model.save(path / "model.keras")
     run.finished(seconds=1.0)
@@ -231,12 +232,12 @@ def test_a_model_that_did_not_serialize_is_rebuilt_from_its_function_and_weights
 
 
 def test_a_run_that_says_nothing_is_read_from_its_files(autoencoder_run, saved_autoencoder_run):
-    """An older run.json without model_serialized: weights and a function but no model.keras means rebuilt."""
+    """An older run.json without model_files: weights and a function but no model.keras means rebuilt."""
     info = json.loads((autoencoder_run / "run.json").read_text())
-    del info["model_serialized"]
+    del info["model_files"]
     assert not evaluation.run_model.serialized(info, autoencoder_run)
     info = json.loads((saved_autoencoder_run / "run.json").read_text())
-    del info["model_serialized"]
+    del info["model_files"]
     assert evaluation.run_model.serialized(info, saved_autoencoder_run)
 
 

@@ -27,7 +27,7 @@ import sklearn.utils.class_weight
 import tensorflow as tf
 
 from gradloop import data, errors
-from gradloop.app import models, specs
+from gradloop.app import models, own_step, specs
 from gradloop.app.config import MODELS, STRATEGIES, TrainConfig
 from gradloop.app.specs import BuiltinSpec
 from gradloop.data.examples import ArrayExamples
@@ -98,7 +98,8 @@ def load_data(
     data = load_run_data(
         spec, classes=config.classes, val_fraction=config.val_fraction, seed=config.seed, notify=notify
     )
-    if data.task == UNLABELED:
+    # A model of the user's may bring its own train_step: build_trainer judges it once it is built.
+    if data.task == UNLABELED and (fitted is not None or config.model in MODELS or config.loss is not None):
         refuse_unlabeled(config, data, evaluating=fitted is not None)
     return data
 
@@ -269,12 +270,18 @@ def build_trainer(
     steps_per_epoch: int,
     *,
     model_spec: str | None = None,
+    nan_guard: Any = None,
 ) -> Trainer:
-    """The run's model, optimizer, loss and metrics, built in the strategy's scope."""
+    """The run's model, optimizer, loss and metrics, built in the strategy's scope; a model that brings
+    its own training (:mod:`gradloop.app.own_step`) trains with its own, watched by ``nan_guard``."""
     with strategy.scope():
         model = models.build_model(
             specs.model_spec(config, source=model_spec), data.train.element_shape, data.n_outputs, task=data.task
         )
+        if own_step.brings_own_training(model):
+            return own_step.trainer(config, model, strategy, nan_guard=nan_guard)
+        if data.task == UNLABELED:
+            refuse_unlabeled(config, data, evaluating=False)
         return Trainer(
             model,
             optimizer=build_optimizer(config, steps_per_epoch=steps_per_epoch),

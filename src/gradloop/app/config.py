@@ -66,6 +66,7 @@ _NULLABLE = (
     "callback_args",
     "class_weight",
     "ema",
+    "monitor",
 )
 
 
@@ -257,7 +258,13 @@ class TrainConfig:
     deterministic: bool = _option(False, "op determinism: reruns and resumes are bit-identical")
     checkpoint_every: int = _option(1000, "also checkpoint every STEPS steps of an epoch; 0: off", metavar="STEPS")
     checkpoint_seconds: float = _option(300.0, "also checkpoint every S seconds; 0: off", metavar="S")
-    early_stop: int = _option(0, "stop after PATIENCE epochs without a lower val_loss; 0: off", metavar="PATIENCE")
+    early_stop: int = _option(0, "stop after PATIENCE epochs without a better --monitor; 0: off", metavar="PATIENCE")
+    monitor: str | None = _option(
+        None,
+        "the logged value early stopping and the best model watch, e.g. val_accuracy or d_loss",
+        metavar="KEY",
+        unset="val_loss; for a model with its own train_step, else its first logged loss",
+    )
     validation_every: int = _option(1, "validate every N-th epoch (Keras' validation_freq)", metavar="N")
     class_weight: str | dict | None = _option(
         None,
@@ -338,8 +345,14 @@ class TrainConfig:
             raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999, got {_short(self.ema)}")
         _check_class_weight(self.class_weight)
         self._check_callbacks()
-        if self.early_stop and not self.val_fraction:
-            raise ConfigError("early_stop watches val_loss, but val_fraction is 0; hold out data or drop early_stop")
+        if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor.strip()):
+            raise ConfigError(f"monitor must be a logged key such as val_loss, got {_short(self.monitor)}")
+        watched = self.monitor or "val_loss"
+        if self.early_stop and not self.val_fraction and watched.startswith("val_"):
+            raise ConfigError(
+                f"early_stop watches {watched}, but val_fraction is 0; hold out data, --monitor a training key "
+                "or drop early_stop"
+            )
         for name in ("dataset", "data_dir", "run_dir"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):

@@ -20,6 +20,7 @@ from gradloop.data import examples
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError
 from gradloop.loop import in_memory
+from gradloop.loop.keras_steps import ModelStepTrainer
 from gradloop.loop.trainer import TrainData, Trainer
 
 
@@ -33,13 +34,17 @@ class Feed:
     steps_per_epoch: int
 
     @classmethod
-    def of(cls, config: TrainConfig, data: RunData) -> Feed:
+    def of(cls, config: TrainConfig, data: RunData, *, datasets: bool = False) -> Feed:
+        """``datasets``: arrays in memory as each epoch's tf.data pipeline, as a model's own train_step takes
+        them (:class:`~gradloop.loop.keras_steps.ModelStepTrainer`); a checkpoint then holds the pipeline's
+        position, which a resume restores into the same epoch's pipeline."""
         batched = hasattr(data.train, "num_batches")  # a function's own datasets come batched as it batched them
         if not batched:
             errors.check_batch_size(config.batch_size, data.train.n)
         val = data.val.batches(None, config.batch_size) if data.val is not None and data.val.n else None
+        train = examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed)
         return cls(
-            train=examples.epochs(data.train, batch_size=config.batch_size, seed=config.seed),
+            train=(lambda epoch: in_memory.as_dataset(train(epoch))) if datasets else train,
             val=val,
             steps_per_epoch=data.train.num_batches if batched else math.ceil(data.train.n / config.batch_size),
         )
@@ -47,7 +52,11 @@ class Feed:
 
 def check_fits(config: TrainConfig, data: RunData, trainer: Trainer, feed: Feed) -> None:
     """The loss and metrics on one batch, before anything is written: a loss or metric that does not fit
-    the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step."""
+    the labels or the model's outputs (``--metrics auc`` on three classes) is one line, not a crash mid-step.
+    A model's own train_step is traced instead (no labels to name): its mistakes are one-line errors there."""
+    if isinstance(trainer, ModelStepTrainer):
+        trainer.build(feed.train(0))
+        return
     try:
         trainer.build(feed.train(0))  # Keras' loss and metrics meet their first batch here
     except (ValueError, TypeError, tf.errors.OpError) as exc:

@@ -32,6 +32,7 @@ import numpy as np
 from gradloop import user_code
 from gradloop.app.config import MAX_MLP_WEIGHTS, mlp_weights
 from gradloop.app.specs import ModelSpec
+from gradloop.data.sources import UNLABELED
 from gradloop.errors import ConfigError
 from gradloop.run import files as run_files
 
@@ -100,13 +101,16 @@ def build_model(
                 f"{weights:,} weights, over the limit of {MAX_MLP_WEIGHTS:,}; use smaller layers"
             )
         return build_mlp(shape, spec.hidden, n, dtype=spec.dtype)
+    model_args = None if spec.args is None else dict(spec.args)
+    if task == UNLABELED:  # no labels to size outputs from: the model brings its own training
+        return user_model(spec.name, input_shape=shape, model_args=model_args)
     classification = task == "classification"
     model = user_model(
         spec.name,
         input_shape=shape,
         num_classes=n if classification else None,
         num_outputs=None if classification else n,
-        model_args=None if spec.args is None else dict(spec.args),
+        model_args=model_args,
     )
     check_model_fits(model, input_shape=shape, n_outputs=n, task=task)
     return model

@@ -2,7 +2,8 @@
 
 started    run.json: the resolved config, the data, the model, the loss, what ``best`` is judged by, versions
 ended      run.json ``interrupted`` (resumable) or ``failed``, with why
-finished   model.keras, history.json/.csv/.png, run.json ``finished`` with the final numbers
+finished   model.keras and model.weights.h5 (weights alone for a model that cannot be saved whole: run.json
+           ``model_files``), history.json/.csv/.png, run.json ``finished`` with the final numbers
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from gradloop import __version__, atomic
-from gradloop.app import cpu
+from gradloop.app import cpu, own_step
 from gradloop.app.config import TrainConfig
 from gradloop.app.interrupted import RunInterrupted
 from gradloop.data.sources import image_cache
@@ -25,6 +26,7 @@ from gradloop.data.sources.prepared import RunData
 from gradloop.errors import DataError, TrainingError
 from gradloop.loop import distribute, signals
 from gradloop.loop.callbacks import early_stopping
+from gradloop.loop.keras_steps import ModelStepTrainer
 from gradloop.loop.trainer import Trainer
 from gradloop.pages import plots
 from gradloop.run import files as run_files
@@ -40,16 +42,21 @@ def new_run_info(
     *,
     model_source: str | None,
     class_weight: dict[int, float] | None,
+    monitor: str | None = None,
+    saved: dict | None = None,
 ) -> dict:
-    """run.json of a new run: its resolved config, data, model and versions."""
+    """run.json of a new run: its resolved config, data, model and versions. ``monitor``: the logged key
+    (Keras' name) its best epoch is judged by, when not val_loss;
+    ``saved``: run.json's ``model_files`` (:func:`gradloop.app.own_step.saved_files`)."""
     classification = data.class_names is not None
+    own = isinstance(trainer, ModelStepTrainer)
     return {
         "config": config.to_dict(),
         "data_source": data.description,
         "task": data.task,
         "classes": list(recorded_classes(config, data)) if classification else None,
         "n_classes": len(data.class_names) if classification else None,
-        "n_outputs": data.n_outputs,
+        "n_outputs": data.n_outputs or None,  # None: data without labels
         "n_train": data.train.n,
         "n_val": data.val.n if data.val is not None else 0,
         "data": {
@@ -60,11 +67,13 @@ def new_run_info(
         },
         "model": trainer.model.name,
         "model_source": model_source,
-        "parameters": int(trainer.model.count_params()),
-        "loss": describe_loss(trainer.loss),
+        "parameters": own_step.parameters(trainer.model),
+        "loss": OWN_LOSS if own else describe_loss(trainer.loss),
+        "own_train_step": own,
         "class_weight": _named(class_weight, data.class_names),
         "metrics": trainer.metric_names,
-        "best": best_measure(config, data, trainer),
+        "best": best_measure(config, data, trainer, monitor=monitor),
+        "model_files": saved or own_step.saved_files(serialized=True),
         "strategy": config.strategy,
         "workers": distribute.worker_count(strategy),
         "num_replicas": strategy.num_replicas_in_sync,
@@ -73,14 +82,20 @@ def new_run_info(
     }
 
 
-def best_measure(config: TrainConfig, data: RunData, trainer: Trainer) -> dict:
-    """What run.json's ``best`` epoch is judged by: the first metric on validation data, highest or lowest
-    as Keras' own callbacks read its direction, else the lowest val_loss (see :func:`gradloop.run.history.progress`)."""
+def best_measure(config: TrainConfig, data: RunData, trainer: Trainer, *, monitor: str | None = None) -> dict:
+    """What run.json's ``best`` epoch is judged by: ``monitor`` (the tutorial's name: ``d_loss`` is
+    ``train_d_loss``), else the first metric on validation data, highest or lowest as Keras' own callbacks
+    read its direction, else the lowest val_loss (see :func:`gradloop.run.history.progress`)."""
+    if monitor is not None:
+        return {"metric": next(iter(run_history.tutorial_history({monitor: []}))), "mode": own_step.mode(monitor)}
     first = next(iter(trainer.flat_metrics), None)  # Keras' own, built by check_fits: named as the history names it
     direction = getattr(first, "_direction", None)
     if direction not in ("up", "down"):
         return dict(run_history.BEST)
     return {"metric": f"val_{first.name}", "mode": "max" if direction == "up" else "min"}
+
+
+OWN_LOSS = "the model's own"  # run.json's loss of a model that brings its own train_step
 
 
 def _named(class_weight: dict[int, float] | None, names: tuple[str, ...] | None) -> dict[str, float] | None:
@@ -133,16 +148,38 @@ def record_finished(
     best: early_stopping.BestModelEarlyStopping,
     *,
     started: float,
+    notify: Callable[[str], object] = print,
 ) -> None:
-    """The finished run's files: model.keras, history.json/.csv/.png, and run.json's ``finished``
-    (``seconds``: this process's share, from ``started`` to the files written, added to earlier ones')."""
+    """The finished run's files: model.keras (when run.json's ``model_files`` says it can be saved whole),
+    model.weights.h5, history.json/.csv/.png, and run.json's ``finished`` (``seconds``: this process's
+    share, from ``started`` to the files written, added to earlier ones')."""
     image_cache.remove(run / run_files.CACHE)  # nothing reads the decoded images any more
-    atomic.save_model(trainer.model, run / run_files.MODEL)
+    save_model_files(run, trainer.model, notify=notify)
     tutorial = run.write_history(run.recorded_history())  # Keras' val_ lists skip unvalidated epochs; these do not
-    plots.plot_history(tutorial, run / run_files.HISTORY_PNG, metric=next(iter(trainer.metric_names), None))
+    plots.plot_history(
+        tutorial,
+        run / run_files.HISTORY_PNG,
+        metric=next(iter(trainer.metric_names), None),
+        every=isinstance(trainer, ModelStepTrainer),  # its logs are its own: draw them all
+    )
     run.finished(
-        epochs_done=len(history.get("loss", [])),
+        epochs_done=max((len(v) for k, v in history.items() if not k.startswith("val_")), default=0),
         stopped_early=best.stopped_epoch + 1 if best.stopped_epoch is not None else None,
         seconds=round(run.info.get("seconds", 0) + time.perf_counter() - started, 3),
         final={k: v[-1] for k, v in tutorial.items()},
     )
+
+
+def save_model_files(run: run_folder.RunDir, model: keras.Model, *, notify: Callable[[str], object]) -> None:
+    """model.weights.h5 always; model.keras too unless run.json's ``model_files`` says the model cannot
+    be saved whole, or Keras refuses to save it (then run.json says so, and why, in one line)."""
+    early_stopping.save_weights(model, run / run_files.WEIGHTS)
+    files = run.info.setdefault("model_files", own_step.saved_files(serialized=True))
+    if not files.get("serialized", True):
+        return
+    try:
+        atomic.save_model(model, run / run_files.MODEL)
+    except (NotImplementedError, TypeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        notify(f"gradloop: note: Keras cannot save {type(model).__name__} whole ({reason}); the run keeps its weights")
+        files.update(own_step.saved_files(serialized=False), best=files.get("best"))

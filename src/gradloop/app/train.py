@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -24,17 +24,18 @@ import keras
 import tensorflow as tf
 
 from gradloop import atomic
-from gradloop.app import assemble, cpu, models, specs, user_callbacks
+from gradloop.app import assemble, cpu, models, own_step, specs, user_callbacks
 from gradloop.app.config import MODELS, TrainConfig
 from gradloop.app.feed import Feed, check_fits
 from gradloop.app.run_record import ending_recorded, new_run_info, record_finished, recorded_classes
 from gradloop.app.specs import RunFolderSpec
-from gradloop.data.sources import describe_change, image_cache
+from gradloop.data.sources import UNLABELED, describe_change, image_cache
 from gradloop.data.sources.prepared import RunData
 from gradloop.errors import ConfigError, DiskFullError, RunDirError
 from gradloop.loop import checkpoint, distribute, in_memory, progress, signals, summaries
 from gradloop.loop import step as step_lib
 from gradloop.loop.callbacks import checkpointing, early_stopping, nan_guard
+from gradloop.loop.keras_steps import ModelStepTrainer
 from gradloop.loop.state import LoopState, validates
 from gradloop.loop.trainer import Trainer
 from gradloop.run import files as run_files
@@ -56,6 +57,7 @@ def train(
     notify: Callable[[str], None] | None = None,
     profile: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    given: Collection[str] | None = None,
 ) -> Path:
     """Run one experiment, or continue one (``resume``), and return its run directory.
 
@@ -65,7 +67,9 @@ def train(
     the run is unaffected). The chief holds the run directory's lock
     (:func:`gradloop.run.lock.lock`) from before it changes anything until it returns.
     ``callbacks`` (a sweep's pruning, say) run after gradloop's own, so an epoch's
-    checkpoint and history are written before they see the epoch end.
+    checkpoint and history are written before they see the epoch end. ``given``: the config keys the
+    user set (flags, config file), which a model bringing its own training refuses where they would be
+    ignored (:func:`gradloop.app.own_step.refuse_replaced`; None: those differing from the defaults).
     """
     with contextlib.ExitStack() as held:  # the run's lock, dropped however training ends
         return _train(
@@ -78,6 +82,7 @@ def train(
             notify=notify,
             profile=profile,
             callbacks=callbacks,
+            given=given,
         )
 
 
@@ -92,6 +97,7 @@ def _train(
     notify: Callable[[str], None] | None,
     profile: bool,
     callbacks: Sequence[keras.callbacks.Callback],
+    given: Collection[str] | None,
 ) -> Path:
     out = out or sys.stdout
     notify = notify or (lambda line: print(line, file=sys.stderr))
@@ -115,19 +121,33 @@ def _train(
     data = assemble.load_data(config, notify=notify)  # bad data, model, loss or metric fail before anything is written
     feed = Feed.of(config, data)
     trainer, guard = _trainer(config, strategy, data, feed, model_spec=_model_spec(resumed))
+    if isinstance(trainer, ModelStepTrainer):
+        own_step.refuse_replaced(config, trainer.model, given if resumed is None else None)
     check_fits(config, data, trainer, feed)
+    monitor = own_step.run_monitor(config, trainer, feed.train(0), feed.val)
+    saved = own_step.model_files(trainer, notify=notify)
+    own = isinstance(trainer, ModelStepTrainer)  # its steps take a tf.data pipeline, whose position resumes
     class_weight = assemble.class_weights(config, data)
     if resumed is not None:
         check_same_data(resumed, data, data_path=config.data, run_dir=folder.run_dir)
         # before the restore: it reads the copy
-        feed = Feed.of(config, _decoded_once(config.image_cache, data, path, notify))
+        feed = Feed.of(config, _decoded_once(config.image_cache, data, path, notify), datasets=own)
         run, saver, state = _resume(config, resumed, data, path, trainer, feed, notify=notify)
     else:
         run, saver, state = _start(
-            config, data, path, trainer, strategy, overwrite=overwrite and chief, held=held, class_weight=class_weight
+            config,
+            data,
+            path,
+            trainer,
+            strategy,
+            overwrite=overwrite and chief,
+            held=held,
+            class_weight=class_weight,
+            monitor=monitor,
+            saved=saved,
         )
         with ending_recorded(run, config, chief=chief):
-            feed = Feed.of(config, _decoded_once(config.image_cache, data, path, notify))
+            feed = Feed.of(config, _decoded_once(config.image_cache, data, path, notify), datasets=own)
     _announce(config, data, trainer, state, path, out=out)
     if profile:
         from gradloop.loop.profiler import format_profile, profile_phases
@@ -138,9 +158,7 @@ def _train(
             flush=True,
         )
 
-    best = early_stopping.BestModelEarlyStopping(
-        run / run_files.BEST_MODEL, patience=config.early_stop, averaged=config.ema is not None
-    )
+    best = _best_model(config, run, monitor, saved)
     start = time.perf_counter()
     with ending_recorded(run, config, chief=chief), _naming_damaged_files(data):
         history = trainer.fit(
@@ -158,7 +176,7 @@ def _train(
             class_weight=class_weight,
             validation_freq=config.validation_every,
         )
-    record_finished(run, trainer, history.history, best, started=start)
+    record_finished(run, trainer, history.history, best, started=start, notify=notify)
     if not chief:
         return Path(folder.run_dir) if folder.run_dir else path
     files = ", ".join(sorted(p.name + "/" * p.is_dir() for p in path.iterdir()))
@@ -177,7 +195,27 @@ def _trainer(
         steps_per_epoch=feed.steps_per_epoch, hint=f"lower --lr (it was {config.lr:g})"
     )
     watched = guard.watch(step_lib.train_step)
-    return assemble.build_trainer(config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec), guard
+    trainer = assemble.build_trainer(
+        config, strategy, data, watched, feed.steps_per_epoch, model_spec=model_spec, nan_guard=guard
+    )
+    if isinstance(trainer, ModelStepTrainer):
+        guard.hint = "lower the learning rates the model's compile gives its optimizers"
+    return trainer, guard
+
+
+def _best_model(
+    config: TrainConfig, run: run_folder.RunDir, monitor: str | None, saved: dict
+) -> early_stopping.BestModelEarlyStopping:
+    """Early stopping and the best model on ``monitor`` (val_loss by default); a model that would not load
+    from model.keras again keeps its best epoch's weights alone."""
+    return early_stopping.BestModelEarlyStopping(
+        run / saved["best"],
+        patience=config.early_stop,
+        monitor=monitor or "val_loss",
+        mode=own_step.mode(monitor) if monitor else "min",
+        averaged=config.ema is not None,
+        weights_only=not saved["serialized"],
+    )
 
 
 def _start(
@@ -190,6 +228,8 @@ def _start(
     overwrite: bool,
     held: contextlib.ExitStack,
     class_weight: dict[int, float] | None,
+    monitor: str | None,
+    saved: dict,
 ) -> tuple[run_folder.RunDir, checkpoint.RunCheckpoint, None]:
     """A new run directory (an earlier run's replaced when ``overwrite``), its run.json written,
     its lock kept in ``held``."""
@@ -204,7 +244,18 @@ def _start(
         run / run_files.CHECKPOINTS, trainer, hint=_START_OVER
     )  # after the old run is gone
     model_source = models.copy_model_source(config.model, run.path) if config.model not in MODELS else None
-    run.start(new_run_info(config, data, strategy, trainer, model_source=model_source, class_weight=class_weight))
+    run.start(
+        new_run_info(
+            config,
+            data,
+            strategy,
+            trainer,
+            model_source=model_source,
+            class_weight=class_weight,
+            monitor=monitor,
+            saved=saved,
+        )
+    )
     run_files.write_text(run / run_files.MODEL_SUMMARY, models.summary_text(trainer.model))
     return run, saver, None
 
@@ -220,10 +271,12 @@ def _announce(
     classes = (
         f"classes {list(recorded_classes(config, data))}"
         if data.class_names is not None
+        else "no labels"
+        if data.task == UNLABELED
         else f"{data.n_outputs} outputs"
     )
     print(
-        f"gradloop: {action} ({trainer.model.count_params():,} parameters) on {data.description}: {classes}, "
+        f"gradloop: {action} ({own_step.parameters(trainer.model):,} parameters) on {data.description}: {classes}, "
         f"{data.train.n:,} train / {data.val.n if data.val is not None else 0:,} val samples, "
         f"{config.epochs} epoch{'s' * (config.epochs != 1)} -> {path}",
         file=out,

@@ -1,7 +1,7 @@
 """A run's model, loaded for evaluate, predict, report and export: one loader for every kind of run.
 
     load_model(RUN_DIR)                  model.keras (Keras' safe mode: no code from the run runs), or,
-                                         for a model that does not serialize (run.json ``model_serialized``
+                                         for a model that does not serialize (run.json ``model_files.serialized``
                                          false), FUNCTION of model_source.py + model.weights.h5 (trusted runs)
     trained_input_shape(RUN_DIR, info)   what a rebuilt model is built for: run.json's input_shape, else the data's
     brings_own_steps(model, info)        a model with its own train/test/predict step, or data without labels
@@ -32,14 +32,13 @@ if TYPE_CHECKING:
     import keras
 
 _NEEDS_CODE = re.compile(r"Could not (?:locate|deserialize) (?:class|function) '([^']+)'")
-MODEL_WEIGHTS = "model.weights.h5"  # Keras' weights of the last epoch: every run writes it beside model.keras
 
 
 def load_model(
     run_dir: str | Path, *, trust_code: bool = False, input_shape: tuple[int, ...] | None = None
 ) -> keras.Model:
     """The run's model: RUN_DIR/model.keras, or, for a run whose model does not serialize (run.json
-    ``model_serialized`` false: a subclassed model without get_config), the model rebuilt through the
+    ``model_files.serialized`` false: a subclassed model without get_config), the model rebuilt through the
     run's own function (model_source.py:FUNCTION, called as training called it, on examples of
     ``input_shape``) with RUN_DIR/model.weights.h5 loaded into it.
 
@@ -76,16 +75,17 @@ def load_model(
 
 
 def serialized(info: dict[str, Any], run_dir: str | Path) -> bool:
-    """Whether the run keeps its model as model.keras: run.json's ``model_serialized`` says so; a run
+    """Whether the run keeps its model as model.keras: run.json's ``model_files.serialized`` says so; a run
     that does not say is read from its files (model.weights.h5 without model.keras, and a function to
     rebuild from: the model did not serialize)."""
-    if isinstance(info.get("model_serialized"), bool):
-        return info["model_serialized"]
+    recorded = info.get("model_files")
+    if isinstance(recorded, dict) and isinstance(recorded.get("serialized"), bool):
+        return recorded["serialized"]
     if run_files.own_path(run_dir, run_files.MODEL).exists():
         return True
     source = info.get("model_source")
     rebuildable = isinstance(source, str) and ":" in source
-    return not (rebuildable and run_files.own_path(run_dir, MODEL_WEIGHTS).exists())
+    return not (rebuildable and run_files.own_path(run_dir, run_files.WEIGHTS).exists())
 
 
 def _rebuilt(
@@ -107,9 +107,9 @@ def _rebuilt(
             f"run directory, which gradloop runs only if you trust where the run came from; then pass "
             f"{run_schema.TRUST_CODE}"
         )
-    weights = run_files.own_path(run_dir, MODEL_WEIGHTS)
+    weights = run_files.own_path(run_dir, run_files.WEIGHTS)
     if not weights.exists():
-        raise RunDirError(f"{run_dir} has no {MODEL_WEIGHTS}; the run did not finish (train it again or resume it)")
+        raise RunDirError(f"{run_dir} has no {run_files.WEIGHTS}; the run did not finish (train it again or resume it)")
     shape = input_shape or info.get("input_shape")
     if not shape:
         raise RunDirError(
@@ -203,7 +203,12 @@ def compiled(
     if model.compiled and model.optimizer is not None:
         return model
     source = info.get("model_source")
-    if trust_code and isinstance(source, str) and ":" in source and run_files.own_path(run_dir, MODEL_WEIGHTS).exists():
+    if (
+        trust_code
+        and isinstance(source, str)
+        and ":" in source
+        and run_files.own_path(run_dir, run_files.WEIGHTS).exists()
+    ):
         shape = input_shape or trained_input_shape(run_dir, info)
         return _rebuilt(run_dir, info, trust_code=trust_code, input_shape=shape)
     keras.Model.compile(model)

@@ -77,6 +77,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return resumed_config(info["config"], file_values, **flags)  # the run's own config, changed only where a resume may
 
 
+def given_keys(args: argparse.Namespace, config: TrainConfig) -> set[str]:
+    """The config keys the user set: by flag, or in the --config file to other than the default (a file
+    of --print-config holds every key): what a model that brings its own training refuses where
+    gradloop's step alone would read them (:mod:`gradloop.app.own_step`)."""
+    defaults = TrainConfig(model=config.model, data=config.data)  # --data changes the classes' default
+    file_values = load_yaml(args.config) if args.config else {}
+    changed = {key for key in file_values if getattr(config, key) != getattr(defaults, key)}
+    return changed | {key for key, value in cli.config_flags(args).items() if value is not None}
+
+
 def run(args: argparse.Namespace) -> int:
     config = train_config(args)
     if args.print_config:
@@ -92,7 +102,14 @@ def run(args: argparse.Namespace) -> int:
         user_callbacks.check(config)  # before anything is written
     try:
         with StopSignals() as stop:
-            train(config, resume=args.resume, overwrite=args.overwrite, stop=stop, profile=args.profile)
+            train(
+                config,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                stop=stop,
+                profile=args.profile,
+                given=None if args.resume else given_keys(args, config),
+            )
     except RunInterrupted as exc:
         print(
             f"gradloop: interrupted at epoch {exc.epoch + 1} step {exc.step}; "

@@ -1,8 +1,13 @@
 """TensorBoard summaries of a run, as a Keras callback the experiment wires in.
 
     LOG_DIR/train/       epoch_loss, epoch_accuracy, epoch_learning_rate, epoch_train_time  (step = epoch)
-                         batch_loss, batch_learning_rate                                  (step = batches seen)
+                         batch_loss, batch_accuracy, batch_learning_rate                  (step = batches seen)
     LOG_DIR/validation/  epoch_loss, epoch_accuracy                                       (step = epoch)
+
+Every value the step logs is written, by its own name: a GAN's own ``train_step`` gives
+``epoch_d_loss``, ``batch_g_loss``, ... . A model holding several optimizers used by its own
+step (``model.d_optimizer``, ``model.g_optimizer``) gives each one's rate by its attribute:
+``epoch_d_optimizer_learning_rate``.
 
 Tags, folders and the 0-based epoch axis are those of ``keras.callbacks.TensorBoard``,
 so ``tensorboard --logdir RUN_DIR/tensorboard`` shows train and validation curves
@@ -38,6 +43,19 @@ from typing import Any
 import keras
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
+
+
+def learning_rates(model: keras.Model) -> dict[str, float]:
+    """``{"learning_rate": ...}`` of the model's optimizer; of a model whose own train_step uses several,
+    each one's that has updated anything, as ``NAME_learning_rate`` (none yet: the model's optimizer's)."""
+    from gradloop.loop.keras_steps import overrides, tracked_optimizers
+
+    used = {name: o for name, o in tracked_optimizers(model).items() if getattr(o, "built", False)}
+    if len(used) <= 1 or not overrides(model, "train_step"):
+        optimizer = next(iter(used.values()), None) if used and model.optimizer not in used.values() else None
+        optimizer = optimizer or model.optimizer
+        return {} if optimizer is None else {"learning_rate": current_learning_rate(optimizer)}
+    return {f"{name}_learning_rate": current_learning_rate(o) for name, o in used.items()}
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -118,18 +136,18 @@ class TensorBoardSummaries(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         self._steps_in_epoch = batch + 1
         step = self._steps_before_epoch + self._steps_in_epoch
-        if step < self._next_summary or not logs or "loss" not in logs:
+        if step < self._next_summary or not logs:
             return
         self._next_summary = (step // self.every_steps + 1) * self.every_steps
         with self._writer("train").as_default(step=step):
-            tf.summary.scalar("batch_loss", float(logs["loss"]))
-            tf.summary.scalar("batch_learning_rate", current_learning_rate(self.model.optimizer))
+            for name, value in {**logs, **learning_rates(self.model)}.items():
+                tf.summary.scalar(f"batch_{name}", float(value))
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self._steps_before_epoch += self._steps_in_epoch
         logs = dict(logs or {})
         train = {k: v for k, v in logs.items() if not k.startswith("val_")}
-        train["learning_rate"] = current_learning_rate(self.model.optimizer)
+        train.update(learning_rates(self.model))
         self._write_epoch("train", train, epoch)
         val = {k[len("val_") :]: v for k, v in logs.items() if k.startswith("val_")}
         if val:

@@ -44,19 +44,34 @@ def top_metric(history: Mapping[str, list[float]], metric: str | None = None) ->
     return next((name for name in names if name not in _NOT_METRICS), None)
 
 
-def history_figure(history: Mapping[str, list[float]] | Any, *, metric: str | None = None) -> Figure:
-    """The history's panels sharing the epoch axis: :func:`top_metric` on top (when there is one),
-    loss below, each with its train and val curves. The caller closes the figure (in Jupyter, a
-    cell ending in ``history_figure(trainer.fit(...))`` shows it). ``history``: lists by Keras' names
-    (``loss``) or the tutorial's (``train_loss``), or the History ``fit`` returns, whose shorter
-    ``val_`` lists (``validation_freq``) are drawn at the epochs they were measured."""
+def history_panels(history: Mapping[str, list[float]], metric: str | None = None, *, every: bool = False) -> list[str]:
+    """The names :func:`history_figure` draws a panel of, top to bottom: the tutorial's two,
+    :func:`top_metric` and loss; with ``every`` (a model's own train_step, whose logs are its own: a
+    GAN's ``d_loss``, ``g_loss``), every logged value: the top metric, the others, the losses. Time is no panel."""
+    names = list(dict.fromkeys(key.split("_", 1)[1] for key in history if key.startswith(("train_", "val_"))))
+    names = [name for name in names if name != "time"]
+    top = top_metric(history, metric)
+    if not every:
+        return [top, "loss"] if top else ["loss"]
+    metrics = [name for name in names if "loss" not in name and name != top]
+    losses = sorted((name for name in names if "loss" in name and name != top), key=lambda name: name == "loss")
+    return [*([top] if top else []), *metrics, *losses] or ["loss"]
+
+
+def history_figure(
+    history: Mapping[str, list[float]] | Any, *, metric: str | None = None, every: bool = False
+) -> Figure:
+    """The history's panels sharing the epoch axis (:func:`history_panels`): :func:`top_metric` on top
+    (when there is one), loss below (``every``: every logged value), each with its train and val curves.
+    The caller closes the figure (in Jupyter, a cell ending in ``history_figure(trainer.fit(...))`` shows
+    it). ``history``: lists by Keras' names (``loss``) or the tutorial's (``train_loss``), or the History
+    ``fit`` returns, whose shorter ``val_`` lists (``validation_freq``) are drawn at the epochs they were measured."""
     if hasattr(history, "history"):
         validated = functools.partial(validates, validation_freq=getattr(history, "validation_freq", 1))
         history = aligned_history(history.history, validated)
     history = tutorial_history(history)
-    top = top_metric(history, metric)
-    names = [top, "loss"] if top else ["loss"]
-    fig, axes = plt.subplots(len(names), sharex=True, figsize=(7, 6), squeeze=False)
+    names = history_panels(history, metric, every=every)
+    fig, axes = plt.subplots(len(names), sharex=True, figsize=(7, 3 * max(2, len(names))), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         for split in ("train", "val"):
             points = _measured(history.get(f"{split}_{name}") or [])
@@ -81,9 +96,11 @@ def _epoch_axes(ax, title: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_history(history: Mapping[str, list[float]], path: Path, *, metric: str | None = None) -> str | None:
+def plot_history(
+    history: Mapping[str, list[float]], path: Path, *, metric: str | None = None, every: bool = False
+) -> str | None:
     """:func:`history_figure`, saved as PNG; returns the top panel's metric (None: loss alone)."""
-    fig = history_figure(history, metric=metric)
+    fig = history_figure(history, metric=metric, every=every)
     _save(fig, path)
     return top_metric(history, metric)
 

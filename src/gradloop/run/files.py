@@ -4,7 +4,9 @@
         run.json             what the run is and where it stands (:mod:`gradloop.run.folder`)
         history.json, .csv   per epoch, in the tutorial's names (:mod:`gradloop.run.history`)
         history.png          the tutorial's two panels
-        model.keras          the last epoch's model; model.best.keras: the lowest val_loss epoch's
+        model.keras          the last epoch's model; model.best.keras: the lowest val_loss epoch's (--monitor)
+        model.weights.h5     its weights (Keras' format); a model that cannot be saved whole has these alone,
+                             and model.best.weights.h5 (run.json's ``model_files`` says which)
         model_summary.txt    Keras' model.summary(): layers, output shapes, parameter counts
         model_source.py      a copy of --model FILE.py (and the modules beside it that it imports),
                              or model_initial.keras of --model FILE.keras: what a resume builds from
@@ -45,6 +47,8 @@ HISTORY_CSV = "history.csv"
 HISTORY_PNG = "history.png"
 MODEL = "model.keras"
 BEST_MODEL = "model.best.keras"
+WEIGHTS = "model.weights.h5"  # model.save_weights: beside model.keras, or alone for a model Keras cannot save whole
+BEST_WEIGHTS = "model.best.weights.h5"  # the best epoch's weights, for a model Keras cannot save whole
 MODEL_SOURCE = "model_source.py"  # a copy of --model FILE.py, which a resume builds the model from
 CALLBACKS = "user_callbacks"  # a folder per --callback FILE.py:NAME, named NAME, holding its copy
 CALLBACK_SOURCE = "callback_source.py"  # the copy of a --callback FILE.py, in its folder of CALLBACKS
@@ -56,7 +60,17 @@ REPORT = "report"
 SAVED_MODEL = "saved_model"
 LOCK = "run.lock"  # held (flock) by the one process writing the run; it holds "PID HOST"
 # The files a run writes as it goes (besides checkpoints/ and tensorboard/).
-WRITTEN_FILES = (RUN_JSON, HISTORY_JSON, HISTORY_CSV, HISTORY_PNG, MODEL, BEST_MODEL, MODEL_SUMMARY)
+WRITTEN_FILES = (
+    RUN_JSON,
+    HISTORY_JSON,
+    HISTORY_CSV,
+    HISTORY_PNG,
+    MODEL,
+    BEST_MODEL,
+    WEIGHTS,
+    BEST_WEIGHTS,
+    MODEL_SUMMARY,
+)
 MAX_JSON_BYTES = 64 * 2**20  # run.json and history.json: far above any run's, far below what exhausts memory
 
 
