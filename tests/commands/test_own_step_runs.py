@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import gradloop
-from gradloop.app import assemble, models, own_step
+from gradloop.app import assemble, models, own_step, specs
 from gradloop.app.config import build_config
 from gradloop.cli import main
 from gradloop.commands import evaluate as evaluation
@@ -152,7 +152,7 @@ def make_run(path: Path, function: str, *, serialized: bool, epochs: int = 2) ->
         }
     )
     data = assemble.load_run_data(
-        assemble.data_spec(config), classes=None, val_fraction=val_fraction, seed=config.seed, notify=lambda line: None
+        specs.data_spec(config), classes=None, val_fraction=val_fraction, seed=config.seed, notify=lambda line: None
     )
     model = models.user_model(config.model, input_shape=data.train.element_shape)
     trainer = gradloop.Trainer(model)

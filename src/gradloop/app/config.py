@@ -12,7 +12,6 @@ and that description, so a default or a choice is never written twice.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -22,9 +21,22 @@ from typing import Any
 
 import yaml
 
+from gradloop.app.config_checks import check_callbacks, check_own_data
+from gradloop.app.config_values import (
+    check_choice,
+    check_class_weight,
+    check_int,
+    is_number,
+    names,
+    parse_class_names,
+    parse_float,
+    parse_int_list,
+    read_yaml_mapping,
+    shown,
+)
 from gradloop.data import DATASETS, parse_classes
 from gradloop.data.sources import COLOR_MODES, FILLS, HEADERS, TASKS
-from gradloop.errors import ConfigError, shortened
+from gradloop.errors import ConfigError
 from gradloop.loop.accepted import LR_SCHEDULES, MAX_INT32  # the library's own, read without TensorFlow
 
 MODELS = ("mlp", "cnn")  # built in; also FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras
@@ -34,7 +46,6 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 IMAGE_CACHE = ("auto", "off")  # gradloop.data.sources.image_cache: decode an image folder once, or every epoch
 # --model: a built-in, FILE.py:FUNCTION or package.module:FUNCTION, or a saved FILE.keras
 MODEL_SPEC = re.compile(r"(?:.+\.keras|.+:[A-Za-z_][A-Za-z0-9_]*)")
-CALLBACK_SPEC = re.compile(r".+:[A-Za-z_][A-Za-z0-9_]*")  # --callback: FILE.py:NAME or package.module:NAME
 DEFAULT_EPOCHS = 10  # also the run whose XLA choice bench's "gradloop" variant makes
 MAX_SEED = 2**32 - 1  # numpy's legacy seed, which keras.utils.set_random_seed sets, takes no more
 # 0.4 GB of float32 weights, 1.6 GB with gradients and Adam's slots: far more than MNIST needs, and a
@@ -282,71 +293,71 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs, minimum=1)
-        _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("steps_per_execution", self.steps_per_execution, minimum=1, maximum=MAX_INT32)
-        _check_int("summary_every", self.summary_every, minimum=1)
-        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
-        _check_int("warmup_steps", self.warmup_steps, minimum=0)
-        _check_int("accumulate_steps", self.accumulate_steps, minimum=1)
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("steps_per_execution", self.steps_per_execution, minimum=1, maximum=MAX_INT32)
+        check_int("summary_every", self.summary_every, minimum=1)
+        check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_int("accumulate_steps", self.accumulate_steps, minimum=1)
         if self.decay_steps is not None:
-            _check_int("decay_steps", self.decay_steps, minimum=1)
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if not _is_number(self.decay_rate) or not 0 < self.decay_rate <= 1:
-            raise ConfigError(f"decay_rate must be a number in (0, 1], got {_short(self.decay_rate)}")
-        if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
+            check_int("decay_steps", self.decay_steps, minimum=1)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not is_number(self.decay_rate) or not 0 < self.decay_rate <= 1:
+            raise ConfigError(f"decay_rate must be a number in (0, 1], got {shown(self.decay_rate)}")
+        if self.clip_norm is not None and (not is_number(self.clip_norm) or self.clip_norm <= 0):
             raise ConfigError(
-                f"clip_norm must be a finite number > 0 (a global gradient norm), got {_short(self.clip_norm)}"
+                f"clip_norm must be a finite number > 0 (a global gradient norm), got {shown(self.clip_norm)}"
             )
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("image_cache", self.image_cache, IMAGE_CACHE)
-        if not _is_number(self.lr) or self.lr <= 0:
-            raise ConfigError(f"lr must be a finite number > 0 such as 1e-4, got {_short(self.lr)}")
-        if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("image_cache", self.image_cache, IMAGE_CACHE)
+        if not is_number(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a finite number > 0 such as 1e-4, got {shown(self.lr)}")
+        if not is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise ConfigError(
                 "val_fraction must be a number in [0, 1) such as 0.1 (0: no validation), "
-                f"got {_short(self.val_fraction)}"
+                f"got {shown(self.val_fraction)}"
             )
         if self.dataset is not None:
-            _check_choice("dataset", self.dataset, DATASETS)
+            check_choice("dataset", self.dataset, DATASETS)
         if self.model not in MODELS and not (isinstance(self.model, str) and MODEL_SPEC.fullmatch(self.model)):
             raise ConfigError(
                 "model must be mlp, cnn, FILE.py:FUNCTION, package.module:FUNCTION or FILE.keras, "
-                f"got {_short(self.model)}"
+                f"got {shown(self.model)}"
             )
-        self._check_own_data()
+        check_own_data(self)
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(
-                f"hidden must be one or more positive layer sizes like 512,256,128, got {_short(self.hidden)}"
+                f"hidden must be one or more positive layer sizes like 512,256,128, got {shown(self.hidden)}"
             )
         if self.model == "mlp" and self.data is None and (weights := mlp_weights(self.hidden)) > MAX_MLP_WEIGHTS:
             raise ConfigError(
                 f"hidden {','.join(map(str, self.hidden))} makes an MLP of {weights:,} weights, over the "
                 f"limit of {MAX_MLP_WEIGHTS:,} (memory would run out); use smaller layers"
             )
-        _check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("strategy", self.strategy, STRATEGIES)
         if self.replicas is not None:
-            _check_int("replicas", self.replicas, minimum=1, maximum=MAX_CPU_REPLICAS)
+            check_int("replicas", self.replicas, minimum=1, maximum=MAX_CPU_REPLICAS)
             if self.strategy != "mirrored":
                 raise ConfigError(
                     "replicas applies to --strategy mirrored only; add --strategy mirrored or drop --replicas"
                 )
         for name in ("jit_compile", "deterministic"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {_short(getattr(self, name))}")
-        _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
-        _check_int("early_stop", self.early_stop, minimum=0)
-        if not _is_number(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
+                raise ConfigError(f"{name} must be true or false, got {shown(getattr(self, name))}")
+        check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        check_int("early_stop", self.early_stop, minimum=0)
+        if not is_number(self.checkpoint_seconds) or self.checkpoint_seconds < 0:
             raise ConfigError(
-                f"checkpoint_seconds must be a number >= 0 (0: off), got {_short(self.checkpoint_seconds)}"
+                f"checkpoint_seconds must be a number >= 0 (0: off), got {shown(self.checkpoint_seconds)}"
             )
-        _check_int("validation_every", self.validation_every, minimum=1)
-        if self.ema is not None and (not _is_number(self.ema) or not 0 < self.ema < 1):
-            raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999, got {_short(self.ema)}")
-        _check_class_weight(self.class_weight)
-        self._check_callbacks()
+        check_int("validation_every", self.validation_every, minimum=1)
+        if self.ema is not None and (not is_number(self.ema) or not 0 < self.ema < 1):
+            raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999, got {shown(self.ema)}")
+        check_class_weight(self.class_weight)
+        check_callbacks(self)
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor.strip()):
-            raise ConfigError(f"monitor must be a logged key such as val_loss, got {_short(self.monitor)}")
+            raise ConfigError(f"monitor must be a logged key such as val_loss, got {shown(self.monitor)}")
         watched = self.monitor or "val_loss"
         if self.early_stop and not self.val_fraction and watched.startswith("val_"):
             raise ConfigError(
@@ -358,92 +369,7 @@ class TrainConfig:
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, value := os.fspath(value))  # kept as str: run.json is JSON
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"{name} must be a non-empty name or path, got {_short(value)}")
-
-    def _check_own_data(self) -> None:
-        """The --data options: only with --data, and each of its kind."""
-        if self.data is None:
-            given = [
-                flag_name(k)
-                for k in ("target", "task", "image_size", "color_mode", "fill")
-                if getattr(self, k) is not None
-            ]
-            given += ["--header"] * (self.header != "auto")
-            if given:
-                raise ConfigError(f"{given[0]} applies to --data only; add --data PATH or drop {given[0]}")
-            if self.classes is None:
-                object.__setattr__(self, "classes", REFERENCE_CLASSES)
-        else:
-            if isinstance(self.data, os.PathLike):
-                object.__setattr__(self, "data", os.fspath(self.data))
-            if not isinstance(self.data, str) or not self.data.strip():
-                raise ConfigError(f"data must be a path, got {_short(self.data)}")
-            object.__setattr__(self, "data", _absolute(self.data))  # run.json's data is found from any folder
-            if self.dataset is not None or self.data_dir is not None:
-                raise ConfigError(
-                    "--data reads your own data and --dataset/--data-dir a built-in data set; pass one of them"
-                )
-        if self.task is not None:
-            _check_choice("task", self.task, TASKS)
-        if self.color_mode is not None:
-            _check_choice("color_mode", self.color_mode, COLOR_MODES)
-        if self.fill is not None:
-            _check_choice("fill", self.fill, FILLS)
-        _check_choice("header", self.header, HEADERS)
-        if self.image_size is not None and (
-            len(self.image_size) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 8192 for v in self.image_size)
-        ):
-            raise ConfigError(f"image_size must be two sizes H,W from 1 to 8192 pixels, got {_short(self.image_size)}")
-        for name in ("target", "loss", "optimizer"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"{name} must be a non-empty name, got {_short(value)}")
-        if self.metrics is not None and (
-            not isinstance(self.metrics, tuple) or not all(isinstance(m, str) and m for m in self.metrics)
-        ):
-            raise ConfigError(f"metrics must be Keras metric names like accuracy,auc, got {_short(self.metrics)}")
-        if self.model_args is not None and (
-            not isinstance(self.model_args, dict)
-            or not all(isinstance(k, str) and k.isidentifier() for k in self.model_args)
-        ):
-            raise ConfigError(
-                f"model_args must be a mapping of argument names to values, got {_short(self.model_args)}"
-            )
-
-    def _check_callbacks(self) -> None:
-        """--callback specs, each NAME once, and callback_args naming only those NAMEs."""
-        if self.callbacks is not None and (
-            not isinstance(self.callbacks, tuple)
-            or not all(isinstance(c, str) and CALLBACK_SPEC.fullmatch(c) for c in self.callbacks)
-        ):
-            raise ConfigError(
-                "callbacks must be FILE.py:NAME or package.module:NAME of Keras callbacks, "
-                f"got {_short(self.callbacks)}"
-            )
-        names = [spec.rpartition(":")[2] for spec in self.callbacks or ()]
-        twice = next((name for name in names if names.count(name) > 1), None)
-        if twice:
-            raise ConfigError(
-                f"two callbacks are named {twice}; callback_args gives arguments by NAME, so rename one of them"
-            )
-        args = self.callback_args
-        if args is None:
-            return
-        if not isinstance(args, dict) or not all(
-            isinstance(v, dict) and all(isinstance(k, str) and k.isidentifier() for k in v) for v in args.values()
-        ):
-            raise ConfigError(
-                "callback_args must map each callback's NAME to its keyword arguments, such as "
-                f"{{SaveSamples: {{every: 2}}}}, got {_short(args)}"
-            )
-        unknown = next((name for name in args if name not in names), None)
-        if unknown is not None:
-            given = ", ".join(names) if names else "none"
-            raise ConfigError(
-                f"callback_args names {_short(unknown)}, which is no --callback's NAME (they are: {given}); "
-                "fix the name or add the --callback"
-            )
+                raise ConfigError(f"{name} must be a non-empty name or path, got {shown(value)}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict (tuples become lists)."""
@@ -454,70 +380,11 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
 
-def _check_class_weight(value: Any) -> None:
-    """``balanced``, or a mapping of class (name or index) to a finite weight >= 0."""
-    if value is None or value == "balanced":
-        return
-    if (
-        not isinstance(value, dict)
-        or not value
-        or not all(
-            isinstance(k, (int, str)) and not isinstance(k, bool) and _is_number(v) and v >= 0 for k, v in value.items()
-        )
-    ):
-        raise ConfigError(
-            "class_weight must be balanced, or (in a --config file) a mapping of classes to weights >= 0 such as "
-            f"{{cat: 2.0, dog: 0.5}}, got {_short(value)}"
-        )
-
-
-def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
-        rule = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise ConfigError(f"{name} must be an integer {rule}, got {_short(value)}")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {_short(value)}")
-
-
-def _is_number(value: Any) -> bool:
-    """A finite real number (a 400-digit YAML integer overflows a float, so it is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    return shortened(repr(value), limit)
-
-
 def mlp_weights(hidden: tuple[int, ...], n_inputs: int = 28 * 28, n_outputs: int = 10) -> int:
     """Weights and biases of the MLP that ``hidden`` describes, from ``n_inputs`` features (a flat 28x28
     image by default) to ``n_outputs`` logits or values: the one count the config and the model builder check."""
     sizes = (n_inputs, *hidden, n_outputs)
     return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
-
-
-def parse_int_list(name: str, value: Any) -> tuple[int, ...]:
-    """``"512,256,128"`` or ``[512, 256, 128]`` -> ``(512, 256, 128)``."""
-    items = value.split(",") if isinstance(value, str) else value
-    if isinstance(items, int) and not isinstance(items, bool):
-        items = [items]
-    try:
-        return tuple(_as_int(v) for v in items)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be comma-separated integers like 512,256,128, got {_short(value)}") from None
-
-
-def _as_int(v: Any) -> int:
-    if isinstance(v, (bool, float)):
-        raise ValueError(v)
-    return int(str(v).strip())
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -534,38 +401,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return config_values(read_yaml_mapping(path), where=str(path))
 
 
-def read_yaml_mapping(path: str | Path, *, what: str = "config file") -> dict[Any, Any]:
-    """The mapping a YAML file holds (an empty file: ``{}``); ``what`` names the file in errors."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {path} is not UTF-8 text; pass a YAML file like 'epochs: 5'") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None)
-        why = f" ({_short(problem, 120)[1:-1]})" if problem else ""
-        raise ConfigError(f"{what} {path} is not valid YAML{at}{why}; fix the syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must be a mapping of keys to values, like 'epochs: 5'")
-    return data
-
-
 def config_values(data: Mapping[Any, Any], *, where: str) -> dict[str, Any]:
     """``data`` as config values: each key known (dashes or underscores), null only where it means the default."""
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in _FIELDS:
-            raise ConfigError(f"unknown key {_short(key)} in {where}; known keys: {', '.join(sorted(_FIELDS))}")
+            raise ConfigError(f"unknown key {shown(key)} in {where}; known keys: {', '.join(sorted(_FIELDS))}")
         if value is None and name not in _NULLABLE:
-            raise ConfigError(f"{_short(key)} in {where} is empty (null); give it a value or delete the line")
+            raise ConfigError(f"{shown(key)} in {where} is empty (null); give it a value or delete the line")
         out[name] = value
     return out
 
@@ -587,7 +431,7 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
         )
     for key in ("image_size", "metrics"):
         if values.get(key) is not None:
-            values[key] = parse_int_list(key, values[key]) if key == "image_size" else _names(key, values[key])
+            values[key] = parse_int_list(key, values[key]) if key == "image_size" else names(key, values[key])
     if "hidden" in values:
         values["hidden"] = parse_int_list("hidden", values["hidden"])
     for key in (
@@ -599,49 +443,11 @@ def build_config(file_values: Mapping[str, Any] | None = None, **flags: Any) -> 
         "ema",
     ):  # YAML reads 1e-4 (no dot) as a string
         if isinstance(values.get(key), str):
-            values[key] = _parse_float(key, values[key])
+            values[key] = parse_float(key, values[key])
     for key in ("data_dir", "run_dir", "dataset"):  # a number in YAML is a name too
         if isinstance(values.get(key), int) and not isinstance(values[key], bool):
             values[key] = str(values[key])
     return TrainConfig(**values)
-
-
-def _absolute(data: str) -> str:
-    """``--data`` with its file made absolute (``FILE.py:FUNCTION`` too); ``package.module:FUNCTION`` as it is."""
-    target, _, name = data.rpartition(":")
-    if target and name.isidentifier() and not os.path.exists(data):
-        return f"{os.path.abspath(target)}:{name}" if target.endswith(".py") else data
-    return os.path.abspath(data)
-
-
-def parse_class_names(spec: Any) -> tuple[int | str, ...] | None:
-    """``--classes`` of your own data: names or indices (checked against the data when it is read); None for all."""
-    if isinstance(spec, str) and spec.strip().lower() == "all":
-        return None
-    items = spec.split(",") if isinstance(spec, str) else spec
-    if isinstance(items, (int, str)) and not isinstance(items, bool):
-        items = [items]
-    if (
-        not isinstance(items, (list, tuple))
-        or not items
-        or any(isinstance(c, bool) or not isinstance(c, (int, str)) for c in items)
-    ):
-        raise ConfigError(f"classes must be class names or indices like cat,dog or 0,1, got {_short(spec)}")
-    return tuple(c.strip() if isinstance(c, str) else c for c in items)
-
-
-def _names(key: str, value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in items) or not items:
-        raise ConfigError(f"{key} must be names like accuracy,auc, got {_short(value)}")
-    return tuple(v.strip() for v in items)
-
-
-def _parse_float(name: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {_short(text)}") from None
 
 
 # What a resumed run may change: when it stops, how often it saves and where it reads its images from,
@@ -677,4 +483,4 @@ def resumed_config(saved: Mapping[str, Any], file_values: Mapping[str, Any] | No
 def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value))
-    return "unset" if value is None else _short(value).strip("'")
+    return "unset" if value is None else shown(value).strip("'")

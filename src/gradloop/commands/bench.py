@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 
 from gradloop import cli
 from gradloop.app import cpu
-from gradloop.app.config import MODELS, TrainConfig, build_config, parse_int_list
+from gradloop.app.config import MODELS, TrainConfig, build_config
+from gradloop.app.config_values import parse_int_list
 from gradloop.bench import names
 from gradloop.errors import ConfigError
 

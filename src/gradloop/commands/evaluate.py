@@ -217,7 +217,7 @@ def own_data(
 ) -> tuple[Examples, str, str]:
     """``split`` of the run's own data (refused when it changed since training), or all of
     ``data_path`` (its test split with ``split="test"``, when it has one); and which it was."""
-    from gradloop.app import assemble
+    from gradloop.app import assemble, specs
 
     if data_path is not None and sources.kind_of(data_path) != (info.get("data") or {}).get("kind"):
         raise ConfigError(
@@ -234,7 +234,7 @@ def own_data(
     fitted = recorded.get("preprocessing")
     class_names = tuple(recorded["source_classes"]) if recorded.get("source_classes") else None
     if info.get("task") == UNLABELED:  # load_data refuses data without labels to evaluate against: here the step
-        spec = assemble.data_spec(other, fitted=fitted, class_names=class_names)
+        spec = specs.data_spec(other, fitted=fitted, class_names=class_names)
         data = assemble.load_run_data(
             spec, classes=other.classes, val_fraction=other.val_fraction, seed=other.seed, notify=notify
         )

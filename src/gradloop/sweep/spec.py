@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradloop.app.config import TrainConfig, build_config, config_values, read_yaml_mapping
+from gradloop.app.config import TrainConfig, build_config, config_values
+from gradloop.app.config_values import read_yaml_mapping
 from gradloop.errors import ConfigError
 
 DIRECTIONS = ("maximize", "minimize")
