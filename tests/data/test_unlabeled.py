@@ -305,7 +305,8 @@ def test_training_on_unlabelled_data_is_refused_in_one_line(tmp_path, capsys, ar
         "    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(2)])\n"
     )
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    code = cli.main(["train", "--data", str(tmp_path / "x.npz"), *argv, "--run-dir", str(tmp_path / "run")])
+    data = ["--data", str(tmp_path / "x.npz"), "--batch-size", "4"]  # a batch the 10 training rows fill
+    code = cli.main(["train", *data, *argv, "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and phrase in err, err
     assert not (tmp_path / "run").exists()

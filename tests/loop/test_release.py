@@ -33,7 +33,7 @@ def test_the_release_thread_ends_before_the_interpreter_finalizes():
     # A daemon thread still inside TensorFlow at finalization aborts the process.
     script = (
         "import atexit, threading\n"
-        "from gradloop import release\n"
+        "from gradloop.loop import release\n"
         "atexit.register(lambda: print('alive at exit:', any(t.name == 'gradloop-release' "
         "for t in threading.enumerate())))  # runs after gradloop's own handler (last in, first out)\n"
         "class Iterator: pass\n"

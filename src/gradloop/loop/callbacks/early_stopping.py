@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from gradloop.atomic import save_model, write_atomically
+from gradloop.atomic import save_model, sync, write_atomically
 
 
 class BestModelEarlyStopping(keras.callbacks.Callback):
@@ -105,6 +105,7 @@ def save_weights(model: keras.Model, path: Path) -> None:
     def write(tmp: Path) -> None:
         staged = Path(tmp).with_name(f".{Path(path).name}")
         model.save_weights(staged)
+        sync(staged)  # every rename moves a file already on disk, as write_atomically's own does
         os.replace(staged, tmp)
 
     write_atomically(Path(path), write)
