@@ -23,6 +23,26 @@ _FOLDERS = (REPO / "tests", *sorted((REPO / "tests").glob("*/")))
 sys.path[:0] = [str(folder) for folder in _FOLDERS if folder.name != "__pycache__"]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
+# The files that take minutes, longest first (from ``pytest --durations``), dealt out before every other file:
+# pytest-xdist hands a worker one file at a time in collection order (README's command turns off its own
+# order, most tests first, which dealt the 100-kill test last and left the other worker idle for its minutes).
+SLOWEST_FIRST = (
+    "test_random_kills.py",
+    "app/test_own_data.py",
+    "loop/test_distribute.py",
+    "sweep/test_sweep.py",
+    "commands/test_cli_errors.py",
+    "loop/test_in_memory.py",
+    "loop/test_keras_contract.py",
+    "commands/test_resume.py",
+    "commands/test_cli.py",
+    "run/test_disk_full.py",
+    "bench/test_bench_peers.py",
+    "loop/test_custom_train_step.py",
+    "run/test_lock.py",
+    "bench/test_bench.py",
+)
+
 # What .ci/run installs for some tests (or, for tmpfs, needs root for), named as .ci/run names them.
 COMPONENTS = ("fashion-mnist", "chromium", "postgresql", "strace", "tmpfs")
 CI_EXPECTS = "GRADLOOP_CI_EXPECTS"  # .ci/run's list of the components it installed, separated by spaces
@@ -43,6 +63,15 @@ def missing(component: str, reason: str) -> NoReturn:
             f"{reason}; CI installs {component} and expects it ({CI_EXPECTS}={os.environ[CI_EXPECTS]!r})", pytrace=False
         )
     pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of ``SLOWEST_FIRST`` first, in its order; every other file after them, as collected."""
+    rank = {REPO / "tests" / name: i for i, name in enumerate(SLOWEST_FIRST)}
+    gone = [str(path) for path in rank if not path.exists()]
+    if gone:  # a file moved or renamed would silently lose its place
+        raise pytest.UsageError(f"SLOWEST_FIRST names no file at {', '.join(gone)}")
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: a file's tests keep their order
 
 
 @pytest.fixture
