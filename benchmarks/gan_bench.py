@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,48 +37,12 @@ import tensorflow as tf  # noqa: E402
 
 from gradloop import Trainer, data  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from guide_gan import GAN  # noqa: E402  (examples/guide_gan.py: the guide's GAN, as users train it)
+
 BATCH, LATENT, SEED = 64, 64, 0
 VARIANTS = ("keras spe=1", "keras spe=32", "gradloop")
 WARMUP_STEPS = 2 * 32 + 1  # two full groups of 32 steps and a partial one: every function traced
-
-
-class GAN(keras.Model):
-    """keras.io's "Customizing what happens in fit()" GAN: its own compile, two optimizers, noise from a
-    SeedGenerator; ``compile`` passes Keras' own arguments (``steps_per_execution``) on."""
-
-    def __init__(self, discriminator, generator, latent_dim=LATENT):
-        super().__init__()
-        self.discriminator, self.generator, self.latent_dim = discriminator, generator, latent_dim
-        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
-        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
-        self.seed_generator = keras.random.SeedGenerator(1337)
-
-    @property
-    def metrics(self):
-        return [self.d_loss_tracker, self.g_loss_tracker]
-
-    def compile(self, d_optimizer, g_optimizer, loss_fn, **kwargs):
-        super().compile(**kwargs)
-        self.d_optimizer, self.g_optimizer, self.loss_fn = d_optimizer, g_optimizer, loss_fn
-
-    def train_step(self, real_images):
-        batch_size = tf.shape(real_images)[0]
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-        combined = tf.concat([self.generator(noise), real_images], axis=0)
-        labels = tf.concat([tf.ones((batch_size, 1)), tf.zeros((batch_size, 1))], axis=0)
-        labels += 0.05 * keras.random.uniform(tf.shape(labels), seed=self.seed_generator)
-        with tf.GradientTape() as tape:
-            d_loss = self.loss_fn(labels, self.discriminator(combined))
-        grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
-        self.d_optimizer.apply(grads, self.discriminator.trainable_weights)
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-        with tf.GradientTape() as tape:
-            g_loss = self.loss_fn(tf.zeros((batch_size, 1)), self.discriminator(self.generator(noise)))
-        grads = tape.gradient(g_loss, self.generator.trainable_weights)
-        self.g_optimizer.apply(grads, self.generator.trainable_weights)
-        self.d_loss_tracker.update_state(d_loss)
-        self.g_loss_tracker.update_state(g_loss)
-        return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
 
 
 def networks(kind: str) -> tuple[keras.Model, keras.Model]:
@@ -136,7 +101,7 @@ def networks(kind: str) -> tuple[keras.Model, keras.Model]:
 def build_gan(kind: str, steps_per_execution: int) -> GAN:
     """The same GAN every call: Keras' seed fixes the initial weights."""
     keras.utils.set_random_seed(SEED)
-    gan = GAN(*networks(kind))
+    gan = GAN(*networks(kind), latent_dim=LATENT)
     gan.compile(
         keras.optimizers.Adam(3e-4),
         keras.optimizers.Adam(3e-4),

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 # name (``from test_trainer import toy_model``) across those folders: every folder is importable from any.
 _FOLDERS = (REPO / "tests", *sorted((REPO / "tests").glob("*/")))
 sys.path[:0] = [str(folder) for folder in _FOLDERS if folder.name != "__pycache__"]
+sys.path.append(str(REPO / "examples"))  # the examples users train are the models tests train (guide_gan)
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 # The files that take minutes, longest first (from ``pytest --durations``), dealt out before every other file:

@@ -156,6 +156,21 @@ def test_the_runs_and_compare_commands_run_as_written(tmp_path, monkeypatch, cap
     assert "<td>lr</td><td>0.0001</td><td>0.001</td>" in page and page.count("<td>epochs</td>") == 1  # runs table only
 
 
+def test_the_guide_gan_command_trains_the_models_own_step(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(REPO / "examples")  # the command's path, from a folder of its own
+    (argv,) = readme_commands("guide-gan")
+    assert argv[:2] == ["gradloop", "train"]
+    assert main(argv[1:]) == 0, capsys.readouterr().err
+    (run,) = (tmp_path / "runs").iterdir()
+    info = json.loads((run / "run.json").read_text())
+    assert info["own_train_step"] is True and info["status"] == "finished" and info["epochs_done"] == 20
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["train_d_loss"]) == len(history["train_g_loss"]) == 20
+    assert np.isfinite(history["train_d_loss"] + history["train_g_loss"]).all()
+    assert history["train_g_loss"][-1] != history["train_g_loss"][0]  # both networks trained, epoch after epoch
+
+
 def test_the_gan_example_trains_both_models_and_writes_an_image(tmp_path, monkeypatch, capsys):
     import warnings
 

@@ -19,70 +19,8 @@ from sklearn.datasets import load_digits
 
 from gradloop.cli import main
 
-GAN_FILE = '''
-import keras
-import tensorflow as tf
-
-LATENT = 8
-
-
-class GAN(keras.Model):
-    """keras.io's guide GAN: its own compile, two optimizers, noise from a SeedGenerator; no get_config."""
-
-    def __init__(self, discriminator, generator, latent_dim):
-        super().__init__()
-        self.discriminator, self.generator, self.latent_dim = discriminator, generator, latent_dim
-        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
-        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
-        self.seed_generator = keras.random.SeedGenerator(1337)
-
-    @property
-    def metrics(self):
-        return [self.d_loss_tracker, self.g_loss_tracker]
-
-    def compile(self, d_optimizer, g_optimizer, loss_fn):
-        super().compile()
-        self.d_optimizer, self.g_optimizer, self.loss_fn = d_optimizer, g_optimizer, loss_fn
-
-    def train_step(self, real_images):
-        if isinstance(real_images, tuple):
-            real_images = real_images[0]
-        batch_size = tf.shape(real_images)[0]
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-        combined = tf.concat([self.generator(noise), real_images], axis=0)
-        labels = tf.concat([tf.ones((batch_size, 1)), tf.zeros((batch_size, 1))], axis=0)
-        labels += 0.05 * keras.random.uniform(tf.shape(labels), seed=self.seed_generator)
-        with tf.GradientTape() as tape:
-            d_loss = self.loss_fn(labels, self.discriminator(combined))
-        grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
-        self.d_optimizer.apply(grads, self.discriminator.trainable_weights)
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-        with tf.GradientTape() as tape:
-            g_loss = self.loss_fn(tf.zeros((batch_size, 1)), self.discriminator(self.generator(noise)))
-        grads = tape.gradient(g_loss, self.generator.trainable_weights)
-        self.g_optimizer.apply(grads, self.generator.trainable_weights)
-        self.d_loss_tracker.update_state(d_loss)
-        self.g_loss_tracker.update_state(g_loss)
-        return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
-
-
-def build(input_shape):
-    discriminator = keras.Sequential(
-        [keras.Input(input_shape), keras.layers.Dense(16), keras.layers.LeakyReLU(negative_slope=0.2),
-         keras.layers.Dense(1)], name="discriminator")
-    generator = keras.Sequential(
-        [keras.Input((LATENT,)), keras.layers.Dense(16), keras.layers.LeakyReLU(negative_slope=0.2),
-         keras.layers.Dense(input_shape[0], activation="sigmoid")], name="generator")
-    gan = GAN(discriminator, generator, LATENT)
-    gan.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3),
-                keras.losses.BinaryCrossentropy(from_logits=True))
-    return gan
-
-
-def uncompiled(input_shape):
-    return GAN(keras.Sequential([keras.Input(input_shape), keras.layers.Dense(1)]),
-               keras.Sequential([keras.Input((LATENT,)), keras.layers.Dense(input_shape[0])]), LATENT)
-'''
+# keras.io's guide GAN as users train it: gradloop train --model examples/guide_gan.py:build
+GAN_FILE = Path(__file__).resolve().parents[2] / "examples" / "guide_gan.py"
 
 COMPILED_FILE = """
 import keras
@@ -108,12 +46,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     x = (digits.data / 16.0).astype("float32")  # 64 pixels in [0, 1]
     np.savez(root / "digits.npz", x=x)
     np.savez(root / "labelled.npz", x=x[:400], y=digits.target[:400])
-    (root / "gan.py").write_text(GAN_FILE)
     (root / "compiled.py").write_text(COMPILED_FILE)
     return {
         "x": root / "digits.npz",
         "xy": root / "labelled.npz",
-        "gan": root / "gan.py",
+        "gan": GAN_FILE,
         "compiled": root / "compiled.py",
     }
 

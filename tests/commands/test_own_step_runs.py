@@ -33,60 +33,12 @@ from gradloop.run import history as run_history
 
 FEATURES, SAMPLES, BATCH = 6, 48, 8
 
-# The user's file: the guide's GAN shrunk to a table (no call, no test_step, no get_config: it does not
-# serialize) and an autoencoder with its own train_step and test_step whose call() is its inference.
+# The user's files: keras.io's guide GAN (examples/guide_gan.py: no call, no test_step, no get_config, so it does
+# not serialize) and an autoencoder with its own train_step and test_step whose call() is its inference.
+GAN_FILE = Path(__file__).resolve().parents[2] / "examples" / "guide_gan.py"
 MODEL_PY = """
 import keras
 import tensorflow as tf
-
-LATENT = 4
-
-
-class GAN(keras.Model):
-    def __init__(self, discriminator, generator):
-        super().__init__()
-        self.discriminator, self.generator = discriminator, generator
-        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
-        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
-        self.seed_generator = keras.random.SeedGenerator(1337)
-
-    @property
-    def metrics(self):
-        return [self.d_loss_tracker, self.g_loss_tracker]
-
-    def compile(self, d_optimizer, g_optimizer, loss_fn):
-        super().compile()
-        self.d_optimizer, self.g_optimizer, self.loss_fn = d_optimizer, g_optimizer, loss_fn
-
-    def train_step(self, data):
-        real = data[0] if isinstance(data, tuple) else data
-        n = tf.shape(real)[0]
-        noise = keras.random.normal((n, LATENT), seed=self.seed_generator)
-        combined = tf.concat([self.generator(noise), real], axis=0)
-        labels = tf.concat([tf.ones((n, 1)), tf.zeros((n, 1))], axis=0)
-        with tf.GradientTape() as tape:
-            d_loss = self.loss_fn(labels, self.discriminator(combined))
-        grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
-        self.d_optimizer.apply(grads, self.discriminator.trainable_weights)
-        noise = keras.random.normal((n, LATENT), seed=self.seed_generator)
-        with tf.GradientTape() as tape:
-            g_loss = self.loss_fn(tf.zeros((n, 1)), self.discriminator(self.generator(noise)))
-        grads = tape.gradient(g_loss, self.generator.trainable_weights)
-        self.g_optimizer.apply(grads, self.generator.trainable_weights)
-        self.d_loss_tracker.update_state(d_loss)
-        self.g_loss_tracker.update_state(g_loss)
-        return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
-
-
-def gan(input_shape):
-    keras.utils.set_random_seed(0)
-    d = keras.Sequential([keras.Input(input_shape), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
-    g = keras.Sequential([keras.Input((LATENT,)), keras.layers.Dense(input_shape[-1])])
-    model = GAN(d, g)
-    model.compile(
-        keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2), keras.losses.BinaryCrossentropy(from_logits=True)
-    )
-    return model
 
 
 class AutoEncoder(keras.Model):
@@ -136,10 +88,12 @@ def x_only(n: int = SAMPLES, seed: int = 0) -> np.ndarray:
 
 
 def make_run(path: Path, function: str, *, serialized: bool, epochs: int = 2) -> Path:
-    """A finished run of ``model.py:function`` on x alone (task "none"), written as train writes one."""
+    """A finished run of ``function`` ("gan": the guide GAN's ``build``, "autoencoder") on x alone (task
+    "none"), written as train writes one."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path.parent / "model.py").write_text(MODEL_PY)
+    (path.parent / "model.py").write_text(GAN_FILE.read_text() if function == "gan" else MODEL_PY)
+    function = "build" if function == "gan" else function
     np.savez(path.parent / "x.npz", x=x_only())
     val_fraction = 0.25 if function == "autoencoder" else 0.0  # a GAN validates nothing: no test_step
     config = build_config(

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from guide_gan import GAN  # examples/guide_gan.py: the guide's GAN, as users train it with --model
 
 from gradloop import CompileOptions, ConfigError, Trainer
 from gradloop.loop.keras_steps import ModelStepTrainer
@@ -27,7 +28,7 @@ def options(spe: int) -> CompileOptions:
     return CompileOptions(steps_per_execution=spe, fused_optimizer=False)
 
 
-# --------------------------------------------------------------------- the guide's GAN (keras.io, shrunk)
+# --------------------------------------------------------------------- the guide's GAN's networks (keras.io, shrunk)
 
 
 def discriminator(channels: int = 1, dropout: float = 0.0) -> keras.Model:
@@ -53,49 +54,9 @@ def generator(inputs: int = LATENT, batch_norm: bool = False) -> keras.Model:
     return keras.Sequential(layers, name="generator")
 
 
-class GAN(keras.Model):
-    """The guide's end-to-end GAN: its own compile, two optimizers, unlabeled images, noise from a SeedGenerator."""
-
-    def __init__(self, discriminator, generator, latent_dim=LATENT):
-        super().__init__()
-        self.discriminator, self.generator, self.latent_dim = discriminator, generator, latent_dim
-        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
-        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
-        self.seed_generator = keras.random.SeedGenerator(1337)
-
-    @property
-    def metrics(self):
-        return [self.d_loss_tracker, self.g_loss_tracker]
-
-    def compile(self, d_optimizer, g_optimizer, loss_fn):
-        super().compile()
-        self.d_optimizer, self.g_optimizer, self.loss_fn = d_optimizer, g_optimizer, loss_fn
-
-    def train_step(self, real_images):
-        if isinstance(real_images, tuple):
-            real_images = real_images[0]
-        batch_size = tf.shape(real_images)[0]
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-        combined = tf.concat([self.generator(noise), real_images], axis=0)
-        labels = tf.concat([tf.ones((batch_size, 1)), tf.zeros((batch_size, 1))], axis=0)
-        labels += 0.05 * keras.random.uniform(tf.shape(labels), seed=self.seed_generator)
-        with tf.GradientTape() as tape:
-            d_loss = self.loss_fn(labels, self.discriminator(combined))
-        grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
-        self.d_optimizer.apply(grads, self.discriminator.trainable_weights)
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-        with tf.GradientTape() as tape:
-            g_loss = self.loss_fn(tf.zeros((batch_size, 1)), self.discriminator(self.generator(noise)))
-        grads = tape.gradient(g_loss, self.generator.trainable_weights)
-        self.g_optimizer.apply(grads, self.generator.trainable_weights)
-        self.d_loss_tracker.update_state(d_loss)
-        self.g_loss_tracker.update_state(g_loss)
-        return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
-
-
 def guide_gan(seed: int = 0) -> GAN:
     keras.utils.set_random_seed(seed)
-    gan = GAN(discriminator(), generator())
+    gan = GAN(discriminator(), generator(), LATENT)
     gan.compile(
         keras.optimizers.Adam(3e-3), keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True)
     )
@@ -131,7 +92,7 @@ class DCGAN(GAN):
 
 def dcgan(seed: int = 0) -> DCGAN:
     keras.utils.set_random_seed(seed)
-    gan = DCGAN(discriminator(dropout=0.2), generator(batch_norm=True))
+    gan = DCGAN(discriminator(dropout=0.2), generator(batch_norm=True), LATENT)
     gan.compile(
         keras.optimizers.Adam(2e-3, beta_1=0.5),
         keras.optimizers.Adam(2e-3, beta_1=0.5),
@@ -170,7 +131,7 @@ class ConditionalGAN(GAN):
 
 def conditional_gan(seed: int = 0) -> ConditionalGAN:
     keras.utils.set_random_seed(seed)
-    gan = ConditionalGAN(discriminator(channels=1 + CLASSES), generator(inputs=LATENT + CLASSES))
+    gan = ConditionalGAN(discriminator(channels=1 + CLASSES), generator(inputs=LATENT + CLASSES), LATENT)
     gan.compile(
         keras.optimizers.Adam(3e-3), keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True)
     )
@@ -266,7 +227,7 @@ class WGANGP(GAN):
 
 def wgan_gp(seed: int = 0) -> WGANGP:
     keras.utils.set_random_seed(seed)
-    gan = WGANGP(discriminator(), generator())
+    gan = WGANGP(discriminator(), generator(), LATENT)
     gan.compile(
         keras.optimizers.Adam(2e-4, beta_1=0.5, beta_2=0.9), keras.optimizers.Adam(2e-4, beta_1=0.5, beta_2=0.9), None
     )
@@ -513,7 +474,7 @@ def test_every_logged_loss_is_guarded_against_nan():
 
 def test_an_uncompiled_model_and_options_that_belong_in_compile_are_refused():
     with pytest.raises(ConfigError, match=r"^GAN is not compiled: call model.compile\(...\) first"):
-        Trainer(GAN(discriminator(), generator()))
+        Trainer(GAN(discriminator(), generator(), LATENT))
     with pytest.raises(ConfigError, match=r"^Trainer\(model\) runs the model's own train_step .*metrics belong"):
         Trainer(guide_gan(), metrics=["accuracy"])
 
@@ -522,7 +483,7 @@ def test_gradloops_own_step_refuses_a_model_whose_compile_takes_other_arguments(
     with pytest.raises(
         ConfigError, match=r"^GAN.compile takes its own arguments \(d_optimizer, g_optimizer, loss_fn\)"
     ):
-        Trainer(GAN(discriminator(), generator()), optimizer="adam", loss="mse")
+        Trainer(GAN(discriminator(), generator(), LATENT), optimizer="adam", loss="mse")
 
 
 def test_evaluate_and_predict_run_the_models_own_steps_as_keras_does():

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
+EXAMPLES = TESTS.parents[1] / "examples"  # the guide's GAN, as test_custom_train_step imports it
 
 MIRRORED = """
 import json, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {examples!r}]
 from gradloop.app import cpu
 cpu.use_onednn()
 import numpy as np, tensorflow as tf
@@ -72,7 +73,7 @@ UNDIAGNOSED = pytest.mark.xfail(
 
 @pytest.mark.parametrize("name", ["guide_gan", pytest.param("own_train_and_test_step", marks=UNDIAGNOSED)])
 def test_the_models_own_step_on_two_mirrored_replicas_computes_what_model_fit_computes(name):
-    script = MIRRORED.format(tests=str(TESTS), name=name)
+    script = MIRRORED.format(tests=str(TESTS), examples=str(EXAMPLES), name=name)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

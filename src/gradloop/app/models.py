@@ -34,6 +34,7 @@ from gradloop.app.config import MAX_MLP_WEIGHTS, mlp_weights
 from gradloop.app.specs import ModelSpec
 from gradloop.data.sources import UNLABELED
 from gradloop.errors import ConfigError
+from gradloop.loop.keras_steps import overrides
 from gradloop.run import files as run_files
 
 MODEL_INITIAL = "model_initial.keras"  # the copy of a --model FILE.keras in the run directory
@@ -112,7 +113,8 @@ def build_model(
         num_outputs=None if classification else n,
         model_args=model_args,
     )
-    check_model_fits(model, input_shape=shape, n_outputs=n, task=task)
+    if not overrides(model, "train_step"):  # a model's own step takes the batches as it likes (a GAN the images)
+        check_model_fits(model, input_shape=shape, n_outputs=n, task=task)
     return model
 
 

@@ -49,9 +49,14 @@ def refuse_own_compile(model: keras.Model) -> None:
     if not overrides(model, "compile"):
         return
     parameters = inspect.signature(type(model).compile).parameters
-    if {"optimizer", "loss"} <= set(parameters) or any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+    named = {
+        name: p for name, p in parameters.items() if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    takes_keras = {"optimizer", "loss"} <= set(parameters) or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    required = [name for name, p in named.items() if p.default is p.empty and name not in ("optimizer", "loss")]
+    if takes_keras and not required:
         return
-    own = ", ".join(name for name in parameters if name != "self")
+    own = ", ".join(named)
     raise ConfigError(
         f"{type(model).__name__}.compile takes its own arguments ({own}): call model.compile({own}) yourself and "
         "give the compiled model alone, Trainer(model), to train it with its own train_step"
