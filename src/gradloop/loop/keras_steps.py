@@ -293,9 +293,6 @@ class ModelStepTrainer(Trainer):
                 data = (x, y, weigh(y, sample_weight))
             return _checked_logs(step_method(data), where)
 
-        if self._jit:
-            replica_step = tf.function(replica_step, jit_compile=True)
-
         def one_step(data: Any) -> dict[str, Any]:
             logs = strategy.run(replica_step, args=(data,))
             if distribute.is_distributed(strategy):
@@ -307,8 +304,11 @@ class ModelStepTrainer(Trainer):
             return logs
 
         # Traced once and called at both places below, as Keras' one_step_on_data is: inlined, the step
-        # would be traced (and its graph optimized) twice.
-        one_step = tf.function(tf.autograph.experimental.do_not_convert(one_step), reduce_retracing=True)
+        # would be traced (and its graph optimized) twice. On XLA as a whole, as Keras compiles it: a
+        # compiled step inside a plain function is one more function call a step.
+        one_step = tf.function(
+            tf.autograph.experimental.do_not_convert(one_step), reduce_retracing=True, jit_compile=self._jit
+        )
 
         @tf.function
         def run(iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
