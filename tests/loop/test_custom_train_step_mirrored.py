@@ -54,7 +54,11 @@ for spe in (1, 32):
     model = fresh()
     trainer = Trainer(model, options=cases.options(spe))
     assert isinstance(trainer, ModelStepTrainer) and trainer.strategy.num_replicas_in_sync == 2
-    history, ours = fitted(model, trainer.fit)
+    try:
+        history, ours = fitted(model, trainer.fit)
+    except tf.errors.InvalidArgumentError as exc:  # reported: the test says which
+        out["gradloop_error"] = {{"spe": spe, "error": str(exc).strip().splitlines()[-1][:300]}}
+        break
     out["gradloop"][spe] = history
     # np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6) holds where this is at most 1
     out["weight_diff"][spe] = max(
@@ -64,14 +68,7 @@ print(json.dumps(out))
 """
 
 
-UNDIAGNOSED = pytest.mark.xfail(
-    reason="gradloop's group fails here with InvalidArgumentError at cond/Placeholder, the error model.fit gives "
-    "for the GAN; not yet diagnosed (issue 27)",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("name", ["guide_gan", pytest.param("own_train_and_test_step", marks=UNDIAGNOSED)])
+@pytest.mark.parametrize("name", ["guide_gan", "own_train_and_test_step"])
 def test_the_models_own_step_on_two_mirrored_replicas_computes_what_model_fit_computes(name):
     script = MIRRORED.format(tests=str(TESTS), examples=str(EXAMPLES), name=name)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -80,9 +77,14 @@ def test_the_models_own_step_on_two_mirrored_replicas_computes_what_model_fit_co
     if "keras_error" in result:
         pytest.xfail(f"model.fit itself fails under MirroredStrategy on 2 logical CPUs: {result['keras_error']}")
     theirs = result["keras"]
-    for spe in ("1", "32"):
+    for spe in result["gradloop"]:
         history = result["gradloop"][spe]
         assert set(history) == set(theirs)
         for key, values in theirs.items():
             assert history[key] == pytest.approx(values, rel=1e-5, abs=1e-7), (spe, key)
         assert result["weight_diff"][spe] <= 1.0, (spe, "weights differ beyond rtol=1e-5, atol=1e-6")
+    if "gradloop_error" in result:
+        # spe 1 matched fit above. A group of several steps fails as fit does on the GAN: a value the step reads
+        # inside the group's loop on two replicas is left unfed (while/cond/Placeholder); not yet fixed.
+        assert result["gradloop_error"]["spe"] == 32 and result["gradloop"], result
+        pytest.xfail(f"steps_per_execution 32 on 2 mirrored replicas: {result['gradloop_error']['error']}")

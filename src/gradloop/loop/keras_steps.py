@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from gradloop.errors import ConfigError
+from gradloop.errors import ConfigError, listed
 from gradloop.loop import distribute, in_memory, release
 from gradloop.loop.compiled import CompileOptions
 from gradloop.loop.compiled_steps import class_weights
@@ -202,6 +202,11 @@ class ModelStepTrainer(Trainer):
             self._train_fn = self.make_train_function()
             self._test_fn = self._make_steps(self.model.test_step, "test_step")
         if not self._inference and not self._train_fn.traced:
+            if distribute.is_distributed(self.strategy):
+                # As fit does under a strategy: the optimizer's and compiled metrics' variables made before the
+                # trace, not inside strategy.run, where their initializers are left unfed (cond/Placeholder).
+                with self.strategy.scope():
+                    self.model._symbolic_build(data_batch=next(iter(in_memory.as_dataset(data).take(1))))
             iterator = self.make_iterator(data)
             try:
                 self._train_fn.trace(iterator)
@@ -248,7 +253,7 @@ class ModelStepTrainer(Trainer):
         left = [v.path for v in self.model.trainable_variables if id(v) not in updated]
         if left:
             warnings.warn(
-                f"{_where(self.model, 'train_step')} gives none of the model's optimizers {_some(left)}: they "
+                f"{_where(self.model, 'train_step')} gives none of the model's optimizers {listed(left, 3)}: they "
                 "never train; apply gradients to them, or make them non-trainable",
                 stacklevel=3,
             )
@@ -431,7 +436,7 @@ def _step_errors(where: str):
             names = re.findall(r"path=([^,\s>]+)|'([^']+)'", listed.group(1) if listed else text)
             names = [a or b for a, b in names] or ["some variables"]
             raise ConfigError(
-                f"{where}: {_some(names)} got no gradient (the loss does not depend on them): take them out "
+                f"{where}: {listed(names, 3)} got no gradient (the loss does not depend on them): take them out "
                 "of the variables given to the optimizer, or make them non-trainable"
             )
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -487,11 +492,6 @@ def _watch_losses(guard: Any, logs: dict[str, Any], step: tf.Variable) -> None:
     bad = tf.logical_and(guard.first_bad_step < 0, tf.logical_not(tf.reduce_all(tf.math.is_finite(tf.stack(losses)))))
     guard.first_bad_step.assign(tf.where(bad, tf.cast(step, tf.int64), guard.first_bad_step))
     guard.first_bad_loss.assign(tf.where(bad, value, guard.first_bad_loss))
-
-
-def _some(names: list[str], shown: int = 3) -> str:
-    more = len(names) - shown
-    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _last_line(text: str) -> str:
