@@ -432,8 +432,8 @@ def _step_errors(where: str):
     for warning in caught:
         text = str(warning.message)
         if text.startswith("Gradients do not exist for variables"):
-            listed = re.search(r"variables (\[.*\]) when minimizing", text, re.DOTALL)
-            names = re.findall(r"path=([^,\s>]+)|'([^']+)'", listed.group(1) if listed else text)
+            found = re.search(r"variables (\[.*\]) when minimizing", text, re.DOTALL)
+            names = re.findall(r"path=([^,\s>]+)|'([^']+)'", found.group(1) if found else text)
             names = [a or b for a, b in names] or ["some variables"]
             raise ConfigError(
                 f"{where}: {listed(names, 3)} got no gradient (the loss does not depend on them): take them out "
