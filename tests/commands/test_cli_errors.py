@@ -1929,6 +1929,59 @@ COMPILED_MODEL = (
     "def own(input_shape):\n"
     "    return Own()\n"
 )
+# A model's own train_step that goes wrong as KIND says: a function each, FUNCTION(input_shape, num_classes).
+BAD_STEP_MODEL = """
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class Bad(keras.Model):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.dense, self.extra = kind, keras.layers.Dense(1), keras.layers.Dense(1, name="extra")
+
+    def call(self, x):
+        return self.dense(x)
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(self(x)[:, 0] - tf.cast(y, tf.float32)))
+        variables = self.trainable_variables if self.kind == "no_gradient" else self.dense.trainable_variables
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        if self.kind == "tensor":
+            return loss
+        if self.kind == "vector":
+            return {"loss": self(x)}
+        if self.kind == "numpy":
+            return {"loss": float(np.mean(loss))}
+        return {"loss": loss}
+
+
+def made(kind, input_shape):
+    model = Bad(kind)
+    model(tf.zeros((1, *input_shape)))
+    model.extra(tf.zeros((1, *input_shape)))
+    model.compile(optimizer="sgd")
+    return model
+
+
+def tensor(input_shape, num_classes):
+    return made("tensor", input_shape)
+
+
+def vector(input_shape, num_classes):
+    return made("vector", input_shape)
+
+
+def numpy(input_shape, num_classes):
+    return made("numpy", input_shape)
+
+
+def no_gradient(input_shape, num_classes):
+    return made("no_gradient", input_shape)
+"""
 OWN_MODEL = ["train", "--data", "{tmp}/a.npz", "--model", "{tmp}/m.py:build"]
 OWN_STEP_MODEL_ROWS = {
     "compiled model given --optimizer": Row(
@@ -1961,6 +2014,17 @@ OWN_STEP_MODEL_ROWS = {
         "Own is not compiled",
         {"m.py": COMPILED_MODEL, **npz_file("x.npz", x=FEATURES)},
     ),
+    **{
+        f"a train_step {what}": Row(
+            [*OWN_MODEL[:-1], f"{{tmp}}/step.py:{kind}"], ConfigError, phrase, {"step.py": BAD_STEP_MODEL}
+        )
+        for what, kind, phrase in (
+            ("returning a tensor, not a dict", "tensor", "Bad.train_step returned"),
+            ("returning a vector", "vector", "Bad.train_step returned 'loss' of shape (None, 1); its values must be"),
+            ("running numpy inside", "numpy", "Bad.train_step runs compiled (inside tf.function, as in model.fit)"),
+            ("giving a variable no gradient", "no_gradient", "got no gradient (the loss does not depend on them)"),
+        )
+    },
     "monitor naming no logged key": Row(
         [*OWN_MODEL, "--monitor", "d_loss"],
         ConfigError,
