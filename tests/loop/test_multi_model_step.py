@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_custom_train_step import Halt, HaltAt  # stop a fit once the checkpoint of a step is written
 
 from gradloop import CompileOptions, ConfigError, Trainer
 from gradloop.loop.function_steps import FunctionStepTrainer
@@ -155,22 +156,6 @@ def test_the_step_function_computes_bit_for_bit_what_the_train_step_override_com
 
 
 # --------------------------------------------------------------------- exact resume
-
-
-class Halt(Exception):
-    pass
-
-
-class HaltAt(keras.callbacks.Callback):
-    """Stop the process's training after (epoch, step), once the checkpoint of that step is written."""
-
-    def __init__(self, trainer, epoch: int, step: int) -> None:
-        super().__init__()
-        self.trainer, self.at = trainer, (epoch, step)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.trainer.state.epoch, self.trainer.state.step) == self.at:
-            raise Halt
 
 
 def test_stopped_mid_epoch_and_resumed_into_new_objects_is_bit_identical(tmp_path):
